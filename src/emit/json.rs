@@ -1,0 +1,295 @@
+//! The stable JSON schema of `pathc expand --format json` (documented in the README).
+//!
+//! Counts are decimal strings: they exceed 2^64 for large models and JSON numbers lose
+//! precision past 2^53.
+
+use std::fmt::Write as _;
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use super::for_each_score_term;
+use super::notation::{push_usize, Heads, Notation};
+use crate::paths::{self, Composition, Counts, HeadRef, IndexVar, Path, Side, Template};
+use crate::Expansion;
+
+pub const SCHEMA: &str = "pathc.expand/1";
+
+const N: Notation = Notation::Text;
+
+#[derive(Serialize)]
+struct CountsJson {
+    total: String,
+    by_order: Vec<String>,
+}
+
+impl From<&Counts> for CountsJson {
+    fn from(c: &Counts) -> CountsJson {
+        CountsJson {
+            total: c.total().to_string(),
+            by_order: c.by_order.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct TemplateJson {
+    order: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    layers: Option<Vec<usize>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    composition: Option<Composition>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    query: Option<SideJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<SideJson>,
+    term: String,
+    count: String,
+}
+
+#[derive(Serialize)]
+struct SideJson {
+    source: &'static str,
+    layers: Vec<usize>,
+}
+
+/// Appends `[["A^{0.1}", ...]` style lists: factor strings need no escaping (they are made of
+/// ASCII letters, digits, `^{}._` and `ᵀ`).
+fn push_factors(out: &mut String, chain: &[paths::Factor], p: &Path<'_>) {
+    out.push('[');
+    for (i, f) in chain.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        N.write_factor(out, *f, Heads::Concrete(p));
+        out.push('"');
+    }
+    out.push(']');
+}
+
+fn push_heads(out: &mut String, p: &Path<'_>, side: Side) {
+    out.push('[');
+    let mut first = true;
+    for (b, head) in p.template.binders.iter().zip(p.assignment) {
+        if b.side == side {
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            out.push('[');
+            push_usize(out, b.layer);
+            out.push(',');
+            push_usize(out, *head);
+            out.push(']');
+        }
+    }
+    out.push(']');
+}
+
+/// One logit path as a JSON object on one line.
+fn push_path(out: &mut String, p: &Path<'_>) {
+    out.push_str("{\"name\":\"");
+    p.write_name(out);
+    out.push_str("\",\"order\":");
+    push_usize(out, p.template.order());
+    out.push_str(",\"source\":\"");
+    out.push_str(source_name(p.template));
+    out.push_str("\",\"heads\":");
+    push_heads(out, p, Side::Head);
+    out.push_str(",\"position\":");
+    push_factors(out, &p.template.position[0], p);
+    out.push_str(",\"weights\":");
+    push_factors(out, &p.template.weights, p);
+    out.push('}');
+}
+
+/// One attention-score term as a JSON object on one line.
+fn push_score_term(out: &mut String, target: HeadRef, p: &Path<'_>) {
+    let composition =
+        serde_json::to_string(&Composition::of(p.template)).expect("an enum serialises");
+    let _ = write!(
+        out,
+        "{{\"name\":\"{}\",\"head\":[{},{}],\"order\":{},\"composition\":{composition},\"query\":{{\"source\":\"{}\",\"heads\":",
+        p.score_name(target),
+        target.layer,
+        target.head,
+        p.template.order(),
+        p.template.query_source().map_or("?", |s| s.name()),
+    );
+    push_heads(out, p, Side::Query);
+    let _ = write!(
+        out,
+        "}},\"key\":{{\"source\":\"{}\",\"heads\":",
+        source_name(p.template)
+    );
+    push_heads(out, p, Side::Key);
+    out.push_str("},\"query_position\":");
+    push_factors(out, &p.template.position[0], p);
+    out.push_str(",\"key_position\":");
+    push_factors(out, &p.template.position[1], p);
+    out.push_str(",\"weights\":");
+    push_factors(out, &p.template.weights, p);
+    out.push('}');
+}
+
+fn source_name(t: &Template) -> &'static str {
+    t.source().map_or("?", |s| s.name())
+}
+
+/// `  "name": value,` on one line.
+fn field(out: &mut dyn Write, name: &str, value: &impl Serialize) -> io::Result<()> {
+    writeln!(out, "  \"{name}\": {},", serde_json::to_string(value)?)
+}
+
+pub fn write(exp: &Expansion, out: &mut dyn Write) -> io::Result<()> {
+    let heads = exp.heads_per_layer();
+    out.write_all(b"{\n")?;
+    field(out, "schema", &SCHEMA)?;
+    field(out, "model", &exp.model.name)?;
+    field(out, "n_layers", &exp.model.n_layers())?;
+    field(out, "heads_per_layer", &heads)?;
+    field(out, "sources", &super::sources(exp))?;
+    field(out, "max_order", &exp.max_order)?;
+    field(out, "counts", &CountsJson::from(&exp.logit_counts))?;
+    out.write_all(b"  \"templates\": [")?;
+    let mut lines = LineWriter::new(out);
+    for t in &exp.logits {
+        let json = TemplateJson {
+            order: t.order(),
+            source: Some(source_name(t)),
+            layers: Some(t.layers(Side::Head)),
+            composition: None,
+            query: None,
+            key: None,
+            term: format!(
+                "{}{}",
+                N.sums(&t.binders, None),
+                N.term(&t.position, &t.weights, Heads::Symbolic)
+            ),
+            count: paths::count_templates(std::slice::from_ref(t), &heads, None).to_string(),
+        };
+        lines.item(|buf| {
+            buf.push_str(&serde_json::to_string(&json).expect("plain data serialises"))
+        });
+    }
+    lines.finish()?;
+    out.write_all(b"\n  ],\n  \"paths\": [")?;
+    let mut lines = LineWriter::new(out);
+    paths::for_each_path(&exp.logits, &heads, None, |p| {
+        lines.item(|buf| push_path(buf, &p))
+    });
+    lines.finish()?;
+    out.write_all(b"\n  ]")?;
+    if let (Some(layers), Some(counts)) = (&exp.scores, &exp.score_counts) {
+        write_scores(exp, layers, counts, out)?;
+    }
+    out.write_all(b"\n}\n")
+}
+
+/// Writes list items one a line through a reused buffer, keeping the first I/O error.
+struct LineWriter<'a> {
+    out: &'a mut dyn Write,
+    buf: String,
+    first: bool,
+    result: io::Result<()>,
+}
+
+impl<'a> LineWriter<'a> {
+    fn new(out: &'a mut dyn Write) -> LineWriter<'a> {
+        LineWriter {
+            out,
+            buf: String::with_capacity(1 << 16),
+            first: true,
+            result: Ok(()),
+        }
+    }
+
+    fn item(&mut self, fill: impl FnOnce(&mut String)) {
+        self.buf
+            .push_str(if self.first { "\n    " } else { ",\n    " });
+        self.first = false;
+        fill(&mut self.buf);
+        if self.buf.len() >= 1 << 15 {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.result.is_ok() {
+            self.result = self.out.write_all(self.buf.as_bytes());
+        }
+        self.buf.clear();
+    }
+
+    fn finish(mut self) -> io::Result<()> {
+        self.flush();
+        self.result
+    }
+}
+
+fn write_scores(
+    exp: &Expansion,
+    layers: &[Vec<Template>],
+    counts: &Counts,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    let heads = exp.heads_per_layer();
+    #[derive(Serialize)]
+    struct LayerJson {
+        layer: usize,
+        templates: Vec<TemplateJson>,
+    }
+    let layer_json: Vec<LayerJson> = layers
+        .iter()
+        .enumerate()
+        .map(|(layer, templates)| {
+            let fixed = IndexVar {
+                side: Side::Head,
+                layer,
+            };
+            LayerJson {
+                layer,
+                templates: templates
+                    .iter()
+                    .map(|t| TemplateJson {
+                        order: t.order(),
+                        source: None,
+                        layers: None,
+                        composition: Some(Composition::of(t)),
+                        query: Some(SideJson {
+                            source: t.query_source().map_or("?", |s| s.name()),
+                            layers: t.layers(Side::Query),
+                        }),
+                        key: Some(SideJson {
+                            source: source_name(t),
+                            layers: t.layers(Side::Key),
+                        }),
+                        term: format!(
+                            "{}{}",
+                            N.sums(&t.binders, Some(fixed)),
+                            N.term(&t.position, &t.weights, Heads::Symbolic)
+                        ),
+                        count: paths::count_templates(std::slice::from_ref(t), &heads, Some(fixed))
+                            .to_string(),
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    out.write_all(b",\n  \"qk\": {\n    \"counts\": ")?;
+    serde_json::to_writer(&mut *out, &CountsJson::from(counts))?;
+    out.write_all(b",\n    \"layers\": ")?;
+    serde_json::to_writer(&mut *out, &layer_json)?;
+    out.write_all(b",\n    \"terms\": [")?;
+    let mut lines = LineWriter::new(out);
+    for (layer, templates) in layers.iter().enumerate() {
+        for_each_score_term(exp, layer, templates, |target, p| {
+            lines.item(|buf| push_score_term(buf, target, &p))
+        });
+    }
+    lines.finish()?;
+    out.write_all(b"\n    ]\n  }")
+}

@@ -1,0 +1,80 @@
+//! Emitters: an [`Expansion`](crate::Expansion) as text, LaTeX, JSON or DOT.
+//!
+//! Invariant: output is a pure function of the expansion (ordered iteration only), so the same
+//! input gives byte-identical output. Emitters stream: memory does not grow with the number of
+//! paths written.
+
+pub mod count;
+pub mod dot;
+pub mod json;
+pub mod latex;
+pub mod notation;
+pub mod text;
+
+use crate::paths::{self, HeadRef, IndexVar, Path, Side, Template};
+use crate::Expansion;
+
+/// Calls `visit(target head, term)` for every attention-score term, head by head, in order.
+pub(crate) fn for_each_score_term(
+    exp: &Expansion,
+    layer: usize,
+    templates: &[Template],
+    mut visit: impl FnMut(HeadRef, Path<'_>),
+) {
+    let heads = exp.heads_per_layer();
+    for head in 0..heads[layer] {
+        let target = HeadRef { layer, head };
+        paths::for_each_path(
+            templates,
+            &heads,
+            Some((
+                IndexVar {
+                    side: Side::Head,
+                    layer,
+                },
+                head,
+            )),
+            |p| visit(target, p),
+        );
+    }
+}
+
+/// "2 layers × 4 heads" or "3 layers (heads 4, 2, 8)".
+pub(crate) fn shape_summary(exp: &Expansion) -> String {
+    let heads = exp.heads_per_layer();
+    let layers = match heads.len() {
+        1 => "1 layer".to_string(),
+        n => format!("{n} layers"),
+    };
+    match heads.first() {
+        None => "0 layers".to_string(),
+        Some(&h) if heads.iter().all(|&x| x == h) => {
+            format!("{layers} × {h} head{}", if h == 1 { "" } else { "s" })
+        }
+        Some(_) => format!(
+            "{layers} (heads {})",
+            heads
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+pub(crate) fn sources(exp: &Expansion) -> Vec<&'static str> {
+    let mut s = vec!["E"];
+    if exp.model.pos_embed.is_some() {
+        s.push("P");
+    }
+    s
+}
+
+pub(crate) fn plural(n: &impl std::fmt::Display, one: &str, many: &str) -> String {
+    let text = n.to_string();
+    if text == "1" {
+        format!("1 {one}")
+    } else {
+        format!("{text} {many}")
+    }
+}

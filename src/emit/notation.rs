@@ -1,0 +1,193 @@
+//! How factors and terms are written: Unicode text close to the paper, or LaTeX.
+//!
+//! Everything writes into a caller's `String`, so that emitting a million paths reuses one
+//! buffer instead of allocating per factor.
+
+use std::fmt::Write as _;
+
+use crate::paths::{Factor, FactorKind, IndexVar, Path};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notation {
+    Text,
+    Latex,
+}
+
+/// What an index stands for when a factor is written: a concrete head, or the symbolic index.
+#[derive(Debug, Clone, Copy)]
+pub enum Heads<'a> {
+    Symbolic,
+    Concrete(&'a Path<'a>),
+}
+
+impl Notation {
+    fn write_index(self, out: &mut String, index: IndexVar, heads: Heads<'_>) {
+        let _ = match heads {
+            Heads::Concrete(path) => {
+                push_usize(out, index.layer);
+                out.push('.');
+                push_usize(out, path.head_of(index));
+                Ok(())
+            }
+            Heads::Symbolic => {
+                let name = index.to_string();
+                match self {
+                    Notation::Text => write!(out, "{name}"),
+                    Notation::Latex => write!(out, "{}_{{{}}}", &name[..1], &name[1..]),
+                }
+            }
+        };
+    }
+
+    pub fn write_factor(self, out: &mut String, f: Factor, heads: Heads<'_>) {
+        let base = match (self, f.kind) {
+            (_, FactorKind::Pattern) => "A",
+            (Notation::Text, FactorKind::OV) => "W_OV",
+            (Notation::Text, FactorKind::QK) => "W_QK",
+            (Notation::Latex, FactorKind::OV) => "W_{OV}",
+            (Notation::Latex, FactorKind::QK) => "W_{QK}",
+            (_, FactorKind::Embed) => "W_E",
+            (_, FactorKind::PosEmbed) => "W_P",
+            (_, FactorKind::Unembed) => "W_U",
+        };
+        let latex_transpose = f.transposed && self == Notation::Latex;
+        if latex_transpose {
+            out.push('{');
+        }
+        out.push_str(base);
+        if let Some(index) = f.index {
+            out.push_str("^{");
+            self.write_index(out, index, heads);
+            out.push('}');
+        }
+        if f.transposed {
+            match self {
+                Notation::Text => out.push('ᵀ'),
+                Notation::Latex => out.push_str("}^{\\top}"),
+            }
+        }
+    }
+
+    pub fn factor(self, f: Factor, heads: Heads<'_>) -> String {
+        let mut out = String::new();
+        self.write_factor(&mut out, f, heads);
+        out
+    }
+
+    fn identity(self) -> &'static str {
+        match self {
+            Notation::Text => "Id",
+            Notation::Latex => "\\mathrm{Id}",
+        }
+    }
+
+    fn product_sep(self) -> &'static str {
+        match self {
+            Notation::Text => "·",
+            Notation::Latex => "\\,",
+        }
+    }
+
+    fn tensor_sep(self) -> &'static str {
+        match self {
+            Notation::Text => " ⊗ ",
+            Notation::Latex => " \\otimes ",
+        }
+    }
+
+    /// A chain of factors as a product (`Id` when empty).
+    pub fn write_chain(self, out: &mut String, factors: &[Factor], heads: Heads<'_>) {
+        if factors.is_empty() {
+            out.push_str(self.identity());
+        }
+        for (i, f) in factors.iter().enumerate() {
+            if i > 0 {
+                out.push_str(self.product_sep());
+            }
+            self.write_factor(out, *f, heads);
+        }
+    }
+
+    /// A whole term `position ⊗ weights`, parenthesised as the paper does once the position side
+    /// is a product: `A^{0.3} ⊗ W_U·W_OV^{0.3}·W_E`, `(A^{1.2}·A^{0.0}) ⊗ (W_U·…·W_E)`.
+    pub fn write_term(
+        self,
+        out: &mut String,
+        position: &[Vec<Factor>],
+        weights: &[Factor],
+        heads: Heads<'_>,
+    ) {
+        let wrap = position.iter().any(|chain| chain.len() > 1);
+        for (i, chain) in position
+            .iter()
+            .map(Vec::as_slice)
+            .chain([weights])
+            .enumerate()
+        {
+            if i > 0 {
+                out.push_str(self.tensor_sep());
+            }
+            let parens = wrap && chain.len() > 1;
+            if parens {
+                out.push('(');
+            }
+            self.write_chain(out, chain, heads);
+            if parens {
+                out.push(')');
+            }
+        }
+    }
+
+    pub fn term(self, position: &[Vec<Factor>], weights: &[Factor], heads: Heads<'_>) -> String {
+        let mut out = String::new();
+        self.write_term(&mut out, position, weights, heads);
+        out
+    }
+
+    /// `Σ_{h1∈H1} Σ_{h0∈H0} ` for the template's indices (all but `fixed`), latest layer first.
+    pub fn sums(self, binders: &[IndexVar], fixed: Option<IndexVar>) -> String {
+        let mut out = String::new();
+        for b in binders.iter().rev().filter(|b| Some(**b) != fixed) {
+            match self {
+                Notation::Text => out.push_str("Σ_{"),
+                Notation::Latex => out.push_str("\\sum_{"),
+            }
+            self.write_index(&mut out, *b, Heads::Symbolic);
+            let _ = match self {
+                Notation::Text => write!(out, "∈H{}}} ", b.layer),
+                Notation::Latex => write!(out, " \\in H_{{{}}}}} ", b.layer),
+            };
+        }
+        out
+    }
+}
+
+/// Appends a number without `fmt` machinery: the hot path when a million paths are written.
+pub fn push_usize(out: &mut String, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&digits[i..]).expect("ASCII digits"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_usize;
+
+    #[test]
+    fn pushes_numbers() {
+        let mut s = String::new();
+        for n in [0, 7, 10, 4096, usize::MAX] {
+            push_usize(&mut s, n);
+            s.push(' ');
+        }
+        assert_eq!(s, format!("0 7 10 4096 {} ", usize::MAX));
+    }
+}

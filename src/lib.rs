@@ -1,0 +1,289 @@
+//! pathc: a symbolic path-expansion compiler for transformer interpretability.
+//!
+//! Elhage et al. (2021) showed that with its attention patterns frozen an attention-only
+//! transformer's logits are a sum of *paths* — the direct path `W_U W_E`, one term per head, and
+//! composed terms through several heads. pathc parses a model description, builds its term graph,
+//! rewrites the product form into that sum with an e-graph, and counts and enumerates the paths.
+//!
+//! The pipeline, one module a stage (see `ARCHITECTURE.md`):
+//!
+//! ```text
+//! syntax (pest) → graph (petgraph) → rewrite (egg) → paths → emit
+//! ```
+//!
+//! ```
+//! let source = "model tiny\n dim d_model = 16\n dim d_vocab = 20\n embed\n layer { attn(heads = 2, d_head = 4) }\n unembed\n";
+//! let expansion = pathc::expand(source, &pathc::ExpandOptions::default()).unwrap();
+//! let names: Vec<String> = expansion.logit_paths().map(|p| p.name).collect();
+//! assert_eq!(names, ["E", "E/L0H0", "E/L0H1"]);
+//! assert_eq!(expansion.logit_counts.total(), 3u32.into());
+//! ```
+
+pub mod diag;
+pub mod emit;
+pub mod graph;
+pub mod model;
+pub mod paths;
+pub mod rewrite;
+pub mod syntax;
+
+use num_bigint::BigUint;
+use thiserror::Error;
+
+use diag::Diagnostic;
+use graph::{Source, TermGraph};
+use model::Model;
+use paths::{Counts, HeadRef, IndexVar, Side, Template};
+use rewrite::{Limits, RewriteError, RunStats};
+
+/// The default bound on how many terms `expand` enumerates.
+pub const DEFAULT_ENUMERATION_LIMIT: u64 = 1_000_000;
+
+#[derive(Debug, Clone)]
+pub struct ExpandOptions {
+    /// Keep only paths through at most this many heads (`--max-order`).
+    pub max_order: Option<u32>,
+    /// Also expand every head's attention scores into (query path, key path) terms.
+    pub qk: bool,
+    /// Refuse to enumerate more terms than this (counting is never limited).
+    pub limit: u64,
+    pub rewrite_limits: Limits,
+}
+
+impl Default for ExpandOptions {
+    fn default() -> ExpandOptions {
+        ExpandOptions {
+            max_order: None,
+            qk: false,
+            limit: DEFAULT_ENUMERATION_LIMIT,
+            rewrite_limits: Limits::default(),
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum Error {
+    /// Syntax or semantic errors in the model file (several at once where possible).
+    #[error("the model file has {} error(s)", .0.len())]
+    Model(Vec<Diagnostic>),
+    /// A construct the expansion cannot go through yet.
+    #[error("{}", .0.message)]
+    Unsupported(Diagnostic),
+    #[error(
+        "the expansion has {count} {what}, more than the enumeration limit of {limit}; {}",
+        match fits { Some((k, n)) => format!("--max-order {k} fits ({n} {what}), or raise the limit with --limit"), None => "raise the limit with --limit".to_string() }
+    )]
+    TooLarge {
+        what: &'static str,
+        count: BigUint,
+        limit: u64,
+        fits: Option<(u32, BigUint)>,
+    },
+    #[error(transparent)]
+    Rewrite(RewriteError),
+}
+
+impl Error {
+    /// The diagnostics that point into the model file, if any.
+    pub fn diagnostics(&self) -> &[Diagnostic] {
+        match self {
+            Error::Model(d) => d,
+            Error::Unsupported(d) => std::slice::from_ref(d),
+            _ => &[],
+        }
+    }
+}
+
+impl From<RewriteError> for Error {
+    fn from(e: RewriteError) -> Error {
+        match e {
+            RewriteError::Unsupported(d) => Error::Unsupported(d),
+            other => Error::Rewrite(other),
+        }
+    }
+}
+
+/// A parsed, checked model and its term graph.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    pub model: Model,
+    pub graph: TermGraph,
+}
+
+impl Compiled {
+    pub fn n_sources(&self) -> usize {
+        1 + usize::from(self.model.pos_embed.is_some())
+    }
+
+    /// Logit paths by order, from the architecture alone: instant at any size.
+    pub fn logit_counts(&self, max_order: Option<u32>) -> Counts {
+        paths::count_logit_paths(&self.model.heads_per_layer(), self.n_sources(), max_order)
+    }
+
+    /// Attention-score terms by order, summed over all heads.
+    pub fn score_counts(&self, max_order: Option<u32>) -> Counts {
+        paths::count_score_terms(&self.model.heads_per_layer(), self.n_sources(), max_order)
+    }
+}
+
+/// Parses and checks a model file and builds its term graph.
+pub fn compile(source: &str) -> Result<Compiled, Error> {
+    let model = syntax::parse_model(source).map_err(Error::Model)?;
+    let graph = TermGraph::build(&model);
+    Ok(Compiled { model, graph })
+}
+
+/// The expansion of a model: its sum of paths (and optionally of each head's attention scores),
+/// as sorted templates with their exact counts.
+#[derive(Debug, Clone)]
+pub struct Expansion {
+    pub model: Model,
+    pub graph: TermGraph,
+    pub max_order: Option<u32>,
+    /// The logits' templates in path order.
+    pub logits: Vec<Template>,
+    pub logit_counts: Counts,
+    pub logit_stats: RunStats,
+    /// With `qk`: each layer's attention-score templates, in order.
+    pub scores: Option<Vec<Vec<Template>>>,
+    pub score_counts: Option<Counts>,
+    pub score_stats: Option<RunStats>,
+}
+
+/// One concrete logit path, owned, for library users.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathTerm {
+    pub name: String,
+    pub order: usize,
+    pub source: Source,
+    pub heads: Vec<HeadRef>,
+    /// The term in the paper's notation, e.g. `A^{0.3} ⊗ W_U·W_OV^{0.3}·W_E`.
+    pub term: String,
+}
+
+/// One concrete attention-score term.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScoreTerm {
+    pub name: String,
+    pub head: HeadRef,
+    pub order: usize,
+    pub composition: paths::Composition,
+    pub query_heads: Vec<HeadRef>,
+    pub key_heads: Vec<HeadRef>,
+    pub term: String,
+}
+
+impl Expansion {
+    pub fn heads_per_layer(&self) -> Vec<usize> {
+        self.model.heads_per_layer()
+    }
+
+    /// Every logit path, in order.
+    pub fn logit_paths(&self) -> impl Iterator<Item = PathTerm> {
+        let mut out = Vec::new();
+        paths::for_each_path(&self.logits, &self.heads_per_layer(), None, |p| {
+            out.push(PathTerm {
+                name: p.name(),
+                order: p.template.order(),
+                source: p
+                    .template
+                    .source()
+                    .expect("logit templates end in a source"),
+                heads: p.heads(Side::Head),
+                term: emit::notation::Notation::Text.term(
+                    &p.template.position,
+                    &p.template.weights,
+                    emit::notation::Heads::Concrete(&p),
+                ),
+            })
+        });
+        out.into_iter()
+    }
+
+    /// Every attention-score term, head by head, in order (empty without `qk`).
+    pub fn score_terms(&self) -> impl Iterator<Item = ScoreTerm> {
+        let mut out = Vec::new();
+        for (layer, templates) in self.scores.iter().flatten().enumerate() {
+            for head in 0..self.model.layers[layer].attn.n_heads {
+                let target = HeadRef { layer, head };
+                let fixed = (
+                    IndexVar {
+                        side: Side::Head,
+                        layer,
+                    },
+                    head,
+                );
+                paths::for_each_path(templates, &self.heads_per_layer(), Some(fixed), |p| {
+                    out.push(ScoreTerm {
+                        name: p.score_name(target),
+                        head: target,
+                        order: p.template.order(),
+                        composition: paths::Composition::of(p.template),
+                        query_heads: p.heads(Side::Query),
+                        key_heads: p.heads(Side::Key),
+                        term: emit::notation::Notation::Text.term(
+                            &p.template.position,
+                            &p.template.weights,
+                            emit::notation::Heads::Concrete(&p),
+                        ),
+                    })
+                });
+            }
+        }
+        out.into_iter()
+    }
+}
+
+/// Compiles a model file and expands it into its sum of paths.
+pub fn expand(source: &str, options: &ExpandOptions) -> Result<Expansion, Error> {
+    expand_compiled(compile(source)?, options)
+}
+
+pub fn expand_compiled(compiled: Compiled, options: &ExpandOptions) -> Result<Expansion, Error> {
+    let n_layers = compiled.model.n_layers();
+    let limit = BigUint::from(options.limit);
+    let logit_counts = compiled.logit_counts(options.max_order);
+    let too_large = |what, count: BigUint, per_order: &dyn Fn(u32) -> BigUint| Error::TooLarge {
+        what,
+        count,
+        limit: options.limit,
+        fits: paths::largest_order_within(&limit, n_layers, per_order),
+    };
+    if logit_counts.total() > limit {
+        return Err(too_large("paths", logit_counts.total(), &|k| {
+            compiled.logit_counts(Some(k)).total()
+        }));
+    }
+    let score_counts = options.qk.then(|| compiled.score_counts(options.max_order));
+    if let Some(counts) = &score_counts {
+        if counts.total() > limit {
+            return Err(too_large("attention-score terms", counts.total(), &|k| {
+                compiled.score_counts(Some(k)).total()
+            }));
+        }
+    }
+    let (mut logits, logit_stats) =
+        rewrite::expand_logits(&compiled.graph, options.max_order, options.rewrite_limits)?;
+    paths::sort_logit_templates(&mut logits);
+    let (scores, score_stats) = if options.qk {
+        let (mut per_layer, stats) =
+            rewrite::expand_scores(&compiled.graph, options.max_order, options.rewrite_limits)?;
+        for templates in &mut per_layer {
+            paths::sort_score_templates(templates);
+        }
+        (Some(per_layer), Some(stats))
+    } else {
+        (None, None)
+    };
+    Ok(Expansion {
+        model: compiled.model,
+        graph: compiled.graph,
+        max_order: options.max_order,
+        logits,
+        logit_counts,
+        logit_stats,
+        scores,
+        score_counts,
+        score_stats,
+    })
+}

@@ -1,0 +1,126 @@
+//! The rule table: one named rule a line. Every rule is an identity of the tensor-product
+//! algebra (or of the symbolic head sums), so rewriting never changes the tensor a term denotes.
+
+use egg::{rewrite as rw, Applier, EGraph, Id, Pattern, PatternAst, Rewrite, Subst, Symbol, Var};
+
+use super::lang::{Tensor, TensorAnalysis};
+
+pub type Rule = Rewrite<Tensor, TensorAnalysis>;
+type Graph = EGraph<Tensor, TensorAnalysis>;
+
+pub fn rules() -> Vec<Rule> {
+    vec![
+        // The tensor-product algebra.
+        rw!("mixed-product"; "(* (kron ?a ?b) (kron ?c ?d))" => "(kron (* ?a ?c) (* ?b ?d))"),
+        rw!("distribute-left"; "(* ?a (+ ?b ?c))" => "(+ (* ?a ?b) (* ?a ?c))"),
+        rw!("distribute-right"; "(* (+ ?a ?b) ?c)" => "(+ (* ?a ?c) (* ?b ?c))"),
+        rw!("identity-left"; "(* I ?a)" => "?a"),
+        rw!("identity-right"; "(* ?a I)" => "?a"),
+        rw!("tensor-identity-left"; "(* (kron I I) ?a)" => "?a"),
+        rw!("tensor-identity-right"; "(* ?a (kron I I))" => "?a"),
+        rw!("zero-add-left"; "(+ 0 ?a)" => "?a"),
+        rw!("zero-add-right"; "(+ ?a 0)" => "?a"),
+        // Σ over a layer's heads: linear, so it moves out of products whose other factor does not
+        // mention its index, and splits over sums.
+        rw!("sum-out-left"; "(* (sum ?i ?a) ?b)" => "(sum ?i (* ?a ?b))" if not_free("?i", &["?b"])),
+        rw!("sum-out-right"; "(* ?b (sum ?i ?a))" => "(sum ?i (* ?b ?a))" if not_free("?i", &["?b"])),
+        rw!("sum-split"; "(sum ?i (+ ?a ?b))" => "(+ (sum ?i ?a) (sum ?i ?b))"),
+        // A head's weights.
+        rw!("ov-fuse"; "(* (O ?i) (V ?i))" => "(OV ?i)"),
+        rw!("ov-fuse-chain"; "(* (O ?i) (* (V ?i) ?a))" => "(* (OV ?i) ?a)"),
+        rw!("qk-fuse"; "(* (T (Q ?i)) (K ?i))" => "(QK ?i)"),
+        // Truncation by order, inside the algebra: a product with a factor of fixed order d keeps
+        // only the terms of order ≤ k - d of the rest, so high orders are never built.
+        rw!("trunc-add"; "(trunc ?k (+ ?a ?b))" => "(+ (trunc ?k ?a) (trunc ?k ?b))"),
+        rw!("trunc-sum"; "(trunc ?k (sum ?i ?a))" => "(sum ?i (trunc ?k ?a))"),
+        rw!("trunc-keep"; "(trunc ?k ?a)" => "?a" if max_order_within("?a", "?k")),
+        rw!("trunc-product"; "(trunc ?k (* ?a ?b))" => { TruncRest::new("(* ?a (trunc ?k ?b))", "?a") }),
+        rw!("trunc-bilin"; "(trunc ?k (bilin ?a ?w ?b))" => { TruncRest::new("(bilin ?a ?w (trunc ?k ?b))", "?a") }),
+        // The QK side: the bilinear form of an attention score over two expansions.
+        rw!("bilin-split-query"; "(bilin (+ ?a ?b) ?w ?c)" => "(+ (bilin ?a ?w ?c) (bilin ?b ?w ?c))"),
+        rw!("bilin-split-key"; "(bilin ?a ?w (+ ?b ?c))" => "(+ (bilin ?a ?w ?b) (bilin ?a ?w ?c))"),
+        rw!("bilin-sum-query"; "(bilin (sum ?i ?a) ?w ?c)" => "(sum ?i (bilin ?a ?w ?c))" if not_free("?i", &["?w", "?c"])),
+        rw!("bilin-sum-key"; "(bilin ?a ?w (sum ?i ?c))" => "(sum ?i (bilin ?a ?w ?c))" if not_free("?i", &["?a", "?w"])),
+        rw!("bilin-mixed"; "(bilin (kron ?p ?m) (kron I ?w) (kron ?q ?n))" => "(kron (kron ?p ?q) (tmul ?m (* ?w ?n)))"),
+        // Transposition of products: (a·b)ᵀ·r = bᵀ·(aᵀ·r).
+        rw!("transpose-product"; "(tmul (* ?a ?b) ?r)" => "(tmul ?b (* (T ?a) ?r))"),
+        rw!("transpose-atom"; "(tmul ?a ?r)" => "(* (T ?a) ?r)" if is_atom("?a")),
+        rw!("transpose-identity"; "(T I)" => "I"),
+    ]
+}
+
+fn var(name: &str) -> Var {
+    name.parse().expect("rule variables are well formed")
+}
+
+/// The index `index` occurs free in none of `terms`.
+fn not_free(index: &str, terms: &[&str]) -> impl Fn(&mut Graph, Id, &Subst) -> bool {
+    let index = var(index);
+    let terms: Vec<Var> = terms.iter().map(|t| var(t)).collect();
+    move |egraph, _, subst| {
+        let Some(Tensor::Index(i)) = egraph[subst[index]].nodes.first().cloned() else {
+            return false;
+        };
+        terms
+            .iter()
+            .all(|t| !egraph[subst[*t]].data.free.contains(&i))
+    }
+}
+
+/// Every term of `term` has order at most `k`.
+fn max_order_within(term: &str, k: &str) -> impl Fn(&mut Graph, Id, &Subst) -> bool {
+    let (term, k) = (var(term), var(k));
+    move |egraph, _, subst| match (egraph[subst[term]].data.order, egraph[subst[k]].data.num) {
+        (Some((_, hi)), Some(k)) => hi <= k,
+        _ => false,
+    }
+}
+
+fn is_atom(term: &str) -> impl Fn(&mut Graph, Id, &Subst) -> bool {
+    let term = var(term);
+    move |egraph, _, subst| egraph[subst[term]].data.atom
+}
+
+/// Applies `target` with `?k` lowered by the order of `fixed`, when `fixed` has one order.
+struct TruncRest {
+    target: Pattern<Tensor>,
+    fixed: Var,
+}
+
+impl TruncRest {
+    fn new(target: &str, fixed: &str) -> TruncRest {
+        TruncRest {
+            target: target.parse().expect("rule patterns are well formed"),
+            fixed: var(fixed),
+        }
+    }
+}
+
+impl Applier<Tensor, TensorAnalysis> for TruncRest {
+    fn apply_one(
+        &self,
+        egraph: &mut Graph,
+        eclass: Id,
+        subst: &Subst,
+        searcher_ast: Option<&PatternAst<Tensor>>,
+        rule_name: Symbol,
+    ) -> Vec<Id> {
+        let k = var("?k");
+        let (Some((lo, hi)), Some(k_value)) = (
+            egraph[subst[self.fixed]].data.order,
+            egraph[subst[k]].data.num,
+        ) else {
+            return vec![];
+        };
+        // Only a factor of one fixed order d lowers the bound, and only while k - d ≥ 0: below
+        // that the analysis already knows the truncation is zero (and lowering again and again
+        // through the zero class would never end).
+        if lo != hi || k_value < lo || egraph[eclass].data.order.is_none() {
+            return vec![];
+        }
+        let mut lowered = subst.clone();
+        lowered.insert(k, egraph.add(Tensor::Num(k_value - lo)));
+        self.target
+            .apply_one(egraph, eclass, &lowered, searcher_ast, rule_name)
+    }
+}

@@ -1,0 +1,652 @@
+//! Semantic checks: [`ast::File`] → [`Model`], collecting every error rather than stopping at
+//! the first.
+
+use std::collections::BTreeMap;
+
+use super::ast::{self, Arg, Component, ComponentKind, Item, Value};
+use crate::diag::{line_col, Diagnostic, Span};
+use crate::model::{Activation, Attn, Layer, LayerNorm, Mlp, Model, Size, Unembed};
+
+/// Bounds that keep the term graph and the e-graph small enough to build. Far above any real
+/// model (GPT-3 has 96 layers × 96 heads).
+pub const MAX_LAYERS: u64 = 4096;
+pub const MAX_HEADS: u64 = 4096;
+
+pub fn check(file: &ast::File, source: &str) -> Result<Model, Vec<Diagnostic>> {
+    let mut cx = Checker {
+        source,
+        errors: Vec::new(),
+        dims: BTreeMap::new(),
+    };
+    cx.declare_dims(file);
+    let model = cx.check_items(file);
+    if cx.errors.is_empty() {
+        Ok(model.expect("a model is built whenever no error was reported"))
+    } else {
+        cx.errors.sort_by_key(|d| d.span.start);
+        Err(cx.errors)
+    }
+}
+
+struct Checker<'a> {
+    source: &'a str,
+    errors: Vec<Diagnostic>,
+    dims: BTreeMap<String, (Size, Span)>,
+}
+
+/// Where the top-level items have got to, to catch components out of order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    Start,
+    Embedded,
+    Layers,
+    FinalNorm,
+    Unembedded,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, d: Diagnostic) {
+        self.errors.push(d);
+    }
+
+    fn line_of(&self, span: Span) -> usize {
+        line_col(self.source, span.start).0
+    }
+
+    fn declare_dims(&mut self, file: &ast::File) {
+        for item in &file.items {
+            let Item::Dim(decl) = item else { continue };
+            let name = &decl.name.text;
+            if let Some((_, first)) = self.dims.get(name) {
+                let first_line = self.line_of(*first);
+                self.error(
+                    Diagnostic::new(
+                        decl.name.span,
+                        format!("duplicate dimension `{name}`"),
+                        "declared twice",
+                    )
+                    .with_help(format!("`{name}` is first declared on line {first_line}")),
+                );
+                continue;
+            }
+            let size = match decl.value {
+                Some(n) if n.value == 0 => {
+                    self.error(Diagnostic::new(
+                        n.span,
+                        format!("dimension `{name}` is zero"),
+                        "must be at least 1",
+                    ));
+                    Size::Known(1)
+                }
+                Some(n) => Size::Known(n.value),
+                None => Size::Symbolic(name.clone()),
+            };
+            self.dims.insert(name.clone(), (size, decl.name.span));
+        }
+    }
+
+    fn required_dim(&mut self, name: &str, why: &str, at: Span) -> Size {
+        match self.dims.get(name) {
+            Some((size, _)) => size.clone(),
+            None => {
+                self.error(
+                    Diagnostic::new(at, format!("missing dimension `{name}`"), why.to_string())
+                        .with_help(format!(
+                        "declare it with `dim {name} = N` (or `dim {name}` to keep it symbolic)"
+                    )),
+                );
+                Size::Symbolic(name.to_string())
+            }
+        }
+    }
+
+    fn check_items(&mut self, file: &ast::File) -> Option<Model> {
+        let mut stage = Stage::Start;
+        let mut embed = None;
+        let mut pos_embed = None;
+        let mut layers = Vec::new();
+        let mut ln_final = None;
+        let mut unembed = None;
+        let mut n_layers: u64 = 0;
+        for item in &file.items {
+            if stage == Stage::Unembedded && !matches!(item, Item::Dim(_)) {
+                let span = item_span(item);
+                self.error(
+                    Diagnostic::new(
+                        span,
+                        "nothing may follow the unembedding",
+                        "after `unembed`",
+                    )
+                    .with_help("`unembed` is the model's last component"),
+                );
+                continue;
+            }
+            match item {
+                Item::Dim(_) => {}
+                Item::Component(c) => match c.kind {
+                    ComponentKind::Embed | ComponentKind::PosEmbed => {
+                        self.no_args(c);
+                        let slot = if c.kind == ComponentKind::Embed {
+                            &mut embed
+                        } else {
+                            &mut pos_embed
+                        };
+                        if let Some(first) = *slot {
+                            let line = self.line_of(first);
+                            self.error(
+                                Diagnostic::new(
+                                    c.keyword_span,
+                                    format!("duplicate `{}`", c.kind.keyword()),
+                                    "declared twice",
+                                )
+                                .with_help(format!("first declared on line {line}")),
+                            );
+                        } else if stage > Stage::Embedded {
+                            self.error(Diagnostic::new(
+                                c.keyword_span,
+                                format!("`{}` after the layers", c.kind.keyword()),
+                                "embeddings come before the first layer",
+                            ));
+                        } else {
+                            *slot = Some(c.span);
+                            stage = Stage::Embedded;
+                        }
+                    }
+                    ComponentKind::LayerNorm => {
+                        self.no_args(c);
+                        if stage == Stage::FinalNorm {
+                            self.error(Diagnostic::new(
+                                c.keyword_span,
+                                "duplicate final `layernorm`",
+                                "a second final LayerNorm",
+                            ));
+                        } else {
+                            ln_final = Some(LayerNorm { span: c.span });
+                            stage = Stage::FinalNorm;
+                        }
+                    }
+                    ComponentKind::Attn | ComponentKind::Mlp => {
+                        self.error(
+                            Diagnostic::new(
+                                c.keyword_span,
+                                format!("`{}` outside a layer", c.kind.keyword()),
+                                "not inside `layer { ... }`",
+                            )
+                            .with_help(format!("write `layer {{ {}(...) }}`", c.kind.keyword())),
+                        );
+                    }
+                    ComponentKind::Unembed => {
+                        let bias = self
+                            .component_args(c, &[("bias", ArgKind::Bool)])
+                            .bool("bias");
+                        unembed = Some(Unembed { bias, span: c.span });
+                        stage = Stage::Unembedded;
+                    }
+                },
+                Item::Layer(_) | Item::Repeat(_) => {
+                    if stage == Stage::FinalNorm {
+                        self.error(
+                            Diagnostic::new(item_span(item), "a layer after the final `layernorm`", "after the final LayerNorm")
+                                .with_help("a `layernorm` outside a layer is the final one; put layers before it"),
+                        );
+                        continue;
+                    }
+                    let (body, times) = match item {
+                        Item::Layer(l) => (std::slice::from_ref(l), 1),
+                        Item::Repeat(r) => {
+                            if r.count.value == 0 {
+                                self.error(Diagnostic::new(
+                                    r.count.span,
+                                    "`repeat 0`",
+                                    "must repeat at least once",
+                                ));
+                            }
+                            if r.layers.is_empty() {
+                                self.error(Diagnostic::new(
+                                    r.span,
+                                    "empty `repeat`",
+                                    "holds no `layer { ... }`",
+                                ));
+                            }
+                            (r.layers.as_slice(), r.count.value)
+                        }
+                        _ => unreachable!(),
+                    };
+                    let checked: Vec<Option<Layer>> = body.iter().map(|l| self.layer(l)).collect();
+                    n_layers = n_layers.saturating_add(times.saturating_mul(body.len() as u64));
+                    if n_layers > MAX_LAYERS {
+                        if n_layers - times.saturating_mul(body.len() as u64) <= MAX_LAYERS {
+                            self.error(Diagnostic::new(
+                                item_span(item),
+                                format!("too many layers (more than {MAX_LAYERS})"),
+                                "the model grows past the limit here",
+                            ));
+                        }
+                        continue;
+                    }
+                    for _ in 0..times {
+                        layers.extend(checked.iter().flatten().cloned());
+                    }
+                    stage = Stage::Layers;
+                }
+            }
+        }
+        let header_span = file.name.span;
+        if embed.is_none() {
+            self.error(
+                Diagnostic::new(
+                    header_span,
+                    "the model has no token embedding",
+                    "no `embed` in this model",
+                )
+                .with_help("add `embed` before the first layer"),
+            );
+        }
+        if unembed.is_none() {
+            self.error(
+                Diagnostic::new(
+                    header_span,
+                    "the model has no unembedding",
+                    "no `unembed` in this model",
+                )
+                .with_help("add `unembed` as the last component"),
+            );
+        }
+        let d_model = self.required_dim(
+            "d_model",
+            "every model needs its residual width",
+            header_span,
+        );
+        let d_vocab = self.required_dim(
+            "d_vocab",
+            "the embedding and unembedding need the vocabulary size",
+            header_span,
+        );
+        if let Some(span) = pos_embed {
+            self.required_dim("n_ctx", "`pos_embed` needs the context length", span);
+        }
+        Some(Model {
+            name: file.name.text.clone(),
+            dims: self
+                .dims
+                .iter()
+                .map(|(k, (v, _))| (k.clone(), v.clone()))
+                .collect(),
+            d_model,
+            d_vocab,
+            embed: embed?,
+            pos_embed,
+            layers,
+            ln_final,
+            unembed: unembed?,
+        })
+    }
+
+    fn no_args(&mut self, c: &Component) {
+        self.component_args(c, &[]);
+    }
+
+    /// One layer: `[layernorm] attn [[layernorm] mlp]`.
+    fn layer(&mut self, layer: &ast::Layer) -> Option<Layer> {
+        let mut attn: Option<Attn> = None;
+        let mut mlp: Option<Mlp> = None;
+        let mut pending_ln: Option<LayerNorm> = None;
+        let mut ok = true;
+        for c in &layer.components {
+            match c.kind {
+                ComponentKind::LayerNorm => {
+                    self.no_args(c);
+                    if pending_ln.is_some() {
+                        self.error(Diagnostic::new(
+                            c.keyword_span,
+                            "two `layernorm`s in a row",
+                            "a LayerNorm applies to the next `attn` or `mlp` only",
+                        ));
+                        ok = false;
+                    }
+                    pending_ln = Some(LayerNorm { span: c.span });
+                }
+                ComponentKind::Attn => {
+                    let checked = self.attn(c, pending_ln.take());
+                    if attn.is_some() {
+                        self.error(
+                            Diagnostic::new(
+                                c.keyword_span,
+                                "a second `attn` in one layer",
+                                "one attention block per layer",
+                            )
+                            .with_help("start a new `layer { ... }`"),
+                        );
+                        ok = false;
+                    } else if mlp.is_some() {
+                        self.error(Diagnostic::new(
+                            c.keyword_span,
+                            "`attn` after `mlp`",
+                            "attention comes before the MLP in a layer",
+                        ));
+                        ok = false;
+                    }
+                    attn = attn.or(checked);
+                    ok &= attn.is_some();
+                }
+                ComponentKind::Mlp => {
+                    let checked = self.mlp(c, pending_ln.take());
+                    if mlp.is_some() {
+                        self.error(Diagnostic::new(
+                            c.keyword_span,
+                            "a second `mlp` in one layer",
+                            "one MLP per layer",
+                        ));
+                        ok = false;
+                    }
+                    mlp = mlp.or(checked);
+                    ok &= mlp.is_some();
+                }
+                ComponentKind::Embed | ComponentKind::PosEmbed | ComponentKind::Unembed => {
+                    self.error(Diagnostic::new(
+                        c.keyword_span,
+                        format!("`{}` inside a layer", c.kind.keyword()),
+                        "only layernorm, attn and mlp belong in a layer",
+                    ));
+                    ok = false;
+                }
+            }
+        }
+        if let Some(ln) = pending_ln {
+            self.error(Diagnostic::new(
+                ln.span,
+                "`layernorm` at the end of a layer",
+                "normalises nothing: no `attn` or `mlp` follows",
+            ));
+            ok = false;
+        }
+        if attn.is_none() && ok {
+            self.error(
+                Diagnostic::new(
+                    layer.span,
+                    "a layer without attention",
+                    "no `attn` in this layer",
+                )
+                .with_help("every layer has one `attn(heads = N)`"),
+            );
+            ok = false;
+        }
+        let attn = attn?;
+        ok.then_some(Layer {
+            attn,
+            mlp,
+            span: layer.span,
+        })
+    }
+
+    fn attn(&mut self, c: &Component, ln: Option<LayerNorm>) -> Option<Attn> {
+        let args = self.component_args(
+            c,
+            &[
+                ("heads", ArgKind::Size),
+                ("d_head", ArgKind::Size),
+                ("bias", ArgKind::Bool),
+            ],
+        );
+        let bias = args.bool("bias");
+        let heads = args.size("heads");
+        let d_head = match args.size("d_head") {
+            Some((Size::Known(0), span)) => {
+                self.error(Diagnostic::new(
+                    span,
+                    "`d_head` is zero",
+                    "must be at least 1",
+                ));
+                return None;
+            }
+            Some((size, _)) => size,
+            None => self.required_dim(
+                "d_head",
+                "`attn` needs `d_head = N` or a declared `dim d_head`",
+                c.keyword_span,
+            ),
+        };
+        let n_heads = match heads {
+            None => {
+                self.error(
+                    Diagnostic::new(c.keyword_span, "`attn` without `heads`", "how many heads?")
+                        .with_help("write `attn(heads = 12)`"),
+                );
+                return None;
+            }
+            Some((Size::Symbolic(name), span)) => {
+                self.error(
+                    Diagnostic::new(
+                        span,
+                        "the number of heads must be a number",
+                        format!("`{name}` is symbolic"),
+                    )
+                    .with_help(format!("give it a value: `dim {name} = 12`")),
+                );
+                return None;
+            }
+            Some((Size::Known(0), span)) => {
+                self.error(Diagnostic::new(
+                    span,
+                    "zero heads",
+                    "an attention block needs at least one head",
+                ));
+                return None;
+            }
+            Some((Size::Known(n), span)) if n > MAX_HEADS => {
+                self.error(Diagnostic::new(
+                    span,
+                    format!("too many heads (more than {MAX_HEADS})"),
+                    "too many",
+                ));
+                return None;
+            }
+            Some((Size::Known(n), _)) => n as usize,
+        };
+        Some(Attn {
+            n_heads,
+            d_head,
+            bias,
+            ln,
+            span: c.span,
+        })
+    }
+
+    fn mlp(&mut self, c: &Component, ln: Option<LayerNorm>) -> Option<Mlp> {
+        let args = self.component_args(
+            c,
+            &[
+                ("d_mlp", ArgKind::Size),
+                ("act", ArgKind::Name),
+                ("bias", ArgKind::Bool),
+            ],
+        );
+        let bias = args.bool("bias");
+        let d_mlp = match args.size("d_mlp") {
+            Some((Size::Known(0), span)) => {
+                self.error(Diagnostic::new(
+                    span,
+                    "`d_mlp` is zero",
+                    "must be at least 1",
+                ));
+                return None;
+            }
+            Some((s, _)) => s,
+            None => self.required_dim(
+                "d_mlp",
+                "`mlp` needs `d_mlp = N` or a declared `dim d_mlp`",
+                c.keyword_span,
+            ),
+        };
+        let act = match args.name("act") {
+            None => {
+                self.error(
+                    Diagnostic::new(c.keyword_span, "`mlp` without `act`", "which activation?")
+                        .with_help(
+                            "write `mlp(act = gelu_new)`; known: relu, gelu, gelu_new, silu",
+                        ),
+                );
+                return None;
+            }
+            Some(name) => match Activation::ALL.iter().find(|a| a.name() == name.text) {
+                Some(a) => *a,
+                None => {
+                    self.error(
+                        Diagnostic::new(
+                            name.span,
+                            format!("unknown activation `{}`", name.text),
+                            "not an activation pathc knows",
+                        )
+                        .with_help("known: relu, gelu, gelu_new, silu"),
+                    );
+                    return None;
+                }
+            },
+        };
+        Some(Mlp {
+            d_mlp,
+            act,
+            bias,
+            ln,
+            span: c.span,
+        })
+    }
+
+    /// Checks a component's arguments against what it accepts; reports unknown, duplicate and
+    /// mistyped arguments, and returns the well-typed ones.
+    fn component_args(&mut self, c: &Component, accepted: &[(&str, ArgKind)]) -> CheckedArgs {
+        let mut out = CheckedArgs::default();
+        let mut seen: BTreeMap<&str, Span> = BTreeMap::new();
+        for arg in &c.args {
+            let name = arg.name.text.as_str();
+            let Some(&(_, kind)) = accepted.iter().find(|(n, _)| *n == name) else {
+                let help = if accepted.is_empty() {
+                    format!("`{}` takes no arguments", c.kind.keyword())
+                } else {
+                    let names: Vec<&str> = accepted.iter().map(|(n, _)| *n).collect();
+                    format!("`{}` accepts: {}", c.kind.keyword(), names.join(", "))
+                };
+                self.error(
+                    Diagnostic::new(
+                        arg.name.span,
+                        format!("unknown argument `{name}`"),
+                        format!("not an argument of `{}`", c.kind.keyword()),
+                    )
+                    .with_help(help),
+                );
+                continue;
+            };
+            if let Some(first) = seen.insert(name, arg.span) {
+                let line = self.line_of(first);
+                self.error(
+                    Diagnostic::new(
+                        arg.name.span,
+                        format!("duplicate argument `{name}`"),
+                        "given twice",
+                    )
+                    .with_help(format!("first given on line {line}")),
+                );
+                continue;
+            }
+            self.typed_arg(arg, kind, &mut out);
+        }
+        out
+    }
+
+    fn typed_arg(&mut self, arg: &Arg, kind: ArgKind, out: &mut CheckedArgs) {
+        let name = arg.name.text.clone();
+        match (kind, &arg.value) {
+            (ArgKind::Bool, Value::Flag) => {
+                out.bools.insert(name, true);
+            }
+            (ArgKind::Bool, Value::Bool(b, _)) => {
+                out.bools.insert(name, *b);
+            }
+            (ArgKind::Size, Value::Int(n)) => {
+                out.sizes.insert(name, (Size::Known(n.value), n.span));
+            }
+            (ArgKind::Size, Value::Name(ident)) => match self.dims.get(&ident.text) {
+                Some((size, _)) => {
+                    out.sizes.insert(name, (size.clone(), ident.span));
+                }
+                None => {
+                    let known: Vec<&str> = self.dims.keys().map(String::as_str).collect();
+                    let help = if known.is_empty() {
+                        "no dimensions are declared; add `dim NAME = N`".to_string()
+                    } else {
+                        format!("declared dimensions: {}", known.join(", "))
+                    };
+                    self.error(
+                        Diagnostic::new(
+                            ident.span,
+                            format!("unknown dimension `{}`", ident.text),
+                            "not declared with `dim`",
+                        )
+                        .with_help(help),
+                    );
+                }
+            },
+            (ArgKind::Name, Value::Name(ident)) => {
+                out.names.insert(name, ident.clone());
+            }
+            (kind, value) => {
+                let span = match value {
+                    Value::Flag => arg.span,
+                    Value::Int(n) => n.span,
+                    Value::Bool(_, s) => *s,
+                    Value::Name(i) => i.span,
+                };
+                self.error(Diagnostic::new(
+                    span,
+                    format!("wrong value for `{name}`"),
+                    format!("expected {}", kind.describe()),
+                ));
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ArgKind {
+    Bool,
+    Size,
+    Name,
+}
+
+impl ArgKind {
+    fn describe(self) -> &'static str {
+        match self {
+            ArgKind::Bool => "`true` or `false`",
+            ArgKind::Size => "a number or a declared dimension",
+            ArgKind::Name => "a name",
+        }
+    }
+}
+
+#[derive(Default)]
+struct CheckedArgs {
+    bools: BTreeMap<String, bool>,
+    sizes: BTreeMap<String, (Size, Span)>,
+    names: BTreeMap<String, ast::Ident>,
+}
+
+impl CheckedArgs {
+    fn bool(&self, name: &str) -> bool {
+        self.bools.get(name).copied().unwrap_or(false)
+    }
+    fn size(&self, name: &str) -> Option<(Size, Span)> {
+        self.sizes.get(name).cloned()
+    }
+    fn name(&self, name: &str) -> Option<&ast::Ident> {
+        self.names.get(name)
+    }
+}
+
+fn item_span(item: &Item) -> Span {
+    match item {
+        Item::Dim(d) => d.span,
+        Item::Component(c) => c.span,
+        Item::Layer(l) => l.span,
+        Item::Repeat(r) => r.span,
+    }
+}
