@@ -36,12 +36,7 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn new(span: Span, message: impl Into<String>, label: impl Into<String>) -> Diagnostic {
-        Diagnostic {
-            span,
-            message: message.into(),
-            label: label.into(),
-            help: None,
-        }
+        Diagnostic { span, message: message.into(), label: label.into(), help: None }
     }
 
     pub fn with_help(mut self, help: impl Into<String>) -> Diagnostic {
@@ -92,9 +87,7 @@ fn render_one(out: &mut String, file_name: &str, source: &str, d: &Diagnostic) -
     let (line, col) = line_col(source, d.span.start);
     let line_start = floor_char_boundary(source, d.span.start.min(source.len()));
     let line_start = source[..line_start].rfind('\n').map_or(0, |i| i + 1);
-    let line_end = source[line_start..]
-        .find('\n')
-        .map_or(source.len(), |i| line_start + i);
+    let line_end = source[line_start..].find('\n').map_or(source.len(), |i| line_start + i);
     let text = source[line_start..line_end].trim_end_matches('\r');
     let end_on_line = floor_char_boundary(source, d.span.end.clamp(d.span.start, line_end));
     let start_on_line = floor_char_boundary(source, d.span.start.min(line_end));
@@ -105,13 +98,7 @@ fn render_one(out: &mut String, file_name: &str, source: &str, d: &Diagnostic) -
     writeln!(out, "{pad}--> {file_name}:{line}:{col}")?;
     writeln!(out, "{pad} |")?;
     writeln!(out, "{line} | {}", text.replace('\t', " "))?;
-    writeln!(
-        out,
-        "{pad} | {}{} {}",
-        " ".repeat(col - 1),
-        "^".repeat(carets),
-        d.label
-    )?;
+    writeln!(out, "{pad} | {}{} {}", " ".repeat(col - 1), "^".repeat(carets), d.label)?;
     if let Some(help) = &d.help {
         writeln!(out, "{pad} = help: {help}")?;
     }
@@ -136,9 +123,6 @@ mod tests {
         let src = "model m\ndim x = y\n";
         let d = Diagnostic::new(Span::new(16, 17), "bad value", "expected a number");
         let text = render("m.tf", src, &[d]);
-        assert_eq!(
-            text,
-            "error: bad value\n --> m.tf:2:9\n  |\n2 | dim x = y\n  |         ^ expected a number\n"
-        );
+        assert_eq!(text, "error: bad value\n --> m.tf:2:9\n  |\n2 | dim x = y\n  |         ^ expected a number\n");
     }
 }

@@ -101,9 +101,7 @@ pub struct TermGraph {
 
 impl TermGraph {
     pub fn build(model: &Model) -> TermGraph {
-        let mut b = Builder {
-            graph: DiGraph::new(),
-        };
+        let mut b = Builder { graph: DiGraph::new() };
         let mut resid = vec![b.node(Node::Resid(0), model.embed)];
         let mut heads = Vec::with_capacity(model.layers.len());
         let src = b.node(Node::Source(Source::E), model.embed);
@@ -123,13 +121,7 @@ impl TermGraph {
             };
             let layer_heads: Vec<NodeIndex> = (0..layer.attn.n_heads)
                 .map(|head_idx| {
-                    let head = b.node(
-                        Node::Head {
-                            layer: layer_idx,
-                            head: head_idx,
-                        },
-                        layer.attn.span,
-                    );
+                    let head = b.node(Node::Head { layer: layer_idx, head: head_idx }, layer.attn.span);
                     b.edge(input, head, Edge::Read);
                     b.edge(head, after, Edge::Write);
                     head
@@ -137,13 +129,7 @@ impl TermGraph {
                 .collect();
             heads.push(layer_heads);
             if layer.attn.bias {
-                let bias = b.node(
-                    Node::Bias {
-                        name: "b_O",
-                        layer: Some(layer_idx),
-                    },
-                    layer.attn.span,
-                );
+                let bias = b.node(Node::Bias { name: "b_O", layer: Some(layer_idx) }, layer.attn.span);
                 b.edge(bias, after, Edge::Write);
             }
             resid.push(after);
@@ -160,13 +146,7 @@ impl TermGraph {
                 b.edge(input, node, Edge::Read);
                 b.edge(node, after, Edge::Write);
                 if mlp.bias {
-                    let bias = b.node(
-                        Node::Bias {
-                            name: "b_out",
-                            layer: Some(layer_idx),
-                        },
-                        mlp.span,
-                    );
+                    let bias = b.node(Node::Bias { name: "b_out", layer: Some(layer_idx) }, mlp.span);
                     b.edge(bias, after, Edge::Write);
                 }
                 resid.push(after);
@@ -180,21 +160,10 @@ impl TermGraph {
         let unembed = b.node(Node::Unembed, model.unembed.span);
         b.edge(input, unembed, Edge::Read);
         if model.unembed.bias {
-            let bias = b.node(
-                Node::Bias {
-                    name: "b_U",
-                    layer: None,
-                },
-                model.unembed.span,
-            );
+            let bias = b.node(Node::Bias { name: "b_U", layer: None }, model.unembed.span);
             b.edge(bias, unembed, Edge::Write);
         }
-        TermGraph {
-            graph: b.graph,
-            resid,
-            heads,
-            unembed,
-        }
+        TermGraph { graph: b.graph, resid, heads, unembed }
     }
 
     pub fn node(&self, idx: NodeIndex) -> &NodeData {

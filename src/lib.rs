@@ -73,12 +73,7 @@ pub enum Error {
         "the expansion has {count} {what}, more than the enumeration limit of {limit}; {}",
         match fits { Some((k, n)) => format!("--max-order {k} fits ({n} {what}), or raise the limit with --limit"), None => "raise the limit with --limit".to_string() }
     )]
-    TooLarge {
-        what: &'static str,
-        count: BigUint,
-        limit: u64,
-        fits: Option<(u32, BigUint)>,
-    },
+    TooLarge { what: &'static str, count: BigUint, limit: u64, fits: Option<(u32, BigUint)> },
     #[error(transparent)]
     Rewrite(RewriteError),
 }
@@ -185,10 +180,7 @@ impl Expansion {
             out.push(PathTerm {
                 name: p.name(),
                 order: p.template.order(),
-                source: p
-                    .template
-                    .source()
-                    .expect("logit templates end in a source"),
+                source: p.template.source().expect("logit templates end in a source"),
                 heads: p.heads(Side::Head),
                 term: emit::notation::Notation::Text.term(
                     &p.template.position,
@@ -206,13 +198,7 @@ impl Expansion {
         for (layer, templates) in self.scores.iter().flatten().enumerate() {
             for head in 0..self.model.layers[layer].attn.n_heads {
                 let target = HeadRef { layer, head };
-                let fixed = (
-                    IndexVar {
-                        side: Side::Head,
-                        layer,
-                    },
-                    head,
-                );
+                let fixed = (IndexVar { side: Side::Head, layer }, head);
                 paths::for_each_path(templates, &self.heads_per_layer(), Some(fixed), |p| {
                     out.push(ScoreTerm {
                         name: p.score_name(target),
@@ -250,9 +236,7 @@ pub fn expand_compiled(compiled: Compiled, options: &ExpandOptions) -> Result<Ex
         fits: paths::largest_order_within(&limit, n_layers, per_order),
     };
     if logit_counts.total() > limit {
-        return Err(too_large("paths", logit_counts.total(), &|k| {
-            compiled.logit_counts(Some(k)).total()
-        }));
+        return Err(too_large("paths", logit_counts.total(), &|k| compiled.logit_counts(Some(k)).total()));
     }
     let score_counts = options.qk.then(|| compiled.score_counts(options.max_order));
     if let Some(counts) = &score_counts {
@@ -262,8 +246,7 @@ pub fn expand_compiled(compiled: Compiled, options: &ExpandOptions) -> Result<Ex
             }));
         }
     }
-    let (mut logits, logit_stats) =
-        rewrite::expand_logits(&compiled.graph, options.max_order, options.rewrite_limits)?;
+    let (mut logits, logit_stats) = rewrite::expand_logits(&compiled.graph, options.max_order, options.rewrite_limits)?;
     paths::sort_logit_templates(&mut logits);
     let (scores, score_stats) = if options.qk {
         let (mut per_layer, stats) =

@@ -9,11 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use pathc::{diag, emit, ExpandOptions};
 
 #[derive(Parser)]
-#[command(
-    name = "pathc",
-    version,
-    about = "Symbolic path expansion of transformers (Elhage et al. 2021)"
-)]
+#[command(name = "pathc", version, about = "Symbolic path expansion of transformers (Elhage et al. 2021)")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -107,8 +103,7 @@ impl From<io::Error> for Failure {
 }
 
 fn read_model(path: &Path) -> Result<String, Failure> {
-    std::fs::read_to_string(path)
-        .map_err(|e| Failure::BadInput(format!("error: cannot read {}: {e}", path.display())))
+    std::fs::read_to_string(path).map_err(|e| Failure::BadInput(format!("error: cannot read {}: {e}", path.display())))
 }
 
 /// Renders a library error for the terminal: diagnostics with `file:line:col` and a caret.
@@ -124,21 +119,13 @@ fn render(path: &Path, source: &str, error: &pathc::Error) -> Failure {
 
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
-        Command::Expand {
-            model,
-            max_order,
-            qk,
-            format,
-            templates,
-            limit,
-            output,
-            egraph_stats,
-        } => {
+        Command::Expand { model, max_order, qk, format, templates, limit, output, egraph_stats } => {
             let source = read_model(&model)?;
             let mut sink: Box<dyn Write> = match &output {
-                Some(path) => Box::new(BufWriter::new(std::fs::File::create(path).map_err(
-                    |e| Failure::BadInput(format!("error: cannot write {}: {e}", path.display())),
-                )?)),
+                Some(path) => Box::new(BufWriter::new(
+                    std::fs::File::create(path)
+                        .map_err(|e| Failure::BadInput(format!("error: cannot write {}: {e}", path.display())))?,
+                )),
                 None => Box::new(BufWriter::with_capacity(1 << 16, io::stdout().lock())),
             };
             if let Format::Dot = format {
@@ -146,14 +133,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 sink.write_all(emit::dot::write(&compiled.graph, &compiled.model.name).as_bytes())?;
                 return Ok(sink.flush()?);
             }
-            let options = ExpandOptions {
-                max_order,
-                qk,
-                limit,
-                ..ExpandOptions::default()
-            };
-            let expansion =
-                pathc::expand(&source, &options).map_err(|e| render(&model, &source, &e))?;
+            let options = ExpandOptions { max_order, qk, limit, ..ExpandOptions::default() };
+            let expansion = pathc::expand(&source, &options).map_err(|e| render(&model, &source, &e))?;
             if egraph_stats {
                 let s = &expansion.logit_stats;
                 eprintln!(
@@ -175,12 +156,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(sink.flush()?)
         }
-        Command::Count {
-            model,
-            max_order,
-            qk,
-            format,
-        } => {
+        Command::Count { model, max_order, qk, format } => {
             let source = read_model(&model)?;
             let compiled = pathc::compile(&source).map_err(|e| render(&model, &source, &e))?;
             let mut out = io::stdout().lock();
@@ -193,11 +169,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
                         writeln!(out, "{}", emit::count::text("attention-score terms", s))?;
                     }
                 }
-                CountFormat::Json => writeln!(
-                    out,
-                    "{}",
-                    emit::count::json(&compiled.model.name, max_order, &logits, scores.as_ref())
-                )?,
+                CountFormat::Json => {
+                    writeln!(out, "{}", emit::count::json(&compiled.model.name, max_order, &logits, scores.as_ref()))?
+                }
             }
             Ok(())
         }

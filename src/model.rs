@@ -38,12 +38,7 @@ pub enum Activation {
 }
 
 impl Activation {
-    pub const ALL: [Activation; 4] = [
-        Activation::Relu,
-        Activation::Gelu,
-        Activation::GeluNew,
-        Activation::Silu,
-    ];
+    pub const ALL: [Activation; 4] = [Activation::Relu, Activation::Gelu, Activation::GeluNew, Activation::Silu];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -129,9 +124,6 @@ impl Model {
     pub fn is_attention_only(&self) -> bool {
         self.ln_final.is_none()
             && !self.unembed.bias
-            && self
-                .layers
-                .iter()
-                .all(|l| l.mlp.is_none() && l.attn.ln.is_none() && !l.attn.bias)
+            && self.layers.iter().all(|l| l.mlp.is_none() && l.attn.ln.is_none() && !l.attn.bias)
     }
 }

@@ -81,26 +81,15 @@ pub struct Factor {
 
 impl Factor {
     pub fn plain(kind: FactorKind) -> Factor {
-        Factor {
-            kind,
-            index: None,
-            transposed: false,
-        }
+        Factor { kind, index: None, transposed: false }
     }
 
     pub fn indexed(kind: FactorKind, index: IndexVar) -> Factor {
-        Factor {
-            kind,
-            index: Some(index),
-            transposed: false,
-        }
+        Factor { kind, index: Some(index), transposed: false }
     }
 
     pub fn transposed(self) -> Factor {
-        Factor {
-            transposed: !self.transposed,
-            ..self
-        }
+        Factor { transposed: !self.transposed, ..self }
     }
 
     fn source(self) -> Option<Source> {
@@ -128,20 +117,12 @@ pub struct Template {
 impl Template {
     /// Number of heads the term passes through (its attention patterns).
     pub fn order(&self) -> usize {
-        self.position
-            .iter()
-            .flatten()
-            .filter(|f| f.kind == FactorKind::Pattern)
-            .count()
+        self.position.iter().flatten().filter(|f| f.kind == FactorKind::Pattern).count()
     }
 
     /// The layers of the heads on `side`, ascending (order of application).
     pub fn layers(&self, side: Side) -> Vec<usize> {
-        self.binders
-            .iter()
-            .filter(|b| b.side == side)
-            .map(|b| b.layer)
-            .collect()
+        self.binders.iter().filter(|b| b.side == side).map(|b| b.layer).collect()
     }
 
     /// Where the (key-side, for scores) path starts: the weights' last factor.
@@ -158,9 +139,7 @@ impl Template {
         self.binders
             .iter()
             .filter(|b| Some(**b) != fixed)
-            .fold(BigUint::one(), |acc, b| {
-                acc * BigUint::from(heads_per_layer[b.layer])
-            })
+            .fold(BigUint::one(), |acc, b| acc * BigUint::from(heads_per_layer[b.layer]))
     }
 }
 
@@ -187,12 +166,7 @@ pub struct Path<'t> {
 
 impl Path<'_> {
     pub fn head_of(&self, var: IndexVar) -> usize {
-        let slot = self
-            .template
-            .binders
-            .iter()
-            .position(|b| *b == var)
-            .expect("every index is bound");
+        let slot = self.template.binders.iter().position(|b| *b == var).expect("every index is bound");
         self.assignment[slot]
     }
 
@@ -203,10 +177,7 @@ impl Path<'_> {
             .iter()
             .zip(self.assignment)
             .filter(|(b, _)| b.side == side)
-            .map(|(b, &head)| HeadRef {
-                layer: b.layer,
-                head,
-            })
+            .map(|(b, &head)| HeadRef { layer: b.layer, head })
             .collect()
     }
 
@@ -233,14 +204,8 @@ impl Path<'_> {
     /// The name of an attention-score term: `L1H2[q=E/L0H1,k=P]`, the head whose score it is,
     /// then its query path and key path.
     pub fn score_name(&self, target: HeadRef) -> String {
-        let query = side_name(
-            self.template.query_source().map_or("?", Source::name),
-            &self.heads(Side::Query),
-        );
-        let key = side_name(
-            self.template.source().map_or("?", Source::name),
-            &self.heads(Side::Key),
-        );
+        let query = side_name(self.template.query_source().map_or("?", Source::name), &self.heads(Side::Query));
+        let key = side_name(self.template.source().map_or("?", Source::name), &self.heads(Side::Key));
         format!("{target}[q={query},k={key}]")
     }
 }
@@ -256,7 +221,7 @@ fn side_name(source: &str, heads: &[HeadRef]) -> String {
 
 /// How an attention-score term composes (Elhage et al.): through heads on neither side (direct),
 /// the query side, the key side, or both.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub enum Composition {
     #[serde(rename = "direct")]
     Direct,
@@ -298,16 +263,11 @@ pub fn sort_logit_templates(templates: &mut [Template]) {
     templates.sort_by_key(|t| (t.order(), t.layers(Side::Head), t.source()));
 }
 
-/// Sorts one layer's attention-score templates: by order, then query path, then key path.
+/// Sorts one layer's attention-score templates: by order, then kind of composition (direct,
+/// Q, K, both), then query path, then key path.
 pub fn sort_score_templates(templates: &mut [Template]) {
     templates.sort_by_key(|t| {
-        (
-            t.order(),
-            t.layers(Side::Query),
-            t.query_source(),
-            t.layers(Side::Key),
-            t.source(),
-        )
+        (t.order(), Composition::of(t), t.layers(Side::Query), t.query_source(), t.layers(Side::Key), t.source())
     });
 }
 
@@ -340,10 +300,7 @@ pub fn for_each_path<'t>(
         let mut counter = vec![0usize; n];
         let mut assignment = offsets.clone();
         'odometer: loop {
-            visit(Path {
-                template,
-                assignment: &assignment,
-            });
+            visit(Path { template, assignment: &assignment });
             for slot in (0..n).rev() {
                 counter[slot] += 1;
                 if counter[slot] < ranges[slot] {
@@ -373,9 +330,7 @@ impl Counts {
 /// Elementary symmetric polynomials e_0..e_K of the heads per layer: e_k is the number of ways
 /// to pick k layers and one head in each, i.e. the number of order-k paths per source.
 fn head_choices(heads_per_layer: &[usize], max_order: Option<u32>) -> Vec<BigUint> {
-    let cap = max_order.map_or(heads_per_layer.len(), |k| {
-        (k as usize).min(heads_per_layer.len())
-    });
+    let cap = max_order.map_or(heads_per_layer.len(), |k| (k as usize).min(heads_per_layer.len()));
     let mut e = vec![BigUint::zero(); cap + 1];
     e[0] = BigUint::one();
     for (seen, &h) in heads_per_layer.iter().enumerate() {
@@ -390,35 +345,20 @@ fn head_choices(heads_per_layer: &[usize], max_order: Option<u32>) -> Vec<BigUin
 
 /// The number of logit paths by order, from the architecture alone (no enumeration):
 /// Σ_{|S|=k} Π_{l∈S} H_l paths of order k per source.
-pub fn count_logit_paths(
-    heads_per_layer: &[usize],
-    n_sources: usize,
-    max_order: Option<u32>,
-) -> Counts {
+pub fn count_logit_paths(heads_per_layer: &[usize], n_sources: usize, max_order: Option<u32>) -> Counts {
     let n = BigUint::from(n_sources);
-    Counts {
-        by_order: head_choices(heads_per_layer, max_order)
-            .into_iter()
-            .map(|c| c * &n)
-            .collect(),
-    }
+    Counts { by_order: head_choices(heads_per_layer, max_order).into_iter().map(|c| c * &n).collect() }
 }
 
 /// The number of attention-score terms by order (query-path order + key-path order), summed over
 /// every head of every layer.
-pub fn count_score_terms(
-    heads_per_layer: &[usize],
-    n_sources: usize,
-    max_order: Option<u32>,
-) -> Counts {
+pub fn count_score_terms(heads_per_layer: &[usize], n_sources: usize, max_order: Option<u32>) -> Counts {
     let n = BigUint::from(n_sources);
     let cap = max_order.map_or(2 * heads_per_layer.len(), |k| k as usize);
     let mut by_order = vec![BigUint::zero(); cap + 1];
     for (layer, &heads) in heads_per_layer.iter().enumerate() {
-        let side: Vec<BigUint> = head_choices(&heads_per_layer[..layer], max_order)
-            .into_iter()
-            .map(|c| c * &n)
-            .collect();
+        let side: Vec<BigUint> =
+            head_choices(&heads_per_layer[..layer], max_order).into_iter().map(|c| c * &n).collect();
         for (a, ca) in side.iter().enumerate() {
             for (b, cb) in side.iter().enumerate() {
                 if a + b <= cap {
@@ -434,15 +374,8 @@ pub fn count_score_terms(
 }
 
 /// The number of concrete paths the templates enumerate (used to check the formula).
-pub fn count_templates(
-    templates: &[Template],
-    heads_per_layer: &[usize],
-    fixed: Option<IndexVar>,
-) -> BigUint {
-    templates
-        .iter()
-        .map(|t| t.number_of_paths(heads_per_layer, fixed))
-        .sum()
+pub fn count_templates(templates: &[Template], heads_per_layer: &[usize], fixed: Option<IndexVar>) -> BigUint {
+    templates.iter().map(|t| t.number_of_paths(heads_per_layer, fixed)).sum()
 }
 
 /// The largest `max_order` whose count is at most `limit`, with that count; `None` when even
@@ -478,10 +411,7 @@ mod tests {
     fn order_three_of_twelve_layers() {
         let counts = count_logit_paths(&[12; 12], 1, Some(3));
         assert_eq!(counts.total(), BigUint::from(389_809u64));
-        assert_eq!(
-            count_logit_paths(&[12; 4], 1, None).total(),
-            BigUint::from(28_561u64)
-        );
+        assert_eq!(count_logit_paths(&[12; 4], 1, None).total(), BigUint::from(28_561u64));
     }
 
     #[test]

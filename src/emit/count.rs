@@ -5,21 +5,11 @@ use serde_json::json;
 use crate::paths::Counts;
 
 pub fn text(what: &str, counts: &Counts) -> String {
-    let by_order: Vec<String> = counts
-        .by_order
-        .iter()
-        .enumerate()
-        .map(|(k, c)| format!("  order {k}: {c}"))
-        .collect();
+    let by_order: Vec<String> = counts.by_order.iter().enumerate().map(|(k, c)| format!("  order {k}: {c}")).collect();
     format!("{} {what}\n{}", counts.total(), by_order.join("\n"))
 }
 
-pub fn json(
-    model: &str,
-    max_order: Option<u32>,
-    logits: &Counts,
-    scores: Option<&Counts>,
-) -> String {
+pub fn json(model: &str, max_order: Option<u32>, logits: &Counts, scores: Option<&Counts>) -> String {
     let counts = |c: &Counts| {
         json!({
             "total": c.total().to_string(),

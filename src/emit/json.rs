@@ -25,10 +25,7 @@ struct CountsJson {
 
 impl From<&Counts> for CountsJson {
     fn from(c: &Counts) -> CountsJson {
-        CountsJson {
-            total: c.total().to_string(),
-            by_order: c.by_order.iter().map(ToString::to_string).collect(),
-        }
+        CountsJson { total: c.total().to_string(), by_order: c.by_order.iter().map(ToString::to_string).collect() }
     }
 }
 
@@ -108,8 +105,7 @@ fn push_path(out: &mut String, p: &Path<'_>) {
 
 /// One attention-score term as a JSON object on one line.
 fn push_score_term(out: &mut String, target: HeadRef, p: &Path<'_>) {
-    let composition =
-        serde_json::to_string(&Composition::of(p.template)).expect("an enum serialises");
+    let composition = serde_json::to_string(&Composition::of(p.template)).expect("an enum serialises");
     let _ = write!(
         out,
         "{{\"name\":\"{}\",\"head\":[{},{}],\"order\":{},\"composition\":{composition},\"query\":{{\"source\":\"{}\",\"heads\":",
@@ -120,11 +116,7 @@ fn push_score_term(out: &mut String, target: HeadRef, p: &Path<'_>) {
         p.template.query_source().map_or("?", |s| s.name()),
     );
     push_heads(out, p, Side::Query);
-    let _ = write!(
-        out,
-        "}},\"key\":{{\"source\":\"{}\",\"heads\":",
-        source_name(p.template)
-    );
+    let _ = write!(out, "}},\"key\":{{\"source\":\"{}\",\"heads\":", source_name(p.template));
     push_heads(out, p, Side::Key);
     out.push_str("},\"query_position\":");
     push_factors(out, &p.template.position[0], p);
@@ -164,23 +156,15 @@ pub fn write(exp: &Expansion, out: &mut dyn Write) -> io::Result<()> {
             composition: None,
             query: None,
             key: None,
-            term: format!(
-                "{}{}",
-                N.sums(&t.binders, None),
-                N.term(&t.position, &t.weights, Heads::Symbolic)
-            ),
+            term: format!("{}{}", N.sums(&t.binders, None), N.term(&t.position, &t.weights, Heads::Symbolic)),
             count: paths::count_templates(std::slice::from_ref(t), &heads, None).to_string(),
         };
-        lines.item(|buf| {
-            buf.push_str(&serde_json::to_string(&json).expect("plain data serialises"))
-        });
+        lines.item(|buf| buf.push_str(&serde_json::to_string(&json).expect("plain data serialises")));
     }
     lines.finish()?;
     out.write_all(b"\n  ],\n  \"paths\": [")?;
     let mut lines = LineWriter::new(out);
-    paths::for_each_path(&exp.logits, &heads, None, |p| {
-        lines.item(|buf| push_path(buf, &p))
-    });
+    paths::for_each_path(&exp.logits, &heads, None, |p| lines.item(|buf| push_path(buf, &p)));
     lines.finish()?;
     out.write_all(b"\n  ]")?;
     if let (Some(layers), Some(counts)) = (&exp.scores, &exp.score_counts) {
@@ -199,17 +183,11 @@ struct LineWriter<'a> {
 
 impl<'a> LineWriter<'a> {
     fn new(out: &'a mut dyn Write) -> LineWriter<'a> {
-        LineWriter {
-            out,
-            buf: String::with_capacity(1 << 16),
-            first: true,
-            result: Ok(()),
-        }
+        LineWriter { out, buf: String::with_capacity(1 << 16), first: true, result: Ok(()) }
     }
 
     fn item(&mut self, fill: impl FnOnce(&mut String)) {
-        self.buf
-            .push_str(if self.first { "\n    " } else { ",\n    " });
+        self.buf.push_str(if self.first { "\n    " } else { ",\n    " });
         self.first = false;
         fill(&mut self.buf);
         if self.buf.len() >= 1 << 15 {
@@ -230,12 +208,7 @@ impl<'a> LineWriter<'a> {
     }
 }
 
-fn write_scores(
-    exp: &Expansion,
-    layers: &[Vec<Template>],
-    counts: &Counts,
-    out: &mut dyn Write,
-) -> io::Result<()> {
+fn write_scores(exp: &Expansion, layers: &[Vec<Template>], counts: &Counts, out: &mut dyn Write) -> io::Result<()> {
     let heads = exp.heads_per_layer();
     #[derive(Serialize)]
     struct LayerJson {
@@ -246,10 +219,7 @@ fn write_scores(
         .iter()
         .enumerate()
         .map(|(layer, templates)| {
-            let fixed = IndexVar {
-                side: Side::Head,
-                layer,
-            };
+            let fixed = IndexVar { side: Side::Head, layer };
             LayerJson {
                 layer,
                 templates: templates
@@ -263,17 +233,13 @@ fn write_scores(
                             source: t.query_source().map_or("?", |s| s.name()),
                             layers: t.layers(Side::Query),
                         }),
-                        key: Some(SideJson {
-                            source: source_name(t),
-                            layers: t.layers(Side::Key),
-                        }),
+                        key: Some(SideJson { source: source_name(t), layers: t.layers(Side::Key) }),
                         term: format!(
                             "{}{}",
                             N.sums(&t.binders, Some(fixed)),
                             N.term(&t.position, &t.weights, Heads::Symbolic)
                         ),
-                        count: paths::count_templates(std::slice::from_ref(t), &heads, Some(fixed))
-                            .to_string(),
+                        count: paths::count_templates(std::slice::from_ref(t), &heads, Some(fixed)).to_string(),
                     })
                     .collect(),
             }
@@ -286,9 +252,7 @@ fn write_scores(
     out.write_all(b",\n    \"terms\": [")?;
     let mut lines = LineWriter::new(out);
     for (layer, templates) in layers.iter().enumerate() {
-        for_each_score_term(exp, layer, templates, |target, p| {
-            lines.item(|buf| push_score_term(buf, target, &p))
-        });
+        for_each_score_term(exp, layer, templates, |target, p| lines.item(|buf| push_score_term(buf, target, &p)));
     }
     lines.finish()?;
     out.write_all(b"\n    ]\n  }")

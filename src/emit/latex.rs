@@ -21,11 +21,7 @@ fn escape(text: &str) -> String {
 pub fn write(exp: &Expansion, templates_only: bool, out: &mut dyn Write) -> io::Result<()> {
     let heads = exp.heads_per_layer();
     writeln!(out, "\\documentclass{{article}}\n\\usepackage{{amsmath}}\n\\allowdisplaybreaks\n\\begin{{document}}")?;
-    writeln!(
-        out,
-        "\\section*{{{}: sum of paths}}",
-        escape(&exp.model.name)
-    )?;
+    writeln!(out, "\\section*{{{}: sum of paths}}", escape(&exp.model.name))?;
     let shape = shape_summary(exp).replace('×', "$\\times$");
     writeln!(out, "{shape}; {} paths.", exp.logit_counts.total())?;
     let mut order = usize::MAX;
@@ -61,11 +57,7 @@ pub fn write(exp: &Expansion, templates_only: bool, out: &mut dyn Write) -> io::
                     out,
                     "\\text{{{}}}: &\\quad {} \\\\",
                     escape(&p.name()),
-                    N.term(
-                        &p.template.position,
-                        &p.template.weights,
-                        Heads::Concrete(&p)
-                    )
+                    N.term(&p.template.position, &p.template.weights, Heads::Concrete(&p))
                 );
             }
         });
@@ -77,10 +69,7 @@ pub fn write(exp: &Expansion, templates_only: bool, out: &mut dyn Write) -> io::
     if let Some(layers) = &exp.scores {
         writeln!(out, "\\section*{{Attention scores}}")?;
         for (layer, templates) in layers.iter().enumerate() {
-            let fixed = IndexVar {
-                side: Side::Head,
-                layer,
-            };
+            let fixed = IndexVar { side: Side::Head, layer };
             writeln!(out, "\\subsection*{{Layer {layer}}}\n\\begin{{align*}}")?;
             for t in templates {
                 writeln!(
@@ -99,11 +88,7 @@ pub fn write(exp: &Expansion, templates_only: bool, out: &mut dyn Write) -> io::
                             out,
                             "\\text{{{}}}: &\\quad {} \\\\",
                             escape(&p.score_name(target)),
-                            N.term(
-                                &p.template.position,
-                                &p.template.weights,
-                                Heads::Concrete(&p)
-                            )
+                            N.term(&p.template.position, &p.template.weights, Heads::Concrete(&p))
                         );
                     }
                 });

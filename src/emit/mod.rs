@@ -24,18 +24,9 @@ pub(crate) fn for_each_score_term(
     let heads = exp.heads_per_layer();
     for head in 0..heads[layer] {
         let target = HeadRef { layer, head };
-        paths::for_each_path(
-            templates,
-            &heads,
-            Some((
-                IndexVar {
-                    side: Side::Head,
-                    layer,
-                },
-                head,
-            )),
-            |p| visit(target, p),
-        );
+        paths::for_each_path(templates, &heads, Some((IndexVar { side: Side::Head, layer }, head)), |p| {
+            visit(target, p)
+        });
     }
 }
 
@@ -51,14 +42,7 @@ pub(crate) fn shape_summary(exp: &Expansion) -> String {
         Some(&h) if heads.iter().all(|&x| x == h) => {
             format!("{layers} × {h} head{}", if h == 1 { "" } else { "s" })
         }
-        Some(_) => format!(
-            "{layers} (heads {})",
-            heads
-                .iter()
-                .map(usize::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        Some(_) => format!("{layers} (heads {})", heads.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")),
     }
 }
 

@@ -110,20 +110,9 @@ impl Notation {
 
     /// A whole term `position ⊗ weights`, parenthesised as the paper does once the position side
     /// is a product: `A^{0.3} ⊗ W_U·W_OV^{0.3}·W_E`, `(A^{1.2}·A^{0.0}) ⊗ (W_U·…·W_E)`.
-    pub fn write_term(
-        self,
-        out: &mut String,
-        position: &[Vec<Factor>],
-        weights: &[Factor],
-        heads: Heads<'_>,
-    ) {
+    pub fn write_term(self, out: &mut String, position: &[Vec<Factor>], weights: &[Factor], heads: Heads<'_>) {
         let wrap = position.iter().any(|chain| chain.len() > 1);
-        for (i, chain) in position
-            .iter()
-            .map(Vec::as_slice)
-            .chain([weights])
-            .enumerate()
-        {
+        for (i, chain) in position.iter().map(Vec::as_slice).chain([weights]).enumerate() {
             if i > 0 {
                 out.push_str(self.tensor_sep());
             }
@@ -144,10 +133,13 @@ impl Notation {
         out
     }
 
-    /// `Σ_{h1∈H1} Σ_{h0∈H0} ` for the template's indices (all but `fixed`), latest layer first.
+    /// `Σ_{h1∈H1} Σ_{h0∈H0} ` for the template's indices (all but `fixed`): side by side
+    /// (logit, query, key), latest layer first within a side, as the paper writes them.
     pub fn sums(self, binders: &[IndexVar], fixed: Option<IndexVar>) -> String {
         let mut out = String::new();
-        for b in binders.iter().rev().filter(|b| Some(**b) != fixed) {
+        let mut order: Vec<IndexVar> = binders.iter().copied().filter(|b| Some(*b) != fixed).collect();
+        order.sort_by_key(|b| (b.side, std::cmp::Reverse(b.layer)));
+        for b in &order {
             match self {
                 Notation::Text => out.push_str("Σ_{"),
                 Notation::Latex => out.push_str("\\sum_{"),

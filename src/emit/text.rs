@@ -10,76 +10,35 @@ use crate::Expansion;
 const N: Notation = Notation::Text;
 
 pub fn write(exp: &Expansion, templates_only: bool, out: &mut dyn Write) -> io::Result<()> {
-    writeln!(
-        out,
-        "model {}: {}, sources {}",
-        exp.model.name,
-        shape_summary(exp),
-        sources(exp).join(", ")
-    )?;
+    writeln!(out, "model {}: {}, sources {}", exp.model.name, shape_summary(exp), sources(exp).join(", "))?;
     if let Some(k) = exp.max_order {
-        writeln!(
-            out,
-            "truncated to paths through at most {k} head{}",
-            if k == 1 { "" } else { "s" }
-        )?;
+        writeln!(out, "truncated to paths through at most {k} head{}", if k == 1 { "" } else { "s" })?;
     }
     let heads = exp.heads_per_layer();
     let counts = &exp.logit_counts;
-    let by_order: Vec<String> = counts
-        .by_order
-        .iter()
-        .enumerate()
-        .map(|(k, c)| format!("order {k}: {c}"))
-        .collect();
-    writeln!(
-        out,
-        "T = sum of {} ({})",
-        plural(&counts.total(), "path", "paths"),
-        by_order.join(", ")
-    )?;
+    let by_order: Vec<String> = counts.by_order.iter().enumerate().map(|(k, c)| format!("order {k}: {c}")).collect();
+    writeln!(out, "T = sum of {} ({})", plural(&counts.total(), "path", "paths"), by_order.join(", "))?;
     let mut order = usize::MAX;
     for template in &exp.logits {
         if template.order() != order {
             order = template.order();
-            writeln!(
-                out,
-                "\norder {order}: {}",
-                plural(&counts.by_order[order], "path", "paths")
-            )?;
+            writeln!(out, "\norder {order}: {}", plural(&counts.by_order[order], "path", "paths"))?;
         }
         write_template(out, template, &heads, None, templates_only, &|p| p.name())?;
     }
     if let (Some(layers), Some(counts)) = (&exp.scores, &exp.score_counts) {
-        let by_order: Vec<String> = counts
-            .by_order
-            .iter()
-            .enumerate()
-            .map(|(k, c)| format!("order {k}: {c}"))
-            .collect();
-        writeln!(
-            out,
-            "\nattention scores: {} ({})",
-            plural(&counts.total(), "term", "terms"),
-            by_order.join(", ")
-        )?;
+        let by_order: Vec<String> =
+            counts.by_order.iter().enumerate().map(|(k, c)| format!("order {k}: {c}")).collect();
+        writeln!(out, "\nattention scores: {} ({})", plural(&counts.total(), "term", "terms"), by_order.join(", "))?;
         writeln!(out, "each head's scores x_qᵀ·W_QK·x_k, expanded as (query position ⊗ key position ⊗ residual form)")?;
         for (layer, templates) in layers.iter().enumerate() {
-            let fixed = IndexVar {
-                side: Side::Head,
-                layer,
-            };
+            let fixed = IndexVar { side: Side::Head, layer };
             let per_head = paths::count_templates(templates, &heads, Some(fixed));
-            writeln!(
-                out,
-                "\nlayer {layer}: {} per head, for h{layer} ∈ H{layer}",
-                plural(&per_head, "term", "terms")
-            )?;
+            writeln!(out, "\nlayer {layer}: {} per head, for h{layer} ∈ H{layer}", plural(&per_head, "term", "terms"))?;
             for template in templates {
                 let label = Composition::of(template).describe();
                 let sums = N.sums(&template.binders, Some(fixed));
-                let count =
-                    paths::count_templates(std::slice::from_ref(template), &heads, Some(fixed));
+                let count = paths::count_templates(std::slice::from_ref(template), &heads, Some(fixed));
                 writeln!(
                     out,
                     "  {sums}{}    [{label}; {} per head]",
@@ -106,11 +65,7 @@ pub fn write(exp: &Expansion, templates_only: bool, out: &mut dyn Write) -> io::
                         out,
                         "    {}  {}    [{label}]",
                         p.score_name(target),
-                        N.term(
-                            &p.template.position,
-                            &p.template.weights,
-                            Heads::Concrete(&p)
-                        )
+                        N.term(&p.template.position, &p.template.weights, Heads::Concrete(&p))
                     )
                 })();
             });
@@ -141,11 +96,7 @@ fn write_template(
             return Ok(());
         }
     }
-    let indent = if template.binders.is_empty() {
-        "  "
-    } else {
-        "    "
-    };
+    let indent = if template.binders.is_empty() { "  " } else { "    " };
     let mut result = Ok(());
     paths::for_each_path(std::slice::from_ref(template), heads, None, |p| {
         if result.is_ok() {
@@ -153,11 +104,7 @@ fn write_template(
                 out,
                 "{indent}{:<14} {}",
                 name(&p),
-                N.term(
-                    &p.template.position,
-                    &p.template.weights,
-                    Heads::Concrete(&p)
-                )
+                N.term(&p.template.position, &p.template.weights, Heads::Concrete(&p))
             );
         }
     });

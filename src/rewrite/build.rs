@@ -18,10 +18,7 @@ pub struct TermBuilder {
 
 impl TermBuilder {
     pub fn new(max_order: Option<u32>) -> TermBuilder {
-        TermBuilder {
-            expr: RecExpr::default(),
-            max_order,
-        }
+        TermBuilder { expr: RecExpr::default(), max_order }
     }
 
     pub fn finish(self) -> RecExpr<Tensor> {
@@ -134,11 +131,7 @@ impl TermBuilder {
     }
 
     /// The logits from the expanded last residual state: `trunc_K((Id⊗W_U) · stream)`.
-    pub fn logits(
-        &mut self,
-        graph: &TermGraph,
-        stream: &RecExpr<Tensor>,
-    ) -> Result<Id, Diagnostic> {
+    pub fn logits(&mut self, graph: &TermGraph, stream: &RecExpr<Tensor>) -> Result<Id, Diagnostic> {
         for reader in graph.inputs(graph.unembed, Edge::Read) {
             if reader != *graph.resid.last().expect("resid is non-empty") {
                 return Err(unsupported(graph, reader));
@@ -161,10 +154,7 @@ impl TermBuilder {
     pub fn scores(&mut self, layer: usize, query: &RecExpr<Tensor>, key: &RecExpr<Tensor>) -> Id {
         let query = self.embed(query);
         let key = self.embed(key);
-        let index = self.add(Tensor::Index(IndexVar {
-            side: Side::Head,
-            layer,
-        }));
+        let index = self.add(Tensor::Index(IndexVar { side: Side::Head, layer }));
         let w_q = self.add(Tensor::WQ(index));
         let w_q_t = self.add(Tensor::Transpose(w_q));
         let w_k = self.add(Tensor::WK(index));
@@ -191,19 +181,10 @@ fn unsupported(graph: &TermGraph, idx: petgraph::graph::NodeIndex) -> Diagnostic
     let data = graph.node(idx);
     let (what, label) = match &data.node {
         Node::Mlp { layer } => (format!("the MLP of layer {layer}"), "an MLP"),
-        Node::Norm(NormSite::Attn(l)) => (
-            format!("the LayerNorm before attention in layer {l}"),
-            "a LayerNorm",
-        ),
-        Node::Norm(NormSite::Mlp(l)) => (
-            format!("the LayerNorm before the MLP in layer {l}"),
-            "a LayerNorm",
-        ),
+        Node::Norm(NormSite::Attn(l)) => (format!("the LayerNorm before attention in layer {l}"), "a LayerNorm"),
+        Node::Norm(NormSite::Mlp(l)) => (format!("the LayerNorm before the MLP in layer {l}"), "a LayerNorm"),
         Node::Norm(NormSite::Final) => ("the final LayerNorm".to_string(), "a LayerNorm"),
-        Node::Bias {
-            name,
-            layer: Some(l),
-        } => (format!("the bias `{name}` of layer {l}"), "a bias"),
+        Node::Bias { name, layer: Some(l) } => (format!("the bias `{name}` of layer {l}"), "a bias"),
         Node::Bias { name, layer: None } => (format!("the bias `{name}`"), "a bias"),
         other => (format!("{other:?}"), "this component"),
     };

@@ -84,11 +84,7 @@ impl CostFunction<Tensor> for ExpandedForm {
             Tensor::Num(_) | Tensor::Index(_) => Top::Other,
             _ => Top::Atom,
         };
-        Cost {
-            unexpanded,
-            size,
-            top,
-        }
+        Cost { unexpanded, size, top }
     }
 }
 
@@ -97,10 +93,7 @@ pub fn read_templates(expr: &RecExpr<Tensor>) -> Result<Vec<Template>, String> {
     let root = Id::from(expr.as_ref().len() - 1);
     let mut terms = Vec::new();
     flatten_add(expr, root, &mut terms);
-    terms
-        .into_iter()
-        .map(|term| read_template(expr, term))
-        .collect()
+    terms.into_iter().map(|term| read_template(expr, term)).collect()
 }
 
 fn flatten_add(expr: &RecExpr<Tensor>, id: Id, out: &mut Vec<Id>) {
@@ -125,20 +118,13 @@ fn read_template(expr: &RecExpr<Tensor>, mut id: Id) -> Result<Template, String>
     }
     binders.sort();
     let Tensor::Kron([position, weights]) = &expr[id] else {
-        return Err(format!(
-            "a term that is not a tensor product: {}",
-            show(expr, id)
-        ));
+        return Err(format!("a term that is not a tensor product: {}", show(expr, id)));
     };
     let position = match &expr[*position] {
         Tensor::Kron([query, key]) => vec![chain(expr, *query)?, chain(expr, *key)?],
         _ => vec![chain(expr, *position)?],
     };
-    Ok(Template {
-        binders,
-        position,
-        weights: chain(expr, *weights)?,
-    })
+    Ok(Template { binders, position, weights: chain(expr, *weights)? })
 }
 
 /// A right-nested product of atoms, as its list of factors (identities dropped).

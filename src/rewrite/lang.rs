@@ -68,9 +68,7 @@ fn hull(a: Option<(i64, i64)>, b: Option<(i64, i64)>) -> Option<(i64, i64)> {
 }
 
 fn product(parts: &[Option<(i64, i64)>]) -> Option<(i64, i64)> {
-    parts
-        .iter()
-        .try_fold((0, 0), |(lo, hi), p| p.map(|(a, b)| (lo + a, hi + b)))
+    parts.iter().try_fold((0, 0), |(lo, hi), p| p.map(|(a, b)| (lo + a, hi + b)))
 }
 
 impl Analysis<Tensor> for TensorAnalysis {
@@ -87,9 +85,7 @@ impl Analysis<Tensor> for TensorAnalysis {
         let mut num = None;
         let order = match enode {
             Tensor::Add([a, b]) => hull(order(a), order(b)),
-            Tensor::Mul([a, b]) | Tensor::Kron([a, b]) | Tensor::TMul([a, b]) => {
-                product(&[order(a), order(b)])
-            }
+            Tensor::Mul([a, b]) | Tensor::Kron([a, b]) | Tensor::TMul([a, b]) => product(&[order(a), order(b)]),
             Tensor::Bilin([x, w, y]) => product(&[order(x), order(w), order(y)]),
             Tensor::Transpose(a) => order(a),
             Tensor::Sum([index, body]) => {
@@ -109,12 +105,7 @@ impl Analysis<Tensor> for TensorAnalysis {
                 atom = true;
                 Some((1, 1))
             }
-            Tensor::WO(_)
-            | Tensor::WV(_)
-            | Tensor::WOV(_)
-            | Tensor::WQ(_)
-            | Tensor::WK(_)
-            | Tensor::WQK(_) => {
+            Tensor::WO(_) | Tensor::WV(_) | Tensor::WOV(_) | Tensor::WQ(_) | Tensor::WK(_) | Tensor::WQK(_) => {
                 atom = true;
                 Some((0, 0))
             }
@@ -132,29 +123,17 @@ impl Analysis<Tensor> for TensorAnalysis {
                 Some((0, 0))
             }
         };
-        Facts {
-            order,
-            free,
-            atom,
-            num,
-        }
+        Facts { order, free, atom, num }
     }
 
     fn merge(&mut self, to: &mut Facts, from: Facts) -> DidMerge {
         // Both describe the same tensor, so the tighter of two true facts is true.
         let order = match (to.order, from.order) {
-            (Some((a0, a1)), Some((b0, b1))) if a0.max(b0) <= a1.min(b1) => {
-                Some((a0.max(b0), a1.min(b1)))
-            }
+            (Some((a0, a1)), Some((b0, b1))) if a0.max(b0) <= a1.min(b1) => Some((a0.max(b0), a1.min(b1))),
             _ => None,
         };
         let free: BTreeSet<IndexVar> = to.free.intersection(&from.free).copied().collect();
-        let merged = Facts {
-            order,
-            free,
-            atom: to.atom || from.atom,
-            num: to.num.or(from.num),
-        };
+        let merged = Facts { order, free, atom: to.atom || from.atom, num: to.num.or(from.num) };
         let changed_to = merged != *to;
         let changed_from = merged != from;
         *to = merged;

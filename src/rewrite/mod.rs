@@ -39,11 +39,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits {
-            nodes: 2_000_000,
-            iterations: 1_000,
-            time: Duration::from_secs(120),
-        }
+        Limits { nodes: 2_000_000, iterations: 1_000, time: Duration::from_secs(120) }
     }
 }
 
@@ -65,11 +61,7 @@ pub enum RewriteError {
     #[error("{}", .0.message)]
     Unsupported(Diagnostic),
     #[error("the e-graph stopped before saturating: {reason} (after {iterations} iterations, {e_nodes} e-nodes); the expansion would be incomplete")]
-    Limit {
-        reason: String,
-        iterations: usize,
-        e_nodes: usize,
-    },
+    Limit { reason: String, iterations: usize, e_nodes: usize },
     #[error("internal error: the extracted expansion has {0}")]
     Internal(String),
 }
@@ -84,20 +76,13 @@ pub fn expand_logits(
     let mut stream = sources(graph)?;
     for step in 1..graph.resid.len() {
         let mut builder = TermBuilder::new(max_order);
-        builder
-            .block(graph, step, Side::Head, &stream)
-            .map_err(RewriteError::Unsupported)?;
+        builder.block(graph, step, Side::Head, &stream).map_err(RewriteError::Unsupported)?;
         stream = saturate(builder.finish(), limits, &mut stats)?;
     }
     let mut builder = TermBuilder::new(max_order);
-    builder
-        .logits(graph, &stream)
-        .map_err(RewriteError::Unsupported)?;
+    builder.logits(graph, &stream).map_err(RewriteError::Unsupported)?;
     let logits = saturate(builder.finish(), limits, &mut stats)?;
-    Ok((
-        extract::read_templates(&logits).map_err(RewriteError::Internal)?,
-        stats,
-    ))
+    Ok((extract::read_templates(&logits).map_err(RewriteError::Internal)?, stats))
 }
 
 /// For each layer, the expansion of its heads' attention scores into (query path, key path)
@@ -120,9 +105,7 @@ pub fn expand_scores(
             step += 1;
             for (side, stream) in [(Side::Query, &mut query), (Side::Key, &mut key)] {
                 let mut builder = TermBuilder::new(max_order);
-                builder
-                    .block(graph, step, side, stream)
-                    .map_err(RewriteError::Unsupported)?;
+                builder.block(graph, step, side, stream).map_err(RewriteError::Unsupported)?;
                 *stream = saturate(builder.finish(), limits, &mut stats)?;
             }
         }
@@ -141,11 +124,7 @@ fn sources(graph: &TermGraph) -> Result<RecExpr<Tensor>, RewriteError> {
 }
 
 /// Saturates one term and extracts its expanded form.
-fn saturate(
-    term: RecExpr<Tensor>,
-    limits: Limits,
-    stats: &mut RunStats,
-) -> Result<RecExpr<Tensor>, RewriteError> {
+fn saturate(term: RecExpr<Tensor>, limits: Limits, stats: &mut RunStats) -> Result<RecExpr<Tensor>, RewriteError> {
     let runner: Runner<Tensor, TensorAnalysis> = Runner::default()
         .with_scheduler(SimpleScheduler)
         .with_node_limit(limits.nodes)
@@ -168,11 +147,7 @@ fn saturate(
                 Some(StopReason::Other(why)) => why.clone(),
                 Some(StopReason::Saturated) | None => "no reason given".to_string(),
             };
-            return Err(RewriteError::Limit {
-                reason,
-                iterations: runner.iterations.len(),
-                e_nodes,
-            });
+            return Err(RewriteError::Limit { reason, iterations: runner.iterations.len(), e_nodes });
         }
     }
     let extractor = Extractor::new(&runner.egraph, extract::ExpandedForm);

@@ -61,9 +61,7 @@ fn not_free(index: &str, terms: &[&str]) -> impl Fn(&mut Graph, Id, &Subst) -> b
         let Some(Tensor::Index(i)) = egraph[subst[index]].nodes.first().cloned() else {
             return false;
         };
-        terms
-            .iter()
-            .all(|t| !egraph[subst[*t]].data.free.contains(&i))
+        terms.iter().all(|t| !egraph[subst[*t]].data.free.contains(&i))
     }
 }
 
@@ -89,10 +87,7 @@ struct TruncRest {
 
 impl TruncRest {
     fn new(target: &str, fixed: &str) -> TruncRest {
-        TruncRest {
-            target: target.parse().expect("rule patterns are well formed"),
-            fixed: var(fixed),
-        }
+        TruncRest { target: target.parse().expect("rule patterns are well formed"), fixed: var(fixed) }
     }
 }
 
@@ -106,10 +101,7 @@ impl Applier<Tensor, TensorAnalysis> for TruncRest {
         rule_name: Symbol,
     ) -> Vec<Id> {
         let k = var("?k");
-        let (Some((lo, hi)), Some(k_value)) = (
-            egraph[subst[self.fixed]].data.order,
-            egraph[subst[k]].data.num,
-        ) else {
+        let (Some((lo, hi)), Some(k_value)) = (egraph[subst[self.fixed]].data.order, egraph[subst[k]].data.num) else {
             return vec![];
         };
         // Only a factor of one fixed order d lowers the bound, and only while k - d ≥ 0: below
@@ -120,7 +112,6 @@ impl Applier<Tensor, TensorAnalysis> for TruncRest {
         }
         let mut lowered = subst.clone();
         lowered.insert(k, egraph.add(Tensor::Num(k_value - lo)));
-        self.target
-            .apply_one(egraph, eclass, &lowered, searcher_ast, rule_name)
+        self.target.apply_one(egraph, eclass, &lowered, searcher_ast, rule_name)
     }
 }

@@ -28,22 +28,19 @@ pub fn parse(source: &str) -> Result<File, Vec<Diagnostic>> {
                 if !errors.is_empty() {
                     return Err(errors);
                 }
-                let file = pairs
-                    .next()
-                    .expect("the `file` rule always yields one pair");
+                let file = pairs.next().expect("the `file` rule always yields one pair");
                 return build_file(file);
             }
             Err(err) => {
                 let diagnostic = syntax_diagnostic(&text, &err);
                 let at = diagnostic.span.start;
-                let same_place = errors
-                    .last()
-                    .is_some_and(|d: &Diagnostic| d.span.start >= at);
+                let same_place = errors.last().is_some_and(|d: &Diagnostic| d.span.start >= at);
                 if same_place {
                     return Err(errors);
                 }
+                let stop = unrecoverable(&diagnostic);
                 errors.push(diagnostic);
-                if errors.len() >= MAX_SYNTAX_ERRORS || !blank_line(&mut text, at) {
+                if stop || errors.len() >= MAX_SYNTAX_ERRORS || !blank_line(&mut text, at) {
                     return Err(errors);
                 }
             }
@@ -59,64 +56,103 @@ fn blank_line(text: &mut String, at: usize) -> bool {
     let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
     let end = text[at..].find('\n').map_or(text.len(), |i| at + i);
     let line = &text[start..end];
-    if line.contains('{')
-        || line.contains('}')
-        || line.trim_start().starts_with("model")
-        || line.trim().is_empty()
-    {
+    if line.contains('{') || line.contains('}') || line.trim_start().starts_with("model") || line.trim().is_empty() {
         return false;
     }
-    let blank: String = line
-        .chars()
-        .map(|c| if c.is_whitespace() { c } else { ' ' })
-        .collect();
-    let blank: String = blank
-        .chars()
-        .flat_map(|c| std::iter::repeat_n(' ', c.len_utf8()))
-        .collect();
+    let blank: String = line.chars().map(|c| if c.is_whitespace() { c } else { ' ' }).collect();
+    let blank: String = blank.chars().flat_map(|c| std::iter::repeat_n(' ', c.len_utf8())).collect();
     text.replace_range(start..end, &blank);
     true
 }
 
 fn syntax_diagnostic(text: &str, err: &pest::error::Error<Rule>) -> Diagnostic {
-    let (start, end) = match err.location {
+    let (mut start, end) = match err.location {
         InputLocation::Pos(p) => (p, p),
         InputLocation::Span((s, e)) => (s, e),
     };
-    // Point at the whole offending word, not one character.
-    let rest = &text[start..];
-    let is_word = |c: char| c.is_alphanumeric() || c == '_';
-    let word_len = match rest.chars().next() {
-        None => 0,
-        Some(c) if is_word(c) => rest.find(|c: char| !is_word(c)).unwrap_or(rest.len()),
-        Some(c) => c.len_utf8(),
+    let mut positives: Vec<Rule> = match &err.variant {
+        ErrorVariant::ParsingError { positives, .. } => positives.clone(),
+        ErrorVariant::CustomError { .. } => Vec::new(),
     };
-    let end = end.max(start + word_len);
-    let found = describe_found(&text[start..end]);
-    let mut expected: Vec<String> = Vec::new();
-    if let ErrorVariant::ParsingError { positives, .. } = &err.variant {
-        for rule in positives {
-            push_unique(&mut expected, describe_rule(*rule));
+    // pest reports where the last *required* match failed; an optional part that got further
+    // (an argument list missing its `)`) is where the mistake really is.
+    if let Some(attempts) = err.parse_attempts() {
+        let is_word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+        let max = attempts.max_position.min(text.len());
+        let inside_word = is_word(text[..max].chars().next_back()) && is_word(text[max..].chars().next());
+        if max > start && !inside_word {
+            start = attempts.max_position;
+            positives = attempts
+                .call_stacks
+                .iter()
+                .filter_map(|stack| stack.deepest.get_rule().copied().or(stack.parent))
+                .collect();
         }
     }
+    let positives = positives.as_slice();
+    let mut expected: Vec<String> = Vec::new();
+    for rule in positives {
+        push_unique(&mut expected, describe_rule(*rule));
+    }
     if let Some(attempts) = err.parse_attempts() {
+        // Punctuation the grammar wanted; keywords and character ranges are already described
+        // by the rules above, in words.
         for token in attempts.expected_tokens() {
             let token = token.to_string();
-            if !token.trim().is_empty() && token != "#" && token != "//" {
+            let punctuation = !token.is_empty() && !token.chars().any(|c| c.is_alphanumeric() || c.is_whitespace());
+            if punctuation && token != "#" && token != "//" {
                 push_unique(&mut expected, format!("`{token}`"));
             }
         }
     }
     expected.retain(|e| !e.is_empty());
+    if let Some(i) = expected.iter().position(|e| e == "end of file") {
+        let eof = expected.remove(i);
+        expected.push(eof);
+    }
+    // A statement cut short (`dim d_model =` then a new line) fails at the next line's first
+    // word; the mistake is at the end of the previous line, so point there.
+    let starts_new_item = positives.iter().any(|r| {
+        matches!(
+            r,
+            Rule::EOI
+                | Rule::dim_decl
+                | Rule::kw_dim
+                | Rule::component
+                | Rule::component_kind
+                | Rule::layer
+                | Rule::kw_layer
+                | Rule::repeat
+                | Rule::kw_repeat
+        )
+    });
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let cut_short = line_start > 0 && text[line_start..start].trim().is_empty() && !starts_new_item;
+    let (span, found) = if cut_short {
+        let previous_end = text[..line_start].trim_end().len();
+        (Span::new(previous_end, previous_end), "end of line".to_string())
+    } else {
+        // Point at the whole offending word, not one character.
+        let rest = &text[start..];
+        let is_word = |c: char| c.is_alphanumeric() || c == '_';
+        let word_len = match rest.chars().next() {
+            None => 0,
+            Some(c) if is_word(c) => rest.find(|c: char| !is_word(c)).unwrap_or(rest.len()),
+            Some(c) => c.len_utf8(),
+        };
+        let end = (start + word_len).max(end.min(text.len()));
+        (Span::new(start, end), describe_found(&text[start..end]))
+    };
     let label = match expected.len() {
         0 => "not expected here".to_string(),
         _ => format!("expected {}", join_or(&expected)),
     };
-    Diagnostic::new(
-        Span::new(start, end),
-        format!("syntax error: unexpected {found}"),
-        label,
-    )
+    Diagnostic::new(span, format!("syntax error: unexpected {found}"), label)
+}
+
+/// The parser cannot resynchronise after these: every later line would fail the same way.
+fn unrecoverable(d: &Diagnostic) -> bool {
+    d.label.contains("`model NAME`")
 }
 
 fn describe_found(text: &str) -> String {
@@ -147,9 +183,7 @@ fn describe_rule(rule: Rule) -> String {
         Rule::EOI => "end of file",
         Rule::model_header | Rule::kw_model => "`model NAME` at the top of the file",
         Rule::dim_decl | Rule::kw_dim => "a `dim` declaration",
-        Rule::component | Rule::component_kind => {
-            "a component (embed, pos_embed, layernorm, attn, mlp, unembed)"
-        }
+        Rule::component | Rule::component_kind => "a component (embed, pos_embed, layernorm, attn, mlp, unembed)",
         Rule::layer | Rule::kw_layer => "`layer { ... }`",
         Rule::repeat | Rule::kw_repeat => "`repeat N { ... }`",
         Rule::args => "an argument list `(name = value, ...)`",
@@ -171,15 +205,8 @@ fn span(pair: &Pair<'_, Rule>) -> Span {
 fn build_file(file: Pair<'_, Rule>) -> Result<File, Vec<Diagnostic>> {
     let mut errors = Vec::new();
     let mut inner = file.into_inner();
-    let header = inner
-        .next()
-        .expect("grammar: file starts with model_header");
-    let name = ident(
-        header
-            .into_inner()
-            .nth(1)
-            .expect("grammar: model_header has a name"),
-    );
+    let header = inner.next().expect("grammar: file starts with model_header");
+    let name = ident(header.into_inner().nth(1).expect("grammar: model_header has a name"));
     let mut items = Vec::new();
     for pair in inner {
         match pair.as_rule() {
@@ -188,28 +215,17 @@ fn build_file(file: Pair<'_, Rule>) -> Result<File, Vec<Diagnostic>> {
                 let mut parts = pair.into_inner().skip(1);
                 let name = ident(parts.next().expect("grammar: dim has a name"));
                 let value = parts.next().and_then(|p| number(p, &mut errors));
-                items.push(Item::Dim(DimDecl {
-                    name,
-                    value,
-                    span: decl_span,
-                }));
+                items.push(Item::Dim(DimDecl { name, value, span: decl_span }));
             }
             Rule::component => items.push(Item::Component(component(pair, &mut errors))),
             Rule::layer => items.push(Item::Layer(layer(pair, &mut errors))),
             Rule::repeat => {
                 let repeat_span = span(&pair);
                 let mut parts = pair.into_inner().skip(1);
-                let count = number(
-                    parts.next().expect("grammar: repeat has a count"),
-                    &mut errors,
-                );
+                let count = number(parts.next().expect("grammar: repeat has a count"), &mut errors);
                 let layers = parts.map(|p| layer(p, &mut errors)).collect();
                 if let Some(count) = count {
-                    items.push(Item::Repeat(Repeat {
-                        count,
-                        layers,
-                        span: repeat_span,
-                    }));
+                    items.push(Item::Repeat(Repeat { count, layers, span: repeat_span }));
                 }
             }
             Rule::EOI => {}
@@ -224,24 +240,14 @@ fn build_file(file: Pair<'_, Rule>) -> Result<File, Vec<Diagnostic>> {
 }
 
 fn ident(pair: Pair<'_, Rule>) -> Ident {
-    Ident {
-        text: pair.as_str().to_string(),
-        span: span(&pair),
-    }
+    Ident { text: pair.as_str().to_string(), span: span(&pair) }
 }
 
 fn number(pair: Pair<'_, Rule>, errors: &mut Vec<Diagnostic>) -> Option<Number> {
     match pair.as_str().parse::<u64>() {
-        Ok(value) => Some(Number {
-            value,
-            span: span(&pair),
-        }),
+        Ok(value) => Some(Number { value, span: span(&pair) }),
         Err(_) => {
-            errors.push(Diagnostic::new(
-                span(&pair),
-                "number too large",
-                "does not fit in 64 bits",
-            ));
+            errors.push(Diagnostic::new(span(&pair), "number too large", "does not fit in 64 bits"));
             None
         }
     }
@@ -249,23 +255,15 @@ fn number(pair: Pair<'_, Rule>, errors: &mut Vec<Diagnostic>) -> Option<Number> 
 
 fn layer(pair: Pair<'_, Rule>, errors: &mut Vec<Diagnostic>) -> Layer {
     let layer_span = span(&pair);
-    let components = pair
-        .into_inner()
-        .skip(1)
-        .map(|p| component(p, errors))
-        .collect();
-    Layer {
-        components,
-        span: layer_span,
-    }
+    let components = pair.into_inner().skip(1).map(|p| component(p, errors)).collect();
+    Layer { components, span: layer_span }
 }
 
 fn component(pair: Pair<'_, Rule>, errors: &mut Vec<Diagnostic>) -> Component {
     let component_span = span(&pair);
     let mut parts = pair.into_inner();
     let keyword = parts.next().expect("grammar: component has a kind");
-    let kind = ComponentKind::from_keyword(keyword.as_str())
-        .expect("grammar: component kinds are keywords");
+    let kind = ComponentKind::from_keyword(keyword.as_str()).expect("grammar: component kinds are keywords");
     let mut args = Vec::new();
     if let Some(arg_list) = parts.next() {
         for arg_pair in arg_list.into_inner() {
@@ -284,17 +282,8 @@ fn component(pair: Pair<'_, Rule>, errors: &mut Vec<Diagnostic>) -> Component {
                     other => unreachable!("grammar: unexpected value {other:?}"),
                 },
             };
-            args.push(Arg {
-                name,
-                value,
-                span: arg_span,
-            });
+            args.push(Arg { name, value, span: arg_span });
         }
     }
-    Component {
-        kind,
-        keyword_span: span(&keyword),
-        args,
-        span: component_span,
-    }
+    Component { kind, keyword_span: span(&keyword), args, span: component_span }
 }

@@ -13,11 +13,7 @@ pub const MAX_LAYERS: u64 = 4096;
 pub const MAX_HEADS: u64 = 4096;
 
 pub fn check(file: &ast::File, source: &str) -> Result<Model, Vec<Diagnostic>> {
-    let mut cx = Checker {
-        source,
-        errors: Vec::new(),
-        dims: BTreeMap::new(),
-    };
+    let mut cx = Checker { source, errors: Vec::new(), dims: BTreeMap::new() };
     cx.declare_dims(file);
     let model = cx.check_items(file);
     if cx.errors.is_empty() {
@@ -60,22 +56,14 @@ impl Checker<'_> {
             if let Some((_, first)) = self.dims.get(name) {
                 let first_line = self.line_of(*first);
                 self.error(
-                    Diagnostic::new(
-                        decl.name.span,
-                        format!("duplicate dimension `{name}`"),
-                        "declared twice",
-                    )
-                    .with_help(format!("`{name}` is first declared on line {first_line}")),
+                    Diagnostic::new(decl.name.span, format!("duplicate dimension `{name}`"), "declared twice")
+                        .with_help(format!("`{name}` is first declared on line {first_line}")),
                 );
                 continue;
             }
             let size = match decl.value {
                 Some(n) if n.value == 0 => {
-                    self.error(Diagnostic::new(
-                        n.span,
-                        format!("dimension `{name}` is zero"),
-                        "must be at least 1",
-                    ));
+                    self.error(Diagnostic::new(n.span, format!("dimension `{name}` is zero"), "must be at least 1"));
                     Size::Known(1)
                 }
                 Some(n) => Size::Known(n.value),
@@ -91,9 +79,7 @@ impl Checker<'_> {
             None => {
                 self.error(
                     Diagnostic::new(at, format!("missing dimension `{name}`"), why.to_string())
-                        .with_help(format!(
-                        "declare it with `dim {name} = N` (or `dim {name}` to keep it symbolic)"
-                    )),
+                        .with_help(format!("declare it with `dim {name} = N` (or `dim {name}` to keep it symbolic)")),
                 );
                 Size::Symbolic(name.to_string())
             }
@@ -108,16 +94,13 @@ impl Checker<'_> {
         let mut ln_final = None;
         let mut unembed = None;
         let mut n_layers: u64 = 0;
+        let mut misplaced_embed = false;
         for item in &file.items {
             if stage == Stage::Unembedded && !matches!(item, Item::Dim(_)) {
                 let span = item_span(item);
                 self.error(
-                    Diagnostic::new(
-                        span,
-                        "nothing may follow the unembedding",
-                        "after `unembed`",
-                    )
-                    .with_help("`unembed` is the model's last component"),
+                    Diagnostic::new(span, "nothing may follow the unembedding", "after `unembed`")
+                        .with_help("`unembed` is the model's last component"),
                 );
                 continue;
             }
@@ -126,11 +109,7 @@ impl Checker<'_> {
                 Item::Component(c) => match c.kind {
                     ComponentKind::Embed | ComponentKind::PosEmbed => {
                         self.no_args(c);
-                        let slot = if c.kind == ComponentKind::Embed {
-                            &mut embed
-                        } else {
-                            &mut pos_embed
-                        };
+                        let slot = if c.kind == ComponentKind::Embed { &mut embed } else { &mut pos_embed };
                         if let Some(first) = *slot {
                             let line = self.line_of(first);
                             self.error(
@@ -142,6 +121,7 @@ impl Checker<'_> {
                                 .with_help(format!("first declared on line {line}")),
                             );
                         } else if stage > Stage::Embedded {
+                            misplaced_embed |= c.kind == ComponentKind::Embed;
                             self.error(Diagnostic::new(
                                 c.keyword_span,
                                 format!("`{}` after the layers", c.kind.keyword()),
@@ -176,9 +156,7 @@ impl Checker<'_> {
                         );
                     }
                     ComponentKind::Unembed => {
-                        let bias = self
-                            .component_args(c, &[("bias", ArgKind::Bool)])
-                            .bool("bias");
+                        let bias = self.component_args(c, &[("bias", ArgKind::Bool)]).bool("bias");
                         unembed = Some(Unembed { bias, span: c.span });
                         stage = Stage::Unembedded;
                     }
@@ -186,8 +164,12 @@ impl Checker<'_> {
                 Item::Layer(_) | Item::Repeat(_) => {
                     if stage == Stage::FinalNorm {
                         self.error(
-                            Diagnostic::new(item_span(item), "a layer after the final `layernorm`", "after the final LayerNorm")
-                                .with_help("a `layernorm` outside a layer is the final one; put layers before it"),
+                            Diagnostic::new(
+                                item_span(item),
+                                "a layer after the final `layernorm`",
+                                "after the final LayerNorm",
+                            )
+                            .with_help("a `layernorm` outside a layer is the final one; put layers before it"),
                         );
                         continue;
                     }
@@ -195,18 +177,10 @@ impl Checker<'_> {
                         Item::Layer(l) => (std::slice::from_ref(l), 1),
                         Item::Repeat(r) => {
                             if r.count.value == 0 {
-                                self.error(Diagnostic::new(
-                                    r.count.span,
-                                    "`repeat 0`",
-                                    "must repeat at least once",
-                                ));
+                                self.error(Diagnostic::new(r.count.span, "`repeat 0`", "must repeat at least once"));
                             }
                             if r.layers.is_empty() {
-                                self.error(Diagnostic::new(
-                                    r.span,
-                                    "empty `repeat`",
-                                    "holds no `layer { ... }`",
-                                ));
+                                self.error(Diagnostic::new(r.span, "empty `repeat`", "holds no `layer { ... }`"));
                             }
                             (r.layers.as_slice(), r.count.value)
                         }
@@ -232,46 +206,27 @@ impl Checker<'_> {
             }
         }
         let header_span = file.name.span;
-        if embed.is_none() {
+        if embed.is_none() && !misplaced_embed {
             self.error(
-                Diagnostic::new(
-                    header_span,
-                    "the model has no token embedding",
-                    "no `embed` in this model",
-                )
-                .with_help("add `embed` before the first layer"),
+                Diagnostic::new(header_span, "the model has no token embedding", "no `embed` in this model")
+                    .with_help("add `embed` before the first layer"),
             );
         }
         if unembed.is_none() {
             self.error(
-                Diagnostic::new(
-                    header_span,
-                    "the model has no unembedding",
-                    "no `unembed` in this model",
-                )
-                .with_help("add `unembed` as the last component"),
+                Diagnostic::new(header_span, "the model has no unembedding", "no `unembed` in this model")
+                    .with_help("add `unembed` as the last component"),
             );
         }
-        let d_model = self.required_dim(
-            "d_model",
-            "every model needs its residual width",
-            header_span,
-        );
-        let d_vocab = self.required_dim(
-            "d_vocab",
-            "the embedding and unembedding need the vocabulary size",
-            header_span,
-        );
+        let d_model = self.required_dim("d_model", "every model needs its residual width", header_span);
+        let d_vocab =
+            self.required_dim("d_vocab", "the embedding and unembedding need the vocabulary size", header_span);
         if let Some(span) = pos_embed {
             self.required_dim("n_ctx", "`pos_embed` needs the context length", span);
         }
         Some(Model {
             name: file.name.text.clone(),
-            dims: self
-                .dims
-                .iter()
-                .map(|(k, (v, _))| (k.clone(), v.clone()))
-                .collect(),
+            dims: self.dims.iter().map(|(k, (v, _))| (k.clone(), v.clone())).collect(),
             d_model,
             d_vocab,
             embed: embed?,
@@ -332,11 +287,7 @@ impl Checker<'_> {
                 ComponentKind::Mlp => {
                     let checked = self.mlp(c, pending_ln.take());
                     if mlp.is_some() {
-                        self.error(Diagnostic::new(
-                            c.keyword_span,
-                            "a second `mlp` in one layer",
-                            "one MLP per layer",
-                        ));
+                        self.error(Diagnostic::new(c.keyword_span, "a second `mlp` in one layer", "one MLP per layer"));
                         ok = false;
                     }
                     mlp = mlp.or(checked);
@@ -362,51 +313,31 @@ impl Checker<'_> {
         }
         if attn.is_none() && ok {
             self.error(
-                Diagnostic::new(
-                    layer.span,
-                    "a layer without attention",
-                    "no `attn` in this layer",
-                )
-                .with_help("every layer has one `attn(heads = N)`"),
+                Diagnostic::new(layer.span, "a layer without attention", "no `attn` in this layer")
+                    .with_help("every layer has one `attn(heads = N)`"),
             );
             ok = false;
         }
         let attn = attn?;
-        ok.then_some(Layer {
-            attn,
-            mlp,
-            span: layer.span,
-        })
+        ok.then_some(Layer { attn, mlp, span: layer.span })
     }
 
     fn attn(&mut self, c: &Component, ln: Option<LayerNorm>) -> Option<Attn> {
-        let args = self.component_args(
-            c,
-            &[
-                ("heads", ArgKind::Size),
-                ("d_head", ArgKind::Size),
-                ("bias", ArgKind::Bool),
-            ],
-        );
+        let args =
+            self.component_args(c, &[("heads", ArgKind::Size), ("d_head", ArgKind::Size), ("bias", ArgKind::Bool)]);
         let bias = args.bool("bias");
         let heads = args.size("heads");
         let d_head = match args.size("d_head") {
             Some((Size::Known(0), span)) => {
-                self.error(Diagnostic::new(
-                    span,
-                    "`d_head` is zero",
-                    "must be at least 1",
-                ));
+                self.error(Diagnostic::new(span, "`d_head` is zero", "must be at least 1"));
                 return None;
             }
             Some((size, _)) => size,
-            None => self.required_dim(
-                "d_head",
-                "`attn` needs `d_head = N` or a declared `dim d_head`",
-                c.keyword_span,
-            ),
+            None if args.given("d_head") => return None,
+            None => self.required_dim("d_head", "`attn` needs `d_head = N` or a declared `dim d_head`", c.keyword_span),
         };
         let n_heads = match heads {
+            None if args.given("heads") => return None,
             None => {
                 self.error(
                     Diagnostic::new(c.keyword_span, "`attn` without `heads`", "how many heads?")
@@ -416,75 +347,42 @@ impl Checker<'_> {
             }
             Some((Size::Symbolic(name), span)) => {
                 self.error(
-                    Diagnostic::new(
-                        span,
-                        "the number of heads must be a number",
-                        format!("`{name}` is symbolic"),
-                    )
-                    .with_help(format!("give it a value: `dim {name} = 12`")),
+                    Diagnostic::new(span, "the number of heads must be a number", format!("`{name}` is symbolic"))
+                        .with_help(format!("give it a value: `dim {name} = 12`")),
                 );
                 return None;
             }
             Some((Size::Known(0), span)) => {
-                self.error(Diagnostic::new(
-                    span,
-                    "zero heads",
-                    "an attention block needs at least one head",
-                ));
+                self.error(Diagnostic::new(span, "zero heads", "an attention block needs at least one head"));
                 return None;
             }
             Some((Size::Known(n), span)) if n > MAX_HEADS => {
-                self.error(Diagnostic::new(
-                    span,
-                    format!("too many heads (more than {MAX_HEADS})"),
-                    "too many",
-                ));
+                self.error(Diagnostic::new(span, format!("too many heads (more than {MAX_HEADS})"), "too many"));
                 return None;
             }
             Some((Size::Known(n), _)) => n as usize,
         };
-        Some(Attn {
-            n_heads,
-            d_head,
-            bias,
-            ln,
-            span: c.span,
-        })
+        Some(Attn { n_heads, d_head, bias, ln, span: c.span })
     }
 
     fn mlp(&mut self, c: &Component, ln: Option<LayerNorm>) -> Option<Mlp> {
-        let args = self.component_args(
-            c,
-            &[
-                ("d_mlp", ArgKind::Size),
-                ("act", ArgKind::Name),
-                ("bias", ArgKind::Bool),
-            ],
-        );
+        let args = self.component_args(c, &[("d_mlp", ArgKind::Size), ("act", ArgKind::Name), ("bias", ArgKind::Bool)]);
         let bias = args.bool("bias");
         let d_mlp = match args.size("d_mlp") {
             Some((Size::Known(0), span)) => {
-                self.error(Diagnostic::new(
-                    span,
-                    "`d_mlp` is zero",
-                    "must be at least 1",
-                ));
+                self.error(Diagnostic::new(span, "`d_mlp` is zero", "must be at least 1"));
                 return None;
             }
             Some((s, _)) => s,
-            None => self.required_dim(
-                "d_mlp",
-                "`mlp` needs `d_mlp = N` or a declared `dim d_mlp`",
-                c.keyword_span,
-            ),
+            None if args.given("d_mlp") => return None,
+            None => self.required_dim("d_mlp", "`mlp` needs `d_mlp = N` or a declared `dim d_mlp`", c.keyword_span),
         };
         let act = match args.name("act") {
+            None if args.given("act") => return None,
             None => {
                 self.error(
                     Diagnostic::new(c.keyword_span, "`mlp` without `act`", "which activation?")
-                        .with_help(
-                            "write `mlp(act = gelu_new)`; known: relu, gelu, gelu_new, silu",
-                        ),
+                        .with_help("write `mlp(act = gelu_new)`; known: relu, gelu, gelu_new, silu"),
                 );
                 return None;
             }
@@ -503,13 +401,7 @@ impl Checker<'_> {
                 }
             },
         };
-        Some(Mlp {
-            d_mlp,
-            act,
-            bias,
-            ln,
-            span: c.span,
-        })
+        Some(Mlp { d_mlp, act, bias, ln, span: c.span })
     }
 
     /// Checks a component's arguments against what it accepts; reports unknown, duplicate and
@@ -539,15 +431,12 @@ impl Checker<'_> {
             if let Some(first) = seen.insert(name, arg.span) {
                 let line = self.line_of(first);
                 self.error(
-                    Diagnostic::new(
-                        arg.name.span,
-                        format!("duplicate argument `{name}`"),
-                        "given twice",
-                    )
-                    .with_help(format!("first given on line {line}")),
+                    Diagnostic::new(arg.name.span, format!("duplicate argument `{name}`"), "given twice")
+                        .with_help(format!("first given on line {line}")),
                 );
                 continue;
             }
+            out.given.insert(name.to_string());
             self.typed_arg(arg, kind, &mut out);
         }
         out
@@ -625,12 +514,18 @@ impl ArgKind {
 
 #[derive(Default)]
 struct CheckedArgs {
+    /// Every accepted argument name that was written, well-typed or not: an error about its
+    /// value is already reported, so "missing" would only echo it.
+    given: std::collections::BTreeSet<String>,
     bools: BTreeMap<String, bool>,
     sizes: BTreeMap<String, (Size, Span)>,
     names: BTreeMap<String, ast::Ident>,
 }
 
 impl CheckedArgs {
+    fn given(&self, name: &str) -> bool {
+        self.given.contains(name)
+    }
     fn bool(&self, name: &str) -> bool {
         self.bools.get(name).copied().unwrap_or(false)
     }

@@ -1,0 +1,3 @@
+dim d_model = 8
+embed
+unembed

@@ -1,0 +1,10 @@
+model m
+dim d_model = 8
+dim d_vocab = 5
+embed
+layer { attn(heads = 2, d_head = 4) }
+layer {
+  attn(heads = 2, d_head = 4)
+  mlp(d_mlp = 16, act = gelu_new)
+}
+unembed
