@@ -66,9 +66,9 @@ pub enum Error {
     /// Syntax or semantic errors in the model file (several at once where possible).
     #[error("the model file has {} error(s)", .0.len())]
     Model(Vec<Diagnostic>),
-    /// A construct the expansion cannot go through yet.
-    #[error("{}", .0.message)]
-    Unsupported(Diagnostic),
+    /// Constructs the expansion cannot go through yet (the first of each kind).
+    #[error("{}", .0.first().map_or("", |d| d.message.as_str()))]
+    Unsupported(Vec<Diagnostic>),
     #[error(
         "the expansion has {count} {what}, more than the enumeration limit of {limit}; {}",
         match fits { Some((k, n)) => format!("--max-order {k} fits ({n} {what}), or raise the limit with --limit"), None => "raise the limit with --limit".to_string() }
@@ -83,7 +83,7 @@ impl Error {
     pub fn diagnostics(&self) -> &[Diagnostic] {
         match self {
             Error::Model(d) => d,
-            Error::Unsupported(d) => std::slice::from_ref(d),
+            Error::Unsupported(d) => d,
             _ => &[],
         }
     }
@@ -92,7 +92,7 @@ impl Error {
 impl From<RewriteError> for Error {
     fn from(e: RewriteError) -> Error {
         match e {
-            RewriteError::Unsupported(d) => Error::Unsupported(d),
+            RewriteError::Unsupported(d) => Error::Unsupported(vec![d]),
             other => Error::Rewrite(other),
         }
     }
@@ -226,6 +226,10 @@ pub fn expand(source: &str, options: &ExpandOptions) -> Result<Expansion, Error>
 }
 
 pub fn expand_compiled(compiled: Compiled, options: &ExpandOptions) -> Result<Expansion, Error> {
+    let unsupported = rewrite::unsupported_constructs(&compiled.graph);
+    if !unsupported.is_empty() {
+        return Err(Error::Unsupported(unsupported));
+    }
     let n_layers = compiled.model.n_layers();
     let limit = BigUint::from(options.limit);
     let logit_counts = compiled.logit_counts(options.max_order);

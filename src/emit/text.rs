@@ -18,13 +18,20 @@ pub fn write(exp: &Expansion, templates_only: bool, out: &mut dyn Write) -> io::
     let counts = &exp.logit_counts;
     let by_order: Vec<String> = counts.by_order.iter().enumerate().map(|(k, c)| format!("order {k}: {c}")).collect();
     writeln!(out, "T = sum of {} ({})", plural(&counts.total(), "path", "paths"), by_order.join(", "))?;
+    // Names line up: as wide as the longest name any template can produce.
+    let width = exp
+        .logits
+        .iter()
+        .map(|t| 1 + t.layers(Side::Head).iter().map(|&l| format!("/L{l}H{}", heads[l] - 1).len()).sum::<usize>())
+        .max()
+        .unwrap_or(1);
     let mut order = usize::MAX;
     for template in &exp.logits {
         if template.order() != order {
             order = template.order();
             writeln!(out, "\norder {order}: {}", plural(&counts.by_order[order], "path", "paths"))?;
         }
-        write_template(out, template, &heads, None, templates_only, &|p| p.name())?;
+        write_template(out, template, &heads, None, templates_only, &|p| p.name(), width)?;
     }
     if let (Some(layers), Some(counts)) = (&exp.scores, &exp.score_counts) {
         let by_order: Vec<String> =
@@ -82,6 +89,7 @@ fn write_template(
     fixed: Option<IndexVar>,
     templates_only: bool,
     name: &dyn Fn(&paths::Path<'_>) -> String,
+    width: usize,
 ) -> io::Result<()> {
     let count = paths::count_templates(std::slice::from_ref(template), heads, fixed);
     if !template.binders.is_empty() || templates_only {
@@ -100,12 +108,8 @@ fn write_template(
     let mut result = Ok(());
     paths::for_each_path(std::slice::from_ref(template), heads, None, |p| {
         if result.is_ok() {
-            result = writeln!(
-                out,
-                "{indent}{:<14} {}",
-                name(&p),
-                N.term(&p.template.position, &p.template.weights, Heads::Concrete(&p))
-            );
+            let term = N.term(&p.template.position, &p.template.weights, Heads::Concrete(&p));
+            result = writeln!(out, "{indent}{:<width$}  {term}", name(&p));
         }
     });
     result

@@ -6,6 +6,7 @@
 //! top of the already expanded stream (see `rewrite/mod.rs` for why).
 
 use egg::{Id, Language, RecExpr};
+use petgraph::graph::NodeIndex;
 
 use super::lang::{IndexVar, Side, Tensor};
 use crate::diag::Diagnostic;
@@ -176,8 +177,39 @@ pub fn head_input(graph: &TermGraph, layer: usize) -> Result<usize, Diagnostic> 
     }
 }
 
+/// Every construct the expansion cannot go through yet, in model order: the first of each kind,
+/// with a count of the others, so a full model gets a short list rather than one per layer.
+pub fn unsupported_constructs(graph: &TermGraph) -> Vec<Diagnostic> {
+    let mut firsts: Vec<(&'static str, NodeIndex, usize)> = Vec::new();
+    for idx in graph.graph.node_indices() {
+        let kind = match graph.node(idx).node {
+            Node::Mlp { .. } => "MLPs",
+            Node::Norm(_) => "LayerNorms",
+            Node::Bias { .. } => "biases",
+            Node::Source(_) | Node::Resid(_) | Node::Head { .. } | Node::Unembed => continue,
+        };
+        match firsts.iter_mut().find(|(k, _, _)| *k == kind) {
+            Some((_, _, n)) => *n += 1,
+            None => firsts.push((kind, idx, 1)),
+        }
+    }
+    firsts
+        .into_iter()
+        .map(|(kind, idx, n)| {
+            let d = unsupported(graph, idx);
+            match n {
+                1 => d,
+                n => {
+                    let help = d.help.clone().unwrap_or_default();
+                    d.with_help(format!("{help} (this model has {n} {kind})"))
+                }
+            }
+        })
+        .collect()
+}
+
 /// A construct the expansion cannot go through yet, pointing at its declaration.
-fn unsupported(graph: &TermGraph, idx: petgraph::graph::NodeIndex) -> Diagnostic {
+fn unsupported(graph: &TermGraph, idx: NodeIndex) -> Diagnostic {
     let data = graph.node(idx);
     let (what, label) = match &data.node {
         Node::Mlp { layer } => (format!("the MLP of layer {layer}"), "an MLP"),
@@ -189,5 +221,5 @@ fn unsupported(graph: &TermGraph, idx: petgraph::graph::NodeIndex) -> Diagnostic
         other => (format!("{other:?}"), "this component"),
     };
     Diagnostic::new(data.span, format!("pathc cannot expand {what} yet"), format!("{label}: not expanded yet"))
-        .with_help("the expansion covers attention-only models without biases or LayerNorm; remove the construct (or its `bias`) to expand the rest")
+        .with_help("the expansion covers attention-only models without biases or LayerNorm for now")
 }

@@ -13,6 +13,8 @@
 //! are enumerated later by `paths`.
 
 mod build;
+
+pub use build::unsupported_constructs;
 mod extract;
 pub mod lang;
 pub mod rules;

@@ -1,0 +1,159 @@
+//! The command line: exit codes, formats, determinism, diagnostics on standard error.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn pathc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pathc")).args(args).output().expect("pathc runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).expect("UTF-8")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8(o.stderr.clone()).expect("UTF-8")
+}
+
+#[test]
+fn readme_quick_start_runs() {
+    let out = pathc(&["expand", "examples/attn-only-2l.tf"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("T = sum of 169 paths (order 0: 1, order 1: 24, order 2: 144)"), "{text}");
+    let line = ["E/L0H11/L1H3", "(A^{1.3}·A^{0.11})", "⊗", "(W_U·W_OV^{1.3}·W_OV^{0.11}·W_E)"];
+    assert!(text.lines().any(|l| l.split_whitespace().eq(line)), "{text}");
+}
+
+#[test]
+fn every_failing_model_exits_2_with_a_located_diagnostic() {
+    for entry in std::fs::read_dir("tests/models/fail").expect("folder") {
+        let path = entry.expect("entry").path();
+        let out = pathc(&["expand", path.to_str().expect("UTF-8 path")]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{}: {err}", path.display());
+        assert!(err.starts_with("error: "), "{}: {err}", path.display());
+        assert!(!err.contains("panicked"), "{}: {err}", path.display());
+        assert!(out.stdout.is_empty(), "{}: nothing on stdout", path.display());
+        let name = path.file_name().unwrap().to_string_lossy();
+        if !name.starts_with("too_many_paths") {
+            let located = format!("--> {}:", path.display());
+            assert!(err.contains(&located) && err.contains('^'), "{}: {err}", path.display());
+        }
+    }
+}
+
+#[test]
+fn unreadable_input_exits_2() {
+    let dir = std::env::temp_dir().join(format!("pathc-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("latin1.tf");
+    std::fs::write(&bad, b"model m\n# caf\xe9\n").unwrap();
+    let out = pathc(&["expand", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("cannot read"), "{}", stderr(&out));
+    let out = pathc(&["expand", "no/such/model.tf"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("cannot read no/such/model.tf"), "{}", stderr(&out));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn too_large_expansions_are_refused_with_the_count_and_what_fits() {
+    let out = pathc(&["expand", "examples/attn-only-12l.tf"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "error: the expansion has 46596170244962 paths, more than the enumeration limit of 1000000; \
+         --max-order 3 fits (779618 paths), or raise the limit with --limit\n"
+    );
+    let out = pathc(&["expand", "examples/attn2.tf", "--limit", "10"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--max-order 0 fits (2 paths)"), "{}", stderr(&out));
+    let out = pathc(&["expand", "examples/attn2.tf", "--limit", "1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).ends_with("raise the limit with --limit\n") && !stderr(&out).contains("fits"), "{}", stderr(&out));
+}
+
+#[test]
+fn full_models_parse_but_say_what_they_cannot_expand() {
+    for example in ["examples/full2.tf", "examples/gpt2-small.tf"] {
+        let out = pathc(&["expand", example]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(stderr(&out).starts_with("error: pathc cannot expand the LayerNorm before attention in layer 0 yet"), "{}", stderr(&out));
+        let dot = pathc(&["expand", example, "--format", "dot"]);
+        assert_eq!(dot.status.code(), Some(0), "{}", stderr(&dot));
+        assert!(stdout(&dot).contains("MLP (layer 1)") && stdout(&dot).contains("ln_final"));
+    }
+}
+
+#[test]
+fn count_is_exact_and_instant_for_gpt2_small_sized_models() {
+    let out = pathc(&["count", "examples/attn-only-12l.tf"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stdout(&out).starts_with("46596170244962 paths\n  order 0: 2\n  order 1: 288\n"), "{}", stdout(&out));
+    let out = pathc(&["count", "examples/gpt2-small.tf", "--max-order", "3", "--qk", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(json["paths"]["total"], "779618");
+    assert_eq!(json["max_order"], 3);
+}
+
+#[test]
+fn every_format_is_deterministic() {
+    for format in ["text", "latex", "json", "dot"] {
+        let args = ["expand", "examples/attn2.tf", "--qk", "--format", format];
+        let first = pathc(&args);
+        assert_eq!(first.status.code(), Some(0), "{format}: {}", stderr(&first));
+        assert!(!first.stdout.is_empty());
+        assert_eq!(first.stdout, pathc(&args).stdout, "{format} output differs between runs");
+    }
+}
+
+#[test]
+fn json_has_the_documented_schema() {
+    let out = pathc(&["expand", "examples/attn2.tf", "--qk", "--format", "json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    assert_eq!(json["schema"], "pathc.expand/1");
+    assert_eq!(json["counts"]["total"], "50");
+    let paths = json["paths"].as_array().expect("paths");
+    assert_eq!(paths.len(), 50);
+    let p = &paths[30];
+    assert_eq!(p["name"], "E/L0H3/L1H0");
+    assert_eq!(p["order"], 2);
+    assert_eq!(p["source"], "E");
+    assert_eq!(p["heads"], serde_json::json!([[0, 3], [1, 0]]));
+    assert_eq!(p["position"], serde_json::json!(["A^{1.0}", "A^{0.3}"]));
+    assert_eq!(p["weights"], serde_json::json!(["W_U", "W_OV^{1.0}", "W_OV^{0.3}", "W_E"]));
+    let terms = json["qk"]["terms"].as_array().expect("qk terms");
+    assert_eq!(terms.len(), 416);
+    let t = terms.iter().find(|t| t["name"] == "L1H2[q=E/L0H1,k=P]").expect("a Q-composition term");
+    assert_eq!(t["composition"], "Q");
+    assert_eq!(t["query_position"], serde_json::json!(["A^{0.1}"]));
+    assert_eq!(t["key_position"], serde_json::json!([]));
+    assert_eq!(t["weights"], serde_json::json!(["W_Eᵀ", "W_OV^{0.1}ᵀ", "W_QK^{1.2}", "W_P"]));
+}
+
+#[test]
+fn latex_and_output_file() {
+    let dir = std::env::temp_dir().join(format!("pathc-latex-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("attn1.tex");
+    let out = pathc(&["expand", "examples/attn1.tf", "--format", "latex", "-o", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+    let tex = std::fs::read_to_string(&file).unwrap();
+    assert!(tex.starts_with("\\documentclass{article}") && tex.trim_end().ends_with("\\end{document}"));
+    assert!(tex.contains("\\text{E/L0H1}: &\\quad A^{0.1} \\otimes W_U\\,W_{OV}^{0.1}\\,W_E \\\\"), "{tex}");
+    assert_eq!(tex.matches("\\begin{align*}").count(), tex.matches("\\end{align*}").count());
+    std::fs::remove_dir_all(Path::new(&dir)).unwrap();
+}
+
+#[test]
+fn truncated_text_says_so() {
+    let out = pathc(&["expand", "examples/attn-only-12l.tf", "--max-order", "1", "--templates"]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = stdout(&out);
+    assert!(text.contains("truncated to paths through at most 1 head\nT = sum of 290 paths (order 0: 2, order 1: 288)"), "{text}");
+    assert_eq!(text.lines().filter(|l| l.contains("Σ_{")).count(), 24, "{text}");
+}
