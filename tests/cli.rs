@@ -72,7 +72,11 @@ fn too_large_expansions_are_refused_with_the_count_and_what_fits() {
     assert!(stderr(&out).contains("--max-order 0 fits (2 paths)"), "{}", stderr(&out));
     let out = pathc(&["expand", "examples/attn2.tf", "--limit", "1"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).ends_with("raise the limit with --limit\n") && !stderr(&out).contains("fits"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).ends_with("raise the limit with --limit\n") && !stderr(&out).contains("fits"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -80,7 +84,11 @@ fn full_models_parse_but_say_what_they_cannot_expand() {
     for example in ["examples/full2.tf", "examples/gpt2-small.tf"] {
         let out = pathc(&["expand", example]);
         assert_eq!(out.status.code(), Some(2));
-        assert!(stderr(&out).starts_with("error: pathc cannot expand the LayerNorm before attention in layer 0 yet"), "{}", stderr(&out));
+        assert!(
+            stderr(&out).starts_with("error: pathc cannot expand the LayerNorm before attention in layer 0 yet"),
+            "{}",
+            stderr(&out)
+        );
         let dot = pathc(&["expand", example, "--format", "dot"]);
         assert_eq!(dot.status.code(), Some(0), "{}", stderr(&dot));
         assert!(stdout(&dot).contains("MLP (layer 1)") && stdout(&dot).contains("ln_final"));
@@ -154,6 +162,9 @@ fn truncated_text_says_so() {
     let out = pathc(&["expand", "examples/attn-only-12l.tf", "--max-order", "1", "--templates"]);
     assert_eq!(out.status.code(), Some(0));
     let text = stdout(&out);
-    assert!(text.contains("truncated to paths through at most 1 head\nT = sum of 290 paths (order 0: 2, order 1: 288)"), "{text}");
+    assert!(
+        text.contains("truncated to paths through at most 1 head\nT = sum of 290 paths (order 0: 2, order 1: 288)"),
+        "{text}"
+    );
     assert_eq!(text.lines().filter(|l| l.contains("Σ_{")).count(), 24, "{text}");
 }

@@ -33,7 +33,11 @@ fn passing_models_expand() {
         let source = std::fs::read_to_string(path).expect("readable");
         let expansion = match pathc::expand(&source, &options(&source)) {
             Ok(e) => e,
-            Err(e) => panic!("{} should expand: {e}\n{}", path.display(), pathc::diag::render(&file_name(path), &source, e.diagnostics())),
+            Err(e) => panic!(
+                "{} should expand: {e}\n{}",
+                path.display(),
+                pathc::diag::render(&file_name(path), &source, e.diagnostics())
+            ),
         };
         let mut text = Vec::new();
         emit::text::write(&expansion, false, &mut text).expect("writing to memory");

@@ -118,12 +118,7 @@ fn reference_scores(heads: &[usize], sources: &[&'static str], max_order: usize)
                     if q.heads.len() + k.heads.len() > max_order {
                         continue;
                     }
-                    let mut residual: Vec<String> = q
-                        .residual()
-                        .iter()
-                        .rev()
-                        .map(|f| format!("{f}ᵀ"))
-                        .collect();
+                    let mut residual: Vec<String> = q.residual().iter().rev().map(|f| format!("{f}ᵀ")).collect();
                     residual.push(format!("W_QK^{{{layer}.{head}}}"));
                     residual.extend(k.residual());
                     let name = format!("L{layer}H{head}[q={},k={}]", q.name(), k.name());
@@ -159,7 +154,11 @@ fn logits_are_the_papers_sum_of_paths() {
             for max_order in [None, Some(0), Some(1), Some(2)] {
                 let e = expand(heads, positional, max_order, false);
                 let k = max_order.map_or(heads.len(), |k| k as usize);
-                assert_eq!(logits_of(&e), reference_logits(heads, sources, k), "heads {heads:?}, order ≤ {max_order:?}");
+                assert_eq!(
+                    logits_of(&e),
+                    reference_logits(heads, sources, k),
+                    "heads {heads:?}, order ≤ {max_order:?}"
+                );
             }
         }
     }
@@ -173,7 +172,11 @@ fn scores_are_the_papers_qk_expansion() {
             for max_order in [None, Some(0), Some(1), Some(3)] {
                 let e = expand(heads, positional, max_order, true);
                 let k = max_order.map_or(2 * heads.len(), |k| k as usize);
-                assert_eq!(scores_of(&e), reference_scores(heads, sources, k), "heads {heads:?}, order ≤ {max_order:?}");
+                assert_eq!(
+                    scores_of(&e),
+                    reference_scores(heads, sources, k),
+                    "heads {heads:?}, order ≤ {max_order:?}"
+                );
             }
         }
     }
@@ -197,8 +200,12 @@ fn path_order_matches_the_fixtures() {
     for (fixture, example) in [("attn1", "attn1.tf"), ("attn2", "attn2.tf")] {
         let meta = std::fs::read_to_string(format!("tests/fixtures/{fixture}/meta.json")).expect("fixture");
         let meta: serde_json::Value = serde_json::from_str(&meta).expect("JSON");
-        let expected: Vec<String> =
-            meta["path_names"].as_array().expect("names").iter().map(|n| n.as_str().expect("a name").to_string()).collect();
+        let expected: Vec<String> = meta["path_names"]
+            .as_array()
+            .expect("names")
+            .iter()
+            .map(|n| n.as_str().expect("a name").to_string())
+            .collect();
         let source = std::fs::read_to_string(format!("examples/{example}")).expect("example");
         let e = pathc::expand(&source, &ExpandOptions::default()).expect("expands");
         let names: Vec<String> = e.logit_paths().map(|p| p.name).collect();

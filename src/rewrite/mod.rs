@@ -56,6 +56,8 @@ pub struct RunStats {
     /// The largest single e-graph, in e-nodes.
     pub max_e_nodes: usize,
     pub iterations: usize,
+    /// How often each rule of the table was applied, by name.
+    pub rules_applied: std::collections::BTreeMap<String, usize>,
 }
 
 #[derive(Debug, Error)]
@@ -139,6 +141,11 @@ fn saturate(term: RecExpr<Tensor>, limits: Limits, stats: &mut RunStats) -> Resu
     stats.e_nodes += e_nodes;
     stats.max_e_nodes = stats.max_e_nodes.max(e_nodes);
     stats.iterations += runner.iterations.len();
+    for iteration in &runner.iterations {
+        for (rule, n) in &iteration.applied {
+            *stats.rules_applied.entry(rule.to_string()).or_default() += n;
+        }
+    }
     match &runner.stop_reason {
         Some(StopReason::Saturated) => {}
         other => {

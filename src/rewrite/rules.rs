@@ -17,8 +17,6 @@ pub fn rules() -> Vec<Rule> {
         rw!("identity-left"; "(* I ?a)" => "?a"),
         rw!("identity-right"; "(* ?a I)" => "?a"),
         rw!("tensor-identity-left"; "(* (kron I I) ?a)" => "?a"),
-        rw!("tensor-identity-right"; "(* ?a (kron I I))" => "?a"),
-        rw!("zero-add-left"; "(+ 0 ?a)" => "?a"),
         rw!("zero-add-right"; "(+ ?a 0)" => "?a"),
         // Σ over a layer's heads: linear, so it moves out of products whose other factor does not
         // mention its index, and splits over sums.
@@ -27,14 +25,14 @@ pub fn rules() -> Vec<Rule> {
         rw!("sum-split"; "(sum ?i (+ ?a ?b))" => "(+ (sum ?i ?a) (sum ?i ?b))"),
         // A head's weights.
         rw!("ov-fuse"; "(* (O ?i) (V ?i))" => "(OV ?i)"),
-        rw!("ov-fuse-chain"; "(* (O ?i) (* (V ?i) ?a))" => "(* (OV ?i) ?a)"),
         rw!("qk-fuse"; "(* (T (Q ?i)) (K ?i))" => "(QK ?i)"),
-        // Truncation by order, inside the algebra: a product with a factor of fixed order d keeps
-        // only the terms of order ≤ k - d of the rest, so high orders are never built.
+        // Truncation by order, inside the algebra: the analysis bounds every class's orders;
+        // a bilinear form whose query side has a fixed order d keeps only the key terms of order
+        // ≤ k - d, so high orders are never built. (The logit side is truncated layer by layer
+        // in graded form, see `build.rs`.)
         rw!("trunc-add"; "(trunc ?k (+ ?a ?b))" => "(+ (trunc ?k ?a) (trunc ?k ?b))"),
         rw!("trunc-sum"; "(trunc ?k (sum ?i ?a))" => "(sum ?i (trunc ?k ?a))"),
         rw!("trunc-keep"; "(trunc ?k ?a)" => "?a" if max_order_within("?a", "?k")),
-        rw!("trunc-product"; "(trunc ?k (* ?a ?b))" => { TruncRest::new("(* ?a (trunc ?k ?b))", "?a") }),
         rw!("trunc-bilin"; "(trunc ?k (bilin ?a ?w ?b))" => { TruncRest::new("(bilin ?a ?w (trunc ?k ?b))", "?a") }),
         // The QK side: the bilinear form of an attention score over two expansions.
         rw!("bilin-split-query"; "(bilin (+ ?a ?b) ?w ?c)" => "(+ (bilin ?a ?w ?c) (bilin ?b ?w ?c))"),
@@ -45,7 +43,6 @@ pub fn rules() -> Vec<Rule> {
         // Transposition of products: (a·b)ᵀ·r = bᵀ·(aᵀ·r).
         rw!("transpose-product"; "(tmul (* ?a ?b) ?r)" => "(tmul ?b (* (T ?a) ?r))"),
         rw!("transpose-atom"; "(tmul ?a ?r)" => "(* (T ?a) ?r)" if is_atom("?a")),
-        rw!("transpose-identity"; "(T I)" => "I"),
     ]
 }
 

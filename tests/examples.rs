@@ -1,0 +1,115 @@
+//! The shipped examples: e-graph sizes pinned (growth is noticed), term graphs and one JSON
+//! expansion snapshotted, full models compiled.
+
+use pathc::{emit, ExpandOptions};
+
+fn read(example: &str) -> String {
+    std::fs::read_to_string(format!("examples/{example}")).expect("example")
+}
+
+/// E-graph work per expansion: saturation runs, e-nodes summed and largest, iterations. A change
+/// to the rules or the term construction that grows the e-graph shows up here.
+#[test]
+fn egraph_sizes_are_pinned() {
+    let mut table = String::from("example                     max-order  qk  runs  e-nodes  largest  iterations\n");
+    for (example, max_order, qk) in [
+        ("attn1.tf", None, true),
+        ("attn2.tf", None, true),
+        ("attn-only-2l.tf", None, true),
+        ("attn-only-4l.tf", None, false),
+        ("attn-only-4l.tf", Some(2), true),
+        ("attn-only-12l.tf", Some(1), true),
+        ("attn-only-12l.tf", Some(3), false),
+    ] {
+        let options = ExpandOptions { max_order, qk, ..ExpandOptions::default() };
+        let e = pathc::expand(&read(example), &options).expect("expands");
+        for (side, stats) in [("logits", Some(&e.logit_stats)), ("scores", e.score_stats.as_ref())] {
+            let Some(s) = stats else { continue };
+            let order = max_order.map_or("-".to_string(), |k| k.to_string());
+            table.push_str(&format!(
+                "{:<27} {order:>9}  {:<3} {:>5} {:>8} {:>8} {:>11}  {side}\n",
+                example,
+                if qk { "yes" } else { "no" },
+                s.runs,
+                s.e_nodes,
+                s.max_e_nodes,
+                s.iterations
+            ));
+        }
+    }
+    insta::assert_snapshot!(table);
+}
+
+#[test]
+fn term_graphs_render_as_dot() {
+    for example in ["attn2.tf", "full2.tf"] {
+        let compiled = pathc::compile(&read(example)).expect("compiles");
+        insta::assert_snapshot!(example, emit::dot::write(&compiled.graph, &compiled.model.name));
+    }
+}
+
+#[test]
+fn json_expansion_of_attn1_with_qk() {
+    let options = ExpandOptions { qk: true, ..ExpandOptions::default() };
+    let e = pathc::expand(&read("attn1.tf"), &options).expect("expands");
+    let mut out = Vec::new();
+    emit::json::write(&e, &mut out).expect("in memory");
+    let value: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+    insta::assert_json_snapshot!(value);
+}
+
+/// Full models parse, check and build their term graph (expansion through MLPs, LayerNorm and
+/// biases is refused with diagnostics, tested in `tests/models/fail`).
+#[test]
+fn full_models_compile() {
+    for (example, layers, heads, mlps) in [("full2.tf", 2, 4, 2), ("gpt2-small.tf", 12, 12, 12)] {
+        let compiled = pathc::compile(&read(example)).expect("compiles");
+        assert_eq!(compiled.model.n_layers(), layers);
+        assert!(compiled.model.layers.iter().all(|l| l.attn.n_heads == heads && l.attn.ln.is_some()));
+        assert_eq!(compiled.model.layers.iter().filter(|l| l.mlp.is_some()).count(), mlps);
+        assert!(compiled.model.ln_final.is_some());
+        assert_eq!(compiled.graph.heads.iter().map(Vec::len).sum::<usize>(), layers * heads);
+        assert_eq!(compiled.graph.resid.len(), 1 + layers + mlps);
+    }
+}
+
+/// The examples that mirror the fixtures have the fixtures' shapes (read from `meta.json`).
+#[test]
+fn fixture_examples_match_the_fixture_configs() {
+    for name in ["attn1", "attn2", "full2"] {
+        let meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(format!("tests/fixtures/{name}/meta.json")).unwrap())
+                .unwrap();
+        let cfg = &meta["config"];
+        let model = pathc::compile(&read(&format!("{name}.tf"))).expect("compiles").model;
+        let dim = |k: &str| model.dims.get(k).map(|s| s.to_string());
+        for key in ["d_model", "d_vocab", "n_ctx", "d_head"] {
+            assert_eq!(dim(key), Some(cfg[key].to_string()), "{name}: {key}");
+        }
+        assert_eq!(model.n_layers() as u64, cfg["n_layers"].as_u64().unwrap(), "{name}");
+        assert!(model.layers.iter().all(|l| l.attn.n_heads as u64 == cfg["n_heads"].as_u64().unwrap()));
+        assert_eq!(model.layers.iter().all(|l| l.mlp.is_none()), cfg["attn_only"].as_bool().unwrap(), "{name}");
+        assert_eq!(model.ln_final.is_some(), cfg["normalization_type"] == "LN", "{name}");
+        if let Some(d_mlp) = cfg["d_mlp"].as_u64() {
+            assert_eq!(dim("d_mlp"), Some(d_mlp.to_string()));
+            assert!(model.layers.iter().all(|l| l.mlp.as_ref().is_some_and(|m| m.act.name() == cfg["act_fn"])));
+        }
+        assert!(model.pos_embed.is_some(), "{name}: standard positional embedding");
+    }
+}
+
+/// Every rule in the table is needed: each one fires while expanding the examples.
+#[test]
+fn every_rule_fires() {
+    let mut fired = std::collections::BTreeSet::new();
+    for (example, max_order) in [("attn2.tf", None), ("attn2.tf", Some(1)), ("attn-only-4l.tf", Some(2))] {
+        let options = ExpandOptions { max_order, qk: true, ..ExpandOptions::default() };
+        let e = pathc::expand(&read(example), &options).expect("expands");
+        for stats in [&e.logit_stats, e.score_stats.as_ref().expect("qk")] {
+            fired.extend(stats.rules_applied.iter().filter(|(_, &n)| n > 0).map(|(r, _)| r.clone()));
+        }
+    }
+    let table: Vec<String> = pathc::rewrite::rules::rules().iter().map(|r| r.name.to_string()).collect();
+    let unused: Vec<&String> = table.iter().filter(|r| !fired.contains(*r)).collect();
+    assert!(unused.is_empty(), "rules that never fire: {unused:?}");
+}
