@@ -1,7 +1,5 @@
 //! The e-graph language of the tensor-product algebra, and the analysis every e-class carries.
 
-use std::collections::BTreeSet;
-
 use egg::{define_language, Analysis, DidMerge, EGraph, Id};
 
 pub use crate::paths::{IndexVar, Side};
@@ -50,7 +48,7 @@ pub struct Facts {
     /// `None` when the class is the zero tensor. Truncation by order is decided on these.
     pub order: Option<(i64, i64)>,
     /// Head indices occurring free; `sum` may move past a term only if its index is not free there.
-    pub free: BTreeSet<IndexVar>,
+    pub free: FreeIndices,
     /// The class is a single weight or pattern symbol (what `tmul-atom` may transpose).
     pub atom: bool,
     /// The value of a `Num` leaf.
@@ -77,9 +75,9 @@ impl Analysis<Tensor> for TensorAnalysis {
     fn make(egraph: &mut EGraph<Tensor, Self>, enode: &Tensor, _id: Id) -> Facts {
         let facts = |id: &Id| &egraph[*id].data;
         let order = |id: &Id| facts(id).order;
-        let mut free: BTreeSet<IndexVar> = BTreeSet::new();
+        let mut free = FreeIndices::default();
         for child in egg::Language::children(enode) {
-            free.extend(facts(child).free.iter().copied());
+            free.union_with(&facts(child).free);
         }
         let mut atom = false;
         let mut num = None;
@@ -132,7 +130,7 @@ impl Analysis<Tensor> for TensorAnalysis {
             (Some((a0, a1)), Some((b0, b1))) if a0.max(b0) <= a1.min(b1) => Some((a0.max(b0), a1.min(b1))),
             _ => None,
         };
-        let free: BTreeSet<IndexVar> = to.free.intersection(&from.free).copied().collect();
+        let free = to.free.intersection(&from.free);
         let merged = Facts { order, free, atom: to.atom || from.atom, num: to.num.or(from.num) };
         let changed_to = merged != *to;
         let changed_from = merged != from;
@@ -147,5 +145,38 @@ impl Analysis<Tensor> for TensorAnalysis {
             let zero = egraph.add(Tensor::Zero);
             egraph.union(id, zero);
         }
+    }
+}
+
+/// A small sorted set of index variables, stored inline: terms mention a handful of head indices,
+/// and every e-node's analysis builds one, so a heap-allocated set would dominate the run time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FreeIndices(smallvec::SmallVec<[IndexVar; 8]>);
+
+impl FreeIndices {
+    pub fn contains(&self, var: &IndexVar) -> bool {
+        self.0.binary_search(var).is_ok()
+    }
+
+    pub fn insert(&mut self, var: IndexVar) {
+        if let Err(at) = self.0.binary_search(&var) {
+            self.0.insert(at, var);
+        }
+    }
+
+    pub fn remove(&mut self, var: &IndexVar) {
+        if let Ok(at) = self.0.binary_search(var) {
+            self.0.remove(at);
+        }
+    }
+
+    pub fn union_with(&mut self, other: &FreeIndices) {
+        for var in &other.0 {
+            self.insert(*var);
+        }
+    }
+
+    pub fn intersection(&self, other: &FreeIndices) -> FreeIndices {
+        FreeIndices(self.0.iter().copied().filter(|v| other.contains(v)).collect())
     }
 }

@@ -78,15 +78,21 @@ pub fn expand_logits(
 ) -> Result<(Vec<Template>, RunStats), RewriteError> {
     let mut stats = RunStats::default();
     let mut stream = sources(graph)?;
-    for step in 1..graph.resid.len() {
+    let last = graph.resid.len() - 1;
+    // One saturation per layer; the unembedding joins the last one (or the sources, with no
+    // layers), which saves a run over the largest stream.
+    for step in 1..=last.max(1) {
         let mut builder = TermBuilder::new(max_order);
-        builder.block(graph, step, Side::Head, &stream).map_err(RewriteError::Unsupported)?;
+        let mut top = builder.embed(&stream);
+        if step <= last {
+            top = builder.block(graph, step, Side::Head, top).map_err(RewriteError::Unsupported)?;
+        }
+        if step == last.max(1) {
+            builder.logits(graph, top).map_err(RewriteError::Unsupported)?;
+        }
         stream = saturate(builder.finish(), limits, &mut stats)?;
     }
-    let mut builder = TermBuilder::new(max_order);
-    builder.logits(graph, &stream).map_err(RewriteError::Unsupported)?;
-    let logits = saturate(builder.finish(), limits, &mut stats)?;
-    Ok((extract::read_templates(&logits).map_err(RewriteError::Internal)?, stats))
+    Ok((extract::read_templates(&stream).map_err(RewriteError::Internal)?, stats))
 }
 
 /// For each layer, the expansion of its heads' attention scores into (query path, key path)
@@ -109,7 +115,8 @@ pub fn expand_scores(
             step += 1;
             for (side, stream) in [(Side::Query, &mut query), (Side::Key, &mut key)] {
                 let mut builder = TermBuilder::new(max_order);
-                builder.block(graph, step, side, stream).map_err(RewriteError::Unsupported)?;
+                let embedded = builder.embed(stream);
+                builder.block(graph, step, side, embedded).map_err(RewriteError::Unsupported)?;
                 *stream = saturate(builder.finish(), limits, &mut stats)?;
             }
         }
@@ -135,7 +142,7 @@ fn saturate(term: RecExpr<Tensor>, limits: Limits, stats: &mut RunStats) -> Resu
         .with_iter_limit(limits.iterations)
         .with_time_limit(limits.time)
         .with_expr(&term)
-        .run(&rules::rules());
+        .run(rules::rules());
     let e_nodes = runner.egraph.total_number_of_nodes();
     stats.runs += 1;
     stats.e_nodes += e_nodes;

@@ -8,7 +8,14 @@ use super::lang::{Tensor, TensorAnalysis};
 pub type Rule = Rewrite<Tensor, TensorAnalysis>;
 type Graph = EGraph<Tensor, TensorAnalysis>;
 
-pub fn rules() -> Vec<Rule> {
+/// The rule table, built once: parsing and compiling the patterns costs as much as a small
+/// saturation run.
+pub fn rules() -> &'static [Rule] {
+    static RULES: std::sync::OnceLock<Vec<Rule>> = std::sync::OnceLock::new();
+    RULES.get_or_init(table)
+}
+
+fn table() -> Vec<Rule> {
     vec![
         // The tensor-product algebra.
         rw!("mixed-product"; "(* (kron ?a ?b) (kron ?c ?d))" => "(kron (* ?a ?c) (* ?b ?d))"),
