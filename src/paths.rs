@@ -273,8 +273,8 @@ pub fn sort_score_templates(templates: &mut [Template]) {
 
 /// Calls `visit` for every concrete path of `templates`, in order. `fixed` pins one index (the
 /// head whose attention score is expanded) to a given head.
-pub fn for_each_path<'t>(
-    templates: &'t [Template],
+pub fn for_each_path(
+    templates: &[Template],
     heads_per_layer: &[usize],
     fixed: Option<(IndexVar, usize)>,
     mut visit: impl FnMut(Path<'_>),

@@ -154,19 +154,19 @@ impl Notation {
     }
 }
 
-/// Appends a number without `fmt` machinery: the hot path when a million paths are written.
-pub fn push_usize(out: &mut String, mut n: usize) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+/// Appends a number without `fmt` machinery: the hot path when a million paths are written,
+/// and layer and head numbers are almost always one or two digits.
+pub fn push_usize(out: &mut String, n: usize) {
+    let digit = |d: usize| char::from(b'0' + d as u8);
+    if n < 10 {
+        out.push(digit(n));
+    } else if n < 100 {
+        out.push(digit(n / 10));
+        out.push(digit(n % 10));
+    } else {
+        push_usize(out, n / 10);
+        out.push(digit(n % 10));
     }
-    out.push_str(std::str::from_utf8(&digits[i..]).expect("ASCII digits"));
 }
 
 #[cfg(test)]

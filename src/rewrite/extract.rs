@@ -50,7 +50,7 @@ impl CostFunction<Tensor> for ExpandedForm {
     where
         C: FnMut(Id) -> Cost,
     {
-        let children: Vec<Cost> = enode.children().iter().map(|&id| costs(id)).collect();
+        let children: smallvec::SmallVec<[Cost; 3]> = enode.children().iter().map(|&id| costs(id)).collect();
         let sum = |f: fn(&Cost) -> u64| children.iter().map(f).fold(0u64, u64::saturating_add);
         let mut unexpanded = sum(|c| c.unexpanded);
         let size = sum(|c| c.size).saturating_add(1);

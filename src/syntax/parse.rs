@@ -59,8 +59,8 @@ fn blank_line(text: &mut String, at: usize) -> bool {
     if line.contains('{') || line.contains('}') || line.trim_start().starts_with("model") || line.trim().is_empty() {
         return false;
     }
-    let blank: String = line.chars().map(|c| if c.is_whitespace() { c } else { ' ' }).collect();
-    let blank: String = blank.chars().flat_map(|c| std::iter::repeat_n(' ', c.len_utf8())).collect();
+    // One space per byte, so that every later byte offset (and so every span) stays put.
+    let blank = " ".repeat(line.len());
     text.replace_range(start..end, &blank);
     true
 }
@@ -100,7 +100,7 @@ fn syntax_diagnostic(text: &str, err: &pest::error::Error<Rule>) -> Diagnostic {
         for token in attempts.expected_tokens() {
             let token = token.to_string();
             let punctuation = !token.is_empty() && !token.chars().any(|c| c.is_alphanumeric() || c.is_whitespace());
-            if punctuation && token != "#" && token != "//" {
+            if punctuation && !["#", "//", "_"].contains(&token.as_str()) {
                 push_unique(&mut expected, format!("`{token}`"));
             }
         }
