@@ -135,7 +135,8 @@ impl TermBuilder {
         let w_v = self.add(Tensor::WV(index));
         let ov = self.mul(w_o, w_v);
         let head = self.kron(pattern, ov);
-        let heads = self.add(Tensor::Sum([index, head]));
+        // Σ_h over the layer's heads is implicit in the index (see `lang.rs`).
+        let heads = head;
         match self.max_order {
             // The graded form of a truncated step: the heads have order exactly 1, so
             // T_K((Id⊗Id + H)·R) = T_K(R) + H·T_{K-1}(R). Written this way the e-graph never
@@ -186,8 +187,7 @@ impl TermBuilder {
         let identity = self.add(Tensor::Identity);
         let form = self.kron(identity, qk);
         let bilinear = self.add(Tensor::Bilin([query, form, key]));
-        let summed = self.add(Tensor::Sum([index, bilinear]));
-        self.truncate(summed)
+        self.truncate(bilinear)
     }
 }
 

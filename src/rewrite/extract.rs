@@ -12,7 +12,6 @@ use crate::paths::{Factor, FactorKind, Template};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Top {
     Add,
-    Sum,
     Kron,
     Mul,
     Atom,
@@ -20,8 +19,8 @@ enum Top {
 }
 
 /// `(unexpanded, size)`, compared in that order. `unexpanded` counts the nodes that a normal
-/// form must not contain: a product of sums, a Σ that could move outwards or split, a pending
-/// mixed product, a left-nested product, a truncation, a bilinear form or a transposed product.
+/// form must not contain: a product of sums, a pending mixed product, a left-nested product, a
+/// truncation, a bilinear form or a transposed product.
 #[derive(Debug, Clone)]
 pub struct Cost {
     unexpanded: u64,
@@ -54,14 +53,9 @@ impl CostFunction<Tensor> for ExpandedForm {
         let sum = |f: fn(&Cost) -> u64| children.iter().map(f).fold(0u64, u64::saturating_add);
         let mut unexpanded = sum(|c| c.unexpanded);
         let size = sum(|c| c.size).saturating_add(1);
-        let is_sum = |c: &Cost| matches!(c.top, Top::Add | Top::Sum);
+        let is_sum = |c: &Cost| c.top == Top::Add;
         let top = match enode {
             Tensor::Add(_) => Top::Add,
-            Tensor::Sum([_, body]) => {
-                unexpanded += u64::from(children[1].top == Top::Add);
-                let _ = body;
-                Top::Sum
-            }
             Tensor::Mul(_) => {
                 let (a, b) = (&children[0], &children[1]);
                 unexpanded += u64::from(is_sum(a) || is_sum(b));
@@ -88,7 +82,7 @@ impl CostFunction<Tensor> for ExpandedForm {
     }
 }
 
-/// Reads an extracted expansion `Σ_templates Σ_indices (position ⊗ weights)` into templates.
+/// Reads an extracted expansion, a sum of monomials `position ⊗ weights`, into templates.
 pub fn read_templates(expr: &RecExpr<Tensor>) -> Result<Vec<Template>, String> {
     let root = Id::from(expr.as_ref().len() - 1);
     let mut terms = Vec::new();
@@ -107,16 +101,7 @@ fn flatten_add(expr: &RecExpr<Tensor>, id: Id, out: &mut Vec<Id>) {
     }
 }
 
-fn read_template(expr: &RecExpr<Tensor>, mut id: Id) -> Result<Template, String> {
-    let mut binders = Vec::new();
-    while let Tensor::Sum([index, body]) = &expr[id] {
-        match &expr[*index] {
-            Tensor::Index(var) => binders.push(*var),
-            other => return Err(format!("a sum over `{other}`, not a head index")),
-        }
-        id = *body;
-    }
-    binders.sort();
+fn read_template(expr: &RecExpr<Tensor>, id: Id) -> Result<Template, String> {
     let Tensor::Kron([position, weights]) = &expr[id] else {
         return Err(format!("a term that is not a tensor product: {}", show(expr, id)));
     };
@@ -124,7 +109,12 @@ fn read_template(expr: &RecExpr<Tensor>, mut id: Id) -> Result<Template, String>
         Tensor::Kron([query, key]) => vec![chain(expr, *query)?, chain(expr, *key)?],
         _ => vec![chain(expr, *position)?],
     };
-    Ok(Template { binders, position, weights: chain(expr, *weights)? })
+    let weights = chain(expr, *weights)?;
+    // The monomial is summed over every head index it contains.
+    let mut binders: Vec<_> = position.iter().flatten().chain(&weights).filter_map(|f| f.index).collect();
+    binders.sort();
+    binders.dedup();
+    Ok(Template { binders, position, weights })
 }
 
 /// A right-nested product of atoms, as its list of factors (identities dropped).

@@ -1,4 +1,12 @@
 //! The e-graph language of the tensor-product algebra, and the analysis every e-class carries.
+//!
+//! **Head sums are implicit in the indices.** A layer's heads enter as one term with a symbolic
+//! index, `A^{h1} ⊗ W_O^{h1}·W_V^{h1}`, meaning `Σ_{h1∈H1}` of it — the summation convention,
+//! applied per monomial: a monomial stands for the sum over every head index it contains. This is
+//! sound here because an index names its layer (and side), so it is introduced by exactly one
+//! factor of the product: distributing copies it into each new monomial, the mixed product keeps
+//! it, and no rule merges monomials with different indices. It is what lets the e-graph hold one
+//! term per choice of layers and never one per head, without binders to move around.
 
 use egg::{define_language, Analysis, DidMerge, EGraph, Id};
 
@@ -19,11 +27,9 @@ define_language! {
         // `(bilin x w y)`: the bilinear form xᵀ·w·y of an attention score, x and y expansions of
         // the residual stream on the query and key side.
         "bilin" = Bilin([Id; 3]),
-        // `(sum i body)`: Σ over the heads of index `i`'s layer.
-        "sum" = Sum([Id; 2]),
         // `(trunc k x)`: the terms of x of order at most k.
         "trunc" = Trunc([Id; 2]),
-        // Attention pattern of the head `i`.
+        // Attention pattern of the head `i` (a symbolic head index: summed over, see above).
         "A" = Pattern(Id),
         "O" = WO(Id),
         "V" = WV(Id),
@@ -47,8 +53,6 @@ pub struct Facts {
     /// Bounds `(min, max)` on the order (number of attention patterns) of the class's terms;
     /// `None` when the class is the zero tensor. Truncation by order is decided on these.
     pub order: Option<(i64, i64)>,
-    /// Head indices occurring free; `sum` may move past a term only if its index is not free there.
-    pub free: FreeIndices,
     /// The class is a single weight or pattern symbol (what `tmul-atom` may transpose).
     pub atom: bool,
     /// The value of a `Num` leaf.
@@ -75,10 +79,6 @@ impl Analysis<Tensor> for TensorAnalysis {
     fn make(egraph: &mut EGraph<Tensor, Self>, enode: &Tensor, _id: Id) -> Facts {
         let facts = |id: &Id| &egraph[*id].data;
         let order = |id: &Id| facts(id).order;
-        let mut free = FreeIndices::default();
-        for child in egg::Language::children(enode) {
-            free.union_with(&facts(child).free);
-        }
         let mut atom = false;
         let mut num = None;
         let order = match enode {
@@ -86,12 +86,6 @@ impl Analysis<Tensor> for TensorAnalysis {
             Tensor::Mul([a, b]) | Tensor::Kron([a, b]) | Tensor::TMul([a, b]) => product(&[order(a), order(b)]),
             Tensor::Bilin([x, w, y]) => product(&[order(x), order(w), order(y)]),
             Tensor::Transpose(a) => order(a),
-            Tensor::Sum([index, body]) => {
-                if let Some(Tensor::Index(var)) = egraph[*index].nodes.first() {
-                    free.remove(var);
-                }
-                order(body)
-            }
             Tensor::Trunc([k, body]) => {
                 let k = facts(k).num.unwrap_or(i64::MAX);
                 match order(body) {
@@ -116,12 +110,9 @@ impl Analysis<Tensor> for TensorAnalysis {
                 num = Some(*n);
                 Some((0, 0))
             }
-            Tensor::Index(var) => {
-                free.insert(*var);
-                Some((0, 0))
-            }
+            Tensor::Index(_) => Some((0, 0)),
         };
-        Facts { order, free, atom, num }
+        Facts { order, atom, num }
     }
 
     fn merge(&mut self, to: &mut Facts, from: Facts) -> DidMerge {
@@ -130,8 +121,7 @@ impl Analysis<Tensor> for TensorAnalysis {
             (Some((a0, a1)), Some((b0, b1))) if a0.max(b0) <= a1.min(b1) => Some((a0.max(b0), a1.min(b1))),
             _ => None,
         };
-        let free = to.free.intersection(&from.free);
-        let merged = Facts { order, free, atom: to.atom || from.atom, num: to.num.or(from.num) };
+        let merged = Facts { order, atom: to.atom || from.atom, num: to.num.or(from.num) };
         let changed_to = merged != *to;
         let changed_from = merged != from;
         *to = merged;
@@ -145,38 +135,5 @@ impl Analysis<Tensor> for TensorAnalysis {
             let zero = egraph.add(Tensor::Zero);
             egraph.union(id, zero);
         }
-    }
-}
-
-/// A small sorted set of index variables, stored inline: terms mention a handful of head indices,
-/// and every e-node's analysis builds one, so a heap-allocated set would dominate the run time.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FreeIndices(smallvec::SmallVec<[IndexVar; 8]>);
-
-impl FreeIndices {
-    pub fn contains(&self, var: &IndexVar) -> bool {
-        self.0.binary_search(var).is_ok()
-    }
-
-    pub fn insert(&mut self, var: IndexVar) {
-        if let Err(at) = self.0.binary_search(&var) {
-            self.0.insert(at, var);
-        }
-    }
-
-    pub fn remove(&mut self, var: &IndexVar) {
-        if let Ok(at) = self.0.binary_search(var) {
-            self.0.remove(at);
-        }
-    }
-
-    pub fn union_with(&mut self, other: &FreeIndices) {
-        for var in &other.0 {
-            self.insert(*var);
-        }
-    }
-
-    pub fn intersection(&self, other: &FreeIndices) -> FreeIndices {
-        FreeIndices(self.0.iter().copied().filter(|v| other.contains(v)).collect())
     }
 }

@@ -1,5 +1,6 @@
 //! The rule table: one named rule a line. Every rule is an identity of the tensor-product
-//! algebra (or of the symbolic head sums), so rewriting never changes the tensor a term denotes.
+//! algebra, so rewriting never changes the tensor a term denotes (head sums are implicit in the
+//! indices, see `lang.rs`).
 
 use egg::{rewrite as rw, Applier, EGraph, Id, Pattern, PatternAst, Rewrite, Subst, Symbol, Var};
 
@@ -25,11 +26,6 @@ fn table() -> Vec<Rule> {
         rw!("identity-right"; "(* ?a I)" => "?a"),
         rw!("tensor-identity-left"; "(* (kron I I) ?a)" => "?a"),
         rw!("zero-add-right"; "(+ ?a 0)" => "?a"),
-        // Σ over a layer's heads: linear, so it moves out of products whose other factor does not
-        // mention its index, and splits over sums.
-        rw!("sum-out-left"; "(* (sum ?i ?a) ?b)" => "(sum ?i (* ?a ?b))" if not_free("?i", &["?b"])),
-        rw!("sum-out-right"; "(* ?b (sum ?i ?a))" => "(sum ?i (* ?b ?a))" if not_free("?i", &["?b"])),
-        rw!("sum-split"; "(sum ?i (+ ?a ?b))" => "(+ (sum ?i ?a) (sum ?i ?b))"),
         // A head's weights.
         rw!("ov-fuse"; "(* (O ?i) (V ?i))" => "(OV ?i)"),
         rw!("qk-fuse"; "(* (T (Q ?i)) (K ?i))" => "(QK ?i)"),
@@ -38,14 +34,11 @@ fn table() -> Vec<Rule> {
         // ≤ k - d, so high orders are never built. (The logit side is truncated layer by layer
         // in graded form, see `build.rs`.)
         rw!("trunc-add"; "(trunc ?k (+ ?a ?b))" => "(+ (trunc ?k ?a) (trunc ?k ?b))"),
-        rw!("trunc-sum"; "(trunc ?k (sum ?i ?a))" => "(sum ?i (trunc ?k ?a))"),
         rw!("trunc-keep"; "(trunc ?k ?a)" => "?a" if max_order_within("?a", "?k")),
         rw!("trunc-bilin"; "(trunc ?k (bilin ?a ?w ?b))" => { TruncRest::new("(bilin ?a ?w (trunc ?k ?b))", "?a") }),
         // The QK side: the bilinear form of an attention score over two expansions.
         rw!("bilin-split-query"; "(bilin (+ ?a ?b) ?w ?c)" => "(+ (bilin ?a ?w ?c) (bilin ?b ?w ?c))"),
         rw!("bilin-split-key"; "(bilin ?a ?w (+ ?b ?c))" => "(+ (bilin ?a ?w ?b) (bilin ?a ?w ?c))"),
-        rw!("bilin-sum-query"; "(bilin (sum ?i ?a) ?w ?c)" => "(sum ?i (bilin ?a ?w ?c))" if not_free("?i", &["?w", "?c"])),
-        rw!("bilin-sum-key"; "(bilin ?a ?w (sum ?i ?c))" => "(sum ?i (bilin ?a ?w ?c))" if not_free("?i", &["?a", "?w"])),
         rw!("bilin-mixed"; "(bilin (kron ?p ?m) (kron I ?w) (kron ?q ?n))" => "(kron (kron ?p ?q) (tmul ?m (* ?w ?n)))"),
         // Transposition of products: (a·b)ᵀ·r = bᵀ·(aᵀ·r).
         rw!("transpose-product"; "(tmul (* ?a ?b) ?r)" => "(tmul ?b (* (T ?a) ?r))"),
@@ -55,18 +48,6 @@ fn table() -> Vec<Rule> {
 
 fn var(name: &str) -> Var {
     name.parse().expect("rule variables are well formed")
-}
-
-/// The index `index` occurs free in none of `terms`.
-fn not_free(index: &str, terms: &[&str]) -> impl Fn(&mut Graph, Id, &Subst) -> bool {
-    let index = var(index);
-    let terms: Vec<Var> = terms.iter().map(|t| var(t)).collect();
-    move |egraph, _, subst| {
-        let Some(Tensor::Index(i)) = egraph[subst[index]].nodes.first().cloned() else {
-            return false;
-        };
-        terms.iter().all(|t| !egraph[subst[*t]].data.free.contains(&i))
-    }
 }
 
 /// Every term of `term` has order at most `k`.
