@@ -8,8 +8,8 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use super::for_each_score_term;
 use super::notation::{push_usize, Heads, Notation};
+use super::{for_each_score_term, Buffered};
 use crate::paths::{self, Composition, Counts, HeadRef, IndexVar, Path, Side, Template};
 use crate::Expansion;
 
@@ -173,38 +173,28 @@ pub fn write(exp: &Expansion, out: &mut dyn Write) -> io::Result<()> {
     out.write_all(b"\n}\n")
 }
 
-/// Writes list items one a line through a reused buffer, keeping the first I/O error.
+/// List items one a line, comma-separated, through a [`Buffered`] writer.
 struct LineWriter<'a> {
-    out: &'a mut dyn Write,
-    buf: String,
+    out: Buffered<'a>,
     first: bool,
-    result: io::Result<()>,
 }
 
 impl<'a> LineWriter<'a> {
     fn new(out: &'a mut dyn Write) -> LineWriter<'a> {
-        LineWriter { out, buf: String::with_capacity(1 << 16), first: true, result: Ok(()) }
+        LineWriter { out: Buffered::new(out), first: true }
     }
 
     fn item(&mut self, fill: impl FnOnce(&mut String)) {
-        self.buf.push_str(if self.first { "\n    " } else { ",\n    " });
+        let separator = if self.first { "\n    " } else { ",\n    " };
         self.first = false;
-        fill(&mut self.buf);
-        if self.buf.len() >= 1 << 15 {
-            self.flush();
-        }
+        self.out.push(|buf| {
+            buf.push_str(separator);
+            fill(buf);
+        });
     }
 
-    fn flush(&mut self) {
-        if self.result.is_ok() {
-            self.result = self.out.write_all(self.buf.as_bytes());
-        }
-        self.buf.clear();
-    }
-
-    fn finish(mut self) -> io::Result<()> {
-        self.flush();
-        self.result
+    fn finish(self) -> io::Result<()> {
+        self.out.finish()
     }
 }
 

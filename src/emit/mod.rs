@@ -62,3 +62,36 @@ pub(crate) fn plural(n: &impl std::fmt::Display, one: &str, many: &str) -> Strin
         format!("{text} {many}")
     }
 }
+
+/// Output assembled in a reused buffer and written in large blocks, keeping the first I/O error:
+/// formatting a million paths through `write!` on the sink would dominate the run time.
+pub(crate) struct Buffered<'a> {
+    out: &'a mut dyn std::io::Write,
+    buf: String,
+    result: std::io::Result<()>,
+}
+
+impl<'a> Buffered<'a> {
+    pub(crate) fn new(out: &'a mut dyn std::io::Write) -> Buffered<'a> {
+        Buffered { out, buf: String::with_capacity(1 << 16), result: Ok(()) }
+    }
+
+    pub(crate) fn push(&mut self, fill: impl FnOnce(&mut String)) {
+        fill(&mut self.buf);
+        if self.buf.len() >= 1 << 15 {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.result.is_ok() {
+            self.result = self.out.write_all(self.buf.as_bytes());
+        }
+        self.buf.clear();
+    }
+
+    pub(crate) fn finish(mut self) -> std::io::Result<()> {
+        self.flush();
+        self.result
+    }
+}

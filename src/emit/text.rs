@@ -1,9 +1,10 @@
 //! Unicode text in the paper's notation, grouped by order.
 
+use std::fmt::Write as _;
 use std::io::{self, Write};
 
 use super::notation::{Heads, Notation};
-use super::{for_each_score_term, plural, shape_summary, sources};
+use super::{for_each_score_term, plural, shape_summary, sources, Buffered};
 use crate::paths::{self, Composition, IndexVar, Side, Template};
 use crate::Expansion;
 
@@ -31,7 +32,7 @@ pub fn write(exp: &Expansion, templates_only: bool, out: &mut dyn Write) -> io::
             order = template.order();
             writeln!(out, "\norder {order}: {}", plural(&counts.by_order[order], "path", "paths"))?;
         }
-        write_template(out, template, &heads, None, templates_only, &|p| p.name(), width)?;
+        write_template(out, template, &heads, templates_only, width)?;
     }
     if let (Some(layers), Some(counts)) = (&exp.scores, &exp.score_counts) {
         let by_order: Vec<String> =
@@ -57,26 +58,21 @@ pub fn write(exp: &Expansion, templates_only: bool, out: &mut dyn Write) -> io::
                 continue;
             }
             let mut current = None;
-            let mut result = Ok(());
+            let mut lines = Buffered::new(out);
             for_each_score_term(exp, layer, templates, |target, p| {
-                if result.is_err() {
-                    return;
-                }
-                result = (|| {
+                lines.push(|buf| {
                     if current != Some(target) {
                         current = Some(target);
-                        writeln!(out, "  {target}")?;
+                        let _ = writeln!(buf, "  {target}");
                     }
-                    let label = Composition::of(p.template).describe();
-                    writeln!(
-                        out,
-                        "    {}  {}    [{label}]",
-                        p.score_name(target),
-                        N.term(&p.template.position, &p.template.weights, Heads::Concrete(&p))
-                    )
-                })();
+                    buf.push_str("    ");
+                    buf.push_str(&p.score_name(target));
+                    buf.push_str("  ");
+                    N.write_term(buf, &p.template.position, &p.template.weights, Heads::Concrete(&p));
+                    let _ = writeln!(buf, "    [{}]", Composition::of(p.template).describe());
+                })
             });
-            result?;
+            lines.finish()?;
         }
     }
     Ok(())
@@ -86,31 +82,30 @@ fn write_template(
     out: &mut dyn Write,
     template: &Template,
     heads: &[usize],
-    fixed: Option<IndexVar>,
     templates_only: bool,
-    name: &dyn Fn(&paths::Path<'_>) -> String,
     width: usize,
 ) -> io::Result<()> {
-    let count = paths::count_templates(std::slice::from_ref(template), heads, fixed);
     if !template.binders.is_empty() || templates_only {
-        let sums = N.sums(&template.binders, fixed);
-        writeln!(
-            out,
-            "  {sums}{}    [{}]",
-            N.term(&template.position, &template.weights, Heads::Symbolic),
-            plural(&count, "path", "paths")
-        )?;
+        let count = paths::count_templates(std::slice::from_ref(template), heads, None);
+        let sums = N.sums(&template.binders, None);
+        let term = N.term(&template.position, &template.weights, Heads::Symbolic);
+        writeln!(out, "  {sums}{term}    [{}]", plural(&count, "path", "paths"))?;
         if templates_only {
             return Ok(());
         }
     }
     let indent = if template.binders.is_empty() { "  " } else { "    " };
-    let mut result = Ok(());
+    let mut lines = Buffered::new(out);
     paths::for_each_path(std::slice::from_ref(template), heads, None, |p| {
-        if result.is_ok() {
-            let term = N.term(&p.template.position, &p.template.weights, Heads::Concrete(&p));
-            result = writeln!(out, "{indent}{:<width$}  {term}", name(&p));
-        }
+        lines.push(|buf| {
+            buf.push_str(indent);
+            let start = buf.len();
+            p.write_name(buf);
+            let padding = (width + 2).saturating_sub(buf.len() - start).max(2);
+            buf.extend(std::iter::repeat_n(' ', padding));
+            N.write_term(buf, &p.template.position, &p.template.weights, Heads::Concrete(&p));
+            buf.push('\n');
+        })
     });
-    result
+    lines.finish()
 }
