@@ -168,3 +168,18 @@ fn truncated_text_says_so() {
     );
     assert_eq!(text.lines().filter(|l| l.contains("Σ_{")).count(), 24, "{text}");
 }
+
+/// The README's library example, as written there.
+#[test]
+fn readme_library_example() -> Result<(), Box<dyn std::error::Error>> {
+    let source = std::fs::read_to_string("examples/attn2.tf")?;
+    let options = pathc::ExpandOptions { max_order: Some(1), qk: true, ..Default::default() };
+    let expansion = pathc::expand(&source, &options)?;
+    let lines: Vec<String> =
+        expansion.logit_paths().map(|path| format!("{} (order {}): {}", path.name, path.order, path.term)).collect();
+    assert_eq!(lines.len(), 18);
+    assert_eq!(lines[17], "P/L1H3 (order 1): A^{1.3} ⊗ W_U·W_OV^{1.3}·W_P");
+    let counts = pathc::compile(&source)?.logit_counts(None);
+    assert_eq!(counts.total(), 50u32.into());
+    Ok(())
+}
