@@ -113,3 +113,23 @@ fn every_rule_fires() {
     let unused: Vec<&String> = table.iter().filter(|r| !fired.contains(*r)).collect();
     assert!(unused.is_empty(), "rules that never fire: {unused:?}");
 }
+
+/// A saturation run that hits a limit is an error naming the limit, never a partial expansion.
+#[test]
+fn runner_limits_are_errors() {
+    use pathc::rewrite::Limits;
+    use std::time::Duration;
+    let source = read("attn2.tf");
+    for (limits, named) in [
+        (Limits { nodes: 60, ..Limits::default() }, "the node limit"),
+        (Limits { iterations: 2, ..Limits::default() }, "the iteration limit (2)"),
+        (Limits { time: Duration::ZERO, ..Limits::default() }, "the time limit"),
+    ] {
+        let options = ExpandOptions { rewrite_limits: limits, ..ExpandOptions::default() };
+        let error = pathc::expand(&source, &options).expect_err("a limit stops the expansion");
+        let message = error.to_string();
+        assert!(message.starts_with("the e-graph stopped before saturating: "), "{message}");
+        assert!(message.contains(named), "{message}");
+        assert!(message.ends_with("the expansion would be incomplete"), "{message}");
+    }
+}

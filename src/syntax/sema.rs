@@ -327,15 +327,7 @@ impl Checker<'_> {
             self.component_args(c, &[("heads", ArgKind::Size), ("d_head", ArgKind::Size), ("bias", ArgKind::Bool)]);
         let bias = args.bool("bias");
         let heads = args.size("heads");
-        let d_head = match args.size("d_head") {
-            Some((Size::Known(0), span)) => {
-                self.error(Diagnostic::new(span, "`d_head` is zero", "must be at least 1"));
-                return None;
-            }
-            Some((size, _)) => size,
-            None if args.given("d_head") => return None,
-            None => self.required_dim("d_head", "`attn` needs `d_head = N` or a declared `dim d_head`", c.keyword_span),
-        };
+        let d_head = self.width(&args, "d_head", c)?;
         let n_heads = match heads {
             None if args.given("heads") => return None,
             None => {
@@ -365,18 +357,27 @@ impl Checker<'_> {
         Some(Attn { n_heads, d_head, bias, ln, span: c.span })
     }
 
+    /// A component's width argument (`d_head`, `d_mlp`): given, else the dimension of that name.
+    /// `None` when it is wrong (already reported).
+    fn width(&mut self, args: &CheckedArgs, name: &str, c: &Component) -> Option<Size> {
+        match args.size(name) {
+            Some((Size::Known(0), span)) => {
+                self.error(Diagnostic::new(span, format!("`{name}` is zero"), "must be at least 1"));
+                None
+            }
+            Some((size, _)) => Some(size),
+            None if args.given(name) => None,
+            None => {
+                let why = format!("`{}` needs `{name} = N` or a declared `dim {name}`", c.kind.keyword());
+                Some(self.required_dim(name, &why, c.keyword_span))
+            }
+        }
+    }
+
     fn mlp(&mut self, c: &Component, ln: Option<LayerNorm>) -> Option<Mlp> {
         let args = self.component_args(c, &[("d_mlp", ArgKind::Size), ("act", ArgKind::Name), ("bias", ArgKind::Bool)]);
         let bias = args.bool("bias");
-        let d_mlp = match args.size("d_mlp") {
-            Some((Size::Known(0), span)) => {
-                self.error(Diagnostic::new(span, "`d_mlp` is zero", "must be at least 1"));
-                return None;
-            }
-            Some((s, _)) => s,
-            None if args.given("d_mlp") => return None,
-            None => self.required_dim("d_mlp", "`mlp` needs `d_mlp = N` or a declared `dim d_mlp`", c.keyword_span),
-        };
+        let d_mlp = self.width(&args, "d_mlp", c)?;
         let act = match args.name("act") {
             None if args.given("act") => return None,
             None => {
