@@ -118,12 +118,4 @@ impl Model {
     pub fn heads_per_layer(&self) -> Vec<usize> {
         self.layers.iter().map(|l| l.attn.n_heads).collect()
     }
-
-    /// True when the model has only embeddings, attention without biases and the unembedding:
-    /// the case in which the logits are exactly the paper's sum of paths.
-    pub fn is_attention_only(&self) -> bool {
-        self.ln_final.is_none()
-            && !self.unembed.bias
-            && self.layers.iter().all(|l| l.mlp.is_none() && l.attn.ln.is_none() && !l.attn.bias)
-    }
 }

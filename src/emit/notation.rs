@@ -68,12 +68,6 @@ impl Notation {
         }
     }
 
-    pub fn factor(self, f: Factor, heads: Heads<'_>) -> String {
-        let mut out = String::new();
-        self.write_factor(&mut out, f, heads);
-        out
-    }
-
     fn identity(self) -> &'static str {
         match self {
             Notation::Text => "Id",

@@ -19,8 +19,3 @@ pub fn parse_model(source: &str) -> Result<Model, Vec<Diagnostic>> {
     let file = parse::parse(source)?;
     sema::check(&file, source)
 }
-
-/// Parses without checking, for tools that want the tree as written.
-pub fn parse_ast(source: &str) -> Result<ast::File, Vec<Diagnostic>> {
-    parse::parse(source)
-}
