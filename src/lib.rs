@@ -21,11 +21,13 @@
 
 pub mod diag;
 pub mod emit;
+pub mod eval;
 pub mod graph;
 pub mod model;
 pub mod paths;
 pub mod rewrite;
 pub mod syntax;
+pub mod weights;
 
 use num_bigint::BigUint;
 use thiserror::Error;
@@ -76,6 +78,9 @@ pub enum Error {
     TooLarge { what: &'static str, count: BigUint, limit: u64, fits: Option<(u32, BigUint)> },
     #[error(transparent)]
     Rewrite(RewriteError),
+    /// Weights that do not fit the model, bad tokens, symbolic sizes where numbers are needed.
+    #[error(transparent)]
+    Eval(#[from] eval::EvalError),
 }
 
 impl Error {
@@ -119,6 +124,17 @@ impl Compiled {
     pub fn score_counts(&self, max_order: Option<u32>) -> Counts {
         paths::count_score_terms(&self.model.heads_per_layer(), self.n_sources(), max_order)
     }
+}
+
+/// Loads a weight file and checks every tensor the model needs (names and shapes, finite values)
+/// before any computation. Models the expansion cannot go through yet are refused first.
+pub fn load_params(compiled: &Compiled, weights: &std::path::Path) -> Result<eval::Params, Error> {
+    let unsupported = rewrite::unsupported_constructs(&compiled.graph);
+    if !unsupported.is_empty() {
+        return Err(Error::Unsupported(unsupported));
+    }
+    let weights = weights::Weights::load(weights).map_err(eval::EvalError::from)?;
+    Ok(eval::Params::from_weights(&compiled.model, &weights)?)
 }
 
 /// Parses and checks a model file and builds its term graph.

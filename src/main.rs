@@ -42,6 +42,34 @@ enum Command {
         #[arg(long)]
         egraph_stats: bool,
     },
+    /// Sum every path with the attention patterns frozen and compare with the forward pass.
+    Check {
+        model: PathBuf,
+        #[command(flatten)]
+        run: RunArgs,
+        /// Largest acceptable maximum absolute error; above it the exit code is 1.
+        #[arg(long, default_value_t = 1e-9)]
+        tol: f64,
+        #[arg(long, value_enum, default_value_t = CountFormat::Text)]
+        format: CountFormat,
+    },
+    /// Every path's contribution to the logits at a position.
+    Paths {
+        model: PathBuf,
+        #[command(flatten)]
+        run: RunArgs,
+        /// The position: a number, `last` (the default) or `all`.
+        #[arg(long, default_value = "last")]
+        pos: String,
+        /// Only the N largest paths.
+        #[arg(long, value_name = "N")]
+        top: Option<usize>,
+        /// Rank by the logit of this token (default: by the norm of the logit row).
+        #[arg(long, value_name = "TOKEN")]
+        target: Option<usize>,
+        #[arg(long, value_enum, default_value_t = CountFormat::Text)]
+        format: CountFormat,
+    },
     /// Count paths by order without enumerating them (exact at any size).
     Count {
         model: PathBuf,
@@ -53,6 +81,23 @@ enum Command {
         #[arg(long, value_enum, default_value_t = CountFormat::Text)]
         format: CountFormat,
     },
+}
+
+/// What every numeric command needs: weights, tokens, and the expansion's options.
+#[derive(clap::Args)]
+struct RunArgs {
+    /// A TransformerLens state_dict: safetensors (f16, bf16, f32, f64) or npz.
+    #[arg(long, value_name = "FILE")]
+    weights: PathBuf,
+    /// Token ids, comma-separated: `--tokens 3,7,1`.
+    #[arg(long, value_delimiter = ',', required = true, num_args = 1..)]
+    tokens: Vec<usize>,
+    /// Keep only paths through at most K heads.
+    #[arg(long, value_name = "K")]
+    max_order: Option<u32>,
+    /// Refuse to enumerate more paths than this.
+    #[arg(long, value_name = "N", default_value_t = pathc::DEFAULT_ENUMERATION_LIMIT)]
+    limit: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -83,6 +128,7 @@ fn main() -> ExitCode {
             }
             ExitCode::from(BAD_INPUT)
         }
+        Err(Failure::Check) => ExitCode::from(1),
         Err(Failure::Io(e)) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(Failure::Io(e)) => {
             eprintln!("error: {e}");
@@ -93,6 +139,8 @@ fn main() -> ExitCode {
 
 enum Failure {
     BadInput(String),
+    /// A check that ran and failed: exit 1, its report already printed.
+    Check,
     Io(io::Error),
 }
 
@@ -156,6 +204,78 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(sink.flush()?)
         }
+        Command::Check { model, run, tol, format } => {
+            let numbers = Numbers::prepare(&model, &run)?;
+            let report = pathc::eval::check(&numbers.expansion, &numbers.params, &numbers.forward);
+            let mut out = io::stdout().lock();
+            match format {
+                CountFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&report).expect("plain data"))?,
+                CountFormat::Text => {
+                    let scope = match report.max_order {
+                        Some(k) => format!("{} paths of order ≤ {k}", report.paths),
+                        None => format!("{} paths (every order)", report.paths),
+                    };
+                    writeln!(out, "model {}, {} tokens, {scope}", numbers.expansion.model.name, run.tokens.len())?;
+                    if report.max_order.is_some() {
+                        writeln!(
+                            out,
+                            "omitted orders contribute up to {:.3e} (max |logit|), added back from the graded sums",
+                            report.omitted_max_abs
+                        )?;
+                    }
+                    writeln!(
+                        out,
+                        "max |Σ paths − logits| = {:.3e} (relative {:.3e}; max |logit| = {:.3})",
+                        report.max_abs_error, report.max_rel_error, report.max_abs_logit
+                    )?;
+                }
+            }
+            if report.max_abs_error.is_nan() || report.max_abs_error > tol {
+                writeln!(out, "FAILED: above --tol {tol:e}")?;
+                out.flush()?;
+                return Err(Failure::Check);
+            }
+            if let CountFormat::Text = format {
+                writeln!(out, "ok: within --tol {tol:e}")?;
+            }
+            Ok(())
+        }
+        Command::Paths { model, run, pos, top, target, format } => {
+            let numbers = Numbers::prepare(&model, &run)?;
+            let n = run.tokens.len();
+            let position = match pos.as_str() {
+                "all" => None,
+                "last" => Some(n - 1),
+                p => match p.parse::<usize>() {
+                    Ok(p) if p < n => Some(p),
+                    Ok(p) => {
+                        return Err(Failure::BadInput(format!("error: position {p} is out of range for {n} tokens")))
+                    }
+                    Err(_) => {
+                        return Err(Failure::BadInput(format!(
+                            "error: --pos takes a number, `last` or `all`, not `{p}`"
+                        )))
+                    }
+                },
+            };
+            if let Some(t) = target {
+                if t >= numbers.params.d_vocab() {
+                    return Err(Failure::BadInput(format!(
+                        "error: --target {t} is out of range: d_vocab is {}",
+                        numbers.params.d_vocab()
+                    )));
+                }
+            }
+            // The text table ranks paths; JSON keeps path order unless asked to rank.
+            let rank = matches!(format, CountFormat::Text) || top.is_some() || target.is_some();
+            let table = path_table(&numbers, position, target, top, rank);
+            let mut out = BufWriter::new(io::stdout().lock());
+            match format {
+                CountFormat::Json => write_paths_json(&mut out, &numbers, position, &table)?,
+                CountFormat::Text => write_paths_text(&mut out, &numbers, position, target, &table)?,
+            }
+            Ok(out.flush()?)
+        }
         Command::Count { model, max_order, qk, format } => {
             let source = read_model(&model)?;
             let compiled = pathc::compile(&source).map_err(|e| render(&model, &source, &e))?;
@@ -176,4 +296,141 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// A model expanded, its weights loaded, and the forward pass run on the tokens.
+struct Numbers {
+    expansion: pathc::Expansion,
+    params: pathc::eval::Params,
+    forward: pathc::eval::Forward,
+}
+
+impl Numbers {
+    fn prepare(model: &Path, run: &RunArgs) -> Result<Numbers, Failure> {
+        let source = read_model(model)?;
+        let fail = |e: pathc::Error| render(model, &source, &e);
+        let compiled = pathc::compile(&source).map_err(fail)?;
+        let params = pathc::load_params(&compiled, &run.weights).map_err(fail)?;
+        let forward = pathc::eval::forward(&params, &run.tokens).map_err(|e| fail(e.into()))?;
+        let options = ExpandOptions { max_order: run.max_order, limit: run.limit, ..ExpandOptions::default() };
+        let expansion = pathc::expand_compiled(compiled, &options).map_err(fail)?;
+        Ok(Numbers { expansion, params, forward })
+    }
+}
+
+/// One row of `pathc paths`: a path and its logits (one row, or every position).
+struct PathRow {
+    name: String,
+    order: usize,
+    logits: pathc::eval::Matrix,
+    /// What the table is sorted by.
+    size: f64,
+}
+
+fn path_table(
+    numbers: &Numbers,
+    position: Option<usize>,
+    target: Option<usize>,
+    top: Option<usize>,
+    rank: bool,
+) -> Vec<PathRow> {
+    let mut evaluator = pathc::eval::PathEvaluator::new(&numbers.params, &numbers.forward);
+    let mut rows = Vec::new();
+    pathc::paths::for_each_path(&numbers.expansion.logits, &numbers.expansion.heads_per_layer(), None, |p| {
+        let logits = match position {
+            Some(pos) => evaluator.logits_at(&p, pos),
+            None => evaluator.logits(&p),
+        };
+        let size = match target {
+            Some(t) => logits.column(t).iter().fold(0.0f64, |m, x| m.max(x.abs())),
+            None => logits.norm(),
+        };
+        rows.push(PathRow { name: p.name(), order: p.template.order(), logits, size });
+    });
+    if rank {
+        // Largest first; ties keep path order (stable sort), so output is deterministic.
+        rows.sort_by(|a, b| b.size.total_cmp(&a.size));
+    }
+    if let Some(n) = top {
+        rows.truncate(n);
+    }
+    rows
+}
+
+fn write_paths_text(
+    out: &mut dyn Write,
+    numbers: &Numbers,
+    position: Option<usize>,
+    target: Option<usize>,
+    rows: &[PathRow],
+) -> io::Result<()> {
+    let tokens = &numbers.forward.tokens;
+    let at = match position {
+        Some(p) => format!("position {p} (token {})", tokens[p]),
+        None => "every position".to_string(),
+    };
+    let by = match target {
+        Some(t) => format!("|logit of token {t}|"),
+        None => "the norm of the logits".to_string(),
+    };
+    writeln!(out, "model {}, {at}: {} paths, largest {by} first", numbers.expansion.model.name, rows.len())?;
+    let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
+    match target {
+        Some(t) => writeln!(out, "{:<width$}  order  {:>12}  {:>12}", "path", "size", format!("logit[{t}]"))?,
+        None => writeln!(out, "{:<width$}  order  {:>12}  top token (logit)", "path", "norm")?,
+    }
+    for row in rows {
+        match (target, position) {
+            (Some(t), Some(_)) => writeln!(
+                out,
+                "{:<width$}  {:>5}  {:>12.6}  {:>12.6}",
+                row.name,
+                row.order,
+                row.size,
+                row.logits[(0, t)]
+            )?,
+            (Some(_), None) => {
+                writeln!(out, "{:<width$}  {:>5}  {:>12.6}  {:>12}", row.name, row.order, row.size, "-")?
+            }
+            (None, _) => {
+                let (arg, value) = row
+                    .logits
+                    .row(row.logits.nrows() - 1)
+                    .iter()
+                    .enumerate()
+                    .fold((0, f64::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best });
+                writeln!(out, "{:<width$}  {:>5}  {:>12.6}  {arg} ({value:.4})", row.name, row.order, row.size)?
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_paths_json(
+    out: &mut dyn Write,
+    numbers: &Numbers,
+    position: Option<usize>,
+    rows: &[PathRow],
+) -> io::Result<()> {
+    let paths: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            let logits = match position {
+                Some(_) => serde_json::json!(r.logits.row(0).iter().collect::<Vec<_>>()),
+                None => serde_json::json!((0..r.logits.nrows())
+                    .map(|i| r.logits.row(i).iter().copied().collect::<Vec<f64>>())
+                    .collect::<Vec<_>>()),
+            };
+            serde_json::json!({ "name": r.name, "order": r.order, "logits": logits })
+        })
+        .collect();
+    let value = serde_json::json!({
+        "model": numbers.expansion.model.name,
+        "tokens": numbers.forward.tokens,
+        "position": position.map_or(serde_json::json!("all"), |p| serde_json::json!(p)),
+        "max_order": numbers.expansion.max_order,
+        "paths": paths,
+    });
+    serde_json::to_writer(&mut *out, &value)?;
+    writeln!(out)
 }

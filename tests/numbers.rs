@@ -1,0 +1,164 @@
+//! Numbers against the TransformerLens fixtures (`tests/fixtures/{attn1,attn2}`, computed in f64
+//! from the stored f32 weights): forward pass, attention patterns and scores, every path, each
+//! head's share of the logits, and the check of the sum of paths. Tolerance 1e-9 absolute.
+
+use pathc::eval::{self, Matrix, PathEvaluator};
+use pathc::paths::{self, Side};
+use pathc::weights::Weights;
+use pathc::ExpandOptions;
+
+const TOL: f64 = 1e-9;
+
+struct Fixture {
+    name: &'static str,
+    meta: serde_json::Value,
+    reference: Weights,
+    expansion: pathc::Expansion,
+    params: eval::Params,
+    forward: eval::Forward,
+}
+
+fn fixture(name: &'static str) -> Fixture {
+    let dir = format!("tests/fixtures/{name}");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{dir}/meta.json")).unwrap()).unwrap();
+    let tokens: Vec<usize> = meta["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as usize).collect();
+    let source = std::fs::read_to_string(format!("examples/{name}.tf")).unwrap();
+    let compiled = pathc::compile(&source).unwrap();
+    let params = pathc::load_params(&compiled, format!("{dir}/model.safetensors").as_ref()).unwrap();
+    let forward = eval::forward(&params, &tokens).unwrap();
+    let expansion = pathc::expand_compiled(compiled, &ExpandOptions::default()).unwrap();
+    let reference = Weights::load(format!("{dir}/reference.safetensors").as_ref()).unwrap();
+    Fixture { name, meta, reference, expansion, params, forward }
+}
+
+impl Fixture {
+    fn n(&self) -> usize {
+        self.forward.tokens.len()
+    }
+
+    fn reference(&self, name: &str, shape: &[usize]) -> Vec<f64> {
+        self.reference.get(name, shape).unwrap_or_else(|e| panic!("{}: {e}", self.name)).data.clone()
+    }
+
+    fn reference_matrix(&self, name: &str, rows: usize, cols: usize) -> Matrix {
+        Matrix::from_row_slice(rows, cols, &self.reference(name, &[rows, cols]))
+    }
+}
+
+fn max_diff(a: &Matrix, b: &Matrix) -> f64 {
+    assert_eq!(a.shape(), b.shape());
+    (a - b).iter().fold(0.0f64, |m, x| m.max(x.abs()))
+}
+
+#[test]
+fn forward_pass_matches_transformer_lens() {
+    for name in ["attn1", "attn2"] {
+        let f = fixture(name);
+        let (n, d_vocab) = (f.n(), f.params.d_vocab());
+        let d_model = f.params.w_e.ncols();
+        let mut worst: f64 = max_diff(&f.forward.logits, &f.reference_matrix("logits", n, d_vocab));
+        worst = worst.max(max_diff(&f.forward.resid_final, &f.reference_matrix("resid_final", n, d_model)));
+        for (l, layer) in f.forward.patterns.iter().enumerate() {
+            let h = layer.len();
+            let patterns = f.reference(&format!("pattern.{l}"), &[h, n, n]);
+            let scores = f.reference(&format!("scores.{l}"), &[h, n, n]);
+            for head in 0..h {
+                let slice = |v: &[f64]| Matrix::from_row_slice(n, n, &v[head * n * n..(head + 1) * n * n]);
+                worst = worst.max(max_diff(&layer[head], &slice(&patterns)));
+                worst = worst.max(max_diff(&f.forward.scores[l][head], &slice(&scores)));
+            }
+            worst = worst
+                .max(max_diff(&f.forward.resid_pre[l], &f.reference_matrix(&format!("resid_pre.{l}"), n, d_model)));
+        }
+        eprintln!("{name}: forward pass, largest error {worst:.3e}");
+        assert!(worst <= TOL, "{name}: {worst}");
+    }
+}
+
+#[test]
+fn every_path_matches_transformer_lens() {
+    for name in ["attn1", "attn2"] {
+        let f = fixture(name);
+        let (n, d_vocab) = (f.n(), f.params.d_vocab());
+        let expected_names: Vec<String> =
+            f.meta["path_names"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+        let mut evaluator = PathEvaluator::new(&f.params, &f.forward);
+        let mut names = Vec::new();
+        let mut worst: f64 = 0.0;
+        paths::for_each_path(&f.expansion.logits, &f.expansion.heads_per_layer(), None, |p| {
+            let name = p.name();
+            let expected = f.reference_matrix(&format!("path/{name}"), n, d_vocab);
+            worst = worst.max(max_diff(&evaluator.logits(&p), &expected));
+            names.push(name);
+        });
+        assert_eq!(names, expected_names);
+        eprintln!("{name}: {} paths, largest error {worst:.3e}", names.len());
+        assert!(worst <= TOL, "{name}: {worst}");
+    }
+}
+
+/// The paths ending in a head sum to that head's share of the logits (`head_logits`), and grouped
+/// by the component they end in they give `component_logits`.
+#[test]
+fn head_and_component_logits_match_transformer_lens() {
+    for name in ["attn1", "attn2"] {
+        let f = fixture(name);
+        let (n, d_vocab) = (f.n(), f.params.d_vocab());
+        let heads = f.expansion.heads_per_layer();
+        let (n_layers, n_heads) = (heads.len(), heads[0]);
+        let labels: Vec<String> = f.meta["component_logits_labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        let mut by_head = vec![Matrix::zeros(n, d_vocab); n_layers * n_heads];
+        let mut by_component = vec![Matrix::zeros(n, d_vocab); labels.len()];
+        let mut evaluator = PathEvaluator::new(&f.params, &f.forward);
+        paths::for_each_path(&f.expansion.logits, &heads, None, |p| {
+            let logits = evaluator.logits(&p);
+            let component = match p.heads(Side::Head).last() {
+                Some(last) => {
+                    by_head[last.layer * n_heads + last.head] += &logits;
+                    format!("{}_attn_out", last.layer)
+                }
+                None => {
+                    if p.template.source() == Some(pathc::graph::Source::E) { "embed" } else { "pos_embed" }.to_string()
+                }
+            };
+            let slot = labels.iter().position(|l| *l == component).expect("a known component");
+            by_component[slot] += &logits;
+        });
+        let expected = f.reference("head_logits", &[n_layers, n_heads, n, d_vocab]);
+        let mut worst: f64 = 0.0;
+        for (i, got) in by_head.iter().enumerate() {
+            let want = Matrix::from_row_slice(n, d_vocab, &expected[i * n * d_vocab..(i + 1) * n * d_vocab]);
+            worst = worst.max(max_diff(got, &want));
+        }
+        let expected = f.reference("component_logits", &[labels.len(), n, d_vocab]);
+        for (i, got) in by_component.iter().enumerate() {
+            let want = Matrix::from_row_slice(n, d_vocab, &expected[i * n * d_vocab..(i + 1) * n * d_vocab]);
+            worst = worst.max(max_diff(got, &want));
+        }
+        eprintln!("{name}: head and component logits, largest error {worst:.3e}");
+        assert!(worst <= TOL, "{name}: {worst}");
+    }
+}
+
+/// `pathc check`'s computation: the sum of paths (plus the omitted orders, when truncated)
+/// reconstructs the logits, at every truncation.
+#[test]
+fn sum_of_paths_reconstructs_the_logits_at_every_order() {
+    for name in ["attn1", "attn2"] {
+        let f = fixture(name);
+        for max_order in [None, Some(0), Some(1), Some(2)] {
+            let source = std::fs::read_to_string(format!("examples/{name}.tf")).unwrap();
+            let expansion = pathc::expand(&source, &ExpandOptions { max_order, ..ExpandOptions::default() }).unwrap();
+            let report = eval::check(&expansion, &f.params, &f.forward);
+            assert!(report.max_abs_error <= TOL, "{name} order ≤ {max_order:?}: {report:?}");
+            let complete = max_order.is_none_or(|k| k as usize >= f.expansion.heads_per_layer().len());
+            assert_eq!(report.omitted_max_abs == 0.0, complete, "{name} order ≤ {max_order:?}: {report:?}");
+        }
+    }
+}
