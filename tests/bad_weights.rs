@@ -1,0 +1,206 @@
+//! Bad input to the numeric commands: each is a clear error naming what is wrong (tensor,
+//! expected, found), exit code 2, nothing on stdout, no panic.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+
+const ATTN1_TOKENS: &str = "3,7,1,19,3,7,2,0,11,3";
+
+fn pathc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pathc")).args(args).output().expect("pathc runs")
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pathc-bad-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The attn1 fixture's tensors with `edit` applied: (name, dtype, shape, bytes); `None` drops it.
+fn edited_attn1(path: &Path, edit: impl Fn(&str, Dtype, Vec<usize>, Vec<u8>) -> Option<(Dtype, Vec<usize>, Vec<u8>)>) {
+    let bytes = std::fs::read("tests/fixtures/attn1/model.safetensors").unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, view) in file.tensors() {
+        if let Some((dtype, shape, data)) = edit(&name, view.dtype(), view.shape().to_vec(), view.data().to_vec()) {
+            owned.push((name, dtype, shape, data));
+        }
+    }
+    let views: Vec<(String, TensorView<'_>)> =
+        owned.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+fn assert_bad(out: &Output, expected: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(out.stdout.is_empty(), "stdout: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(!err.contains("panicked"), "{err}");
+    for e in expected {
+        assert!(err.contains(e), "expected {e:?} in: {err}");
+    }
+}
+
+fn check(weights: &Path, tokens: &str) -> Output {
+    pathc(&["check", "examples/attn1.tf", "--weights", weights.to_str().unwrap(), "--tokens", tokens])
+}
+
+#[test]
+fn missing_tensor() {
+    let dir = temp_dir("missing");
+    let file = dir.join("w.safetensors");
+    edited_attn1(&file, |name, d, s, b| (name != "unembed.W_U").then_some((d, s, b)));
+    assert_bad(&check(&file, ATTN1_TOKENS), &["tensor `unembed.W_U` is missing"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn wrong_shape_names_expected_and_found() {
+    let out = pathc(&[
+        "check",
+        "examples/attn2.tf",
+        "--weights",
+        "tests/fixtures/attn1/model.safetensors",
+        "--tokens",
+        "1,2",
+    ]);
+    assert_bad(&out, &["tensor `embed.W_E` has shape [20, 16], expected [50, 32]"]);
+}
+
+#[test]
+fn wrong_dtype() {
+    let dir = temp_dir("dtype");
+    let file = dir.join("w.safetensors");
+    edited_attn1(&file, |name, d, s, b| {
+        if name == "embed.W_E" {
+            let n: usize = s.iter().product();
+            Some((Dtype::BOOL, s, vec![1u8; n]))
+        } else {
+            Some((d, s, b))
+        }
+    });
+    assert_bad(&check(&file, ATTN1_TOKENS), &["tensor `embed.W_E` has dtype BOOL"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn nan_and_infinity() {
+    for (tag, value) in [("nan", f32::NAN), ("inf", f32::INFINITY)] {
+        let dir = temp_dir(tag);
+        let file = dir.join("w.safetensors");
+        edited_attn1(&file, |name, d, s, mut b| {
+            if name == "blocks.0.attn.W_V" {
+                b[4..8].copy_from_slice(&value.to_le_bytes());
+            }
+            Some((d, s, b))
+        });
+        let shown = if value.is_nan() { "NaN" } else { "inf" };
+        assert_bad(&check(&file, ATTN1_TOKENS), &["tensor `blocks.0.attn.W_V` holds", shown, "[0, 0, 1]"]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+#[test]
+fn truncated_and_corrupt_files() {
+    let dir = temp_dir("truncated");
+    let bytes = std::fs::read("tests/fixtures/attn1/model.safetensors").unwrap();
+    let file = dir.join("w.safetensors");
+    for cut in [4, 100, bytes.len() / 2, bytes.len() - 1] {
+        std::fs::write(&file, &bytes[..cut]).unwrap();
+        assert_bad(&check(&file, ATTN1_TOKENS), &["is truncated"]);
+    }
+    std::fs::write(&file, b"this is not a weights file at all").unwrap();
+    assert_bad(&check(&file, ATTN1_TOKENS), &["is not a valid weights file"]);
+    assert_bad(
+        &check(Path::new("no/such/weights.safetensors"), ATTN1_TOKENS),
+        &["cannot read no/such/weights.safetensors"],
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn bad_tokens_and_positions() {
+    let w = Path::new("tests/fixtures/attn1/model.safetensors");
+    assert_bad(&check(w, "3,20,1"), &["token 20 at position 1 is out of range: d_vocab is 20"]);
+    assert_bad(&check(w, "1,2,3,4,5,6,7,8,9,10,11,12,13"), &["13 tokens are more than the context length n_ctx = 12"]);
+    let out = pathc(&[
+        "paths",
+        "examples/attn1.tf",
+        "--weights",
+        "tests/fixtures/attn1/model.safetensors",
+        "--tokens",
+        "1,2",
+        "--pos",
+        "2",
+    ]);
+    assert_bad(&out, &["position 2 is out of range for 2 tokens"]);
+    let out = pathc(&[
+        "paths",
+        "examples/attn1.tf",
+        "--weights",
+        "tests/fixtures/attn1/model.safetensors",
+        "--tokens",
+        "1,2",
+        "--target",
+        "20",
+    ]);
+    assert_bad(&out, &["--target 20 is out of range: d_vocab is 20"]);
+    let out = pathc(&[
+        "check",
+        "examples/attn1.tf",
+        "--weights",
+        "tests/fixtures/attn1/model.safetensors",
+        "--tokens",
+        "1,x",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "clap rejects a non-number");
+}
+
+#[test]
+fn full_models_are_refused_before_reading_weights() {
+    let out = pathc(&[
+        "check",
+        "examples/full2.tf",
+        "--weights",
+        "tests/fixtures/full2/model.safetensors",
+        "--tokens",
+        "1,2",
+    ]);
+    assert_bad(&out, &["pathc cannot expand the LayerNorm before attention in layer 0 yet"]);
+}
+
+#[test]
+fn symbolic_dimensions_cannot_be_evaluated() {
+    let out = pathc(&[
+        "check",
+        "examples/attn-only-2l.tf",
+        "--weights",
+        "tests/fixtures/attn2/model.safetensors",
+        "--tokens",
+        "1",
+    ]);
+    assert_bad(&out, &["dimension `d_model` is symbolic"]);
+}
+
+#[test]
+fn check_passes_and_fails_by_tolerance() {
+    let args = [
+        "check",
+        "examples/attn2.tf",
+        "--weights",
+        "tests/fixtures/attn2/model.safetensors",
+        "--tokens",
+        "5,17,42,8,5,17,42,8,30,1,5,17",
+    ];
+    let ok = pathc(&args);
+    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
+    let text = String::from_utf8_lossy(&ok.stdout);
+    assert!(text.contains("50 paths (every order)") && text.contains("ok: within --tol"), "{text}");
+    // A tolerance no floating-point sum can meet: the check runs and fails with exit 1.
+    let strict = pathc(&[&args[..], &["--tol=-1"]].concat());
+    assert_eq!(strict.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&strict.stdout).contains("FAILED: above --tol"));
+}
