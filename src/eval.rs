@@ -366,3 +366,29 @@ pub fn check(expansion: &crate::Expansion, params: &Params, forward: &Forward) -
         omitted_max_abs: max_abs(&omitted),
     }
 }
+
+/// Evaluates attention-score terms: the term with query path `p` and key path `p'` contributes
+/// `(R_p W_Q)(R_{p'} W_K)ᵀ / attn_scale` (`[n, n]`, queries × keys, before the causal mask and
+/// the softmax) to its head's scores; over all terms these sum to the scores.
+pub struct ScoreEvaluator<'a> {
+    params: &'a Params,
+    query: ResidualCache<'a>,
+    key: ResidualCache<'a>,
+}
+
+impl<'a> ScoreEvaluator<'a> {
+    pub fn new(params: &'a Params, forward: &'a Forward) -> ScoreEvaluator<'a> {
+        ScoreEvaluator { params, query: ResidualCache::new(params, forward), key: ResidualCache::new(params, forward) }
+    }
+
+    /// The contribution of one score term of the head `(layer, head)`.
+    pub fn scores(&mut self, path: &Path<'_>, layer: usize, head: usize) -> Matrix {
+        let template = path.template;
+        let query_source = template.query_source().expect("score templates start with a source");
+        let key_source = template.source().expect("score templates end in a source");
+        let weights = &self.params.layers[layer];
+        let q = self.query.residual(query_source, &heads_of(path, Side::Query)) * &weights.w_q[head];
+        let k = self.key.residual(key_source, &heads_of(path, Side::Key)) * &weights.w_k[head];
+        (q * k.transpose()) / weights.attn_scale
+    }
+}

@@ -70,6 +70,23 @@ enum Command {
         #[arg(long, value_enum, default_value_t = CountFormat::Text)]
         format: CountFormat,
     },
+    /// Every (query path, key path) term's contribution to one head's attention scores.
+    Scores {
+        model: PathBuf,
+        #[command(flatten)]
+        run: RunArgs,
+        /// The head, as `L1H2`.
+        #[arg(long)]
+        head: String,
+        /// The query position: a number, `last` (the default) or `all`.
+        #[arg(long, default_value = "last")]
+        pos: String,
+        /// Only the N largest terms.
+        #[arg(long, value_name = "N")]
+        top: Option<usize>,
+        #[arg(long, value_enum, default_value_t = CountFormat::Text)]
+        format: CountFormat,
+    },
     /// Count paths by order without enumerating them (exact at any size).
     Count {
         model: PathBuf,
@@ -205,7 +222,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(sink.flush()?)
         }
         Command::Check { model, run, tol, format } => {
-            let numbers = Numbers::prepare(&model, &run)?;
+            let numbers = Numbers::prepare(&model, &run, false)?;
             let report = pathc::eval::check(&numbers.expansion, &numbers.params, &numbers.forward);
             let mut out = io::stdout().lock();
             match format {
@@ -241,23 +258,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Paths { model, run, pos, top, target, format } => {
-            let numbers = Numbers::prepare(&model, &run)?;
-            let n = run.tokens.len();
-            let position = match pos.as_str() {
-                "all" => None,
-                "last" => Some(n - 1),
-                p => match p.parse::<usize>() {
-                    Ok(p) if p < n => Some(p),
-                    Ok(p) => {
-                        return Err(Failure::BadInput(format!("error: position {p} is out of range for {n} tokens")))
-                    }
-                    Err(_) => {
-                        return Err(Failure::BadInput(format!(
-                            "error: --pos takes a number, `last` or `all`, not `{p}`"
-                        )))
-                    }
-                },
-            };
+            let numbers = Numbers::prepare(&model, &run, false)?;
+            let position = parse_position(&pos, run.tokens.len())?;
             if let Some(t) = target {
                 if t >= numbers.params.d_vocab() {
                     return Err(Failure::BadInput(format!(
@@ -273,6 +275,22 @@ fn run(cli: Cli) -> Result<(), Failure> {
             match format {
                 CountFormat::Json => write_paths_json(&mut out, &numbers, position, &table)?,
                 CountFormat::Text => write_paths_text(&mut out, &numbers, position, target, &table)?,
+            }
+            Ok(out.flush()?)
+        }
+        Command::Scores { model, run, head, pos, top, format } => {
+            let numbers = Numbers::prepare(&model, &run, true)?;
+            let position = parse_position(&pos, run.tokens.len())?;
+            let heads = numbers.expansion.heads_per_layer();
+            let (layer, head) =
+                parse_head(&head).filter(|&(l, h)| l < heads.len() && h < heads[l]).ok_or_else(|| {
+                    Failure::BadInput(format!("error: --head {head} is not a head of this model (write it as L1H2)"))
+                })?;
+            let report = score_table(&numbers, layer, head, position, top);
+            let mut out = BufWriter::new(io::stdout().lock());
+            match format {
+                CountFormat::Json => write_scores_json(&mut out, &numbers, (layer, head), position, &report)?,
+                CountFormat::Text => write_scores_text(&mut out, &numbers, (layer, head), position, &report)?,
             }
             Ok(out.flush()?)
         }
@@ -306,13 +324,13 @@ struct Numbers {
 }
 
 impl Numbers {
-    fn prepare(model: &Path, run: &RunArgs) -> Result<Numbers, Failure> {
+    fn prepare(model: &Path, run: &RunArgs, qk: bool) -> Result<Numbers, Failure> {
         let source = read_model(model)?;
         let fail = |e: pathc::Error| render(model, &source, &e);
         let compiled = pathc::compile(&source).map_err(fail)?;
         let params = pathc::load_params(&compiled, &run.weights).map_err(fail)?;
         let forward = pathc::eval::forward(&params, &run.tokens).map_err(|e| fail(e.into()))?;
-        let options = ExpandOptions { max_order: run.max_order, limit: run.limit, ..ExpandOptions::default() };
+        let options = ExpandOptions { max_order: run.max_order, limit: run.limit, qk, ..ExpandOptions::default() };
         let expansion = pathc::expand_compiled(compiled, &options).map_err(fail)?;
         Ok(Numbers { expansion, params, forward })
     }
@@ -430,6 +448,129 @@ fn write_paths_json(
         "position": position.map_or(serde_json::json!("all"), |p| serde_json::json!(p)),
         "max_order": numbers.expansion.max_order,
         "paths": paths,
+    });
+    serde_json::to_writer(&mut *out, &value)?;
+    writeln!(out)
+}
+
+fn parse_position(pos: &str, n: usize) -> Result<Option<usize>, Failure> {
+    match pos {
+        "all" => Ok(None),
+        "last" => Ok(Some(n - 1)),
+        p => match p.parse::<usize>() {
+            Ok(p) if p < n => Ok(Some(p)),
+            Ok(p) => Err(Failure::BadInput(format!("error: position {p} is out of range for {n} tokens"))),
+            Err(_) => Err(Failure::BadInput(format!("error: --pos takes a number, `last` or `all`, not `{p}`"))),
+        },
+    }
+}
+
+/// `L1H2` → (1, 2).
+fn parse_head(text: &str) -> Option<(usize, usize)> {
+    let (layer, head) = text.strip_prefix('L')?.split_once('H')?;
+    Some((layer.parse().ok()?, head.parse().ok()?))
+}
+
+/// The score terms of one head (ranked by size), and how far their sum is from the scores.
+struct ScoreReport {
+    rows: Vec<PathRow>,
+    terms: usize,
+    max_abs_error: f64,
+}
+
+fn score_table(
+    numbers: &Numbers,
+    layer: usize,
+    head: usize,
+    position: Option<usize>,
+    top: Option<usize>,
+) -> ScoreReport {
+    let expansion = &numbers.expansion;
+    let templates = &expansion.scores.as_ref().expect("expanded with qk")[layer];
+    let target = pathc::paths::HeadRef { layer, head };
+    let fixed = (pathc::paths::IndexVar { side: pathc::paths::Side::Head, layer }, head);
+    let mut evaluator = pathc::eval::ScoreEvaluator::new(&numbers.params, &numbers.forward);
+    let expected = &numbers.forward.scores[layer][head];
+    let mut total = pathc::eval::Matrix::zeros(expected.nrows(), expected.ncols());
+    let mut rows = Vec::new();
+    pathc::paths::for_each_path(templates, &expansion.heads_per_layer(), Some(fixed), |p| {
+        let scores = evaluator.scores(&p, layer, head);
+        total += &scores;
+        let shown = match position {
+            Some(q) => scores.rows(q, 1).into_owned(),
+            None => scores,
+        };
+        rows.push(PathRow { name: p.score_name(target), order: p.template.order(), size: shown.norm(), logits: shown });
+    });
+    let terms = rows.len();
+    rows.sort_by(|a, b| b.size.total_cmp(&a.size));
+    if let Some(n) = top {
+        rows.truncate(n);
+    }
+    let max_abs_error = (&total - expected).iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    ScoreReport { rows, terms, max_abs_error }
+}
+
+fn write_scores_text(
+    out: &mut dyn Write,
+    numbers: &Numbers,
+    (layer, head): (usize, usize),
+    position: Option<usize>,
+    report: &ScoreReport,
+) -> io::Result<()> {
+    let at = match position {
+        Some(q) => format!("query position {q} (token {})", numbers.forward.tokens[q]),
+        None => "every query position".to_string(),
+    };
+    writeln!(
+        out,
+        "model {}, head L{layer}H{head}, {at}: {} terms, largest first",
+        numbers.expansion.model.name, report.terms
+    )?;
+    writeln!(out, "max |Σ terms − scores| = {:.3e} (scores before the causal mask and softmax)", report.max_abs_error)?;
+    let width = report.rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
+    writeln!(out, "{:<width$}  order  {:>12}  top key (score)", "term", "norm")?;
+    for row in &report.rows {
+        let last = row.logits.nrows() - 1;
+        // Keys a query may attend to: itself and earlier positions.
+        let keys = position.map_or(row.logits.ncols(), |q| q + 1);
+        let (key, value) = (0..keys).map(|k| (k, row.logits[(last, k)])).fold((0, f64::NEG_INFINITY), |best, kv| {
+            if kv.1 > best.1 {
+                kv
+            } else {
+                best
+            }
+        });
+        writeln!(out, "{:<width$}  {:>5}  {:>12.6}  {key} ({value:.4})", row.name, row.order, row.size)?;
+    }
+    Ok(())
+}
+
+fn write_scores_json(
+    out: &mut dyn Write,
+    numbers: &Numbers,
+    (layer, head): (usize, usize),
+    position: Option<usize>,
+    report: &ScoreReport,
+) -> io::Result<()> {
+    let terms: Vec<serde_json::Value> = report
+        .rows
+        .iter()
+        .map(|r| {
+            let rows: Vec<Vec<f64>> =
+                (0..r.logits.nrows()).map(|i| r.logits.row(i).iter().copied().collect()).collect();
+            let scores = if position.is_some() { serde_json::json!(rows[0]) } else { serde_json::json!(rows) };
+            serde_json::json!({ "name": r.name, "order": r.order, "scores": scores })
+        })
+        .collect();
+    let value = serde_json::json!({
+        "model": numbers.expansion.model.name,
+        "head": [layer, head],
+        "tokens": numbers.forward.tokens,
+        "position": position.map_or(serde_json::json!("all"), |p| serde_json::json!(p)),
+        "max_order": numbers.expansion.max_order,
+        "max_abs_error": report.max_abs_error,
+        "terms": terms,
     });
     serde_json::to_writer(&mut *out, &value)?;
     writeln!(out)

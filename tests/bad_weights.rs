@@ -204,3 +204,16 @@ fn check_passes_and_fails_by_tolerance() {
     assert_eq!(strict.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&strict.stdout).contains("FAILED: above --tol"));
 }
+
+#[test]
+fn scores_command_reports_its_sum() {
+    let base =
+        ["scores", "examples/attn2.tf", "--weights", "tests/fixtures/attn2/model.safetensors", "--tokens", "5,17,42,8"];
+    let out = pathc(&[&base[..], &["--head", "L1H2", "--format", "json"]].concat());
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["terms"].as_array().unwrap().len(), 100);
+    assert!(json["max_abs_error"].as_f64().unwrap() < 1e-12);
+    assert_eq!(json["terms"][0]["scores"].as_array().unwrap().len(), 4);
+    assert_bad(&pathc(&[&base[..], &["--head", "L2H0"]].concat()), &["--head L2H0 is not a head of this model"]);
+}

@@ -162,3 +162,34 @@ fn sum_of_paths_reconstructs_the_logits_at_every_order() {
         }
     }
 }
+
+/// Every head's (query path, key path) terms sum to its attention scores (TransformerLens's
+/// `scores.{l}`, before the causal mask), at every truncation counted in full.
+#[test]
+fn score_terms_sum_to_the_scores() {
+    for name in ["attn1", "attn2"] {
+        let f = fixture(name);
+        let n = f.n();
+        let source = std::fs::read_to_string(format!("examples/{name}.tf")).unwrap();
+        let e = pathc::expand(&source, &ExpandOptions { qk: true, ..ExpandOptions::default() }).unwrap();
+        let heads = e.heads_per_layer();
+        let mut evaluator = eval::ScoreEvaluator::new(&f.params, &f.forward);
+        let mut worst: f64 = 0.0;
+        let mut terms = 0;
+        for (layer, templates) in e.scores.as_ref().unwrap().iter().enumerate() {
+            let reference = f.reference(&format!("scores.{layer}"), &[heads[layer], n, n]);
+            for head in 0..heads[layer] {
+                let fixed = (paths::IndexVar { side: Side::Head, layer }, head);
+                let mut total = Matrix::zeros(n, n);
+                paths::for_each_path(templates, &heads, Some(fixed), |p| {
+                    total += evaluator.scores(&p, layer, head);
+                    terms += 1;
+                });
+                let want = Matrix::from_row_slice(n, n, &reference[head * n * n..(head + 1) * n * n]);
+                worst = worst.max(max_diff(&total, &want));
+            }
+        }
+        eprintln!("{name}: {terms} score terms, largest error of their sums {worst:.3e}");
+        assert!(worst <= TOL, "{name}: {worst}");
+    }
+}
