@@ -29,6 +29,8 @@ pub enum EvalError {
     Symbolic(String),
     #[error("{}", .0.first().map_or("", |d| d.message.as_str()))]
     Unsupported(Vec<Diagnostic>),
+    #[error("bad --name mapping {0}")]
+    NameMap(String),
     #[error("no tokens given")]
     NoTokens,
     #[error("token {token} at position {position} is out of range: d_vocab is {d_vocab}")]
@@ -71,6 +73,49 @@ fn known(name: &str, size: &Size) -> Result<usize, EvalError> {
     }
 }
 
+/// Where each TransformerLens name is found in a weight file: under that name by default;
+/// `TL=FILE` pairs rename, with `{l}` standing for the layer number on both sides
+/// (`blocks.{l}.attn.W_Q=layers.{l}.wq`). Tensors keep TransformerLens's layout and shapes.
+#[derive(Debug, Clone, Default)]
+pub struct NameMap {
+    renames: Vec<(String, String)>,
+}
+
+impl NameMap {
+    pub fn parse(pairs: &[String]) -> Result<NameMap, EvalError> {
+        let mut renames = Vec::new();
+        for pair in pairs {
+            let bad = |why: &str| EvalError::NameMap(format!("`{pair}`: {why}"));
+            let (from, to) = pair.split_once('=').ok_or_else(|| bad("expected TL_NAME=FILE_NAME"))?;
+            if from.is_empty() || to.is_empty() {
+                return Err(bad("both names are needed"));
+            }
+            if from.matches("{l}").count() > 1 || from.contains("{l}") != to.contains("{l}") {
+                return Err(bad("`{l}` must appear once on both sides or on neither"));
+            }
+            renames.push((from.to_string(), to.to_string()));
+        }
+        Ok(NameMap { renames })
+    }
+
+    /// The file's name for the TransformerLens tensor `tl`.
+    pub fn resolve(&self, tl: &str) -> String {
+        for (from, to) in &self.renames {
+            match from.split_once("{l}") {
+                None if from == tl => return to.clone(),
+                None => {}
+                Some((prefix, suffix)) => {
+                    let layer = tl.strip_prefix(prefix).and_then(|rest| rest.strip_suffix(suffix));
+                    if let Some(layer) = layer.filter(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit())) {
+                        return to.replace("{l}", layer);
+                    }
+                }
+            }
+        }
+        tl.to_string()
+    }
+}
+
 fn matrix(weights: &Weights, name: &str, rows: usize, cols: usize) -> Result<Matrix, EvalError> {
     let t = weights.get(name, &[rows, cols])?;
     Ok(Matrix::from_row_slice(rows, cols, &t.data))
@@ -83,17 +128,20 @@ fn per_head(weights: &Weights, name: &str, n_heads: usize, rows: usize, cols: us
 }
 
 impl Params {
-    /// Reads TransformerLens's names (`embed.W_E`, `blocks.{l}.attn.W_Q`, ...) and checks every
-    /// shape against the model before any computation. Other tensors in the file are ignored.
-    pub fn from_weights(model: &Model, weights: &Weights) -> Result<Params, EvalError> {
+    /// Reads TransformerLens's names (`embed.W_E`, `blocks.{l}.attn.W_Q`, ...), renamed by
+    /// `names`, and checks every shape against the model before any computation. Other tensors
+    /// in the file (buffers such as `attn.mask`) are ignored.
+    pub fn from_weights(model: &Model, weights: &Weights, names: &NameMap) -> Result<Params, EvalError> {
         let d_model = known("d_model", &model.d_model)?;
         let d_vocab = known("d_vocab", &model.d_vocab)?;
-        let w_e = matrix(weights, "embed.W_E", d_vocab, d_model)?;
+        let matrix = |name: &str, rows, cols| matrix(weights, &names.resolve(name), rows, cols);
+        let per_head = |name: &str, h, rows, cols| per_head(weights, &names.resolve(name), h, rows, cols);
+        let w_e = matrix("embed.W_E", d_vocab, d_model)?;
         let w_pos = match model.pos_embed {
             Some(_) => {
                 let n_ctx = model.dims.get("n_ctx").ok_or_else(|| EvalError::Symbolic("n_ctx".to_string()))?;
                 let n_ctx = known("n_ctx", n_ctx)?;
-                Some(matrix(weights, "pos_embed.W_pos", n_ctx, d_model)?)
+                Some(matrix("pos_embed.W_pos", n_ctx, d_model)?)
             }
             None => None,
         };
@@ -103,14 +151,14 @@ impl Params {
             let d_head = known("d_head", &layer.attn.d_head)?;
             let name = |w: &str| format!("blocks.{l}.attn.{w}");
             layers.push(AttnWeights {
-                w_q: per_head(weights, &name("W_Q"), h, d_model, d_head)?,
-                w_k: per_head(weights, &name("W_K"), h, d_model, d_head)?,
-                w_v: per_head(weights, &name("W_V"), h, d_model, d_head)?,
-                w_o: per_head(weights, &name("W_O"), h, d_head, d_model)?,
+                w_q: per_head(&name("W_Q"), h, d_model, d_head)?,
+                w_k: per_head(&name("W_K"), h, d_model, d_head)?,
+                w_v: per_head(&name("W_V"), h, d_model, d_head)?,
+                w_o: per_head(&name("W_O"), h, d_head, d_model)?,
                 attn_scale: (d_head as f64).sqrt(),
             });
         }
-        let w_u = matrix(weights, "unembed.W_U", d_model, d_vocab)?;
+        let w_u = matrix("unembed.W_U", d_model, d_vocab)?;
         Ok(Params { w_e, w_pos, layers, w_u })
     }
 
@@ -390,5 +438,22 @@ impl<'a> ScoreEvaluator<'a> {
         let q = self.query.residual(query_source, &heads_of(path, Side::Query)) * &weights.w_q[head];
         let k = self.key.residual(key_source, &heads_of(path, Side::Key)) * &weights.w_k[head];
         (q * k.transpose()) / weights.attn_scale
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NameMap;
+
+    #[test]
+    fn names_map_with_layer_placeholders() {
+        let map = NameMap::parse(&["blocks.{l}.attn.W_Q=layers.{l}.wq".into(), "embed.W_E=tok".into()]).unwrap();
+        assert_eq!(map.resolve("blocks.11.attn.W_Q"), "layers.11.wq");
+        assert_eq!(map.resolve("blocks.x.attn.W_Q"), "blocks.x.attn.W_Q");
+        assert_eq!(map.resolve("embed.W_E"), "tok");
+        assert_eq!(map.resolve("unembed.W_U"), "unembed.W_U");
+        for bad in ["nothing", "=x", "a{l}=b", "a{l}{l}=b{l}"] {
+            assert!(NameMap::parse(&[bad.into()]).is_err(), "{bad}");
+        }
     }
 }

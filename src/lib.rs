@@ -26,6 +26,7 @@ pub mod graph;
 pub mod model;
 pub mod paths;
 pub mod rewrite;
+pub mod stats;
 pub mod syntax;
 pub mod weights;
 
@@ -128,13 +129,17 @@ impl Compiled {
 
 /// Loads a weight file and checks every tensor the model needs (names and shapes, finite values)
 /// before any computation. Models the expansion cannot go through yet are refused first.
-pub fn load_params(compiled: &Compiled, weights: &std::path::Path) -> Result<eval::Params, Error> {
+pub fn load_params(
+    compiled: &Compiled,
+    weights: &std::path::Path,
+    names: &eval::NameMap,
+) -> Result<eval::Params, Error> {
     let unsupported = rewrite::unsupported_constructs(&compiled.graph);
     if !unsupported.is_empty() {
         return Err(Error::Unsupported(unsupported));
     }
     let weights = weights::Weights::load(weights).map_err(eval::EvalError::from)?;
-    Ok(eval::Params::from_weights(&compiled.model, &weights)?)
+    Ok(eval::Params::from_weights(&compiled.model, &weights, names)?)
 }
 
 /// Parses and checks a model file and builds its term graph.

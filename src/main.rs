@@ -115,6 +115,10 @@ struct RunArgs {
     /// Refuse to enumerate more paths than this.
     #[arg(long, value_name = "N", default_value_t = pathc::DEFAULT_ENUMERATION_LIMIT)]
     limit: u64,
+    /// Read a TransformerLens tensor under another name: `--name 'blocks.{l}.attn.W_Q=layers.{l}.wq'`
+    /// (`{l}` is the layer; repeatable). Tensors keep TransformerLens's layout.
+    #[arg(long = "name", value_name = "TL=FILE")]
+    names: Vec<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -328,7 +332,8 @@ impl Numbers {
         let source = read_model(model)?;
         let fail = |e: pathc::Error| render(model, &source, &e);
         let compiled = pathc::compile(&source).map_err(fail)?;
-        let params = pathc::load_params(&compiled, &run.weights).map_err(fail)?;
+        let names = pathc::eval::NameMap::parse(&run.names).map_err(|e| fail(e.into()))?;
+        let params = pathc::load_params(&compiled, &run.weights, &names).map_err(fail)?;
         let forward = pathc::eval::forward(&params, &run.tokens).map_err(|e| fail(e.into()))?;
         let options = ExpandOptions { max_order: run.max_order, limit: run.limit, qk, ..ExpandOptions::default() };
         let expansion = pathc::expand_compiled(compiled, &options).map_err(fail)?;

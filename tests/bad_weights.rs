@@ -19,16 +19,18 @@ fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
-/// The attn1 fixture's tensors with `edit` applied: (name, dtype, shape, bytes); `None` drops it.
-fn edited_attn1(path: &Path, edit: impl Fn(&str, Dtype, Vec<usize>, Vec<u8>) -> Option<(Dtype, Vec<usize>, Vec<u8>)>) {
+type Entry = (String, Dtype, Vec<usize>, Vec<u8>);
+
+/// The attn1 fixture's tensors with `edit` applied to each (name, dtype, shape, bytes); `None`
+/// drops the tensor.
+fn edited_attn1(path: &Path, edit: impl Fn(Entry) -> Option<Entry>) {
     let bytes = std::fs::read("tests/fixtures/attn1/model.safetensors").unwrap();
     let file = SafeTensors::deserialize(&bytes).unwrap();
-    let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
-    for (name, view) in file.tensors() {
-        if let Some((dtype, shape, data)) = edit(&name, view.dtype(), view.shape().to_vec(), view.data().to_vec()) {
-            owned.push((name, dtype, shape, data));
-        }
-    }
+    let owned: Vec<Entry> = file
+        .tensors()
+        .into_iter()
+        .filter_map(|(name, view)| edit((name, view.dtype(), view.shape().to_vec(), view.data().to_vec())))
+        .collect();
     let views: Vec<(String, TensorView<'_>)> =
         owned.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
     std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
@@ -52,7 +54,7 @@ fn check(weights: &Path, tokens: &str) -> Output {
 fn missing_tensor() {
     let dir = temp_dir("missing");
     let file = dir.join("w.safetensors");
-    edited_attn1(&file, |name, d, s, b| (name != "unembed.W_U").then_some((d, s, b)));
+    edited_attn1(&file, |entry| (entry.0 != "unembed.W_U").then_some(entry));
     assert_bad(&check(&file, ATTN1_TOKENS), &["tensor `unembed.W_U` is missing"]);
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -74,12 +76,12 @@ fn wrong_shape_names_expected_and_found() {
 fn wrong_dtype() {
     let dir = temp_dir("dtype");
     let file = dir.join("w.safetensors");
-    edited_attn1(&file, |name, d, s, b| {
+    edited_attn1(&file, |(name, d, s, b)| {
         if name == "embed.W_E" {
             let n: usize = s.iter().product();
-            Some((Dtype::BOOL, s, vec![1u8; n]))
+            Some((name, Dtype::BOOL, s, vec![1u8; n]))
         } else {
-            Some((d, s, b))
+            Some((name, d, s, b))
         }
     });
     assert_bad(&check(&file, ATTN1_TOKENS), &["tensor `embed.W_E` has dtype BOOL"]);
@@ -91,11 +93,11 @@ fn nan_and_infinity() {
     for (tag, value) in [("nan", f32::NAN), ("inf", f32::INFINITY)] {
         let dir = temp_dir(tag);
         let file = dir.join("w.safetensors");
-        edited_attn1(&file, |name, d, s, mut b| {
+        edited_attn1(&file, |(name, d, s, mut b)| {
             if name == "blocks.0.attn.W_V" {
                 b[4..8].copy_from_slice(&value.to_le_bytes());
             }
-            Some((d, s, b))
+            Some((name, d, s, b))
         });
         let shown = if value.is_nan() { "NaN" } else { "inf" };
         assert_bad(&check(&file, ATTN1_TOKENS), &["tensor `blocks.0.attn.W_V` holds", shown, "[0, 0, 1]"]);
@@ -216,4 +218,32 @@ fn scores_command_reports_its_sum() {
     assert!(json["max_abs_error"].as_f64().unwrap() < 1e-12);
     assert_eq!(json["terms"][0]["scores"].as_array().unwrap().len(), 4);
     assert_bad(&pathc(&[&base[..], &["--head", "L2H0"]].concat()), &["--head L2H0 is not a head of this model"]);
+}
+
+/// Weights under other names are read through `--name` mappings, `{l}` standing for the layer.
+#[test]
+fn renamed_tensors_through_name_mappings() {
+    let dir = temp_dir("renamed");
+    let file = dir.join("w.safetensors");
+    edited_attn1(&file, |(name, d, s, b)| {
+        let renamed = name.replace("blocks.0.attn.", "layers.0.").replace("embed.W_E", "tok_embeddings");
+        Some((renamed, d, s, b))
+    });
+    let w = file.to_str().unwrap();
+    let base = ["check", "examples/attn1.tf", "--weights", w, "--tokens", ATTN1_TOKENS];
+    assert_bad(&pathc(&base), &["tensor `embed.W_E` is missing"]);
+    let mapped = pathc(
+        &[&base[..], &["--name", "embed.W_E=tok_embeddings", "--name", "blocks.{l}.attn.W_Q=layers.{l}.W_Q"]].concat(),
+    );
+    assert_bad(&mapped, &["tensor `blocks.0.attn.W_K` is missing"]);
+    let all = ["W_Q", "W_K", "W_V", "W_O"].map(|w| format!("blocks.{{l}}.attn.{w}=layers.{{l}}.{w}"));
+    let mut args: Vec<&str> = base.to_vec();
+    args.extend(["--name", "embed.W_E=tok_embeddings"]);
+    for a in &all {
+        args.extend(["--name", a.as_str()]);
+    }
+    let ok = pathc(&args);
+    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert_bad(&pathc(&[&base[..], &["--name", "embed.W_E"]].concat()), &["bad --name mapping `embed.W_E`"]);
+    std::fs::remove_dir_all(dir).unwrap();
 }

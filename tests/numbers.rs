@@ -25,7 +25,8 @@ fn fixture(name: &'static str) -> Fixture {
     let tokens: Vec<usize> = meta["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as usize).collect();
     let source = std::fs::read_to_string(format!("examples/{name}.tf")).unwrap();
     let compiled = pathc::compile(&source).unwrap();
-    let params = pathc::load_params(&compiled, format!("{dir}/model.safetensors").as_ref()).unwrap();
+    let names = eval::NameMap::default();
+    let params = pathc::load_params(&compiled, format!("{dir}/model.safetensors").as_ref(), &names).unwrap();
     let forward = eval::forward(&params, &tokens).unwrap();
     let expansion = pathc::expand_compiled(compiled, &ExpandOptions::default()).unwrap();
     let reference = Weights::load(format!("{dir}/reference.safetensors").as_ref()).unwrap();
