@@ -18,6 +18,31 @@
 //! assert_eq!(names, ["E", "E/L0H0", "E/L0H1"]);
 //! assert_eq!(expansion.logit_counts.total(), 3u32.into());
 //! ```
+//!
+//! With weights (a TransformerLens state_dict), every path's contribution to the logits, the
+//! attention patterns frozen from a forward pass:
+//!
+//! ```
+//! use pathc::eval::{self, Matrix, PathEvaluator};
+//!
+//! let source = std::fs::read_to_string("examples/attn2.tf").unwrap();
+//! let compiled = pathc::compile(&source).unwrap();
+//! let weights = std::path::Path::new("tests/fixtures/attn2/model.safetensors");
+//! let params = pathc::load_params(&compiled, weights, &eval::NameMap::default()).unwrap();
+//! let forward = eval::forward(&params, &[5, 17, 42, 8]).unwrap();
+//! let expansion = pathc::expand_compiled(compiled, &pathc::ExpandOptions::default()).unwrap();
+//!
+//! let mut evaluator = PathEvaluator::new(&params, &forward);
+//! let mut total = Matrix::zeros(4, 50);
+//! pathc::paths::for_each_path(&expansion.logits, &expansion.heads_per_layer(), None, |path| {
+//!     let logits = evaluator.logits(&path); // [n_tokens, d_vocab]
+//!     if path.name() == "E/L0H1/L1H2" {
+//!         println!("virtual head L0H1 → L1H2 adds {:.4} to token 8's logit", logits[(3, 8)]);
+//!     }
+//!     total += logits;
+//! });
+//! assert!((total - &forward.logits).amax() < 1e-9); // the 50 paths are the logits
+//! ```
 
 pub mod diag;
 pub mod emit;

@@ -87,6 +87,18 @@ enum Command {
         #[arg(long, value_enum, default_value_t = CountFormat::Text)]
         format: CountFormat,
     },
+    /// Per-head circuit statistics: copying scores, Frobenius norms, composition scores.
+    Stats {
+        model: PathBuf,
+        /// A TransformerLens state_dict: safetensors (f16, bf16, f32, f64) or npz.
+        #[arg(long, value_name = "FILE")]
+        weights: PathBuf,
+        /// Read a TransformerLens tensor under another name (see `check --help`).
+        #[arg(long = "name", value_name = "TL=FILE")]
+        names: Vec<String>,
+        #[arg(long, value_enum, default_value_t = CountFormat::Text)]
+        format: CountFormat,
+    },
     /// Count paths by order without enumerating them (exact at any size).
     Count {
         model: PathBuf,
@@ -240,7 +252,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     if report.max_order.is_some() {
                         writeln!(
                             out,
-                            "omitted orders contribute up to {:.3e} (max |logit|), added back from the graded sums",
+                            "the omitted orders contribute up to {:.6} to a logit (computed by the graded recursion and added back)",
                             report.omitted_max_abs
                         )?;
                     }
@@ -295,6 +307,23 @@ fn run(cli: Cli) -> Result<(), Failure> {
             match format {
                 CountFormat::Json => write_scores_json(&mut out, &numbers, (layer, head), position, &report)?,
                 CountFormat::Text => write_scores_text(&mut out, &numbers, (layer, head), position, &report)?,
+            }
+            Ok(out.flush()?)
+        }
+        Command::Stats { model, weights, names, format } => {
+            let source = read_model(&model)?;
+            let fail = |e: pathc::Error| render(&model, &source, &e);
+            let compiled = pathc::compile(&source).map_err(fail)?;
+            let names = pathc::eval::NameMap::parse(&names).map_err(|e| fail(e.into()))?;
+            let params = pathc::load_params(&compiled, &weights, &names).map_err(fail)?;
+            let stats = pathc::stats::stats(&params).map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+            let mut out = BufWriter::new(io::stdout().lock());
+            match format {
+                CountFormat::Json => {
+                    serde_json::to_writer_pretty(&mut out, &stats).map_err(io::Error::from)?;
+                    writeln!(out)?;
+                }
+                CountFormat::Text => write_stats_text(&mut out, &compiled.model.name, &stats)?,
             }
             Ok(out.flush()?)
         }
@@ -394,9 +423,9 @@ fn write_paths_text(
     };
     let by = match target {
         Some(t) => format!("|logit of token {t}|"),
-        None => "the norm of the logits".to_string(),
+        None => "norm of the logit row".to_string(),
     };
-    writeln!(out, "model {}, {at}: {} paths, largest {by} first", numbers.expansion.model.name, rows.len())?;
+    writeln!(out, "model {}, {at}: {} paths, ranked by {by}", numbers.expansion.model.name, rows.len())?;
     let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
     match target {
         Some(t) => writeln!(out, "{:<width$}  order  {:>12}  {:>12}", "path", "size", format!("logit[{t}]"))?,
@@ -579,4 +608,46 @@ fn write_scores_json(
     });
     serde_json::to_writer(&mut *out, &value)?;
     writeln!(out)
+}
+
+fn write_stats_text(out: &mut dyn Write, model: &str, stats: &pathc::stats::Stats) -> io::Result<()> {
+    writeln!(
+        out,
+        "model {model}: per-head statistics of the full circuits (weights used as given: no LayerNorm to fold)"
+    )?;
+    writeln!(
+        out,
+        "{:<6} {:>11} {:>11} {:>13} {:>13}",
+        "head", "ov_copying", "qk_copying", "ov_frobenius", "qk_frobenius"
+    )?;
+    for (l, layer) in stats.ov_copying.iter().enumerate() {
+        for h in 0..layer.len() {
+            writeln!(
+                out,
+                "L{l}H{h:<3} {:>11.6} {:>11.6} {:>13.6} {:>13.6}",
+                stats.ov_copying[l][h], stats.qk_copying[l][h], stats.ov_frobenius[l][h], stats.qk_frobenius[l][h]
+            )?;
+        }
+    }
+    let b = &stats.comp_baseline;
+    writeln!(
+        out,
+        "composition scores (TransformerLens's definition); random baseline q {:.4}, k {:.4}, v {:.4} ({} draws)",
+        b.q, b.k, b.v, b.samples
+    )?;
+    writeln!(out, "{:<6} {:<6} {:>9} {:>9} {:>9}", "left", "right", "comp_q", "comp_k", "comp_v")?;
+    for (l1, layer) in stats.comp_q.iter().enumerate() {
+        for (h1, rights) in layer.iter().enumerate() {
+            for (l2, right_layer) in rights.iter().enumerate().skip(l1 + 1) {
+                for h2 in 0..right_layer.len() {
+                    writeln!(
+                        out,
+                        "L{l1}H{h1:<3} L{l2}H{h2:<3} {:>9.5} {:>9.5} {:>9.5}",
+                        stats.comp_q[l1][h1][l2][h2], stats.comp_k[l1][h1][l2][h2], stats.comp_v[l1][h1][l2][h2]
+                    )?;
+                }
+            }
+        }
+    }
+    Ok(())
 }

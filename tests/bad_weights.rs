@@ -247,3 +247,27 @@ fn renamed_tensors_through_name_mappings() {
     assert_bad(&pathc(&[&base[..], &["--name", "embed.W_E"]].concat()), &["bad --name mapping `embed.W_E`"]);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn stats_json_has_the_documented_keys() {
+    let out = pathc(&[
+        "stats",
+        "examples/attn2.tf",
+        "--weights",
+        "tests/fixtures/attn2/model.safetensors",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in ["ov_copying", "qk_copying", "ov_frobenius", "qk_frobenius"] {
+        let rows = json[key].as_array().unwrap_or_else(|| panic!("{key}"));
+        assert_eq!((rows.len(), rows[0].as_array().unwrap().len()), (2, 4), "{key} is [L][H]");
+    }
+    for key in ["comp_q", "comp_k", "comp_v"] {
+        assert_eq!(json[key][0][1][1].as_array().unwrap().len(), 4, "{key} is [L][H][L][H]");
+        assert_eq!(json[key][1][0][0][0], 0.0, "{key}: zero unless layer_left < layer_right");
+    }
+    let out = pathc(&["stats", "examples/attn2.tf", "--weights", "tests/fixtures/attn1/model.safetensors"]);
+    assert_bad(&out, &["tensor `embed.W_E` has shape [20, 16], expected [50, 32]"]);
+}

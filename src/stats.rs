@@ -1,0 +1,635 @@
+//! Per-head circuit statistics (Elhage et al. 2021; TransformerLens), all in factored form.
+//!
+//! Layout: TransformerLens's row vectors (`x @ W`), as in [`Params`]. For head `(l, h)`
+//!
+//! - the full OV circuit is `W_E W_V W_O W_U` (vocab × vocab; TransformerLens
+//!   `model.W_E @ model.OV @ model.W_U`),
+//! - the full QK circuit is `W_E W_Q W_Kᵀ W_Eᵀ` (vocab × vocab; TransformerLens
+//!   `model.W_E @ model.QK @ model.W_E.T`). Like TransformerLens's `model.QK`, it does **not**
+//!   include the `1 / attn_scale` factor of the attention scores: `qk_frobenius` is the norm of
+//!   the unscaled bilinear form (divide it by `attn_scale` for the scores' scale; the copying
+//!   ratio is scale-free).
+//!
+//! **No vocab × vocab matrix, and no d_model × d_model matrix per head or pair of heads, is ever
+//! built.** Two low-rank facts do all the work:
+//!
+//! - the nonzero eigenvalues of `AB` are those of `BA`. With `A = W_E W_V`, `B = W_O W_U`, the
+//!   OV spectrum is that of the d_head × d_head matrix `W_O (W_U W_E) W_V`; with `A = W_E W_Q`,
+//!   `B = W_Kᵀ W_Eᵀ`, the QK spectrum is that of `W_Kᵀ (W_Eᵀ W_E) W_Q`. The eigenvalues the small
+//!   matrix lacks are zeros, which change neither `Σ Re λ` nor `Σ |λ|`.
+//! - `‖AB‖_F² = tr(AᵀA · BBᵀ)`: a Frobenius norm of a product is a trace of a product of two
+//!   Gram matrices, here d_head × d_head. A cyclic rotation is used only inside that trace and
+//!   inside the eigenvalue computation, never inside a norm.
+//!
+//! **Shared products.** `G_E = W_Eᵀ W_E`, `G_U = W_U W_Uᵀ` and `P = W_U W_E` are d_model ×
+//! d_model and do not depend on the head, so they are computed once, in one pass over the
+//! vocabulary (in fixed groups spread over threads, so the bits do not depend on the thread
+//! count): they are the only products whose cost grows with d_vocab
+//! (`3 · d_vocab · d_model²` multiply-adds), and every head's OV and QK statistics then cost
+//! `O(d_model² · d_head)` whatever the vocabulary. Per head, `W_Vᵀ G_E W_V`, `W_O G_U W_Oᵀ`,
+//! `W_Qᵀ G_E W_Q`, `W_Kᵀ G_E W_K` (Gram matrices of `W_E W_V`, `W_O W_U`, `W_E W_Q`, `W_E W_K`)
+//! give both Frobenius norms, and `W_O P W_V`, `W_Kᵀ G_E W_Q` the two spectra.
+//!
+//! **Composition scores** (TransformerLens `all_composition_scores(mode)`, index order
+//! `[layer_left, head_left, layer_right, head_right]`): `‖left · right‖_F / (‖left‖_F ‖right‖_F)`
+//! with `left = W_V W_O` of the left head and `right = W_Q W_Kᵀ` (Q), `W_K W_Qᵀ` (K) or
+//! `W_V W_O` (V) of the right head; zero unless `layer_left < layer_right`; no baseline
+//! subtracted. The Gram identity is applied with each Gram matrix carried as its triangular
+//! square root: for a thin QR factorisation `X = Q_X R_X`, `XᵀX = R_XᵀR_X` and `‖Y Xᵀ‖_F =
+//! ‖Y R_Xᵀ‖_F`, `‖X Y‖_F = ‖R_X Y‖_F`. So with `a = R(W_V) W_O` (d_head × d_model) per left head
+//! and `b = W_Q R(W_K)ᵀ`, `W_K R(W_Q)ᵀ` or `W_V R(W_Oᵀ)ᵀ` (d_model × d_head) per right head,
+//! `‖left‖ = ‖a‖`, `‖right‖ = ‖b‖` and `‖left · right‖ = ‖a b‖`, a d_head × d_head product. This
+//! is `tr(AᵀA · BBᵀ)` with both Grams factored: one d_head × d_model × d_head product per pair
+//! (against two and a d_head³ one with the Grams themselves), and the condition number is not
+//! squared. All pairs of one left layer with every later layer
+//! are one matrix product (the `a` of the layer's heads stacked, times the `b` of every later
+//! head side by side). A score whose denominator is zero (a head with `W_V W_O = 0`, say) is
+//! defined as 0 (TransformerLens would give NaN).
+//!
+//! **Baseline** ([`Baseline`], [`composition_baseline`]): the paper subtracts the score expected
+//! of random matrices of the same shapes. See [`composition_baseline`] for exactly how it is drawn.
+//!
+//! **Eigenvalues** come from `Schur::try_new(m, eps, SCHUR_MAX_ITER)` (see [`eigenvalues`] for the
+//! tolerances tried): nalgebra's unbounded `Schur::new` / `eigenvalues()` /
+//! `complex_eigenvalues()` on a matrix can loop forever (nalgebra issues #611, #764, #1291,
+//! #1528). Non-convergence is a [`StatsError`], never a hang.
+
+use nalgebra::linalg::Schur;
+use nalgebra::{Complex, DMatrix};
+use thiserror::Error;
+
+use crate::eval::Params;
+
+type Matrix = DMatrix<f64>;
+
+/// How many pairs of random matrices the composition baseline averages over.
+pub const BASELINE_SAMPLES: usize = 64;
+/// The seed of the baseline's generator (SplitMix64). The same for every mode and model.
+pub const BASELINE_SEED: u64 = 0x7061_7468_635f_6261; // "pathc_ba"
+/// The vocabulary is summed over in this many fixed groups (see `Shared::new`).
+const VOCAB_GROUPS: usize = 4;
+/// Tokens per product when summing over the vocabulary.
+const VOCAB_CHUNK: usize = 4096;
+/// The iteration limit of each attempt at the Schur decomposition behind the copying scores.
+pub const SCHUR_MAX_ITER: usize = 10_000;
+/// How many times [`eigenvalues`] retries a stalled Schur decomposition with a looser tolerance.
+pub const SCHUR_RETRIES: usize = 4;
+
+/// Every statistic of every head, `[layer][head]` or `[layer_left][head_left][layer_right][head_right]`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Stats {
+    /// `Σ Re λ / Σ |λ|` over the eigenvalues of the full OV circuit `W_E W_V W_O W_U`; 0 when every
+    /// eigenvalue is 0.
+    pub ov_copying: Vec<Vec<f64>>,
+    /// The same for the full QK circuit `W_E W_Q W_Kᵀ W_Eᵀ`.
+    pub qk_copying: Vec<Vec<f64>>,
+    /// `‖W_E W_V W_O W_U‖_F`.
+    pub ov_frobenius: Vec<Vec<f64>>,
+    /// `‖W_E W_Q W_Kᵀ W_Eᵀ‖_F`, without `1 / attn_scale` (as TransformerLens's `model.QK`).
+    pub qk_frobenius: Vec<Vec<f64>>,
+    /// Q-composition, TransformerLens `all_composition_scores("Q")`.
+    pub comp_q: Vec<Vec<Vec<Vec<f64>>>>,
+    /// K-composition, TransformerLens `all_composition_scores("K")`.
+    pub comp_k: Vec<Vec<Vec<Vec<f64>>>>,
+    /// V-composition, TransformerLens `all_composition_scores("V")`.
+    pub comp_v: Vec<Vec<Vec<Vec<f64>>>>,
+    /// The random-matrix baseline of the composition scores (see [`composition_baseline`]).
+    pub comp_baseline: Baseline,
+    /// `comp_q − baseline.q` where `layer_left < layer_right`, 0 elsewhere (as in `comp_q`): the
+    /// paper's variant. Negative where a pair composes less than random matrices would.
+    pub comp_q_minus_baseline: Vec<Vec<Vec<Vec<f64>>>>,
+    /// `comp_k − baseline.k` where `layer_left < layer_right`, 0 elsewhere.
+    pub comp_k_minus_baseline: Vec<Vec<Vec<Vec<f64>>>>,
+    /// `comp_v − baseline.v` where `layer_left < layer_right`, 0 elsewhere.
+    pub comp_v_minus_baseline: Vec<Vec<Vec<Vec<f64>>>>,
+}
+
+/// The mean composition score of random matrices, per mode (see [`composition_baseline`]).
+///
+/// When every layer has the same d_head (every TransformerLens model), these are the numbers
+/// subtracted from every entry. A model whose layers differ in d_head gets, in the
+/// `*_minus_baseline` arrays, the baseline of each pair's own shapes; this struct then reports
+/// the one for layer 0's d_head on both sides.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Baseline {
+    pub q: f64,
+    pub k: f64,
+    pub v: f64,
+    /// How many random pairs each number averages ([`BASELINE_SAMPLES`]).
+    pub samples: usize,
+}
+
+#[derive(Debug, Error)]
+pub enum StatsError {
+    /// The Schur decomposition of a head's d_head × d_head circuit matrix stalled in every
+    /// attempt (`max_iter` iterations each, see [`eigenvalues`]).
+    #[error("the eigenvalues of {circuit} of head L{layer}H{head} did not converge in {max_iter} iterations")]
+    NoConvergence { circuit: &'static str, layer: usize, head: usize, max_iter: usize },
+}
+
+/// Computes every statistic of every head of `params`.
+pub fn stats(params: &Params) -> Result<Stats, StatsError> {
+    let shared = Shared::new(params);
+    let heads: Vec<(usize, usize)> =
+        params.layers.iter().enumerate().flat_map(|(l, layer)| (0..layer.w_q.len()).map(move |h| (l, h))).collect();
+    let circuits = parallel_map(&heads, |&(l, h)| head_circuits(params, &shared, l, h));
+
+    let zeros = || params.layers.iter().map(|layer| vec![0.0; layer.w_q.len()]).collect::<Vec<_>>();
+    let (mut ov_copying, mut qk_copying, mut ov_frobenius, mut qk_frobenius) = (zeros(), zeros(), zeros(), zeros());
+    for (&(l, h), c) in heads.iter().zip(circuits) {
+        let c = c?;
+        ov_copying[l][h] = c.ov_copying;
+        qk_copying[l][h] = c.qk_copying;
+        ov_frobenius[l][h] = c.ov_frobenius;
+        qk_frobenius[l][h] = c.qk_frobenius;
+    }
+
+    let factors = Factors::new(params);
+    let comp_q = composition_scores(&factors.left, &factors.right_q);
+    let comp_k = composition_scores(&factors.left, &factors.right_k);
+    let comp_v = composition_scores(&factors.left, &factors.right_v);
+
+    let d_model = params.w_e.ncols();
+    let d_heads: Vec<usize> = params.layers.iter().map(|layer| layer.w_q.first().map_or(0, |w| w.ncols())).collect();
+    let mut baselines: Vec<((usize, usize), f64)> = Vec::new();
+    let mut baseline_of = |d_left: usize, d_right: usize| -> f64 {
+        if let Some(&(_, b)) = baselines.iter().find(|(shape, _)| *shape == (d_left, d_right)) {
+            return b;
+        }
+        let b = composition_baseline(d_model, d_left, d_right, BASELINE_SAMPLES);
+        baselines.push(((d_left, d_right), b));
+        b
+    };
+    let reference = d_heads.first().map_or(0.0, |&d| baseline_of(d, d));
+    let mut minus = |scores: &Vec<Vec<Vec<Vec<f64>>>>| {
+        let mut out = scores.clone();
+        for (l, per_head) in out.iter_mut().enumerate() {
+            for row in per_head.iter_mut() {
+                for (r, right) in row.iter_mut().enumerate().skip(l + 1) {
+                    let b = baseline_of(d_heads[l], d_heads[r]);
+                    right.iter_mut().for_each(|x| *x -= b);
+                }
+            }
+        }
+        out
+    };
+    let comp_q_minus_baseline = minus(&comp_q);
+    let comp_k_minus_baseline = minus(&comp_k);
+    let comp_v_minus_baseline = minus(&comp_v);
+    Ok(Stats {
+        ov_copying,
+        qk_copying,
+        ov_frobenius,
+        qk_frobenius,
+        comp_q,
+        comp_k,
+        comp_v,
+        comp_baseline: Baseline { q: reference, k: reference, v: reference, samples: BASELINE_SAMPLES },
+        comp_q_minus_baseline,
+        comp_k_minus_baseline,
+        comp_v_minus_baseline,
+    })
+}
+
+/// The head-independent d_model × d_model products: `G_E = W_Eᵀ W_E`, `G_U = W_U W_Uᵀ`,
+/// `P = W_U W_E`. The only work proportional to d_vocab; see the module documentation.
+struct Shared {
+    g_e: Matrix,
+    g_u: Matrix,
+    p: Matrix,
+}
+
+impl Shared {
+    /// The vocabulary is cut into [`VOCAB_GROUPS`] contiguous groups, summed chunk by chunk
+    /// ([`VOCAB_CHUNK`] tokens: bounded temporaries) into one accumulator per group; the groups run
+    /// on the available threads and are added in order. The grouping is fixed, so the result is
+    /// the same bits whatever the number of threads or their scheduling.
+    fn new(params: &Params) -> Shared {
+        let (d_vocab, d_model) = params.w_e.shape();
+        let zero = || Matrix::zeros(d_model, d_model);
+        let group = d_vocab.div_ceil(VOCAB_GROUPS).max(1);
+        let groups: Vec<(usize, usize)> = (0..d_vocab).step_by(group).map(|s| (s, d_vocab.min(s + group))).collect();
+        let parts = parallel_map(&groups, |&(start, end)| {
+            let (mut g_e, mut g_u, mut p) = (zero(), zero(), zero());
+            for s in (start..end).step_by(VOCAB_CHUNK) {
+                let n = VOCAB_CHUNK.min(end - s);
+                let e = params.w_e.rows(s, n);
+                let u = params.w_u.columns(s, n);
+                // Explicit transposed copies: nalgebra's `tr_mul` is a loop of dot products,
+                // ~15× slower than a GEMM.
+                g_e.gemm(1.0, &e.transpose(), &e, 1.0);
+                g_u.gemm(1.0, &u, &u.transpose(), 1.0);
+                p.gemm(1.0, &u, &e, 1.0);
+            }
+            (g_e, g_u, p)
+        });
+        let mut shared = Shared { g_e: zero(), g_u: zero(), p: zero() };
+        for (g_e, g_u, p) in parts {
+            shared.g_e += g_e;
+            shared.g_u += g_u;
+            shared.p += p;
+        }
+        shared
+    }
+}
+
+struct Circuits {
+    ov_copying: f64,
+    qk_copying: f64,
+    ov_frobenius: f64,
+    qk_frobenius: f64,
+}
+
+fn head_circuits(params: &Params, shared: &Shared, l: usize, h: usize) -> Result<Circuits, StatsError> {
+    let layer = &params.layers[l];
+    let (w_q, w_k, w_v, w_o) = (&layer.w_q[h], &layer.w_k[h], &layer.w_v[h], &layer.w_o[h]);
+    // OV: spectrum of W_O (W_U W_E) W_V; ‖·‖² = tr(W_Vᵀ G_E W_V · W_O G_U W_Oᵀ).
+    let ov = w_o * (&shared.p * w_v);
+    let (w_q_t, w_k_t, w_v_t) = (w_q.transpose(), w_k.transpose(), w_v.transpose());
+    let gram_v = &w_v_t * (&shared.g_e * w_v);
+    let gram_o = w_o * (&shared.g_u * w_o.transpose());
+    // QK: spectrum of W_Kᵀ (W_Eᵀ W_E) W_Q; ‖·‖² = tr(W_Qᵀ G_E W_Q · W_Kᵀ G_E W_K).
+    let g_e_q = &shared.g_e * w_q;
+    let qk = &w_k_t * &g_e_q;
+    let gram_q = w_q_t * &g_e_q;
+    let gram_k = w_k_t * (&shared.g_e * w_k);
+    let circuit_error = |circuit| StatsError::NoConvergence { circuit, layer: l, head: h, max_iter: SCHUR_MAX_ITER };
+    Ok(Circuits {
+        ov_copying: copying_score(ov).ok_or_else(|| circuit_error("the OV circuit"))?,
+        qk_copying: copying_score(qk).ok_or_else(|| circuit_error("the QK circuit"))?,
+        ov_frobenius: trace_of_product_sym(&gram_v, &gram_o).sqrt(),
+        qk_frobenius: trace_of_product_sym(&gram_q, &gram_k).sqrt(),
+    })
+}
+
+/// The eigenvalues of head `(layer, head)`'s full OV circuit `W_E W_V W_O W_U`, from the d_head ×
+/// d_head matrix `W_O W_U W_E W_V` (the vocab × vocab circuit's other eigenvalues are 0). For one
+/// head at a time: it forms `W_U W_E` itself (`d_vocab · d_model²`), which [`stats`] shares.
+pub fn ov_eigenvalues(params: &Params, layer: usize, head: usize) -> Result<Vec<Complex<f64>>, StatsError> {
+    let a = &params.layers[layer];
+    let m = &a.w_o[head] * ((&params.w_u * &params.w_e) * &a.w_v[head]);
+    eigenvalues(m).ok_or(StatsError::NoConvergence { circuit: "the OV circuit", layer, head, max_iter: SCHUR_MAX_ITER })
+}
+
+/// The eigenvalues of head `(layer, head)`'s full QK circuit `W_E W_Q W_Kᵀ W_Eᵀ` (without
+/// `1 / attn_scale`), from the d_head × d_head matrix `W_Kᵀ W_Eᵀ W_E W_Q`; as [`ov_eigenvalues`].
+pub fn qk_eigenvalues(params: &Params, layer: usize, head: usize) -> Result<Vec<Complex<f64>>, StatsError> {
+    let a = &params.layers[layer];
+    let g_e = params.w_e.transpose() * &params.w_e;
+    let m = a.w_k[head].transpose() * (g_e * &a.w_q[head]);
+    eigenvalues(m).ok_or(StatsError::NoConvergence { circuit: "the QK circuit", layer, head, max_iter: SCHUR_MAX_ITER })
+}
+
+/// `tr(X Y)` for symmetric `X`, `Y` (the sum of their elementwise product), clamped at 0: for
+/// two positive semidefinite Gram matrices it is a squared norm, and rounding must not make it
+/// negative.
+fn trace_of_product_sym(x: &Matrix, y: &Matrix) -> f64 {
+    x.dot(y).max(0.0)
+}
+
+/// The eigenvalues of a square matrix, read from the quasi-triangular factor of a real Schur
+/// decomposition `Schur::try_new(m, eps, SCHUR_MAX_ITER)`; `None` if no attempt converged.
+///
+/// The deflation tolerance `eps` starts at `f64::EPSILON` and, if the QR iteration stalls, is
+/// multiplied by 8 for each of up to [`SCHUR_RETRIES`] further attempts (at most `8⁴ ε ≈ 9·10⁻¹³`,
+/// relative to the neighbouring diagonal entries, so a backward error of that order at worst).
+/// nalgebra's iteration has no exceptional shifts: on a cluster of equal eigenvalues (64 × 64
+/// identity plus low rank, say) the Hessenberg reduction leaves subdiagonal entries of a few ε
+/// that a tolerance of ε never deflates, and the shifted steps make no progress — with
+/// `Schur::new` that loops forever; `4 ε` already converges there.
+pub fn eigenvalues(m: Matrix) -> Option<Vec<Complex<f64>>> {
+    let mut eps = f64::EPSILON;
+    for _ in 0..=SCHUR_RETRIES {
+        if let Some(schur) = Schur::try_new(m.clone(), eps, SCHUR_MAX_ITER) {
+            return Some(schur.complex_eigenvalues().iter().copied().collect());
+        }
+        eps *= 8.0;
+    }
+    None
+}
+
+/// `Σ Re λ / Σ |λ|` over the eigenvalues of `m` (the copying score); 0 if every eigenvalue is 0
+/// (a head whose circuit vanishes copies nothing). `None` if the eigenvalues did not converge.
+fn copying_score(m: Matrix) -> Option<f64> {
+    let eig = eigenvalues(m)?;
+    let re: f64 = eig.iter().map(|z| z.re).sum();
+    let abs: f64 = eig.iter().map(|z| z.norm()).sum();
+    Some(if abs == 0.0 { 0.0 } else { re / abs })
+}
+
+/// `R` of a thin QR factorisation `X = Q R`: `XᵀX = RᵀR`, so `‖X Y‖_F = ‖R Y‖_F` and
+/// `‖Y Xᵀ‖_F = ‖Y Rᵀ‖_F` for any `Y`.
+fn r_factor(x: &Matrix) -> Matrix {
+    x.clone().qr().r()
+}
+
+/// Every head's factors for the composition scores, in head order (layer by layer).
+struct Factors {
+    /// `R(W_V) W_O`, d_head × d_model: `‖a‖ = ‖W_V W_O‖` and `‖a b‖ = ‖W_V W_O · right‖`.
+    left: Vec<Vec<Matrix>>,
+    /// `W_Q R(W_K)ᵀ`, d_model × d_head: `‖b‖ = ‖W_Q W_Kᵀ‖`, `‖y b‖ = ‖y W_Q W_Kᵀ‖`.
+    right_q: Vec<Vec<Matrix>>,
+    /// `W_K R(W_Q)ᵀ`: the same for `W_K W_Qᵀ`.
+    right_k: Vec<Vec<Matrix>>,
+    /// `W_V R(W_Oᵀ)ᵀ`: the same for `W_V W_O`.
+    right_v: Vec<Vec<Matrix>>,
+}
+
+impl Factors {
+    fn new(params: &Params) -> Factors {
+        let heads: Vec<(usize, usize)> =
+            params.layers.iter().enumerate().flat_map(|(l, layer)| (0..layer.w_q.len()).map(move |h| (l, h))).collect();
+        let mut per_head = parallel_map(&heads, |&(l, h)| {
+            let w = &params.layers[l];
+            [
+                left_factor(&w.w_v[h], &w.w_o[h]),
+                right_factor(&w.w_q[h], &w.w_k[h]),
+                right_factor(&w.w_k[h], &w.w_q[h]),
+                right_factor(&w.w_v[h], &w.w_o[h].transpose()),
+            ]
+        })
+        .into_iter();
+        let mut factors = Factors { left: Vec::new(), right_q: Vec::new(), right_k: Vec::new(), right_v: Vec::new() };
+        for layer in &params.layers {
+            let [mut left, mut q, mut k, mut v] = [(); 4].map(|_| Vec::with_capacity(layer.w_q.len()));
+            for [a, b_q, b_k, b_v] in per_head.by_ref().take(layer.w_q.len()) {
+                left.push(a);
+                q.push(b_q);
+                k.push(b_k);
+                v.push(b_v);
+            }
+            factors.left.push(left);
+            factors.right_q.push(q);
+            factors.right_k.push(k);
+            factors.right_v.push(v);
+        }
+        factors
+    }
+}
+
+/// `R(x) y` for the left matrix `x y` (`x` d_model × d_head, `y` d_head × d_model).
+fn left_factor(x: &Matrix, y: &Matrix) -> Matrix {
+    r_factor(x) * y
+}
+
+/// `x R(z)ᵀ` for the right matrix `x zᵀ` (`x`, `z` d_model × d_head).
+fn right_factor(x: &Matrix, z: &Matrix) -> Matrix {
+    x * r_factor(z).transpose()
+}
+
+/// `‖a b‖ / (‖a‖ ‖b‖)`, 0 when the denominator is 0.
+fn ratio(numerator: f64, denominator: f64) -> f64 {
+    if denominator == 0.0 {
+        0.0
+    } else {
+        numerator / denominator
+    }
+}
+
+/// `[layer_left][head_left][layer_right][head_right]` scores from the factors, zero unless
+/// `layer_left < layer_right`. One product per left layer: its heads' `a` stacked (rows) times
+/// the `b` of every head of every later layer (columns); each d_head × d_head block is one pair.
+fn composition_scores(left: &[Vec<Matrix>], right: &[Vec<Matrix>]) -> Vec<Vec<Vec<Vec<f64>>>> {
+    let zeros: Vec<Vec<f64>> = right.iter().map(|heads| vec![0.0; heads.len()]).collect();
+    let layers: Vec<usize> = (0..left.len()).collect();
+    parallel_map(&layers, |&l| {
+        let mut out = vec![zeros.clone(); left[l].len()];
+        let later: Vec<&Matrix> = right.iter().skip(l + 1).flatten().collect();
+        if later.is_empty() || left[l].is_empty() {
+            return out;
+        }
+        let a = stack_rows(&left[l]);
+        let b = stack_columns(&later);
+        let product = &a * &b;
+        let mut row = 0;
+        for (h, a_h) in left[l].iter().enumerate() {
+            let a_norm = a_h.norm();
+            let mut col = 0;
+            for (r, heads) in right.iter().enumerate().skip(l + 1) {
+                for (g, b_g) in heads.iter().enumerate() {
+                    let block = product.view((row, col), (a_h.nrows(), b_g.ncols()));
+                    out[h][r][g] = ratio(block.norm(), a_norm * b_g.norm());
+                    col += b_g.ncols();
+                }
+            }
+            row += a_h.nrows();
+        }
+        out
+    })
+}
+
+fn stack_rows(blocks: &[Matrix]) -> Matrix {
+    let cols = blocks.first().map_or(0, |b| b.ncols());
+    let mut out = Matrix::zeros(blocks.iter().map(|b| b.nrows()).sum(), cols);
+    let mut row = 0;
+    for b in blocks {
+        out.view_mut((row, 0), b.shape()).copy_from(b);
+        row += b.nrows();
+    }
+    out
+}
+
+fn stack_columns(blocks: &[&Matrix]) -> Matrix {
+    let rows = blocks.first().map_or(0, |b| b.nrows());
+    let mut out = Matrix::zeros(rows, blocks.iter().map(|b| b.ncols()).sum());
+    let mut col = 0;
+    for b in blocks {
+        out.view_mut((0, col), b.shape()).copy_from(b);
+        col += b.ncols();
+    }
+    out
+}
+
+/// The random-matrix baseline of the composition score: the mean, over `samples` draws, of
+/// `‖L R‖_F / (‖L‖_F ‖R‖_F)` with `L = V O` and `R = A B`, where `V` (d_model × d_left),
+/// `O` (d_left × d_model), `A` (d_model × d_right) and `B` (d_right × d_model) are independent
+/// matrices of independent standard normal entries — exactly the shapes of the factors of the
+/// left head's `W_V W_O` and of the right head's `W_Q W_Kᵀ` (Q), `W_K W_Qᵀ` (K) or `W_V W_O` (V).
+/// The score is invariant to scaling each factor, so the variance does not matter. It comes out
+/// close to `1/√d_model` whatever the d_heads (for Gaussian factors `E‖V O A B‖² = d_model³ ·
+/// d_left · d_right` and `E‖V O‖² · E‖A B‖² = d_model⁴ · d_left · d_right`): 0.178 for the
+/// `attn2` fixture's shapes (d_model 32), 0.036 for GPT-2 small's (768).
+///
+/// The draws: a [`SplitMix64`] generator seeded with [`BASELINE_SEED`]; each sample fills `V`,
+/// `O`, `A`, `B` in that order, each row by row, with normals from the Marsaglia polar method
+/// (both normals of a pair are used, in order) on uniforms `(x >> 11) · 2⁻⁵² − 1` in `[−1, 1)`;
+/// the logarithm it needs is computed here from `+ − × /` and bit operations
+/// ([`deterministic_ln`]) rather than the platform's libm, so the draws are bit-identical on
+/// every platform (the products after them use nalgebra's kernels, which may differ in the last
+/// bits between CPUs). The score of each draw is computed as for the heads (QR square roots of
+/// the Grams).
+///
+/// The three modes' factors have the same shapes, so the same draws serve all three (common
+/// random numbers): the baseline is a function of `(d_model, d_left, d_right, samples)` only, and
+/// [`Baseline`]'s `q`, `k` and `v` are equal.
+pub fn composition_baseline(d_model: usize, d_left: usize, d_right: usize, samples: usize) -> f64 {
+    if samples == 0 {
+        return 0.0;
+    }
+    let mut normals = Normals::new(BASELINE_SEED);
+    let total: f64 = (0..samples)
+        .map(|_| {
+            let v = normals.matrix(d_model, d_left);
+            let o = normals.matrix(d_left, d_model);
+            let a = normals.matrix(d_model, d_right);
+            let b = normals.matrix(d_right, d_model);
+            let left = left_factor(&v, &o);
+            let right = right_factor(&a, &b.transpose());
+            ratio((&left * &right).norm(), left.norm() * right.norm())
+        })
+        .sum();
+    total / samples as f64
+}
+
+/// SplitMix64 (Steele, Lea & Flood 2014): a 64-bit state advanced by the golden-ratio increment
+/// and mixed; fully specified by integer arithmetic, so the same on every platform.
+#[derive(Debug, Clone)]
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A uniform in `[−1, 1)` on the grid `k · 2⁻⁵²` (exact: no rounding).
+    pub fn next_signed_unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 52) as f64) - 1.0
+    }
+}
+
+/// Standard normals by the Marsaglia polar method on a [`SplitMix64`].
+struct Normals {
+    rng: SplitMix64,
+    spare: Option<f64>,
+}
+
+impl Normals {
+    fn new(seed: u64) -> Normals {
+        Normals { rng: SplitMix64(seed), spare: None }
+    }
+
+    fn next(&mut self) -> f64 {
+        if let Some(z) = self.spare.take() {
+            return z;
+        }
+        loop {
+            let u = self.rng.next_signed_unit();
+            let v = self.rng.next_signed_unit();
+            let s = u * u + v * v;
+            if s > 0.0 && s < 1.0 {
+                let f = (-2.0 * deterministic_ln(s) / s).sqrt();
+                self.spare = Some(v * f);
+                return u * f;
+            }
+        }
+    }
+
+    /// A `rows × cols` matrix filled row by row.
+    fn matrix(&mut self, rows: usize, cols: usize) -> Matrix {
+        let data: Vec<f64> = (0..rows * cols).map(|_| self.next()).collect();
+        Matrix::from_row_slice(rows, cols, &data)
+    }
+}
+
+/// The natural logarithm of a positive normal `x`, from IEEE `+ − × /` and bit operations only
+/// (correctly rounded everywhere, and Rust never fuses them), so it gives the same bits on every
+/// platform; within a few ulps of the true value. `x = m · 2^e` with `m ∈ [√½, √2)`, then
+/// `ln m = 2 atanh z = 2 (z + z³/3 + z⁵/5 + …)` with `z = (m − 1)/(m + 1)`, `|z| < 0.172`
+/// (13 terms: the next is below 10⁻¹⁹ of the sum).
+pub fn deterministic_ln(x: f64) -> f64 {
+    debug_assert!(x.is_normal() && x > 0.0);
+    let bits = x.to_bits();
+    let mut e = ((bits >> 52) & 0x7ff) as i64 - 1023;
+    let mut m = f64::from_bits((bits & ((1u64 << 52) - 1)) | (1023u64 << 52));
+    if m >= std::f64::consts::SQRT_2 {
+        m *= 0.5;
+        e += 1;
+    }
+    let z = (m - 1.0) / (m + 1.0);
+    let z2 = z * z;
+    let mut series = 0.0;
+    for k in (0..13).rev() {
+        series = series * z2 + 1.0 / (2 * k + 1) as f64;
+    }
+    2.0 * z * series + e as f64 * std::f64::consts::LN_2
+}
+
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// `items.iter().map(f).collect()` on scoped threads (one per available core), each taking the
+/// next unclaimed item (the items' costs differ: an early layer composes with every later one);
+/// the output is in input order whatever the scheduling.
+fn parallel_map<T: Sync, U: Send>(items: &[T], f: impl Fn(&T) -> U + Sync) -> Vec<U> {
+    let n_threads = threads().min(items.len());
+    if n_threads <= 1 {
+        return items.iter().map(f).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let (f, next) = (&f, &next);
+    let mut done: Vec<(usize, U)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..n_threads)
+            .map(|_| {
+                scope.spawn(move || {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        match items.get(i) {
+                            Some(item) => out.push((i, f(item))),
+                            None => return out,
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("a statistics thread panicked")).collect()
+    });
+    done.sort_unstable_by_key(|&(i, _)| i);
+    done.into_iter().map(|(_, u)| u).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deterministic_ln_is_close_to_ln() {
+        let mut rng = SplitMix64(1);
+        for _ in 0..100_000 {
+            let u = rng.next_signed_unit().abs();
+            if u == 0.0 {
+                continue;
+            }
+            for x in [u, u * u, u * 1e-30, 1.0 + u, 1.0 / u] {
+                let (ours, std) = (deterministic_ln(x), x.ln());
+                assert!((ours - std).abs() <= 4.0 * f64::EPSILON * std.abs().max(1.0), "{x}: {ours} vs {std}");
+            }
+        }
+        assert_eq!(deterministic_ln(1.0), 0.0);
+    }
+
+    #[test]
+    fn splitmix64_reference_values() {
+        // The first outputs for seed 0 (the reference implementation's published sequence).
+        let mut rng = SplitMix64(0);
+        assert_eq!(rng.next_u64(), 0xE220_A839_7B1D_CDAF);
+        assert_eq!(rng.next_u64(), 0x6E78_9E6A_A1B9_65F4);
+        assert_eq!(rng.next_u64(), 0x06C4_5D18_8009_454F);
+    }
+
+    #[test]
+    fn normals_have_unit_moments() {
+        let mut normals = Normals::new(BASELINE_SEED);
+        let n = 200_000;
+        let xs: Vec<f64> = (0..n).map(|_| normals.next()).collect();
+        let mean = xs.iter().sum::<f64>() / n as f64;
+        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
+        assert!(mean.abs() < 0.01, "{mean}");
+        assert!((var - 1.0).abs() < 0.01, "{var}");
+    }
+}
