@@ -41,6 +41,14 @@ pub enum EvalError {
     PositionOutOfRange { position: usize, n_tokens: usize },
 }
 
+/// A model expanded, its weights loaded, and a forward pass run: what every numeric report needs.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    pub expansion: crate::Expansion,
+    pub params: Params,
+    pub forward: Forward,
+}
+
 /// One attention layer's weights, per head, in TransformerLens's layout.
 #[derive(Debug, Clone)]
 pub struct AttnWeights {

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use pathc::emit::numbers;
+use pathc::eval::Evaluation;
 use pathc::{diag, emit, ExpandOptions};
 
 #[derive(Parser)]
@@ -238,8 +240,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(sink.flush()?)
         }
         Command::Check { model, run, tol, format } => {
-            let numbers = Numbers::prepare(&model, &run, false)?;
-            let report = pathc::eval::check(&numbers.expansion, &numbers.params, &numbers.forward);
+            let evaluation = evaluate(&model, &run, false)?;
+            let report = pathc::eval::check(&evaluation.expansion, &evaluation.params, &evaluation.forward);
             let mut out = io::stdout().lock();
             match format {
                 CountFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&report).expect("plain data"))?,
@@ -248,7 +250,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                         Some(k) => format!("{} paths of order ≤ {k}", report.paths),
                         None => format!("{} paths (every order)", report.paths),
                     };
-                    writeln!(out, "model {}, {} tokens, {scope}", numbers.expansion.model.name, run.tokens.len())?;
+                    writeln!(out, "model {}, {} tokens, {scope}", evaluation.expansion.model.name, run.tokens.len())?;
                     if report.max_order.is_some() {
                         writeln!(
                             out,
@@ -274,39 +276,43 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Paths { model, run, pos, top, target, format } => {
-            let numbers = Numbers::prepare(&model, &run, false)?;
+            let evaluation = evaluate(&model, &run, false)?;
             let position = parse_position(&pos, run.tokens.len())?;
             if let Some(t) = target {
-                if t >= numbers.params.d_vocab() {
+                if t >= evaluation.params.d_vocab() {
                     return Err(Failure::BadInput(format!(
                         "error: --target {t} is out of range: d_vocab is {}",
-                        numbers.params.d_vocab()
+                        evaluation.params.d_vocab()
                     )));
                 }
             }
             // The text table ranks paths; JSON keeps path order unless asked to rank.
             let rank = matches!(format, CountFormat::Text) || top.is_some() || target.is_some();
-            let table = path_table(&numbers, position, target, top, rank);
+            let table = numbers::path_table(&evaluation, position, target, top, rank);
             let mut out = BufWriter::new(io::stdout().lock());
             match format {
-                CountFormat::Json => write_paths_json(&mut out, &numbers, position, &table)?,
-                CountFormat::Text => write_paths_text(&mut out, &numbers, position, target, &table)?,
+                CountFormat::Json => numbers::write_paths_json(&mut out, &evaluation, position, &table)?,
+                CountFormat::Text => numbers::write_paths_text(&mut out, &evaluation, position, target, &table)?,
             }
             Ok(out.flush()?)
         }
         Command::Scores { model, run, head, pos, top, format } => {
-            let numbers = Numbers::prepare(&model, &run, true)?;
+            let evaluation = evaluate(&model, &run, true)?;
             let position = parse_position(&pos, run.tokens.len())?;
-            let heads = numbers.expansion.heads_per_layer();
+            let heads = evaluation.expansion.heads_per_layer();
             let (layer, head) =
                 parse_head(&head).filter(|&(l, h)| l < heads.len() && h < heads[l]).ok_or_else(|| {
                     Failure::BadInput(format!("error: --head {head} is not a head of this model (write it as L1H2)"))
                 })?;
-            let report = score_table(&numbers, layer, head, position, top);
+            let report = numbers::score_table(&evaluation, layer, head, position, top);
             let mut out = BufWriter::new(io::stdout().lock());
             match format {
-                CountFormat::Json => write_scores_json(&mut out, &numbers, (layer, head), position, &report)?,
-                CountFormat::Text => write_scores_text(&mut out, &numbers, (layer, head), position, &report)?,
+                CountFormat::Json => {
+                    numbers::write_scores_json(&mut out, &evaluation, (layer, head), position, &report)?
+                }
+                CountFormat::Text => {
+                    numbers::write_scores_text(&mut out, &evaluation, (layer, head), position, &report)?
+                }
             }
             Ok(out.flush()?)
         }
@@ -323,7 +329,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     serde_json::to_writer_pretty(&mut out, &stats).map_err(io::Error::from)?;
                     writeln!(out)?;
                 }
-                CountFormat::Text => write_stats_text(&mut out, &compiled.model.name, &stats)?,
+                CountFormat::Text => numbers::write_stats_text(&mut out, &compiled.model.name, &stats)?,
             }
             Ok(out.flush()?)
         }
@@ -349,142 +355,17 @@ fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
-/// A model expanded, its weights loaded, and the forward pass run on the tokens.
-struct Numbers {
-    expansion: pathc::Expansion,
-    params: pathc::eval::Params,
-    forward: pathc::eval::Forward,
-}
-
-impl Numbers {
-    fn prepare(model: &Path, run: &RunArgs, qk: bool) -> Result<Numbers, Failure> {
-        let source = read_model(model)?;
-        let fail = |e: pathc::Error| render(model, &source, &e);
-        let compiled = pathc::compile(&source).map_err(fail)?;
-        let names = pathc::eval::NameMap::parse(&run.names).map_err(|e| fail(e.into()))?;
-        let params = pathc::load_params(&compiled, &run.weights, &names).map_err(fail)?;
-        let forward = pathc::eval::forward(&params, &run.tokens).map_err(|e| fail(e.into()))?;
-        let options = ExpandOptions { max_order: run.max_order, limit: run.limit, qk, ..ExpandOptions::default() };
-        let expansion = pathc::expand_compiled(compiled, &options).map_err(fail)?;
-        Ok(Numbers { expansion, params, forward })
-    }
-}
-
-/// One row of `pathc paths`: a path and its logits (one row, or every position).
-struct PathRow {
-    name: String,
-    order: usize,
-    logits: pathc::eval::Matrix,
-    /// What the table is sorted by.
-    size: f64,
-}
-
-fn path_table(
-    numbers: &Numbers,
-    position: Option<usize>,
-    target: Option<usize>,
-    top: Option<usize>,
-    rank: bool,
-) -> Vec<PathRow> {
-    let mut evaluator = pathc::eval::PathEvaluator::new(&numbers.params, &numbers.forward);
-    let mut rows = Vec::new();
-    pathc::paths::for_each_path(&numbers.expansion.logits, &numbers.expansion.heads_per_layer(), None, |p| {
-        let logits = match position {
-            Some(pos) => evaluator.logits_at(&p, pos),
-            None => evaluator.logits(&p),
-        };
-        let size = match target {
-            Some(t) => logits.column(t).iter().fold(0.0f64, |m, x| m.max(x.abs())),
-            None => logits.norm(),
-        };
-        rows.push(PathRow { name: p.name(), order: p.template.order(), logits, size });
-    });
-    if rank {
-        // Largest first; ties keep path order (stable sort), so output is deterministic.
-        rows.sort_by(|a, b| b.size.total_cmp(&a.size));
-    }
-    if let Some(n) = top {
-        rows.truncate(n);
-    }
-    rows
-}
-
-fn write_paths_text(
-    out: &mut dyn Write,
-    numbers: &Numbers,
-    position: Option<usize>,
-    target: Option<usize>,
-    rows: &[PathRow],
-) -> io::Result<()> {
-    let tokens = &numbers.forward.tokens;
-    let at = match position {
-        Some(p) => format!("position {p} (token {})", tokens[p]),
-        None => "every position".to_string(),
-    };
-    let by = match target {
-        Some(t) => format!("|logit of token {t}|"),
-        None => "norm of the logit row".to_string(),
-    };
-    writeln!(out, "model {}, {at}: {} paths, ranked by {by}", numbers.expansion.model.name, rows.len())?;
-    let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
-    match target {
-        Some(t) => writeln!(out, "{:<width$}  order  {:>12}  {:>12}", "path", "size", format!("logit[{t}]"))?,
-        None => writeln!(out, "{:<width$}  order  {:>12}  top token (logit)", "path", "norm")?,
-    }
-    for row in rows {
-        match (target, position) {
-            (Some(t), Some(_)) => writeln!(
-                out,
-                "{:<width$}  {:>5}  {:>12.6}  {:>12.6}",
-                row.name,
-                row.order,
-                row.size,
-                row.logits[(0, t)]
-            )?,
-            (Some(_), None) => {
-                writeln!(out, "{:<width$}  {:>5}  {:>12.6}  {:>12}", row.name, row.order, row.size, "-")?
-            }
-            (None, _) => {
-                let (arg, value) = row
-                    .logits
-                    .row(row.logits.nrows() - 1)
-                    .iter()
-                    .enumerate()
-                    .fold((0, f64::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best });
-                writeln!(out, "{:<width$}  {:>5}  {:>12.6}  {arg} ({value:.4})", row.name, row.order, row.size)?
-            }
-        }
-    }
-    Ok(())
-}
-
-fn write_paths_json(
-    out: &mut dyn Write,
-    numbers: &Numbers,
-    position: Option<usize>,
-    rows: &[PathRow],
-) -> io::Result<()> {
-    let paths: Vec<serde_json::Value> = rows
-        .iter()
-        .map(|r| {
-            let logits = match position {
-                Some(_) => serde_json::json!(r.logits.row(0).iter().collect::<Vec<_>>()),
-                None => serde_json::json!((0..r.logits.nrows())
-                    .map(|i| r.logits.row(i).iter().copied().collect::<Vec<f64>>())
-                    .collect::<Vec<_>>()),
-            };
-            serde_json::json!({ "name": r.name, "order": r.order, "logits": logits })
-        })
-        .collect();
-    let value = serde_json::json!({
-        "model": numbers.expansion.model.name,
-        "tokens": numbers.forward.tokens,
-        "position": position.map_or(serde_json::json!("all"), |p| serde_json::json!(p)),
-        "max_order": numbers.expansion.max_order,
-        "paths": paths,
-    });
-    serde_json::to_writer(&mut *out, &value)?;
-    writeln!(out)
+/// Expands the model, loads its weights and runs the forward pass on the tokens.
+fn evaluate(model: &Path, run: &RunArgs, qk: bool) -> Result<Evaluation, Failure> {
+    let source = read_model(model)?;
+    let fail = |e: pathc::Error| render(model, &source, &e);
+    let compiled = pathc::compile(&source).map_err(fail)?;
+    let names = pathc::eval::NameMap::parse(&run.names).map_err(|e| fail(e.into()))?;
+    let params = pathc::load_params(&compiled, &run.weights, &names).map_err(fail)?;
+    let forward = pathc::eval::forward(&params, &run.tokens).map_err(|e| fail(e.into()))?;
+    let options = ExpandOptions { max_order: run.max_order, limit: run.limit, qk, ..ExpandOptions::default() };
+    let expansion = pathc::expand_compiled(compiled, &options).map_err(fail)?;
+    Ok(Evaluation { expansion, params, forward })
 }
 
 fn parse_position(pos: &str, n: usize) -> Result<Option<usize>, Failure> {
@@ -503,151 +384,4 @@ fn parse_position(pos: &str, n: usize) -> Result<Option<usize>, Failure> {
 fn parse_head(text: &str) -> Option<(usize, usize)> {
     let (layer, head) = text.strip_prefix('L')?.split_once('H')?;
     Some((layer.parse().ok()?, head.parse().ok()?))
-}
-
-/// The score terms of one head (ranked by size), and how far their sum is from the scores.
-struct ScoreReport {
-    rows: Vec<PathRow>,
-    terms: usize,
-    max_abs_error: f64,
-}
-
-fn score_table(
-    numbers: &Numbers,
-    layer: usize,
-    head: usize,
-    position: Option<usize>,
-    top: Option<usize>,
-) -> ScoreReport {
-    let expansion = &numbers.expansion;
-    let templates = &expansion.scores.as_ref().expect("expanded with qk")[layer];
-    let target = pathc::paths::HeadRef { layer, head };
-    let fixed = (pathc::paths::IndexVar { side: pathc::paths::Side::Head, layer }, head);
-    let mut evaluator = pathc::eval::ScoreEvaluator::new(&numbers.params, &numbers.forward);
-    let expected = &numbers.forward.scores[layer][head];
-    let mut total = pathc::eval::Matrix::zeros(expected.nrows(), expected.ncols());
-    let mut rows = Vec::new();
-    pathc::paths::for_each_path(templates, &expansion.heads_per_layer(), Some(fixed), |p| {
-        let scores = evaluator.scores(&p, layer, head);
-        total += &scores;
-        let shown = match position {
-            Some(q) => scores.rows(q, 1).into_owned(),
-            None => scores,
-        };
-        rows.push(PathRow { name: p.score_name(target), order: p.template.order(), size: shown.norm(), logits: shown });
-    });
-    let terms = rows.len();
-    rows.sort_by(|a, b| b.size.total_cmp(&a.size));
-    if let Some(n) = top {
-        rows.truncate(n);
-    }
-    let max_abs_error = (&total - expected).iter().fold(0.0f64, |m, x| m.max(x.abs()));
-    ScoreReport { rows, terms, max_abs_error }
-}
-
-fn write_scores_text(
-    out: &mut dyn Write,
-    numbers: &Numbers,
-    (layer, head): (usize, usize),
-    position: Option<usize>,
-    report: &ScoreReport,
-) -> io::Result<()> {
-    let at = match position {
-        Some(q) => format!("query position {q} (token {})", numbers.forward.tokens[q]),
-        None => "every query position".to_string(),
-    };
-    writeln!(
-        out,
-        "model {}, head L{layer}H{head}, {at}: {} terms, largest first",
-        numbers.expansion.model.name, report.terms
-    )?;
-    writeln!(out, "max |Σ terms − scores| = {:.3e} (scores before the causal mask and softmax)", report.max_abs_error)?;
-    let width = report.rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
-    writeln!(out, "{:<width$}  order  {:>12}  top key (score)", "term", "norm")?;
-    for row in &report.rows {
-        let last = row.logits.nrows() - 1;
-        // Keys a query may attend to: itself and earlier positions.
-        let keys = position.map_or(row.logits.ncols(), |q| q + 1);
-        let (key, value) = (0..keys).map(|k| (k, row.logits[(last, k)])).fold((0, f64::NEG_INFINITY), |best, kv| {
-            if kv.1 > best.1 {
-                kv
-            } else {
-                best
-            }
-        });
-        writeln!(out, "{:<width$}  {:>5}  {:>12.6}  {key} ({value:.4})", row.name, row.order, row.size)?;
-    }
-    Ok(())
-}
-
-fn write_scores_json(
-    out: &mut dyn Write,
-    numbers: &Numbers,
-    (layer, head): (usize, usize),
-    position: Option<usize>,
-    report: &ScoreReport,
-) -> io::Result<()> {
-    let terms: Vec<serde_json::Value> = report
-        .rows
-        .iter()
-        .map(|r| {
-            let rows: Vec<Vec<f64>> =
-                (0..r.logits.nrows()).map(|i| r.logits.row(i).iter().copied().collect()).collect();
-            let scores = if position.is_some() { serde_json::json!(rows[0]) } else { serde_json::json!(rows) };
-            serde_json::json!({ "name": r.name, "order": r.order, "scores": scores })
-        })
-        .collect();
-    let value = serde_json::json!({
-        "model": numbers.expansion.model.name,
-        "head": [layer, head],
-        "tokens": numbers.forward.tokens,
-        "position": position.map_or(serde_json::json!("all"), |p| serde_json::json!(p)),
-        "max_order": numbers.expansion.max_order,
-        "max_abs_error": report.max_abs_error,
-        "terms": terms,
-    });
-    serde_json::to_writer(&mut *out, &value)?;
-    writeln!(out)
-}
-
-fn write_stats_text(out: &mut dyn Write, model: &str, stats: &pathc::stats::Stats) -> io::Result<()> {
-    writeln!(
-        out,
-        "model {model}: per-head statistics of the full circuits (weights used as given: no LayerNorm to fold)"
-    )?;
-    writeln!(
-        out,
-        "{:<6} {:>11} {:>11} {:>13} {:>13}",
-        "head", "ov_copying", "qk_copying", "ov_frobenius", "qk_frobenius"
-    )?;
-    for (l, layer) in stats.ov_copying.iter().enumerate() {
-        for h in 0..layer.len() {
-            writeln!(
-                out,
-                "L{l}H{h:<3} {:>11.6} {:>11.6} {:>13.6} {:>13.6}",
-                stats.ov_copying[l][h], stats.qk_copying[l][h], stats.ov_frobenius[l][h], stats.qk_frobenius[l][h]
-            )?;
-        }
-    }
-    let b = &stats.comp_baseline;
-    writeln!(
-        out,
-        "composition scores (TransformerLens's definition); random baseline q {:.4}, k {:.4}, v {:.4} ({} draws)",
-        b.q, b.k, b.v, b.samples
-    )?;
-    writeln!(out, "{:<6} {:<6} {:>9} {:>9} {:>9}", "left", "right", "comp_q", "comp_k", "comp_v")?;
-    for (l1, layer) in stats.comp_q.iter().enumerate() {
-        for (h1, rights) in layer.iter().enumerate() {
-            for (l2, right_layer) in rights.iter().enumerate().skip(l1 + 1) {
-                for h2 in 0..right_layer.len() {
-                    writeln!(
-                        out,
-                        "L{l1}H{h1:<3} L{l2}H{h2:<3} {:>9.5} {:>9.5} {:>9.5}",
-                        stats.comp_q[l1][h1][l2][h2], stats.comp_k[l1][h1][l2][h2], stats.comp_v[l1][h1][l2][h2]
-                    )?;
-                }
-            }
-        }
-    }
-    Ok(())
 }

@@ -128,36 +128,11 @@ fn bad_tokens_and_positions() {
     let w = Path::new("tests/fixtures/attn1/model.safetensors");
     assert_bad(&check(w, "3,20,1"), &["token 20 at position 1 is out of range: d_vocab is 20"]);
     assert_bad(&check(w, "1,2,3,4,5,6,7,8,9,10,11,12,13"), &["13 tokens are more than the context length n_ctx = 12"]);
-    let out = pathc(&[
-        "paths",
-        "examples/attn1.tf",
-        "--weights",
-        "tests/fixtures/attn1/model.safetensors",
-        "--tokens",
-        "1,2",
-        "--pos",
-        "2",
-    ]);
-    assert_bad(&out, &["position 2 is out of range for 2 tokens"]);
-    let out = pathc(&[
-        "paths",
-        "examples/attn1.tf",
-        "--weights",
-        "tests/fixtures/attn1/model.safetensors",
-        "--tokens",
-        "1,2",
-        "--target",
-        "20",
-    ]);
-    assert_bad(&out, &["--target 20 is out of range: d_vocab is 20"]);
-    let out = pathc(&[
-        "check",
-        "examples/attn1.tf",
-        "--weights",
-        "tests/fixtures/attn1/model.safetensors",
-        "--tokens",
-        "1,x",
-    ]);
+    let base = ["examples/attn1.tf", "--weights", "tests/fixtures/attn1/model.safetensors", "--tokens"];
+    let run = |command: &str, tokens: &str, extra: &[&str]| pathc(&[&[command][..], &base, &[tokens], extra].concat());
+    assert_bad(&run("paths", "1,2", &["--pos", "2"]), &["position 2 is out of range for 2 tokens"]);
+    assert_bad(&run("paths", "1,2", &["--target", "20"]), &["--target 20 is out of range: d_vocab is 20"]);
+    let out = run("check", "1,x", &[]);
     assert_eq!(out.status.code(), Some(2), "clap rejects a non-number");
 }
 

@@ -9,6 +9,7 @@ pub mod dot;
 pub mod json;
 pub mod latex;
 pub mod notation;
+pub mod numbers;
 pub mod text;
 
 use crate::paths::{self, HeadRef, IndexVar, Path, Side, Template};
