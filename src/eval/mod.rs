@@ -1,0 +1,55 @@
+//! Numbers: a model's weights, its forward pass with the attention patterns recorded, and every
+//! path's contribution with those patterns frozen.
+//!
+//! Everything is f64 and in TransformerLens's row-vector layout (`x @ W`), which is how the
+//! weights are stored: a path term `P ⊗ M` of the paper (column convention) contributes
+//! `P · X_s · Mᵀ` to the logits, where `X_s` holds the source's rows (`W_E[tokens]` or
+//! `W_pos[..n]`) and `Mᵀ = W_V W_O ⋯ W_U` in TransformerLens's matrices.
+//!
+//! Invariants: no vocab × vocab matrix is ever built (a path's logits are `[n, d_vocab]` rows);
+//! paths are evaluated in enumeration order with a cache of the residual-side products of their
+//! common prefixes, so each prefix is computed once.
+
+mod forward;
+mod params;
+mod paths;
+
+pub use forward::{forward, Forward};
+pub use params::{AttnWeights, NameMap, Params};
+pub use paths::{check, logits_by_order, CheckReport, PathEvaluator, ResidualCache, ScoreEvaluator};
+
+use nalgebra::DMatrix;
+use thiserror::Error;
+
+use crate::diag::Diagnostic;
+use crate::weights::WeightError;
+
+pub type Matrix = DMatrix<f64>;
+
+#[derive(Debug, Error)]
+pub enum EvalError {
+    #[error(transparent)]
+    Weights(#[from] WeightError),
+    #[error("dimension `{0}` is symbolic; evaluating the model needs a number (`dim {0} = N`)")]
+    Symbolic(String),
+    #[error("{}", .0.first().map_or("", |d| d.message.as_str()))]
+    Unsupported(Vec<Diagnostic>),
+    #[error("bad --name mapping {0}")]
+    NameMap(String),
+    #[error("no tokens given")]
+    NoTokens,
+    #[error("token {token} at position {position} is out of range: d_vocab is {d_vocab}")]
+    TokenOutOfRange { token: usize, position: usize, d_vocab: usize },
+    #[error("{n_tokens} tokens are more than the context length n_ctx = {n_ctx}")]
+    TooManyTokens { n_tokens: usize, n_ctx: usize },
+    #[error("position {position} is out of range for {n_tokens} tokens")]
+    PositionOutOfRange { position: usize, n_tokens: usize },
+}
+
+/// A model expanded, its weights loaded, and a forward pass run: what every numeric report needs.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    pub expansion: crate::Expansion,
+    pub params: Params,
+    pub forward: Forward,
+}
