@@ -10,6 +10,9 @@
 //! writes of exactly one block (one layer's heads and `b_O`, or one MLP); the unembedding reads
 //! the last residual state (through the final LayerNorm when there is one).
 
+use std::fmt;
+use std::str::FromStr;
+
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
@@ -17,28 +20,114 @@ use petgraph::Direction;
 use crate::diag::Span;
 use crate::model::Model;
 
-/// Where a path starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+/// Where a path starts: what a path's residual-side chain ends in.
+///
+/// The residual stream is a sum of sources: the embeddings, each MLP's output (opaque: its
+/// input is itself a sum of paths, but what it writes is a new source for later heads), and the
+/// constant bias vectors. `BiasQ`, `BiasK` and `BiasIn` never reach the residual stream: they are
+/// the constant terms of an attention score's query or key side, and of an MLP's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum Source {
     /// Token embedding `W_E`.
     E,
     /// Positional embedding `W_P`.
     P,
+    /// The value bias `b_V` of a head of this layer (with LayerNorm, `b_V + W_V·b_ln1`): a
+    /// constant that enters the stream through its own head, so it always passes that head.
+    BiasV(usize),
+    /// `b_O` of this layer's attention.
+    BiasO(usize),
+    /// The output of this layer's MLP, without `b_out`.
+    Mlp(usize),
+    /// `b_out` of this layer's MLP.
+    BiasOut(usize),
+    /// `b_U` (with a final LayerNorm, `b_U + W_U·b_ln_final`): the constant part of the logits.
+    BiasU,
+    /// `b_Q` of a head of this layer (with LayerNorm, `b_Q + W_Q·b_ln1`): query side only.
+    BiasQ(usize),
+    /// `b_K` of a head of this layer: key side only.
+    BiasK(usize),
+    /// `b_in` of this layer's MLP (with LayerNorm, `b_in + W_in·b_ln2`): MLP input only.
+    BiasIn(usize),
+}
+
+/// Sources sort in the order they enter the stream: the embeddings, then layer by layer the
+/// value biases, `b_O`, the MLP output and `b_out`; the constants outside the stream last.
+impl Ord for Source {
+    fn cmp(&self, other: &Source) -> std::cmp::Ordering {
+        self.stream_position().cmp(&other.stream_position())
+    }
+}
+
+impl PartialOrd for Source {
+    fn partial_cmp(&self, other: &Source) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 impl Source {
-    pub fn name(self) -> &'static str {
+    fn stream_position(self) -> (usize, usize, usize) {
         match self {
-            Source::E => "E",
-            Source::P => "P",
+            Source::E => (0, 0, 0),
+            Source::P => (0, 0, 1),
+            Source::BiasV(l) => (1, l, 0),
+            Source::BiasO(l) => (1, l, 1),
+            Source::Mlp(l) => (1, l, 2),
+            Source::BiasOut(l) => (1, l, 3),
+            Source::BiasQ(l) => (2, l, 0),
+            Source::BiasK(l) => (2, l, 1),
+            Source::BiasIn(l) => (2, l, 2),
+            Source::BiasU => (3, 0, 0),
         }
     }
 
-    /// The weight the path ends in (read right to left, it is applied first).
+    /// `E`, `P`, `M0`, `bO1`, `bV`: how a path name starts. A value bias is named `bV` alone,
+    /// because the head it belongs to is the first head of the path's name (`bV/L0H3/L1H2`).
+    pub fn name(self) -> String {
+        let mut out = String::new();
+        self.write_name(&mut out);
+        out
+    }
+
+    /// [`Source::name`] into a caller's buffer.
+    pub fn write_name(self, out: &mut String) {
+        let (base, layer) = match self {
+            Source::E => ("E", None),
+            Source::P => ("P", None),
+            Source::BiasV(_) => ("bV", None),
+            Source::BiasO(l) => ("bO", Some(l)),
+            Source::Mlp(l) => ("M", Some(l)),
+            Source::BiasOut(l) => ("bout", Some(l)),
+            Source::BiasU => ("bU", None),
+            Source::BiasQ(_) => ("bQ", None),
+            Source::BiasK(_) => ("bK", None),
+            Source::BiasIn(l) => ("bin", Some(l)),
+        };
+        out.push_str(base);
+        if let Some(l) = layer {
+            crate::emit::notation::push_usize(out, l);
+        }
+    }
+
+    /// The embedding weight of an embedding source, for the term graph's labels.
     pub fn weight(self) -> &'static str {
         match self {
             Source::E => "W_E",
             Source::P => "W_P",
+            _ => "constant",
+        }
+    }
+
+    /// The residual-stream component this source writes to, in TransformerLens's
+    /// `decompose_resid` labels (`embed`, `pos_embed`, `0_attn_out`, `0_mlp_out`); `None` for
+    /// `b_U` and the sources that never reach the stream.
+    pub fn component(self) -> Option<String> {
+        match self {
+            Source::E => Some("embed".to_string()),
+            Source::P => Some("pos_embed".to_string()),
+            Source::BiasV(l) | Source::BiasO(l) => Some(format!("{l}_attn_out")),
+            Source::Mlp(l) | Source::BiasOut(l) => Some(format!("{l}_mlp_out")),
+            Source::BiasU | Source::BiasQ(_) | Source::BiasK(_) | Source::BiasIn(_) => None,
         }
     }
 }
@@ -52,6 +141,67 @@ pub enum NormSite {
     Mlp(usize),
     /// `ln_final`.
     Final,
+}
+
+/// `ln1.0`, `ln2.0`, `final`: how a LayerNorm's frozen scale `N` is indexed in terms.
+impl fmt::Display for NormSite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NormSite::Attn(l) => write!(f, "ln1.{l}"),
+            NormSite::Mlp(l) => write!(f, "ln2.{l}"),
+            NormSite::Final => f.write_str("final"),
+        }
+    }
+}
+
+impl FromStr for NormSite {
+    type Err = ();
+    fn from_str(s: &str) -> Result<NormSite, ()> {
+        let layer = |rest: &str| rest.parse::<usize>().map_err(|_| ());
+        match s {
+            "final" => Ok(NormSite::Final),
+            _ => match (s.strip_prefix("ln1."), s.strip_prefix("ln2.")) {
+                (Some(rest), _) => Ok(NormSite::Attn(layer(rest)?)),
+                (_, Some(rest)) => Ok(NormSite::Mlp(layer(rest)?)),
+                _ => Err(()),
+            },
+        }
+    }
+}
+
+/// What writes `resid[i + 1]`, with what the expansion needs to know about it: which terms it
+/// adds besides the skip connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Block {
+    Attn {
+        layer: usize,
+        n_heads: usize,
+        /// A LayerNorm (`ln1`) before the heads: its frozen scale `N` on their position side.
+        norm: bool,
+        /// Value-bias terms `A^h ⊗ W_O^h·b_V^h` (from `b_V`, or from the LayerNorm's bias).
+        value_bias: bool,
+        /// Query and key bias terms in the attention scores (`b_Q`, `b_K`, or the LayerNorm's).
+        query_key_bias: bool,
+        /// `b_O`.
+        out_bias: bool,
+    },
+    Mlp {
+        layer: usize,
+        /// A LayerNorm (`ln2`) before the MLP.
+        norm: bool,
+        /// A constant term `b_in` in the MLP's input.
+        in_bias: bool,
+        /// `b_out`.
+        out_bias: bool,
+    },
+}
+
+/// A source and the residual state `resid[step]` it first belongs to: the heads of the
+/// attention blocks that read `resid[step]` or later can act on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub source: Source,
+    pub step: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -97,6 +247,12 @@ pub struct TermGraph {
     /// Each layer's head nodes, in head order.
     pub heads: Vec<Vec<NodeIndex>>,
     pub unembed: NodeIndex,
+    /// `blocks[i]` writes `resid[i + 1]`.
+    pub blocks: Vec<Block>,
+    /// A LayerNorm before the unembedding: its frozen scale `N` on every logit path.
+    pub final_norm: bool,
+    /// A constant logit term `b_U` (from `b_U`, or from the final LayerNorm's bias).
+    pub logit_bias: bool,
 }
 
 impl TermGraph {
@@ -104,6 +260,7 @@ impl TermGraph {
         let mut b = Builder { graph: DiGraph::new() };
         let mut resid = vec![b.node(Node::Resid(0), model.embed)];
         let mut heads = Vec::with_capacity(model.layers.len());
+        let mut blocks = Vec::new();
         let src = b.node(Node::Source(Source::E), model.embed);
         b.edge(src, resid[0], Edge::Write);
         if let Some(span) = model.pos_embed {
@@ -128,6 +285,14 @@ impl TermGraph {
                 })
                 .collect();
             heads.push(layer_heads);
+            blocks.push(Block::Attn {
+                layer: layer_idx,
+                n_heads: layer.attn.n_heads,
+                norm: layer.attn.ln.is_some(),
+                value_bias: layer.attn.bias || layer.attn.ln.is_some(),
+                query_key_bias: layer.attn.bias || layer.attn.ln.is_some(),
+                out_bias: layer.attn.bias,
+            });
             if layer.attn.bias {
                 let bias = b.node(Node::Bias { name: "b_O", layer: Some(layer_idx) }, layer.attn.span);
                 b.edge(bias, after, Edge::Write);
@@ -143,6 +308,12 @@ impl TermGraph {
                     None => before,
                 };
                 let node = b.node(Node::Mlp { layer: layer_idx }, mlp.span);
+                blocks.push(Block::Mlp {
+                    layer: layer_idx,
+                    norm: mlp.ln.is_some(),
+                    in_bias: mlp.bias || mlp.ln.is_some(),
+                    out_bias: mlp.bias,
+                });
                 b.edge(input, node, Edge::Read);
                 b.edge(node, after, Edge::Write);
                 if mlp.bias {
@@ -163,7 +334,57 @@ impl TermGraph {
             let bias = b.node(Node::Bias { name: "b_U", layer: None }, model.unembed.span);
             b.edge(bias, unembed, Edge::Write);
         }
-        TermGraph { graph: b.graph, resid, heads, unembed }
+        TermGraph {
+            graph: b.graph,
+            resid,
+            heads,
+            unembed,
+            blocks,
+            final_norm: model.ln_final.is_some(),
+            logit_bias: model.unembed.bias || model.ln_final.is_some(),
+        }
+    }
+
+    /// Every source of the residual stream with the state it enters, in stream order.
+    pub fn entries(&self) -> Vec<Entry> {
+        let mut entries = vec![Entry { source: Source::E, step: 0 }];
+        if self.inputs(self.resid[0], Edge::Write).len() > 1 {
+            entries.push(Entry { source: Source::P, step: 0 });
+        }
+        for (i, block) in self.blocks.iter().enumerate() {
+            let step = i + 1;
+            let mut add = |source| entries.push(Entry { source, step });
+            match *block {
+                Block::Attn { layer, value_bias, out_bias, .. } => {
+                    if value_bias {
+                        add(Source::BiasV(layer));
+                    }
+                    if out_bias {
+                        add(Source::BiasO(layer));
+                    }
+                }
+                Block::Mlp { layer, out_bias, .. } => {
+                    add(Source::Mlp(layer));
+                    if out_bias {
+                        add(Source::BiasOut(layer));
+                    }
+                }
+            }
+        }
+        entries
+    }
+
+    /// The index of the block holding layer `layer`'s attention (it reads `resid[index]`).
+    pub fn attn_block(&self, layer: usize) -> usize {
+        self.blocks
+            .iter()
+            .position(|b| matches!(b, Block::Attn { layer: l, .. } if *l == layer))
+            .expect("every layer has an attention block")
+    }
+
+    /// The index of the block holding layer `layer`'s MLP, if it has one.
+    pub fn mlp_block(&self, layer: usize) -> Option<usize> {
+        self.blocks.iter().position(|b| matches!(b, Block::Mlp { layer: l, .. } if *l == layer))
     }
 
     pub fn node(&self, idx: NodeIndex) -> &NodeData {

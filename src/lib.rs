@@ -94,9 +94,6 @@ pub enum Error {
     /// Syntax or semantic errors in the model file (several at once where possible).
     #[error("the model file has {} error(s)", .0.len())]
     Model(Vec<Diagnostic>),
-    /// Constructs the expansion cannot go through yet (the first of each kind).
-    #[error("{}", .0.first().map_or("", |d| d.message.as_str()))]
-    Unsupported(Vec<Diagnostic>),
     #[error(
         "the expansion has {count} {what}, more than the enumeration limit of {limit}; {}",
         match fits { Some((k, n)) => format!("--max-order {k} fits ({n} {what}), or raise the limit with --limit"), None => "raise the limit with --limit".to_string() }
@@ -114,7 +111,6 @@ impl Error {
     pub fn diagnostics(&self) -> &[Diagnostic] {
         match self {
             Error::Model(d) => d,
-            Error::Unsupported(d) => d,
             _ => &[],
         }
     }
@@ -122,10 +118,7 @@ impl Error {
 
 impl From<RewriteError> for Error {
     fn from(e: RewriteError) -> Error {
-        match e {
-            RewriteError::Unsupported(d) => Error::Unsupported(vec![d]),
-            other => Error::Rewrite(other),
-        }
+        Error::Rewrite(e)
     }
 }
 
@@ -137,32 +130,35 @@ pub struct Compiled {
 }
 
 impl Compiled {
-    pub fn n_sources(&self) -> usize {
-        1 + usize::from(self.model.pos_embed.is_some())
-    }
-
     /// Logit paths by order, from the architecture alone: instant at any size.
     pub fn logit_counts(&self, max_order: Option<u32>) -> Counts {
-        paths::count_logit_paths(&self.model.heads_per_layer(), self.n_sources(), max_order)
+        paths::count_logit_paths(&self.graph, max_order)
+    }
+
+    /// Each MLP's input terms by order (`None` for a layer without an MLP).
+    pub fn mlp_input_counts(&self, max_order: Option<u32>) -> Vec<Option<Counts>> {
+        paths::count_mlp_inputs(&self.graph, max_order)
     }
 
     /// Attention-score terms by order, summed over all heads.
     pub fn score_counts(&self, max_order: Option<u32>) -> Counts {
-        paths::count_score_terms(&self.model.heads_per_layer(), self.n_sources(), max_order)
+        paths::count_score_terms(&self.graph, max_order)
+    }
+
+    /// Every term an expansion without `--qk` enumerates: the logit paths and the MLPs' inputs.
+    fn enumerated(&self, max_order: Option<u32>) -> BigUint {
+        let inputs: BigUint = self.mlp_input_counts(max_order).iter().flatten().map(Counts::total).sum();
+        self.logit_counts(max_order).total() + inputs
     }
 }
 
 /// Loads a weight file and checks every tensor the model needs (names and shapes, finite values)
-/// before any computation. Models the expansion cannot go through yet are refused first.
+/// before any computation.
 pub fn load_params(
     compiled: &Compiled,
     weights: &std::path::Path,
     names: &eval::NameMap,
 ) -> Result<eval::Params, Error> {
-    let unsupported = rewrite::unsupported_constructs(&compiled.graph);
-    if !unsupported.is_empty() {
-        return Err(Error::Unsupported(unsupported));
-    }
     let weights = weights::Weights::load(weights).map_err(eval::EvalError::from)?;
     Ok(eval::Params::from_weights(&compiled.model, &weights, names)?)
 }
@@ -184,6 +180,10 @@ pub struct Expansion {
     /// The logits' templates in path order.
     pub logits: Vec<Template>,
     pub logit_counts: Counts,
+    /// Per layer, the terms of its MLP's input in path order (`None` without an MLP).
+    pub mlp_inputs: Vec<Option<Vec<Template>>>,
+    pub mlp_input_counts: Vec<Option<Counts>>,
+    /// The saturation runs of the logits and the MLP inputs.
     pub logit_stats: RunStats,
     /// With `qk`: each layer's attention-score templates, in order.
     pub scores: Option<Vec<Vec<Template>>>,
@@ -272,21 +272,19 @@ pub fn expand(source: &str, options: &ExpandOptions) -> Result<Expansion, Error>
 }
 
 pub fn expand_compiled(compiled: Compiled, options: &ExpandOptions) -> Result<Expansion, Error> {
-    let unsupported = rewrite::unsupported_constructs(&compiled.graph);
-    if !unsupported.is_empty() {
-        return Err(Error::Unsupported(unsupported));
-    }
     let n_layers = compiled.model.n_layers();
     let limit = BigUint::from(options.limit);
     let logit_counts = compiled.logit_counts(options.max_order);
+    let mlp_input_counts = compiled.mlp_input_counts(options.max_order);
     let too_large = |what, count: BigUint, per_order: &dyn Fn(u32) -> BigUint| Error::TooLarge {
         what,
         count,
         limit: options.limit,
         fits: paths::largest_order_within(&limit, n_layers, per_order),
     };
-    if logit_counts.total() > limit {
-        return Err(too_large("paths", logit_counts.total(), &|k| compiled.logit_counts(Some(k)).total()));
+    let enumerated = compiled.enumerated(options.max_order);
+    if enumerated > limit {
+        return Err(too_large("paths", enumerated, &|k| compiled.enumerated(Some(k))));
     }
     let score_counts = options.qk.then(|| compiled.score_counts(options.max_order));
     if let Some(counts) = &score_counts {
@@ -296,8 +294,12 @@ pub fn expand_compiled(compiled: Compiled, options: &ExpandOptions) -> Result<Ex
             }));
         }
     }
-    let (mut logits, logit_stats) = rewrite::expand_logits(&compiled.graph, options.max_order, options.rewrite_limits)?;
+    let rewrite::LogitExpansion { mut logits, mut mlp_inputs, stats: logit_stats } =
+        rewrite::expand_logits(&compiled.graph, options.max_order, options.rewrite_limits)?;
     paths::sort_logit_templates(&mut logits);
+    for templates in mlp_inputs.iter_mut().flatten() {
+        paths::sort_logit_templates(templates);
+    }
     let (scores, score_stats) = if options.qk {
         let (mut per_layer, stats) =
             rewrite::expand_scores(&compiled.graph, options.max_order, options.rewrite_limits)?;
@@ -314,6 +316,8 @@ pub fn expand_compiled(compiled: Compiled, options: &ExpandOptions) -> Result<Ex
         max_order: options.max_order,
         logits,
         logit_counts,
+        mlp_inputs,
+        mlp_input_counts,
         logit_stats,
         scores,
         score_counts,

@@ -216,6 +216,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 sink.write_all(emit::dot::write(&compiled.graph, &compiled.model.name).as_bytes())?;
                 return Ok(sink.flush()?);
             }
+            // Templates alone enumerate nothing, so the enumeration limit does not apply to them.
+            let enumerates = !(templates && matches!(format, Format::Text | Format::Latex));
+            let limit = if enumerates { limit } else { u64::MAX };
             let options = ExpandOptions { max_order, qk, limit, ..ExpandOptions::default() };
             let expansion = pathc::expand(&source, &options).map_err(|e| render(&model, &source, &e))?;
             if egraph_stats {
@@ -338,17 +341,23 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let compiled = pathc::compile(&source).map_err(|e| render(&model, &source, &e))?;
             let mut out = io::stdout().lock();
             let logits = compiled.logit_counts(max_order);
+            let mlp_inputs = compiled.mlp_input_counts(max_order);
             let scores = qk.then(|| compiled.score_counts(max_order));
             match format {
                 CountFormat::Text => {
                     writeln!(out, "{}", emit::count::text("paths", &logits))?;
+                    for block in emit::count::mlp_inputs_text(&mlp_inputs) {
+                        writeln!(out, "{block}")?;
+                    }
                     if let Some(s) = &scores {
                         writeln!(out, "{}", emit::count::text("attention-score terms", s))?;
                     }
                 }
-                CountFormat::Json => {
-                    writeln!(out, "{}", emit::count::json(&compiled.model.name, max_order, &logits, scores.as_ref()))?
-                }
+                CountFormat::Json => writeln!(
+                    out,
+                    "{}",
+                    emit::count::json(&compiled.model.name, max_order, &logits, &mlp_inputs, scores.as_ref())
+                )?,
             }
             Ok(())
         }

@@ -13,7 +13,7 @@ use num_bigint::BigUint;
 use num_traits::{One, Zero};
 use serde::Serialize;
 
-use crate::graph::Source;
+use crate::graph::{Block, NormSite, Source, TermGraph};
 
 /// Which product a head index belongs to: the logit expansion (`h`), or the query (`q`) or key
 /// (`k`) side of an attention score's bilinear form. Query and key paths pass through the same
@@ -62,13 +62,32 @@ impl FromStr for IndexVar {
 pub enum FactorKind {
     /// An attention pattern `A` (position side).
     Pattern,
+    /// A LayerNorm's frozen scale `N = diag(1/σ)` (position side).
+    Scale(NormSite),
     /// `W_OV = W_O W_V`.
     OV,
     /// `W_QK = W_Q^T W_K` (times the attention scale).
     QK,
+    /// `W_O` alone: before a value bias, `W_O·b_V`.
+    O,
+    /// `W_Q`, `W_K` alone: facing a key or query bias, `W_Qᵀ·b_K`, `b_Qᵀ·W_K`.
+    Q,
+    K,
     Embed,
     PosEmbed,
     Unembed,
+    /// `W_in` of a layer's MLP.
+    In(usize),
+    /// A layer's MLP output (opaque), a source.
+    Mlp(usize),
+    /// Bias vectors, sources: of the indexed head (`b_V`, `b_Q`, `b_K`) or of a layer.
+    BiasV,
+    BiasQ,
+    BiasK,
+    BiasO(usize),
+    BiasIn(usize),
+    BiasOut(usize),
+    BiasU,
 }
 
 /// One factor of a path term: a weight or pattern symbol, maybe indexed, maybe transposed.
@@ -93,11 +112,20 @@ impl Factor {
     }
 
     fn source(self) -> Option<Source> {
-        match self.kind {
-            FactorKind::Embed => Some(Source::E),
-            FactorKind::PosEmbed => Some(Source::P),
-            _ => None,
-        }
+        let layer = self.index.map_or(0, |i| i.layer);
+        Some(match self.kind {
+            FactorKind::Embed => Source::E,
+            FactorKind::PosEmbed => Source::P,
+            FactorKind::Mlp(l) => Source::Mlp(l),
+            FactorKind::BiasV => Source::BiasV(layer),
+            FactorKind::BiasQ => Source::BiasQ(layer),
+            FactorKind::BiasK => Source::BiasK(layer),
+            FactorKind::BiasO(l) => Source::BiasO(l),
+            FactorKind::BiasIn(l) => Source::BiasIn(l),
+            FactorKind::BiasOut(l) => Source::BiasOut(l),
+            FactorKind::BiasU => Source::BiasU,
+            _ => return None,
+        })
     }
 }
 
@@ -190,7 +218,10 @@ impl Path<'_> {
 
     /// [`Path::name`] into a caller's buffer.
     pub fn write_name(&self, out: &mut String) {
-        out.push_str(self.template.source().map_or("?", Source::name));
+        match self.template.source() {
+            Some(source) => source.write_name(out),
+            None => out.push('?'),
+        }
         for (b, &head) in self.template.binders.iter().zip(self.assignment) {
             if b.side == Side::Head {
                 out.push_str("/L");
@@ -204,8 +235,9 @@ impl Path<'_> {
     /// The name of an attention-score term: `L1H2[q=E/L0H1,k=P]`, the head whose score it is,
     /// then its query path and key path.
     pub fn score_name(&self, target: HeadRef) -> String {
-        let query = side_name(self.template.query_source().map_or("?", Source::name), &self.heads(Side::Query));
-        let key = side_name(self.template.source().map_or("?", Source::name), &self.heads(Side::Key));
+        let name = |s: Option<Source>| s.map_or("?".to_string(), Source::name);
+        let query = side_name(&name(self.template.query_source()), &self.heads(Side::Query));
+        let key = side_name(&name(self.template.source()), &self.heads(Side::Key));
         format!("{target}[q={query},k={key}]")
     }
 }
@@ -343,32 +375,84 @@ fn head_choices(heads_per_layer: &[usize], max_order: Option<u32>) -> Vec<BigUin
     e
 }
 
-/// The number of logit paths by order, from the architecture alone (no enumeration):
-/// Σ_{|S|=k} Π_{l∈S} H_l paths of order k per source.
-pub fn count_logit_paths(heads_per_layer: &[usize], n_sources: usize, max_order: Option<u32>) -> Counts {
-    let n = BigUint::from(n_sources);
-    Counts { by_order: head_choices(heads_per_layer, max_order).into_iter().map(|c| c * &n).collect() }
+/// The number of paths by order in the residual state `resid[step]`, from the architecture
+/// alone: a source entering at `resid[e]` has Σ_{|S|=k} Π_{l∈S} H_l paths of order k, S a set of
+/// the layers whose heads read `resid[e..step]`; a value bias first passes one of its own
+/// layer's heads (one more order, H_l times as many).
+pub fn count_stream(graph: &TermGraph, step: usize, max_order: Option<u32>) -> Vec<BigUint> {
+    let cap = max_order.map_or(usize::MAX, |k| k as usize);
+    let mut by_order: Vec<BigUint> = vec![BigUint::zero()];
+    for entry in graph.entries().into_iter().filter(|e| e.step <= step) {
+        let heads: Vec<usize> = graph.blocks[entry.step..step]
+            .iter()
+            .filter_map(|b| match b {
+                Block::Attn { n_heads, .. } => Some(*n_heads),
+                Block::Mlp { .. } => None,
+            })
+            .collect();
+        let (shift, times) = match entry.source {
+            Source::BiasV(l) => (1, graph.heads[l].len()),
+            _ => (0, 1),
+        };
+        if shift > cap {
+            continue;
+        }
+        let capped = max_order.map(|k| k - shift as u32);
+        for (k, c) in head_choices(&heads, capped).into_iter().enumerate() {
+            if by_order.len() <= k + shift {
+                by_order.resize(k + shift + 1, BigUint::zero());
+            }
+            by_order[k + shift] += c * BigUint::from(times);
+        }
+    }
+    by_order
+}
+
+fn add_constant(mut by_order: Vec<BigUint>, constant: bool) -> Vec<BigUint> {
+    if constant {
+        by_order[0] += BigUint::one();
+    }
+    by_order
+}
+
+/// The number of logit paths by order, from the architecture alone (no enumeration): the paths
+/// of the last residual state, and the constant `b_U` term.
+pub fn count_logit_paths(graph: &TermGraph, max_order: Option<u32>) -> Counts {
+    Counts { by_order: add_constant(count_stream(graph, graph.resid.len() - 1, max_order), graph.logit_bias) }
+}
+
+/// The number of terms of each MLP's input by order (`None` for layers without an MLP): the
+/// paths of the residual state it reads and the constant `b_in` term.
+pub fn count_mlp_inputs(graph: &TermGraph, max_order: Option<u32>) -> Vec<Option<Counts>> {
+    (0..graph.heads.len())
+        .map(|layer| {
+            let block = graph.mlp_block(layer)?;
+            let in_bias = matches!(graph.blocks[block], Block::Mlp { in_bias: true, .. });
+            Some(Counts { by_order: add_constant(count_stream(graph, block, max_order), in_bias) })
+        })
+        .collect()
 }
 
 /// The number of attention-score terms by order (query-path order + key-path order), summed over
-/// every head of every layer.
-pub fn count_score_terms(heads_per_layer: &[usize], n_sources: usize, max_order: Option<u32>) -> Counts {
-    let n = BigUint::from(n_sources);
-    let cap = max_order.map_or(2 * heads_per_layer.len(), |k| k as usize);
-    let mut by_order = vec![BigUint::zero(); cap + 1];
-    for (layer, &heads) in heads_per_layer.iter().enumerate() {
-        let side: Vec<BigUint> =
-            head_choices(&heads_per_layer[..layer], max_order).into_iter().map(|c| c * &n).collect();
+/// every head of every layer: per head, (query terms) × (key terms), each side the paths into
+/// the layer plus its constant bias term.
+pub fn count_score_terms(graph: &TermGraph, max_order: Option<u32>) -> Counts {
+    let cap = max_order.map_or(usize::MAX, |k| k as usize);
+    let mut by_order = vec![BigUint::zero()];
+    for (layer, heads) in graph.heads.iter().enumerate() {
+        let block = graph.attn_block(layer);
+        let bias = matches!(graph.blocks[block], Block::Attn { query_key_bias: true, .. });
+        let side = add_constant(count_stream(graph, block, max_order), bias);
         for (a, ca) in side.iter().enumerate() {
             for (b, cb) in side.iter().enumerate() {
                 if a + b <= cap {
-                    by_order[a + b] += ca * cb * BigUint::from(heads);
+                    if by_order.len() <= a + b {
+                        by_order.resize(a + b + 1, BigUint::zero());
+                    }
+                    by_order[a + b] += ca * cb * BigUint::from(heads.len());
                 }
             }
         }
-    }
-    while by_order.len() > 1 && by_order.last().is_some_and(Zero::is_zero) {
-        by_order.pop();
     }
     Counts { by_order }
 }
@@ -400,24 +484,32 @@ pub fn largest_order_within(
 mod tests {
     use super::*;
 
+    fn graph(layers: usize, heads: usize, pos_embed: bool) -> TermGraph {
+        let pos = if pos_embed { "pos_embed\n dim n_ctx = 8\n" } else { "" };
+        let source = format!(
+            "model m\n dim d_model = 8\n dim d_vocab = 8\n embed\n {pos} repeat {layers} {{ layer {{ attn(heads = {heads}, d_head = 2) }} }}\n unembed\n"
+        );
+        crate::compile(&source).unwrap().graph
+    }
+
     #[test]
     fn full_gpt2_small_count_is_two_times_thirteen_to_the_twelfth() {
-        let counts = count_logit_paths(&[12; 12], 2, None);
+        let counts = count_logit_paths(&graph(12, 12, true), None);
         assert_eq!(counts.total(), BigUint::from(2u64 * 13u64.pow(12)));
         assert_eq!(counts.by_order[12], BigUint::from(2u64 * 12u64.pow(12)));
     }
 
     #[test]
     fn order_three_of_twelve_layers() {
-        let counts = count_logit_paths(&[12; 12], 1, Some(3));
+        let counts = count_logit_paths(&graph(12, 12, false), Some(3));
         assert_eq!(counts.total(), BigUint::from(389_809u64));
-        assert_eq!(count_logit_paths(&[12; 4], 1, None).total(), BigUint::from(28_561u64));
+        assert_eq!(count_logit_paths(&graph(4, 12, false), None).total(), BigUint::from(28_561u64));
     }
 
     #[test]
     fn counts_stay_exact_past_u128() {
         // 97^96 has 191 digits.
-        let total = count_logit_paths(&[96; 96], 1, None).total();
+        let total = count_logit_paths(&graph(96, 96, false), None).total();
         assert_eq!(total, BigUint::from(97u32).pow(96));
     }
 }

@@ -80,19 +80,38 @@ fn too_large_expansions_are_refused_with_the_count_and_what_fits() {
 }
 
 #[test]
-fn full_models_parse_but_say_what_they_cannot_expand() {
-    for example in ["examples/full2.tf", "examples/gpt2-small.tf"] {
-        let out = pathc(&["expand", example]);
-        assert_eq!(out.status.code(), Some(2));
-        assert!(
-            stderr(&out).starts_with("error: pathc cannot expand the LayerNorm before attention in layer 0 yet"),
-            "{}",
-            stderr(&out)
-        );
+fn full_models_expand_in_every_format() {
+    // GPT-2 small's attention scores have 7 million terms at order ≤ 1 (22k templates, 47 s to
+    // expand): its logits only.
+    for (example, order, qk) in [("examples/full2.tf", "2", true), ("examples/gpt2-small.tf", "1", false)] {
+        for format in ["text", "latex", "json"] {
+            let mut args = vec!["expand", example, "--max-order", order, "--format", format];
+            if qk {
+                args.push("--qk");
+            }
+            let out = pathc(&args);
+            assert_eq!(out.status.code(), Some(0), "{example} {format}: {}", stderr(&out));
+            let mut symbols = vec!["b_V^{", "b_O^{", "M^{", "b_out^{", "b_in^{", "N^{"];
+            if qk {
+                symbols.extend(["b_Q^{", "b_K^{"]);
+            }
+            for symbol in symbols {
+                let symbol = if format == "latex" {
+                    symbol.replace("b_out", "b_{out}").replace("b_in", "b_{in}")
+                } else {
+                    symbol.to_string()
+                };
+                assert!(stdout(&out).contains(&symbol), "{example} {format}: no {symbol}");
+            }
+        }
         let dot = pathc(&["expand", example, "--format", "dot"]);
         assert_eq!(dot.status.code(), Some(0), "{}", stderr(&dot));
         assert!(stdout(&dot).contains("MLP (layer 1)") && stdout(&dot).contains("ln_final"));
     }
+    // Without truncation GPT-2 small has far too many paths: the refusal says what fits.
+    let out = pathc(&["expand", "examples/gpt2-small.tf"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--max-order 2 fits"), "{}", stderr(&out));
 }
 
 #[test]
@@ -100,11 +119,21 @@ fn count_is_exact_and_instant_for_gpt2_small_sized_models() {
     let out = pathc(&["count", "examples/attn-only-12l.tf"]);
     assert_eq!(out.status.code(), Some(0));
     assert!(stdout(&out).starts_with("46596170244962 paths\n  order 0: 2\n  order 1: 288\n"), "{}", stdout(&out));
-    let out = pathc(&["count", "examples/gpt2-small.tf", "--max-order", "3", "--qk", "--format", "json"]);
+    // GPT-2 small, counted by hand: E and P pass any heads of the 12 layers, (1+12)^12 paths each;
+    // what layer l writes (b_O, the MLP's output, b_out) passes the 11-l layers after it, and a
+    // value bias first passes one of its own layer's 12 heads; plus the constant b_U.
+    let out = pathc(&["count", "examples/gpt2-small.tf", "--format", "json"]);
     assert_eq!(out.status.code(), Some(0));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    assert_eq!(json["paths"]["total"], "779618");
-    assert_eq!(json["max_order"], 3);
+    let later = |l: u32| 13u128.pow(11 - l);
+    let total = 2 * 13u128.pow(12) + (0..12).map(|l| (3 + 12) * later(l)).sum::<u128>() + 1;
+    assert_eq!(json["paths"]["total"], total.to_string());
+    // At most one head: order 0 has E, P, 12 × (b_O, M, b_out) and b_U; order 1 has E and P
+    // through 144 heads, 144 value biases, and 11 + 10 + … + 0 layers after each writer.
+    let out = pathc(&["count", "examples/gpt2-small.tf", "--max-order", "1", "--format", "json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let order_1 = 2 * 144 + 144 + 3 * 12 * (0..12).map(|l| 11 - l).sum::<u64>();
+    assert_eq!(json["paths"]["by_order"], serde_json::json!([(2 + 36 + 1).to_string(), order_1.to_string()]));
 }
 
 #[test]

@@ -20,8 +20,11 @@ fn egraph_sizes_are_pinned() {
         ("attn-only-4l.tf", Some(2), true),
         ("attn-only-12l.tf", Some(1), true),
         ("attn-only-12l.tf", Some(3), false),
+        ("full2.tf", None, true),
+        ("gpt2-small.tf", Some(2), false),
     ] {
-        let options = ExpandOptions { max_order, qk, ..ExpandOptions::default() };
+        // Only the symbolic expansion is measured: no enumeration limit.
+        let options = ExpandOptions { max_order, qk, limit: u64::MAX, ..ExpandOptions::default() };
         let e = pathc::expand(&read(example), &options).expect("expands");
         for (side, stats) in [("logits", Some(&e.logit_stats)), ("scores", e.score_stats.as_ref())] {
             let Some(s) = stats else { continue };
@@ -102,7 +105,9 @@ fn fixture_examples_match_the_fixture_configs() {
 #[test]
 fn every_rule_fires() {
     let mut fired = std::collections::BTreeSet::new();
-    for (example, max_order) in [("attn2.tf", None), ("attn2.tf", Some(1)), ("attn-only-4l.tf", Some(2))] {
+    for (example, max_order) in
+        [("attn2.tf", None), ("attn2.tf", Some(1)), ("attn-only-4l.tf", Some(2)), ("full2.tf", Some(1))]
+    {
         let options = ExpandOptions { max_order, qk: true, ..ExpandOptions::default() };
         let e = pathc::expand(&read(example), &options).expect("expands");
         for stats in [&e.logit_stats, e.score_stats.as_ref().expect("qk")] {

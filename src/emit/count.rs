@@ -9,7 +9,22 @@ pub fn text(what: &str, counts: &Counts) -> String {
     format!("{} {what}\n{}", counts.total(), by_order.join("\n"))
 }
 
-pub fn json(model: &str, max_order: Option<u32>, logits: &Counts, scores: Option<&Counts>) -> String {
+/// Each MLP's input terms, `MLP L input terms` blocks.
+pub fn mlp_inputs_text(mlp_inputs: &[Option<Counts>]) -> Vec<String> {
+    mlp_inputs
+        .iter()
+        .enumerate()
+        .filter_map(|(layer, c)| c.as_ref().map(|c| text(&format!("terms in MLP {layer}'s input"), c)))
+        .collect()
+}
+
+pub fn json(
+    model: &str,
+    max_order: Option<u32>,
+    logits: &Counts,
+    mlp_inputs: &[Option<Counts>],
+    scores: Option<&Counts>,
+) -> String {
     let counts = |c: &Counts| {
         json!({
             "total": c.total().to_string(),
@@ -17,6 +32,14 @@ pub fn json(model: &str, max_order: Option<u32>, logits: &Counts, scores: Option
         })
     };
     let mut value = json!({ "model": model, "max_order": max_order, "paths": counts(logits) });
+    if mlp_inputs.iter().any(Option::is_some) {
+        let layers: Vec<_> = mlp_inputs
+            .iter()
+            .enumerate()
+            .filter_map(|(layer, c)| c.as_ref().map(|c| json!({ "layer": layer, "counts": counts(c) })))
+            .collect();
+        value["mlp_inputs"] = json!(layers);
+    }
     if let Some(s) = scores {
         value["qk"] = counts(s);
     }

@@ -33,7 +33,7 @@ impl From<&Counts> for CountsJson {
 struct TemplateJson {
     order: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
-    source: Option<&'static str>,
+    source: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     layers: Option<Vec<usize>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -48,7 +48,7 @@ struct TemplateJson {
 
 #[derive(Serialize)]
 struct SideJson {
-    source: &'static str,
+    source: String,
     layers: Vec<usize>,
 }
 
@@ -93,7 +93,10 @@ fn push_path(out: &mut String, p: &Path<'_>) {
     out.push_str("\",\"order\":");
     push_usize(out, p.template.order());
     out.push_str(",\"source\":\"");
-    out.push_str(source_name(p.template));
+    match p.template.source() {
+        Some(source) => source.write_name(out),
+        None => out.push('?'),
+    }
     out.push_str("\",\"heads\":");
     push_heads(out, p, Side::Head);
     out.push_str(",\"position\":");
@@ -113,7 +116,7 @@ fn push_score_term(out: &mut String, target: HeadRef, p: &Path<'_>) {
         target.layer,
         target.head,
         p.template.order(),
-        p.template.query_source().map_or("?", |s| s.name()),
+        p.template.query_source().map_or("?".to_string(), |s| s.name()),
     );
     push_heads(out, p, Side::Query);
     let _ = write!(out, "}},\"key\":{{\"source\":\"{}\",\"heads\":", source_name(p.template));
@@ -127,8 +130,8 @@ fn push_score_term(out: &mut String, target: HeadRef, p: &Path<'_>) {
     out.push('}');
 }
 
-fn source_name(t: &Template) -> &'static str {
-    t.source().map_or("?", |s| s.name())
+fn source_name(t: &Template) -> String {
+    t.source().map_or("?".to_string(), |s| s.name())
 }
 
 /// `  "name": value,` on one line.
@@ -146,9 +149,33 @@ pub fn write(exp: &Expansion, out: &mut dyn Write) -> io::Result<()> {
     field(out, "sources", &super::sources(exp))?;
     field(out, "max_order", &exp.max_order)?;
     field(out, "counts", &CountsJson::from(&exp.logit_counts))?;
+    write_paths(exp, &exp.logits, out)?;
+    if exp.mlp_inputs.iter().any(Option::is_some) {
+        out.write_all(b",\n  \"mlp_inputs\": [")?;
+        let mut first = true;
+        for (layer, (templates, counts)) in exp.mlp_inputs.iter().zip(&exp.mlp_input_counts).enumerate() {
+            let (Some(templates), Some(counts)) = (templates, counts) else { continue };
+            out.write_all(if first { b"\n" } else { b",\n" })?;
+            first = false;
+            writeln!(out, "  {{\n  \"layer\": {layer},")?;
+            field(out, "counts", &CountsJson::from(counts))?;
+            write_paths(exp, templates, out)?;
+            out.write_all(b"\n  }")?;
+        }
+        out.write_all(b"\n  ]")?;
+    }
+    if let (Some(layers), Some(counts)) = (&exp.scores, &exp.score_counts) {
+        write_scores(exp, layers, counts, out)?;
+    }
+    out.write_all(b"\n}\n")
+}
+
+/// `"templates": [...], "paths": [...]` of one sum of paths (the logits, or an MLP's input).
+fn write_paths(exp: &Expansion, templates: &[Template], out: &mut dyn Write) -> io::Result<()> {
+    let heads = exp.heads_per_layer();
     out.write_all(b"  \"templates\": [")?;
     let mut lines = LineWriter::new(out);
-    for t in &exp.logits {
+    for t in templates {
         let json = TemplateJson {
             order: t.order(),
             source: Some(source_name(t)),
@@ -164,13 +191,9 @@ pub fn write(exp: &Expansion, out: &mut dyn Write) -> io::Result<()> {
     lines.finish()?;
     out.write_all(b"\n  ],\n  \"paths\": [")?;
     let mut lines = LineWriter::new(out);
-    paths::for_each_path(&exp.logits, &heads, None, |p| lines.item(|buf| push_path(buf, &p)));
+    paths::for_each_path(templates, &heads, None, |p| lines.item(|buf| push_path(buf, &p)));
     lines.finish()?;
-    out.write_all(b"\n  ]")?;
-    if let (Some(layers), Some(counts)) = (&exp.scores, &exp.score_counts) {
-        write_scores(exp, layers, counts, out)?;
-    }
-    out.write_all(b"\n}\n")
+    out.write_all(b"\n  ]")
 }
 
 /// List items one a line, comma-separated, through a [`Buffered`] writer.
@@ -220,7 +243,7 @@ fn write_scores(exp: &Expansion, layers: &[Vec<Template>], counts: &Counts, out:
                         layers: None,
                         composition: Some(Composition::of(t)),
                         query: Some(SideJson {
-                            source: t.query_source().map_or("?", |s| s.name()),
+                            source: t.query_source().map_or("?".to_string(), |s| s.name()),
                             layers: t.layers(Side::Query),
                         }),
                         key: Some(SideJson { source: source_name(t), layers: t.layers(Side::Key) }),

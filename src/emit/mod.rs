@@ -47,12 +47,20 @@ pub(crate) fn shape_summary(exp: &Expansion) -> String {
     }
 }
 
-pub(crate) fn sources(exp: &Expansion) -> Vec<&'static str> {
-    let mut s = vec!["E"];
-    if exp.model.pos_embed.is_some() {
-        s.push("P");
+/// The names of the logits' sources in stream order: `E`, `P`, then per layer `bV`, `bO0`,
+/// `M0`, `bout0`, and `bU` last.
+pub(crate) fn sources(exp: &Expansion) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for entry in exp.graph.entries() {
+        let name = entry.source.name();
+        if !names.contains(&name) {
+            names.push(name);
+        }
     }
-    s
+    if exp.graph.logit_bias {
+        names.push(crate::graph::Source::BiasU.name());
+    }
+    names
 }
 
 pub(crate) fn plural(n: &impl std::fmt::Display, one: &str, many: &str) -> String {

@@ -40,25 +40,57 @@ impl Notation {
     }
 
     pub fn write_factor(self, out: &mut String, f: Factor, heads: Heads<'_>) {
-        let base = match (self, f.kind) {
-            (_, FactorKind::Pattern) => "A",
-            (Notation::Text, FactorKind::OV) => "W_OV",
-            (Notation::Text, FactorKind::QK) => "W_QK",
-            (Notation::Latex, FactorKind::OV) => "W_{OV}",
-            (Notation::Latex, FactorKind::QK) => "W_{QK}",
-            (_, FactorKind::Embed) => "W_E",
-            (_, FactorKind::PosEmbed) => "W_P",
-            (_, FactorKind::Unembed) => "W_U",
+        let latex = self == Notation::Latex;
+        let base = match f.kind {
+            FactorKind::Pattern => "A",
+            FactorKind::Scale(_) => "N",
+            FactorKind::OV if latex => "W_{OV}",
+            FactorKind::OV => "W_OV",
+            FactorKind::QK if latex => "W_{QK}",
+            FactorKind::QK => "W_QK",
+            FactorKind::O => "W_O",
+            FactorKind::Q => "W_Q",
+            FactorKind::K => "W_K",
+            FactorKind::Embed => "W_E",
+            FactorKind::PosEmbed => "W_P",
+            FactorKind::Unembed => "W_U",
+            FactorKind::In(_) if latex => "W_{in}",
+            FactorKind::In(_) => "W_in",
+            FactorKind::Mlp(_) => "M",
+            FactorKind::BiasV => "b_V",
+            FactorKind::BiasQ => "b_Q",
+            FactorKind::BiasK => "b_K",
+            FactorKind::BiasO(_) => "b_O",
+            FactorKind::BiasIn(_) if latex => "b_{in}",
+            FactorKind::BiasIn(_) => "b_in",
+            FactorKind::BiasOut(_) if latex => "b_{out}",
+            FactorKind::BiasOut(_) => "b_out",
+            FactorKind::BiasU => "b_U",
         };
-        let latex_transpose = f.transposed && self == Notation::Latex;
+        let latex_transpose = f.transposed && latex;
         if latex_transpose {
             out.push('{');
         }
         out.push_str(base);
-        if let Some(index) = f.index {
-            out.push_str("^{");
-            self.write_index(out, index, heads);
-            out.push('}');
+        match (f.index, f.kind) {
+            (Some(index), _) => {
+                out.push_str("^{");
+                self.write_index(out, index, heads);
+                out.push('}');
+            }
+            (None, FactorKind::In(l) | FactorKind::Mlp(l) | FactorKind::BiasO(l))
+            | (None, FactorKind::BiasIn(l) | FactorKind::BiasOut(l)) => {
+                out.push_str("^{");
+                push_usize(out, l);
+                out.push('}');
+            }
+            (None, FactorKind::Scale(site)) => {
+                let _ = match self {
+                    Notation::Text => write!(out, "^{{{site}}}"),
+                    Notation::Latex => write!(out, "^{{\\mathrm{{{site}}}}}"),
+                };
+            }
+            _ => {}
         }
         if f.transposed {
             match self {

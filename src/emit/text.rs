@@ -15,24 +15,16 @@ pub fn write(exp: &Expansion, templates_only: bool, out: &mut dyn Write) -> io::
     if let Some(k) = exp.max_order {
         writeln!(out, "truncated to paths through at most {k} head{}", if k == 1 { "" } else { "s" })?;
     }
+    for line in legend(exp) {
+        writeln!(out, "{line}")?;
+    }
     let heads = exp.heads_per_layer();
-    let counts = &exp.logit_counts;
-    let by_order: Vec<String> = counts.by_order.iter().enumerate().map(|(k, c)| format!("order {k}: {c}")).collect();
-    writeln!(out, "T = sum of {} ({})", plural(&counts.total(), "path", "paths"), by_order.join(", "))?;
-    // Names line up: as wide as the longest name any template can produce.
-    let width = exp
-        .logits
-        .iter()
-        .map(|t| 1 + t.layers(Side::Head).iter().map(|&l| format!("/L{l}H{}", heads[l] - 1).len()).sum::<usize>())
-        .max()
-        .unwrap_or(1);
-    let mut order = usize::MAX;
-    for template in &exp.logits {
-        if template.order() != order {
-            order = template.order();
-            writeln!(out, "\norder {order}: {}", plural(&counts.by_order[order], "path", "paths"))?;
+    write_sum(out, "T", &exp.logits, &exp.logit_counts, &heads, templates_only)?;
+    for (layer, (templates, counts)) in exp.mlp_inputs.iter().zip(&exp.mlp_input_counts).enumerate() {
+        if let (Some(templates), Some(counts)) = (templates, counts) {
+            writeln!(out, "\nMLP {layer}'s input (its pre-activation, before the nonlinearity):")?;
+            write_sum(out, &format!("x_in^{{{layer}}}"), templates, counts, &heads, templates_only)?;
         }
-        write_template(out, template, &heads, templates_only, width)?;
     }
     if let (Some(layers), Some(counts)) = (&exp.scores, &exp.score_counts) {
         let by_order: Vec<String> =
@@ -74,6 +66,76 @@ pub fn write(exp: &Expansion, templates_only: bool, out: &mut dyn Write) -> io::
             });
             lines.finish()?;
         }
+    }
+    Ok(())
+}
+
+/// Which symbols of a full model's terms need explaining.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Legend {
+    pub norm: bool,
+    pub mlp: bool,
+    pub bias: bool,
+}
+
+impl Legend {
+    pub(crate) fn of(exp: &Expansion) -> Legend {
+        let model = &exp.model;
+        let norm = model.ln_final.is_some()
+            || model.layers.iter().any(|l| l.attn.ln.is_some() || l.mlp.as_ref().is_some_and(|m| m.ln.is_some()));
+        let bias =
+            model.unembed.bias || model.layers.iter().any(|l| l.attn.bias || l.mlp.as_ref().is_some_and(|m| m.bias));
+        Legend { norm, mlp: model.layers.iter().any(|l| l.mlp.is_some()), bias: bias || norm }
+    }
+}
+
+/// What the symbols of a full model's terms stand for, one line each.
+fn legend(exp: &Expansion) -> Vec<&'static str> {
+    let legend = Legend::of(exp);
+    let mut lines = Vec::new();
+    if legend.norm {
+        lines.push(
+            "N^{s} = diag(1/σ_s): LayerNorm s's scale (ln1.L before attention, ln2.L before the MLP, final), frozen per \
+             position from the forward pass; its centring and weight are folded into the weights that read it (W_Q, W_K, \
+             W_V, W_in, W_U) and its bias into their biases (b_Q, b_K, b_V, b_in, b_U), as TransformerLens's fold_ln does",
+        );
+    }
+    if legend.mlp {
+        lines.push("M^{L} = layer L's MLP output, without b_out: an opaque source (its input is expanded below)");
+    }
+    if legend.bias {
+        lines.push("b_*: bias vectors, constant sources (Id ⊗ b acts on the constant input 1); b_V enters through its own head");
+    }
+    lines
+}
+
+/// `NAME = sum of N paths (order 0: …)`, then the templates and paths grouped by order.
+fn write_sum(
+    out: &mut dyn Write,
+    name: &str,
+    templates: &[Template],
+    counts: &paths::Counts,
+    heads: &[usize],
+    templates_only: bool,
+) -> io::Result<()> {
+    let by_order: Vec<String> = counts.by_order.iter().enumerate().map(|(k, c)| format!("order {k}: {c}")).collect();
+    writeln!(out, "{name} = sum of {} ({})", plural(&counts.total(), "path", "paths"), by_order.join(", "))?;
+    // Names line up: as wide as the longest name any template can produce.
+    let width = templates
+        .iter()
+        .map(|t| {
+            let source = t.source().map_or(1, |s| s.name().len());
+            source + t.layers(Side::Head).iter().map(|&l| format!("/L{l}H{}", heads[l] - 1).len()).sum::<usize>()
+        })
+        .max()
+        .unwrap_or(1);
+    let mut order = usize::MAX;
+    for template in templates {
+        if template.order() != order {
+            order = template.order();
+            writeln!(out, "\norder {order}: {}", plural(&counts.by_order[order], "path", "paths"))?;
+        }
+        write_template(out, template, heads, templates_only, width)?;
     }
     Ok(())
 }

@@ -155,6 +155,7 @@ impl Params {
                 let w_pos = self.w_pos.as_ref().expect("a P path exists only with a positional embedding");
                 w_pos.rows(0, tokens.len()).into_owned()
             }
+            other => unreachable!("{other:?} has no embedding rows"),
         }
     }
 }

@@ -1,16 +1,17 @@
 //! Term graph → the e-graph's starting terms, written in the paper's product form:
-//! `T = (Id⊗W_U) · Π_l (Id⊗Id + Σ_{h∈H_l} A^{l,h} ⊗ W_O^{l,h} W_V^{l,h}) · Σ_s (Id⊗W_s)`.
+//! `T = (Id⊗W_U) · Π_l (Id⊗Id + Σ_{h∈H_l} A^{l,h} ⊗ W_O^{l,h} W_V^{l,h}) · Σ_s (Id⊗W_s)`,
+//! extended to full models: a LayerNorm is its frozen scale `N = diag(1/σ)` on the position side
+//! (its centring and weight folded into the weights that read it), an MLP's output and every bias
+//! are new sources added to the stream where they are written.
 //!
 //! Heads enter as one symbolic sum per layer (DESIGN.md §6): the e-graph then holds one term per
 //! choice of layers, never one per concrete head. The product is built one factor at a time on
 //! top of the already expanded stream (see `rewrite/mod.rs` for why).
 
 use egg::{Id, Language, RecExpr};
-use petgraph::graph::NodeIndex;
 
 use super::lang::{IndexVar, Side, Tensor};
-use crate::diag::Diagnostic;
-use crate::graph::{Edge, Node, NormSite, Source, TermGraph};
+use crate::graph::{Block, NormSite, Source, TermGraph};
 
 pub struct TermBuilder {
     expr: RecExpr<Tensor>,
@@ -91,158 +92,154 @@ impl TermBuilder {
         }
     }
 
-    /// The residual stream `resid[0]`: the sum of the sources, `Σ_s Id⊗W_s`.
-    pub fn sources(&mut self, graph: &TermGraph) -> Result<Id, Diagnostic> {
-        let identity = self.add(Tensor::Identity);
-        let mut stream: Option<Id> = None;
-        for writer in graph.inputs(graph.resid[0], Edge::Write) {
-            let Node::Source(source) = graph.node(writer).node else {
-                return Err(unsupported(graph, writer));
-            };
-            let weight = self.add(match source {
-                Source::E => Tensor::Embed,
-                Source::P => Tensor::PosEmbed,
-            });
-            let term = self.kron(identity, weight);
-            stream = Some(match stream {
-                Some(s) => self.add(Tensor::Add([s, term])),
-                None => term,
-            });
-        }
-        Ok(stream.expect("graph invariant: resid[0] has a source"))
+    fn sum(&mut self, terms: &[Id]) -> Id {
+        terms.iter().copied().reduce(|a, b| self.add(Tensor::Add([a, b]))).expect("a sum has a term")
     }
 
-    /// `resid[step]` from `resid[step - 1]`: one more factor of the product,
-    /// `trunc_K((Id⊗Id + Σ_{h∈H_l} A^h ⊗ W_O^h W_V^h) · stream)`, head indices on `side`.
-    pub fn block(&mut self, graph: &TermGraph, step: usize, side: Side, stream: Id) -> Result<Id, Diagnostic> {
-        let mut layer = None;
-        for w in graph.inputs(graph.resid[step], Edge::Write) {
-            let Node::Head { layer: l, .. } = graph.node(w).node else {
-                return Err(unsupported(graph, w));
-            };
-            layer = Some(l);
-            for reader in graph.inputs(w, Edge::Read) {
-                if reader != graph.resid[step - 1] {
-                    return Err(unsupported(graph, reader));
+    /// `Id ⊗ w`: a source's weight (or an output map) acting on every position alike.
+    fn residual(&mut self, weight: Tensor) -> Id {
+        let identity = self.add(Tensor::Identity);
+        let weight = self.add(weight);
+        self.kron(identity, weight)
+    }
+
+    fn layer_number(&mut self, layer: usize) -> Id {
+        self.add(Tensor::Num(layer as i64))
+    }
+
+    /// `(N_site ⊗ Id) · stream`: a LayerNorm with its scale frozen. Its centring and weight are
+    /// folded into the weights that read it, and its bias into their biases, so what is left is
+    /// the diagonal `1/σ` per position.
+    fn normalised(&mut self, site: Option<NormSite>, stream: Id) -> Id {
+        let Some(site) = site else { return stream };
+        let site = self.add(Tensor::Site(site));
+        let scale = self.add(Tensor::Scale(site));
+        let identity = self.add(Tensor::Identity);
+        let norm = self.kron(scale, identity);
+        self.mul(norm, stream)
+    }
+
+    /// The residual stream `resid[0]`: the sum of the embeddings, `Σ_s Id⊗W_s`.
+    pub fn sources(&mut self, graph: &TermGraph) -> Id {
+        let embeddings: Vec<Id> = graph
+            .entries()
+            .iter()
+            .filter(|e| e.step == 0)
+            .map(|e| match e.source {
+                Source::P => Tensor::PosEmbed,
+                _ => Tensor::Embed,
+            })
+            .map(|weight| self.residual(weight))
+            .collect();
+        self.sum(&embeddings)
+    }
+
+    /// `resid[i + 1]` from `resid[i]`: the skip connection plus what `block` writes, head indices
+    /// on `side`. An attention block adds `Σ_h (A^h·N) ⊗ W_O^h W_V^h` applied to the stream, the
+    /// value-bias terms `Σ_h A^h ⊗ W_O^h·b_V^h` and `Id ⊗ b_O`; an MLP adds its output `Id ⊗ M`
+    /// and `Id ⊗ b_out`.
+    pub fn block(&mut self, block: &Block, side: Side, stream: Id) -> Id {
+        let mut terms = Vec::new();
+        match *block {
+            Block::Attn { layer, norm, value_bias, out_bias, .. } => {
+                let index = self.add(Tensor::Index(IndexVar { side, layer }));
+                let pattern = self.add(Tensor::Pattern(index));
+                let w_o = self.add(Tensor::WO(index));
+                let w_v = self.add(Tensor::WV(index));
+                let ov = self.mul(w_o, w_v);
+                // Σ_h over the layer's heads is implicit in the index (see `lang.rs`).
+                let heads = self.kron(pattern, ov);
+                let site = norm.then_some(NormSite::Attn(layer));
+                match self.max_order {
+                    // The graded form of a truncated step: the heads have order exactly 1, so
+                    // T_K((Id⊗Id + H)·R) = T_K(R) + H·T_{K-1}(R). Written this way the e-graph
+                    // never builds the order-(K+1) terms that truncation would then drop
+                    // (measured: 3.5× the needed work at layer 12 of 12 for K = 3).
+                    Some(k) => {
+                        let kept = self.truncate_to(stream, k as i64);
+                        let lowered = self.truncate_to(stream, k as i64 - 1);
+                        let read = self.normalised(site, lowered);
+                        let through_heads = self.mul(heads, read);
+                        terms.extend([kept, through_heads]);
+                    }
+                    None => {
+                        let read = self.normalised(site, stream);
+                        let through_heads = self.mul(heads, read);
+                        terms.extend([stream, through_heads]);
+                    }
+                }
+                // A value bias passes its head: order 1.
+                if value_bias && self.max_order != Some(0) {
+                    let bias = self.add(Tensor::BiasV(index));
+                    let written = self.mul(w_o, bias);
+                    terms.push(self.kron(pattern, written));
+                }
+                if out_bias {
+                    let layer = self.layer_number(layer);
+                    terms.push(self.residual(Tensor::BiasO(layer)));
+                }
+            }
+            Block::Mlp { layer, out_bias, .. } => {
+                let layer = self.layer_number(layer);
+                terms.extend([stream, self.residual(Tensor::MlpOut(layer))]);
+                if out_bias {
+                    terms.push(self.residual(Tensor::BiasOut(layer)));
                 }
             }
         }
-        let layer = layer.expect("graph invariant: each block writes");
-        let identity = self.add(Tensor::Identity);
-        let index = self.add(Tensor::Index(IndexVar { side, layer }));
-        let pattern = self.add(Tensor::Pattern(index));
-        let w_o = self.add(Tensor::WO(index));
-        let w_v = self.add(Tensor::WV(index));
-        let ov = self.mul(w_o, w_v);
-        let head = self.kron(pattern, ov);
-        // Σ_h over the layer's heads is implicit in the index (see `lang.rs`).
-        let heads = head;
-        match self.max_order {
-            // The graded form of a truncated step: the heads have order exactly 1, so
-            // T_K((Id⊗Id + H)·R) = T_K(R) + H·T_{K-1}(R). Written this way the e-graph never
-            // builds the order-(K+1) terms that truncation would then drop (measured: 3.5× the
-            // needed work at layer 12 of 12 for K = 3).
-            Some(k) => {
-                let kept = self.truncate_to(stream, k as i64);
-                let lowered = self.truncate_to(stream, k as i64 - 1);
-                let through_heads = self.mul(heads, lowered);
-                Ok(self.add(Tensor::Add([kept, through_heads])))
-            }
-            None => {
-                let skip = self.kron(identity, identity);
-                let block = self.add(Tensor::Add([skip, heads]));
-                Ok(self.mul(block, stream))
-            }
-        }
+        self.sum(&terms)
     }
 
-    /// The logits from the last residual state: `(Id⊗W_U) · stream`.
-    pub fn logits(&mut self, graph: &TermGraph, stream: Id) -> Result<Id, Diagnostic> {
-        for reader in graph.inputs(graph.unembed, Edge::Read) {
-            if reader != *graph.resid.last().expect("resid is non-empty") {
-                return Err(unsupported(graph, reader));
-            }
+    /// The input of an MLP block (its pre-activation) from the stream it reads:
+    /// `(Id⊗W_in)·(N⊗Id)·stream + Id⊗b_in`.
+    pub fn mlp_input(&mut self, block: &Block, stream: Id) -> Id {
+        let Block::Mlp { layer, norm, in_bias, .. } = *block else { unreachable!("mlp_input is called on MLP blocks") };
+        let read = self.normalised(norm.then_some(NormSite::Mlp(layer)), stream);
+        let number = self.layer_number(layer);
+        let w_in = self.residual(Tensor::WIn(number));
+        let mut terms = vec![self.mul(w_in, read)];
+        if in_bias {
+            terms.push(self.residual(Tensor::BiasIn(number)));
         }
-        if let Some(&bias) = graph.inputs(graph.unembed, Edge::Write).first() {
-            return Err(unsupported(graph, bias));
-        }
-        let identity = self.add(Tensor::Identity);
-        let w_u = self.add(Tensor::Unembed);
-        let unembed = self.kron(identity, w_u);
+        self.sum(&terms)
+    }
+
+    /// The logits from the last residual state: `(Id⊗W_U)·(N⊗Id)·stream + Id⊗b_U`.
+    pub fn logits(&mut self, graph: &TermGraph, stream: Id) -> Id {
+        let read = self.normalised(graph.final_norm.then_some(NormSite::Final), stream);
+        let w_u = self.residual(Tensor::Unembed);
         // The stream is already truncated and W_U has order 0: no truncation needed here.
-        Ok(self.mul(unembed, stream))
+        let mut terms = vec![self.mul(w_u, read)];
+        if graph.logit_bias {
+            terms.push(self.residual(Tensor::BiasU));
+        }
+        self.sum(&terms)
     }
 
     /// The attention scores of layer `layer`'s heads as one symbolic head `h{layer}`:
-    /// `trunc_K(Σ_h bilin(x_q, Id⊗W_Q^{hT} W_K^h, x_k))`, from the expanded query-side and
-    /// key-side residual streams (independent head indices).
-    pub fn scores(&mut self, layer: usize, query: &RecExpr<Tensor>, key: &RecExpr<Tensor>) -> Id {
-        let query = self.embed(query);
-        let key = self.embed(key);
+    /// `trunc_K(bilin(q, Id⊗Id, k))` with `q = (Id⊗W_Q^h)·(N⊗Id)·x_q + Id⊗b_Q^h` and `k` alike,
+    /// from the expanded query-side and key-side residual streams (independent head indices).
+    /// `W_Q^hᵀ·W_K^h` fuses into `W_QK^h` wherever no bias stands between them.
+    pub fn scores(&mut self, block: &Block, query: &RecExpr<Tensor>, key: &RecExpr<Tensor>) -> Id {
+        let Block::Attn { layer, norm, query_key_bias, .. } = *block else {
+            unreachable!("scores are called on attention blocks")
+        };
         let index = self.add(Tensor::Index(IndexVar { side: Side::Head, layer }));
-        let w_q = self.add(Tensor::WQ(index));
-        let w_q_t = self.add(Tensor::Transpose(w_q));
-        let w_k = self.add(Tensor::WK(index));
-        let qk = self.mul(w_q_t, w_k);
-        let identity = self.add(Tensor::Identity);
-        let form = self.kron(identity, qk);
+        let site = norm.then_some(NormSite::Attn(layer));
+        let mut side = |stream: &RecExpr<Tensor>, weight: Tensor, bias: Tensor| {
+            let stream = self.embed(stream);
+            let read = self.normalised(site, stream);
+            let weight = self.residual(weight);
+            let mut terms = vec![self.mul(weight, read)];
+            if query_key_bias {
+                terms.push(self.residual(bias));
+            }
+            self.sum(&terms)
+        };
+        let query = side(query, Tensor::WQ(index), Tensor::BiasQ(index));
+        let key = side(key, Tensor::WK(index), Tensor::BiasK(index));
+        let form = self.residual(Tensor::Identity);
         let bilinear = self.add(Tensor::Bilin([query, form, key]));
         self.truncate(bilinear)
     }
-}
-
-/// The residual state that layer `layer`'s heads read, or the construct in between.
-pub fn head_input(graph: &TermGraph, layer: usize) -> Result<usize, Diagnostic> {
-    let input = graph.inputs(graph.heads[layer][0], Edge::Read)[0];
-    match graph.node(input).node {
-        Node::Resid(step) => Ok(step),
-        _ => Err(unsupported(graph, input)),
-    }
-}
-
-/// Every construct the expansion cannot go through yet, in model order: the first of each kind,
-/// with a count of the others, so a full model gets a short list rather than one per layer.
-pub fn unsupported_constructs(graph: &TermGraph) -> Vec<Diagnostic> {
-    let mut firsts: Vec<(&'static str, NodeIndex, usize)> = Vec::new();
-    for idx in graph.graph.node_indices() {
-        let kind = match graph.node(idx).node {
-            Node::Mlp { .. } => "MLPs",
-            Node::Norm(_) => "LayerNorms",
-            Node::Bias { .. } => "biases",
-            Node::Source(_) | Node::Resid(_) | Node::Head { .. } | Node::Unembed => continue,
-        };
-        match firsts.iter_mut().find(|(k, _, _)| *k == kind) {
-            Some((_, _, n)) => *n += 1,
-            None => firsts.push((kind, idx, 1)),
-        }
-    }
-    firsts
-        .into_iter()
-        .map(|(kind, idx, n)| {
-            let d = unsupported(graph, idx);
-            match n {
-                1 => d,
-                n => {
-                    let help = d.help.clone().unwrap_or_default();
-                    d.with_help(format!("{help} (this model has {n} {kind})"))
-                }
-            }
-        })
-        .collect()
-}
-
-/// A construct the expansion cannot go through yet, pointing at its declaration.
-fn unsupported(graph: &TermGraph, idx: NodeIndex) -> Diagnostic {
-    let data = graph.node(idx);
-    let (what, label) = match &data.node {
-        Node::Mlp { layer } => (format!("the MLP of layer {layer}"), "an MLP"),
-        Node::Norm(NormSite::Attn(l)) => (format!("the LayerNorm before attention in layer {l}"), "a LayerNorm"),
-        Node::Norm(NormSite::Mlp(l)) => (format!("the LayerNorm before the MLP in layer {l}"), "a LayerNorm"),
-        Node::Norm(NormSite::Final) => ("the final LayerNorm".to_string(), "a LayerNorm"),
-        Node::Bias { name, layer: Some(l) } => (format!("the bias `{name}` of layer {l}"), "a bias"),
-        Node::Bias { name, layer: None } => (format!("the bias `{name}`"), "a bias"),
-        other => (format!("{other:?}"), "this component"),
-    };
-    Diagnostic::new(data.span, format!("pathc cannot expand {what} yet"), format!("{label}: not expanded yet"))
-        .with_help("the expansion covers attention-only models without biases or LayerNorm for now")
 }

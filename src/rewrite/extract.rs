@@ -140,10 +140,31 @@ fn atom(expr: &RecExpr<Tensor>, id: Id) -> Result<Factor, String> {
         Tensor::Index(var) => Ok(*var),
         other => Err(format!("a head weight indexed by `{other}`")),
     };
+    let layer = |i: &Id| match &expr[*i] {
+        Tensor::Num(n) if *n >= 0 => Ok(*n as usize),
+        other => Err(format!("a layer weight numbered by `{other}`")),
+    };
+    let indexed = |kind, i: &Id| Ok::<_, String>(Factor::indexed(kind, index(i)?));
     Ok(match &expr[id] {
-        Tensor::Pattern(i) => Factor::indexed(FactorKind::Pattern, index(i)?),
-        Tensor::WOV(i) => Factor::indexed(FactorKind::OV, index(i)?),
-        Tensor::WQK(i) => Factor::indexed(FactorKind::QK, index(i)?),
+        Tensor::Pattern(i) => indexed(FactorKind::Pattern, i)?,
+        Tensor::WOV(i) => indexed(FactorKind::OV, i)?,
+        Tensor::WQK(i) => indexed(FactorKind::QK, i)?,
+        Tensor::WO(i) => indexed(FactorKind::O, i)?,
+        Tensor::WQ(i) => indexed(FactorKind::Q, i)?,
+        Tensor::WK(i) => indexed(FactorKind::K, i)?,
+        Tensor::BiasV(i) => indexed(FactorKind::BiasV, i)?,
+        Tensor::BiasQ(i) => indexed(FactorKind::BiasQ, i)?,
+        Tensor::BiasK(i) => indexed(FactorKind::BiasK, i)?,
+        Tensor::Scale(site) => match &expr[*site] {
+            Tensor::Site(site) => Factor::plain(FactorKind::Scale(*site)),
+            other => return Err(format!("a LayerNorm scale at `{other}`")),
+        },
+        Tensor::WIn(l) => Factor::plain(FactorKind::In(layer(l)?)),
+        Tensor::MlpOut(l) => Factor::plain(FactorKind::Mlp(layer(l)?)),
+        Tensor::BiasO(l) => Factor::plain(FactorKind::BiasO(layer(l)?)),
+        Tensor::BiasIn(l) => Factor::plain(FactorKind::BiasIn(layer(l)?)),
+        Tensor::BiasOut(l) => Factor::plain(FactorKind::BiasOut(layer(l)?)),
+        Tensor::BiasU => Factor::plain(FactorKind::BiasU),
         Tensor::Embed => Factor::plain(FactorKind::Embed),
         Tensor::PosEmbed => Factor::plain(FactorKind::PosEmbed),
         Tensor::Unembed => Factor::plain(FactorKind::Unembed),

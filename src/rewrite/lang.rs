@@ -10,6 +10,7 @@
 
 use egg::{define_language, Analysis, DidMerge, EGraph, Id};
 
+pub use crate::graph::NormSite;
 pub use crate::paths::{IndexVar, Side};
 
 define_language! {
@@ -31,12 +32,25 @@ define_language! {
         "trunc" = Trunc([Id; 2]),
         // Attention pattern of the head `i` (a symbolic head index: summed over, see above).
         "A" = Pattern(Id),
+        // The frozen LayerNorm scale diag(1/σ) at a site (position side).
+        "N" = Scale(Id),
         "O" = WO(Id),
         "V" = WV(Id),
         "OV" = WOV(Id),
         "Q" = WQ(Id),
         "K" = WK(Id),
         "QK" = WQK(Id),
+        // A layer's MLP: its input weight, and its output as an opaque source.
+        "W_in" = WIn(Id),
+        "M" = MlpOut(Id),
+        // Bias vectors: of a head (indexed) or of a layer (numbered); `b_U` of the logits.
+        "b_V" = BiasV(Id),
+        "b_Q" = BiasQ(Id),
+        "b_K" = BiasK(Id),
+        "b_O" = BiasO(Id),
+        "b_in" = BiasIn(Id),
+        "b_out" = BiasOut(Id),
+        "b_U" = BiasU,
         "W_E" = Embed,
         "W_P" = PosEmbed,
         "W_U" = Unembed,
@@ -44,6 +58,7 @@ define_language! {
         "0" = Zero,
         Num(i64),
         Index(IndexVar),
+        Site(NormSite),
     }
 }
 
@@ -97,11 +112,25 @@ impl Analysis<Tensor> for TensorAnalysis {
                 atom = true;
                 Some((1, 1))
             }
-            Tensor::WO(_) | Tensor::WV(_) | Tensor::WOV(_) | Tensor::WQ(_) | Tensor::WK(_) | Tensor::WQK(_) => {
+            Tensor::WO(_)
+            | Tensor::WV(_)
+            | Tensor::WOV(_)
+            | Tensor::WQ(_)
+            | Tensor::WK(_)
+            | Tensor::WQK(_)
+            | Tensor::Scale(_)
+            | Tensor::WIn(_)
+            | Tensor::MlpOut(_)
+            | Tensor::BiasV(_)
+            | Tensor::BiasQ(_)
+            | Tensor::BiasK(_)
+            | Tensor::BiasO(_)
+            | Tensor::BiasIn(_)
+            | Tensor::BiasOut(_) => {
                 atom = true;
                 Some((0, 0))
             }
-            Tensor::Embed | Tensor::PosEmbed | Tensor::Unembed | Tensor::Identity => {
+            Tensor::Embed | Tensor::PosEmbed | Tensor::Unembed | Tensor::BiasU | Tensor::Identity => {
                 atom = true;
                 Some((0, 0))
             }
@@ -110,7 +139,7 @@ impl Analysis<Tensor> for TensorAnalysis {
                 num = Some(*n);
                 Some((0, 0))
             }
-            Tensor::Index(_) => Some((0, 0)),
+            Tensor::Index(_) | Tensor::Site(_) => Some((0, 0)),
         };
         Facts { order, atom, num }
     }

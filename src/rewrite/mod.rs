@@ -13,8 +13,6 @@
 //! are enumerated later by `paths`.
 
 mod build;
-
-pub use build::unsupported_constructs;
 mod extract;
 pub mod lang;
 pub mod rules;
@@ -25,8 +23,7 @@ use egg::{Extractor, RecExpr, Runner, SimpleScheduler, StopReason};
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::diag::Diagnostic;
-use crate::graph::TermGraph;
+use crate::graph::{Block, TermGraph};
 use crate::paths::Template;
 use build::TermBuilder;
 use lang::{Side, Tensor, TensorAnalysis};
@@ -62,37 +59,55 @@ pub struct RunStats {
 
 #[derive(Debug, Error)]
 pub enum RewriteError {
-    #[error("{}", .0.message)]
-    Unsupported(Diagnostic),
     #[error("the e-graph stopped before saturating: {reason} (after {iterations} iterations, {e_nodes} e-nodes); the expansion would be incomplete")]
     Limit { reason: String, iterations: usize, e_nodes: usize },
     #[error("internal error: the extracted expansion has {0}")]
     Internal(String),
 }
 
-/// The logits' sum of paths, up to `max_order` heads a path.
+/// The symbolic expansion of the logits and of every MLP's input.
+#[derive(Debug, Clone)]
+pub struct LogitExpansion {
+    pub logits: Vec<Template>,
+    /// Per layer, the terms of its MLP's input (pre-activation); `None` without an MLP.
+    pub mlp_inputs: Vec<Option<Vec<Template>>>,
+    pub stats: RunStats,
+}
+
+/// The logits' sum of paths, up to `max_order` heads a path, and on the way the terms of each
+/// MLP's input (the stream it reads, through its LayerNorm and `W_in`).
 pub fn expand_logits(
     graph: &TermGraph,
     max_order: Option<u32>,
     limits: Limits,
-) -> Result<(Vec<Template>, RunStats), RewriteError> {
+) -> Result<LogitExpansion, RewriteError> {
     let mut stats = RunStats::default();
-    let mut stream = sources(graph)?;
-    let last = graph.resid.len() - 1;
-    // One saturation per layer; the unembedding joins the last one (or the sources, with no
-    // layers), which saves a run over the largest stream.
-    for step in 1..=last.max(1) {
+    let mut mlp_inputs = vec![None; graph.heads.len()];
+    let mut stream = sources(graph);
+    let n_blocks = graph.blocks.len();
+    // One saturation per block; the unembedding joins the last one (or the sources, with no
+    // blocks), which saves a run over the largest stream.
+    for step in 0..n_blocks.max(1) {
+        let block = graph.blocks.get(step);
+        if let Some(block @ Block::Mlp { layer, .. }) = block {
+            let mut builder = TermBuilder::new(max_order);
+            let read = builder.embed(&stream);
+            builder.mlp_input(block, read);
+            let input = saturate(builder.finish(), limits, &mut stats)?;
+            mlp_inputs[*layer] = Some(extract::read_templates(&input).map_err(RewriteError::Internal)?);
+        }
         let mut builder = TermBuilder::new(max_order);
         let mut top = builder.embed(&stream);
-        if step <= last {
-            top = builder.block(graph, step, Side::Head, top).map_err(RewriteError::Unsupported)?;
+        if let Some(block) = block {
+            top = builder.block(block, Side::Head, top);
         }
-        if step == last.max(1) {
-            builder.logits(graph, top).map_err(RewriteError::Unsupported)?;
+        if step + 1 == n_blocks.max(1) {
+            builder.logits(graph, top);
         }
         stream = saturate(builder.finish(), limits, &mut stats)?;
     }
-    Ok((extract::read_templates(&stream).map_err(RewriteError::Internal)?, stats))
+    let logits = extract::read_templates(&stream).map_err(RewriteError::Internal)?;
+    Ok(LogitExpansion { logits, mlp_inputs, stats })
 }
 
 /// For each layer, the expansion of its heads' attention scores into (query path, key path)
@@ -103,35 +118,32 @@ pub fn expand_scores(
     limits: Limits,
 ) -> Result<(Vec<Vec<Template>>, RunStats), RewriteError> {
     let mut stats = RunStats::default();
-    let inputs: Vec<usize> = (0..graph.heads.len())
-        .map(|layer| build::head_input(graph, layer))
-        .collect::<Result<_, _>>()
-        .map_err(RewriteError::Unsupported)?;
-    let (mut query, mut key) = (sources(graph)?, sources(graph)?);
-    let mut per_layer = Vec::with_capacity(inputs.len());
-    let mut step = 0;
-    for (layer, &input) in inputs.iter().enumerate() {
-        while step < input {
-            step += 1;
+    let (mut query, mut key) = (sources(graph), sources(graph));
+    let mut per_layer = Vec::with_capacity(graph.heads.len());
+    for (step, block) in graph.blocks.iter().enumerate() {
+        if let Block::Attn { .. } = block {
+            let mut builder = TermBuilder::new(max_order);
+            builder.scores(block, &query, &key);
+            let scores = saturate(builder.finish(), limits, &mut stats)?;
+            per_layer.push(extract::read_templates(&scores).map_err(RewriteError::Internal)?);
+        }
+        // The streams are needed up to the last attention block's input only.
+        if graph.blocks[step + 1..].iter().any(|b| matches!(b, Block::Attn { .. })) {
             for (side, stream) in [(Side::Query, &mut query), (Side::Key, &mut key)] {
                 let mut builder = TermBuilder::new(max_order);
                 let embedded = builder.embed(stream);
-                builder.block(graph, step, side, embedded).map_err(RewriteError::Unsupported)?;
+                builder.block(block, side, embedded);
                 *stream = saturate(builder.finish(), limits, &mut stats)?;
             }
         }
-        let mut builder = TermBuilder::new(max_order);
-        builder.scores(layer, &query, &key);
-        let scores = saturate(builder.finish(), limits, &mut stats)?;
-        per_layer.push(extract::read_templates(&scores).map_err(RewriteError::Internal)?);
     }
     Ok((per_layer, stats))
 }
 
-fn sources(graph: &TermGraph) -> Result<RecExpr<Tensor>, RewriteError> {
+fn sources(graph: &TermGraph) -> RecExpr<Tensor> {
     let mut builder = TermBuilder::new(None);
-    builder.sources(graph).map_err(RewriteError::Unsupported)?;
-    Ok(builder.finish())
+    builder.sources(graph);
+    builder.finish()
 }
 
 /// Saturates one term and extracts its expanded form.

@@ -21,14 +21,12 @@ fn table() -> Vec<Rule> {
         // The tensor-product algebra.
         rw!("mixed-product"; "(* (kron ?a ?b) (kron ?c ?d))" => "(kron (* ?a ?c) (* ?b ?d))"),
         rw!("distribute-left"; "(* ?a (+ ?b ?c))" => "(+ (* ?a ?b) (* ?a ?c))"),
-        rw!("distribute-right"; "(* (+ ?a ?b) ?c)" => "(+ (* ?a ?c) (* ?b ?c))"),
         rw!("identity-left"; "(* I ?a)" => "?a"),
         rw!("identity-right"; "(* ?a I)" => "?a"),
-        rw!("tensor-identity-left"; "(* (kron I I) ?a)" => "?a"),
         rw!("zero-add-right"; "(+ ?a 0)" => "?a"),
         // A head's weights.
         rw!("ov-fuse"; "(* (O ?i) (V ?i))" => "(OV ?i)"),
-        rw!("qk-fuse"; "(* (T (Q ?i)) (K ?i))" => "(QK ?i)"),
+        rw!("qk-fuse"; "(* (T (Q ?i)) (* (K ?i) ?r))" => "(* (QK ?i) ?r)"),
         // Truncation by order, inside the algebra: the analysis bounds every class's orders;
         // a bilinear form whose query side has a fixed order d keeps only the key terms of order
         // ≤ k - d, so high orders are never built. (The logit side is truncated layer by layer
@@ -43,6 +41,9 @@ fn table() -> Vec<Rule> {
         // Transposition of products: (a·b)ᵀ·r = bᵀ·(aᵀ·r).
         rw!("transpose-product"; "(tmul (* ?a ?b) ?r)" => "(tmul ?b (* (T ?a) ?r))"),
         rw!("transpose-atom"; "(tmul ?a ?r)" => "(* (T ?a) ?r)" if is_atom("?a")),
+        // Without it, a class that holds `(* I x)` (an identity multiplied away) feeds
+        // `transpose-product` a new `(* (T I) r)` on every iteration.
+        rw!("transpose-identity"; "(T I)" => "I"),
     ]
 }
 

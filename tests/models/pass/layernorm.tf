@@ -1,3 +1,4 @@
+# expand: --qk
 model m
 dim d_model = 8
 dim d_vocab = 5
