@@ -115,6 +115,7 @@ impl Error {
         match self {
             Error::Model(d) => d,
             Error::Unsupported(d) => d,
+            Error::Eval(eval::EvalError::Undeclared(d)) => std::slice::from_ref(d),
             _ => &[],
         }
     }
@@ -153,16 +154,12 @@ impl Compiled {
 }
 
 /// Loads a weight file and checks every tensor the model needs (names and shapes, finite values)
-/// before any computation. Models the expansion cannot go through yet are refused first.
+/// and that the file holds nothing the model does not declare, before any computation.
 pub fn load_params(
     compiled: &Compiled,
     weights: &std::path::Path,
     names: &eval::NameMap,
 ) -> Result<eval::Params, Error> {
-    let unsupported = rewrite::unsupported_constructs(&compiled.graph);
-    if !unsupported.is_empty() {
-        return Err(Error::Unsupported(unsupported));
-    }
     let weights = weights::Weights::load(weights).map_err(eval::EvalError::from)?;
     Ok(eval::Params::from_weights(&compiled.model, &weights, names)?)
 }
