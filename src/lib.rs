@@ -111,6 +111,7 @@ impl Error {
     pub fn diagnostics(&self) -> &[Diagnostic] {
         match self {
             Error::Model(d) => d,
+            Error::Eval(eval::EvalError::Undeclared(d)) => std::slice::from_ref(d),
             _ => &[],
         }
     }
@@ -153,7 +154,7 @@ impl Compiled {
 }
 
 /// Loads a weight file and checks every tensor the model needs (names and shapes, finite values)
-/// before any computation.
+/// and that the file holds nothing the model does not declare, before any computation.
 pub fn load_params(
     compiled: &Compiled,
     weights: &std::path::Path,

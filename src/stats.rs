@@ -10,6 +10,12 @@
 //!   the unscaled bilinear form (divide it by `attn_scale` for the scores' scale; the copying
 //!   ratio is scale-free).
 //!
+//! On full models these are statistics of the weight matrices as they are: LayerNorms, MLPs and
+//! biases take no part, as in TransformerLens, which computes them from `model.OV` and `model.QK`
+//! of the loaded weights. Weights loaded without `fold_ln` give the raw matrices' statistics;
+//! pass [`Params::fold_layer_norm`]'s result for the folded ones (`W_Q`, `W_K`, `W_V` and `W_U`
+//! scaled by the LayerNorm weights and centred).
+//!
 //! **No vocab × vocab matrix, and no d_model × d_model matrix per head or pair of heads, is ever
 //! built.** Two low-rank facts do all the work:
 //!
@@ -130,11 +136,15 @@ pub enum StatsError {
 /// Computes every statistic of every head of `params`.
 pub fn stats(params: &Params) -> Result<Stats, StatsError> {
     let shared = Shared::new(params);
-    let heads: Vec<(usize, usize)> =
-        params.layers.iter().enumerate().flat_map(|(l, layer)| (0..layer.w_q.len()).map(move |h| (l, h))).collect();
+    let heads: Vec<(usize, usize)> = params
+        .layers
+        .iter()
+        .enumerate()
+        .flat_map(|(l, layer)| (0..layer.attn.w_q.len()).map(move |h| (l, h)))
+        .collect();
     let circuits = parallel_map(&heads, |&(l, h)| head_circuits(params, &shared, l, h));
 
-    let zeros = || params.layers.iter().map(|layer| vec![0.0; layer.w_q.len()]).collect::<Vec<_>>();
+    let zeros = || params.layers.iter().map(|layer| vec![0.0; layer.attn.w_q.len()]).collect::<Vec<_>>();
     let (mut ov_copying, mut qk_copying, mut ov_frobenius, mut qk_frobenius) = (zeros(), zeros(), zeros(), zeros());
     for (&(l, h), c) in heads.iter().zip(circuits) {
         let c = c?;
@@ -150,7 +160,8 @@ pub fn stats(params: &Params) -> Result<Stats, StatsError> {
     let comp_v = composition_scores(&factors.left, &factors.right_v);
 
     let d_model = params.w_e.ncols();
-    let d_heads: Vec<usize> = params.layers.iter().map(|layer| layer.w_q.first().map_or(0, |w| w.ncols())).collect();
+    let d_heads: Vec<usize> =
+        params.layers.iter().map(|layer| layer.attn.w_q.first().map_or(0, |w| w.ncols())).collect();
     let mut baselines: Vec<((usize, usize), f64)> = Vec::new();
     let mut baseline_of = |d_left: usize, d_right: usize| -> f64 {
         if let Some(&(_, b)) = baselines.iter().find(|(shape, _)| *shape == (d_left, d_right)) {
@@ -241,7 +252,7 @@ struct Circuits {
 }
 
 fn head_circuits(params: &Params, shared: &Shared, l: usize, h: usize) -> Result<Circuits, StatsError> {
-    let layer = &params.layers[l];
+    let layer = &params.layers[l].attn;
     let (w_q, w_k, w_v, w_o) = (&layer.w_q[h], &layer.w_k[h], &layer.w_v[h], &layer.w_o[h]);
     // OV: spectrum of W_O (W_U W_E) W_V; ‖·‖² = tr(W_Vᵀ G_E W_V · W_O G_U W_Oᵀ).
     let ov = w_o * (&shared.p * w_v);
@@ -266,7 +277,7 @@ fn head_circuits(params: &Params, shared: &Shared, l: usize, h: usize) -> Result
 /// d_head matrix `W_O W_U W_E W_V` (the vocab × vocab circuit's other eigenvalues are 0). For one
 /// head at a time: it forms `W_U W_E` itself (`d_vocab · d_model²`), which [`stats`] shares.
 pub fn ov_eigenvalues(params: &Params, layer: usize, head: usize) -> Result<Vec<Complex<f64>>, StatsError> {
-    let a = &params.layers[layer];
+    let a = &params.layers[layer].attn;
     let m = &a.w_o[head] * ((&params.w_u * &params.w_e) * &a.w_v[head]);
     eigenvalues(m).ok_or(StatsError::NoConvergence { circuit: "the OV circuit", layer, head, max_iter: SCHUR_MAX_ITER })
 }
@@ -274,7 +285,7 @@ pub fn ov_eigenvalues(params: &Params, layer: usize, head: usize) -> Result<Vec<
 /// The eigenvalues of head `(layer, head)`'s full QK circuit `W_E W_Q W_Kᵀ W_Eᵀ` (without
 /// `1 / attn_scale`), from the d_head × d_head matrix `W_Kᵀ W_Eᵀ W_E W_Q`; as [`ov_eigenvalues`].
 pub fn qk_eigenvalues(params: &Params, layer: usize, head: usize) -> Result<Vec<Complex<f64>>, StatsError> {
-    let a = &params.layers[layer];
+    let a = &params.layers[layer].attn;
     let g_e = params.w_e.transpose() * &params.w_e;
     let m = a.w_k[head].transpose() * (g_e * &a.w_q[head]);
     eigenvalues(m).ok_or(StatsError::NoConvergence { circuit: "the QK circuit", layer, head, max_iter: SCHUR_MAX_ITER })
@@ -337,10 +348,14 @@ struct Factors {
 
 impl Factors {
     fn new(params: &Params) -> Factors {
-        let heads: Vec<(usize, usize)> =
-            params.layers.iter().enumerate().flat_map(|(l, layer)| (0..layer.w_q.len()).map(move |h| (l, h))).collect();
+        let heads: Vec<(usize, usize)> = params
+            .layers
+            .iter()
+            .enumerate()
+            .flat_map(|(l, layer)| (0..layer.attn.w_q.len()).map(move |h| (l, h)))
+            .collect();
         let mut per_head = parallel_map(&heads, |&(l, h)| {
-            let w = &params.layers[l];
+            let w = &params.layers[l].attn;
             [
                 left_factor(&w.w_v[h], &w.w_o[h]),
                 right_factor(&w.w_q[h], &w.w_k[h]),
@@ -351,8 +366,8 @@ impl Factors {
         .into_iter();
         let mut factors = Factors { left: Vec::new(), right_q: Vec::new(), right_k: Vec::new(), right_v: Vec::new() };
         for layer in &params.layers {
-            let [mut left, mut q, mut k, mut v] = [(); 4].map(|_| Vec::with_capacity(layer.w_q.len()));
-            for [a, b_q, b_k, b_v] in per_head.by_ref().take(layer.w_q.len()) {
+            let [mut left, mut q, mut k, mut v] = [(); 4].map(|_| Vec::with_capacity(layer.attn.w_q.len()));
+            for [a, b_q, b_k, b_v] in per_head.by_ref().take(layer.attn.w_q.len()) {
                 left.push(a);
                 q.push(b_q);
                 k.push(b_k);

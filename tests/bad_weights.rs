@@ -21,10 +21,10 @@ fn temp_dir(tag: &str) -> PathBuf {
 
 type Entry = (String, Dtype, Vec<usize>, Vec<u8>);
 
-/// The attn1 fixture's tensors with `edit` applied to each (name, dtype, shape, bytes); `None`
-/// drops the tensor.
-fn edited_attn1(path: &Path, edit: impl Fn(Entry) -> Option<Entry>) {
-    let bytes = std::fs::read("tests/fixtures/attn1/model.safetensors").unwrap();
+/// The fixture's tensors with `edit` applied to each (name, dtype, shape, bytes); `None` drops
+/// the tensor.
+fn edited(fixture: &str, path: &Path, edit: impl Fn(Entry) -> Option<Entry>) {
+    let bytes = std::fs::read(format!("tests/fixtures/{fixture}/model.safetensors")).unwrap();
     let file = SafeTensors::deserialize(&bytes).unwrap();
     let owned: Vec<Entry> = file
         .tensors()
@@ -54,7 +54,7 @@ fn check(weights: &Path, tokens: &str) -> Output {
 fn missing_tensor() {
     let dir = temp_dir("missing");
     let file = dir.join("w.safetensors");
-    edited_attn1(&file, |entry| (entry.0 != "unembed.W_U").then_some(entry));
+    edited("attn1", &file, |entry| (entry.0 != "unembed.W_U").then_some(entry));
     assert_bad(&check(&file, ATTN1_TOKENS), &["tensor `unembed.W_U` is missing"]);
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -76,7 +76,7 @@ fn wrong_shape_names_expected_and_found() {
 fn wrong_dtype() {
     let dir = temp_dir("dtype");
     let file = dir.join("w.safetensors");
-    edited_attn1(&file, |(name, d, s, b)| {
+    edited("attn1", &file, |(name, d, s, b)| {
         if name == "embed.W_E" {
             let n: usize = s.iter().product();
             Some((name, Dtype::BOOL, s, vec![1u8; n]))
@@ -93,7 +93,7 @@ fn nan_and_infinity() {
     for (tag, value) in [("nan", f32::NAN), ("inf", f32::INFINITY)] {
         let dir = temp_dir(tag);
         let file = dir.join("w.safetensors");
-        edited_attn1(&file, |(name, d, s, mut b)| {
+        edited("attn1", &file, |(name, d, s, mut b)| {
             if name == "blocks.0.attn.W_V" {
                 b[4..8].copy_from_slice(&value.to_le_bytes());
             }
@@ -136,17 +136,141 @@ fn bad_tokens_and_positions() {
     assert_eq!(out.status.code(), Some(2), "clap rejects a non-number");
 }
 
+const FULL2_WEIGHTS: &str = "tests/fixtures/full2/model.safetensors";
+
+/// `pathc check` of `examples/full2.tf` with `from` replaced by `to` (written into `dir`) against
+/// `weights`; also the edited model's path and text.
+fn check_edited_full2(dir: &Path, from: &str, to: &str, weights: &str) -> (Output, PathBuf, String) {
+    let source = std::fs::read_to_string("examples/full2.tf").unwrap();
+    assert!(source.contains(from), "examples/full2.tf no longer holds {from:?}");
+    let edited = source.replacen(from, to, 1);
+    let model = dir.join("model.tf");
+    std::fs::write(&model, &edited).unwrap();
+    let out = pathc(&["check", model.to_str().unwrap(), "--weights", weights, "--tokens", "1,2,3"]);
+    (out, model, edited)
+}
+
+/// How the CLI shows a diagnostic at the first `needle` in `source`: `file:line:col`, and the
+/// carets under it.
+fn pointed_at(model: &Path, source: &str, needle: &str) -> [String; 2] {
+    let offset = source.find(needle).unwrap_or_else(|| panic!("{needle:?} is not in the model"));
+    let line_start = source[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = source[..offset].matches('\n').count() + 1;
+    let col = source[line_start..offset].chars().count() + 1;
+    let carets = format!("| {}{} ", " ".repeat(col - 1), "^".repeat(needle.chars().count()));
+    [format!("{}:{line}:{col}", model.display()), carets]
+}
+
+/// Full models load: every tensor of the full2 fixture is read and checked.
 #[test]
-fn full_models_are_refused_before_reading_weights() {
-    let out = pathc(&[
-        "check",
-        "examples/full2.tf",
-        "--weights",
-        "tests/fixtures/full2/model.safetensors",
-        "--tokens",
-        "1,2",
-    ]);
-    assert_bad(&out, &["pathc cannot expand the LayerNorm before attention in layer 0 yet"]);
+fn full_models_load() {
+    let out = pathc(&["stats", "examples/full2.tf", "--weights", FULL2_WEIGHTS, "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A tensor in the weights that the model file does not declare (a LayerNorm, an MLP, a nonzero
+/// bias) would be silently left out of every number: refused with exit 2, naming the tensor, with
+/// `file:line:col` and a caret at the declaration to change, and what to write there.
+#[test]
+fn tensors_the_model_does_not_declare() {
+    struct Case {
+        /// Replace `.0` by `.1` in examples/full2.tf.
+        edit: (&'static str, &'static str),
+        message: &'static str,
+        /// The declaration the caret is under, in the edited file.
+        at: &'static str,
+        help: &'static str,
+    }
+    let cases = [
+        Case {
+            edit: ("    layernorm\n    attn(", "    attn("),
+            message: "the weights have `blocks.0.ln1.w` but layer 0 declares no LayerNorm before attention",
+            at: "attn(heads = 4, bias)",
+            help: "add `layernorm` before `attn(...)`",
+        },
+        Case {
+            edit: ("    layernorm\n    mlp(", "    mlp("),
+            message: "the weights have `blocks.0.ln2.w` but layer 0 declares no LayerNorm before the MLP",
+            at: "mlp(act = gelu_new, bias)",
+            help: "add `layernorm` before `mlp(...)`",
+        },
+        Case {
+            edit: ("\nlayernorm\nunembed", "\nunembed"),
+            message: "the weights have `ln_final.w` but the model declares no final LayerNorm",
+            at: "unembed(bias)",
+            help: "add `layernorm` before `unembed`",
+        },
+        Case {
+            edit: ("    layernorm\n    mlp(act = gelu_new, bias)\n", ""),
+            message: "the weights have `blocks.0.mlp.W_in` but layer 0 declares no MLP",
+            at: "layer {",
+            help: "add `layernorm` then `mlp(act = ...)` after `attn(...)`",
+        },
+        Case {
+            edit: ("attn(heads = 4, bias)", "attn(heads = 4)"),
+            message: "the weights have a nonzero `blocks.0.attn.b_Q` but layer 0's attention declares no bias",
+            at: "attn(heads = 4)",
+            help: "add `bias` to `attn(...)`: `attn(heads = 4, bias)`",
+        },
+        Case {
+            edit: ("mlp(act = gelu_new, bias)", "mlp(act = gelu_new)"),
+            message: "the weights have a nonzero `blocks.0.mlp.b_in` but layer 0's MLP declares no bias",
+            at: "mlp(act = gelu_new)",
+            help: "add `bias` to `mlp(...)`: `mlp(act = gelu_new, bias)`",
+        },
+        Case {
+            edit: ("unembed(bias)", "unembed"),
+            message: "the weights have a nonzero `unembed.b_U` but the unembedding declares no bias",
+            at: "unembed",
+            help: "write `unembed(bias)`",
+        },
+    ];
+    let dir = temp_dir("undeclared");
+    for case in cases {
+        let (out, model, source) = check_edited_full2(&dir, case.edit.0, case.edit.1, FULL2_WEIGHTS);
+        let [location, carets] = pointed_at(&model, &source, case.at);
+        let help = format!("= help: {}", case.help);
+        assert_bad(&out, &[&format!("error: {}\n", case.message), &location, &carets, &help]);
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// TransformerLens stores all-zero biases for models without them: those load (attn1 and attn2
+/// hold zero `b_Q` ... `b_U`), but one nonzero element is refused.
+#[test]
+fn an_undeclared_bias_may_only_be_zero() {
+    assert_eq!(check(Path::new("tests/fixtures/attn1/model.safetensors"), ATTN1_TOKENS).status.code(), Some(0));
+    let dir = temp_dir("nonzero-bias");
+    let file = dir.join("w.safetensors");
+    edited("attn1", &file, |(name, d, s, mut b)| {
+        if name == "blocks.0.attn.b_O" {
+            b[8..12].copy_from_slice(&1e-6f32.to_le_bytes());
+        }
+        Some((name, d, s, b))
+    });
+    let [location, carets] = pointed_at(
+        Path::new("examples/attn1.tf"),
+        &std::fs::read_to_string("examples/attn1.tf").unwrap(),
+        "attn(heads = 2)",
+    );
+    assert_bad(
+        &check(&file, ATTN1_TOKENS),
+        &["a nonzero `blocks.0.attn.b_O` but layer 0's attention declares no bias", &location, &carets],
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Declared but wrong: a shape against the model's `d_mlp`, a LayerNorm missing from the file.
+#[test]
+fn full_model_tensors_of_the_wrong_shape_or_missing() {
+    let dir = temp_dir("full2-shapes");
+    let (out, ..) = check_edited_full2(&dir, "dim d_mlp   = 64", "dim d_mlp   = 48", FULL2_WEIGHTS);
+    assert_bad(&out, &["tensor `blocks.0.mlp.W_in` has shape [32, 64], expected [32, 48]"]);
+    let file = dir.join("w.safetensors");
+    edited("full2", &file, |entry| (entry.0 != "blocks.1.ln2.w").then_some(entry));
+    let out = pathc(&["check", "examples/full2.tf", "--weights", file.to_str().unwrap(), "--tokens", "1,2,3"]);
+    assert_bad(&out, &["tensor `blocks.1.ln2.w` is missing from", "similar names:", "`blocks.1.ln2.b`"]);
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -200,7 +324,7 @@ fn scores_command_reports_its_sum() {
 fn renamed_tensors_through_name_mappings() {
     let dir = temp_dir("renamed");
     let file = dir.join("w.safetensors");
-    edited_attn1(&file, |(name, d, s, b)| {
+    edited("attn1", &file, |(name, d, s, b)| {
         let renamed = name.replace("blocks.0.attn.", "layers.0.").replace("embed.W_E", "tok_embeddings");
         Some((renamed, d, s, b))
     });

@@ -2,7 +2,7 @@
 //! all paths is the forward pass, each head's paths sum to that head's output, and each head's
 //! score terms sum to its scores.
 
-use pathc::eval::{self, AttnWeights, Matrix, Params, PathEvaluator, ScoreEvaluator};
+use pathc::eval::{self, AttnWeights, LayerParams, Matrix, Params, PathEvaluator, Row, ScoreEvaluator};
 use pathc::paths::{self, IndexVar, Side};
 use pathc::ExpandOptions;
 use proptest::prelude::*;
@@ -78,19 +78,30 @@ fn build(a: &Arch) -> (pathc::Expansion, Params) {
     let layers = a
         .heads
         .iter()
-        .map(|&h| AttnWeights {
-            w_q: (0..h).map(|_| rng.matrix(a.d_model, a.d_head)).collect(),
-            w_k: (0..h).map(|_| rng.matrix(a.d_model, a.d_head)).collect(),
-            w_v: (0..h).map(|_| rng.matrix(a.d_model, a.d_head)).collect(),
-            w_o: (0..h).map(|_| rng.matrix(a.d_head, a.d_model)).collect(),
-            attn_scale: (a.d_head as f64).sqrt(),
+        .map(|&h| LayerParams {
+            ln1: None,
+            attn: AttnWeights {
+                w_q: (0..h).map(|_| rng.matrix(a.d_model, a.d_head)).collect(),
+                w_k: (0..h).map(|_| rng.matrix(a.d_model, a.d_head)).collect(),
+                w_v: (0..h).map(|_| rng.matrix(a.d_model, a.d_head)).collect(),
+                w_o: (0..h).map(|_| rng.matrix(a.d_head, a.d_model)).collect(),
+                b_q: vec![Row::zeros(a.d_head); h],
+                b_k: vec![Row::zeros(a.d_head); h],
+                b_v: vec![Row::zeros(a.d_head); h],
+                b_o: Row::zeros(a.d_model),
+                attn_scale: (a.d_head as f64).sqrt(),
+            },
+            ln2: None,
+            mlp: None,
         })
         .collect();
     let params = Params {
         w_e: rng.matrix(a.d_vocab, a.d_model),
         w_pos: a.positional.then(|| rng.matrix(a.n_ctx, a.d_model)),
         layers,
+        ln_final: None,
         w_u: rng.matrix(a.d_model, a.d_vocab),
+        b_u: Row::zeros(a.d_vocab),
     };
     (expansion, params)
 }
@@ -120,7 +131,7 @@ proptest! {
         });
         let scale = 1.0 + forward.logits.iter().fold(0.0f64, |m, x| m.max(x.abs()));
         prop_assert!(max_diff(&total, &forward.logits) <= 1e-9 * scale, "sum of paths vs forward");
-        for (l, layer) in params.layers.iter().enumerate() {
+        for (l, layer) in params.layers.iter().map(|layer| &layer.attn).enumerate() {
             for (h, paths_sum) in by_head[l].iter().enumerate() {
                 // The head's output as the forward pass computes it, through W_U.
                 let output = &forward.patterns[l][h] * ((&forward.resid_pre[l] * &layer.w_v[h]) * &layer.w_o[h]) * &params.w_u;

@@ -1,9 +1,10 @@
-//! `pathc::stats` against the TransformerLens fixtures (`tests/fixtures/{attn1,attn2}`,
-//! `reference.safetensors`, computed in f64 from the stored f32 weights), and the factored
+//! `pathc::stats` against the TransformerLens fixtures (`tests/fixtures/{attn1,attn2,full2}`,
+//! `reference.safetensors`, computed in f64 from the stored f32 weights; full2's on the raw
+//! weights, without `fold_ln`), and the factored
 //! computations against explicitly multiplied circuits on small random models.
 
 use nalgebra::DMatrix;
-use pathc::eval::{AttnWeights, Params};
+use pathc::eval::{AttnWeights, LayerParams, Params, Row};
 use pathc::stats::{self, Stats};
 use pathc::weights::Weights;
 
@@ -33,9 +34,9 @@ fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
 
 #[test]
 fn statistics_match_transformer_lens() {
-    for name in ["attn1", "attn2"] {
+    for name in ["attn1", "attn2", "full2"] {
         let params = fixture_params(name);
-        let (n_layers, n_heads) = (params.layers.len(), params.layers[0].w_q.len());
+        let (n_layers, n_heads) = (params.layers.len(), params.layers[0].attn.w_q.len());
         let reference = Weights::load(format!("tests/fixtures/{name}/reference.safetensors").as_ref()).unwrap();
         let s = stats::stats(&params).unwrap();
         let per_head = [
@@ -64,7 +65,7 @@ fn statistics_match_transformer_lens() {
         // The QK circuit is TransformerLens's `model.QK`, without 1/attn_scale: the scaled norm
         // would be off by the factor attn_scale (2 and 2.83 here).
         let expected = &reference.get("qk_frobenius", &[n_layers, n_heads]).unwrap().data;
-        let scale = params.layers[0].attn_scale;
+        let scale = params.layers[0].attn.attn_scale;
         let scaled: Vec<f64> = flat2(&s.qk_frobenius).iter().map(|x| x / scale).collect();
         assert!(max_abs_diff(&scaled, expected) > 1e-3, "{name}: the reference QK includes 1/attn_scale?");
 
@@ -91,6 +92,21 @@ fn statistics_match_transformer_lens() {
             }
         }
     }
+}
+
+/// full2's reference statistics are of the raw weights: folding the LayerNorms first (scaling
+/// and centring `W_Q`, `W_K`, `W_V`, `W_U`) changes them well beyond the tolerance, so the
+/// fixture tells the two apart.
+#[test]
+fn full2_statistics_are_of_the_raw_weights() {
+    let folded = stats::stats(&fixture_params("full2").fold_layer_norm()).unwrap();
+    let reference = Weights::load("tests/fixtures/full2/reference.safetensors".as_ref()).unwrap();
+    for (stat, ours) in [("ov_frobenius", flat2(&folded.ov_frobenius)), ("qk_frobenius", flat2(&folded.qk_frobenius))] {
+        let err = max_abs_diff(&ours, &reference.get(stat, &[2, 4]).unwrap().data);
+        assert!(err > 1e-3, "{stat}: the folded weights' statistics match the raw reference ({err:e})");
+    }
+    let comp_v = max_abs_diff(&flat4(&folded.comp_v), &reference.get("comp_v", &[2, 4, 2, 4]).unwrap().data);
+    assert!(comp_v > 1e-3, "comp_v: {comp_v:e}");
 }
 
 #[test]
@@ -153,15 +169,31 @@ fn random_params(rng: &mut Rng, d_vocab: usize, d_model: usize, d_heads: &[usize
     let layers = d_heads
         .iter()
         .zip(n_heads)
-        .map(|(&d_head, &h)| AttnWeights {
-            w_q: (0..h).map(|_| rng.matrix(d_model, d_head)).collect(),
-            w_k: (0..h).map(|_| rng.matrix(d_model, d_head)).collect(),
-            w_v: (0..h).map(|_| rng.matrix(d_model, d_head)).collect(),
-            w_o: (0..h).map(|_| rng.matrix(d_head, d_model)).collect(),
-            attn_scale: (d_head as f64).sqrt(),
+        .map(|(&d_head, &h)| LayerParams {
+            ln1: None,
+            attn: AttnWeights {
+                w_q: (0..h).map(|_| rng.matrix(d_model, d_head)).collect(),
+                w_k: (0..h).map(|_| rng.matrix(d_model, d_head)).collect(),
+                w_v: (0..h).map(|_| rng.matrix(d_model, d_head)).collect(),
+                w_o: (0..h).map(|_| rng.matrix(d_head, d_model)).collect(),
+                b_q: vec![Row::zeros(d_head); h],
+                b_k: vec![Row::zeros(d_head); h],
+                b_v: vec![Row::zeros(d_head); h],
+                b_o: Row::zeros(d_model),
+                attn_scale: (d_head as f64).sqrt(),
+            },
+            ln2: None,
+            mlp: None,
         })
         .collect();
-    Params { w_e: rng.matrix(d_vocab, d_model), w_pos: None, layers, w_u: rng.matrix(d_model, d_vocab) }
+    Params {
+        w_e: rng.matrix(d_vocab, d_model),
+        w_pos: None,
+        layers,
+        ln_final: None,
+        w_u: rng.matrix(d_model, d_vocab),
+        b_u: Row::zeros(d_vocab),
+    }
 }
 
 fn explicit_eigenvalues(m: &Matrix) -> Vec<nalgebra::Complex<f64>> {
@@ -192,7 +224,7 @@ fn factored_statistics_equal_the_explicit_circuits() {
         let p = random_params(&mut rng, d_vocab, d_model, &d_heads, &n_heads);
         let shape = format!("case {case}: vocab {d_vocab}, d_model {d_model}, d_head {d_heads:?}, heads {n_heads:?}");
         let s = stats::stats(&p).unwrap();
-        for (l, layer) in p.layers.iter().enumerate() {
+        for (l, layer) in p.layers.iter().map(|layer| &layer.attn).enumerate() {
             for h in 0..n_heads[l] {
                 let ov = &p.w_e * &layer.w_v[h] * &layer.w_o[h] * &p.w_u;
                 let qk = &p.w_e * &layer.w_q[h] * layer.w_k[h].transpose() * p.w_e.transpose();
@@ -215,10 +247,10 @@ fn factored_statistics_equal_the_explicit_circuits() {
             }
         }
         // Composition scores from the explicit d_model × d_model matrices.
-        for (l, left) in p.layers.iter().enumerate() {
+        for (l, left) in p.layers.iter().map(|layer| &layer.attn).enumerate() {
             for h in 0..n_heads[l] {
                 let ov_left = &left.w_v[h] * &left.w_o[h];
-                for (r, right) in p.layers.iter().enumerate() {
+                for (r, right) in p.layers.iter().map(|layer| &layer.attn).enumerate() {
                     for g in 0..n_heads[r] {
                         let rights = [
                             (&s.comp_q, &right.w_q[g] * right.w_k[g].transpose()),
@@ -262,8 +294,8 @@ fn all_finite(s: &Stats) -> bool {
 #[test]
 fn a_head_with_a_zero_ov_circuit_copies_nothing() {
     let mut p = small_model(7);
-    p.layers[0].w_o[1] = Matrix::zeros(3, 6);
-    p.layers[1].w_o[0] = Matrix::zeros(3, 6);
+    p.layers[0].attn.w_o[1] = Matrix::zeros(3, 6);
+    p.layers[1].attn.w_o[0] = Matrix::zeros(3, 6);
     let s = stats::stats(&p).unwrap();
     assert!(all_finite(&s), "{s:?}");
     for (l, h) in [(0, 1), (1, 0)] {
@@ -284,8 +316,8 @@ fn a_head_with_a_zero_ov_circuit_copies_nothing() {
     // Everything zero: every score 0, nothing NaN.
     let mut zero = small_model(8);
     for layer in &mut zero.layers {
-        layer.w_o.iter_mut().for_each(|w| w.fill(0.0));
-        layer.w_q.iter_mut().for_each(|w| w.fill(0.0));
+        layer.attn.w_o.iter_mut().for_each(|w| w.fill(0.0));
+        layer.attn.w_q.iter_mut().for_each(|w| w.fill(0.0));
     }
     let s = stats::stats(&zero).unwrap();
     assert!(all_finite(&s));
@@ -298,7 +330,7 @@ fn the_copying_score_of_a_pure_copier_is_one_and_of_an_anticopier_minus_one() {
     let mut p = small_model(9);
     let w_e = p.w_e.clone();
     p.w_u = w_e.transpose();
-    let layer = &mut p.layers[0];
+    let layer = &mut p.layers[0].attn;
     layer.w_o[0] = layer.w_v[0].transpose();
     layer.w_o[1] = -layer.w_v[1].transpose();
     layer.w_k[0] = layer.w_q[0].clone();

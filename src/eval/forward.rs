@@ -1,7 +1,10 @@
-//! The forward pass that records what the expansion freezes: attention patterns (and scores).
+//! The forward pass, with TransformerLens's semantics, recording what the path expansion freezes
+//! (attention patterns, LayerNorm scales) and the pieces the logits are a sum of (each head's
+//! result, each MLP's output).
 
-use super::{EvalError, Matrix, Params};
+use super::{EvalError, LayerNormWeights, Matrix, Params, Row, LN_EPS};
 use crate::graph::Source;
+use crate::model::Activation;
 
 /// A forward pass: the logits and everything recorded on the way.
 #[derive(Debug, Clone)]
@@ -15,8 +18,26 @@ pub struct Forward {
     pub scores: Vec<Vec<Matrix>>,
     /// `resid_pre[l]`: `[n, d_model]`, the residual stream entering layer `l`.
     pub resid_pre: Vec<Matrix>,
-    /// `[n, d_model]`, after the last layer.
+    /// `[n, d_model]`, after the last layer (before `ln_final`).
     pub resid_final: Matrix,
+    /// LayerNorm scales σ = sqrt(var + eps) per position, as recorded (TransformerLens
+    /// `hook_scale`): `scale_attn[l]` of `ln1`, `scale_mlp[l]` of `ln2`; `None` without that
+    /// LayerNorm.
+    pub scale_attn: Vec<Option<Vec<f64>>>,
+    pub scale_mlp: Vec<Option<Vec<f64>>>,
+    /// `ln_final`'s scale per position; `None` without a final LayerNorm.
+    pub scale_final: Option<Vec<f64>>,
+    /// `head_results[l][h]`: `[n, d_model]`, the head's result `pattern · v · W_O` (including
+    /// `b_V`, excluding `b_O`, which belongs to the layer, not to a head).
+    pub head_results: Vec<Vec<Matrix>>,
+    /// `mlp_pre[l]`: `[n, d_mlp]`, the MLP's pre-activation (including `b_in`); `None` without an
+    /// MLP.
+    pub mlp_pre: Vec<Option<Matrix>>,
+    /// `mlp_out[l]`: `[n, d_model]`, the MLP's output without `b_out`; `None` without an MLP.
+    pub mlp_out: Vec<Option<Matrix>>,
+    /// `resid_mid[l]`: `[n, d_model]`, the residual stream after layer `l`'s attention, before its
+    /// MLP.
+    pub resid_mid: Vec<Matrix>,
 }
 
 /// Causal softmax over each row (query) of `scores`, keys after the query masked out.
@@ -38,34 +59,126 @@ fn causal_softmax(scores: &Matrix) -> Matrix {
     pattern
 }
 
-/// Runs the model on `tokens`, recording every attention pattern: this is what freezes `A`.
+/// `m` with `bias` added to every row (position).
+fn plus_row(mut m: Matrix, bias: &Row) -> Matrix {
+    for mut row in m.row_iter_mut() {
+        row += bias;
+    }
+    m
+}
+
+/// TransformerLens's `LayerNorm` on every row of `x`, and each row's scale σ; `x` unchanged (and
+/// no scale) without a LayerNorm.
+fn layer_norm(x: &Matrix, ln: Option<&LayerNormWeights>) -> (Matrix, Option<Vec<f64>>) {
+    let Some(ln) = ln else { return (x.clone(), None) };
+    let mut out = x.clone();
+    let mut scales = Vec::with_capacity(x.nrows());
+    for mut row in out.row_iter_mut() {
+        let mean = row.mean();
+        row.add_scalar_mut(-mean);
+        let scale = (row.norm_squared() / row.len() as f64 + LN_EPS).sqrt();
+        row /= scale;
+        row.component_mul_assign(&ln.w);
+        row += &ln.b;
+        scales.push(scale);
+    }
+    (out, Some(scales))
+}
+
+/// An MLP activation as TransformerLens computes it: `gelu` is PyTorch's exact `F.gelu`
+/// (`0.5·x·(1 + erf(x/√2))`), `gelu_new` the tanh approximation of GPT-2, `silu` is `x·sigmoid(x)`.
+pub fn activate(act: Activation, x: f64) -> f64 {
+    match act {
+        Activation::Relu => x.max(0.0),
+        Activation::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
+        Activation::GeluNew => {
+            let sqrt_2_over_pi = (2.0 / std::f64::consts::PI).sqrt();
+            0.5 * x * (1.0 + (sqrt_2_over_pi * (x + 0.044715 * x.powi(3))).tanh())
+        }
+        Activation::Silu => x / (1.0 + (-x).exp()),
+    }
+}
+
+/// Runs the model on `tokens` as TransformerLens does, recording every attention pattern (this is
+/// what freezes `A`), every LayerNorm scale, and each head's and MLP's output.
+///
+/// `resid = W_E[tokens] + W_pos[..n]`; per layer `x = LN1(resid)`, `q = x W_Q + b_Q` (`k`, `v`
+/// alike), `pattern = causal softmax(q kᵀ / attn_scale)`, `resid += Σ_h pattern · v · W_O + b_O`;
+/// then, with an MLP, `y = LN2(resid)`, `resid += act(y W_in + b_in) W_out + b_out`; finally
+/// `logits = LN_final(resid) W_U + b_U`. Absent LayerNorms are the identity.
 pub fn forward(params: &Params, tokens: &[usize]) -> Result<Forward, EvalError> {
     params.check_tokens(tokens)?;
     let mut resid = params.source_rows(Source::E, tokens);
     if params.w_pos.is_some() {
         resid += params.source_rows(Source::P, tokens);
     }
-    let mut patterns = Vec::with_capacity(params.layers.len());
-    let mut scores = Vec::with_capacity(params.layers.len());
-    let mut resid_pre = Vec::with_capacity(params.layers.len());
+    let n_layers = params.layers.len();
+    let mut patterns = Vec::with_capacity(n_layers);
+    let mut scores = Vec::with_capacity(n_layers);
+    let mut resid_pre = Vec::with_capacity(n_layers);
+    let mut resid_mid = Vec::with_capacity(n_layers);
+    let mut scale_attn = Vec::with_capacity(n_layers);
+    let mut scale_mlp = Vec::with_capacity(n_layers);
+    let mut head_results = Vec::with_capacity(n_layers);
+    let mut mlp_pre = Vec::with_capacity(n_layers);
+    let mut mlp_out = Vec::with_capacity(n_layers);
     for layer in &params.layers {
         resid_pre.push(resid.clone());
-        let mut out = Matrix::zeros(resid.nrows(), resid.ncols());
-        let (mut layer_patterns, mut layer_scores) = (Vec::new(), Vec::new());
-        for h in 0..layer.w_q.len() {
-            let q = &resid * &layer.w_q[h];
-            let k = &resid * &layer.w_k[h];
-            let v = &resid * &layer.w_v[h];
-            let s = (&q * k.transpose()) / layer.attn_scale;
+        let (x, scale) = layer_norm(&resid, layer.ln1.as_ref());
+        scale_attn.push(scale);
+        let attn = &layer.attn;
+        let (mut layer_patterns, mut layer_scores, mut results) = (Vec::new(), Vec::new(), Vec::new());
+        for h in 0..attn.w_q.len() {
+            let q = plus_row(&x * &attn.w_q[h], &attn.b_q[h]);
+            let k = plus_row(&x * &attn.w_k[h], &attn.b_k[h]);
+            let v = plus_row(&x * &attn.w_v[h], &attn.b_v[h]);
+            let s = (&q * k.transpose()) / attn.attn_scale;
             let pattern = causal_softmax(&s);
-            out += &pattern * (v * &layer.w_o[h]);
+            results.push((&pattern * v) * &attn.w_o[h]);
             layer_patterns.push(pattern);
             layer_scores.push(s);
         }
-        resid += out;
+        for result in &results {
+            resid += result;
+        }
+        resid = plus_row(resid, &attn.b_o);
+        resid_mid.push(resid.clone());
+        match &layer.mlp {
+            Some(mlp) => {
+                let (y, scale) = layer_norm(&resid, layer.ln2.as_ref());
+                scale_mlp.push(scale);
+                let pre = plus_row(&y * &mlp.w_in, &mlp.b_in);
+                let out = pre.map(|p| activate(mlp.act, p)) * &mlp.w_out;
+                resid += &out;
+                resid = plus_row(resid, &mlp.b_out);
+                mlp_pre.push(Some(pre));
+                mlp_out.push(Some(out));
+            }
+            None => {
+                scale_mlp.push(None);
+                mlp_pre.push(None);
+                mlp_out.push(None);
+            }
+        }
         patterns.push(layer_patterns);
         scores.push(layer_scores);
+        head_results.push(results);
     }
-    let logits = &resid * &params.w_u;
-    Ok(Forward { tokens: tokens.to_vec(), logits, patterns, scores, resid_pre, resid_final: resid })
+    let (normalised, scale_final) = layer_norm(&resid, params.ln_final.as_ref());
+    let logits = plus_row(&normalised * &params.w_u, &params.b_u);
+    Ok(Forward {
+        tokens: tokens.to_vec(),
+        logits,
+        patterns,
+        scores,
+        resid_pre,
+        resid_final: resid,
+        scale_attn,
+        scale_mlp,
+        scale_final,
+        head_results,
+        mlp_pre,
+        mlp_out,
+        resid_mid,
+    })
 }

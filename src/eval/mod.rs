@@ -14,17 +14,19 @@ mod forward;
 mod params;
 mod paths;
 
-pub use forward::{forward, Forward};
-pub use params::{AttnWeights, NameMap, Params};
+pub use forward::{activate, forward, Forward};
+pub use params::{AttnWeights, LayerNormWeights, LayerParams, MlpWeights, NameMap, Params, LN_EPS};
 pub use paths::{check, logits_by_order, CheckReport, PathEvaluator, ResidualCache, ScoreEvaluator};
 
-use nalgebra::DMatrix;
+use nalgebra::{DMatrix, RowDVector};
 use thiserror::Error;
 
 use crate::diag::Diagnostic;
 use crate::weights::WeightError;
 
 pub type Matrix = DMatrix<f64>;
+/// A row vector: a bias or a LayerNorm weight, added to every row (position) of a `Matrix`.
+pub type Row = RowDVector<f64>;
 
 #[derive(Debug, Error)]
 pub enum EvalError {
@@ -32,8 +34,10 @@ pub enum EvalError {
     Weights(#[from] WeightError),
     #[error("dimension `{0}` is symbolic; evaluating the model needs a number (`dim {0} = N`)")]
     Symbolic(String),
-    #[error("{}", .0.first().map_or("", |d| d.message.as_str()))]
-    Unsupported(Vec<Diagnostic>),
+    /// The weights hold a tensor the model file does not declare (a LayerNorm, an MLP, a nonzero
+    /// bias): the diagnostic points at the declaration to change.
+    #[error("{}", .0.message)]
+    Undeclared(Diagnostic),
     #[error("bad --name mapping {0}")]
     NameMap(String),
     #[error("no tokens given")]

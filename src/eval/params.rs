@@ -1,11 +1,30 @@
 //! The weights a model needs, read by TransformerLens's names and checked against the model.
+//!
+//! The model file and the weights must agree: a tensor the model needs and the file lacks is
+//! [`WeightError::Missing`](crate::weights::WeightError::Missing); a tensor the file holds and the
+//! model does not declare (a LayerNorm, an MLP, a nonzero bias) is [`EvalError::Undeclared`],
+//! pointing at the declaration to change, because evaluating without it would silently compute
+//! another model.
 
-use super::{EvalError, Matrix};
+use super::{EvalError, Matrix, Row};
+use crate::diag::Diagnostic;
 use crate::graph::Source;
-use crate::model::{Model, Size};
+use crate::model::{Activation, Layer, Model, Size};
 use crate::weights::Weights;
 
-/// One attention layer's weights, per head, in TransformerLens's layout.
+/// TransformerLens `LN`: `x ↦ (x − mean(x)) / σ · w + b`, `σ = sqrt(mean((x − mean x)²) + LN_EPS)`,
+/// per position.
+pub const LN_EPS: f64 = 1e-5;
+
+/// A LayerNorm's elementwise weight and bias, `[d_model]` each.
+#[derive(Debug, Clone)]
+pub struct LayerNormWeights {
+    pub w: Row,
+    pub b: Row,
+}
+
+/// One attention layer's weights, per head, in TransformerLens's layout. Biases the model does
+/// not declare are zero, so that code can always add them.
 #[derive(Debug, Clone)]
 pub struct AttnWeights {
     /// `[d_model, d_head]` per head.
@@ -14,20 +33,53 @@ pub struct AttnWeights {
     pub w_v: Vec<Matrix>,
     /// `[d_head, d_model]` per head.
     pub w_o: Vec<Matrix>,
+    /// `[d_head]` per head.
+    pub b_q: Vec<Row>,
+    pub b_k: Vec<Row>,
+    pub b_v: Vec<Row>,
+    /// `[d_model]`, added once to the sum of the heads.
+    pub b_o: Row,
     /// `sqrt(d_head)`, TransformerLens's `attn_scale`.
     pub attn_scale: f64,
 }
 
-/// The weights a model's expansion needs, checked against its dimensions.
+/// An MLP's weights: `act(x W_in + b_in) W_out + b_out`. Biases not declared are zero.
+#[derive(Debug, Clone)]
+pub struct MlpWeights {
+    /// `[d_model, d_mlp]`.
+    pub w_in: Matrix,
+    /// `[d_mlp]`.
+    pub b_in: Row,
+    /// `[d_mlp, d_model]`.
+    pub w_out: Matrix,
+    /// `[d_model]`.
+    pub b_out: Row,
+    pub act: Activation,
+}
+
+/// One residual block: `ln1` (if declared) before attention, `ln2` (if declared) before the MLP.
+#[derive(Debug, Clone)]
+pub struct LayerParams {
+    pub ln1: Option<LayerNormWeights>,
+    pub attn: AttnWeights,
+    pub ln2: Option<LayerNormWeights>,
+    pub mlp: Option<MlpWeights>,
+}
+
+/// The weights a model needs, checked against its declarations and dimensions.
 #[derive(Debug, Clone)]
 pub struct Params {
     /// `[d_vocab, d_model]`.
     pub w_e: Matrix,
     /// `[n_ctx, d_model]`, when the model has a positional embedding.
     pub w_pos: Option<Matrix>,
-    pub layers: Vec<AttnWeights>,
+    pub layers: Vec<LayerParams>,
+    /// Before the unembedding, when the model declares a final `layernorm`.
+    pub ln_final: Option<LayerNormWeights>,
     /// `[d_model, d_vocab]`.
     pub w_u: Matrix,
+    /// `[d_vocab]`; zero unless the model declares `unembed(bias)`.
+    pub b_u: Row,
 }
 
 fn known(name: &str, size: &Size) -> Result<usize, EvalError> {
@@ -80,50 +132,245 @@ impl NameMap {
     }
 }
 
-fn matrix(weights: &Weights, name: &str, rows: usize, cols: usize) -> Result<Matrix, EvalError> {
-    let t = weights.get(name, &[rows, cols])?;
-    Ok(Matrix::from_row_slice(rows, cols, &t.data))
+/// Reads TransformerLens tensors (by their names, renamed by a [`NameMap`]) from a weight file.
+struct Reader<'a> {
+    weights: &'a Weights,
+    names: &'a NameMap,
 }
 
-/// `[n_heads, rows, cols]` as one matrix per head.
-fn per_head(weights: &Weights, name: &str, n_heads: usize, rows: usize, cols: usize) -> Result<Vec<Matrix>, EvalError> {
-    let t = weights.get(name, &[n_heads, rows, cols])?;
-    Ok(t.data.chunks_exact(rows * cols).map(|chunk| Matrix::from_row_slice(rows, cols, chunk)).collect())
+impl Reader<'_> {
+    /// The tensor `tl`'s row-major data, its shape checked.
+    fn data(&self, tl: &str, shape: &[usize]) -> Result<&[f64], EvalError> {
+        Ok(&self.weights.get(&self.names.resolve(tl), shape)?.data)
+    }
+
+    fn matrix(&self, tl: &str, rows: usize, cols: usize) -> Result<Matrix, EvalError> {
+        Ok(Matrix::from_row_slice(rows, cols, self.data(tl, &[rows, cols])?))
+    }
+
+    /// `[n_heads, rows, cols]` as one matrix per head.
+    fn per_head(&self, tl: &str, n_heads: usize, rows: usize, cols: usize) -> Result<Vec<Matrix>, EvalError> {
+        let data = self.data(tl, &[n_heads, rows, cols])?;
+        Ok(data.chunks_exact(rows * cols).map(|chunk| Matrix::from_row_slice(rows, cols, chunk)).collect())
+    }
+
+    fn row(&self, tl: &str, len: usize) -> Result<Row, EvalError> {
+        Ok(Row::from_row_slice(self.data(tl, &[len])?))
+    }
+
+    /// The file's name for `tl`, if the file holds such a tensor.
+    fn present(&self, tl: &str) -> Option<String> {
+        let name = self.names.resolve(tl);
+        self.weights.contains(&name).then_some(name)
+    }
+
+    /// The LayerNorm `{prefix}.w`, `{prefix}.b` when the model declares it. When it does not, the
+    /// file must not hold `{prefix}.w`: `undeclared` gets the file's name for it and says where
+    /// the declaration is missing.
+    fn layer_norm(
+        &self,
+        prefix: &str,
+        declared: bool,
+        d_model: usize,
+        undeclared: impl FnOnce(&str) -> Diagnostic,
+    ) -> Result<Option<LayerNormWeights>, EvalError> {
+        if declared {
+            let (w, b) = (self.row(&format!("{prefix}.w"), d_model)?, self.row(&format!("{prefix}.b"), d_model)?);
+            return Ok(Some(LayerNormWeights { w, b }));
+        }
+        match self.present(&format!("{prefix}.w")) {
+            Some(name) => Err(EvalError::Undeclared(undeclared(&name))),
+            None => Ok(None),
+        }
+    }
+
+    /// A bias's row-major data: read when the model declares it, zeros when it does not. An
+    /// undeclared bias may still be in the file, but only as zeros (TransformerLens's
+    /// attention-only state_dicts store all-zero `b_Q` ... `b_U`); a nonzero one would be
+    /// silently dropped, so it is refused through `undeclared`.
+    fn bias(
+        &self,
+        tl: &str,
+        shape: &[usize],
+        declared: bool,
+        undeclared: impl FnOnce(&str) -> Diagnostic,
+    ) -> Result<Vec<f64>, EvalError> {
+        if declared {
+            return Ok(self.data(tl, shape)?.to_vec());
+        }
+        if let Some(name) = self.present(tl) {
+            if self.weights.get(&name, shape)?.data.iter().any(|&x| x != 0.0) {
+                return Err(EvalError::Undeclared(undeclared(&name)));
+            }
+        }
+        Ok(vec![0.0; shape.iter().product()])
+    }
+
+    /// One layer's weights, `l` its index in the model.
+    fn layer(&self, l: usize, layer: &Layer, d_model: usize) -> Result<LayerParams, EvalError> {
+        let attn = &layer.attn;
+        let ln1 = self.layer_norm(&format!("blocks.{l}.ln1"), attn.ln.is_some(), d_model, |name| {
+            let message = format!("the weights have `{name}` but layer {l} declares no LayerNorm before attention");
+            Diagnostic::new(attn.span, message, "no `layernorm` before this attention")
+                .with_help("add `layernorm` before `attn(...)`")
+        })?;
+        let (h, d_head) = (attn.n_heads, known("d_head", &attn.d_head)?);
+        let name = |w: &str| format!("blocks.{l}.attn.{w}");
+        let no_attn_bias = |name: &str| {
+            let message = format!("the weights have a nonzero `{name}` but layer {l}'s attention declares no bias");
+            Diagnostic::new(attn.span, message, "no `bias` here")
+                .with_help(format!("add `bias` to `attn(...)`: `attn(heads = {h}, bias)`"))
+        };
+        let per_head_bias = |w: &str| -> Result<Vec<Row>, EvalError> {
+            let data = self.bias(&name(w), &[h, d_head], attn.bias, no_attn_bias)?;
+            Ok(data.chunks_exact(d_head).map(Row::from_row_slice).collect())
+        };
+        let attn_weights = AttnWeights {
+            w_q: self.per_head(&name("W_Q"), h, d_model, d_head)?,
+            w_k: self.per_head(&name("W_K"), h, d_model, d_head)?,
+            w_v: self.per_head(&name("W_V"), h, d_model, d_head)?,
+            w_o: self.per_head(&name("W_O"), h, d_head, d_model)?,
+            b_q: per_head_bias("b_Q")?,
+            b_k: per_head_bias("b_K")?,
+            b_v: per_head_bias("b_V")?,
+            b_o: Row::from_vec(self.bias(&name("b_O"), &[d_model], attn.bias, no_attn_bias)?),
+            attn_scale: (d_head as f64).sqrt(),
+        };
+        let Some(mlp) = &layer.mlp else {
+            // Without an MLP neither its weights nor the LayerNorm before it may be in the file.
+            let ln2 = format!("blocks.{l}.ln2.w");
+            if let Some(name) = [format!("blocks.{l}.mlp.W_in"), ln2.clone()].iter().find_map(|tl| self.present(tl)) {
+                let add =
+                    if self.present(&ln2).is_some() { "`layernorm` then `mlp(act = ...)`" } else { "`mlp(act = ...)`" };
+                let message = format!("the weights have `{name}` but layer {l} declares no MLP");
+                return Err(EvalError::Undeclared(
+                    Diagnostic::new(layer.span, message, "this layer has no `mlp`")
+                        .with_help(format!("add {add} after `attn(...)`; act is one of relu, gelu, gelu_new, silu")),
+                ));
+            }
+            return Ok(LayerParams { ln1, attn: attn_weights, ln2: None, mlp: None });
+        };
+        let ln2 = self.layer_norm(&format!("blocks.{l}.ln2"), mlp.ln.is_some(), d_model, |name| {
+            let message = format!("the weights have `{name}` but layer {l} declares no LayerNorm before the MLP");
+            Diagnostic::new(mlp.span, message, "no `layernorm` before this MLP")
+                .with_help("add `layernorm` before `mlp(...)`")
+        })?;
+        let d_mlp = known("d_mlp", &mlp.d_mlp)?;
+        let name = |w: &str| format!("blocks.{l}.mlp.{w}");
+        let no_mlp_bias = |name: &str| {
+            let message = format!("the weights have a nonzero `{name}` but layer {l}'s MLP declares no bias");
+            Diagnostic::new(mlp.span, message, "no `bias` here")
+                .with_help(format!("add `bias` to `mlp(...)`: `mlp(act = {}, bias)`", mlp.act.name()))
+        };
+        let mlp_weights = MlpWeights {
+            w_in: self.matrix(&name("W_in"), d_model, d_mlp)?,
+            b_in: Row::from_vec(self.bias(&name("b_in"), &[d_mlp], mlp.bias, no_mlp_bias)?),
+            w_out: self.matrix(&name("W_out"), d_mlp, d_model)?,
+            b_out: Row::from_vec(self.bias(&name("b_out"), &[d_model], mlp.bias, no_mlp_bias)?),
+            act: mlp.act,
+        };
+        Ok(LayerParams { ln1, attn: attn_weights, ln2, mlp: Some(mlp_weights) })
+    }
+}
+
+impl LayerNormWeights {
+    /// `w = 1`, `b = 0`: what is left of a LayerNorm folded into its readers (TransformerLens's
+    /// `LNPre`), which still centres and divides by σ.
+    pub fn identity(d_model: usize) -> LayerNormWeights {
+        LayerNormWeights { w: Row::from_element(d_model, 1.0), b: Row::zeros(d_model) }
+    }
+}
+
+/// Folds a LayerNorm's `w` and `b` into a matrix that reads its output, `reader` `[d_model, k]`,
+/// and that reader's bias `[k]`: `bias += b · W`, `W ← diag(w) · W`, then `W` centred (its mean
+/// over the d_model rows subtracted from every row).
+fn fold_into_reader(ln: &LayerNormWeights, reader: &mut Matrix, bias: &mut Row) {
+    *bias += &ln.b * &*reader;
+    for (mut row, &w) in reader.row_iter_mut().zip(ln.w.iter()) {
+        row *= w;
+    }
+    let mean = reader.row_mean();
+    for mut row in reader.row_iter_mut() {
+        row -= &mean;
+    }
 }
 
 impl Params {
-    /// Reads TransformerLens's names (`embed.W_E`, `blocks.{l}.attn.W_Q`, ...), renamed by
-    /// `names`, and checks every shape against the model before any computation. Other tensors
-    /// in the file (buffers such as `attn.mask`) are ignored.
+    /// Reads TransformerLens's names (`embed.W_E`, `blocks.{l}.attn.W_Q`, `blocks.{l}.ln1.w`,
+    /// `blocks.{l}.mlp.W_in`, `unembed.b_U`, ...), renamed by `names`, and checks every shape
+    /// against the model before any computation. Tensors the model does not declare are refused
+    /// ([`EvalError::Undeclared`]) unless they are biases holding only zeros; buffers such as
+    /// `attn.mask` are ignored.
     pub fn from_weights(model: &Model, weights: &Weights, names: &NameMap) -> Result<Params, EvalError> {
         let d_model = known("d_model", &model.d_model)?;
         let d_vocab = known("d_vocab", &model.d_vocab)?;
-        let matrix = |name: &str, rows, cols| matrix(weights, &names.resolve(name), rows, cols);
-        let per_head = |name: &str, h, rows, cols| per_head(weights, &names.resolve(name), h, rows, cols);
-        let w_e = matrix("embed.W_E", d_vocab, d_model)?;
+        let read = Reader { weights, names };
+        let w_e = read.matrix("embed.W_E", d_vocab, d_model)?;
         let w_pos = match model.pos_embed {
             Some(_) => {
                 let n_ctx = model.dims.get("n_ctx").ok_or_else(|| EvalError::Symbolic("n_ctx".to_string()))?;
                 let n_ctx = known("n_ctx", n_ctx)?;
-                Some(matrix("pos_embed.W_pos", n_ctx, d_model)?)
+                Some(read.matrix("pos_embed.W_pos", n_ctx, d_model)?)
             }
             None => None,
         };
-        let mut layers = Vec::with_capacity(model.layers.len());
-        for (l, layer) in model.layers.iter().enumerate() {
-            let h = layer.attn.n_heads;
-            let d_head = known("d_head", &layer.attn.d_head)?;
-            let name = |w: &str| format!("blocks.{l}.attn.{w}");
-            layers.push(AttnWeights {
-                w_q: per_head(&name("W_Q"), h, d_model, d_head)?,
-                w_k: per_head(&name("W_K"), h, d_model, d_head)?,
-                w_v: per_head(&name("W_V"), h, d_model, d_head)?,
-                w_o: per_head(&name("W_O"), h, d_head, d_model)?,
-                attn_scale: (d_head as f64).sqrt(),
-            });
+        let layers = model
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(l, layer)| read.layer(l, layer, d_model))
+            .collect::<Result<_, _>>()?;
+        let unembed = model.unembed.span;
+        let ln_final = read.layer_norm("ln_final", model.ln_final.is_some(), d_model, |name| {
+            let message = format!("the weights have `{name}` but the model declares no final LayerNorm");
+            Diagnostic::new(unembed, message, "no `layernorm` before the unembedding")
+                .with_help("add `layernorm` before `unembed`")
+        })?;
+        let w_u = read.matrix("unembed.W_U", d_model, d_vocab)?;
+        let b_u = Row::from_vec(read.bias("unembed.b_U", &[d_vocab], model.unembed.bias, |name| {
+            let message = format!("the weights have a nonzero `{name}` but the unembedding declares no bias");
+            Diagnostic::new(unembed, message, "no `bias` here").with_help("write `unembed(bias)`")
+        })?);
+        Ok(Params { w_e, w_pos, layers, ln_final, w_u, b_u })
+    }
+
+    /// TransformerLens's `fold_layer_norm(state_dict, fold_biases=True, center_weights=True)`.
+    /// Every LayerNorm `(w, b)` is folded into each matrix that reads its output (`W_Q`, `W_K`,
+    /// `W_V` of every head after `ln1`, `W_in` after `ln2`, `W_U` after `ln_final`): the reader's
+    /// bias gains `b · W`, then `W ← diag(w) · W`, then `W` is centred over its d_model rows. The
+    /// LayerNorm stays, as `w = 1, b = 0` ([`LayerNormWeights::identity`]): it still centres and
+    /// divides by σ, like TransformerLens's `LNPre`.
+    ///
+    /// Exact, not an approximation: with `C` the centring projection (symmetric, `C² = C`),
+    /// `LN(x) · W + c = (x C / σ) · diag(w) W + (b W + c)`, and σ depends only on the residual
+    /// stream `x`, not on `w` or `b`, so `diag(w)` moves into the reader and `b W` into its bias.
+    /// Centring the reader changes nothing either: `(x C) · (C W') = x C² W' = (x C) · W'`, so
+    /// centring the input and then centring `W'` is the same as centring the input alone. Folding
+    /// twice is folding once; a model without LayerNorms is returned unchanged.
+    pub fn fold_layer_norm(&self) -> Params {
+        let mut folded = self.clone();
+        let d_model = self.w_e.ncols();
+        for layer in &mut folded.layers {
+            if let Some(ln) = &mut layer.ln1 {
+                let attn = &mut layer.attn;
+                let readers = (attn.w_q.iter_mut().zip(&mut attn.b_q))
+                    .chain(attn.w_k.iter_mut().zip(&mut attn.b_k))
+                    .chain(attn.w_v.iter_mut().zip(&mut attn.b_v));
+                for (w, b) in readers {
+                    fold_into_reader(ln, w, b);
+                }
+                *ln = LayerNormWeights::identity(d_model);
+            }
+            if let (Some(ln), Some(mlp)) = (&mut layer.ln2, &mut layer.mlp) {
+                fold_into_reader(ln, &mut mlp.w_in, &mut mlp.b_in);
+                *ln = LayerNormWeights::identity(d_model);
+            }
         }
-        let w_u = matrix("unembed.W_U", d_model, d_vocab)?;
-        Ok(Params { w_e, w_pos, layers, w_u })
+        if let Some(ln) = &mut folded.ln_final {
+            fold_into_reader(ln, &mut folded.w_u, &mut folded.b_u);
+            *ln = LayerNormWeights::identity(d_model);
+        }
+        folded
     }
 
     pub fn d_vocab(&self) -> usize {

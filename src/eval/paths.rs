@@ -37,7 +37,7 @@ impl<'a> ResidualCache<'a> {
         while self.stack.len() <= heads.len() {
             let top = self.stack.last().expect("non-empty");
             let (l, h) = heads[top.heads.len()];
-            let layer = &self.params.layers[l];
+            let layer = &self.params.layers[l].attn;
             let resid = &self.forward.patterns[l][h] * ((&top.resid * &layer.w_v[h]) * &layer.w_o[h]);
             let prefix = heads[..=top.heads.len()].to_vec();
             self.stack.push(Prefix { source, heads: prefix, resid });
@@ -101,7 +101,7 @@ pub fn logits_by_order(params: &Params, forward: &Forward) -> Vec<Matrix> {
         stream += params.source_rows(Source::P, &forward.tokens);
     }
     let mut by_order = vec![stream];
-    for (l, layer) in params.layers.iter().enumerate() {
+    for (l, layer) in params.layers.iter().map(|layer| &layer.attn).enumerate() {
         let mut next: Vec<Matrix> = by_order.clone();
         next.push(Matrix::zeros(by_order[0].nrows(), by_order[0].ncols()));
         for (j, part) in by_order.iter().enumerate() {
@@ -176,7 +176,7 @@ impl<'a> ScoreEvaluator<'a> {
         let template = path.template;
         let query_source = template.query_source().expect("score templates start with a source");
         let key_source = template.source().expect("score templates end in a source");
-        let weights = &self.params.layers[layer];
+        let weights = &self.params.layers[layer].attn;
         let q = self.query.residual(query_source, &heads_of(path, Side::Query)) * &weights.w_q[head];
         let k = self.key.residual(key_source, &heads_of(path, Side::Key)) * &weights.w_k[head];
         (q * k.transpose()) / weights.attn_scale
