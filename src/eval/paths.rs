@@ -1,53 +1,71 @@
-//! Path and attention-score terms evaluated with the recorded patterns frozen.
+//! Path and attention-score terms evaluated with the recorded patterns and LayerNorm scales
+//! frozen.
+//!
+//! A path's residual-side product is evaluated from its origin (the source's rows, `[n, d_model]`)
+//! through its heads: each head `(l, h)` maps `X ↦ A^{l,h} · N_l · X · W_V'^{l,h} W_O^{l,h}`, with
+//! `N_l = diag(1/σ)` of the LayerNorm before layer `l`'s attention (when there is one) and `W_V'`
+//! folded (`Params::fold_layer_norm`). The logits of a path are `N_final · X · W_U'`; the constant
+//! `b_U'` is a path of its own. So every term here is linear in its source, and the terms sum
+//! exactly to the forward pass.
 
-use super::{Forward, Matrix, Params};
+use std::borrow::Cow;
+
+use super::{Forward, Matrix, Params, Row};
 use crate::graph::Source;
 use crate::paths::{FactorKind, Path, Side};
 
-/// The residual-stream contribution `[n, d_model]` of a path given by its source and heads,
-/// `A^{l_k,h_k} ⋯ (A^{l_1,h_1} · X_s · W_V W_O) ⋯ W_V W_O`, with the products of shared prefixes
-/// kept on a stack: paths come in enumeration order (earliest layer slowest), so consecutive
-/// paths share prefixes and only what differs is recomputed.
-pub struct ResidualCache<'a> {
-    params: &'a Params,
-    forward: &'a Forward,
-    stack: Vec<Prefix>,
-}
-
-/// A path prefix and the residual after it.
-struct Prefix {
-    source: Source,
-    heads: Vec<(usize, usize)>,
-    resid: Matrix,
-}
-
-impl<'a> ResidualCache<'a> {
-    pub fn new(params: &'a Params, forward: &'a Forward) -> ResidualCache<'a> {
-        ResidualCache { params, forward, stack: Vec::new() }
-    }
-
-    /// The residual of the path from `source` through `heads` (`(layer, head)`, in order).
-    pub fn residual(&mut self, source: Source, heads: &[(usize, usize)]) -> &Matrix {
-        let shared = self.stack.iter().take_while(|p| p.source == source && heads.starts_with(&p.heads)).count();
-        self.stack.truncate(shared);
-        if self.stack.is_empty() {
-            let resid = self.params.source_rows(source, &self.forward.tokens);
-            self.stack.push(Prefix { source, heads: Vec::new(), resid });
-        }
-        while self.stack.len() <= heads.len() {
-            let top = self.stack.last().expect("non-empty");
-            let (l, h) = heads[top.heads.len()];
-            let layer = &self.params.layers[l].attn;
-            let resid = &self.forward.patterns[l][h] * ((&top.resid * &layer.w_v[h]) * &layer.w_o[h]);
-            let prefix = heads[..=top.heads.len()].to_vec();
-            self.stack.push(Prefix { source, heads: prefix, resid });
-        }
-        &self.stack[heads.len()].resid
+/// The parameters with every LayerNorm folded into the weights that read it: path terms use
+/// folded weights (centring included), so a model with a LayerNorm is folded once here.
+fn folded(params: &Params) -> Cow<'_, Params> {
+    let has_norm = params.ln_final.is_some() || params.layers.iter().any(|l| l.ln1.is_some() || l.ln2.is_some());
+    if has_norm {
+        Cow::Owned(params.fold_layer_norm())
+    } else {
+        Cow::Borrowed(params)
     }
 }
 
-/// The heads of a path on `side`, read from its template's factors (the factors, not the name,
-/// drive the evaluation): the OV factors indexed on that side, in order of application.
+/// `n` copies of `row`: a constant source at every position.
+fn broadcast(n: usize, row: &Row) -> Matrix {
+    Matrix::from_fn(n, row.len(), |_, j| row[j])
+}
+
+/// `diag(1/σ) · m`: a LayerNorm's frozen scale on the position side (`m` itself without one).
+fn scaled(m: &Matrix, sigma: Option<&Vec<f64>>) -> Matrix {
+    match sigma {
+        Some(sigma) => Matrix::from_fn(m.nrows(), m.ncols(), |i, j| m[(i, j)] / sigma[i]),
+        None => m.clone(),
+    }
+}
+
+/// Where a path's residual starts: its source, and for a value bias the head it enters through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub source: Source,
+    pub head: Option<usize>,
+}
+
+impl Origin {
+    /// The origin of `path` on `side` (the query or key side of a score term, or `Side::Head`).
+    fn of(path: &Path<'_>, side: Side) -> Origin {
+        let template = path.template;
+        let source = match side {
+            Side::Query => template.query_source(),
+            Side::Head | Side::Key => template.source(),
+        };
+        let head = template
+            .weights
+            .iter()
+            .find(|f| f.kind == FactorKind::BiasV && f.index.is_some_and(|i| i.side == side))
+            .and_then(|f| f.index)
+            .map(|i| path.head_of(i));
+        Origin { source: source.expect("every term ends in a source"), head }
+    }
+}
+
+/// The heads a path passes after its origin on `side`, read from its template's factors (the
+/// factors, not the name, drive the evaluation): the OV factors indexed on that side, in order
+/// of application.
 fn heads_of(path: &Path<'_>, side: Side) -> Vec<(usize, usize)> {
     let mut heads: Vec<(usize, usize)> = path
         .template
@@ -61,57 +79,180 @@ fn heads_of(path: &Path<'_>, side: Side) -> Vec<(usize, usize)> {
     heads
 }
 
-/// Evaluates logit paths: `P · X_s · Mᵀ` with the residual side from a [`ResidualCache`].
+/// The residual-side products of path prefixes, kept on a stack: paths come in enumeration
+/// order (earliest layer slowest), so consecutive paths share prefixes and only what differs is
+/// recomputed.
+#[derive(Default)]
+struct PrefixStack {
+    stack: Vec<Prefix>,
+}
+
+/// A path prefix and the residual after it.
+struct Prefix {
+    origin: Origin,
+    heads: Vec<(usize, usize)>,
+    resid: Matrix,
+}
+
+impl PrefixStack {
+    /// The residual `[n, d_model]` of the path from `origin` through `heads` (`(layer, head)`, in
+    /// order); `params` folded.
+    fn residual(&mut self, params: &Params, forward: &Forward, origin: Origin, heads: &[(usize, usize)]) -> &Matrix {
+        let shared = self.stack.iter().take_while(|p| p.origin == origin && heads.starts_with(&p.heads)).count();
+        self.stack.truncate(shared);
+        if self.stack.is_empty() {
+            let resid = origin_rows(params, forward, origin);
+            self.stack.push(Prefix { origin, heads: Vec::new(), resid });
+        }
+        while self.stack.len() <= heads.len() {
+            let top = self.stack.last().expect("non-empty");
+            let (l, h) = heads[top.heads.len()];
+            let attn = &params.layers[l].attn;
+            let read = scaled(&top.resid, forward.scale_attn[l].as_ref());
+            let resid = &forward.patterns[l][h] * ((read * &attn.w_v[h]) * &attn.w_o[h]);
+            let prefix = heads[..=top.heads.len()].to_vec();
+            self.stack.push(Prefix { origin, heads: prefix, resid });
+        }
+        &self.stack[heads.len()].resid
+    }
+}
+
+/// The rows `[n, d_model]` a source writes to the residual stream.
+fn origin_rows(params: &Params, forward: &Forward, origin: Origin) -> Matrix {
+    let n = forward.tokens.len();
+    match origin.source {
+        Source::E | Source::P => params.source_rows(origin.source, &forward.tokens),
+        Source::BiasO(l) => broadcast(n, &params.layers[l].attn.b_o),
+        Source::Mlp(l) => forward.mlp_out[l].clone().expect("an MLP source exists only with an MLP"),
+        Source::BiasOut(l) => broadcast(n, &params.layers[l].mlp.as_ref().expect("an MLP").b_out),
+        Source::BiasV(l) => {
+            let h = origin.head.expect("a value bias enters through a head");
+            let attn = &params.layers[l].attn;
+            &forward.patterns[l][h] * broadcast(n, &(&attn.b_v[h] * &attn.w_o[h]))
+        }
+        Source::BiasU | Source::BiasQ(_) | Source::BiasK(_) | Source::BiasIn(_) => {
+            unreachable!("{:?} never enters the residual stream", origin.source)
+        }
+    }
+}
+
+/// The residual-side contribution of paths to the stream, shared by the evaluators.
+pub struct ResidualCache<'a> {
+    params: Cow<'a, Params>,
+    forward: &'a Forward,
+    stack: PrefixStack,
+}
+
+impl<'a> ResidualCache<'a> {
+    pub fn new(params: &'a Params, forward: &'a Forward) -> ResidualCache<'a> {
+        ResidualCache { params: folded(params), forward, stack: PrefixStack::default() }
+    }
+
+    /// The residual `[n, d_model]` of the path from `origin` through `heads`.
+    pub fn residual(&mut self, origin: Origin, heads: &[(usize, usize)]) -> &Matrix {
+        self.stack.residual(&self.params, self.forward, origin, heads)
+    }
+
+    /// The parameters the residuals are computed with (LayerNorms folded).
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+}
+
+/// Evaluates logit paths (and MLP-input terms) with the residual side from a [`ResidualCache`].
 pub struct PathEvaluator<'a> {
     cache: ResidualCache<'a>,
-    w_u: &'a Matrix,
 }
 
 impl<'a> PathEvaluator<'a> {
     pub fn new(params: &'a Params, forward: &'a Forward) -> PathEvaluator<'a> {
-        PathEvaluator { cache: ResidualCache::new(params, forward), w_u: &params.w_u }
+        PathEvaluator { cache: ResidualCache::new(params, forward) }
     }
 
-    /// The residual-stream contribution `[n, d_model]` of a logit path (before `W_U`).
-    pub fn residual(&mut self, path: &Path<'_>) -> &Matrix {
-        let source = path.template.source().expect("logit templates end in a source");
-        self.cache.residual(source, &heads_of(path, Side::Head))
+    /// The residual-stream contribution `[n, d_model]` of a path (before the final LayerNorm and
+    /// `W_U`); `None` for the constant `b_U`, which is not in the stream.
+    pub fn residual(&mut self, path: &Path<'_>) -> Option<&Matrix> {
+        let origin = Origin::of(path, Side::Head);
+        if origin.source == Source::BiasU {
+            return None;
+        }
+        Some(self.cache.residual(origin, &heads_of(path, Side::Head)))
     }
 
-    /// The path's logits `[n, d_vocab]`.
+    /// The path's logits `[n, d_vocab]`: `N_final · X · W_U'`, or `b_U'` at every position.
     pub fn logits(&mut self, path: &Path<'_>) -> Matrix {
-        let w_u = self.w_u;
-        self.residual(path) * w_u
+        let n = self.cache.forward.tokens.len();
+        self.logit_rows(path, 0, n)
     }
 
     /// The path's logits at one position, a `[1, d_vocab]` row.
     pub fn logits_at(&mut self, path: &Path<'_>, position: usize) -> Matrix {
-        let w_u = self.w_u;
-        self.residual(path).rows(position, 1) * w_u
+        self.logit_rows(path, position, 1)
+    }
+
+    fn logit_rows(&mut self, path: &Path<'_>, start: usize, rows: usize) -> Matrix {
+        let forward = self.cache.forward;
+        if Origin::of(path, Side::Head).source == Source::BiasU {
+            return broadcast(rows, &self.cache.params().b_u);
+        }
+        let resid = self.residual(path).expect("a stream path").rows(start, rows).into_owned();
+        let sigma = forward.scale_final.as_ref().map(|s| s[start..start + rows].to_vec());
+        scaled(&resid, sigma.as_ref()) * &self.cache.params().w_u
+    }
+
+    /// A term of layer `layer`'s MLP input `[n, d_mlp]`: `N_ln2 · X · W_in'`, or `b_in'` at every
+    /// position. Over all terms these sum to the MLP's pre-activation.
+    pub fn mlp_input(&mut self, path: &Path<'_>, layer: usize) -> Matrix {
+        let forward = self.cache.forward;
+        let n = forward.tokens.len();
+        let origin = Origin::of(path, Side::Head);
+        let heads = heads_of(path, Side::Head);
+        let params: &Params = &self.cache.params;
+        let mlp = params.layers[layer].mlp.as_ref().expect("an MLP-input term of a layer with an MLP");
+        if origin.source == Source::BiasIn(layer) {
+            return broadcast(n, &mlp.b_in);
+        }
+        let resid = self.cache.stack.residual(params, forward, origin, &heads);
+        scaled(resid, forward.scale_mlp[layer].as_ref()) * &mlp.w_in
     }
 }
 
-/// The logits split by order, `[n, d_vocab]` each, by the graded recursion
-/// `S_l[j] = S_{l-1}[j] + Σ_h A^{l,h} · S_{l-1}[j-1] · W_V W_O`: the sum of all paths of each
-/// order, computed without enumerating them (L² products), so that a truncated expansion can be
-/// checked against the forward pass and the omitted orders measured.
+/// The logits split by order, `[n, d_vocab]` each: the sum of all paths of each order, computed
+/// without enumerating them by the graded recursion over blocks (`S[j]`: the stream's order-`j`
+/// part; an attention block adds `Σ_h A^h·N·S[j-1]·W_V'W_O` to `S[j]`, its value biases to
+/// `S[1]` and `b_O` to `S[0]`; an MLP adds its output and `b_out` to `S[0]`), so that a truncated
+/// expansion can be checked against the forward pass and the omitted orders measured.
 pub fn logits_by_order(params: &Params, forward: &Forward) -> Vec<Matrix> {
+    let params = folded(params);
+    let n = forward.tokens.len();
     let mut stream = params.source_rows(Source::E, &forward.tokens);
     if params.w_pos.is_some() {
         stream += params.source_rows(Source::P, &forward.tokens);
     }
     let mut by_order = vec![stream];
-    for (l, layer) in params.layers.iter().map(|layer| &layer.attn).enumerate() {
+    for (l, layer) in params.layers.iter().enumerate() {
+        let attn = &layer.attn;
         let mut next: Vec<Matrix> = by_order.clone();
-        next.push(Matrix::zeros(by_order[0].nrows(), by_order[0].ncols()));
+        next.push(Matrix::zeros(n, by_order[0].ncols()));
         for (j, part) in by_order.iter().enumerate() {
-            for h in 0..layer.w_v.len() {
-                next[j + 1] += &forward.patterns[l][h] * ((part * &layer.w_v[h]) * &layer.w_o[h]);
+            let read = scaled(part, forward.scale_attn[l].as_ref());
+            for h in 0..attn.w_v.len() {
+                next[j + 1] += &forward.patterns[l][h] * ((&read * &attn.w_v[h]) * &attn.w_o[h]);
             }
+        }
+        for h in 0..attn.w_v.len() {
+            next[1] += &forward.patterns[l][h] * broadcast(n, &(&attn.b_v[h] * &attn.w_o[h]));
+        }
+        next[0] += broadcast(n, &attn.b_o);
+        if let (Some(mlp), Some(out)) = (&layer.mlp, &forward.mlp_out[l]) {
+            next[0] += out + broadcast(n, &mlp.b_out);
         }
         by_order = next;
     }
-    by_order.iter().map(|r| r * &params.w_u).collect()
+    let mut logits: Vec<Matrix> =
+        by_order.iter().map(|r| scaled(r, forward.scale_final.as_ref()) * &params.w_u).collect();
+    logits[0] += broadcast(n, &params.b_u);
+    logits
 }
 
 /// What `pathc check` reports: the enumerated paths (plus, when truncated, the omitted orders
@@ -157,28 +298,37 @@ pub fn check(expansion: &crate::Expansion, params: &Params, forward: &Forward) -
     }
 }
 
-/// Evaluates attention-score terms: the term with query path `p` and key path `p'` contributes
-/// `(R_p W_Q)(R_{p'} W_K)ᵀ / attn_scale` (`[n, n]`, queries × keys, before the causal mask and
-/// the softmax) to its head's scores; over all terms these sum to the scores.
+/// Evaluates attention-score terms: the term with query side `q_p` and key side `k_p'`
+/// contributes `q_p k_p'ᵀ / attn_scale` (`[n, n]`, queries × keys, before the causal mask and the
+/// softmax) to its head's scores, where a side is `N · R_p · W_Q'` for a path `p` or the constant
+/// `b_Q'` (`b_K'` on the key side); over all terms these sum to the scores.
 pub struct ScoreEvaluator<'a> {
-    params: &'a Params,
-    query: ResidualCache<'a>,
-    key: ResidualCache<'a>,
+    params: Cow<'a, Params>,
+    forward: &'a Forward,
+    query: PrefixStack,
+    key: PrefixStack,
 }
 
 impl<'a> ScoreEvaluator<'a> {
     pub fn new(params: &'a Params, forward: &'a Forward) -> ScoreEvaluator<'a> {
-        ScoreEvaluator { params, query: ResidualCache::new(params, forward), key: ResidualCache::new(params, forward) }
+        ScoreEvaluator { params: folded(params), forward, query: PrefixStack::default(), key: PrefixStack::default() }
     }
 
     /// The contribution of one score term of the head `(layer, head)`.
     pub fn scores(&mut self, path: &Path<'_>, layer: usize, head: usize) -> Matrix {
-        let template = path.template;
-        let query_source = template.query_source().expect("score templates start with a source");
-        let key_source = template.source().expect("score templates end in a source");
-        let weights = &self.params.layers[layer].attn;
-        let q = self.query.residual(query_source, &heads_of(path, Side::Query)) * &weights.w_q[head];
-        let k = self.key.residual(key_source, &heads_of(path, Side::Key)) * &weights.w_k[head];
-        (q * k.transpose()) / weights.attn_scale
+        let (params, forward) = (&*self.params, self.forward);
+        let attn = &params.layers[layer].attn;
+        let n = forward.tokens.len();
+        let sigma = forward.scale_attn[layer].as_ref();
+        let side = |stack: &mut PrefixStack, side: Side, weight: &Matrix, bias: &Row| {
+            let origin = Origin::of(path, side);
+            match origin.source {
+                Source::BiasQ(_) | Source::BiasK(_) => broadcast(n, bias),
+                _ => scaled(stack.residual(params, forward, origin, &heads_of(path, side)), sigma) * weight,
+            }
+        };
+        let q = side(&mut self.query, Side::Query, &attn.w_q[head], &attn.b_q[head]);
+        let k = side(&mut self.key, Side::Key, &attn.w_k[head], &attn.b_k[head]);
+        (q * k.transpose()) / attn.attn_scale
     }
 }
