@@ -1,4 +1,4 @@
-//! Numbers against the TransformerLens fixtures (`tests/fixtures/{attn1,attn2}`, computed in f64
+//! Numbers against the TransformerLens fixtures (`tests/fixtures/{attn1,attn2,full2}`, computed in f64
 //! from the stored f32 weights): forward pass, attention patterns and scores, every path, each
 //! head's share of the logits, and the check of the sum of paths. Tolerance 1e-9 absolute.
 
@@ -99,11 +99,12 @@ fn every_path_matches_transformer_lens() {
     }
 }
 
-/// The paths ending in a head sum to that head's share of the logits (`head_logits`), and grouped
-/// by the component they end in they give `component_logits`.
+/// The paths ending in a head sum to that head's share of the logits (`head_logits`); grouped
+/// by the component they end in they give `component_logits` (a path's last head's layer, or the
+/// component its source writes), and the constant `b_U` path is `constant_logits`.
 #[test]
 fn head_and_component_logits_match_transformer_lens() {
-    for name in ["attn1", "attn2"] {
+    for name in ["attn1", "attn2", "full2"] {
         let f = fixture(name);
         let (n, d_vocab) = (f.n(), f.params.d_vocab());
         let heads = f.expansion.heads_per_layer();
@@ -116,20 +117,24 @@ fn head_and_component_logits_match_transformer_lens() {
             .collect();
         let mut by_head = vec![Matrix::zeros(n, d_vocab); n_layers * n_heads];
         let mut by_component = vec![Matrix::zeros(n, d_vocab); labels.len()];
+        let mut constant = Matrix::zeros(n, d_vocab);
         let mut evaluator = PathEvaluator::new(&f.params, &f.forward);
         paths::for_each_path(&f.expansion.logits, &heads, None, |p| {
             let logits = evaluator.logits(&p);
             let component = match p.heads(Side::Head).last() {
                 Some(last) => {
                     by_head[last.layer * n_heads + last.head] += &logits;
-                    format!("{}_attn_out", last.layer)
+                    Some(format!("{}_attn_out", last.layer))
                 }
-                None => {
-                    if p.template.source() == Some(pathc::graph::Source::E) { "embed" } else { "pos_embed" }.to_string()
-                }
+                None => p.template.source().and_then(pathc::graph::Source::component),
             };
-            let slot = labels.iter().position(|l| *l == component).expect("a known component");
-            by_component[slot] += &logits;
+            match component {
+                Some(component) => {
+                    let slot = labels.iter().position(|l| *l == component).expect("a known component");
+                    by_component[slot] += &logits;
+                }
+                None => constant += &logits,
+            }
         });
         let expected = f.reference("head_logits", &[n_layers, n_heads, n, d_vocab]);
         let mut worst: f64 = 0.0;
@@ -142,7 +147,11 @@ fn head_and_component_logits_match_transformer_lens() {
             let want = Matrix::from_row_slice(n, d_vocab, &expected[i * n * d_vocab..(i + 1) * n * d_vocab]);
             worst = worst.max(max_diff(got, &want));
         }
-        eprintln!("{name}: head and component logits, largest error {worst:.3e}");
+        let want = f.reference("constant_logits", &[d_vocab]);
+        for row in constant.row_iter() {
+            worst = worst.max(row.iter().zip(&want).fold(0.0f64, |m, (a, b)| m.max((a - b).abs())));
+        }
+        eprintln!("{name}: head, component and constant logits, largest error {worst:.3e}");
         assert!(worst <= TOL, "{name}: {worst}");
     }
 }
@@ -151,7 +160,7 @@ fn head_and_component_logits_match_transformer_lens() {
 /// reconstructs the logits, at every truncation.
 #[test]
 fn sum_of_paths_reconstructs_the_logits_at_every_order() {
-    for name in ["attn1", "attn2"] {
+    for name in ["attn1", "attn2", "full2"] {
         let f = fixture(name);
         for max_order in [None, Some(0), Some(1), Some(2)] {
             let source = std::fs::read_to_string(format!("examples/{name}.tf")).unwrap();
@@ -168,7 +177,7 @@ fn sum_of_paths_reconstructs_the_logits_at_every_order() {
 /// `scores.{l}`, before the causal mask), at every truncation counted in full.
 #[test]
 fn score_terms_sum_to_the_scores() {
-    for name in ["attn1", "attn2"] {
+    for name in ["attn1", "attn2", "full2"] {
         let f = fixture(name);
         let n = f.n();
         let source = std::fs::read_to_string(format!("examples/{name}.tf")).unwrap();
@@ -193,4 +202,32 @@ fn score_terms_sum_to_the_scores() {
         eprintln!("{name}: {terms} score terms, largest error of their sums {worst:.3e}");
         assert!(worst <= TOL, "{name}: {worst}");
     }
+}
+
+/// Each MLP's input terms sum to its pre-activation in the forward pass (which reproduces
+/// TransformerLens's logits, `forward_pass_matches_transformer_lens`), at every truncation with
+/// the omitted orders below the enumerated ones.
+#[test]
+fn mlp_input_terms_sum_to_the_pre_activation() {
+    let f = fixture("full2");
+    let mut evaluator = PathEvaluator::new(&f.params, &f.forward);
+    let heads = f.expansion.heads_per_layer();
+    let mut worst: f64 = 0.0;
+    let mut terms = 0;
+    for (layer, templates) in f.expansion.mlp_inputs.iter().enumerate() {
+        let templates = templates.as_ref().expect("full2 has an MLP in every layer");
+        let want = f.forward.mlp_pre[layer].as_ref().expect("recorded");
+        let mut total = Matrix::zeros(want.nrows(), want.ncols());
+        paths::for_each_path(templates, &heads, None, |p| {
+            total += evaluator.mlp_input(&p, layer);
+            terms += 1;
+        });
+        worst = worst.max(max_diff(&total, want));
+    }
+    // MLP 0: E, P, b_O0, b_in0, and E, P, b_V through a layer-0 head (3 × 4). MLP 1: E, P, b_O0,
+    // M0, b_out0, b_O1, b_in1; E, P, b_V0 through layer 0 (12); E, P, b_O0, M0, b_out0, b_V1
+    // through layer 1 (24); E, P, b_V0 through layer 0 then layer 1 (48).
+    assert_eq!(terms, (4 + 12) + (7 + 12 + 24 + 48));
+    eprintln!("full2: {terms} MLP-input terms, largest error of their sums {worst:.3e}");
+    assert!(worst <= TOL, "{worst}");
 }
