@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use pathc::emit::numbers;
 use pathc::eval::Evaluation;
+use pathc::stats::WeightProcessing;
 use pathc::{diag, emit, ExpandOptions};
 
 #[derive(Parser)]
@@ -98,6 +99,10 @@ enum Command {
         /// Read a TransformerLens tensor under another name (see `check --help`).
         #[arg(long = "name", value_name = "TL=FILE")]
         names: Vec<String>,
+        /// Fold the LayerNorm weights into W_Q, W_K, W_V and W_U (and centre them) first, as
+        /// TransformerLens's `fold_ln` does; by default the weights are used as given.
+        #[arg(long)]
+        fold_ln: bool,
         #[arg(long, value_enum, default_value_t = CountFormat::Text)]
         format: CountFormat,
     },
@@ -319,13 +324,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(out.flush()?)
         }
-        Command::Stats { model, weights, names, format } => {
+        Command::Stats { model, weights, names, fold_ln, format } => {
             let source = read_model(&model)?;
             let fail = |e: pathc::Error| render(&model, &source, &e);
             let compiled = pathc::compile(&source).map_err(fail)?;
             let names = pathc::eval::NameMap::parse(&names).map_err(|e| fail(e.into()))?;
             let params = pathc::load_params(&compiled, &weights, &names).map_err(fail)?;
-            let stats = pathc::stats::stats(&params).map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+            let processing = if fold_ln { WeightProcessing::FoldLn } else { WeightProcessing::AsGiven };
+            let stats = pathc::stats::stats_processed(&params, processing)
+                .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
             let mut out = BufWriter::new(io::stdout().lock());
             match format {
                 CountFormat::Json => {

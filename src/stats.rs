@@ -82,8 +82,33 @@ pub const SCHUR_MAX_ITER: usize = 10_000;
 pub const SCHUR_RETRIES: usize = 4;
 
 /// Every statistic of every head, `[layer][head]` or `[layer_left][head_left][layer_right][head_right]`.
+/// Which weights the statistics are of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightProcessing {
+    /// The matrices as loaded (TransformerLens's `HookedTransformer` without `fold_ln`).
+    #[default]
+    AsGiven,
+    /// LayerNorm weights folded into `W_Q`, `W_K`, `W_V`, `W_U` and those centred
+    /// ([`Params::fold_layer_norm`], TransformerLens's `fold_ln`).
+    FoldLn,
+}
+
+impl WeightProcessing {
+    pub fn describe(self) -> &'static str {
+        match self {
+            WeightProcessing::AsGiven => "weights as given, no LayerNorm folded (TransformerLens without fold_ln)",
+            WeightProcessing::FoldLn => {
+                "LayerNorm folded: W_Q, W_K, W_V and W_U times the LayerNorm weight, then centred (TransformerLens fold_ln)"
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Stats {
+    /// The weights the statistics are of.
+    pub weight_processing: WeightProcessing,
     /// `Σ Re λ / Σ |λ|` over the eigenvalues of the full OV circuit `W_E W_V W_O W_U`; 0 when every
     /// eigenvalue is 0.
     pub ov_copying: Vec<Vec<f64>>,
@@ -133,7 +158,17 @@ pub enum StatsError {
     NoConvergence { circuit: &'static str, layer: usize, head: usize, max_iter: usize },
 }
 
-/// Computes every statistic of every head of `params`.
+/// [`stats`] of the weights after `processing`, which the result records.
+pub fn stats_processed(params: &Params, processing: WeightProcessing) -> Result<Stats, StatsError> {
+    match processing {
+        WeightProcessing::AsGiven => stats(params),
+        WeightProcessing::FoldLn => {
+            Ok(Stats { weight_processing: WeightProcessing::FoldLn, ..stats(&params.fold_layer_norm())? })
+        }
+    }
+}
+
+/// Computes every statistic of every head of `params`, as given.
 pub fn stats(params: &Params) -> Result<Stats, StatsError> {
     let shared = Shared::new(params);
     let heads: Vec<(usize, usize)> = params
@@ -188,6 +223,7 @@ pub fn stats(params: &Params) -> Result<Stats, StatsError> {
     let comp_k_minus_baseline = minus(&comp_k);
     let comp_v_minus_baseline = minus(&comp_v);
     Ok(Stats {
+        weight_processing: WeightProcessing::AsGiven,
         ov_copying,
         qk_copying,
         ov_frobenius,

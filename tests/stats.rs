@@ -109,6 +109,49 @@ fn full2_statistics_are_of_the_raw_weights() {
     assert!(comp_v > 1e-3, "comp_v: {comp_v:e}");
 }
 
+/// `pathc stats --fold-ln` on full2 against the circuits multiplied out explicitly from weights
+/// folded by hand here (each reader row times the LayerNorm weight, then every column centred).
+#[test]
+fn folded_statistics_equal_explicit_circuits_of_hand_folded_weights() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pathc"))
+        .args(["stats", "examples/full2.tf", "--weights", "tests/fixtures/full2/model.safetensors"])
+        .args(["--fold-ln", "--format", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["weight_processing"], "fold_ln");
+    let p = fixture_params("full2");
+    let fold = |w: &Row, m: &Matrix| {
+        let scaled = Matrix::from_fn(m.nrows(), m.ncols(), |i, j| w[i] * m[(i, j)]);
+        let mean = scaled.row_mean();
+        Matrix::from_fn(m.nrows(), m.ncols(), |i, j| scaled[(i, j)] - mean[j])
+    };
+    let w_u = fold(&p.ln_final.as_ref().unwrap().w, &p.w_u);
+    let ov = |l: usize, h: usize| {
+        let attn = &p.layers[l].attn;
+        fold(&p.layers[l].ln1.as_ref().unwrap().w, &attn.w_v[h]) * &attn.w_o[h]
+    };
+    let mut worst: f64 = 0.0;
+    for l in 0..2 {
+        let ln1 = &p.layers[l].ln1.as_ref().unwrap().w;
+        for h in 0..4 {
+            let attn = &p.layers[l].attn;
+            let full_ov = &p.w_e * ov(l, h) * &w_u;
+            let full_qk = &p.w_e * fold(ln1, &attn.w_q[h]) * fold(ln1, &attn.w_k[h]).transpose() * p.w_e.transpose();
+            worst = worst.max((json["ov_frobenius"][l][h].as_f64().unwrap() - full_ov.norm()).abs() / full_ov.norm());
+            worst = worst.max((json["qk_frobenius"][l][h].as_f64().unwrap() - full_qk.norm()).abs() / full_qk.norm());
+            for h2 in 0..4 {
+                let (left, right) = (ov(0, h), ov(1, h2));
+                let comp_v = (&left * &right).norm() / (left.norm() * right.norm());
+                worst = worst.max((json["comp_v"][0][h][1][h2].as_f64().unwrap() - comp_v).abs());
+            }
+        }
+    }
+    eprintln!("full2 --fold-ln: largest relative error against the explicit circuits {worst:.3e}");
+    assert!(worst <= TOL, "{worst}");
+}
+
 #[test]
 fn baseline_is_deterministic_and_strictly_between_0_and_1() {
     let params = fixture_params("attn2");

@@ -240,10 +240,7 @@ pub fn write_scores_json(
 
 /// The `pathc stats` tables (JSON is the [`Stats`](crate::stats::Stats) value itself).
 pub fn write_stats_text(out: &mut dyn Write, model: &str, stats: &crate::stats::Stats) -> io::Result<()> {
-    writeln!(
-        out,
-        "model {model}: per-head statistics of the full circuits (weights used as given: no LayerNorm to fold)"
-    )?;
+    writeln!(out, "model {model}: per-head statistics of the full circuits ({})", stats.weight_processing.describe())?;
     writeln!(
         out,
         "{:<6} {:>11} {:>11} {:>13} {:>13}",
