@@ -18,6 +18,25 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum GroupArg {
+    Head,
+    Component,
+    Source,
+    Order,
+}
+
+impl From<GroupArg> for numbers::Grouping {
+    fn from(group: GroupArg) -> numbers::Grouping {
+        match group {
+            GroupArg::Head => numbers::Grouping::Head,
+            GroupArg::Component => numbers::Grouping::Component,
+            GroupArg::Source => numbers::Grouping::Source,
+            GroupArg::Order => numbers::Grouping::Order,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Expand a model into its sum of paths.
@@ -70,6 +89,10 @@ enum Command {
         /// Rank by the logit of this token (default: by the norm of the logit row).
         #[arg(long, value_name = "TOKEN")]
         target: Option<usize>,
+        /// Sum the paths by group: the last head they pass (`head`), the residual component they
+        /// end in (`component`, TransformerLens's decompose_resid labels), `source` or `order`.
+        #[arg(long, value_enum)]
+        group: Option<GroupArg>,
         #[arg(long, value_enum, default_value_t = CountFormat::Text)]
         format: CountFormat,
     },
@@ -283,7 +306,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Paths { model, run, pos, top, target, format } => {
+        Command::Paths { model, run, pos, top, target, group, format } => {
             let evaluation = evaluate(&model, &run, false)?;
             let position = parse_position(&pos, run.tokens.len())?;
             if let Some(t) = target {
@@ -296,7 +319,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             // The text table ranks paths; JSON keeps path order unless asked to rank.
             let rank = matches!(format, CountFormat::Text) || top.is_some() || target.is_some();
-            let table = numbers::path_table(&evaluation, position, target, top, rank);
+            let table = match group {
+                Some(group) => numbers::group_table(&evaluation, group.into(), position, target, top, rank),
+                None => numbers::path_table(&evaluation, position, target, top, rank),
+            };
             let mut out = BufWriter::new(io::stdout().lock());
             match format {
                 CountFormat::Json => numbers::write_paths_json(&mut out, &evaluation, position, &table)?,

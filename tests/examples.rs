@@ -138,3 +138,29 @@ fn runner_limits_are_errors() {
         assert!(message.ends_with("the expansion would be incomplete"), "{message}");
     }
 }
+
+/// Full models in every notation: every kind of term (LayerNorm scales, MLP sources and inputs,
+/// biases, b_Q/b_K in the scores) as a user sees it.
+#[test]
+fn full_model_expansions() {
+    let expand = |example: &str, max_order, qk| {
+        let options = ExpandOptions { max_order, qk, limit: u64::MAX, ..ExpandOptions::default() };
+        pathc::expand(&read(example), &options).expect("expands")
+    };
+    let text = |e: &pathc::Expansion, templates_only| {
+        let mut out = Vec::new();
+        emit::text::write(e, templates_only, &mut out).expect("in memory");
+        String::from_utf8(out).expect("UTF-8")
+    };
+    insta::assert_snapshot!("full2_text", text(&expand("full2.tf", None, false), false));
+    insta::assert_snapshot!("full2_qk_templates_order_1", text(&expand("full2.tf", Some(1), true), true));
+    let mut latex = Vec::new();
+    emit::latex::write(&expand("full2.tf", Some(1), false), false, &mut latex).expect("in memory");
+    insta::assert_snapshot!("full2_latex_order_1", String::from_utf8(latex).expect("UTF-8"));
+    let mut json = Vec::new();
+    emit::json::write(&expand("full2.tf", Some(1), false), &mut json).expect("in memory");
+    let json = String::from_utf8(json).expect("UTF-8");
+    serde_json::from_str::<serde_json::Value>(&json).expect("valid JSON");
+    insta::assert_snapshot!("full2_json_order_1", json);
+    insta::assert_snapshot!("gpt2_small_templates_order_1", text(&expand("gpt2-small.tf", Some(1), false), true));
+}

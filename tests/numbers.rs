@@ -231,3 +231,54 @@ fn mlp_input_terms_sum_to_the_pre_activation() {
     eprintln!("full2: {terms} MLP-input terms, largest error of their sums {worst:.3e}");
     assert!(worst <= TOL, "{worst}");
 }
+
+/// `pathc paths --group component|head` from the command line: the groups are TransformerLens's
+/// `component_logits` (with `constant` as `constant_logits`) and `head_logits`.
+#[test]
+fn grouped_paths_from_the_cli_are_component_and_head_logits() {
+    let f = fixture("full2");
+    let (n, d_vocab) = (f.n(), f.params.d_vocab());
+    let tokens: Vec<String> = f.forward.tokens.iter().map(ToString::to_string).collect();
+    let run = |group: &str| -> serde_json::Value {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pathc"))
+            .args(["paths", "examples/full2.tf", "--weights", "tests/fixtures/full2/model.safetensors"])
+            .args(["--tokens", &tokens.join(","), "--pos", "all", "--group", group, "--format", "json"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let as_matrix = |v: &serde_json::Value| {
+        let rows: Vec<f64> =
+            v.as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap()).map(|x| x.as_f64().unwrap()).collect();
+        Matrix::from_row_slice(n, d_vocab, &rows)
+    };
+    let mut worst: f64 = 0.0;
+    let components = run("component");
+    let labels = f.meta["component_logits_labels"].as_array().unwrap();
+    let expected = f.reference("component_logits", &[labels.len(), n, d_vocab]);
+    let groups = components["paths"].as_array().unwrap();
+    let names: Vec<&str> = groups.iter().map(|g| g["name"].as_str().unwrap()).collect();
+    let mut want_names: Vec<&str> = labels.iter().map(|l| l.as_str().unwrap()).collect();
+    want_names.push("constant");
+    assert_eq!(names, want_names, "groups in TransformerLens's component order");
+    for (i, group) in groups.iter().take(labels.len()).enumerate() {
+        let want = Matrix::from_row_slice(n, d_vocab, &expected[i * n * d_vocab..(i + 1) * n * d_vocab]);
+        worst = worst.max(max_diff(&as_matrix(&group["logits"]), &want));
+    }
+    let constant = as_matrix(&groups[labels.len()]["logits"]);
+    let want = f.reference("constant_logits", &[d_vocab]);
+    worst = worst.max(max_diff(&constant, &Matrix::from_fn(n, d_vocab, |_, j| want[j])));
+    let heads = run("head");
+    let expected = f.reference("head_logits", &[2, 4, n, d_vocab]);
+    for group in heads["paths"].as_array().unwrap() {
+        let name = group["name"].as_str().unwrap();
+        let Some(rest) = name.strip_prefix('L') else { continue };
+        let (layer, head) = rest.split_once('H').unwrap();
+        let i = layer.parse::<usize>().unwrap() * 4 + head.parse::<usize>().unwrap();
+        let want = Matrix::from_row_slice(n, d_vocab, &expected[i * n * d_vocab..(i + 1) * n * d_vocab]);
+        worst = worst.max(max_diff(&as_matrix(&group["logits"]), &want));
+    }
+    eprintln!("full2: grouped paths from the CLI, largest error {worst:.3e}");
+    assert!(worst <= TOL, "{worst}");
+}

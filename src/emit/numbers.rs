@@ -6,10 +6,14 @@ use std::io::{self, Write};
 
 use crate::eval::Evaluation;
 
-/// One row of `pathc paths`: a path and its logits (one row, or every position).
+/// One row of `pathc paths`: a path (or a group of paths) and its logits (one row, or every
+/// position).
 pub struct PathRow {
     pub name: String,
-    pub order: usize,
+    /// The path's order; `None` for a group.
+    pub order: Option<usize>,
+    /// How many paths the row sums (1 for a path).
+    pub paths: usize,
     /// The path's logits (or, for a score term, its scores): one row, or every position.
     pub logits: crate::eval::Matrix,
     /// What the table is sorted by.
@@ -36,8 +40,12 @@ pub fn path_table(
             Some(t) => logits.column(t).iter().fold(0.0f64, |m, x| m.max(x.abs())),
             None => logits.norm(),
         };
-        rows.push(PathRow { name: p.name(), order: p.template.order(), logits, size });
+        rows.push(PathRow { name: p.name(), order: Some(p.template.order()), paths: 1, logits, size });
     });
+    finish_table(rows, rank, top)
+}
+
+fn finish_table(mut rows: Vec<PathRow>, rank: bool, top: Option<usize>) -> Vec<PathRow> {
     if rank {
         // Largest first; ties keep path order (stable sort), so output is deterministic.
         rows.sort_by(|a, b| b.size.total_cmp(&a.size));
@@ -46,6 +54,92 @@ pub fn path_table(
         rows.truncate(n);
     }
     rows
+}
+
+/// How `pathc paths --group` sums paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grouping {
+    /// By the last head a path passes (TransformerLens's per-head result, `head_logits`); a path
+    /// through no head by its source.
+    Head,
+    /// By the residual-stream component a path ends in (TransformerLens's `decompose_resid`
+    /// labels: `embed`, `pos_embed`, `{l}_attn_out` incl. `b_O`, `{l}_mlp_out` incl. `b_out`),
+    /// and `constant` for `b_U`.
+    Component,
+    Source,
+    Order,
+}
+
+impl Grouping {
+    /// The group of a path, and where the group sorts.
+    fn of(self, p: &crate::paths::Path<'_>) -> (String, (usize, usize, usize)) {
+        use crate::graph::Source;
+        let source = p.template.source().expect("a logit path has a source");
+        let last = p.heads(crate::paths::Side::Head).last().copied();
+        match self {
+            Grouping::Head => match last {
+                Some(h) => (h.to_string(), (1, h.layer, h.head)),
+                None => (source.name(), (0, 0, 0)),
+            },
+            Grouping::Component => match (last, source.component()) {
+                (Some(h), _) => (format!("{}_attn_out", h.layer), (1, h.layer, 0)),
+                (None, Some(component)) => {
+                    let key = match source {
+                        Source::E => (0, 0, 0),
+                        Source::P => (0, 0, 1),
+                        Source::Mlp(l) | Source::BiasOut(l) => (1, l, 1),
+                        Source::BiasO(l) | Source::BiasV(l) => (1, l, 0),
+                        _ => (2, 0, 0),
+                    };
+                    (component, key)
+                }
+                (None, None) => ("constant".to_string(), (2, 0, 0)),
+            },
+            Grouping::Source => (source.name(), (0, 0, 0)),
+            Grouping::Order => (format!("order {}", p.template.order()), (p.template.order(), 0, 0)),
+        }
+    }
+}
+
+/// The paths' contributions summed by group (in group order, or ranked like [`path_table`]):
+/// each group's logits at `position` (every position when `None`).
+pub fn group_table(
+    evaluation: &Evaluation,
+    grouping: Grouping,
+    position: Option<usize>,
+    target: Option<usize>,
+    top: Option<usize>,
+    rank: bool,
+) -> Vec<PathRow> {
+    let mut evaluator = crate::eval::PathEvaluator::new(&evaluation.params, &evaluation.forward);
+    // Insertion order for ties (a source's groups appear in path order, which is stream order).
+    let mut groups: Vec<((usize, usize, usize), PathRow)> = Vec::new();
+    crate::paths::for_each_path(&evaluation.expansion.logits, &evaluation.expansion.heads_per_layer(), None, |p| {
+        let logits = match position {
+            Some(pos) => evaluator.logits_at(&p, pos),
+            None => evaluator.logits(&p),
+        };
+        let (name, key) = grouping.of(&p);
+        match groups.iter_mut().find(|(_, row)| row.name == name) {
+            Some((_, row)) => {
+                row.logits += logits;
+                row.paths += 1;
+            }
+            None => groups.push((key, PathRow { name, order: None, paths: 1, logits, size: 0.0 })),
+        }
+    });
+    groups.sort_by_key(|(key, _)| *key);
+    let rows = groups
+        .into_iter()
+        .map(|(_, mut row)| {
+            row.size = match target {
+                Some(t) => row.logits.column(t).iter().fold(0.0f64, |m, x| m.max(x.abs())),
+                None => row.logits.norm(),
+            };
+            row
+        })
+        .collect();
+    finish_table(rows, rank, top)
 }
 
 /// The `pathc paths` table.
@@ -65,25 +159,22 @@ pub fn write_paths_text(
         Some(t) => format!("|logit of token {t}|"),
         None => "norm of the logit row".to_string(),
     };
-    writeln!(out, "model {}, {at}: {} paths, ranked by {by}", evaluation.expansion.model.name, rows.len())?;
-    let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
+    let grouped = rows.first().is_some_and(|r| r.order.is_none());
+    let (what, column) = if grouped { ("groups", "paths") } else { ("paths", "order") };
+    let head = if grouped { "group" } else { "path" };
+    writeln!(out, "model {}, {at}: {} {what}, ranked by {by}", evaluation.expansion.model.name, rows.len())?;
+    let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(5).max(5);
     match target {
-        Some(t) => writeln!(out, "{:<width$}  order  {:>12}  {:>12}", "path", "size", format!("logit[{t}]"))?,
-        None => writeln!(out, "{:<width$}  order  {:>12}  top token (logit)", "path", "norm")?,
+        Some(t) => writeln!(out, "{head:<width$}  {column:>5}  {:>12}  {:>12}", "size", format!("logit[{t}]"))?,
+        None => writeln!(out, "{head:<width$}  {column:>5}  {:>12}  top token (logit)", "norm")?,
     }
     for row in rows {
+        let order = row.order.unwrap_or(row.paths);
         match (target, position) {
-            (Some(t), Some(_)) => writeln!(
-                out,
-                "{:<width$}  {:>5}  {:>12.6}  {:>12.6}",
-                row.name,
-                row.order,
-                row.size,
-                row.logits[(0, t)]
-            )?,
-            (Some(_), None) => {
-                writeln!(out, "{:<width$}  {:>5}  {:>12.6}  {:>12}", row.name, row.order, row.size, "-")?
+            (Some(t), Some(_)) => {
+                writeln!(out, "{:<width$}  {:>5}  {:>12.6}  {:>12.6}", row.name, order, row.size, row.logits[(0, t)])?
             }
+            (Some(_), None) => writeln!(out, "{:<width$}  {:>5}  {:>12.6}  {:>12}", row.name, order, row.size, "-")?,
             (None, _) => {
                 let (arg, value) = row
                     .logits
@@ -91,14 +182,15 @@ pub fn write_paths_text(
                     .iter()
                     .enumerate()
                     .fold((0, f64::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best });
-                writeln!(out, "{:<width$}  {:>5}  {:>12.6}  {arg} ({value:.4})", row.name, row.order, row.size)?
+                writeln!(out, "{:<width$}  {:>5}  {:>12.6}  {arg} ({value:.4})", row.name, order, row.size)?
             }
         }
     }
     Ok(())
 }
 
-/// `{"model", "tokens", "position", "max_order", "paths": [{"name", "order", "logits"}]}`.
+/// `{"model", "tokens", "position", "max_order", "paths": [{"name", "order", "logits"}]}`; grouped,
+/// each entry is `{"name", "paths", "logits"}` (the group, how many paths it sums).
 pub fn write_paths_json(
     out: &mut dyn Write,
     evaluation: &Evaluation,
@@ -114,7 +206,10 @@ pub fn write_paths_json(
                     .map(|i| r.logits.row(i).iter().copied().collect::<Vec<f64>>())
                     .collect::<Vec<_>>()),
             };
-            serde_json::json!({ "name": r.name, "order": r.order, "logits": logits })
+            match r.order {
+                Some(order) => serde_json::json!({ "name": r.name, "order": order, "logits": logits }),
+                None => serde_json::json!({ "name": r.name, "paths": r.paths, "logits": logits }),
+            }
         })
         .collect();
     let value = serde_json::json!({
@@ -159,7 +254,13 @@ pub fn score_table(
             Some(q) => scores.rows(q, 1).into_owned(),
             None => scores,
         };
-        rows.push(PathRow { name: p.score_name(target), order: p.template.order(), size: shown.norm(), logits: shown });
+        rows.push(PathRow {
+            name: p.score_name(target),
+            order: Some(p.template.order()),
+            paths: 1,
+            size: shown.norm(),
+            logits: shown,
+        });
     });
     let terms = rows.len();
     rows.sort_by(|a, b| b.size.total_cmp(&a.size));
@@ -201,7 +302,8 @@ pub fn write_scores_text(
                 best
             }
         });
-        writeln!(out, "{:<width$}  {:>5}  {:>12.6}  {key} ({value:.4})", row.name, row.order, row.size)?;
+        let order = row.order.unwrap_or(row.paths);
+        writeln!(out, "{:<width$}  {:>5}  {:>12.6}  {key} ({value:.4})", row.name, order, row.size)?;
     }
     Ok(())
 }
