@@ -1,15 +1,31 @@
-//! Property tests: for random small attention-only architectures and random weights, the sum of
-//! all paths is the forward pass, each head's paths sum to that head's output, and each head's
+//! Property tests: for random small architectures (any mix of LayerNorms, MLPs of every activation
+//! and biases, or none) and random weights, the sum of all paths is the forward pass, each head's
+//! paths sum to that head's output, each MLP's input terms to its pre-activation, and each head's
 //! score terms sum to its scores.
 
-use pathc::eval::{self, AttnWeights, LayerParams, Matrix, Params, PathEvaluator, Row, ScoreEvaluator};
+use pathc::eval::{
+    self, AttnWeights, LayerNormWeights, LayerParams, Matrix, MlpWeights, Params, PathEvaluator, Row, ScoreEvaluator,
+};
+use pathc::model::Activation;
 use pathc::paths::{self, IndexVar, Side};
 use pathc::ExpandOptions;
 use proptest::prelude::*;
 
+/// One layer: its heads, a LayerNorm before them, attention biases, and maybe an MLP
+/// `(d_mlp, activation, bias, LayerNorm)`.
+#[derive(Debug, Clone)]
+struct LayerArch {
+    heads: usize,
+    ln: bool,
+    bias: bool,
+    mlp: Option<(usize, usize, bool, bool)>,
+}
+
 #[derive(Debug, Clone)]
 struct Arch {
-    heads: Vec<usize>,
+    layers: Vec<LayerArch>,
+    ln_final: bool,
+    unembed_bias: bool,
     d_model: usize,
     d_head: usize,
     d_vocab: usize,
@@ -19,19 +35,32 @@ struct Arch {
     seed: u64,
 }
 
+fn layer_arch() -> impl Strategy<Value = LayerArch> {
+    (
+        1usize..=3,
+        any::<bool>(),
+        any::<bool>(),
+        prop::option::of((1usize..=5, 0..Activation::ALL.len(), any::<bool>(), any::<bool>())),
+    )
+        .prop_map(|(heads, ln, bias, mlp)| LayerArch { heads, ln, bias, mlp })
+}
+
 fn arch() -> impl Strategy<Value = Arch> {
     (
-        prop::collection::vec(1usize..=3, 0..=3),
-        1usize..=6,
+        prop::collection::vec(layer_arch(), 0..=3),
+        (any::<bool>(), any::<bool>()),
+        2usize..=6,
         1usize..=3,
         2usize..=7,
         1usize..=6,
         any::<bool>(),
         any::<u64>(),
     )
-        .prop_flat_map(|(heads, d_model, d_head, d_vocab, n_ctx, positional, seed)| {
+        .prop_flat_map(|(layers, (ln_final, unembed_bias), d_model, d_head, d_vocab, n_ctx, positional, seed)| {
             prop::collection::vec(0..d_vocab, 1..=n_ctx).prop_map(move |tokens| Arch {
-                heads: heads.clone(),
+                layers: layers.clone(),
+                ln_final,
+                unembed_bias,
                 d_model,
                 d_head,
                 d_vocab,
@@ -59,9 +88,27 @@ impl Rng {
     fn matrix(&mut self, rows: usize, cols: usize) -> Matrix {
         Matrix::from_fn(rows, cols, |_, _| self.next())
     }
+
+    /// A random row when `on`, else zeros (a bias the model does not declare).
+    fn row(&mut self, len: usize, on: bool) -> Row {
+        if on {
+            Row::from_fn(len, |_, _| self.next())
+        } else {
+            Row::zeros(len)
+        }
+    }
+
+    /// A LayerNorm with weights around 1, when `on`.
+    fn norm(&mut self, on: bool, d_model: usize) -> Option<LayerNormWeights> {
+        on.then(|| LayerNormWeights {
+            w: Row::from_fn(d_model, |_, _| 1.0 + 0.5 * self.next()),
+            b: Row::from_fn(d_model, |_, _| self.next()),
+        })
+    }
 }
 
-fn build(a: &Arch) -> (pathc::Expansion, Params) {
+/// The model file of an architecture.
+fn model_source(a: &Arch) -> String {
     let mut source = format!(
         "model random\ndim d_model = {}\ndim d_vocab = {}\ndim n_ctx = {}\ndim d_head = {}\nembed\n",
         a.d_model, a.d_vocab, a.n_ctx, a.d_head
@@ -69,41 +116,84 @@ fn build(a: &Arch) -> (pathc::Expansion, Params) {
     if a.positional {
         source.push_str("pos_embed\n");
     }
-    for h in &a.heads {
-        source.push_str(&format!("layer {{ attn(heads = {h}) }}\n"));
+    let flag = |on: bool, text: &'static str| if on { text } else { "" };
+    for layer in &a.layers {
+        source.push_str("layer {\n");
+        source.push_str(flag(layer.ln, "layernorm\n"));
+        source.push_str(&format!("attn(heads = {}{})\n", layer.heads, flag(layer.bias, ", bias")));
+        if let Some((d_mlp, act, bias, ln)) = layer.mlp {
+            source.push_str(flag(ln, "layernorm\n"));
+            let act = Activation::ALL[act].name();
+            source.push_str(&format!("mlp(d_mlp = {d_mlp}, act = {act}{})\n", flag(bias, ", bias")));
+        }
+        source.push_str("}\n");
     }
-    source.push_str("unembed\n");
-    let expansion = pathc::expand(&source, &ExpandOptions { qk: true, ..ExpandOptions::default() }).expect("expands");
+    source.push_str(flag(a.ln_final, "layernorm\n"));
+    source.push_str(if a.unembed_bias { "unembed(bias)\n" } else { "unembed\n" });
+    source
+}
+
+fn build(a: &Arch) -> (pathc::Expansion, Params) {
+    let expansion =
+        pathc::expand(&model_source(a), &ExpandOptions { qk: true, ..ExpandOptions::default() }).expect("expands");
     let mut rng = Rng(a.seed);
+    let d = a.d_model;
     let layers = a
-        .heads
+        .layers
         .iter()
-        .map(|&h| LayerParams {
-            ln1: None,
-            attn: AttnWeights {
-                w_q: (0..h).map(|_| rng.matrix(a.d_model, a.d_head)).collect(),
-                w_k: (0..h).map(|_| rng.matrix(a.d_model, a.d_head)).collect(),
-                w_v: (0..h).map(|_| rng.matrix(a.d_model, a.d_head)).collect(),
-                w_o: (0..h).map(|_| rng.matrix(a.d_head, a.d_model)).collect(),
-                b_q: vec![Row::zeros(a.d_head); h],
-                b_k: vec![Row::zeros(a.d_head); h],
-                b_v: vec![Row::zeros(a.d_head); h],
-                b_o: Row::zeros(a.d_model),
+        .map(|layer| {
+            let h = layer.heads;
+            let ln1 = rng.norm(layer.ln, d);
+            let (ln2, mlp) = match layer.mlp {
+                Some((d_mlp, act, bias, ln)) => (
+                    rng.norm(ln, d),
+                    Some(MlpWeights {
+                        w_in: rng.matrix(d, d_mlp),
+                        b_in: rng.row(d_mlp, bias),
+                        w_out: rng.matrix(d_mlp, d),
+                        b_out: rng.row(d, bias),
+                        act: Activation::ALL[act],
+                    }),
+                ),
+                None => (None, None),
+            };
+            let attn = AttnWeights {
+                w_q: (0..h).map(|_| rng.matrix(d, a.d_head)).collect(),
+                w_k: (0..h).map(|_| rng.matrix(d, a.d_head)).collect(),
+                w_v: (0..h).map(|_| rng.matrix(d, a.d_head)).collect(),
+                w_o: (0..h).map(|_| rng.matrix(a.d_head, d)).collect(),
+                b_q: (0..h).map(|_| rng.row(a.d_head, layer.bias)).collect(),
+                b_k: (0..h).map(|_| rng.row(a.d_head, layer.bias)).collect(),
+                b_v: (0..h).map(|_| rng.row(a.d_head, layer.bias)).collect(),
+                b_o: rng.row(d, layer.bias),
                 attn_scale: (a.d_head as f64).sqrt(),
-            },
-            ln2: None,
-            mlp: None,
+            };
+            LayerParams { ln1, attn, ln2, mlp }
         })
         .collect();
     let params = Params {
-        w_e: rng.matrix(a.d_vocab, a.d_model),
-        w_pos: a.positional.then(|| rng.matrix(a.n_ctx, a.d_model)),
+        w_e: rng.matrix(a.d_vocab, d),
+        w_pos: a.positional.then(|| rng.matrix(a.n_ctx, d)),
         layers,
-        ln_final: None,
-        w_u: rng.matrix(a.d_model, a.d_vocab),
-        b_u: Row::zeros(a.d_vocab),
+        ln_final: rng.norm(a.ln_final, d),
+        w_u: rng.matrix(d, a.d_vocab),
+        b_u: rng.row(a.d_vocab, a.unembed_bias),
     };
     (expansion, params)
+}
+
+/// A residual-stream contribution `[n, d_model]` to the logits, through the final LayerNorm with
+/// its scale frozen (centre, divide by σ, times the weight) when there is one.
+fn to_logits(params: &Params, forward: &eval::Forward, resid: &Matrix) -> Matrix {
+    match (&params.ln_final, &forward.scale_final) {
+        (Some(ln), Some(sigma)) => {
+            let normed = Matrix::from_fn(resid.nrows(), resid.ncols(), |i, j| {
+                (resid[(i, j)] - resid.row(i).mean()) / sigma[i] * ln.w[j]
+            });
+            normed * &params.w_u
+        }
+        _ => resid * &params.w_u,
+    }
 }
 
 fn max_diff(a: &Matrix, b: &Matrix) -> f64 {
@@ -131,15 +221,27 @@ proptest! {
         });
         let scale = 1.0 + forward.logits.iter().fold(0.0f64, |m, x| m.max(x.abs()));
         prop_assert!(max_diff(&total, &forward.logits) <= 1e-9 * scale, "sum of paths vs forward");
-        for (l, layer) in params.layers.iter().map(|layer| &layer.attn).enumerate() {
-            for (h, paths_sum) in by_head[l].iter().enumerate() {
-                // The head's output as the forward pass computes it, through W_U.
-                let output = &forward.patterns[l][h] * ((&forward.resid_pre[l] * &layer.w_v[h]) * &layer.w_o[h]) * &params.w_u;
+        for (l, layer_heads) in by_head.iter().enumerate() {
+            for (h, paths_sum) in layer_heads.iter().enumerate() {
+                // The head's result as the forward pass computes it, through the final LayerNorm
+                // (scale frozen) and W_U.
+                let output = to_logits(&params, &forward, &forward.head_results[l][h]);
                 prop_assert!(max_diff(paths_sum, &output) <= 1e-9 * scale, "head L{}H{}", l, h);
             }
         }
-        let report = eval::check(&expansion, &params, &forward);
-        prop_assert!(report.max_abs_error <= 1e-9 * scale);
+        for (l, templates) in expansion.mlp_inputs.iter().enumerate() {
+            let (Some(templates), Some(pre)) = (templates, &forward.mlp_pre[l]) else { continue };
+            let mut total = Matrix::zeros(pre.nrows(), pre.ncols());
+            paths::for_each_path(templates, &heads, None, |p| total += evaluator.mlp_input(&p, l));
+            let scale = 1.0 + pre.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+            prop_assert!(max_diff(&total, pre) <= 1e-9 * scale, "MLP {} input", l);
+        }
+        for max_order in [None, Some(0), Some(1)] {
+            let options = ExpandOptions { max_order, ..ExpandOptions::default() };
+            let truncated = pathc::expand_compiled(pathc::compile(&model_source(&a)).unwrap(), &options).unwrap();
+            let report = eval::check(&truncated, &params, &forward);
+            prop_assert!(report.max_abs_error <= 1e-9 * scale, "check at order ≤ {:?}: {:?}", max_order, report);
+        }
     }
 
     #[test]
