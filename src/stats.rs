@@ -97,9 +97,9 @@ pub enum WeightProcessing {
 impl WeightProcessing {
     pub fn describe(self) -> &'static str {
         match self {
-            WeightProcessing::AsGiven => "weights as given, no LayerNorm folded (TransformerLens without fold_ln)",
+            WeightProcessing::AsGiven => "weights as given, no LayerNorm folded, as TransformerLens without fold_ln",
             WeightProcessing::FoldLn => {
-                "LayerNorm folded: W_Q, W_K, W_V and W_U times the LayerNorm weight, then centred (TransformerLens fold_ln)"
+                "LayerNorm folded: W_Q, W_K, W_V and W_U times the LayerNorm weight, then centred, as TransformerLens's fold_ln"
             }
         }
     }

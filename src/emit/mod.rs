@@ -1,4 +1,4 @@
-//! Emitters: an [`Expansion`](crate::Expansion) as text, LaTeX, JSON or DOT.
+//! Emitters: an [`Expansion`] as text, LaTeX, JSON or DOT.
 //!
 //! Invariant: output is a pure function of the expansion (ordered iteration only), so the same
 //! input gives byte-identical output. Emitters stream: memory does not grow with the number of

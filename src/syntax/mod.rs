@@ -1,4 +1,4 @@
-//! Syntax: text → checked [`Model`](crate::model::Model).
+//! Syntax: text → checked [`Model`].
 //!
 //! Invariant: this module knows nothing of graphs, e-graphs or weights. It turns a file into a
 //! well-formed model or into a list of diagnostics (several at once where it can), and never
