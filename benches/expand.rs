@@ -31,6 +31,7 @@ fn every_path_name(e: &pathc::Expansion) -> usize {
 fn benches(c: &mut Criterion) {
     let four = std::fs::read_to_string("examples/attn-only-4l.tf").expect("example");
     let twelve = std::fs::read_to_string("examples/attn-only-12l.tf").expect("example");
+    let gpt2 = std::fs::read_to_string("examples/gpt2-small.tf").expect("example");
     let mut group = c.benchmark_group("expand");
     group.sample_size(30);
     // 4 layers × 12 heads, token source: 28,561 paths, the sympy baseline's product.
@@ -43,6 +44,10 @@ fn benches(c: &mut Criterion) {
     group.sample_size(10);
     group.bench_function("attn-only-12l/order-3/json", |b| {
         b.iter(|| emit::json::write(&expand(&twelve, Some(3)), &mut io::sink()).expect("sink"))
+    });
+    // GPT-2 small (MLPs, LayerNorms, biases), order ≤ 2: 572,181 logit paths and MLP-input terms.
+    group.bench_function("gpt2-small/order-2/json", |b| {
+        b.iter(|| emit::json::write(&expand(&gpt2, Some(2)), &mut io::sink()).expect("sink"))
     });
     group.finish();
 }

@@ -26,6 +26,7 @@ peak() { /usr/bin/time -f "%e s  %M KiB" "$@" 2>&1 >/dev/null | tail -1; }
 for k in 1 2 3; do
   echo "attn-only-12l --max-order $k --format json: $(peak ./target/release/pathc expand examples/attn-only-12l.tf --max-order "$k" --format json)"
 done
+echo "gpt2-small --max-order 2 --format json: $(peak ./target/release/pathc expand examples/gpt2-small.tf --max-order 2 --format json)"
 echo "attn-only-4l --format text:              $(peak ./target/release/pathc expand examples/attn-only-4l.tf)"
 
 python3 - "$sympy_json" <<'PY'
