@@ -16,7 +16,7 @@ mod paths;
 
 pub use forward::{activate, forward, Forward};
 pub use params::{AttnWeights, LayerNormWeights, LayerParams, MlpWeights, NameMap, Params, LN_EPS};
-pub use paths::{check, logits_by_order, CheckReport, PathEvaluator, ResidualCache, ScoreEvaluator};
+pub use paths::{check, logits_by_order, CheckReport, Origin, PathEvaluator, ResidualCache, ScoreEvaluator};
 
 use nalgebra::{DMatrix, RowDVector};
 use thiserror::Error;
