@@ -44,6 +44,7 @@
 //! assert!((total - &forward.logits).amax() < 1e-9); // the 50 paths are the logits
 //! ```
 
+pub mod codegen;
 pub mod diag;
 pub mod emit;
 pub mod eval;

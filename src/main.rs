@@ -129,6 +129,25 @@ enum Command {
         #[arg(long, value_enum, default_value_t = CountFormat::Text)]
         format: CountFormat,
     },
+    /// Generate standalone analysis code: one function per path family and per statistic.
+    Codegen {
+        model: PathBuf,
+        /// The language of the generated code.
+        #[arg(long, value_enum)]
+        lang: Lang,
+        /// Keep only paths through at most K heads.
+        #[arg(long, value_name = "K")]
+        max_order: Option<u32>,
+        /// Keep only paths through this head (`L1H3`; repeatable: through all of them).
+        #[arg(long, value_name = "HEAD", num_args = 1..)]
+        through: Vec<String>,
+        /// Refuse to expand more paths than this.
+        #[arg(long, value_name = "N", default_value_t = pathc::DEFAULT_ENUMERATION_LIMIT)]
+        limit: u64,
+        /// Write to FILE instead of standard output.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// Count paths by order without enumerating them (exact at any size).
     Count {
         model: PathBuf,
@@ -169,6 +188,11 @@ enum Format {
     Latex,
     Json,
     Dot,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Lang {
+    Python,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -368,6 +392,32 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 CountFormat::Text => numbers::write_stats_text(&mut out, &compiled.model.name, &stats)?,
             }
             Ok(out.flush()?)
+        }
+        Command::Codegen { model, lang, max_order, through, limit, output } => {
+            let source = read_model(&model)?;
+            let mut heads = Vec::new();
+            for text in &through {
+                let (layer, head) = parse_head(text).ok_or_else(|| {
+                    Failure::BadInput(format!("error: --through {text}: write a head as L1H2 (layer 1, head 2)"))
+                })?;
+                heads.push(pathc::paths::HeadRef { layer, head });
+            }
+            let options = ExpandOptions { max_order, limit, ..ExpandOptions::default() };
+            let expansion = pathc::expand(&source, &options).map_err(|e| render(&model, &source, &e))?;
+            let selection = pathc::codegen::Options { max_order: None, through: heads };
+            let code = match lang {
+                Lang::Python => pathc::codegen::python::generate(&expansion, &selection),
+            }
+            .map_err(|e| match e {
+                pathc::codegen::CodegenError::UnknownHead { .. } => Failure::BadInput(format!("error: --through {e}")),
+                other => Failure::BadInput(format!("error: {other}")),
+            })?;
+            match &output {
+                Some(path) => std::fs::write(path, code)
+                    .map_err(|e| Failure::BadInput(format!("error: cannot write {}: {e}", path.display())))?,
+                None => io::stdout().lock().write_all(code.as_bytes())?,
+            }
+            Ok(())
         }
         Command::Count { model, max_order, qk, format } => {
             let source = read_model(&model)?;

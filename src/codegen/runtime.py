@@ -1,0 +1,566 @@
+LN_EPS = 1e-5  # TransformerLens's LayerNorm epsilon
+
+
+class WeightError(Exception):
+    """The weight file does not fit the model (a missing tensor, a wrong shape, an undeclared one)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights: a small safetensors reader, the model's tensors by TransformerLens's names, fold_ln
+# ---------------------------------------------------------------------------------------------
+
+_FLOAT_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2"}
+
+
+def read_safetensors(path):
+    """Every floating-point tensor of a safetensors file, as float64 arrays by name.
+
+    The format: an 8-byte little-endian header length, a JSON header mapping each tensor's name
+    to its dtype, shape and byte range (`data_offsets`, counted from the end of the header), then
+    the data, little-endian and row-major. BF16 is the upper half of an F32. Tensors of other
+    dtypes (integer or boolean buffers such as attention masks) are skipped.
+    """
+    with open(path, "rb") as file:
+        data = file.read()
+    if len(data) < 8:
+        raise WeightError(f"{path}: not a safetensors file (too short)")
+    (length,) = struct.unpack("<Q", data[:8])
+    try:
+        header = json.loads(data[8 : 8 + length])
+    except ValueError as e:
+        raise WeightError(f"{path}: not a safetensors file ({e})") from None
+    body = memoryview(data)[8 + length :]
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        raw = body[start:end]
+        if info["dtype"] in _FLOAT_DTYPES:
+            array = np.frombuffer(raw, dtype=_FLOAT_DTYPES[info["dtype"]])
+        elif info["dtype"] == "BF16":
+            array = (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+        else:
+            continue
+        tensors[name] = array.astype(np.float64).reshape(tuple(info["shape"]))
+    return tensors
+
+
+def read_weights(path):
+    """A TransformerLens state_dict: safetensors, or an .npz of the same arrays."""
+    if str(path).endswith(".npz"):
+        with np.load(path) as npz:
+            return {k: npz[k].astype(np.float64) for k in npz.files if npz[k].dtype.kind == "f"}
+    return read_safetensors(path)
+
+
+def load_weights(path):
+    """The tensors the model needs, by TransformerLens's names, every shape checked.
+
+    Sizes the model file leaves symbolic are read from the weights (`d_model` and `d_vocab` from
+    `embed.W_E`, `d_head` from `W_Q`, `d_mlp` from `W_in`); declared sizes must match. A bias the
+    model does not declare is zero: absent, or present as zeros (a nonzero one is refused, as
+    pathc refuses it). LayerNorms appear as `{prefix}.w`, `{prefix}.b`.
+    """
+    tensors = read_weights(path)
+
+    def need(name, shape):
+        if name not in tensors:
+            raise WeightError(f"the weights have no `{name}`")
+        array = tensors[name]
+        if len(array.shape) != len(shape) or any(s is not None and s != a for s, a in zip(shape, array.shape)):
+            want = "[" + ", ".join("?" if s is None else str(s) for s in shape) + "]"
+            raise WeightError(f"`{name}` has shape {list(array.shape)}, the model needs {want}")
+        return array
+
+    def bias(name, shape, declared):
+        if declared:
+            return need(name, shape)
+        if name in tensors and np.any(tensors[name] != 0):
+            raise WeightError(f"the weights have a nonzero `{name}` but the model declares no such bias")
+        return np.zeros(shape)
+
+    d_vocab, d_model = need("embed.W_E", [MODEL["d_vocab"], MODEL["d_model"]]).shape
+    w = {"embed.W_E": tensors["embed.W_E"]}
+    if MODEL["pos_embed"]:
+        w["pos_embed.W_pos"] = need("pos_embed.W_pos", [MODEL["n_ctx"], d_model])
+    for l, layer in enumerate(MODEL["layers"]):
+        h, name = layer["heads"], f"blocks.{l}.attn."
+        d_head = need(name + "W_Q", [h, d_model, layer["d_head"]]).shape[2]
+        for m in ("W_Q", "W_K", "W_V"):
+            w[name + m] = need(name + m, [h, d_model, d_head])
+        w[name + "W_O"] = need(name + "W_O", [h, d_head, d_model])
+        for b in ("b_Q", "b_K", "b_V"):
+            w[name + b] = bias(name + b, [h, d_head], layer["attn_bias"])
+        w[name + "b_O"] = bias(name + "b_O", [d_model], layer["attn_bias"])
+        if layer["ln1"]:
+            w[f"blocks.{l}.ln1.w"] = need(f"blocks.{l}.ln1.w", [d_model])
+            w[f"blocks.{l}.ln1.b"] = need(f"blocks.{l}.ln1.b", [d_model])
+        mlp = layer["mlp"]
+        if mlp is not None:
+            name = f"blocks.{l}.mlp."
+            d_mlp = need(name + "W_in", [d_model, mlp["d_mlp"]]).shape[1]
+            w[name + "W_in"] = tensors[name + "W_in"]
+            w[name + "W_out"] = need(name + "W_out", [d_mlp, d_model])
+            w[name + "b_in"] = bias(name + "b_in", [d_mlp], mlp["bias"])
+            w[name + "b_out"] = bias(name + "b_out", [d_model], mlp["bias"])
+            if mlp["ln2"]:
+                w[f"blocks.{l}.ln2.w"] = need(f"blocks.{l}.ln2.w", [d_model])
+                w[f"blocks.{l}.ln2.b"] = need(f"blocks.{l}.ln2.b", [d_model])
+    if MODEL["ln_final"]:
+        w["ln_final.w"] = need("ln_final.w", [d_model])
+        w["ln_final.b"] = need("ln_final.b", [d_model])
+    w["unembed.W_U"] = need("unembed.W_U", [d_model, d_vocab])
+    w["unembed.b_U"] = bias("unembed.b_U", [d_vocab], MODEL["unembed_bias"])
+    for name, array in w.items():
+        if not np.all(np.isfinite(array)):
+            raise WeightError(f"`{name}` holds a value that is not finite")
+    return w
+
+
+def _fold_into_reader(ln_w, ln_b, weight, bias):
+    """Folds LayerNorm `(ln_w, ln_b)` into a reader `x ↦ x·W + b` ([..., d_model, k] and [..., k]):
+    `b += ln_b·W`, then `W ← diag(ln_w)·W`, then W centred over its d_model rows."""
+    bias = bias + np.einsum("m,...mk->...k", ln_b, weight)
+    weight = ln_w[:, None] * weight
+    return weight - weight.mean(axis=-2, keepdims=True), bias
+
+
+def fold_layer_norm(w):
+    """TransformerLens's `fold_layer_norm(fold_biases=True, center_weights=True)`, exact.
+
+    Each LayerNorm's weight and bias move into the matrices that read its output (`W_Q`, `W_K`,
+    `W_V` after ln1, `W_in` after ln2, `W_U` after ln_final) and their biases, which are then
+    centred; the LayerNorm keeps only its centring and its scale `N = diag(1/σ)`, frozen per
+    position in a path. Folding twice is folding once.
+    """
+    w = dict(w)
+    d_model = w["embed.W_E"].shape[1]
+    ones, zeros = np.ones(d_model), np.zeros(d_model)
+    readers = []
+    for l, layer in enumerate(MODEL["layers"]):
+        if layer["ln1"]:
+            readers.append((f"blocks.{l}.ln1", [(f"blocks.{l}.attn.W_{m}", f"blocks.{l}.attn.b_{m}") for m in "QKV"]))
+        if layer["mlp"] is not None and layer["mlp"]["ln2"]:
+            readers.append((f"blocks.{l}.ln2", [(f"blocks.{l}.mlp.W_in", f"blocks.{l}.mlp.b_in")]))
+    if MODEL["ln_final"]:
+        readers.append(("ln_final", [("unembed.W_U", "unembed.b_U")]))
+    for ln, matrices in readers:
+        for weight, bias in matrices:
+            w[weight], w[bias] = _fold_into_reader(w[ln + ".w"], w[ln + ".b"], w[weight], w[bias])
+        w[ln + ".w"], w[ln + ".b"] = ones, zeros
+    return w
+
+
+# ---------------------------------------------------------------------------------------------
+# The forward pass, recording what a path expansion freezes
+# ---------------------------------------------------------------------------------------------
+
+
+def layer_norm(x, ln_w, ln_b):
+    """TransformerLens's LN on every row: `(x − mean x)/σ · w + b`, σ = sqrt(var + eps); and σ."""
+    centred = x - x.mean(axis=1, keepdims=True)
+    scale = np.sqrt((centred * centred).sum(axis=1) / x.shape[1] + LN_EPS)
+    return centred / scale[:, None] * ln_w + ln_b, scale
+
+
+def causal_softmax(scores):
+    """Softmax over each query's row, keys after the query masked out."""
+    n = scores.shape[-1]
+    masked = np.where(np.tril(np.ones((n, n), dtype=bool)), scores, -np.inf)
+    e = np.exp(masked - masked.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def activation(name, x):
+    """The MLP nonlinearity as TransformerLens computes it (`gelu` exact, `gelu_new` tanh)."""
+    if name == "relu":
+        return np.maximum(x, 0.0)
+    if name == "gelu":
+        return 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
+    if name == "gelu_new":
+        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+    if name == "silu":
+        return x / (1.0 + np.exp(-x))
+    raise ValueError(f"unknown activation {name}")
+
+
+class Forward:
+    """What a forward pass records: `tokens`, `logits` [n, d_vocab], `patterns[l]` [heads, n, n]
+    (the frozen `A`), the LayerNorm scales σ per position (`scale_attn[l]` of ln1, `scale_mlp[l]`
+    of ln2, `scale_final`; None without that LayerNorm) and `mlp_out[l]` [n, d_model] (the MLP's
+    output without b_out, the source `M^{l}`; None without an MLP)."""
+
+    def __init__(self, tokens):
+        self.tokens = np.asarray(tokens, dtype=np.int64)
+        self.patterns, self.scale_attn, self.scale_mlp, self.mlp_out = [], [], [], []
+        self.scale_final = None
+        self.logits = None
+
+
+def forward(w, tokens):
+    """Runs the model on `tokens` as TransformerLens does (weights `w` as loaded, not folded).
+
+    resid = W_E[tokens] + W_pos[:n]; per layer x = LN1(resid), q = x·W_Q + b_Q (k, v alike),
+    A = causal softmax(q·kᵀ/√d_head), resid += Σ_h A·v·W_O + b_O; with an MLP y = LN2(resid),
+    resid += act(y·W_in + b_in)·W_out + b_out; logits = LN_final(resid)·W_U + b_U.
+    """
+    f = Forward(tokens)
+    n = len(f.tokens)
+    resid = w["embed.W_E"][f.tokens]
+    if MODEL["pos_embed"]:
+        resid = resid + w["pos_embed.W_pos"][:n]
+    for l, layer in enumerate(MODEL["layers"]):
+        x, scale = resid, None
+        if layer["ln1"]:
+            x, scale = layer_norm(resid, w[f"blocks.{l}.ln1.w"], w[f"blocks.{l}.ln1.b"])
+        f.scale_attn.append(scale)
+        attn = f"blocks.{l}.attn."
+        patterns = []
+        for h in range(layer["heads"]):
+            q = x @ w[attn + "W_Q"][h] + w[attn + "b_Q"][h]
+            k = x @ w[attn + "W_K"][h] + w[attn + "b_K"][h]
+            v = x @ w[attn + "W_V"][h] + w[attn + "b_V"][h]
+            pattern = causal_softmax((q @ k.T) / math.sqrt(q.shape[1]))
+            patterns.append(pattern)
+            resid = resid + (pattern @ v) @ w[attn + "W_O"][h]
+        f.patterns.append(np.array(patterns))
+        resid = resid + w[attn + "b_O"]
+        mlp, scale, out = layer["mlp"], None, None
+        if mlp is not None:
+            y = resid
+            if mlp["ln2"]:
+                y, scale = layer_norm(resid, w[f"blocks.{l}.ln2.w"], w[f"blocks.{l}.ln2.b"])
+            pre = y @ w[f"blocks.{l}.mlp.W_in"] + w[f"blocks.{l}.mlp.b_in"]
+            out = activation(mlp["act"], pre) @ w[f"blocks.{l}.mlp.W_out"]
+            resid = resid + out + w[f"blocks.{l}.mlp.b_out"]
+        f.scale_mlp.append(scale)
+        f.mlp_out.append(out)
+    if MODEL["ln_final"]:
+        resid, f.scale_final = layer_norm(resid, w["ln_final.w"], w["ln_final.b"])
+    f.logits = resid @ w["unembed.W_U"] + w["unembed.b_U"]
+    return f
+
+
+# ---------------------------------------------------------------------------------------------
+# The steps a path is made of (row layout: a term P ⊗ M contributes P · X_s · Mᵀ; `w` folded)
+# ---------------------------------------------------------------------------------------------
+
+
+def scaled(x, scale):
+    """diag(1/σ)·x: a LayerNorm's frozen scale N on the position side (x itself without one)."""
+    return x if scale is None else x / scale[:, None]
+
+
+def constant_rows(f, row):
+    """A constant source (a bias) at every position, [n, len(row)]."""
+    return np.tile(row, (len(f.tokens), 1))
+
+
+def token_rows(w, f):
+    """W_E: the tokens' embedding rows, [n, d_model]."""
+    return w["embed.W_E"][f.tokens]
+
+
+def position_rows(w, f):
+    """W_P: the positional embedding's first n rows, [n, d_model]."""
+    return w["pos_embed.W_pos"][: len(f.tokens)]
+
+
+def mlp_output(f, layer):
+    """M^{layer}: the MLP's recorded output (without b_out), [n, d_model]."""
+    return f.mlp_out[layer]
+
+
+def through_head(w, f, x, layer, head):
+    """(A^{l.h}·N^{ln1.l}) ⊗ W_OV^{l.h}: x ↦ A · diag(1/σ_ln1) · x · W_V'·W_O (no N without ln1)."""
+    read = scaled(x, f.scale_attn[layer])
+    attn = f"blocks.{layer}.attn."
+    return f.patterns[layer][head] @ ((read @ w[attn + "W_V"][head]) @ w[attn + "W_O"][head])
+
+
+def value_bias(w, f, layer, head):
+    """A^{l.h} ⊗ W_O^{l.h}·b_V^{l.h}: the head's (folded) value bias, moved by its own pattern."""
+    attn = f"blocks.{layer}.attn."
+    return f.patterns[layer][head] @ constant_rows(f, w[attn + "b_V"][head] @ w[attn + "W_O"][head])
+
+
+def unembed(w, f, x):
+    """N^{final} ⊗ W_U: x ↦ diag(1/σ_final) · x · W_U' (no N without a final LayerNorm)."""
+    return scaled(x, f.scale_final) @ w["unembed.W_U"]
+
+
+def unembed_bias(w, f):
+    """Id ⊗ b_U: the (folded) unembedding bias at every position, the constant part of the logits."""
+    return constant_rows(f, w["unembed.b_U"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics of the weights (no vocab × vocab matrix; TransformerLens's definitions)
+# ---------------------------------------------------------------------------------------------
+
+BASELINE_SAMPLES = 64
+BASELINE_SEED = 0x7061_7468_635F_6261  # "pathc_ba"
+_MASK64 = (1 << 64) - 1
+
+
+def _heads(w):
+    for l, layer in enumerate(MODEL["layers"]):
+        attn = f"blocks.{l}.attn."
+        for h in range(layer["heads"]):
+            yield l, h, {m: w[attn + m][h] for m in ("W_Q", "W_K", "W_V", "W_O")}
+
+
+def shared_products(w):
+    """G_E = W_Eᵀ·W_E, G_U = W_U·W_Uᵀ, P = W_U·W_E (d_model × d_model): the only products whose
+    cost grows with d_vocab, shared by every head."""
+    w_e, w_u = w["embed.W_E"], w["unembed.W_U"]
+    return {"G_E": w_e.T @ w_e, "G_U": w_u @ w_u.T, "P": w_u @ w_e}
+
+
+def copying_score(m):
+    """Σ Re λ / Σ |λ| over the eigenvalues of m; 0 when every eigenvalue is 0."""
+    eig = np.linalg.eigvals(m)
+    total = np.abs(eig).sum()
+    return 0.0 if total == 0.0 else float(eig.real.sum() / total)
+
+
+def ov_copying(head, shared):
+    """Copying score of the full OV circuit W_E·W_V·W_O·W_U (vocab × vocab): Σ Re λ / Σ |λ|.
+
+    Its nonzero eigenvalues are those of the d_head × d_head matrix W_O·(W_U·W_E)·W_V.
+    """
+    return copying_score(head["W_O"] @ (shared["P"] @ head["W_V"]))
+
+
+def qk_copying(head, shared):
+    """Copying score of the full QK circuit W_E·W_Q·W_Kᵀ·W_Eᵀ (without 1/√d_head), from the
+    eigenvalues of the d_head × d_head matrix W_Kᵀ·(W_Eᵀ·W_E)·W_Q."""
+    return copying_score(head["W_K"].T @ (shared["G_E"] @ head["W_Q"]))
+
+
+def ov_frobenius(head, shared):
+    """‖W_E·W_V·W_O·W_U‖_F, as sqrt tr(W_Vᵀ·G_E·W_V · W_O·G_U·W_Oᵀ) (‖AB‖² = tr(AᵀA·BBᵀ))."""
+    gram_v = head["W_V"].T @ (shared["G_E"] @ head["W_V"])
+    gram_o = head["W_O"] @ (shared["G_U"] @ head["W_O"].T)
+    return math.sqrt(max(float((gram_v * gram_o).sum()), 0.0))
+
+
+def qk_frobenius(head, shared):
+    """‖W_E·W_Q·W_Kᵀ·W_Eᵀ‖_F (without 1/√d_head), as sqrt tr(W_Qᵀ·G_E·W_Q · W_Kᵀ·G_E·W_K)."""
+    gram_q = head["W_Q"].T @ (shared["G_E"] @ head["W_Q"])
+    gram_k = head["W_K"].T @ (shared["G_E"] @ head["W_K"])
+    return math.sqrt(max(float((gram_q * gram_k).sum()), 0.0))
+
+
+def r_factor(x):
+    """R of a thin QR factorisation x = Q·R: xᵀx = RᵀR, so ‖x·y‖_F = ‖R·y‖_F, ‖y·xᵀ‖_F = ‖y·Rᵀ‖_F."""
+    return np.linalg.qr(x, mode="r")
+
+
+def _score(left, right):
+    """‖left·right‖_F / (‖left‖_F ‖right‖_F), 0 when the denominator is 0."""
+    denominator = np.linalg.norm(left) * np.linalg.norm(right)
+    return 0.0 if denominator == 0.0 else float(np.linalg.norm(left @ right) / denominator)
+
+
+def composition_scores(w, mode):
+    """TransformerLens's all_composition_scores(mode), [layer_left][head_left][layer_right][head_right]:
+
+        ‖W_V W_O^{left} · R^{right}‖_F / (‖W_V W_O^{left}‖_F ‖R^{right}‖_F)
+
+    with R = W_Q·W_Kᵀ (mode "Q"), W_K·W_Qᵀ ("K") or W_V·W_O ("V") of the right head; zero unless
+    layer_left < layer_right. In factored form: the left matrix as R(W_V)·W_O (d_head × d_model),
+    the right one as W_Q·R(W_K)ᵀ, W_K·R(W_Q)ᵀ or W_V·R(W_Oᵀ)ᵀ (d_model × d_head).
+    """
+    heads = list(_heads(w))
+    left = {(l, h): r_factor(m["W_V"]) @ m["W_O"] for l, h, m in heads}
+    second = {"Q": ("W_Q", "W_K"), "K": ("W_K", "W_Q"), "V": ("W_V", None)}[mode]
+    right = {}
+    for l, h, m in heads:
+        other = m["W_O"].T if second[1] is None else m[second[1]]
+        right[(l, h)] = m[second[0]] @ r_factor(other).T
+    sizes = [layer["heads"] for layer in MODEL["layers"]]
+    out = [[[[0.0] * n2 for n2 in sizes] for _ in range(n1)] for n1 in sizes]
+    for (l1, h1), a in left.items():
+        for (l2, h2), b in right.items():
+            if l1 < l2:
+                out[l1][h1][l2][h2] = _score(a, b)
+    return out
+
+
+def _splitmix64(seed, count, start):
+    """Outputs start+1 .. start+count of SplitMix64 seeded with `seed` (the k-th output mixes
+    seed + k·0x9E3779B97F4A7C15), as uint64."""
+    k = np.arange(start + 1, start + count + 1, dtype=np.uint64)
+    z = np.uint64(seed) + k * np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def deterministic_ln(x):
+    """ln x for positive normal x from + − × / and bits only (pathc's `deterministic_ln`):
+    x = m·2^e, m ∈ [√½, √2), ln m = 2 atanh z = 2(z + z³/3 + …), z = (m − 1)/(m + 1), 13 terms."""
+    bits = x.view(np.uint64)
+    e = ((bits >> np.uint64(52)) & np.uint64(0x7FF)).astype(np.int64) - 1023
+    m = ((bits & np.uint64((1 << 52) - 1)) | np.uint64(1023 << 52)).view(np.float64)
+    big = m >= math.sqrt(2.0)
+    m = np.where(big, m * 0.5, m)
+    e = e + big
+    z = (m - 1.0) / (m + 1.0)
+    z2 = z * z
+    series = np.zeros_like(z)
+    for k in range(12, -1, -1):
+        series = series * z2 + 1.0 / (2 * k + 1)
+    return 2.0 * z * series + e.astype(np.float64) * math.log(2.0)
+
+
+def standard_normals(count, seed=BASELINE_SEED):
+    """The first `count` normals of pathc's generator: Marsaglia's polar method on SplitMix64
+    uniforms (x >> 11)·2⁻⁵² − 1 ∈ [−1, 1); a pair (u, v) with 0 < s = u² + v² < 1 gives
+    u·f, v·f with f = sqrt(−2 ln s / s), in that order; other pairs are skipped."""
+    parts, have, used = [], 0, 0
+    while have < count:
+        pairs = max(1024, int((count - have) * 0.65) + 64)
+        uniforms = (_splitmix64(seed, 2 * pairs, used) >> np.uint64(11)).astype(np.float64) * 2.0**-52 - 1.0
+        used += 2 * pairs
+        u, v = uniforms[0::2], uniforms[1::2]
+        s = u * u + v * v
+        keep = (s > 0.0) & (s < 1.0)
+        u, v, s = u[keep], v[keep], s[keep]
+        factor = np.sqrt(-2.0 * deterministic_ln(s) / s)
+        parts.append(np.column_stack([u * factor, v * factor]).ravel())
+        have += 2 * len(s)
+    return np.concatenate(parts)[:count]
+
+
+def composition_baseline(d_model, d_left, d_right, samples=BASELINE_SAMPLES):
+    """The mean composition score of `samples` pairs of random matrices (the paper's baseline):
+
+        mean ‖V·O · A·B‖_F / (‖V·O‖_F ‖A·B‖_F)
+
+    V [d_model, d_left], O [d_left, d_model], A [d_model, d_right], B [d_right, d_model] standard
+    normal, filled row by row in that order per sample from `standard_normals` (pathc's fixed-seed
+    draws, so the same number as `pathc stats`).
+    """
+    if samples == 0:
+        return 0.0
+    shapes = [(d_model, d_left), (d_left, d_model), (d_model, d_right), (d_right, d_model)]
+    sizes = [rows * cols for rows, cols in shapes]
+    draws = standard_normals(samples * sum(sizes))
+    total, at = 0.0, 0
+    for _ in range(samples):
+        v, o, a, b = [], [], [], []
+        for matrix, size, shape in zip((v, o, a, b), sizes, shapes):
+            matrix.append(draws[at : at + size].reshape(shape))
+            at += size
+        total += _score(r_factor(v[0]) @ o[0], a[0] @ r_factor(b[0].T).T)
+    return total / samples
+
+
+def statistics(w, weight_processing):
+    """Every statistic, as `pathc stats --format json` prints them."""
+    shared = shared_products(w)
+    sizes = [layer["heads"] for layer in MODEL["layers"]]
+    per_head = {name: [[0.0] * n for n in sizes] for name in ("ov_copying", "qk_copying", "ov_frobenius", "qk_frobenius")}
+    for l, h, head in _heads(w):
+        per_head["ov_copying"][l][h] = ov_copying(head, shared)
+        per_head["qk_copying"][l][h] = qk_copying(head, shared)
+        per_head["ov_frobenius"][l][h] = ov_frobenius(head, shared)
+        per_head["qk_frobenius"][l][h] = qk_frobenius(head, shared)
+    comp = {mode: composition_scores(w, mode) for mode in "QKV"}
+    d_model = w["embed.W_E"].shape[1]
+    d_heads = [w[f"blocks.{l}.attn.W_Q"].shape[2] for l in range(len(sizes))]
+    baselines = {}
+
+    def baseline(d_left, d_right):
+        if (d_left, d_right) not in baselines:
+            baselines[(d_left, d_right)] = composition_baseline(d_model, d_left, d_right)
+        return baselines[(d_left, d_right)]
+
+    reference = baseline(d_heads[0], d_heads[0]) if d_heads else 0.0
+
+    def minus_baseline(scores):
+        return [
+            [[[x - baseline(d_heads[l1], d_heads[l2]) if l1 < l2 else x for x in row] for l2, row in enumerate(rights)] for rights in per_left]
+            for l1, per_left in enumerate(scores)
+        ]
+
+    return {
+        "weight_processing": weight_processing,
+        **per_head,
+        "comp_q": comp["Q"],
+        "comp_k": comp["K"],
+        "comp_v": comp["V"],
+        "comp_baseline": {"q": reference, "k": reference, "v": reference, "samples": BASELINE_SAMPLES},
+        "comp_q_minus_baseline": minus_baseline(comp["Q"]),
+        "comp_k_minus_baseline": minus_baseline(comp["K"]),
+        "comp_v_minus_baseline": minus_baseline(comp["V"]),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+def all_paths(w, f):
+    """Every selected path, in pathc's path order: (name, order, logits [n, d_vocab])."""
+    for family in FAMILIES:
+        yield from family(w, f)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("weights", help="a TransformerLens state_dict (safetensors, or npz)")
+    parser.add_argument("--tokens", help="token ids, comma-separated: 3,7,1")
+    parser.add_argument("--pos", default="last", help="a position, `last` (default) or `all`")
+    parser.add_argument("--stats", action="store_true", help="print the weights' statistics instead")
+    parser.add_argument("--fold-ln", action="store_true", help="with --stats: fold the LayerNorms first")
+    args = parser.parse_args(argv)
+    try:
+        raw = load_weights(args.weights)
+    except (OSError, WeightError) as e:
+        sys.exit(f"error: {e}")
+    if args.stats:
+        weights, processing = (fold_layer_norm(raw), "fold_ln") if args.fold_ln else (raw, "as_given")
+        json.dump(statistics(weights, processing), sys.stdout, indent=2)
+        print()
+        return
+    if args.tokens is None:
+        sys.exit("error: --tokens is needed (or --stats)")
+    try:
+        tokens = [int(t) for t in args.tokens.split(",")]
+    except ValueError:
+        sys.exit(f"error: --tokens takes comma-separated token ids, not `{args.tokens}`")
+    d_vocab = raw["embed.W_E"].shape[0]
+    bad = [(i, t) for i, t in enumerate(tokens) if not 0 <= t < d_vocab]
+    if bad:
+        sys.exit(f"error: token {bad[0][1]} at position {bad[0][0]} is out of range: d_vocab is {d_vocab}")
+    if MODEL["pos_embed"] and len(tokens) > raw["pos_embed.W_pos"].shape[0]:
+        sys.exit(f"error: {len(tokens)} tokens are more than the context length n_ctx = {raw['pos_embed.W_pos'].shape[0]}")
+    n = len(tokens)
+    if args.pos == "all":
+        position = None
+    elif args.pos == "last":
+        position = n - 1
+    elif args.pos.isdigit() and int(args.pos) < n:
+        position = int(args.pos)
+    else:
+        sys.exit(f"error: --pos takes a position below {n}, `last` or `all`, not `{args.pos}`")
+    f = forward(raw, tokens)
+    w = fold_layer_norm(raw)
+    paths = []
+    for name, order, logits in all_paths(w, f):
+        rows = logits if position is None else logits[position]
+        paths.append({"logits": rows.tolist(), "name": name, "order": order})
+    out = {
+        "max_order": MAX_ORDER,
+        "model": MODEL["name"],
+        "paths": paths,
+        "position": "all" if position is None else position,
+        "tokens": tokens,
+    }
+    json.dump(out, sys.stdout, separators=(",", ":"))
+    print()
