@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use pathc::emit::numbers;
+use pathc::emit::plot::StatsPlot;
 use pathc::eval::Evaluation;
 use pathc::stats::WeightProcessing;
 use pathc::{diag, emit, ExpandOptions};
@@ -35,6 +36,22 @@ impl From<GroupArg> for numbers::Grouping {
             GroupArg::Order => numbers::Grouping::Order,
         }
     }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PlotWhat {
+    /// Q-composition scores, (layers·heads) × (layers·heads).
+    CompQ,
+    /// K-composition scores.
+    CompK,
+    /// V-composition scores.
+    CompV,
+    /// OV copying scores, layers × heads.
+    OvCopying,
+    /// QK copying scores, layers × heads.
+    QkCopying,
+    /// The largest path contributions to one token's logit (needs --tokens).
+    Paths,
 }
 
 #[derive(Subcommand)]
@@ -147,6 +164,44 @@ enum Command {
         /// Write to FILE instead of standard output.
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
+    },
+    /// Plot statistics (heatmaps) or path contributions (a bar chart) as SVG.
+    Plot {
+        model: PathBuf,
+        /// A TransformerLens state_dict: safetensors (f16, bf16, f32, f64) or npz.
+        #[arg(long, value_name = "FILE")]
+        weights: PathBuf,
+        /// What to plot.
+        #[arg(long, value_enum)]
+        what: PlotWhat,
+        /// Token ids, comma-separated (`--what paths` only, where they are required).
+        #[arg(long, value_delimiter = ',', num_args = 1..)]
+        tokens: Vec<usize>,
+        /// The position (`--what paths`): a number or `last` (the default).
+        #[arg(long)]
+        pos: Option<String>,
+        /// The token whose logit the paths are ranked by (`--what paths`; default: the model's
+        /// top prediction at the position).
+        #[arg(long, value_name = "TOKEN")]
+        target: Option<usize>,
+        /// How many paths (`--what paths`; default 20).
+        #[arg(long, value_name = "N")]
+        top: Option<usize>,
+        /// Statistics of LayerNorm-folded weights (statistics plots; see `stats --help`).
+        #[arg(long)]
+        fold_ln: bool,
+        /// Keep only paths through at most K heads (`--what paths`).
+        #[arg(long, value_name = "K")]
+        max_order: Option<u32>,
+        /// Refuse to enumerate more paths than this (`--what paths`).
+        #[arg(long, value_name = "N", default_value_t = pathc::DEFAULT_ENUMERATION_LIMIT)]
+        limit: u64,
+        /// Read a TransformerLens tensor under another name (see `check --help`).
+        #[arg(long = "name", value_name = "TL=FILE")]
+        names: Vec<String>,
+        /// The SVG file to write (replaced only once the plot is complete).
+        #[arg(short, long, value_name = "FILE", required = true)]
+        output: PathBuf,
     },
     /// Count paths by order without enumerating them (exact at any size).
     Count {
@@ -419,6 +474,79 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Plot { model, weights, what, tokens, pos, target, top, fold_ln, max_order, limit, names, output } => {
+            let stats_plot = match what {
+                PlotWhat::CompQ => Some(StatsPlot::CompQ),
+                PlotWhat::CompK => Some(StatsPlot::CompK),
+                PlotWhat::CompV => Some(StatsPlot::CompV),
+                PlotWhat::OvCopying => Some(StatsPlot::OvCopying),
+                PlotWhat::QkCopying => Some(StatsPlot::QkCopying),
+                PlotWhat::Paths => None,
+            };
+            let svg = if let Some(plot) = stats_plot {
+                let misplaced = [
+                    (!tokens.is_empty(), "--tokens"),
+                    (pos.is_some(), "--pos"),
+                    (target.is_some(), "--target"),
+                    (top.is_some(), "--top"),
+                    (max_order.is_some(), "--max-order"),
+                ];
+                if let Some((_, flag)) = misplaced.iter().find(|(given, _)| *given) {
+                    return Err(Failure::BadInput(format!(
+                        "error: {flag} applies only to --what paths (statistics come from the weights alone)"
+                    )));
+                }
+                let source = read_model(&model)?;
+                let fail = |e: pathc::Error| render(&model, &source, &e);
+                let compiled = pathc::compile(&source).map_err(fail)?;
+                let names = pathc::eval::NameMap::parse(&names).map_err(|e| fail(e.into()))?;
+                let params = pathc::load_params(&compiled, &weights, &names).map_err(fail)?;
+                let processing = if fold_ln { WeightProcessing::FoldLn } else { WeightProcessing::AsGiven };
+                let stats = pathc::stats::stats_processed(&params, processing)
+                    .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+                pathc::emit::plot::stats_heatmap(&compiled.model.name, &stats, plot)
+            } else {
+                if tokens.is_empty() {
+                    return Err(Failure::BadInput(
+                        "error: --what paths needs --tokens (the token ids to run the model on, e.g. --tokens 3,7,1)"
+                            .to_string(),
+                    ));
+                }
+                if fold_ln {
+                    return Err(Failure::BadInput(
+                        "error: --fold-ln applies to the statistics plots; path contributions always use the folded weights with the LayerNorm scales frozen".to_string(),
+                    ));
+                }
+                let run = RunArgs { weights, tokens, max_order, limit, names };
+                let evaluation = evaluate(&model, &run, false)?;
+                let position = match parse_position(pos.as_deref().unwrap_or("last"), run.tokens.len())? {
+                    Some(p) => p,
+                    None => {
+                        return Err(Failure::BadInput(
+                            "error: --what paths plots one position: give a number or `last`, not `all`".to_string(),
+                        ))
+                    }
+                };
+                let d_vocab = evaluation.params.d_vocab();
+                let (target, chosen) = match target {
+                    Some(t) if t >= d_vocab => {
+                        return Err(Failure::BadInput(format!(
+                            "error: --target {t} is out of range: d_vocab is {d_vocab}"
+                        )))
+                    }
+                    Some(t) => (t, "given by --target"),
+                    None => {
+                        let row = evaluation.forward.logits.row(position);
+                        // The first of equal maxima, as argmax.
+                        let best = (0..row.len()).fold(0, |b, i| if row[i] > row[b] { i } else { b });
+                        (best, "= the model's top prediction there")
+                    }
+                };
+                pathc::emit::plot::paths_chart(&evaluation, position, target, chosen, top.unwrap_or(20))
+            };
+            let svg = svg.map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+            write_atomically(&output, svg.as_bytes())
+        }
         Command::Count { model, max_order, qk, format } => {
             let source = read_model(&model)?;
             let compiled = pathc::compile(&source).map_err(|e| render(&model, &source, &e))?;
@@ -458,6 +586,28 @@ fn evaluate(model: &Path, run: &RunArgs, qk: bool) -> Result<Evaluation, Failure
     let options = ExpandOptions { max_order: run.max_order, limit: run.limit, qk, ..ExpandOptions::default() };
     let expansion = pathc::expand_compiled(compiled, &options).map_err(fail)?;
     Ok(Evaluation { expansion, params, forward })
+}
+
+/// Writes `bytes` to a temporary file beside `path`, then renames it over `path`: `path` is either
+/// untouched or complete, and no temporary file is left behind on error.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
+    let cannot = |e: io::Error| Failure::BadInput(format!("error: cannot write {}: {e}", path.display()));
+    let name = path.file_name().ok_or_else(|| cannot(io::Error::other("not a file name")))?;
+    let mut temp_name = std::ffi::OsString::from(".");
+    temp_name.push(name);
+    temp_name.push(format!(".{}.tmp", std::process::id()));
+    let temp = path.with_file_name(temp_name);
+    let written = std::fs::File::create(&temp).and_then(|mut file| {
+        file.write_all(bytes)?;
+        file.sync_all()
+    });
+    match written.and_then(|()| std::fs::rename(&temp, path)) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = std::fs::remove_file(&temp);
+            Err(cannot(e))
+        }
+    }
 }
 
 fn parse_position(pos: &str, n: usize) -> Result<Option<usize>, Failure> {

@@ -1,4 +1,4 @@
-//! Emitters: an [`Expansion`] as text, LaTeX, JSON or DOT.
+//! Emitters: an [`Expansion`] as text, LaTeX, JSON or DOT; numeric reports; SVG plots.
 //!
 //! Invariant: output is a pure function of the expansion (ordered iteration only), so the same
 //! input gives byte-identical output. Emitters stream: memory does not grow with the number of
@@ -10,6 +10,7 @@ pub mod json;
 pub mod latex;
 pub mod notation;
 pub mod numbers;
+pub mod plot;
 pub mod text;
 
 use crate::paths::{self, HeadRef, IndexVar, Path, Side, Template};
