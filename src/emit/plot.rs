@@ -298,9 +298,10 @@ pub fn heatmap(h: &Heatmap<'_>) -> Result<String, PlotError> {
             }
         }
 
-        // Legend: the value label, a bar of 100 steps (maximum at the top), three ticks.
+        // Legend: the value label (clear of the top tick label), a bar of 100 steps (maximum at the
+        // top), three ticks.
         let s = style(LABEL_SIZE, &BLACK, HPos::Left, VPos::Bottom);
-        area.draw_text(h.value_label, &s, (legend_x, legend_y - 6)).map_err(draw_err)?;
+        area.draw_text(h.value_label, &s, (legend_x, legend_y - 12)).map_err(draw_err)?;
         const STEPS: i32 = 100;
         for i in 0..STEPS {
             let y0 = legend_y + legend_bar_h * i / STEPS;
