@@ -282,3 +282,24 @@ fn grouped_paths_from_the_cli_are_component_and_head_logits() {
     eprintln!("full2: grouped paths from the CLI, largest error {worst:.3e}");
     assert!(worst <= TOL, "{worst}");
 }
+
+/// The table at one position (paths unembedded in batches of 64, the constant `b_U` among them)
+/// equals the rows of the table at every position, path by path: full2's 93 paths span two
+/// batches.
+#[test]
+fn path_tables_at_one_position_are_rows_of_the_full_table() {
+    let f = fixture("full2");
+    let evaluation =
+        eval::Evaluation { expansion: f.expansion.clone(), params: f.params.clone(), forward: f.forward.clone() };
+    let all = pathc::emit::numbers::path_table(&evaluation, None, None, None, false);
+    assert_eq!(all.len(), 93);
+    let mut worst: f64 = 0.0;
+    for position in [0, 5, f.n() - 1] {
+        let at = pathc::emit::numbers::path_table(&evaluation, Some(position), None, None, false);
+        assert_eq!(at.iter().map(|r| &r.name).collect::<Vec<_>>(), all.iter().map(|r| &r.name).collect::<Vec<_>>());
+        for (one, full) in at.iter().zip(&all) {
+            worst = worst.max(max_diff(&one.logits, &full.logits.rows(position, 1).into_owned()));
+        }
+    }
+    assert!(worst <= 1e-12, "{worst}");
+}

@@ -191,13 +191,39 @@ impl<'a> PathEvaluator<'a> {
     }
 
     fn logit_rows(&mut self, path: &Path<'_>, start: usize, rows: usize) -> Matrix {
-        let forward = self.cache.forward;
         if Origin::of(path, Side::Head).source == Source::BiasU {
-            return broadcast(rows, &self.cache.params().b_u);
+            return self.constant_logits(rows);
         }
+        let input = self.unembedding_rows(path, start, rows);
+        self.unembed(&input)
+    }
+
+    /// What `W_U'` multiplies for a stream path: its residual rows `start..start + rows` through
+    /// the final LayerNorm's frozen scale.
+    fn unembedding_rows(&mut self, path: &Path<'_>, start: usize, rows: usize) -> Matrix {
+        let forward = self.cache.forward;
         let resid = self.residual(path).expect("a stream path").rows(start, rows).into_owned();
         let sigma = forward.scale_final.as_ref().map(|s| s[start..start + rows].to_vec());
-        scaled(&resid, sigma.as_ref()) * &self.cache.params().w_u
+        scaled(&resid, sigma.as_ref())
+    }
+
+    /// The path's unembedding input at `position` (`[1, d_model]`, see [`PathEvaluator::unembed`]),
+    /// or `None` for the constant `b_U`: rows of many paths can then share one product with `W_U'`.
+    pub fn unembedding_input(&mut self, path: &Path<'_>, position: usize) -> Option<Row> {
+        if Origin::of(path, Side::Head).source == Source::BiasU {
+            return None;
+        }
+        Some(self.unembedding_rows(path, position, 1).row(0).into_owned())
+    }
+
+    /// Unembedding inputs `[k, d_model]` times `W_U'`: their logits `[k, d_vocab]`.
+    pub fn unembed(&self, inputs: &Matrix) -> Matrix {
+        inputs * &self.cache.params().w_u
+    }
+
+    /// The constant `b_U'` path's logits at `rows` positions.
+    pub fn constant_logits(&self, rows: usize) -> Matrix {
+        broadcast(rows, &self.cache.params().b_u)
     }
 
     /// A term of layer `layer`'s MLP input `[n, d_mlp]`: `N_ln2 · X · W_in'`, or `b_in'` at every
