@@ -178,10 +178,10 @@ pub enum Block {
         n_heads: usize,
         /// A LayerNorm (`ln1`) before the heads: its frozen scale `N` on their position side.
         norm: bool,
-        /// Value-bias terms `A^h ⊗ W_O^h·b_V^h` (from `b_V`, or from the LayerNorm's bias).
-        value_bias: bool,
-        /// Query and key bias terms in the attention scores (`b_Q`, `b_K`, or the LayerNorm's).
-        query_key_bias: bool,
+        /// The heads' own bias terms: value biases `A^h ⊗ W_O^h·b_V^h` in the stream, and `b_Q`,
+        /// `b_K` in the attention scores. They come from the attention's biases or from the
+        /// LayerNorm's bias folded into them, so all three exist together.
+        head_bias: bool,
         /// `b_O`.
         out_bias: bool,
     },
@@ -289,8 +289,7 @@ impl TermGraph {
                 layer: layer_idx,
                 n_heads: layer.attn.n_heads,
                 norm: layer.attn.ln.is_some(),
-                value_bias: layer.attn.bias || layer.attn.ln.is_some(),
-                query_key_bias: layer.attn.bias || layer.attn.ln.is_some(),
+                head_bias: layer.attn.bias || layer.attn.ln.is_some(),
                 out_bias: layer.attn.bias,
             });
             if layer.attn.bias {
@@ -355,8 +354,8 @@ impl TermGraph {
             let step = i + 1;
             let mut add = |source| entries.push(Entry { source, step });
             match *block {
-                Block::Attn { layer, value_bias, out_bias, .. } => {
-                    if value_bias {
+                Block::Attn { layer, head_bias, out_bias, .. } => {
+                    if head_bias {
                         add(Source::BiasV(layer));
                     }
                     if out_bias {

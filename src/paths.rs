@@ -441,7 +441,7 @@ pub fn count_score_terms(graph: &TermGraph, max_order: Option<u32>) -> Counts {
     let mut by_order = vec![BigUint::zero()];
     for (layer, heads) in graph.heads.iter().enumerate() {
         let block = graph.attn_block(layer);
-        let bias = matches!(graph.blocks[block], Block::Attn { query_key_bias: true, .. });
+        let bias = matches!(graph.blocks[block], Block::Attn { head_bias: true, .. });
         let side = add_constant(count_stream(graph, block, max_order), bias);
         for (a, ca) in side.iter().enumerate() {
             for (b, cb) in side.iter().enumerate() {

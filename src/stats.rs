@@ -171,12 +171,7 @@ pub fn stats_processed(params: &Params, processing: WeightProcessing) -> Result<
 /// Computes every statistic of every head of `params`, as given.
 pub fn stats(params: &Params) -> Result<Stats, StatsError> {
     let shared = Shared::new(params);
-    let heads: Vec<(usize, usize)> = params
-        .layers
-        .iter()
-        .enumerate()
-        .flat_map(|(l, layer)| (0..layer.attn.w_q.len()).map(move |h| (l, h)))
-        .collect();
+    let heads = params.heads();
     let circuits = parallel_map(&heads, |&(l, h)| head_circuits(params, &shared, l, h));
 
     let zeros = || params.layers.iter().map(|layer| vec![0.0; layer.attn.w_q.len()]).collect::<Vec<_>>();
@@ -384,12 +379,7 @@ struct Factors {
 
 impl Factors {
     fn new(params: &Params) -> Factors {
-        let heads: Vec<(usize, usize)> = params
-            .layers
-            .iter()
-            .enumerate()
-            .flat_map(|(l, layer)| (0..layer.attn.w_q.len()).map(move |h| (l, h)))
-            .collect();
+        let heads = params.heads();
         let mut per_head = parallel_map(&heads, |&(l, h)| {
             let w = &params.layers[l].attn;
             [

@@ -376,6 +376,12 @@ impl Params {
         folded
     }
 
+    /// Every head as `(layer, head)`, in layer then head order.
+    pub fn heads(&self) -> Vec<(usize, usize)> {
+        let per_layer = self.layers.iter().enumerate();
+        per_layer.flat_map(|(l, layer)| (0..layer.attn.w_q.len()).map(move |h| (l, h))).collect()
+    }
+
     pub fn d_vocab(&self) -> usize {
         self.w_e.nrows()
     }

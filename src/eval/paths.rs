@@ -249,7 +249,11 @@ impl<'a> PathEvaluator<'a> {
 /// `S[1]` and `b_O` to `S[0]`; an MLP adds its output and `b_out` to `S[0]`), so that a truncated
 /// expansion can be checked against the forward pass and the omitted orders measured.
 pub fn logits_by_order(params: &Params, forward: &Forward) -> Vec<Matrix> {
-    let params = folded(params);
+    logits_by_order_folded(&folded(params), forward)
+}
+
+/// [`logits_by_order`] of parameters already folded.
+fn logits_by_order_folded(params: &Params, forward: &Forward) -> Vec<Matrix> {
     let n = forward.tokens.len();
     let mut stream = params.source_rows(Source::E, &forward.tokens);
     if params.w_pos.is_some() {
@@ -305,7 +309,8 @@ pub fn check(expansion: &crate::Expansion, params: &Params, forward: &Forward) -
         total += evaluator.logits(&p);
         paths += 1;
     });
-    let by_order = logits_by_order(params, forward);
+    // The evaluator's parameters are folded already: folding copies W_E and W_U.
+    let by_order = logits_by_order_folded(evaluator.cache.params(), forward);
     let kept = expansion.max_order.map_or(by_order.len(), |k| (k as usize + 1).min(by_order.len()));
     let mut omitted = Matrix::zeros(total.nrows(), total.ncols());
     for part in &by_order[kept..] {

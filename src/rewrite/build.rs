@@ -141,7 +141,7 @@ impl TermBuilder {
     pub fn block(&mut self, block: &Block, side: Side, stream: Id) -> Id {
         let mut terms = Vec::new();
         match *block {
-            Block::Attn { layer, norm, value_bias, out_bias, .. } => {
+            Block::Attn { layer, norm, head_bias, out_bias, .. } => {
                 let index = self.add(Tensor::Index(IndexVar { side, layer }));
                 let pattern = self.add(Tensor::Pattern(index));
                 let w_o = self.add(Tensor::WO(index));
@@ -169,7 +169,7 @@ impl TermBuilder {
                     }
                 }
                 // A value bias passes its head: order 1.
-                if value_bias && self.max_order != Some(0) {
+                if head_bias && self.max_order != Some(0) {
                     let bias = self.add(Tensor::BiasV(index));
                     let written = self.mul(w_o, bias);
                     terms.push(self.kron(pattern, written));
@@ -221,7 +221,7 @@ impl TermBuilder {
     /// from the expanded query-side and key-side residual streams (independent head indices).
     /// `W_Q^hᵀ·W_K^h` fuses into `W_QK^h` wherever no bias stands between them.
     pub fn scores(&mut self, block: &Block, query: &RecExpr<Tensor>, key: &RecExpr<Tensor>) -> Id {
-        let Block::Attn { layer, norm, query_key_bias, .. } = *block else {
+        let Block::Attn { layer, norm, head_bias, .. } = *block else {
             unreachable!("scores are called on attention blocks")
         };
         let index = self.add(Tensor::Index(IndexVar { side: Side::Head, layer }));
@@ -231,7 +231,7 @@ impl TermBuilder {
             let read = self.normalised(site, stream);
             let weight = self.residual(weight);
             let mut terms = vec![self.mul(weight, read)];
-            if query_key_bias {
+            if head_bias {
                 terms.push(self.residual(bias));
             }
             self.sum(&terms)
