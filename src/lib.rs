@@ -50,7 +50,9 @@ pub mod emit;
 pub mod eval;
 pub mod graph;
 pub mod model;
+mod parallel;
 pub mod paths;
+pub mod plan;
 pub mod rewrite;
 pub mod stats;
 pub mod syntax;
@@ -163,6 +165,21 @@ pub fn load_params(
 ) -> Result<eval::Params, Error> {
     let weights = weights::Weights::load(weights).map_err(eval::EvalError::from)?;
     Ok(eval::Params::from_weights(&compiled.model, &weights, names)?)
+}
+
+/// The plans of a model's statistics (`pathc plan`): the one the e-graph chooses and the naive
+/// one, for the model's own sizes (which must all be numbers).
+pub fn plan_stats(model: &Model) -> Result<plan::Plans, Error> {
+    let known = |size: &model::Size| match size {
+        model::Size::Known(n) => usize::try_from(*n).map_err(|_| eval::EvalError::Symbolic(size.to_string())),
+        model::Size::Symbolic(name) => Err(eval::EvalError::Symbolic(name.clone())),
+    };
+    let mut d_head = 0;
+    for layer in &model.layers {
+        d_head = d_head.max(known(&layer.attn.d_head)?);
+    }
+    let dims = plan::Dims { d_vocab: known(&model.d_vocab)?, d_model: known(&model.d_model)?, d_head };
+    Ok(plan::plan(dims, plan::Counts::from_heads_per_layer(&model.heads_per_layer())))
 }
 
 /// Parses and checks a model file and builds its term graph.

@@ -146,6 +146,16 @@ enum Command {
         #[arg(long, value_enum, default_value_t = CountFormat::Text)]
         format: CountFormat,
     },
+    /// The evaluation plan of the statistics the e-graph chooses, against the naive one: every
+    /// step with its shape, rank bound, instances and FLOPs, and each plan's peak memory.
+    Plan {
+        model: PathBuf,
+        /// Take the sizes from these weights (needed when the model file leaves one symbolic).
+        #[arg(long, value_name = "FILE")]
+        weights: Option<PathBuf>,
+        #[arg(long = "name", value_name = "TL=FILE")]
+        names: Vec<String>,
+    },
     /// Generate standalone analysis code: one function per path family and per statistic.
     Codegen {
         model: PathBuf,
@@ -434,9 +444,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let fail = |e: pathc::Error| render(&model, &source, &e);
             let compiled = pathc::compile(&source).map_err(fail)?;
             let names = pathc::eval::NameMap::parse(&names).map_err(|e| fail(e.into()))?;
-            let params = pathc::load_params(&compiled, &weights, &names).map_err(fail)?;
+            let weights =
+                pathc::weights::Weights::load(&weights).map_err(|e| fail(pathc::eval::EvalError::from(e).into()))?;
+            let params = pathc::eval::StatsParams::from_weights(&compiled.model, &weights, &names)
+                .map_err(|e| fail(e.into()))?;
             let processing = if fold_ln { WeightProcessing::FoldLn } else { WeightProcessing::AsGiven };
-            let stats = pathc::stats::stats_processed(&params, processing)
+            let stats = pathc::stats::stats_streamed(params, processing)
                 .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
             let mut out = BufWriter::new(io::stdout().lock());
             match format {
@@ -446,6 +459,33 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 }
                 CountFormat::Text => numbers::write_stats_text(&mut out, &compiled.model.name, &stats)?,
             }
+            Ok(out.flush()?)
+        }
+        Command::Plan { model, weights, names } => {
+            let source = read_model(&model)?;
+            let fail = |e: pathc::Error| render(&model, &source, &e);
+            let compiled = pathc::compile(&source).map_err(fail)?;
+            let plans = match weights {
+                Some(weights) => {
+                    let names = pathc::eval::NameMap::parse(&names).map_err(|e| fail(e.into()))?;
+                    let weights = pathc::weights::Weights::load(&weights)
+                        .map_err(|e| fail(pathc::eval::EvalError::from(e).into()))?;
+                    let params = pathc::eval::StatsParams::from_weights(&compiled.model, &weights, &names)
+                        .map_err(|e| fail(e.into()))?;
+                    let counts = pathc::plan::Counts::from_heads_per_layer(&compiled.model.heads_per_layer());
+                    pathc::plan::plan(
+                        pathc::stats::plan_dims(&params.layers, params.d_vocab(), params.d_model()),
+                        counts,
+                    )
+                }
+                None => pathc::plan_stats(&compiled.model).map_err(|e| {
+                    let hint = "; give --weights to take the sizes from a weights file";
+                    Failure::BadInput(format!("error: {e}{hint}"))
+                })?,
+            };
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let mut out = BufWriter::new(io::stdout().lock());
+            out.write_all(plans.render(&compiled.model.name, threads).as_bytes())?;
             Ok(out.flush()?)
         }
         Command::Codegen { model, lang, max_order, through, limit, output } => {

@@ -64,7 +64,9 @@ use nalgebra::linalg::Schur;
 use nalgebra::{Complex, DMatrix};
 use thiserror::Error;
 
-use crate::eval::Params;
+use crate::eval::{LayerParams, Params, StatsParams};
+use crate::plan::exec::{HeadWeights, VocabRows};
+use crate::plan::{self, Mode, Stat, VocabMatrix};
 
 type Matrix = DMatrix<f64>;
 
@@ -73,9 +75,6 @@ pub const BASELINE_SAMPLES: usize = 64;
 /// The seed of the baseline's generator (SplitMix64). The same for every mode and model.
 pub const BASELINE_SEED: u64 = 0x7061_7468_635f_6261; // "pathc_ba"
 /// The vocabulary is summed over in this many fixed groups (see `Shared::new`).
-const VOCAB_GROUPS: usize = 4;
-/// Tokens per product when summing over the vocabulary.
-const VOCAB_CHUNK: usize = 4096;
 /// The iteration limit of each attempt at the Schur decomposition behind the copying scores.
 pub const SCHUR_MAX_ITER: usize = 10_000;
 /// How many times [`eigenvalues`] retries a stalled Schur decomposition with a looser tolerance.
@@ -156,6 +155,9 @@ pub enum StatsError {
     /// attempt (`max_iter` iterations each, see [`eigenvalues`]).
     #[error("the eigenvalues of {circuit} of head L{layer}H{head} did not converge in {max_iter} iterations")]
     NoConvergence { circuit: &'static str, layer: usize, head: usize, max_iter: usize },
+    /// A vocabulary-sized weight read chunk by chunk failed (see [`crate::plan::exec`]).
+    #[error(transparent)]
+    Weights(#[from] crate::weights::WeightError),
 }
 
 /// [`stats`] of the weights after `processing`, which the result records.
@@ -168,30 +170,95 @@ pub fn stats_processed(params: &Params, processing: WeightProcessing) -> Result<
     }
 }
 
-/// Computes every statistic of every head of `params`, as given.
+/// Computes every statistic of every head of `params`, as given, with the plan the e-graph
+/// chooses ([`crate::plan`]).
 pub fn stats(params: &Params) -> Result<Stats, StatsError> {
-    let shared = Shared::new(params);
-    let heads = params.heads();
-    let circuits = parallel_map(&heads, |&(l, h)| head_circuits(params, &shared, l, h));
+    let dims = plan_dims(&params.layers, params.w_e.nrows(), params.w_e.ncols());
+    stats_of(&params.layers, params, dims)
+}
 
-    let zeros = || params.layers.iter().map(|layer| vec![0.0; layer.attn.w_q.len()]).collect::<Vec<_>>();
-    let (mut ov_copying, mut qk_copying, mut ov_frobenius, mut qk_frobenius) = (zeros(), zeros(), zeros(), zeros());
-    for (&(l, h), c) in heads.iter().zip(circuits) {
-        let c = c?;
-        ov_copying[l][h] = c.ov_copying;
-        qk_copying[l][h] = c.qk_copying;
-        ov_frobenius[l][h] = c.ov_frobenius;
-        qk_frobenius[l][h] = c.qk_frobenius;
+/// [`stats_processed`] with `W_E` and `W_U` read from the weights file a chunk of the vocabulary
+/// at a time ([`StatsParams`]): the same numbers in about the memory of the attention weights.
+pub fn stats_streamed(params: StatsParams<'_>, processing: WeightProcessing) -> Result<Stats, StatsError> {
+    let params = match processing {
+        WeightProcessing::AsGiven => params,
+        WeightProcessing::FoldLn => params.fold_layer_norm(),
+    };
+    let dims = plan_dims(&params.layers, params.d_vocab(), params.d_model());
+    Ok(Stats { weight_processing: processing, ..stats_of(&params.layers, &params, dims)? })
+}
+
+fn stats_of(layers: &[LayerParams], vocab: &dyn VocabRows, dims: plan::Dims) -> Result<Stats, StatsError> {
+    let heads_per_layer: Vec<usize> = layers.iter().map(|l| l.attn.w_q.len()).collect();
+    let plans = plan::plan(dims, plan::Counts::from_heads_per_layer(&heads_per_layer));
+    stats_with_plan(&plans.chosen, &head_weights(layers), vocab)
+}
+
+/// The dimensions a plan is made for (d_head: the largest of any layer; the executor takes
+/// every head's own shapes).
+pub fn plan_dims(layers: &[LayerParams], d_vocab: usize, d_model: usize) -> plan::Dims {
+    let d_head = layers.iter().flat_map(|l| l.attn.w_q.iter().map(|w| w.ncols())).max().unwrap_or(0);
+    plan::Dims { d_vocab, d_model, d_head }
+}
+
+/// Every head's weights as the plan executor reads them.
+pub fn head_weights(layers: &[LayerParams]) -> Vec<Vec<HeadWeights<'_>>> {
+    layers
+        .iter()
+        .map(|layer| {
+            let a = &layer.attn;
+            (0..a.w_q.len())
+                .map(|h| HeadWeights { w_q: &a.w_q[h], w_k: &a.w_k[h], w_v: &a.w_v[h], w_o: &a.w_o[h] })
+                .collect()
+        })
+        .collect()
+}
+
+/// `W_E` and `W_U` held in memory.
+impl VocabRows for Params {
+    fn d_vocab(&self) -> usize {
+        self.w_e.nrows()
     }
 
-    let factors = Factors::new(params);
-    let comp_q = composition_scores(&factors.left, &factors.right_q);
-    let comp_k = composition_scores(&factors.left, &factors.right_k);
-    let comp_v = composition_scores(&factors.left, &factors.right_v);
+    fn rows(&self, which: VocabMatrix, start: usize, n: usize) -> Result<Matrix, crate::weights::WeightError> {
+        Ok(match which {
+            VocabMatrix::Embed => self.w_e.rows(start, n).into_owned(),
+            VocabMatrix::UnembedT => self.w_u.columns(start, n).transpose(),
+        })
+    }
+}
 
-    let d_model = params.w_e.ncols();
-    let d_heads: Vec<usize> =
-        params.layers.iter().map(|layer| layer.attn.w_q.first().map_or(0, |w| w.ncols())).collect();
+/// Runs `plan` (the chosen or the naive one, see [`crate::plan::plan`]) on the heads' weights and
+/// the vocabulary side, and assembles every statistic, composition ratios and baseline included.
+pub fn stats_with_plan(
+    plan: &plan::EvalPlan,
+    heads: &[Vec<HeadWeights<'_>>],
+    vocab: &dyn VocabRows,
+) -> Result<Stats, StatsError> {
+    let inputs = plan::exec::Inputs { heads: heads.to_vec(), vocab };
+    let mut results = plan::exec::run(plan, &inputs)?;
+    let mut take = |stat: Stat| results.per_head.remove(&stat).expect("every per-head statistic is a root");
+    let (ov_copying, qk_copying) = (take(Stat::OvCopying), take(Stat::QkCopying));
+    let (ov_frobenius, qk_frobenius) = (take(Stat::OvFrobenius), take(Stat::QkFrobenius));
+    let left = take(Stat::LeftNorm);
+    let mut composition = |mode: Mode| {
+        let right = results.per_head.remove(&Stat::RightNorm(mode)).expect("a root");
+        let mut scores = results.per_pair.remove(&Stat::PairNorm(mode)).expect("a root");
+        for (l, per_head) in scores.iter_mut().enumerate() {
+            for (h, per_layer) in per_head.iter_mut().enumerate() {
+                for (r, per_right) in per_layer.iter_mut().enumerate() {
+                    for (g, score) in per_right.iter_mut().enumerate() {
+                        *score = ratio(*score, left[l][h] * right[r][g]);
+                    }
+                }
+            }
+        }
+        scores
+    };
+    let (comp_q, comp_k, comp_v) = (composition(Mode::Q), composition(Mode::K), composition(Mode::V));
+
+    let d_model = plan.dims.d_model;
+    let d_heads: Vec<usize> = heads.iter().map(|layer| layer.first().map_or(0, |w| w.w_q.ncols())).collect();
     let mut baselines: Vec<((usize, usize), f64)> = Vec::new();
     let mut baseline_of = |d_left: usize, d_right: usize| -> f64 {
         if let Some(&(_, b)) = baselines.iter().find(|(shape, _)| *shape == (d_left, d_right)) {
@@ -233,77 +300,6 @@ pub fn stats(params: &Params) -> Result<Stats, StatsError> {
     })
 }
 
-/// The head-independent d_model × d_model products: `G_E = W_Eᵀ W_E`, `G_U = W_U W_Uᵀ`,
-/// `P = W_U W_E`. The only work proportional to d_vocab; see the module documentation.
-struct Shared {
-    g_e: Matrix,
-    g_u: Matrix,
-    p: Matrix,
-}
-
-impl Shared {
-    /// The vocabulary is cut into [`VOCAB_GROUPS`] contiguous groups, summed chunk by chunk
-    /// ([`VOCAB_CHUNK`] tokens: bounded temporaries) into one accumulator per group; the groups run
-    /// on the available threads and are added in order. The grouping is fixed, so the result is
-    /// the same bits whatever the number of threads or their scheduling.
-    fn new(params: &Params) -> Shared {
-        let (d_vocab, d_model) = params.w_e.shape();
-        let zero = || Matrix::zeros(d_model, d_model);
-        let group = d_vocab.div_ceil(VOCAB_GROUPS).max(1);
-        let groups: Vec<(usize, usize)> = (0..d_vocab).step_by(group).map(|s| (s, d_vocab.min(s + group))).collect();
-        let parts = parallel_map(&groups, |&(start, end)| {
-            let (mut g_e, mut g_u, mut p) = (zero(), zero(), zero());
-            for s in (start..end).step_by(VOCAB_CHUNK) {
-                let n = VOCAB_CHUNK.min(end - s);
-                let e = params.w_e.rows(s, n);
-                let u = params.w_u.columns(s, n);
-                // Explicit transposed copies: nalgebra's `tr_mul` is a loop of dot products,
-                // ~15× slower than a GEMM.
-                g_e.gemm(1.0, &e.transpose(), &e, 1.0);
-                g_u.gemm(1.0, &u, &u.transpose(), 1.0);
-                p.gemm(1.0, &u, &e, 1.0);
-            }
-            (g_e, g_u, p)
-        });
-        let mut shared = Shared { g_e: zero(), g_u: zero(), p: zero() };
-        for (g_e, g_u, p) in parts {
-            shared.g_e += g_e;
-            shared.g_u += g_u;
-            shared.p += p;
-        }
-        shared
-    }
-}
-
-struct Circuits {
-    ov_copying: f64,
-    qk_copying: f64,
-    ov_frobenius: f64,
-    qk_frobenius: f64,
-}
-
-fn head_circuits(params: &Params, shared: &Shared, l: usize, h: usize) -> Result<Circuits, StatsError> {
-    let layer = &params.layers[l].attn;
-    let (w_q, w_k, w_v, w_o) = (&layer.w_q[h], &layer.w_k[h], &layer.w_v[h], &layer.w_o[h]);
-    // OV: spectrum of W_O (W_U W_E) W_V; ‖·‖² = tr(W_Vᵀ G_E W_V · W_O G_U W_Oᵀ).
-    let ov = w_o * (&shared.p * w_v);
-    let (w_q_t, w_k_t, w_v_t) = (w_q.transpose(), w_k.transpose(), w_v.transpose());
-    let gram_v = &w_v_t * (&shared.g_e * w_v);
-    let gram_o = w_o * (&shared.g_u * w_o.transpose());
-    // QK: spectrum of W_Kᵀ (W_Eᵀ W_E) W_Q; ‖·‖² = tr(W_Qᵀ G_E W_Q · W_Kᵀ G_E W_K).
-    let g_e_q = &shared.g_e * w_q;
-    let qk = &w_k_t * &g_e_q;
-    let gram_q = w_q_t * &g_e_q;
-    let gram_k = w_k_t * (&shared.g_e * w_k);
-    let circuit_error = |circuit| StatsError::NoConvergence { circuit, layer: l, head: h, max_iter: SCHUR_MAX_ITER };
-    Ok(Circuits {
-        ov_copying: copying_score(ov).ok_or_else(|| circuit_error("the OV circuit"))?,
-        qk_copying: copying_score(qk).ok_or_else(|| circuit_error("the QK circuit"))?,
-        ov_frobenius: trace_of_product_sym(&gram_v, &gram_o).sqrt(),
-        qk_frobenius: trace_of_product_sym(&gram_q, &gram_k).sqrt(),
-    })
-}
-
 /// The eigenvalues of head `(layer, head)`'s full OV circuit `W_E W_V W_O W_U`, from the d_head ×
 /// d_head matrix `W_O W_U W_E W_V` (the vocab × vocab circuit's other eigenvalues are 0). For one
 /// head at a time: it forms `W_U W_E` itself (`d_vocab · d_model²`), which [`stats`] shares.
@@ -320,13 +316,6 @@ pub fn qk_eigenvalues(params: &Params, layer: usize, head: usize) -> Result<Vec<
     let g_e = params.w_e.transpose() * &params.w_e;
     let m = a.w_k[head].transpose() * (g_e * &a.w_q[head]);
     eigenvalues(m).ok_or(StatsError::NoConvergence { circuit: "the QK circuit", layer, head, max_iter: SCHUR_MAX_ITER })
-}
-
-/// `tr(X Y)` for symmetric `X`, `Y` (the sum of their elementwise product), clamped at 0: for
-/// two positive semidefinite Gram matrices it is a squared norm, and rounding must not make it
-/// negative.
-fn trace_of_product_sym(x: &Matrix, y: &Matrix) -> f64 {
-    x.dot(y).max(0.0)
 }
 
 /// The eigenvalues of a square matrix, read from the quasi-triangular factor of a real Schur
@@ -352,7 +341,7 @@ pub fn eigenvalues(m: Matrix) -> Option<Vec<Complex<f64>>> {
 
 /// `Σ Re λ / Σ |λ|` over the eigenvalues of `m` (the copying score); 0 if every eigenvalue is 0
 /// (a head whose circuit vanishes copies nothing). `None` if the eigenvalues did not converge.
-fn copying_score(m: Matrix) -> Option<f64> {
+pub(crate) fn copying_score(m: Matrix) -> Option<f64> {
     let eig = eigenvalues(m)?;
     let re: f64 = eig.iter().map(|z| z.re).sum();
     let abs: f64 = eig.iter().map(|z| z.norm()).sum();
@@ -363,49 +352,6 @@ fn copying_score(m: Matrix) -> Option<f64> {
 /// `‖Y Xᵀ‖_F = ‖Y Rᵀ‖_F` for any `Y`.
 fn r_factor(x: &Matrix) -> Matrix {
     x.clone().qr().r()
-}
-
-/// Every head's factors for the composition scores, in head order (layer by layer).
-struct Factors {
-    /// `R(W_V) W_O`, d_head × d_model: `‖a‖ = ‖W_V W_O‖` and `‖a b‖ = ‖W_V W_O · right‖`.
-    left: Vec<Vec<Matrix>>,
-    /// `W_Q R(W_K)ᵀ`, d_model × d_head: `‖b‖ = ‖W_Q W_Kᵀ‖`, `‖y b‖ = ‖y W_Q W_Kᵀ‖`.
-    right_q: Vec<Vec<Matrix>>,
-    /// `W_K R(W_Q)ᵀ`: the same for `W_K W_Qᵀ`.
-    right_k: Vec<Vec<Matrix>>,
-    /// `W_V R(W_Oᵀ)ᵀ`: the same for `W_V W_O`.
-    right_v: Vec<Vec<Matrix>>,
-}
-
-impl Factors {
-    fn new(params: &Params) -> Factors {
-        let heads = params.heads();
-        let mut per_head = parallel_map(&heads, |&(l, h)| {
-            let w = &params.layers[l].attn;
-            [
-                left_factor(&w.w_v[h], &w.w_o[h]),
-                right_factor(&w.w_q[h], &w.w_k[h]),
-                right_factor(&w.w_k[h], &w.w_q[h]),
-                right_factor(&w.w_v[h], &w.w_o[h].transpose()),
-            ]
-        })
-        .into_iter();
-        let mut factors = Factors { left: Vec::new(), right_q: Vec::new(), right_k: Vec::new(), right_v: Vec::new() };
-        for layer in &params.layers {
-            let [mut left, mut q, mut k, mut v] = [(); 4].map(|_| Vec::with_capacity(layer.attn.w_q.len()));
-            for [a, b_q, b_k, b_v] in per_head.by_ref().take(layer.attn.w_q.len()) {
-                left.push(a);
-                q.push(b_q);
-                k.push(b_k);
-                v.push(b_v);
-            }
-            factors.left.push(left);
-            factors.right_q.push(q);
-            factors.right_k.push(k);
-            factors.right_v.push(v);
-        }
-        factors
-    }
 }
 
 /// `R(x) y` for the left matrix `x y` (`x` d_model × d_head, `y` d_head × d_model).
@@ -425,60 +371,6 @@ fn ratio(numerator: f64, denominator: f64) -> f64 {
     } else {
         numerator / denominator
     }
-}
-
-/// `[layer_left][head_left][layer_right][head_right]` scores from the factors, zero unless
-/// `layer_left < layer_right`. One product per left layer: its heads' `a` stacked (rows) times
-/// the `b` of every head of every later layer (columns); each d_head × d_head block is one pair.
-fn composition_scores(left: &[Vec<Matrix>], right: &[Vec<Matrix>]) -> Vec<Vec<Vec<Vec<f64>>>> {
-    let zeros: Vec<Vec<f64>> = right.iter().map(|heads| vec![0.0; heads.len()]).collect();
-    let layers: Vec<usize> = (0..left.len()).collect();
-    parallel_map(&layers, |&l| {
-        let mut out = vec![zeros.clone(); left[l].len()];
-        let later: Vec<&Matrix> = right.iter().skip(l + 1).flatten().collect();
-        if later.is_empty() || left[l].is_empty() {
-            return out;
-        }
-        let a = stack_rows(&left[l]);
-        let b = stack_columns(&later);
-        let product = &a * &b;
-        let mut row = 0;
-        for (h, a_h) in left[l].iter().enumerate() {
-            let a_norm = a_h.norm();
-            let mut col = 0;
-            for (r, heads) in right.iter().enumerate().skip(l + 1) {
-                for (g, b_g) in heads.iter().enumerate() {
-                    let block = product.view((row, col), (a_h.nrows(), b_g.ncols()));
-                    out[h][r][g] = ratio(block.norm(), a_norm * b_g.norm());
-                    col += b_g.ncols();
-                }
-            }
-            row += a_h.nrows();
-        }
-        out
-    })
-}
-
-fn stack_rows(blocks: &[Matrix]) -> Matrix {
-    let cols = blocks.first().map_or(0, |b| b.ncols());
-    let mut out = Matrix::zeros(blocks.iter().map(|b| b.nrows()).sum(), cols);
-    let mut row = 0;
-    for b in blocks {
-        out.view_mut((row, 0), b.shape()).copy_from(b);
-        row += b.nrows();
-    }
-    out
-}
-
-fn stack_columns(blocks: &[&Matrix]) -> Matrix {
-    let rows = blocks.first().map_or(0, |b| b.nrows());
-    let mut out = Matrix::zeros(rows, blocks.iter().map(|b| b.ncols()).sum());
-    let mut col = 0;
-    for b in blocks {
-        out.view_mut((0, col), b.shape()).copy_from(b);
-        col += b.ncols();
-    }
-    out
 }
 
 /// The random-matrix baseline of the composition score: the mean, over `samples` draws, of
@@ -597,41 +489,6 @@ pub fn deterministic_ln(x: f64) -> f64 {
         series = series * z2 + 1.0 / (2 * k + 1) as f64;
     }
     2.0 * z * series + e as f64 * std::f64::consts::LN_2
-}
-
-fn threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// `items.iter().map(f).collect()` on scoped threads (one per available core), each taking the
-/// next unclaimed item (the items' costs differ: an early layer composes with every later one);
-/// the output is in input order whatever the scheduling.
-fn parallel_map<T: Sync, U: Send>(items: &[T], f: impl Fn(&T) -> U + Sync) -> Vec<U> {
-    let n_threads = threads().min(items.len());
-    if n_threads <= 1 {
-        return items.iter().map(f).collect();
-    }
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let (f, next) = (&f, &next);
-    let mut done: Vec<(usize, U)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..n_threads)
-            .map(|_| {
-                scope.spawn(move || {
-                    let mut out = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        match items.get(i) {
-                            Some(item) => out.push((i, f(item))),
-                            None => return out,
-                        }
-                    }
-                })
-            })
-            .collect();
-        handles.into_iter().flat_map(|h| h.join().expect("a statistics thread panicked")).collect()
-    });
-    done.sort_unstable_by_key(|&(i, _)| i);
-    done.into_iter().map(|(_, u)| u).collect()
 }
 
 #[cfg(test)]

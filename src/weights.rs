@@ -19,13 +19,16 @@
 //! Nothing here panics on a bad file: every length is computed with checked arithmetic and
 //! checked against the bytes present before it is used.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::{Cursor, Read};
+use std::fs::File;
+use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use half::{bf16, f16};
-use safetensors::tensor::{SafeTensorError, SafeTensors, TensorInfo};
+use safetensors::tensor::TensorInfo;
 use safetensors::Dtype;
 use thiserror::Error;
 
@@ -43,6 +46,9 @@ pub struct Weights {
     origin: String,
     /// Sorted by name, so that `names` and error messages are deterministic.
     entries: BTreeMap<String, Entry>,
+    /// The open file of a safetensors file loaded with [`Weights::load`], whose tensors stay in
+    /// it until asked for ([`Entry::Stored`]).
+    file: Option<Arc<Mutex<File>>>,
 }
 
 /// One tensor as loaded: converted if it is a float, otherwise only described.
@@ -56,9 +62,20 @@ enum Entry {
         /// found once at load so that `get` stays cheap.
         non_finite: Option<(usize, f64)>,
     },
+    /// A float tensor of a safetensors file, left in the file: converted on the first [`Weights::get`]
+    /// (then kept), or read a few rows or columns at a time ([`Weights::rows`],
+    /// [`Weights::columns`]) without ever being held whole.
+    Stored { dtype: Dtype, shape: Vec<usize>, offset: u64, loaded: OnceLock<Result<Loaded, String>> },
     /// A dtype we do not convert (BOOL, integers, complex, ...): kept so it is listed and so
     /// that asking for it as floats names its dtype instead of calling it missing.
     Other { dtype: String, shape: Vec<usize> },
+}
+
+/// A converted tensor and its first non-finite element.
+#[derive(Debug, Clone)]
+struct Loaded {
+    tensor: Tensor,
+    non_finite: Option<(usize, f64)>,
 }
 
 /// Why weights could not be loaded, or a tensor could not be handed out.
@@ -95,6 +112,7 @@ impl fmt::Debug for Weights {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 match self.0 {
                     Entry::Float { dtype, tensor, .. } => write!(f, "{dtype} {:?}", tensor.shape),
+                    Entry::Stored { dtype, shape, .. } => write!(f, "{dtype} {shape:?}"),
                     Entry::Other { dtype, shape } => write!(f, "{dtype} {shape:?}"),
                 }
             }
@@ -118,21 +136,53 @@ fn similar_hint(similar: &[String]) -> String {
 }
 
 impl Weights {
-    /// Reads and parses a safetensors or .npz file (see the module documentation).
+    /// Opens a safetensors or .npz file (see the module documentation). A safetensors file's
+    /// header is read and checked now, against the file's length; its tensors stay in the file
+    /// until [`Weights::get`] converts one (or [`Weights::rows`] / [`Weights::columns`] read part of
+    /// one), so loading costs nothing for the tensors a command does not use. An .npz archive is
+    /// read and converted whole.
     pub fn load(path: &Path) -> Result<Weights, WeightError> {
         let origin = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| WeightError::Io { path: origin.clone(), source })?;
-        Weights::from_bytes(&bytes, &origin)
+        let io = |source| WeightError::Io { path: origin.clone(), source };
+        let mut file = File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        let mut prefix = Vec::new();
+        (&mut file).take(9).read_to_end(&mut prefix).map_err(io)?;
+        if !matches!(detect(&prefix, &origin), Ok(Kind::Safetensors)) || len < 9 {
+            let bytes = std::fs::read(path).map_err(io)?;
+            return Weights::from_bytes(&bytes, &origin);
+        }
+        let header_len = u64::from_le_bytes(prefix[..8].try_into().expect("9 bytes were read"));
+        // Read the header (at most safetensors' limit; `layout` reports a longer one).
+        let want = 8 + header_len.min(MAX_HEADER + 1);
+        (&mut file).take(want.saturating_sub(9)).read_to_end(&mut prefix).map_err(io)?;
+        let len = usize::try_from(len).map_err(|_| format_error(&origin, "the file is too large to address"))?;
+        let (header_end, infos) = safetensors_layout(&prefix, len, &origin)?;
+        let mut entries = BTreeMap::new();
+        for (name, info) in infos {
+            let entry = match info.dtype {
+                Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64 => Entry::Stored {
+                    dtype: info.dtype,
+                    offset: (header_end + info.data_offsets.0) as u64,
+                    shape: info.shape,
+                    loaded: OnceLock::new(),
+                },
+                other => Entry::Other { dtype: other.to_string(), shape: info.shape },
+            };
+            entries.insert(name, entry);
+        }
+        Ok(Weights { origin, entries, file: Some(Arc::new(Mutex::new(file))) })
     }
 
-    /// Parses the bytes of a safetensors or .npz file. `origin` (a file name) is used only in
-    /// messages, and as a hint when the bytes are too few to tell the format by content.
+    /// Parses the bytes of a safetensors or .npz file, converting every float tensor. `origin` (a
+    /// file name) is used only in messages, and as a hint when the bytes are too few to tell the
+    /// format by content.
     pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Weights, WeightError> {
         let entries = match detect(bytes, origin)? {
             Kind::Safetensors => read_safetensors(bytes, origin)?,
             Kind::Npz => read_npz(bytes, origin)?,
         };
-        Ok(Weights { origin: origin.to_string(), entries })
+        Ok(Weights { origin: origin.to_string(), entries, file: None })
     }
 
     /// Every tensor's name, floats and others, sorted.
@@ -147,37 +197,153 @@ impl Weights {
 
     /// The float tensor `name`, checked against `expected` shape; NaN/Inf rejected here.
     ///
-    /// Cheap to call repeatedly: the data was converted at load, and the position of the first
-    /// non-finite element (if any) recorded then too.
+    /// Cheap to call repeatedly: the data is converted once (at load, or at the first call for a
+    /// tensor left in its file), and the position of the first non-finite element recorded then.
     pub fn get(&self, name: &str, expected: &[usize]) -> Result<&Tensor, WeightError> {
-        match self.entries.get(name) {
-            None => Err(WeightError::Missing {
-                name: name.to_string(),
-                origin: self.origin.clone(),
-                similar: similar_names(name, self.names()),
-            }),
-            Some(Entry::Other { dtype, .. }) => {
-                Err(WeightError::DType { name: name.to_string(), found: dtype.clone() })
+        let loaded = match self.entry(name, expected)? {
+            Entry::Float { tensor, non_finite, .. } => (tensor, *non_finite),
+            Entry::Stored { dtype, shape, offset, loaded } => {
+                let loaded = loaded.get_or_init(|| {
+                    let count = shape.iter().product();
+                    let data = self.read_elements(*dtype, *offset, count).map_err(|e| e.to_string())?;
+                    let non_finite = first_non_finite(&data);
+                    Ok(Loaded { tensor: Tensor { shape: shape.clone(), data }, non_finite })
+                });
+                let loaded = loaded.as_ref().map_err(|detail| WeightError::Io {
+                    path: self.origin.clone(),
+                    source: std::io::Error::other(detail.clone()),
+                })?;
+                (&loaded.tensor, loaded.non_finite)
             }
-            Some(Entry::Float { tensor, non_finite, .. }) => {
-                if tensor.shape != expected {
-                    return Err(WeightError::Shape {
-                        name: name.to_string(),
-                        expected: expected.to_vec(),
-                        found: tensor.shape.clone(),
-                    });
-                }
-                if let Some((flat, value)) = *non_finite {
-                    return Err(WeightError::NonFinite {
-                        name: name.to_string(),
-                        index: unravel(flat, &tensor.shape),
-                        value,
-                    });
-                }
-                Ok(tensor)
+            Entry::Other { .. } => unreachable!("`entry` refuses non-float tensors"),
+        };
+        match loaded {
+            (tensor, Some((flat, value))) => {
+                Err(WeightError::NonFinite { name: name.to_string(), index: unravel(flat, &tensor.shape), value })
             }
+            (tensor, None) => Ok(tensor),
         }
     }
+
+    /// The data of the float tensor `name` (shape `expected`), row-major, NaN/Inf rejected, as
+    /// [`Weights::get`] — but a tensor left in the file is read without being kept: for a caller
+    /// that copies the data anyway and would otherwise hold it twice.
+    pub fn read(&self, name: &str, expected: &[usize]) -> Result<Cow<'_, [f64]>, WeightError> {
+        let data = match self.entry(name, expected)? {
+            Entry::Stored { dtype, offset, loaded, .. } if loaded.get().is_none() => {
+                Cow::Owned(self.read_elements(*dtype, *offset, expected.iter().product())?)
+            }
+            _ => return Ok(Cow::Borrowed(&self.get(name, expected)?.data)),
+        };
+        if let Some((flat, value)) = first_non_finite(&data) {
+            return Err(WeightError::NonFinite { name: name.to_string(), index: unravel(flat, expected), value });
+        }
+        Ok(data)
+    }
+
+    /// Checks that the float tensor `name` exists with shape `expected`, without reading it.
+    pub fn check(&self, name: &str, expected: &[usize]) -> Result<(), WeightError> {
+        self.entry(name, expected).map(|_| ())
+    }
+
+    /// Rows `start .. start + n` of the float matrix `name` (shape `expected`, `[rows, cols]`),
+    /// row-major, read from the file for a tensor left there. NaN/Inf rejected, with their index.
+    pub fn rows(&self, name: &str, expected: [usize; 2], start: usize, n: usize) -> Result<Vec<f64>, WeightError> {
+        let [_, cols] = expected;
+        let data = match self.entry(name, &expected)? {
+            Entry::Float { tensor, .. } => tensor.data[start * cols..(start + n) * cols].to_vec(),
+            Entry::Stored { dtype, offset, .. } => {
+                let skip = (start * cols * (dtype.bitsize() / 8)) as u64;
+                self.read_elements(*dtype, offset + skip, n * cols)?
+            }
+            Entry::Other { .. } => unreachable!("`entry` refuses non-float tensors"),
+        };
+        check_finite(name, &data, |i| vec![start + i / cols.max(1), i % cols.max(1)])?;
+        Ok(data)
+    }
+
+    /// Columns `start .. start + n` of the float matrix `name` (shape `expected`, `[rows, cols]`),
+    /// as a row-major `[rows, n]` block; as [`Weights::rows`].
+    pub fn columns(&self, name: &str, expected: [usize; 2], start: usize, n: usize) -> Result<Vec<f64>, WeightError> {
+        let [rows, cols] = expected;
+        let data = match self.entry(name, &expected)? {
+            Entry::Float { tensor, .. } => {
+                (0..rows).flat_map(|r| tensor.data[r * cols + start..r * cols + start + n].iter().copied()).collect()
+            }
+            Entry::Stored { dtype, offset, .. } => {
+                let mut data = Vec::with_capacity(rows * n);
+                for r in 0..rows {
+                    let skip = ((r * cols + start) * (dtype.bitsize() / 8)) as u64;
+                    data.extend(self.read_elements(*dtype, offset + skip, n)?);
+                }
+                data
+            }
+            Entry::Other { .. } => unreachable!("`entry` refuses non-float tensors"),
+        };
+        check_finite(name, &data, |i| vec![i / n.max(1), start + i % n.max(1)])?;
+        Ok(data)
+    }
+
+    /// The float tensor `name` with shape `expected`, or why not.
+    fn entry(&self, name: &str, expected: &[usize]) -> Result<&Entry, WeightError> {
+        let entry = self.entries.get(name).ok_or_else(|| WeightError::Missing {
+            name: name.to_string(),
+            origin: self.origin.clone(),
+            similar: similar_names(name, self.names()),
+        })?;
+        let shape = match entry {
+            Entry::Other { dtype, .. } => {
+                return Err(WeightError::DType { name: name.to_string(), found: dtype.clone() });
+            }
+            Entry::Float { tensor, .. } => &tensor.shape,
+            Entry::Stored { shape, .. } => shape,
+        };
+        if shape != expected {
+            return Err(WeightError::Shape {
+                name: name.to_string(),
+                expected: expected.to_vec(),
+                found: shape.clone(),
+            });
+        }
+        Ok(entry)
+    }
+
+    /// `count` elements of `dtype` at byte `offset` of the file, converted.
+    fn read_elements(&self, dtype: Dtype, offset: u64, count: usize) -> Result<Vec<f64>, WeightError> {
+        let io = |source| WeightError::Io { path: self.origin.clone(), source };
+        let file = self.file.as_ref().expect("stored tensors come with their file");
+        let mut bytes = vec![0u8; count * (dtype.bitsize() / 8)];
+        {
+            let mut file = file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            file.seek(SeekFrom::Start(offset)).map_err(io)?;
+            file.read_exact(&mut bytes).map_err(io)?;
+        }
+        Ok(convert(dtype, &bytes).expect("stored tensors are floats"))
+    }
+}
+
+/// The first element that is NaN or infinite, and its value.
+fn first_non_finite(data: &[f64]) -> Option<(usize, f64)> {
+    data.iter().position(|v| !v.is_finite()).and_then(|i| data.get(i).map(|&v| (i, v)))
+}
+
+/// Refuses a block holding NaN or an infinity, naming the tensor and the element's index.
+fn check_finite(name: &str, data: &[f64], index: impl Fn(usize) -> Vec<usize>) -> Result<(), WeightError> {
+    match first_non_finite(data) {
+        Some((i, value)) => Err(WeightError::NonFinite { name: name.to_string(), index: index(i), value }),
+        None => Ok(()),
+    }
+}
+
+/// Little-endian floats of `dtype` as `f64`; `None` for a dtype that is not a float.
+fn convert(dtype: Dtype, data: &[u8]) -> Option<Vec<f64>> {
+    Some(match dtype {
+        Dtype::F16 => decode::<2>(data, |b| f16::from_le_bytes(b).to_f64()),
+        Dtype::BF16 => decode::<2>(data, |b| bf16::from_le_bytes(b).to_f64()),
+        Dtype::F32 => decode::<4>(data, |b| f64::from(f32::from_le_bytes(b))),
+        Dtype::F64 => decode::<8>(data, f64::from_le_bytes),
+        _ => return None,
+    })
 }
 
 /// The row-major multi-index of flat position `flat` in `shape`.
@@ -296,8 +462,14 @@ fn detect(bytes: &[u8], origin: &str) -> Result<Kind, WeightError> {
 /// The safetensors crate's limit on the JSON header; a larger length prefix is corruption.
 const MAX_HEADER: u64 = 100_000_000;
 
-fn read_safetensors(bytes: &[u8], origin: &str) -> Result<BTreeMap<String, Entry>, WeightError> {
-    let len = bytes.len();
+/// Checks a safetensors header against the file's length `len`: `bytes` holds the file's start,
+/// at least through the header when the file has one. Every entry is named in what goes wrong.
+/// Returns where the data starts and every tensor's entry.
+fn safetensors_layout(
+    bytes: &[u8],
+    len: usize,
+    origin: &str,
+) -> Result<(usize, Vec<(String, TensorInfo)>), WeightError> {
     let Some(prefix) = bytes.get(..8).and_then(|p| <[u8; 8]>::try_from(p).ok()) else {
         return Err(truncated(
             origin,
@@ -337,6 +509,7 @@ fn read_safetensors(bytes: &[u8], origin: &str) -> Result<BTreeMap<String, Entry
 
     // Check every entry, naming it, before the crate's validation (which names few).
     let mut data_end: Option<(usize, &str)> = None;
+    let mut infos: Vec<(String, TensorInfo)> = Vec::new();
     for (name, value) in &map {
         if name == "__metadata__" {
             continue;
@@ -374,6 +547,7 @@ fn read_safetensors(bytes: &[u8], origin: &str) -> Result<BTreeMap<String, Entry
         if data_end.is_none_or(|(e, _)| end > e) {
             data_end = Some((end, name));
         }
+        infos.push((name.clone(), info));
     }
     if let Some((end, name)) = data_end {
         let file_end = header_end.checked_add(end);
@@ -389,42 +563,60 @@ fn read_safetensors(bytes: &[u8], origin: &str) -> Result<BTreeMap<String, Entry
         }
     }
 
-    let tensors = SafeTensors::deserialize(bytes).map_err(|e| {
-        let detail = match e {
-            SafeTensorError::MetadataIncompleteBuffer => {
-                let used = header_end.saturating_add(data_end.map_or(0, |(end, _)| end));
+    // The tensors' data must follow one another from offset 0, without gaps or overlaps, and end
+    // where the file ends.
+    let mut spans: Vec<(usize, usize, &str)> =
+        infos.iter().map(|(n, i)| (i.data_offsets.0, i.data_offsets.1, n.as_str())).collect();
+    spans.sort();
+    let mut expected_start = 0;
+    for &(start, end, name) in &spans {
+        if start != expected_start {
+            return Err(format_error(
+                origin,
                 format!(
-                    "the file has {len} bytes but its header accounts for {used}: {} byte(s) after the last tensor",
-                    len.saturating_sub(used)
-                )
-            }
-            SafeTensorError::InvalidOffset(name) => format!(
-                "tensor `{name}` has invalid data_offsets: the tensors' data must follow one another, \
-                 from offset 0, without gaps or overlaps"
+                    "tensor `{name}` has invalid data_offsets: the tensors' data must follow one another, \
+                     from offset 0, without gaps or overlaps"
+                ),
+            ));
+        }
+        expected_start = end;
+    }
+    let used = header_end.saturating_add(expected_start);
+    if used != len {
+        return Err(format_error(
+            origin,
+            format!(
+                "the file has {len} bytes but its header accounts for {used}: {} byte(s) after the last tensor",
+                len.saturating_sub(used)
             ),
-            other => format!("invalid safetensors: {other}"),
-        };
-        format_error(origin, detail)
-    })?;
+        ));
+    }
+    Ok((header_end, infos))
+}
 
+/// Reads a whole safetensors file held in memory, converting every float tensor.
+fn read_safetensors(bytes: &[u8], origin: &str) -> Result<BTreeMap<String, Entry>, WeightError> {
+    let (header_end, infos) = safetensors_layout(bytes, bytes.len(), origin)?;
     let mut entries = BTreeMap::new();
-    for (name, view) in tensors.iter() {
-        let data = view.data();
-        let converted = match view.dtype() {
-            Dtype::F16 => Some(("F16", decode::<2>(data, |b| f16::from_le_bytes(b).to_f64()))),
-            Dtype::BF16 => Some(("BF16", decode::<2>(data, |b| bf16::from_le_bytes(b).to_f64()))),
-            Dtype::F32 => Some(("F32", decode::<4>(data, |b| f64::from(f32::from_le_bytes(b))))),
-            Dtype::F64 => Some(("F64", decode::<8>(data, f64::from_le_bytes))),
-            _ => None,
+    for (name, info) in infos {
+        let (start, end) = info.data_offsets;
+        let data = &bytes[header_end + start..header_end + end];
+        let entry = match convert(info.dtype, data) {
+            Some(data) => float_entry(dtype_name(info.dtype), info.shape, data),
+            None => Entry::Other { dtype: info.dtype.to_string(), shape: info.shape },
         };
-        let shape = view.shape().to_vec();
-        let entry = match converted {
-            Some((dtype, data)) => float_entry(dtype, shape, data),
-            None => Entry::Other { dtype: view.dtype().to_string(), shape },
-        };
-        entries.insert(name.to_string(), entry);
+        entries.insert(name, entry);
     }
     Ok(entries)
+}
+
+fn dtype_name(dtype: Dtype) -> &'static str {
+    match dtype {
+        Dtype::F16 => "F16",
+        Dtype::BF16 => "BF16",
+        Dtype::F32 => "F32",
+        _ => "F64",
+    }
 }
 
 /// Decodes fixed-size elements; `data.len()` is a multiple of `N` (checked by the callers).

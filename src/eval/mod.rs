@@ -15,7 +15,7 @@ mod params;
 mod paths;
 
 pub use forward::{activate, forward, Forward};
-pub use params::{AttnWeights, LayerNormWeights, LayerParams, MlpWeights, NameMap, Params, LN_EPS};
+pub use params::{AttnWeights, LayerNormWeights, LayerParams, MlpWeights, NameMap, Params, StatsParams, LN_EPS};
 pub use paths::{check, logits_by_order, CheckReport, Origin, PathEvaluator, ResidualCache, ScoreEvaluator};
 
 use nalgebra::{DMatrix, RowDVector};

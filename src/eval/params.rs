@@ -6,11 +6,15 @@
 //! pointing at the declaration to change, because evaluating without it would silently compute
 //! another model.
 
+use std::borrow::Cow;
+
 use super::{EvalError, Matrix, Row};
 use crate::diag::Diagnostic;
 use crate::graph::Source;
 use crate::model::{Activation, Layer, Model, Size};
-use crate::weights::Weights;
+use crate::plan::exec::VocabRows;
+use crate::plan::VocabMatrix;
+use crate::weights::{WeightError, Weights};
 
 /// TransformerLens `LN`: `x ↦ (x − mean(x)) / σ · w + b`, `σ = sqrt(mean((x − mean x)²) + LN_EPS)`,
 /// per position.
@@ -136,16 +140,25 @@ impl NameMap {
 struct Reader<'a> {
     weights: &'a Weights,
     names: &'a NameMap,
+    /// Whether `matrix` reads its tensor; when not, it only checks the tensor's name, dtype and
+    /// shape ([`StatsParams`] leaves the vocabulary-sized and MLP matrices in the file).
+    read_matrices: bool,
 }
 
 impl Reader<'_> {
     /// The tensor `tl`'s row-major data, its shape checked.
-    fn data(&self, tl: &str, shape: &[usize]) -> Result<&[f64], EvalError> {
-        Ok(&self.weights.get(&self.names.resolve(tl), shape)?.data)
+    fn data(&self, tl: &str, shape: &[usize]) -> Result<Cow<'_, [f64]>, EvalError> {
+        Ok(self.weights.read(&self.names.resolve(tl), shape)?)
     }
 
+    /// The matrix `tl`, or when matrices are not read ([`Reader::read_matrices`]) an empty one
+    /// after checking that `tl` is there with this shape.
     fn matrix(&self, tl: &str, rows: usize, cols: usize) -> Result<Matrix, EvalError> {
-        Ok(Matrix::from_row_slice(rows, cols, self.data(tl, &[rows, cols])?))
+        if !self.read_matrices {
+            self.weights.check(&self.names.resolve(tl), &[rows, cols])?;
+            return Ok(Matrix::zeros(0, 0));
+        }
+        Ok(Matrix::from_row_slice(rows, cols, &self.data(tl, &[rows, cols])?))
     }
 
     /// `[n_heads, rows, cols]` as one matrix per head.
@@ -155,7 +168,7 @@ impl Reader<'_> {
     }
 
     fn row(&self, tl: &str, len: usize) -> Result<Row, EvalError> {
-        Ok(Row::from_row_slice(self.data(tl, &[len])?))
+        Ok(Row::from_row_slice(&self.data(tl, &[len])?))
     }
 
     /// The file's name for `tl`, if the file holds such a tensor.
@@ -199,7 +212,7 @@ impl Reader<'_> {
             return Ok(self.data(tl, shape)?.to_vec());
         }
         if let Some(name) = self.present(tl) {
-            if self.weights.get(&name, shape)?.data.iter().any(|&x| x != 0.0) {
+            if self.weights.read(&name, shape)?.iter().any(|&x| x != 0.0) {
                 return Err(EvalError::Undeclared(undeclared(&name)));
             }
         }
@@ -305,9 +318,13 @@ impl Params {
     /// ([`EvalError::Undeclared`]) unless they are biases holding only zeros; buffers such as
     /// `attn.mask` are ignored.
     pub fn from_weights(model: &Model, weights: &Weights, names: &NameMap) -> Result<Params, EvalError> {
+        Params::read(model, &Reader { weights, names, read_matrices: true })
+    }
+
+    /// [`Params::from_weights`] with `read`'s setting for the large matrices.
+    fn read(model: &Model, read: &Reader<'_>) -> Result<Params, EvalError> {
         let d_model = known("d_model", &model.d_model)?;
         let d_vocab = known("d_vocab", &model.d_vocab)?;
-        let read = Reader { weights, names };
         let w_e = read.matrix("embed.W_E", d_vocab, d_model)?;
         let w_pos = match model.pos_embed {
             Some(_) => {
@@ -412,6 +429,99 @@ impl Params {
                 w_pos.rows(0, tokens.len()).into_owned()
             }
             other => unreachable!("{other:?} has no embedding rows"),
+        }
+    }
+}
+
+/// What the statistics read, with `W_E` and `W_U` left in the weights file: every head's weights
+/// and LayerNorms, and the two vocabulary-sized matrices read a chunk of the vocabulary at a
+/// time ([`VocabRows`]), so that the memory the statistics take is about that of the attention
+/// weights (GPT-2 small's `W_E` and `W_U` alone are 309 MB each in f64).
+pub struct StatsParams<'w> {
+    /// The layers without their MLPs (checked, not read).
+    pub layers: Vec<LayerParams>,
+    pub ln_final: Option<LayerNormWeights>,
+    weights: &'w Weights,
+    w_e: String,
+    w_u: String,
+    d_vocab: usize,
+    d_model: usize,
+    /// A final LayerNorm folded into `W_U`'s columns as they are read ([`StatsParams::fold_layer_norm`]).
+    unembed_fold: Option<LayerNormWeights>,
+}
+
+impl<'w> StatsParams<'w> {
+    /// Checks every tensor the model declares as [`Params::from_weights`] does (names, shapes,
+    /// undeclared LayerNorms, MLPs and biases), reading only the attention weights, LayerNorms and
+    /// biases.
+    pub fn from_weights(model: &Model, weights: &'w Weights, names: &NameMap) -> Result<StatsParams<'w>, EvalError> {
+        let params = Params::read(model, &Reader { weights, names, read_matrices: false })?;
+        let layers = params.layers.into_iter().map(|layer| LayerParams { mlp: None, ln2: None, ..layer }).collect();
+        Ok(StatsParams {
+            layers,
+            ln_final: params.ln_final,
+            weights,
+            w_e: names.resolve("embed.W_E"),
+            w_u: names.resolve("unembed.W_U"),
+            d_vocab: known("d_vocab", &model.d_vocab)?,
+            d_model: known("d_model", &model.d_model)?,
+            unembed_fold: None,
+        })
+    }
+
+    /// [`Params::fold_layer_norm`] for what the statistics read: `ln1` into every head's `W_Q`,
+    /// `W_K`, `W_V` now, `ln_final` into `W_U` column by column as it is read.
+    pub fn fold_layer_norm(mut self) -> StatsParams<'w> {
+        let d_model = self.d_model;
+        for layer in &mut self.layers {
+            if let Some(ln) = &mut layer.ln1 {
+                let attn = &mut layer.attn;
+                let readers = (attn.w_q.iter_mut().zip(&mut attn.b_q))
+                    .chain(attn.w_k.iter_mut().zip(&mut attn.b_k))
+                    .chain(attn.w_v.iter_mut().zip(&mut attn.b_v));
+                for (w, b) in readers {
+                    fold_into_reader(ln, w, b);
+                }
+                *ln = LayerNormWeights::identity(d_model);
+            }
+        }
+        if let Some(ln) = self.ln_final.replace(LayerNormWeights::identity(d_model)) {
+            self.unembed_fold = Some(ln);
+        }
+        self
+    }
+
+    pub fn d_vocab(&self) -> usize {
+        self.d_vocab
+    }
+
+    pub fn d_model(&self) -> usize {
+        self.d_model
+    }
+}
+
+impl VocabRows for StatsParams<'_> {
+    fn d_vocab(&self) -> usize {
+        self.d_vocab
+    }
+
+    fn rows(&self, which: VocabMatrix, start: usize, n: usize) -> Result<Matrix, WeightError> {
+        let (d_vocab, d_model) = (self.d_vocab, self.d_model);
+        match which {
+            VocabMatrix::Embed => {
+                let data = self.weights.rows(&self.w_e, [d_vocab, d_model], start, n)?;
+                Ok(Matrix::from_row_slice(n, d_model, &data))
+            }
+            VocabMatrix::UnembedT => {
+                let data = self.weights.columns(&self.w_u, [d_model, d_vocab], start, n)?;
+                let mut columns = Matrix::from_row_slice(d_model, n, &data);
+                if let Some(ln) = &self.unembed_fold {
+                    // The bias `b_U` gains is not a statistic's concern.
+                    let mut bias = Row::zeros(n);
+                    fold_into_reader(ln, &mut columns, &mut bias);
+                }
+                Ok(columns.transpose())
+            }
         }
     }
 }

@@ -1,0 +1,412 @@
+//! Runs an [`EvalPlan`] on concrete weights, in four stages by the head indices a step depends
+//! on ([`Deps`]):
+//!
+//! 1. **once**: head-independent steps. A product over the vocabulary of two weights
+//!    ([`EvalPlan::streamed`], e.g. `W_U · W_E`) is summed chunk by chunk from
+//!    [`VocabRows::rows`], so neither `W_E` nor `W_U` is ever held whole: the reader may take
+//!    them straight from the file. The vocabulary is cut into [`VOCAB_GROUPS`] fixed groups run
+//!    on the threads and added in order, so the bits do not depend on the thread count.
+//! 2. **per head**, every head on the threads: the steps of `h`.
+//! 3. **per right head**: the steps of `r` (the right head of a composition score).
+//! 4. **per pair**, per left head on the threads: a product of a per-head and a per-right-head
+//!    matrix is one GEMM against every later head's matrices side by side; the rest pair by
+//!    pair.
+//!
+//! Per-head values are kept only if a pair step or a statistic reads them. Every result is
+//! computed by the same sequence of operations whatever the scheduling, so runs are
+//! bit-identical.
+
+use std::borrow::Cow;
+
+use egg::Id;
+
+use super::{Deps, EvalPlan, Plan, Stat, VocabMatrix, VOCAB_CHUNK};
+use crate::eval::Matrix;
+use crate::parallel::parallel_map;
+use crate::stats::{copying_score, StatsError, SCHUR_MAX_ITER};
+use crate::weights::WeightError;
+
+/// The vocabulary is summed over in this many fixed groups.
+pub const VOCAB_GROUPS: usize = 4;
+
+/// One head's weights (TransformerLens layout: `W_Q`, `W_K`, `W_V` d_model × d_head, `W_O`
+/// d_head × d_model).
+#[derive(Debug, Clone, Copy)]
+pub struct HeadWeights<'a> {
+    pub w_q: &'a Matrix,
+    pub w_k: &'a Matrix,
+    pub w_v: &'a Matrix,
+    pub w_o: &'a Matrix,
+}
+
+/// The vocabulary-sized weights, read in chunks of vocabulary rows.
+pub trait VocabRows: Sync {
+    fn d_vocab(&self) -> usize;
+    /// Rows `start .. start + n` of `W_E` or of `W_Uᵀ`, `[n, d_model]`.
+    fn rows(&self, which: VocabMatrix, start: usize, n: usize) -> Result<Matrix, WeightError>;
+}
+
+/// What a plan runs on.
+pub struct Inputs<'a> {
+    /// `[layer][head]`.
+    pub heads: Vec<Vec<HeadWeights<'a>>>,
+    pub vocab: &'a dyn VocabRows,
+}
+
+/// Every statistic's value: per head `[layer][head]`, per pair `[layer][head][layer'][head']`
+/// (zero unless `layer < layer'`).
+#[derive(Debug, Clone, Default)]
+pub struct Results {
+    pub per_head: std::collections::BTreeMap<Stat, Vec<Vec<f64>>>,
+    pub per_pair: std::collections::BTreeMap<Stat, Vec<Vec<Vec<Vec<f64>>>>>,
+}
+
+#[derive(Debug, Clone)]
+enum Value<'a> {
+    Matrix(Cow<'a, Matrix>),
+    Scalar(f64),
+}
+
+impl Value<'_> {
+    fn matrix(&self) -> &Matrix {
+        match self {
+            Value::Matrix(m) => m,
+            Value::Scalar(_) => unreachable!("the shape analysis gives every step its kind"),
+        }
+    }
+
+    fn scalar(&self) -> f64 {
+        match self {
+            Value::Scalar(x) => *x,
+            Value::Matrix(_) => unreachable!("the shape analysis gives every step its kind"),
+        }
+    }
+}
+
+type Frame<'a> = Vec<Option<Value<'a>>>;
+
+/// Where a step's operands are: the frame of each stage (`None`: the stage running now, whose
+/// values are in `local`), and the heads bound to `h` and `r`.
+struct Env<'e, 'a> {
+    plan: &'e EvalPlan,
+    inputs: &'e Inputs<'a>,
+    shared: &'e Frame<'a>,
+    head_frame: Option<&'e Frame<'a>>,
+    right_frame: Option<&'e Frame<'a>>,
+    head: (usize, usize),
+    right: (usize, usize),
+}
+
+impl<'a> Env<'_, 'a> {
+    fn get<'f>(&'f self, local: &'f Frame<'a>, id: Id) -> &'f Value<'a> {
+        let frame = match self.plan.shape(id).deps {
+            Deps::NONE => self.shared,
+            Deps::HEAD => self.head_frame.unwrap_or(local),
+            Deps::RIGHT => self.right_frame.unwrap_or(local),
+            _ => local,
+        };
+        match frame[usize::from(id)].as_ref() {
+            Some(value) => value,
+            None => unreachable!("step %{id} is evaluated before the steps that read it"),
+        }
+    }
+
+    fn weight(&self, name: &str, (layer, head): (usize, usize)) -> Value<'a> {
+        let (matrix, _) = name.split_once('[').unwrap_or((name, ""));
+        let w = self.inputs.heads[layer][head];
+        Value::Matrix(Cow::Borrowed(match matrix {
+            "W_Q" => w.w_q,
+            "W_K" => w.w_k,
+            "W_V" => w.w_v,
+            _ => w.w_o,
+        }))
+    }
+
+    /// Evaluates one step (not a streamed product), its operands in `local` or the stage frames.
+    fn eval(&self, local: &Frame<'a>, step: Id) -> Result<Value<'a>, StatsError> {
+        let plan = self.plan;
+        let get = |id: Id| self.get(local, id);
+        Ok(match plan.node(step) {
+            Plan::Weight(name) => match plan.shape(step).deps {
+                Deps::HEAD => self.weight(name.as_str(), self.head),
+                Deps::RIGHT => self.weight(name.as_str(), self.right),
+                _ => {
+                    // Only a plan that multiplies a vocabulary-sized weight by something other
+                    // than the other one (the naive plan) holds it whole.
+                    let which = if name.as_str() == "W_E" { VocabMatrix::Embed } else { VocabMatrix::UnembedT };
+                    let vocab = self.inputs.vocab;
+                    let rows = vocab.rows(which, 0, vocab.d_vocab())?;
+                    Value::Matrix(Cow::Owned(if which == VocabMatrix::Embed { rows } else { rows.transpose() }))
+                }
+            },
+            Plan::Mul([a, b]) => Value::Matrix(Cow::Owned(get(*a).matrix() * get(*b).matrix())),
+            Plan::Transpose(a) => Value::Matrix(Cow::Owned(get(*a).matrix().transpose())),
+            Plan::Trace(a) => Value::Scalar(get(*a).matrix().trace()),
+            Plan::Dot([a, b]) => Value::Scalar(get(*a).matrix().dot(get(*b).matrix())),
+            // The square root of a sum of squares computed as a trace: clamped at 0, so that
+            // rounding cannot make it NaN.
+            Plan::Sqrt(a) => Value::Scalar(get(*a).scalar().max(0.0).sqrt()),
+            Plan::Frobenius(a) => Value::Scalar(get(*a).matrix().norm()),
+            Plan::Copying(a) => {
+                let m = get(*a).matrix().clone();
+                let circuit = match plan.roots.iter().find(|&&(_, root)| root == step) {
+                    Some((Stat::QkCopying, _)) => "the QK circuit",
+                    _ => "the OV circuit",
+                };
+                let (layer, head) = self.head;
+                let error = StatsError::NoConvergence { circuit, layer, head, max_iter: SCHUR_MAX_ITER };
+                Value::Scalar(copying_score(m).ok_or(error)?)
+            }
+        })
+    }
+}
+
+/// `Σ_c X_cᵀ Y_c` over chunks of vocabulary rows (see the module documentation).
+fn streamed_product(vocab: &dyn VocabRows, x: VocabMatrix, y: VocabMatrix) -> Result<Matrix, WeightError> {
+    let d_vocab = vocab.d_vocab();
+    let group = d_vocab.div_ceil(VOCAB_GROUPS).max(1);
+    let groups: Vec<(usize, usize)> = (0..d_vocab).step_by(group).map(|s| (s, d_vocab.min(s + group))).collect();
+    let parts = parallel_map(&groups, |&(start, end)| -> Result<Option<Matrix>, WeightError> {
+        let mut sum: Option<Matrix> = None;
+        for s in (start..end).step_by(VOCAB_CHUNK) {
+            let n = VOCAB_CHUNK.min(end - s);
+            let x_c = vocab.rows(x, s, n)?;
+            let y_c = if x == y { None } else { Some(vocab.rows(y, s, n)?) };
+            let y_c = y_c.as_ref().unwrap_or(&x_c);
+            // An explicit transposed copy: nalgebra's `tr_mul` is a loop of dot products, ~15×
+            // slower than a GEMM.
+            let x_t = x_c.transpose();
+            match &mut sum {
+                Some(acc) => acc.gemm(1.0, &x_t, y_c, 1.0),
+                None => sum = Some(&x_t * y_c),
+            }
+        }
+        Ok(sum)
+    });
+    let mut total: Option<Matrix> = None;
+    for part in parts {
+        if let Some(part) = part? {
+            match &mut total {
+                Some(t) => *t += part,
+                None => total = Some(part),
+            }
+        }
+    }
+    Ok(total.unwrap_or_else(|| Matrix::zeros(0, 0)))
+}
+
+/// Runs `plan` on `inputs`: every statistic of every head and pair.
+pub fn run(plan: &EvalPlan, inputs: &Inputs<'_>) -> Result<Results, StatsError> {
+    let needed = plan.needed();
+    let read_by_pairs = plan.read_by_pairs();
+    let is_root = |id: Id| plan.roots.iter().any(|&(_, root)| root == id);
+    let stage = |deps: Deps| -> Vec<Id> {
+        plan.step_ids().filter(|&s| needed[usize::from(s)] && plan.shape(s).deps == deps).collect()
+    };
+    let n = plan.shapes.len();
+    let heads: Vec<(usize, usize)> =
+        inputs.heads.iter().enumerate().flat_map(|(l, layer)| (0..layer.len()).map(move |h| (l, h))).collect();
+
+    // 1. Once.
+    let mut shared: Frame<'_> = vec![None; n];
+    for step in stage(Deps::NONE) {
+        let value = match plan.streamed(step) {
+            Some((x, y)) => Value::Matrix(Cow::Owned(streamed_product(inputs.vocab, x, y)?)),
+            None => {
+                let env = Env {
+                    plan,
+                    inputs,
+                    shared: &shared,
+                    head_frame: None,
+                    right_frame: None,
+                    head: (0, 0),
+                    right: (0, 0),
+                };
+                env.eval(&shared, step)?
+            }
+        };
+        shared[usize::from(step)] = Some(value);
+    }
+
+    // 2, 3. Per head, then per right head: keep what pairs and statistics read.
+    let per_head_stage = |deps: Deps| -> Result<Vec<Frame<'_>>, StatsError> {
+        let steps = stage(deps);
+        parallel_map(&heads, |&bound| {
+            let mut local: Frame<'_> = vec![None; n];
+            let env =
+                Env { plan, inputs, shared: &shared, head_frame: None, right_frame: None, head: bound, right: bound };
+            for &step in &steps {
+                let value = env.eval(&local, step)?;
+                local[usize::from(step)] = Some(value);
+            }
+            for (i, slot) in local.iter_mut().enumerate() {
+                // Weights are borrowed, not copied: keeping them costs nothing.
+                if !(read_by_pairs[i] || is_root(Id::from(i)) || plan.is_weight(Id::from(i))) {
+                    *slot = None;
+                }
+            }
+            Ok(local)
+        })
+        .into_iter()
+        .collect()
+    };
+    let head_frames = per_head_stage(Deps::HEAD)?;
+    let right_frames = per_head_stage(Deps::RIGHT)?;
+
+    let mut results = Results::default();
+    let zeros: Vec<Vec<f64>> = inputs.heads.iter().map(|layer| vec![0.0; layer.len()]).collect();
+    for &(stat, root) in &plan.roots {
+        let frames = match plan.shape(root).deps {
+            Deps::HEAD => &head_frames,
+            Deps::RIGHT => &right_frames,
+            _ => continue,
+        };
+        let mut values = zeros.clone();
+        for (&(l, h), frame) in heads.iter().zip(frames) {
+            values[l][h] = frame[usize::from(root)].as_ref().map_or(0.0, Value::scalar);
+        }
+        results.per_head.insert(stat, values);
+    }
+
+    // 4. Per pair, by left head.
+    let pair_steps = stage(Deps::PAIR);
+    let pair_roots: Vec<(Stat, Id)> =
+        plan.roots.iter().copied().filter(|&(_, root)| plan.shape(root).deps == Deps::PAIR).collect();
+    let per_left = parallel_map(&heads.iter().copied().enumerate().collect::<Vec<_>>(), |&(i, (l, h))| {
+        let rights: Vec<(usize, (usize, usize))> =
+            heads.iter().copied().enumerate().filter(|&(_, (rl, _))| rl > l).collect();
+        let mut locals: Vec<Frame<'_>> = vec![vec![None; n]; rights.len()];
+        for &step in &pair_steps {
+            let env = Env {
+                plan,
+                inputs,
+                shared: &shared,
+                head_frame: Some(&head_frames[i]),
+                right_frame: None,
+                head: (l, h),
+                right: (l, h),
+            };
+            if let Some(parts) = batched_pair_product(&env, step, &head_frames[i], &right_frames, &rights) {
+                for (local, part) in locals.iter_mut().zip(parts) {
+                    local[usize::from(step)] = Some(Value::Matrix(Cow::Owned(part)));
+                }
+                continue;
+            }
+            for (local, &(j, bound)) in locals.iter_mut().zip(&rights) {
+                let env = Env {
+                    plan,
+                    inputs,
+                    shared: &shared,
+                    head_frame: Some(&head_frames[i]),
+                    right_frame: Some(&right_frames[j]),
+                    head: (l, h),
+                    right: bound,
+                };
+                let value = env.eval(local, step)?;
+                local[usize::from(step)] = Some(value);
+            }
+        }
+        let values: Vec<Vec<(usize, usize, f64)>> = pair_roots
+            .iter()
+            .map(|&(_, root)| {
+                rights
+                    .iter()
+                    .zip(&locals)
+                    .map(|(&(_, (rl, rh)), local)| {
+                        (rl, rh, local[usize::from(root)].as_ref().map_or(0.0, Value::scalar))
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok::<_, StatsError>(values)
+    });
+    let empty_pairs: Vec<Vec<Vec<Vec<f64>>>> = zeros.iter().map(|row| vec![zeros.clone(); row.len()]).collect();
+    for &(stat, _) in &pair_roots {
+        results.per_pair.insert(stat, empty_pairs.clone());
+    }
+    for (&(l, h), values) in heads.iter().zip(per_left) {
+        for ((stat, _), per_right) in pair_roots.iter().zip(values?) {
+            let out = results.per_pair.get_mut(stat).expect("inserted above");
+            for (rl, rh, v) in per_right {
+                out[l][h][rl][rh] = v;
+            }
+        }
+    }
+    Ok(results)
+}
+
+/// A batched pair step ([`EvalPlan::batched`]) for one left head and all its right heads: one
+/// product per right layer with its heads' operands side by side (or stacked), cut into one
+/// block per pair.
+/// An operand that is a weight or a weight's transpose is read from the weights (transposed as it
+/// is stacked), not from a kept value. `None` for any other step.
+fn batched_pair_product(
+    env: &Env<'_, '_>,
+    step: Id,
+    head_frame: &Frame<'_>,
+    right_frames: &[Frame<'_>],
+    rights: &[(usize, (usize, usize))],
+) -> Option<Vec<Matrix>> {
+    let plan = env.plan;
+    let (head_operand, right_operand) = plan.batched(step)?;
+    if rights.is_empty() {
+        return None;
+    }
+    let operand = |id: Id, frame: &Frame<'_>, bound: (usize, usize)| -> Matrix {
+        match plan.node(id) {
+            Plan::Weight(name) => env.weight(name.as_str(), bound).matrix().clone(),
+            Plan::Transpose(inner) if plan.is_weight(*inner) => match plan.node(*inner) {
+                Plan::Weight(name) => env.weight(name.as_str(), bound).matrix().transpose(),
+                _ => unreachable!(),
+            },
+            _ => frame[usize::from(id)].as_ref().map(|v| v.matrix().clone()).expect("kept: a pair step reads it"),
+        }
+    };
+    let head_value = operand(head_operand, head_frame, env.head);
+    let head_first = matches!(plan.node(step), Plan::Mul([a, _]) if *a == head_operand);
+    // One product per right layer: GEMMs of a useful size, and stacked operands of one layer's
+    // heads at a time (all later heads' at once are 52 MB per thread at GPT-2 size).
+    let mut parts = Vec::with_capacity(rights.len());
+    for group in rights.chunk_by(|a, b| a.1 .0 == b.1 .0) {
+        let blocks: Vec<Matrix> =
+            group.iter().map(|&(j, bound)| operand(right_operand, &right_frames[j], bound)).collect();
+        if head_first {
+            let product = &head_value * stack_columns(&blocks);
+            let mut col = 0;
+            for block in &blocks {
+                parts.push(product.columns(col, block.ncols()).into_owned());
+                col += block.ncols();
+            }
+        } else {
+            let product = stack_rows(&blocks) * &head_value;
+            let mut row = 0;
+            for block in &blocks {
+                parts.push(product.rows(row, block.nrows()).into_owned());
+                row += block.nrows();
+            }
+        }
+    }
+    Some(parts)
+}
+
+fn stack_rows(blocks: &[Matrix]) -> Matrix {
+    let cols = blocks.first().map_or(0, |b| b.ncols());
+    let mut out = Matrix::zeros(blocks.iter().map(|b| b.nrows()).sum(), cols);
+    let mut row = 0;
+    for b in blocks {
+        out.view_mut((row, 0), b.shape()).copy_from(b);
+        row += b.nrows();
+    }
+    out
+}
+
+fn stack_columns(blocks: &[Matrix]) -> Matrix {
+    let rows = blocks.first().map_or(0, |b| b.nrows());
+    let mut out = Matrix::zeros(rows, blocks.iter().map(|b| b.ncols()).sum());
+    let mut col = 0;
+    for b in blocks {
+        out.view_mut((0, col), b.shape()).copy_from(b);
+        col += b.ncols();
+    }
+    out
+}
