@@ -106,6 +106,24 @@ fn nan_and_infinity() {
 }
 
 #[test]
+fn stats_reports_a_nan_in_a_matrix_it_streams() {
+    // `pathc stats` reads W_E and W_U a chunk at a time and never converts them whole: the
+    // check for NaN happens chunk by chunk and still names the tensor and the element.
+    let dir = temp_dir("stats-nan");
+    let file = dir.join("w.safetensors");
+    edited("attn1", &file, |(name, d, s, mut b)| {
+        if name == "unembed.W_U" {
+            let at = (2 * s[1] + 5) * 4;
+            b[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+        }
+        Some((name, d, s, b))
+    });
+    let out = pathc(&["stats", "examples/attn1.tf", "--weights", file.to_str().unwrap()]);
+    assert_bad(&out, &["tensor `unembed.W_U` holds NaN at [2, 5]"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
 fn truncated_and_corrupt_files() {
     let dir = temp_dir("truncated");
     let bytes = std::fs::read("tests/fixtures/attn1/model.safetensors").unwrap();

@@ -212,3 +212,29 @@ fn readme_library_example() -> Result<(), Box<dyn std::error::Error>> {
     assert_eq!(counts.total(), 50u32.into());
     Ok(())
 }
+
+#[test]
+fn plan_explains_the_choice_against_the_naive_plan() {
+    let out = pathc(&["plan", "examples/attn2.tf"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    for needle in
+        ["chosen:", "naive:", "W_U · W_E", "streamed over the vocabulary", "ov_copying[h]", "comp_q_norm[h,r]"]
+    {
+        assert!(text.contains(needle), "{needle} in {text}");
+    }
+    assert_eq!(stdout(&pathc(&["plan", "examples/attn2.tf"])), text, "deterministic");
+    // The sizes from a weights file, for a model that leaves them symbolic.
+    let symbolic = pathc(&["plan", "examples/attn-only-2l.tf"]);
+    assert_eq!(symbolic.status.code(), Some(2));
+    assert!(
+        stderr(&symbolic).contains("is symbolic") && stderr(&symbolic).contains("--weights"),
+        "{}",
+        stderr(&symbolic)
+    );
+    let with_weights = pathc(&["plan", "examples/attn2.tf", "--weights", "tests/fixtures/attn2/model.safetensors"]);
+    assert_eq!(stdout(&with_weights), text);
+    let wrong = pathc(&["plan", "examples/attn2.tf", "--weights", "tests/fixtures/attn1/model.safetensors"]);
+    assert_eq!(wrong.status.code(), Some(2));
+    assert!(stderr(&wrong).contains("has shape [20, 16], expected [50, 32]"), "{}", stderr(&wrong));
+}

@@ -25,6 +25,9 @@
 pub mod exec;
 pub mod lang;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
@@ -161,6 +164,8 @@ pub struct RunReport {
     pub rules: usize,
     /// `None` when saturated; otherwise the limit that stopped it.
     pub stop: Option<String>,
+    /// How many times each rule applied, by name.
+    pub applied: std::collections::BTreeMap<String, usize>,
 }
 
 /// The chosen and the naive plan of a model's statistics.
@@ -211,6 +216,13 @@ fn make_plans(dims: Dims, counts: Counts) -> Plans {
             Some(StopReason::Saturated) | None => None,
             Some(other) => Some(format!("{other:?}")),
         },
+        applied: runner.iterations.iter().flat_map(|i| i.applied.iter()).fold(
+            std::collections::BTreeMap::new(),
+            |mut applied, (rule, &n)| {
+                *applied.entry(rule.to_string()).or_insert(0) += n;
+                applied
+            },
+        ),
     };
     let choice = dag_choice(egraph, counts, &roots);
     let chosen = extract(egraph, &roots, dims, counts, Some(report), &choice);

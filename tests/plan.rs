@@ -1,0 +1,183 @@
+//! Evaluation plans (`pathc::plan`): the plan the e-graph chooses computes what the naive plan
+//! (the statistics as written, every product multiplied out) computes, on the TransformerLens
+//! fixtures and on random shapes; the statistics streamed from the file equal those computed in
+//! memory; GPT-2 small's plan is pinned (e-graph size, FLOPs, the shared products).
+
+use pathc::eval::{NameMap, Params, StatsParams};
+use pathc::plan::{self, Counts, Plan};
+use pathc::stats::{self, Stats, WeightProcessing};
+use pathc::weights::Weights;
+use proptest::prelude::*;
+
+fn fixture_params(name: &str) -> Params {
+    let source = std::fs::read_to_string(format!("examples/{name}.tf")).unwrap();
+    let compiled = pathc::compile(&source).unwrap();
+    pathc::load_params(&compiled, format!("tests/fixtures/{name}/model.safetensors").as_ref(), &NameMap::default())
+        .unwrap()
+}
+
+fn plans_for(params: &Params) -> plan::Plans {
+    let dims = stats::plan_dims(&params.layers, params.w_e.nrows(), params.w_e.ncols());
+    let heads: Vec<usize> = params.layers.iter().map(|l| l.attn.w_q.len()).collect();
+    plan::plan(dims, Counts::from_heads_per_layer(&heads))
+}
+
+/// Every number of two statistics, side by side with its name.
+fn numbers(s: &Stats) -> Vec<(&'static str, f64)> {
+    let two = |name, x: &Vec<Vec<f64>>| x.iter().flatten().map(move |&v| (name, v)).collect::<Vec<_>>();
+    let four = |name, x: &Vec<Vec<Vec<Vec<f64>>>>| {
+        x.iter().flatten().flatten().flatten().map(move |&v| (name, v)).collect::<Vec<_>>()
+    };
+    [
+        two("ov_copying", &s.ov_copying),
+        two("qk_copying", &s.qk_copying),
+        two("ov_frobenius", &s.ov_frobenius),
+        two("qk_frobenius", &s.qk_frobenius),
+        four("comp_q", &s.comp_q),
+        four("comp_k", &s.comp_k),
+        four("comp_v", &s.comp_v),
+    ]
+    .concat()
+}
+
+/// The largest difference, relative to the larger of 1 and the value for the norms (which scale
+/// with the weights) and absolute for the scores (which lie in [-1, 1]).
+fn largest_difference(a: &Stats, b: &Stats) -> (f64, &'static str) {
+    numbers(a).into_iter().zip(numbers(b)).fold((0.0, ""), |worst, ((name, x), (_, y))| {
+        let scale = if name.ends_with("frobenius") { x.abs().max(y.abs()).max(1.0) } else { 1.0 };
+        let d = (x - y).abs() / scale;
+        if d > worst.0 {
+            (d, name)
+        } else {
+            worst
+        }
+    })
+}
+
+fn run(plan: &plan::EvalPlan, params: &Params) -> Stats {
+    stats::stats_with_plan(plan, &stats::head_weights(&params.layers), params).unwrap()
+}
+
+#[test]
+fn the_chosen_plan_equals_the_naive_plan_on_the_fixtures() {
+    for name in ["attn1", "attn2", "full2"] {
+        for params in [fixture_params(name), fixture_params(name).fold_layer_norm()] {
+            let plans = plans_for(&params);
+            let (naive, chosen) = (run(&plans.naive, &params), run(&plans.chosen, &params));
+            let (error, stat) = largest_difference(&naive, &chosen);
+            assert!(error < 1e-9, "{name}: {stat} differs by {error:e}");
+            // The naive plan really multiplies the vocab × vocab circuit out.
+            let vocab = params.w_e.nrows();
+            let largest = plans.naive.step_ids().map(|s| plans.naive.shape(s).entries()).max().unwrap();
+            assert_eq!(largest, vocab * vocab, "{name}");
+        }
+    }
+}
+
+#[test]
+fn statistics_streamed_from_the_file_equal_those_in_memory() {
+    for name in ["attn1", "attn2", "full2"] {
+        let source = std::fs::read_to_string(format!("examples/{name}.tf")).unwrap();
+        let compiled = pathc::compile(&source).unwrap();
+        let weights = Weights::load(format!("tests/fixtures/{name}/model.safetensors").as_ref()).unwrap();
+        for processing in [WeightProcessing::AsGiven, WeightProcessing::FoldLn] {
+            let streamed = StatsParams::from_weights(&compiled.model, &weights, &NameMap::default()).unwrap();
+            let streamed = stats::stats_streamed(streamed, processing).unwrap();
+            let in_memory = stats::stats_processed(&fixture_params(name), processing).unwrap();
+            assert_eq!(streamed, in_memory, "{name} {processing:?}");
+        }
+    }
+}
+
+#[test]
+fn gpt2_small_plan_is_pinned() {
+    let source = std::fs::read_to_string("examples/gpt2-small.tf").unwrap();
+    let compiled = pathc::compile(&source).unwrap();
+    let plans = pathc::plan_stats(&compiled.model).unwrap();
+    let run = plans.chosen.run.as_ref().unwrap();
+    assert_eq!((run.nodes, run.classes, run.iterations, run.stop.as_deref()), (2981, 321, 13, None));
+    for rule in plan::lang::rules() {
+        assert!(run.applied.get(rule.name.as_str()).is_some_and(|&n| n > 0), "rule {} never applied", rule.name);
+    }
+    let (chosen, naive) = (plans.chosen.flops(), plans.naive.flops());
+    assert!((chosen / 453.36e9 - 1.0).abs() < 1e-4, "{chosen}");
+    assert!(naive / chosen > 1e5, "{naive} vs {chosen}");
+    // The only products over the vocabulary are the three shared d_model × d_model ones,
+    // streamed; nothing else is vocabulary-sized.
+    let c = &plans.chosen;
+    let streamed: Vec<String> =
+        c.listed_steps().into_iter().filter(|&s| c.streamed(s).is_some()).map(|s| c.describe(s)).collect();
+    assert_eq!(streamed, ["W_U · W_E", "W_Eᵀ · W_E", "W_U · W_Uᵀ"]);
+    for step in c.listed_steps() {
+        let shape = c.shape(step);
+        assert!(shape.rows < 50257 && shape.cols < 50257, "{}", c.describe(step));
+        if shape.deps == plan::Deps::NONE {
+            assert!(c.streamed(step).is_some(), "{} is head-independent but not shared", c.describe(step));
+        }
+        // Eigenvalues only of d_head × d_head matrices.
+        if let Plan::Copying(m) = c.node(step) {
+            assert_eq!(c.shape(*m).rows, 64);
+        }
+    }
+    // The memory side of the cost model: within 1.2× of GPT-2 small's f32 weights that the
+    // statistics read (W_E, W_U and the attention weights, 422 MB), and no vocab × vocab matrix.
+    assert!(c.peak_bytes(2) < 1.2 * 422e6, "{}", c.peak_bytes(2));
+    insta::assert_snapshot!("gpt2_small_plan", plans.render("gpt2_small", 2));
+}
+
+/// A model of the given sizes with weights from a seeded generator (SplitMix64, uniform in
+/// [-1, 1)).
+fn random_params(seed: u64, d_vocab: usize, d_model: usize, d_head: usize, heads: &[usize]) -> Params {
+    let source = format!(
+        "model random\ndim d_model = {d_model}\ndim d_vocab = {d_vocab}\ndim d_head = {d_head}\nembed\n{}unembed\n",
+        heads.iter().map(|h| format!("layer {{ attn(heads = {h}) }}\n")).collect::<String>()
+    );
+    let compiled = pathc::compile(&source).unwrap();
+    let mut rng = stats::SplitMix64(seed);
+    let mut tensors: Vec<(String, Vec<usize>)> =
+        vec![("embed.W_E".into(), vec![d_vocab, d_model]), ("unembed.W_U".into(), vec![d_model, d_vocab])];
+    for (l, &h) in heads.iter().enumerate() {
+        for w in ["W_Q", "W_K", "W_V"] {
+            tensors.push((format!("blocks.{l}.attn.{w}"), vec![h, d_model, d_head]));
+        }
+        tensors.push((format!("blocks.{l}.attn.W_O"), vec![h, d_head, d_model]));
+    }
+    let data: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(name, shape)| {
+            let n: usize = shape.iter().product();
+            let bytes = (0..n).flat_map(|_| rng.next_signed_unit().to_le_bytes()).collect();
+            (name, shape, bytes)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = data
+        .iter()
+        .map(|(n, s, b)| {
+            (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F64, s.clone(), b).unwrap())
+        })
+        .collect();
+    let bytes = safetensors::serialize(views, None).unwrap();
+    let weights = Weights::from_bytes(&bytes, "random.safetensors").unwrap();
+    Params::from_weights(&compiled.model, &weights, &NameMap::default()).unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Shapes where the vocabulary is smaller than d_model or d_head, and d_head larger than
+    /// d_model, make the e-graph choose other plans: every one computes the naive plan's numbers.
+    #[test]
+    fn the_chosen_plan_equals_the_naive_plan_on_random_shapes(
+        seed in any::<u64>(),
+        d_vocab in 1usize..14,
+        d_model in 1usize..10,
+        d_head in 1usize..7,
+        heads in proptest::collection::vec(1usize..4, 1..4),
+    ) {
+        let params = random_params(seed, d_vocab, d_model, d_head, &heads);
+        let plans = plans_for(&params);
+        let (naive, chosen) = (run(&plans.naive, &params), run(&plans.chosen, &params));
+        let (error, stat) = largest_difference(&naive, &chosen);
+        prop_assert!(error < 1e-9, "{} differs by {:e}", stat, error);
+    }
+}
