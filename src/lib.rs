@@ -53,6 +53,7 @@ pub mod model;
 mod parallel;
 pub mod paths;
 pub mod plan;
+pub mod progress;
 pub mod rewrite;
 pub mod stats;
 pub mod syntax;

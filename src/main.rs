@@ -449,7 +449,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let params = pathc::eval::StatsParams::from_weights(&compiled.model, &weights, &names)
                 .map_err(|e| fail(e.into()))?;
             let processing = if fold_ln { WeightProcessing::FoldLn } else { WeightProcessing::AsGiven };
-            let stats = pathc::stats::stats_streamed(params, processing)
+            let stats = pathc::stats::stats_streamed(params, processing, &TerminalProgress::new())
                 .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
             let mut out = BufWriter::new(io::stdout().lock());
             match format {
@@ -666,4 +666,56 @@ fn parse_position(pos: &str, n: usize) -> Result<Option<usize>, Failure> {
 fn parse_head(text: &str) -> Option<(usize, usize)> {
     let (layer, head) = text.strip_prefix('L')?.split_once('H')?;
     Some((layer.parse().ok()?, head.parse().ok()?))
+}
+
+/// A progress bar on standard error, drawn only when standard error is a terminal and only once
+/// the job has run for [`TerminalProgress::AFTER`] (`PATHC_PROGRESS_AFTER_MS` overrides it):
+/// short jobs and redirected output stay silent.
+struct TerminalProgress {
+    bar: indicatif::ProgressBar,
+    started: std::time::Instant,
+    after: std::time::Duration,
+    shown: std::sync::atomic::AtomicBool,
+}
+
+impl TerminalProgress {
+    const AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+    fn new() -> TerminalProgress {
+        let after = std::env::var("PATHC_PROGRESS_AFTER_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map_or(Self::AFTER, std::time::Duration::from_millis);
+        TerminalProgress {
+            bar: indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::hidden()),
+            started: std::time::Instant::now(),
+            after,
+            shown: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+}
+
+impl pathc::progress::Progress for TerminalProgress {
+    fn start(&self, what: &str, total: u64) {
+        self.bar.set_length(total);
+        self.bar.set_message(what.to_string());
+        let style = indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({elapsed}, {eta} left)");
+        if let Ok(style) = style {
+            self.bar.set_style(style.progress_chars("=> "));
+        }
+    }
+
+    fn advance(&self, units: u64) {
+        use std::io::IsTerminal;
+        use std::sync::atomic::Ordering;
+        if !self.shown.load(Ordering::Relaxed) && self.started.elapsed() >= self.after && io::stderr().is_terminal() {
+            self.shown.store(true, Ordering::Relaxed);
+            self.bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        }
+        self.bar.inc(units);
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
 }

@@ -67,6 +67,7 @@ use thiserror::Error;
 use crate::eval::{LayerParams, Params, StatsParams};
 use crate::plan::exec::{HeadWeights, VocabRows};
 use crate::plan::{self, Mode, Stat, VocabMatrix};
+use crate::progress::{Progress, Silent};
 
 type Matrix = DMatrix<f64>;
 
@@ -174,24 +175,34 @@ pub fn stats_processed(params: &Params, processing: WeightProcessing) -> Result<
 /// chooses ([`crate::plan`]).
 pub fn stats(params: &Params) -> Result<Stats, StatsError> {
     let dims = plan_dims(&params.layers, params.w_e.nrows(), params.w_e.ncols());
-    stats_of(&params.layers, params, dims)
+    stats_of(&params.layers, params, dims, &Silent)
 }
 
 /// [`stats_processed`] with `W_E` and `W_U` read from the weights file a chunk of the vocabulary
 /// at a time ([`StatsParams`]): the same numbers in about the memory of the attention weights.
-pub fn stats_streamed(params: StatsParams<'_>, processing: WeightProcessing) -> Result<Stats, StatsError> {
+/// `progress` is told of every chunk and head done.
+pub fn stats_streamed(
+    params: StatsParams<'_>,
+    processing: WeightProcessing,
+    progress: &dyn Progress,
+) -> Result<Stats, StatsError> {
     let params = match processing {
         WeightProcessing::AsGiven => params,
         WeightProcessing::FoldLn => params.fold_layer_norm(),
     };
     let dims = plan_dims(&params.layers, params.d_vocab(), params.d_model());
-    Ok(Stats { weight_processing: processing, ..stats_of(&params.layers, &params, dims)? })
+    Ok(Stats { weight_processing: processing, ..stats_of(&params.layers, &params, dims, progress)? })
 }
 
-fn stats_of(layers: &[LayerParams], vocab: &dyn VocabRows, dims: plan::Dims) -> Result<Stats, StatsError> {
+fn stats_of(
+    layers: &[LayerParams],
+    vocab: &dyn VocabRows,
+    dims: plan::Dims,
+    progress: &dyn Progress,
+) -> Result<Stats, StatsError> {
     let heads_per_layer: Vec<usize> = layers.iter().map(|l| l.attn.w_q.len()).collect();
     let plans = plan::plan(dims, plan::Counts::from_heads_per_layer(&heads_per_layer));
-    stats_with_plan(&plans.chosen, &head_weights(layers), vocab)
+    stats_with_plan(&plans.chosen, &head_weights(layers), vocab, progress)
 }
 
 /// The dimensions a plan is made for (d_head: the largest of any layer; the executor takes
@@ -234,8 +245,9 @@ pub fn stats_with_plan(
     plan: &plan::EvalPlan,
     heads: &[Vec<HeadWeights<'_>>],
     vocab: &dyn VocabRows,
+    progress: &dyn Progress,
 ) -> Result<Stats, StatsError> {
-    let inputs = plan::exec::Inputs { heads: heads.to_vec(), vocab };
+    let inputs = plan::exec::Inputs { heads: heads.to_vec(), vocab, progress };
     let mut results = plan::exec::run(plan, &inputs)?;
     let mut take = |stat: Stat| results.per_head.remove(&stat).expect("every per-head statistic is a root");
     let (ov_copying, qk_copying) = (take(Stat::OvCopying), take(Stat::QkCopying));

@@ -238,3 +238,24 @@ fn plan_explains_the_choice_against_the_naive_plan() {
     assert_eq!(wrong.status.code(), Some(2));
     assert!(stderr(&wrong).contains("has shape [20, 16], expected [50, 32]"), "{}", stderr(&wrong));
 }
+
+#[test]
+fn the_progress_bar_is_drawn_on_a_terminal_only() {
+    let bin = env!("CARGO_BIN_EXE_pathc");
+    let args = ["stats", "examples/attn2.tf", "--weights", "tests/fixtures/attn2/model.safetensors"];
+    // Redirected standard error: silent, even with no delay before the bar may appear.
+    let out = Command::new(bin).args(args).env("PATHC_PROGRESS_AFTER_MS", "0").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "");
+    // A terminal (a pseudo-terminal from util-linux's `script`): the bar is drawn.
+    let command = format!("{bin} {} > /dev/null", args.join(" "));
+    let script =
+        Command::new("script").args(["-qec", &command, "/dev/null"]).env("PATHC_PROGRESS_AFTER_MS", "0").output();
+    match script {
+        Ok(out) => {
+            assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+            assert!(stdout(&out).contains("statistics ["), "{:?}", stdout(&out));
+        }
+        Err(e) => panic!("util-linux `script` is needed to give pathc a terminal: {e}"),
+    }
+}

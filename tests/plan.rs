@@ -5,6 +5,7 @@
 
 use pathc::eval::{NameMap, Params, StatsParams};
 use pathc::plan::{self, Counts, Plan};
+use pathc::progress::Silent;
 use pathc::stats::{self, Stats, WeightProcessing};
 use pathc::weights::Weights;
 use proptest::prelude::*;
@@ -55,7 +56,7 @@ fn largest_difference(a: &Stats, b: &Stats) -> (f64, &'static str) {
 }
 
 fn run(plan: &plan::EvalPlan, params: &Params) -> Stats {
-    stats::stats_with_plan(plan, &stats::head_weights(&params.layers), params).unwrap()
+    stats::stats_with_plan(plan, &stats::head_weights(&params.layers), params, &Silent).unwrap()
 }
 
 #[test]
@@ -82,7 +83,7 @@ fn statistics_streamed_from_the_file_equal_those_in_memory() {
         let weights = Weights::load(format!("tests/fixtures/{name}/model.safetensors").as_ref()).unwrap();
         for processing in [WeightProcessing::AsGiven, WeightProcessing::FoldLn] {
             let streamed = StatsParams::from_weights(&compiled.model, &weights, &NameMap::default()).unwrap();
-            let streamed = stats::stats_streamed(streamed, processing).unwrap();
+            let streamed = stats::stats_streamed(streamed, processing, &Silent).unwrap();
             let in_memory = stats::stats_processed(&fixture_params(name), processing).unwrap();
             assert_eq!(streamed, in_memory, "{name} {processing:?}");
         }

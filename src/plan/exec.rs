@@ -23,6 +23,7 @@ use egg::Id;
 use super::{Deps, EvalPlan, Plan, Stat, VocabMatrix, VOCAB_CHUNK};
 use crate::eval::Matrix;
 use crate::parallel::parallel_map;
+use crate::progress::Progress;
 use crate::stats::{copying_score, StatsError, SCHUR_MAX_ITER};
 use crate::weights::WeightError;
 
@@ -51,6 +52,8 @@ pub struct Inputs<'a> {
     /// `[layer][head]`.
     pub heads: Vec<Vec<HeadWeights<'a>>>,
     pub vocab: &'a dyn VocabRows,
+    /// Told of every vocabulary chunk, head and left head done.
+    pub progress: &'a dyn Progress,
 }
 
 /// Every statistic's value: per head `[layer][head]`, per pair `[layer][head][layer'][head']`
@@ -162,7 +165,12 @@ impl<'a> Env<'_, 'a> {
 }
 
 /// `Σ_c X_cᵀ Y_c` over chunks of vocabulary rows (see the module documentation).
-fn streamed_product(vocab: &dyn VocabRows, x: VocabMatrix, y: VocabMatrix) -> Result<Matrix, WeightError> {
+fn streamed_product(
+    vocab: &dyn VocabRows,
+    x: VocabMatrix,
+    y: VocabMatrix,
+    progress: &dyn Progress,
+) -> Result<Matrix, WeightError> {
     let d_vocab = vocab.d_vocab();
     let group = d_vocab.div_ceil(VOCAB_GROUPS).max(1);
     let groups: Vec<(usize, usize)> = (0..d_vocab).step_by(group).map(|s| (s, d_vocab.min(s + group))).collect();
@@ -180,6 +188,7 @@ fn streamed_product(vocab: &dyn VocabRows, x: VocabMatrix, y: VocabMatrix) -> Re
                 Some(acc) => acc.gemm(1.0, &x_t, y_c, 1.0),
                 None => sum = Some(&x_t * y_c),
             }
+            progress.advance(1);
         }
         Ok(sum)
     });
@@ -207,11 +216,19 @@ pub fn run(plan: &EvalPlan, inputs: &Inputs<'_>) -> Result<Results, StatsError> 
     let heads: Vec<(usize, usize)> =
         inputs.heads.iter().enumerate().flat_map(|(l, layer)| (0..layer.len()).map(move |h| (l, h))).collect();
 
+    let streamed = stage(Deps::NONE).iter().filter(|&&s| plan.streamed(s).is_some()).count();
+    let chunks_per_product: usize = {
+        let d_vocab = inputs.vocab.d_vocab();
+        let group = d_vocab.div_ceil(VOCAB_GROUPS).max(1);
+        (0..d_vocab).step_by(group).map(|s| (d_vocab.min(s + group) - s).div_ceil(VOCAB_CHUNK)).sum()
+    };
+    inputs.progress.start("statistics", (streamed * chunks_per_product + 3 * heads.len()) as u64);
+
     // 1. Once.
     let mut shared: Frame<'_> = vec![None; n];
     for step in stage(Deps::NONE) {
         let value = match plan.streamed(step) {
-            Some((x, y)) => Value::Matrix(Cow::Owned(streamed_product(inputs.vocab, x, y)?)),
+            Some((x, y)) => Value::Matrix(Cow::Owned(streamed_product(inputs.vocab, x, y, inputs.progress)?)),
             None => {
                 let env = Env {
                     plan,
@@ -239,6 +256,7 @@ pub fn run(plan: &EvalPlan, inputs: &Inputs<'_>) -> Result<Results, StatsError> 
                 let value = env.eval(&local, step)?;
                 local[usize::from(step)] = Some(value);
             }
+            inputs.progress.advance(1);
             for (i, slot) in local.iter_mut().enumerate() {
                 // Weights are borrowed, not copied: keeping them costs nothing.
                 if !(read_by_pairs[i] || is_root(Id::from(i)) || plan.is_weight(Id::from(i))) {
@@ -318,8 +336,10 @@ pub fn run(plan: &EvalPlan, inputs: &Inputs<'_>) -> Result<Results, StatsError> 
                     .collect()
             })
             .collect();
+        inputs.progress.advance(1);
         Ok::<_, StatsError>(values)
     });
+    inputs.progress.finish();
     let empty_pairs: Vec<Vec<Vec<Vec<f64>>>> = zeros.iter().map(|row| vec![zeros.clone(); row.len()]).collect();
     for &(stat, _) in &pair_roots {
         results.per_pair.insert(stat, empty_pairs.clone());

@@ -1,0 +1,19 @@
+//! Progress of long jobs, reported to an observer the caller chooses. The library only counts
+//! work done; the binary draws it (a bar on standard error, only when that is a terminal and
+//! only once a job has run for a second), so library users and tests see nothing.
+
+/// Receives the progress of one job: its total units of work, then units as they are done.
+pub trait Progress: Sync {
+    fn start(&self, what: &str, total: u64);
+    fn advance(&self, units: u64);
+    fn finish(&self);
+}
+
+/// Reports nothing.
+pub struct Silent;
+
+impl Progress for Silent {
+    fn start(&self, _: &str, _: u64) {}
+    fn advance(&self, _: u64) {}
+    fn finish(&self) {}
+}
