@@ -155,6 +155,8 @@ enum Command {
         weights: Option<PathBuf>,
         #[arg(long = "name", value_name = "TL=FILE")]
         names: Vec<String>,
+        #[arg(long, value_enum, default_value_t = CountFormat::Text)]
+        format: CountFormat,
     },
     /// Generate standalone analysis code: one function per path family and per statistic.
     Codegen {
@@ -461,7 +463,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(out.flush()?)
         }
-        Command::Plan { model, weights, names } => {
+        Command::Plan { model, weights, names, format } => {
             let source = read_model(&model)?;
             let fail = |e: pathc::Error| render(&model, &source, &e);
             let compiled = pathc::compile(&source).map_err(fail)?;
@@ -485,7 +487,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
             };
             let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
             let mut out = BufWriter::new(io::stdout().lock());
-            out.write_all(plans.render(&compiled.model.name, threads).as_bytes())?;
+            match format {
+                CountFormat::Text => out.write_all(plans.render(&compiled.model.name, threads).as_bytes())?,
+                CountFormat::Json => {
+                    serde_json::to_writer_pretty(&mut out, &plans.to_json(&compiled.model.name, threads))
+                        .map_err(io::Error::from)?;
+                    writeln!(out)?;
+                }
+            }
             Ok(out.flush()?)
         }
         Command::Codegen { model, lang, max_order, through, limit, output } => {

@@ -234,6 +234,13 @@ fn plan_explains_the_choice_against_the_naive_plan() {
     );
     let with_weights = pathc(&["plan", "examples/attn2.tf", "--weights", "tests/fixtures/attn2/model.safetensors"]);
     assert_eq!(stdout(&with_weights), text);
+    let json = pathc(&["plan", "examples/gpt2-small.tf", "--format", "json"]);
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    let flops = |plan: &str| json[plan]["flops"].as_f64().unwrap();
+    assert!(flops("naive") > 1e5 * flops("chosen"), "{json}");
+    assert_eq!(json["egraph"]["saturated"], true);
+    let streamed = json["chosen"]["steps"].as_array().unwrap().iter().filter(|s| s["streamed"] == true).count();
+    assert_eq!(streamed, 3);
     let wrong = pathc(&["plan", "examples/attn2.tf", "--weights", "tests/fixtures/attn1/model.safetensors"]);
     assert_eq!(wrong.status.code(), Some(2));
     assert!(stderr(&wrong).contains("has shape [20, 16], expected [50, 32]"), "{}", stderr(&wrong));

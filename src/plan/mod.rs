@@ -646,7 +646,67 @@ pub fn format_bytes(bytes: f64) -> String {
     }
 }
 
+impl EvalPlan {
+    /// The plan as JSON: totals, every listed step and the statistics' steps.
+    pub fn to_json(&self, threads: usize) -> serde_json::Value {
+        let steps: Vec<serde_json::Value> = self
+            .listed_steps()
+            .into_iter()
+            .map(|step| {
+                let shape = self.shape(step);
+                serde_json::json!({
+                    "step": usize::from(step),
+                    "expr": self.describe(step),
+                    "rows": shape.rows,
+                    "cols": shape.cols,
+                    "rank": shape.rank,
+                    "scalar": shape.scalar,
+                    "instances": shape.deps.label(),
+                    "flops": self.step_cost(step),
+                    "streamed": self.streamed(step).is_some(),
+                })
+            })
+            .collect();
+        let roots: serde_json::Map<String, serde_json::Value> =
+            self.roots.iter().map(|&(stat, root)| (stat.name().to_string(), usize::from(root).into())).collect();
+        serde_json::json!({
+            "flops": self.flops(),
+            "peak_bytes": self.peak_bytes(threads),
+            "threads": threads,
+            "steps": steps,
+            "statistics": roots,
+        })
+    }
+}
+
 impl Plans {
+    /// `pathc plan --format json`: sizes, the e-graph run, and both plans.
+    pub fn to_json(&self, model: &str, threads: usize) -> serde_json::Value {
+        let Dims { d_vocab, d_model, d_head } = self.chosen.dims;
+        let run = self.chosen.run.as_ref().map(|run| {
+            serde_json::json!({
+                "rules": run.rules,
+                "iterations": run.iterations,
+                "nodes": run.nodes,
+                "classes": run.classes,
+                "saturated": run.stop.is_none(),
+                "stop": run.stop,
+                "applied": run.applied,
+            })
+        });
+        serde_json::json!({
+            "model": model,
+            "d_vocab": d_vocab,
+            "d_model": d_model,
+            "d_head": d_head,
+            "n_heads": self.chosen.counts.n_heads,
+            "n_pairs": self.chosen.counts.n_pairs,
+            "egraph": run,
+            "chosen": self.chosen.to_json(threads),
+            "naive": self.naive.to_json(threads),
+        })
+    }
+
     /// `pathc plan`'s report: the model's sizes, the e-graph run, both plans' totals, then the
     /// chosen plan's steps and the naive plan's.
     pub fn render(&self, model: &str, threads: usize) -> String {
