@@ -292,6 +292,16 @@ pub fn expand(source: &str, options: &ExpandOptions) -> Result<Expansion, Error>
 }
 
 pub fn expand_compiled(compiled: Compiled, options: &ExpandOptions) -> Result<Expansion, Error> {
+    expand_with_progress(compiled, options, &progress::Silent)
+}
+
+/// [`expand_compiled`], telling `progress` of every saturation run (one per block, one per MLP
+/// input, and with `qk` one per attention layer and stream).
+pub fn expand_with_progress(
+    compiled: Compiled,
+    options: &ExpandOptions,
+    progress: &dyn progress::Progress,
+) -> Result<Expansion, Error> {
     let n_layers = compiled.model.n_layers();
     let limit = BigUint::from(options.limit);
     let logit_counts = compiled.logit_counts(options.max_order);
@@ -315,14 +325,14 @@ pub fn expand_compiled(compiled: Compiled, options: &ExpandOptions) -> Result<Ex
         }
     }
     let rewrite::LogitExpansion { mut logits, mut mlp_inputs, stats: logit_stats } =
-        rewrite::expand_logits(&compiled.graph, options.max_order, options.rewrite_limits)?;
+        rewrite::expand_logits(&compiled.graph, options.max_order, options.rewrite_limits, progress)?;
     paths::sort_logit_templates(&mut logits);
     for templates in mlp_inputs.iter_mut().flatten() {
         paths::sort_logit_templates(templates);
     }
     let (scores, score_stats) = if options.qk {
         let (mut per_layer, stats) =
-            rewrite::expand_scores(&compiled.graph, options.max_order, options.rewrite_limits)?;
+            rewrite::expand_scores(&compiled.graph, options.max_order, options.rewrite_limits, progress)?;
         for templates in &mut per_layer {
             paths::sort_score_templates(templates);
         }

@@ -339,7 +339,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let enumerates = !(templates && matches!(format, Format::Text | Format::Latex));
             let limit = if enumerates { limit } else { u64::MAX };
             let options = ExpandOptions { max_order, qk, limit, ..ExpandOptions::default() };
-            let expansion = pathc::expand(&source, &options).map_err(|e| render(&model, &source, &e))?;
+            let compiled = pathc::compile(&source).map_err(|e| render(&model, &source, &e))?;
+            let expansion = pathc::expand_with_progress(compiled, &options, &TerminalProgress::new())
+                .map_err(|e| render(&model, &source, &e))?;
             if egraph_stats {
                 let s = &expansion.logit_stats;
                 eprintln!(

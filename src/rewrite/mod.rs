@@ -25,6 +25,7 @@ use thiserror::Error;
 
 use crate::graph::{Block, TermGraph};
 use crate::paths::Template;
+use crate::progress::Progress;
 use build::TermBuilder;
 use lang::{Side, Tensor, TensorAnalysis};
 
@@ -80,11 +81,14 @@ pub fn expand_logits(
     graph: &TermGraph,
     max_order: Option<u32>,
     limits: Limits,
+    progress: &dyn Progress,
 ) -> Result<LogitExpansion, RewriteError> {
     let mut stats = RunStats::default();
     let mut mlp_inputs = vec![None; graph.heads.len()];
     let mut stream = sources(graph);
     let n_blocks = graph.blocks.len();
+    let n_mlps = graph.blocks.iter().filter(|b| matches!(b, Block::Mlp { .. })).count();
+    progress.start("expanding the logits", (n_blocks.max(1) + n_mlps) as u64);
     // One saturation per block; the unembedding joins the last one (or the sources, with no
     // blocks), which saves a run over the largest stream.
     for step in 0..n_blocks.max(1) {
@@ -94,6 +98,7 @@ pub fn expand_logits(
             let read = builder.embed(&stream);
             builder.mlp_input(block, read);
             let input = saturate(builder.finish(), limits, &mut stats)?;
+            progress.advance(1);
             mlp_inputs[*layer] = Some(extract::read_templates(&input).map_err(RewriteError::Internal)?);
         }
         let mut builder = TermBuilder::new(max_order);
@@ -105,7 +110,9 @@ pub fn expand_logits(
             builder.logits(graph, top);
         }
         stream = saturate(builder.finish(), limits, &mut stats)?;
+        progress.advance(1);
     }
+    progress.finish();
     let logits = extract::read_templates(&stream).map_err(RewriteError::Internal)?;
     Ok(LogitExpansion { logits, mlp_inputs, stats })
 }
@@ -116,8 +123,12 @@ pub fn expand_scores(
     graph: &TermGraph,
     max_order: Option<u32>,
     limits: Limits,
+    progress: &dyn Progress,
 ) -> Result<(Vec<Vec<Template>>, RunStats), RewriteError> {
     let mut stats = RunStats::default();
+    let last_attn = graph.blocks.iter().rposition(|b| matches!(b, Block::Attn { .. }));
+    let n_attn = graph.blocks.iter().filter(|b| matches!(b, Block::Attn { .. })).count();
+    progress.start("expanding the attention scores", (n_attn + 2 * last_attn.unwrap_or(0)) as u64);
     let (mut query, mut key) = (sources(graph), sources(graph));
     let mut per_layer = Vec::with_capacity(graph.heads.len());
     for (step, block) in graph.blocks.iter().enumerate() {
@@ -125,6 +136,7 @@ pub fn expand_scores(
             let mut builder = TermBuilder::new(max_order);
             builder.scores(block, &query, &key);
             let scores = saturate(builder.finish(), limits, &mut stats)?;
+            progress.advance(1);
             per_layer.push(extract::read_templates(&scores).map_err(RewriteError::Internal)?);
         }
         // The streams are needed up to the last attention block's input only.
@@ -134,9 +146,11 @@ pub fn expand_scores(
                 let embedded = builder.embed(stream);
                 builder.block(block, side, embedded);
                 *stream = saturate(builder.finish(), limits, &mut stats)?;
+                progress.advance(1);
             }
         }
     }
+    progress.finish();
     Ok((per_layer, stats))
 }
 
