@@ -66,7 +66,7 @@ use thiserror::Error;
 
 use crate::eval::{LayerParams, Params, StatsParams};
 use crate::plan::exec::{HeadWeights, VocabRows};
-use crate::plan::{self, Mode, Stat, VocabMatrix};
+use crate::plan::{self, Mode, Stat};
 use crate::progress::{Progress, Silent};
 
 type Matrix = DMatrix<f64>;
@@ -231,11 +231,12 @@ impl VocabRows for Params {
         self.w_e.nrows()
     }
 
-    fn rows(&self, which: VocabMatrix, start: usize, n: usize) -> Result<Matrix, crate::weights::WeightError> {
-        Ok(match which {
-            VocabMatrix::Embed => self.w_e.rows(start, n).into_owned(),
-            VocabMatrix::UnembedT => self.w_u.columns(start, n).transpose(),
-        })
+    fn embed_rows(&self, start: usize, n: usize) -> Result<Matrix, crate::weights::WeightError> {
+        Ok(self.w_e.rows(start, n).into_owned())
+    }
+
+    fn unembed_columns(&self, start: usize, n: usize) -> Result<Matrix, crate::weights::WeightError> {
+        Ok(self.w_u.columns(start, n).into_owned())
     }
 }
 

@@ -13,7 +13,6 @@ use crate::diag::Diagnostic;
 use crate::graph::Source;
 use crate::model::{Activation, Layer, Model, Size};
 use crate::plan::exec::VocabRows;
-use crate::plan::VocabMatrix;
 use crate::weights::{WeightError, Weights};
 
 /// TransformerLens `LN`: `x ↦ (x − mean(x)) / σ · w + b`, `σ = sqrt(mean((x − mean x)²) + LN_EPS)`,
@@ -505,24 +504,20 @@ impl VocabRows for StatsParams<'_> {
         self.d_vocab
     }
 
-    fn rows(&self, which: VocabMatrix, start: usize, n: usize) -> Result<Matrix, WeightError> {
-        let (d_vocab, d_model) = (self.d_vocab, self.d_model);
-        match which {
-            VocabMatrix::Embed => {
-                let data = self.weights.rows(&self.w_e, [d_vocab, d_model], start, n)?;
-                Ok(Matrix::from_row_slice(n, d_model, &data))
-            }
-            VocabMatrix::UnembedT => {
-                let data = self.weights.columns(&self.w_u, [d_model, d_vocab], start, n)?;
-                let mut columns = Matrix::from_row_slice(d_model, n, &data);
-                if let Some(ln) = &self.unembed_fold {
-                    // The bias `b_U` gains is not a statistic's concern.
-                    let mut bias = Row::zeros(n);
-                    fold_into_reader(ln, &mut columns, &mut bias);
-                }
-                Ok(columns.transpose())
-            }
+    fn embed_rows(&self, start: usize, n: usize) -> Result<Matrix, WeightError> {
+        let data = self.weights.rows(&self.w_e, [self.d_vocab, self.d_model], start, n)?;
+        Ok(Matrix::from_row_slice(n, self.d_model, &data))
+    }
+
+    fn unembed_columns(&self, start: usize, n: usize) -> Result<Matrix, WeightError> {
+        let data = self.weights.columns(&self.w_u, [self.d_model, self.d_vocab], start, n)?;
+        let mut columns = Matrix::from_row_slice(self.d_model, n, &data);
+        if let Some(ln) = &self.unembed_fold {
+            // The bias `b_U` gains is not a statistic's concern.
+            let mut bias = Row::zeros(n);
+            fold_into_reader(ln, &mut columns, &mut bias);
         }
+        Ok(columns)
     }
 }
 

@@ -1,10 +1,10 @@
 //! Runs an [`EvalPlan`] on concrete weights, in four stages by the head indices a step depends
 //! on ([`Deps`]):
 //!
-//! 1. **once**: head-independent steps. A product over the vocabulary of two weights
-//!    ([`EvalPlan::streamed`], e.g. `W_U · W_E`) is summed chunk by chunk from
-//!    [`VocabRows::rows`], so neither `W_E` nor `W_U` is ever held whole: the reader may take
-//!    them straight from the file. The vocabulary is cut into [`VOCAB_GROUPS`] fixed groups run
+//! 1. **once**: head-independent steps. The products over the vocabulary of two weights
+//!    ([`EvalPlan::streamed`], e.g. `W_U · W_E`) are summed chunk by chunk, all in one pass over
+//!    [`VocabRows`], so neither `W_E` nor `W_U` is ever held whole: the reader may take them
+//!    straight from the file. The vocabulary is cut into [`VOCAB_GROUPS`] fixed groups run
 //!    on the threads and added in order, so the bits do not depend on the thread count.
 //! 2. **per head**, every head on the threads: the steps of `h`.
 //! 3. **per right head**: the steps of `r` (the right head of a composition score).
@@ -40,11 +40,13 @@ pub struct HeadWeights<'a> {
     pub w_o: &'a Matrix,
 }
 
-/// The vocabulary-sized weights, read in chunks of vocabulary rows.
+/// The vocabulary-sized weights, read a chunk of the vocabulary at a time.
 pub trait VocabRows: Sync {
     fn d_vocab(&self) -> usize;
-    /// Rows `start .. start + n` of `W_E` or of `W_Uᵀ`, `[n, d_model]`.
-    fn rows(&self, which: VocabMatrix, start: usize, n: usize) -> Result<Matrix, WeightError>;
+    /// Rows `start .. start + n` of `W_E`, `[n, d_model]`.
+    fn embed_rows(&self, start: usize, n: usize) -> Result<Matrix, WeightError>;
+    /// Columns `start .. start + n` of `W_U`, `[d_model, n]`.
+    fn unembed_columns(&self, start: usize, n: usize) -> Result<Matrix, WeightError>;
 }
 
 /// What a plan runs on.
@@ -136,10 +138,11 @@ impl<'a> Env<'_, 'a> {
                 _ => {
                     // Only a plan that multiplies a vocabulary-sized weight by something other
                     // than the other one (the naive plan) holds it whole.
-                    let which = if name.as_str() == "W_E" { VocabMatrix::Embed } else { VocabMatrix::UnembedT };
                     let vocab = self.inputs.vocab;
-                    let rows = vocab.rows(which, 0, vocab.d_vocab())?;
-                    Value::Matrix(Cow::Owned(if which == VocabMatrix::Embed { rows } else { rows.transpose() }))
+                    Value::Matrix(Cow::Owned(match name.as_str() {
+                        "W_E" => vocab.embed_rows(0, vocab.d_vocab())?,
+                        _ => vocab.unembed_columns(0, vocab.d_vocab())?,
+                    }))
                 }
             },
             Plan::Mul([a, b]) => Value::Matrix(Cow::Owned(get(*a).matrix() * get(*b).matrix())),
@@ -164,44 +167,58 @@ impl<'a> Env<'_, 'a> {
     }
 }
 
-/// `Σ_c X_cᵀ Y_c` over chunks of vocabulary rows (see the module documentation).
-fn streamed_product(
+/// Every product `Σ_c X_cᵀ Y_c` of `products` over chunks `c` of the vocabulary (see the module
+/// documentation), in one pass: each chunk of `W_E` and of `W_U` is read once for all of them.
+/// `W_U`'s columns are `X_cᵀ` as read; `W_E`'s rows are `Y_c` as read.
+fn streamed_products(
     vocab: &dyn VocabRows,
-    x: VocabMatrix,
-    y: VocabMatrix,
+    products: &[(VocabMatrix, VocabMatrix)],
     progress: &dyn Progress,
-) -> Result<Matrix, WeightError> {
+) -> Result<Vec<Matrix>, WeightError> {
     let d_vocab = vocab.d_vocab();
+    let uses = |m: VocabMatrix| products.iter().any(|&(x, y)| x == m || y == m);
     let group = d_vocab.div_ceil(VOCAB_GROUPS).max(1);
     let groups: Vec<(usize, usize)> = (0..d_vocab).step_by(group).map(|s| (s, d_vocab.min(s + group))).collect();
-    let parts = parallel_map(&groups, |&(start, end)| -> Result<Option<Matrix>, WeightError> {
-        let mut sum: Option<Matrix> = None;
+    let parts = parallel_map(&groups, |&(start, end)| -> Result<Vec<Option<Matrix>>, WeightError> {
+        let mut sums: Vec<Option<Matrix>> = vec![None; products.len()];
         for s in (start..end).step_by(VOCAB_CHUNK) {
             let n = VOCAB_CHUNK.min(end - s);
-            let x_c = vocab.rows(x, s, n)?;
-            let y_c = if x == y { None } else { Some(vocab.rows(y, s, n)?) };
-            let y_c = y_c.as_ref().unwrap_or(&x_c);
-            // An explicit transposed copy: nalgebra's `tr_mul` is a loop of dot products, ~15×
-            // slower than a GEMM.
-            let x_t = x_c.transpose();
-            match &mut sum {
-                Some(acc) => acc.gemm(1.0, &x_t, y_c, 1.0),
-                None => sum = Some(&x_t * y_c),
+            let e = if uses(VocabMatrix::Embed) { Some(vocab.embed_rows(s, n)?) } else { None };
+            let u = if uses(VocabMatrix::UnembedT) { Some(vocab.unembed_columns(s, n)?) } else { None };
+            // Explicit transposed copies, made once per chunk: nalgebra's `tr_mul` is a loop of
+            // dot products, ~15× slower than a GEMM.
+            let e_t = e.as_ref().filter(|_| products.iter().any(|&(x, _)| x == VocabMatrix::Embed)).map(|e| e.transpose());
+            let u_t = u.as_ref().filter(|_| products.iter().any(|&(_, y)| y == VocabMatrix::UnembedT)).map(|u| u.transpose());
+            for (sum, &(x, y)) in sums.iter_mut().zip(products) {
+                let left = match x {
+                    VocabMatrix::Embed => e_t.as_ref(),
+                    VocabMatrix::UnembedT => u.as_ref(),
+                };
+                let right = match y {
+                    VocabMatrix::Embed => e.as_ref(),
+                    VocabMatrix::UnembedT => u_t.as_ref(),
+                };
+                let (Some(left), Some(right)) = (left, right) else { unreachable!("read above: it is used") };
+                match sum {
+                    Some(acc) => acc.gemm(1.0, left, right, 1.0),
+                    None => *sum = Some(left * right),
+                }
             }
             progress.advance(1);
         }
-        Ok(sum)
+        Ok(sums)
     });
-    let mut total: Option<Matrix> = None;
+    let mut totals: Vec<Option<Matrix>> = vec![None; products.len()];
     for part in parts {
-        if let Some(part) = part? {
-            match &mut total {
-                Some(t) => *t += part,
-                None => total = Some(part),
+        for (total, sum) in totals.iter_mut().zip(part?) {
+            match (total.as_mut(), sum) {
+                (Some(t), Some(sum)) => *t += sum,
+                (None, sum) => *total = sum,
+                (Some(_), None) => {}
             }
         }
     }
-    Ok(total.unwrap_or_else(|| Matrix::zeros(0, 0)))
+    Ok(totals.into_iter().map(|t| t.unwrap_or_else(|| Matrix::zeros(0, 0))).collect())
 }
 
 /// Runs `plan` on `inputs`: every statistic of every head and pair.
@@ -216,19 +233,26 @@ pub fn run(plan: &EvalPlan, inputs: &Inputs<'_>) -> Result<Results, StatsError> 
     let heads: Vec<(usize, usize)> =
         inputs.heads.iter().enumerate().flat_map(|(l, layer)| (0..layer.len()).map(move |h| (l, h))).collect();
 
-    let streamed = stage(Deps::NONE).iter().filter(|&&s| plan.streamed(s).is_some()).count();
-    let chunks_per_product: usize = {
+    let streamed: Vec<(Id, (VocabMatrix, VocabMatrix))> =
+        stage(Deps::NONE).into_iter().filter_map(|s| Some((s, plan.streamed(s)?))).collect();
+    let chunks: usize = if streamed.is_empty() {
+        0
+    } else {
         let d_vocab = inputs.vocab.d_vocab();
         let group = d_vocab.div_ceil(VOCAB_GROUPS).max(1);
         (0..d_vocab).step_by(group).map(|s| (d_vocab.min(s + group) - s).div_ceil(VOCAB_CHUNK)).sum()
     };
-    inputs.progress.start("statistics", (streamed * chunks_per_product + 3 * heads.len()) as u64);
+    inputs.progress.start("statistics", (chunks + 3 * heads.len()) as u64);
 
-    // 1. Once.
+    // 1. Once: the products over the vocabulary in one pass, then the rest.
     let mut shared: Frame<'_> = vec![None; n];
+    let products: Vec<(VocabMatrix, VocabMatrix)> = streamed.iter().map(|&(_, p)| p).collect();
+    for ((step, _), product) in streamed.iter().zip(streamed_products(inputs.vocab, &products, inputs.progress)?) {
+        shared[usize::from(*step)] = Some(Value::Matrix(Cow::Owned(product)));
+    }
     for step in stage(Deps::NONE) {
         let value = match plan.streamed(step) {
-            Some((x, y)) => Value::Matrix(Cow::Owned(streamed_product(inputs.vocab, x, y, inputs.progress)?)),
+            Some(_) => continue,
             None => {
                 let env = Env {
                     plan,
