@@ -67,6 +67,38 @@ fn main() {
 
     let options = ExpandOptions { max_order: Some(max_order), ..ExpandOptions::default() };
     let expansion = pathc::expand_compiled(compiled, &options).expect("expands");
+
+    // Direct logit attribution to the next token at every position (`--target next --pos all`):
+    // resolving the targets, gathering and folding their W_U columns, every path's residual
+    // prefix and its dot products, all timed; the median of 5 runs after a warm-up, and
+    // checked bit for bit against the warm-up run.
+    let targets = eval::Targets::resolve(eval::Target::Next, &tokens, d_vocab, None).expect("targets");
+    let reference = eval::target_logits(&expansion, &params, &forward, &targets); // warm-up
+    let target_paths_seconds = median(
+        (0..5)
+            .map(|_| {
+                let start = Instant::now();
+                let targets = eval::Targets::resolve(eval::Target::Next, &tokens, d_vocab, None).expect("targets");
+                let run = eval::target_logits(&expansion, &params, &forward, &targets);
+                let seconds = start.elapsed().as_secs_f64();
+                assert!(run.values.iter().zip(reference.values.iter()).all(|(a, b)| a.to_bits() == b.to_bits()));
+                seconds
+            })
+            .collect(),
+    );
+    // Truncated at max_order, the paths miss the higher orders: with max_order ≥ the number of
+    // layers they are every path, and sum to the forward pass's logits.
+    let sums: Vec<f64> = (0..targets.len()).map(|j| reference.values.column(j).sum()).collect();
+    let target_max_abs_error =
+        (sums.iter().zip(targets.forward_logits(&forward))).fold(0.0f64, |m, (s, l)| m.max((s - l).abs()));
+    if std::env::var("PATHC_BENCH_TARGET_ONLY").is_ok() {
+        println!(
+            "{{\"forward_seconds\":{forward_seconds:.4},\"target_paths_seconds\":{target_paths_seconds:.4},\
+             \"target_paths_over_forward\":{:.3},\"target_max_abs_error\":{target_max_abs_error:.3e}}}",
+            target_paths_seconds / forward_seconds
+        );
+        return;
+    }
     let mut evaluator = eval::PathEvaluator::new(&params, &forward);
     let (mut n_paths, mut residual_seconds, mut logits_seconds, mut sampled) = (0usize, 0.0, 0.0, 0usize);
     let all = Instant::now();
