@@ -225,6 +225,29 @@ pub struct TargetLogits {
 /// `[n, d_vocab]` or `[d_model, d_model]` products. At GPT-2 width this is the cost of about one
 /// forward pass for all 549 paths of order ≤ 2 of a 2-layer model (README, Performance), where
 /// the full logit rows are hundreds of forward passes.
+///
+/// ```
+/// use pathc::eval::{self, Target, Targets};
+///
+/// let source = std::fs::read_to_string("examples/attn2.tf").unwrap();
+/// let compiled = pathc::compile(&source).unwrap();
+/// let weights = std::path::Path::new("tests/fixtures/attn2/model.safetensors");
+/// let params = pathc::load_params(&compiled, weights, &eval::NameMap::default()).unwrap();
+/// let tokens = [5, 17, 42, 8, 5, 17];
+/// let forward = eval::forward(&params, &tokens).unwrap();
+/// let expansion = pathc::expand_compiled(compiled, &pathc::ExpandOptions::default()).unwrap();
+///
+/// // The next token's logit at positions 0..=4 (position 5, the last, has no next token).
+/// let targets = Targets::resolve(Target::Next, &tokens, params.d_vocab(), None).unwrap();
+/// assert_eq!(targets.tokens, [17, 42, 8, 5, 17]);
+/// let dla = eval::target_logits(&expansion, &params, &forward, &targets);
+/// assert_eq!(dla.values.shape(), (50, 5)); // [paths × positions]
+/// let row = dla.names.iter().position(|n| n == "E/L0H1/L1H2").unwrap();
+/// println!("L0H1 → L1H2 adds {:.4} to the logit of token 42 at position 1", dla.values[(row, 1)]);
+/// for (j, logit) in targets.forward_logits(&forward).iter().enumerate() {
+///     assert!((dla.values.column(j).sum() - logit).abs() < 1e-9); // the 50 paths sum to it
+/// }
+/// ```
 pub fn target_logits(
     expansion: &crate::Expansion,
     params: &Params,
