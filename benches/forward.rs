@@ -1,5 +1,6 @@
 //! pathc's forward pass against its path evaluation, for `benches/gpt2.sh` (issue 5's target (b):
-//! every path up to order 2 in at most 3× one forward pass).
+//! every path up to order 2 in at most 3× one forward pass, as direct logit attribution to the
+//! next token at every position).
 //!
 //! ```sh
 //! PATHC_BENCH_MODEL=m.tf PATHC_BENCH_WEIGHTS=w.safetensors PATHC_BENCH_TOKENS=128 \
@@ -12,14 +13,24 @@
 //! - `forward_seconds`: the median of 5 runs of `pathc::eval::forward` (f64, recording every
 //!   pattern, LayerNorm scale, head result and MLP activation: what the paths are evaluated
 //!   with), after loading, on tokens `(7919 i + 13) mod d_vocab`. This is "one forward pass".
-//! - `paths_*`: the path evaluation of `pathc paths --pos all` without the output: every path up
-//!   to order 2 through `PathEvaluator` in enumeration order (so the prefix cache works as in the
-//!   CLI). Every path's residual `[n, d_model]` is computed and timed; its logits
-//!   `[n, d_vocab] = N · X · W_U` (the cost that grows with d_vocab) are computed for every
-//!   `PATHC_BENCH_STRIDE`-th path only (default 16) and the mean of those is multiplied by the
-//!   number of paths: at GPT-2 width all paths' logits take minutes, and each path costs one
-//!   `[n, d_model] · [d_model, d_vocab]` product, so the sample gives the per-path figure. The
-//!   estimate is labelled as one (`paths_seconds_estimated`).
+//! - `target_paths_seconds`: direct logit attribution as `pathc paths --target next --pos all`
+//!   computes it, without the output: every path up to order 2's contribution to the logit of
+//!   the next token at every position but the last, through `eval::target_logits` (resolving the
+//!   targets, gathering and folding their `W_U` columns, the paths' residual prefixes, the last
+//!   head folded into the targets, the dot products: all timed). The median of 5 runs after a
+//!   warm-up, each checked bit for bit against the warm-up's numbers.
+//!   `target_paths_over_forward` is its ratio to `forward_seconds` (issue 5's target: ≤ 3);
+//!   `target_max_abs_error` is `max |Σ paths − forward logit|` over the targets (`null` when
+//!   `max_order` leaves paths out).
+//! - `paths_*`: the full logit rows, the path evaluation of `pathc paths --pos all` without a
+//!   target and without the output: every path up to order 2 through `PathEvaluator` in
+//!   enumeration order (so the prefix cache works as in the CLI). Every path's residual
+//!   `[n, d_model]` is computed and timed; its logits `[n, d_vocab] = N · X · W_U` (the cost that
+//!   grows with d_vocab) are computed for every `PATHC_BENCH_STRIDE`-th path only (default 16)
+//!   and the mean of those is multiplied by the number of paths: at GPT-2 width all paths' logits
+//!   take minutes, and each path costs one `[n, d_model] · [d_model, d_vocab]` product, so the
+//!   sample gives the per-path figure. The estimate is labelled as one
+//!   (`paths_seconds_estimated`). `PATHC_BENCH_FULL_ROWS=0` skips this part.
 //! - `unembed_seconds`: one `[n, d_model] · [d_model, d_vocab]` product on its own.
 
 use std::time::Instant;
@@ -67,6 +78,46 @@ fn main() {
 
     let options = ExpandOptions { max_order: Some(max_order), ..ExpandOptions::default() };
     let expansion = pathc::expand_compiled(compiled, &options).expect("expands");
+
+    // Direct logit attribution to the next token at every position (`--target next --pos all`):
+    // resolving the targets, gathering and folding their W_U columns, every path's residual
+    // prefix and its dot products, all timed; the median of 5 runs after a warm-up, and
+    // checked bit for bit against the warm-up run.
+    let targets = eval::Targets::resolve(eval::Target::Next, &tokens, d_vocab, None).expect("targets");
+    let reference = eval::target_logits(&expansion, &params, &forward, &targets); // warm-up
+    let target_paths_seconds = median(
+        (0..5)
+            .map(|_| {
+                let start = Instant::now();
+                let targets = eval::Targets::resolve(eval::Target::Next, &tokens, d_vocab, None).expect("targets");
+                let run = eval::target_logits(&expansion, &params, &forward, &targets);
+                let seconds = start.elapsed().as_secs_f64();
+                assert!(run.values.iter().zip(reference.values.iter()).all(|(a, b)| a.to_bits() == b.to_bits()));
+                seconds
+            })
+            .collect(),
+    );
+    // Through max_order ≥ the number of layers the paths are all of them, and their
+    // contributions sum to the forward pass's logit of each target.
+    let complete = max_order as usize >= params.layers.len();
+    let sums: Vec<f64> = (0..targets.len()).map(|j| reference.values.column(j).sum()).collect();
+    let target_max_abs_error =
+        (sums.iter().zip(targets.forward_logits(&forward))).fold(0.0f64, |m, (s, l)| m.max((s - l).abs()));
+    let target_fields = format!(
+        "\"model\":{model:?},\"n_tokens\":{n_tokens},\"max_order\":{max_order},\"load_seconds\":{load_seconds:.4},\
+         \"forward_seconds\":{forward_seconds:.4},\"unembed_seconds\":{unembed_seconds:.4},\"paths\":{},\
+         \"target_positions\":{},\"target_paths_seconds\":{target_paths_seconds:.4},\
+         \"target_paths_over_forward\":{:.3},\"target_max_abs_error\":{}",
+        reference.names.len(),
+        targets.len(),
+        target_paths_seconds / forward_seconds,
+        if complete { format!("{target_max_abs_error:.3e}") } else { "null".to_string() },
+    );
+    if std::env::var("PATHC_BENCH_FULL_ROWS").is_ok_and(|v| v == "0") {
+        println!("{{{target_fields}}}");
+        return;
+    }
+
     let mut evaluator = eval::PathEvaluator::new(&params, &forward);
     let (mut n_paths, mut residual_seconds, mut logits_seconds, mut sampled) = (0usize, 0.0, 0.0, 0usize);
     let all = Instant::now();
@@ -87,9 +138,7 @@ fn main() {
     let per_path_logits = logits_seconds / sampled.max(1) as f64;
     let estimated = residual_seconds + per_path_logits * n_paths as f64;
     println!(
-        "{{\"model\":{model:?},\"n_tokens\":{n_tokens},\"max_order\":{max_order},\"load_seconds\":{load_seconds:.4},\
-         \"forward_seconds\":{forward_seconds:.4},\"unembed_seconds\":{unembed_seconds:.4},\"paths\":{n_paths},\
-         \"paths_sampled_for_logits\":{sampled},\"paths_residual_seconds\":{residual_seconds:.4},\
+        "{{{target_fields},\"paths_sampled_for_logits\":{sampled},\"paths_residual_seconds\":{residual_seconds:.4},\
          \"paths_logits_seconds_per_path\":{per_path_logits:.4},\"paths_loop_seconds\":{loop_seconds:.4},\
          \"paths_seconds_estimated\":{estimated:.4},\"paths_over_forward_estimated\":{:.2}}}",
         estimated / forward_seconds

@@ -7,7 +7,8 @@
 #     doing what TransformerLens's FactoredMatrix does (benches/factored_baseline.py), with wall
 #     time, peak RSS, and a cross-check of their numbers;
 # (b) `pathc paths` (every path up to order 2) on a 2-layer, 12-head model of GPT-2 width against
-#     one forward pass (benches/forward.rs);
+#     one forward pass (benches/forward.rs): each path's contribution to the next token's logit at
+#     every position (`--target next`), and the whole logit rows;
 # and this machine's matrix-product rate (benches/gemm.rs, and NumPy's) to put pathc's GFLOP/s
 # against. Weights, model files and NumPy live in a temporary directory removed on exit: nothing
 # is installed on the machine and nothing generated is committed. Not in .ci/run (too slow).
@@ -76,6 +77,11 @@ peak "$pathc" paths "$tmp/gpt2-2l.tf" --weights "$tmp/gpt2-2l.safetensors" --tok
   --max-order 2 --pos last --format json > /dev/null
 read -r last_s last_kib <<< "$(peak_of)"
 echo "paths --pos last: $last_s s, peak RSS $last_kib KiB"
+echo "== (b) pathc paths --max-order 2 --pos all --target next, 128 tokens (direct logit attribution to the next token)"
+peak "$pathc" paths "$tmp/gpt2-2l.tf" --weights "$tmp/gpt2-2l.safetensors" --tokens "$(tokens 128)" \
+  --max-order 2 --pos all --target next --format json > "$tmp/target.json"
+read -r target_s target_kib <<< "$(peak_of)"
+echo "paths --pos all --target next: $target_s s, peak RSS $target_kib KiB, $(wc -c < "$tmp/target.json") bytes of JSON"
 # --pos all holds every path's [n, d_vocab] f64 logits and builds the whole JSON document in memory
 # (src/emit/numbers.rs: path_table, then write_paths_json's serde_json::Value): at 128 tokens that is
 # 549 x 128 x 50257 x 8 B = 28 GB before the JSON values, more than this 24 GiB machine. So it runs
@@ -87,11 +93,12 @@ read -r all_s all_kib <<< "$(peak_of)"
 echo "paths --pos all (2 tokens): $all_s s, peak RSS $all_kib KiB, $(cat "$tmp/all_bytes.txt") bytes of JSON"
 
 echo "== summary"
-"$py" - "$tmp" "$stats_s" "$stats_kib" "$base_s" "$base_kib" "$last_s" "$last_kib" "$all_s" "$all_kib" <<'PY'
+"$py" - "$tmp" "$stats_s" "$stats_kib" "$base_s" "$base_kib" "$last_s" "$last_kib" "$all_s" "$all_kib" \
+  "$target_s" "$target_kib" <<'PY'
 import json, pathlib, struct, sys
 import numpy as np
 tmp = pathlib.Path(sys.argv[1])
-stats_s, stats_kib, base_s, base_kib, last_s, last_kib, all_s, all_kib = map(float, sys.argv[2:])
+stats_s, stats_kib, base_s, base_kib, last_s, last_kib, all_s, all_kib, target_s, target_kib = map(float, sys.argv[2:])
 
 def tensor_bytes(path, keep=lambda name: True):
     with open(path, "rb") as f:
@@ -145,8 +152,17 @@ print(f"(a) pathc stats products: {flops / 1e9:.0f} GFLOP (vocab-wide {flops_voc
       f"({flops / stats_s / 1e9 / nal64 * 100:.0f} %)")
 print(f"(b) forward pass (128 tokens, f64, in-process): {f['forward_seconds']:.3f} s; one [128,768]x[768,50257] "
       f"product {f['unembed_seconds']:.3f} s; load {f['load_seconds']:.2f} s")
-print(f"(b) {f['paths']} paths, logits at all 128 positions, no output (estimated from every 16th path): "
-      f"{f['paths_seconds_estimated']:.1f} s = {f['paths_over_forward_estimated']:.0f}x the forward pass (target <= 3x)")
+print(f"(b) {f['paths']} paths, contribution to the next token's logit at {f['target_positions']} positions "
+      f"(eval::target_logits, no output): {f['target_paths_seconds']:.3f} s = {f['target_paths_over_forward']:.2f}x "
+      f"the forward pass (target <= 3x); max |sum of paths - forward logit| {f['target_max_abs_error']}")
+print(f"(b) {f['paths']} paths, whole logit rows at all 128 positions, no output (estimated from every 16th path): "
+      f"{f['paths_seconds_estimated']:.1f} s = {f['paths_over_forward_estimated']:.0f}x the forward pass")
+t = json.loads((tmp / "target.json").read_text())
+assert len(t["paths"]) == f["paths"] and t["positions"] == list(range(127))
+sums = np.array([p["target_logits"] for p in t["paths"]]).sum(axis=0)
+print(f"(b) CLI paths --pos all --target next, 128 tokens (incl. loading, JSON {(tmp / 'target.json').stat().st_size / 1e6:.1f} MB): "
+      f"{target_s:.2f} s, peak RSS {target_kib * 1024 / 1e6:.0f} MB; max |sum of paths - forward logit| "
+      f"{np.abs(sums - np.array(t['forward_target_logits'])).max():.1e}")
 print(f"(b) CLI paths --pos last, 128 tokens: {last_s:.2f} s = {last_s / f['forward_seconds']:.0f}x the forward pass, "
       f"peak RSS {last_kib * 1024 / 1e6:.0f} MB")
 all_bytes = int((tmp / "all_bytes.txt").read_text())

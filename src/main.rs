@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use pathc::emit::numbers;
 use pathc::emit::plot::StatsPlot;
-use pathc::eval::Evaluation;
+use pathc::eval::{Evaluation, Target, Targets};
 use pathc::stats::WeightProcessing;
 use pathc::{diag, emit, ExpandOptions};
 
@@ -97,15 +97,18 @@ enum Command {
         model: PathBuf,
         #[command(flatten)]
         run: RunArgs,
-        /// The position: a number, `last` (the default) or `all`.
-        #[arg(long, default_value = "last")]
-        pos: String,
+        /// The position: a number, `last` or `all` (default: `last`; `all` with `--target next`).
+        #[arg(long)]
+        pos: Option<String>,
         /// Only the N largest paths.
         #[arg(long, value_name = "N")]
         top: Option<usize>,
-        /// Rank by the logit of this token (default: by the norm of the logit row).
-        #[arg(long, value_name = "TOKEN")]
-        target: Option<usize>,
+        /// Report each path's contribution to the logit of this token only (direct logit
+        /// attribution), or with `next` to the logit of the next token of the sequence at each
+        /// position (the last position has none and is left out); ranked by its size. Without it,
+        /// every path's whole logit row, ranked by its norm.
+        #[arg(long, value_name = "TOKEN|next")]
+        target: Option<Target>,
         /// Sum the paths by group: the last head they pass (`head`), the residual component they
         /// end in (`component`, TransformerLens's decompose_resid labels), `source` or `order`.
         #[arg(long, value_enum)]
@@ -401,25 +404,45 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Paths { model, run, pos, top, target, group, format } => {
             let evaluation = evaluate(&model, &run, false)?;
-            let position = parse_position(&pos, run.tokens.len())?;
-            if let Some(t) = target {
-                if t >= evaluation.params.d_vocab() {
-                    return Err(Failure::BadInput(format!(
-                        "error: --target {t} is out of range: d_vocab is {}",
-                        evaluation.params.d_vocab()
-                    )));
-                }
-            }
+            // The next token's logit is asked at every position by default: the last has none.
+            let pos = pos.as_deref().unwrap_or(if target == Some(Target::Next) { "all" } else { "last" });
+            let position = parse_position(pos, run.tokens.len())?;
             // The text table ranks paths; JSON keeps path order unless asked to rank.
             let rank = matches!(format, CountFormat::Text) || top.is_some() || target.is_some();
+            if let Some(target) = target {
+                let d_vocab = evaluation.params.d_vocab();
+                let targets = Targets::resolve(target, &evaluation.forward.tokens, d_vocab, position).map_err(|e| {
+                    Failure::BadInput(match e {
+                        pathc::eval::EvalError::TargetOutOfRange { token, d_vocab } => {
+                            format!("error: --target {token} is out of range: d_vocab is {d_vocab}")
+                        }
+                        pathc::eval::EvalError::NoNextToken { .. } => format!(
+                            "error: --target next: {e}; ask for every other position with --pos all (the default with --target next) or a position before {}",
+                            run.tokens.len() - 1
+                        ),
+                        other => format!("error: --target {target}: {other}"),
+                    })
+                })?;
+                let table = numbers::target_table(&evaluation, &targets, group.map(Into::into), top, rank);
+                let mut out = BufWriter::new(io::stdout().lock());
+                match format {
+                    CountFormat::Json => {
+                        numbers::write_target_json(&mut out, &evaluation, target, &targets, position, &table)?
+                    }
+                    CountFormat::Text => {
+                        numbers::write_target_text(&mut out, &evaluation, target, &targets, position, &table)?
+                    }
+                }
+                return Ok(out.flush()?);
+            }
             let table = match group {
-                Some(group) => numbers::group_table(&evaluation, group.into(), position, target, top, rank),
-                None => numbers::path_table(&evaluation, position, target, top, rank),
+                Some(group) => numbers::group_table(&evaluation, group.into(), position, None, top, rank),
+                None => numbers::path_table(&evaluation, position, None, top, rank),
             };
             let mut out = BufWriter::new(io::stdout().lock());
             match format {
                 CountFormat::Json => numbers::write_paths_json(&mut out, &evaluation, position, &table)?,
-                CountFormat::Text => numbers::write_paths_text(&mut out, &evaluation, position, target, &table)?,
+                CountFormat::Text => numbers::write_paths_text(&mut out, &evaluation, position, None, &table)?,
             }
             Ok(out.flush()?)
         }

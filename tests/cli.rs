@@ -266,3 +266,141 @@ fn the_progress_bar_is_drawn_on_a_terminal_only() {
         Err(e) => panic!("util-linux `script` is needed to give pathc a terminal: {e}"),
     }
 }
+
+const ATTN2: [&str; 3] = ["examples/attn2.tf", "--weights", "tests/fixtures/attn2/model.safetensors"];
+const FULL2: [&str; 3] = ["examples/full2.tf", "--weights", "tests/fixtures/full2/model.safetensors"];
+const TOKENS: &str = "5,17,42,8,5,17,42,8,30,1,5,17";
+
+fn paths_json(model: [&str; 3], extra: &[&str]) -> serde_json::Value {
+    let out = pathc(&[&["paths"][..], &model, &["--tokens", TOKENS, "--format", "json"], extra].concat());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).expect("valid JSON")
+}
+
+fn floats(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array().expect("an array").iter().map(|x| x.as_f64().expect("a number")).collect()
+}
+
+/// `pathc paths --target next` (every position by default): the positions but the last, the
+/// next token as each one's target, and per path one contribution per position, which over all
+/// paths sum to the forward pass's logits and equal the entries of the full rows
+/// (`paths --pos all` without a target), also grouped; and a fixed token at every position.
+#[test]
+fn paths_target_next_gives_each_paths_contribution_at_every_position() {
+    let tokens: Vec<usize> = TOKENS.split(',').map(|t| t.parse().unwrap()).collect();
+    let n = tokens.len();
+    for model in [ATTN2, FULL2] {
+        let full = paths_json(model, &["--pos", "all"]);
+        let full_rows: std::collections::HashMap<String, &serde_json::Value> = full["paths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["name"].as_str().unwrap().to_string(), &p["logits"]))
+            .collect();
+        for (target, extra) in [("next", vec![]), ("42", vec!["--pos", "all"]), ("next", vec!["--pos", "4"])] {
+            let json = paths_json(model, &[&["--target", target][..], &extra].concat());
+            let positions: Vec<usize> = match (target, extra.as_slice()) {
+                (_, [_, "4"]) => vec![4],
+                ("next", _) => (0..n - 1).collect(),
+                _ => (0..n).collect(),
+            };
+            let targets: Vec<usize> =
+                positions.iter().map(|&p| if target == "next" { tokens[p + 1] } else { 42 }).collect();
+            assert_eq!(
+                json["target"],
+                if target == "next" { serde_json::json!("next") } else { serde_json::json!(42) }
+            );
+            assert_eq!(json["positions"], serde_json::json!(positions));
+            assert_eq!(json["target_tokens"], serde_json::json!(targets));
+            assert_eq!(
+                json["position"],
+                if extra.is_empty() || extra[1] == "all" { serde_json::json!("all") } else { serde_json::json!(4) }
+            );
+            let expected = floats(&json["forward_target_logits"]);
+            let mut sums = vec![0.0; positions.len()];
+            let paths = json["paths"].as_array().unwrap();
+            assert_eq!(paths.len(), full_rows.len());
+            let mut last_size = f64::INFINITY;
+            for path in paths {
+                let values = floats(&path["target_logits"]);
+                assert_eq!(values.len(), positions.len());
+                let rows = full_rows[path["name"].as_str().unwrap()];
+                for (j, (&p, &t)) in positions.iter().zip(&targets).enumerate() {
+                    sums[j] += values[j];
+                    let slow = rows[p][t].as_f64().unwrap();
+                    assert!(
+                        (values[j] - slow).abs() <= 1e-12 * slow.abs().max(1.0),
+                        "{}: {} vs {slow}",
+                        path["name"],
+                        values[j]
+                    );
+                }
+                // Ranked by the largest |contribution|.
+                let size = values.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+                assert!(size <= last_size);
+                last_size = size;
+            }
+            for (sum, want) in sums.iter().zip(&expected) {
+                assert!((sum - want).abs() <= 1e-9, "{model:?} --target {target}: {sum} vs {want}");
+            }
+            // Grouped, the groups sum the same paths.
+            let grouped = paths_json(model, &[&["--target", target, "--group", "component"][..], &extra].concat());
+            let mut group_sums = vec![0.0; positions.len()];
+            let mut counted = 0;
+            for group in grouped["paths"].as_array().unwrap() {
+                counted += group["paths"].as_u64().unwrap() as usize;
+                group_sums.iter_mut().zip(floats(&group["target_logits"])).for_each(|(s, v)| *s += v);
+            }
+            assert_eq!(counted, paths.len());
+            for (sum, want) in group_sums.iter().zip(&expected) {
+                assert!((sum - want).abs() <= 1e-9, "{model:?} grouped --target {target}: {sum} vs {want}");
+            }
+        }
+    }
+}
+
+/// `--target` with positions or tokens that have no target is bad input: exit 2, a message,
+/// nothing on standard output.
+#[test]
+fn paths_targets_that_do_not_exist_exit_2() {
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["--tokens", TOKENS, "--target", "next", "--pos", "last"],
+            "position 11 is the last of the 12 tokens: it has no next token",
+        ),
+        (
+            &["--tokens", TOKENS, "--target", "next", "--pos", "11"],
+            "--pos all (the default with --target next) or a position before 11",
+        ),
+        (&["--tokens", "5", "--target", "next"], "the next-token target needs at least 2 tokens"),
+        (&["--tokens", TOKENS, "--target", "50"], "--target 50 is out of range: d_vocab is 50"),
+        (&["--tokens", TOKENS, "--target", "nxt"], "expected a token id or `next`, not `nxt`"),
+        (&["--tokens", TOKENS, "--target", "next", "--pos", "12"], "position 12 is out of range for 12 tokens"),
+    ];
+    for (args, message) in cases {
+        let out = pathc(&[&["paths"][..], &ATTN2, args].concat());
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(message), "{args:?}: {}", stderr(&out));
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
+
+/// The target tables as text (every position, one position, grouped), byte-identical from run
+/// to run.
+#[test]
+fn paths_target_text() {
+    let mut text = String::new();
+    for (model, extra) in [
+        (ATTN2, &["--target", "next", "--top", "4"][..]),
+        (ATTN2, &["--target", "next", "--pos", "3", "--top", "3"]),
+        (ATTN2, &["--target", "42", "--top", "3"]),
+        (FULL2, &["--target", "next", "--group", "component"]),
+    ] {
+        let args = [&["paths"][..], &model, &["--tokens", TOKENS], extra].concat();
+        let out = pathc(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert_eq!(out.stdout, pathc(&args).stdout, "output differs between runs");
+        text += &format!("$ pathc {}\n{}\n", args.join(" "), stdout(&out));
+    }
+    insta::assert_snapshot!("paths_target_text", text);
+}

@@ -303,3 +303,112 @@ fn path_tables_at_one_position_are_rows_of_the_full_table() {
     }
     assert!(worst <= 1e-12, "{worst}");
 }
+
+/// The targets exercised on a fixture: the next token at every position, a fixed token at every
+/// position, and each of those at single positions (the first, the last one each allows).
+fn target_cases(f: &Fixture) -> Vec<(eval::Target, Option<usize>)> {
+    let (n, d_vocab) = (f.n(), f.params.d_vocab());
+    let fixed = eval::Target::Token(d_vocab - 3);
+    vec![
+        (eval::Target::Next, None),
+        (eval::Target::Next, Some(0)),
+        (eval::Target::Next, Some(n - 2)),
+        (fixed, None),
+        (fixed, Some(n - 1)),
+        (eval::Target::Token(0), Some(3)),
+    ]
+}
+
+/// Direct logit attribution: over every path (all orders), each target's contributions sum to
+/// the forward pass's logit of that target at that position, on every fixture.
+#[test]
+fn target_contributions_sum_to_the_target_logits() {
+    for name in ["attn1", "attn2", "full2"] {
+        let f = fixture(name);
+        let mut worst: f64 = 0.0;
+        for (target, position) in target_cases(&f) {
+            let targets = eval::Targets::resolve(target, &f.forward.tokens, f.params.d_vocab(), position).unwrap();
+            let table = eval::target_logits(&f.expansion, &f.params, &f.forward, &targets);
+            assert_eq!(table.values.shape(), (table.names.len(), targets.len()));
+            let expected = targets.forward_logits(&f.forward);
+            for (j, (&p, &t)) in targets.positions.iter().zip(&targets.tokens).enumerate() {
+                assert_eq!(expected[j], f.forward.logits[(p, t)]);
+                worst = worst.max((table.values.column(j).sum() - expected[j]).abs());
+            }
+        }
+        eprintln!("{name}: target contributions summed against the forward pass, largest error {worst:.3e}");
+        assert!(worst <= TOL, "{name}: {worst}");
+    }
+}
+
+/// The factored target contributions equal the full logit rows' entries (`PathEvaluator::logits`
+/// at (position, target)), path by path, within 1e-9 absolute and 1e-12 relative to max(1, |logit|); and the next
+/// token's targets are the tokens one position on.
+#[test]
+fn target_contributions_equal_the_full_rows() {
+    for name in ["attn1", "attn2", "full2"] {
+        let f = fixture(name);
+        let heads = f.expansion.heads_per_layer();
+        let mut full: Vec<Matrix> = Vec::new();
+        let mut evaluator = PathEvaluator::new(&f.params, &f.forward);
+        paths::for_each_path(&f.expansion.logits, &heads, None, |p| full.push(evaluator.logits(&p)));
+        let mut worst: f64 = 0.0;
+        for (target, position) in target_cases(&f) {
+            let targets = eval::Targets::resolve(target, &f.forward.tokens, f.params.d_vocab(), position).unwrap();
+            if target == eval::Target::Next {
+                for (&p, &t) in targets.positions.iter().zip(&targets.tokens) {
+                    assert_eq!(t, f.forward.tokens[p + 1]);
+                }
+            }
+            let table = eval::target_logits(&f.expansion, &f.params, &f.forward, &targets);
+            assert_eq!(table.names.len(), full.len());
+            for (i, logits) in full.iter().enumerate() {
+                for (j, (&p, &t)) in targets.positions.iter().zip(&targets.tokens).enumerate() {
+                    let (fast, slow) = (table.values[(i, j)], logits[(p, t)]);
+                    let error = (fast - slow).abs();
+                    let ok = error <= 1e-9 && error <= 1e-12 * slow.abs().max(1.0);
+                    assert!(ok, "{name} {}: {fast} vs {slow}", table.names[i]);
+                    worst = worst.max(error);
+                }
+            }
+        }
+        eprintln!(
+            "{name}: {} paths' target contributions against their full rows, largest error {worst:.3e}",
+            full.len()
+        );
+    }
+}
+
+/// Two evaluations give bit-identical contributions, and the paths are named in path order.
+#[test]
+fn target_contributions_are_deterministic() {
+    let f = fixture("full2");
+    let targets = eval::Targets::resolve(eval::Target::Next, &f.forward.tokens, f.params.d_vocab(), None).unwrap();
+    let a = eval::target_logits(&f.expansion, &f.params, &f.forward, &targets);
+    let b = eval::target_logits(&f.expansion, &f.params, &f.forward, &targets);
+    assert!(a.values.iter().zip(b.values.iter()).all(|(x, y)| x.to_bits() == y.to_bits()));
+    let mut names = Vec::new();
+    paths::for_each_path(&f.expansion.logits, &f.expansion.heads_per_layer(), None, |p| names.push(p.name()));
+    assert_eq!(a.names, names);
+    assert_eq!(targets.positions, (0..f.n() - 1).collect::<Vec<_>>(), "every position but the last");
+}
+
+#[test]
+fn targets_that_do_not_exist_are_errors() {
+    use eval::{EvalError, Target, Targets};
+    let tokens = [5, 17, 42];
+    let resolve = |target, position| Targets::resolve(target, &tokens, 50, position);
+    assert!(matches!(resolve(Target::Next, Some(2)), Err(EvalError::NoNextToken { position: 2, n_tokens: 3 })));
+    assert!(matches!(Targets::resolve(Target::Next, &[5], 50, None), Err(EvalError::NextNeedsTwoTokens)));
+    assert!(matches!(Targets::resolve(Target::Next, &[5], 50, Some(0)), Err(EvalError::NextNeedsTwoTokens)));
+    assert!(matches!(resolve(Target::Token(50), None), Err(EvalError::TargetOutOfRange { token: 50, d_vocab: 50 })));
+    assert!(matches!(resolve(Target::Token(1), Some(3)), Err(EvalError::PositionOutOfRange { position: 3, .. })));
+    assert!(matches!(Targets::resolve(Target::Token(1), &[], 50, None), Err(EvalError::NoTokens)));
+    let next = resolve(Target::Next, None).unwrap();
+    assert_eq!((next.positions, next.tokens), (vec![0, 1], vec![17, 42]));
+    let fixed = resolve(Target::Token(7), None).unwrap();
+    assert_eq!((fixed.positions, fixed.tokens), (vec![0, 1, 2], vec![7, 7, 7]));
+    assert_eq!("next".parse::<Target>(), Ok(Target::Next));
+    assert_eq!("42".parse::<Target>(), Ok(Target::Token(42)));
+    assert!("-1".parse::<Target>().is_err() && "nxt".parse::<Target>().is_err());
+}

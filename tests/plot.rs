@@ -181,16 +181,20 @@ fn copying_heatmaps_hold_labels_title_scale_and_every_score() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// `pathc paths --format json` rows: (name, logit of `target`).
+/// `pathc paths --format json` rows with `--target` among `extra`: (name, contribution to the
+/// logit of `target` at the one position asked).
 fn path_rows(name: &str, extra: &[&str], target: usize) -> Vec<(String, f64)> {
     let (m, w) = (model(name), weights(name));
     let mut args = vec!["paths", m.as_str(), "--weights", w.as_str(), "--tokens", TOKENS, "--format", "json"];
     args.extend_from_slice(extra);
-    json(&args)["paths"]
+    let out = json(&args);
+    assert_eq!(out["target"], target);
+    assert_eq!(out["target_tokens"], serde_json::json!([target]));
+    out["paths"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| (p["name"].as_str().unwrap().to_string(), f(&p["logits"][target])))
+        .map(|p| (p["name"].as_str().unwrap().to_string(), f(&p["target_logits"][0])))
         .collect()
 }
 

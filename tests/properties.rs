@@ -212,15 +212,32 @@ proptest! {
         let mut total = Matrix::zeros(n, d_vocab);
         let mut by_head: Vec<Vec<Matrix>> = heads.iter().map(|&h| vec![Matrix::zeros(n, d_vocab); h]).collect();
         let mut evaluator = PathEvaluator::new(&params, &forward);
+        let mut rows = Vec::new();
         paths::for_each_path(&expansion.logits, &heads, None, |p| {
             let logits = evaluator.logits(&p);
             if let Some(last) = p.heads(Side::Head).last() {
                 by_head[last.layer][last.head] += &logits;
             }
-            total += logits;
+            total += &logits;
+            rows.push(logits);
         });
         let scale = 1.0 + forward.logits.iter().fold(0.0f64, |m, x| m.max(x.abs()));
         prop_assert!(max_diff(&total, &forward.logits) <= 1e-9 * scale, "sum of paths vs forward");
+        // Direct logit attribution (factored, target columns only) = the full rows' entries.
+        for target in [eval::Target::Next, eval::Target::Token(a.d_vocab - 1)] {
+            let Ok(targets) = eval::Targets::resolve(target, &a.tokens, a.d_vocab, None) else {
+                prop_assert!(target == eval::Target::Next && n == 1, "only a single token has no targets");
+                continue;
+            };
+            let dla = eval::target_logits(&expansion, &params, &forward, &targets);
+            prop_assert_eq!(dla.values.nrows(), rows.len());
+            for (i, logits) in rows.iter().enumerate() {
+                for (j, (&p, &t)) in targets.positions.iter().zip(&targets.tokens).enumerate() {
+                    let (fast, slow) = (dla.values[(i, j)], logits[(p, t)]);
+                    prop_assert!((fast - slow).abs() <= 1e-12 * scale, "{} {:?}: {} vs {}", dla.names[i], target, fast, slow);
+                }
+            }
+        }
         for (l, layer_heads) in by_head.iter().enumerate() {
             for (h, paths_sum) in layer_heads.iter().enumerate() {
                 // The head's result as the forward pass computes it, through the final LayerNorm

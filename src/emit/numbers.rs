@@ -4,7 +4,7 @@
 
 use std::io::{self, Write};
 
-use crate::eval::{Evaluation, Matrix, PathEvaluator, Row};
+use crate::eval::{Evaluation, Matrix, PathEvaluator, Row, Target, TargetEvaluator, Targets};
 use crate::paths::{self, Path};
 
 /// One row of `pathc paths`: a path (or a group of paths) and its logits (one row, or every
@@ -184,6 +184,195 @@ pub fn group_table(
         })
         .collect();
     finish_table(rows, rank, top)
+}
+
+/// One row of `pathc paths --target`: a path (or a group of paths) and its contributions to the
+/// target logits, one per target (position, token).
+pub struct TargetRow {
+    pub name: String,
+    /// The path's order; `None` for a group.
+    pub order: Option<usize>,
+    /// How many paths the row sums (1 for a path).
+    pub paths: usize,
+    /// The contributions, in the order of [`Targets::positions`].
+    pub values: Vec<f64>,
+    /// What the table is ranked by: the largest `|contribution|`.
+    pub size: f64,
+}
+
+/// Every logit path's contribution to the target logits (direct logit attribution), summed by
+/// `grouping` when given (in group order), ranked by the largest `|contribution|` when `rank`
+/// (else in path order), the `top` largest. Computed by [`TargetEvaluator`] from the target
+/// columns of the unembedding only: no `[n, d_vocab]` row is formed.
+pub fn target_table(
+    evaluation: &Evaluation,
+    targets: &Targets,
+    grouping: Option<Grouping>,
+    top: Option<usize>,
+    rank: bool,
+) -> Vec<TargetRow> {
+    let mut evaluator = TargetEvaluator::new(&evaluation.params, &evaluation.forward, targets);
+    let heads = evaluation.expansion.heads_per_layer();
+    let mut rows: Vec<((usize, usize, usize), TargetRow)> = Vec::new();
+    paths::for_each_path(&evaluation.expansion.logits, &heads, None, |p| {
+        let values = evaluator.contributions(&p);
+        match grouping {
+            None => rows.push((
+                (0, 0, 0),
+                TargetRow { name: p.name(), order: Some(p.template.order()), paths: 1, values, size: 0.0 },
+            )),
+            Some(grouping) => {
+                let (name, key) = grouping.of(&p);
+                // Insertion order for ties (a source's groups appear in path order).
+                match rows.iter_mut().find(|(_, row)| row.name == name) {
+                    Some((_, row)) => {
+                        row.values.iter_mut().zip(&values).for_each(|(sum, v)| *sum += v);
+                        row.paths += 1;
+                    }
+                    None => rows.push((key, TargetRow { name, order: None, paths: 1, values, size: 0.0 })),
+                }
+            }
+        }
+    });
+    rows.sort_by_key(|(key, _)| *key);
+    let mut rows: Vec<TargetRow> = rows
+        .into_iter()
+        .map(|(_, mut row)| {
+            row.size = row.values.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+            row
+        })
+        .collect();
+    if rank {
+        // Largest first; ties keep path (group) order (stable sort), so output is deterministic.
+        rows.sort_by(|a, b| b.size.total_cmp(&a.size));
+    }
+    if let Some(n) = top {
+        rows.truncate(n);
+    }
+    rows
+}
+
+/// What the target logit of a table is, in words: `logit of token 42`, `logit of the next token`.
+fn target_words(target: Target) -> String {
+    match target {
+        Target::Token(t) => format!("logit of token {t}"),
+        Target::Next => "logit of the next token".to_string(),
+    }
+}
+
+/// The `pathc paths --target` table. At one position (`position` given): each path's
+/// contribution to the target's logit there, `logit[t]`. Otherwise one column per target
+/// position, under rows giving the position, its token, the target token and the forward pass's
+/// logit of it (which the contributions of all paths sum to).
+pub fn write_target_text(
+    out: &mut dyn Write,
+    evaluation: &Evaluation,
+    target: Target,
+    targets: &Targets,
+    position: Option<usize>,
+    rows: &[TargetRow],
+) -> io::Result<()> {
+    let tokens = &evaluation.forward.tokens;
+    let model = &evaluation.expansion.model.name;
+    let forward = targets.forward_logits(&evaluation.forward);
+    let grouped = rows.first().is_some_and(|r| r.order.is_none());
+    let (what, column) = if grouped { ("groups", "paths") } else { ("paths", "order") };
+    let head = if grouped { "group" } else { "path" };
+    let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(5).max(5);
+    if let (Some(p), [t]) = (position, &targets.tokens[..]) {
+        let next = if target == Target::Next { " (the next token)" } else { "" };
+        writeln!(
+            out,
+            "model {model}, position {p} (token {}): {} {what}, ranked by |logit of token {t}|{next}",
+            tokens[p],
+            rows.len()
+        )?;
+        writeln!(out, "forward pass: logit[{t}] = {:.6} (the sum of every path of every order)", forward[0])?;
+        writeln!(out, "{head:<width$}  {column:>5}  {:>12}  {:>12}", "size", format!("logit[{t}]"))?;
+        for row in rows {
+            let order = row.order.unwrap_or(row.paths);
+            writeln!(out, "{:<width$}  {:>5}  {:>12.6}  {:>12.6}", row.name, order, row.size, row.values[0])?;
+        }
+        return Ok(());
+    }
+    let n = tokens.len();
+    let span = match (targets.positions.first(), targets.positions.last()) {
+        (Some(first), Some(last)) => format!("positions {first}–{last}"),
+        _ => "no position".to_string(),
+    };
+    let left_out = if target == Target::Next {
+        format!(" (position {}, the last, has no next token)", n - 1)
+    } else {
+        String::new()
+    };
+    writeln!(
+        out,
+        "model {model}, {} at {span}{left_out}: {} {what}, ranked by the largest |contribution|",
+        target_words(target),
+        rows.len()
+    )?;
+    // The label column spans the name, order and size columns.
+    let label = width + 2 + 5 + 2 + 12;
+    let line = |out: &mut dyn Write, name: &str, cells: &mut dyn Iterator<Item = String>| -> io::Result<()> {
+        write!(out, "{name:>label$}")?;
+        for cell in cells {
+            write!(out, "  {cell:>11}")?;
+        }
+        writeln!(out)
+    };
+    line(out, "position", &mut targets.positions.iter().map(|p| p.to_string()))?;
+    line(out, "token", &mut targets.positions.iter().map(|&p| tokens[p].to_string()))?;
+    line(out, "target", &mut targets.tokens.iter().map(|t| t.to_string()))?;
+    line(out, "forward pass logit", &mut forward.iter().map(|v| format!("{v:.6}")))?;
+    writeln!(out, "{head:<width$}  {column:>5}  {:>12}", "max |c|")?;
+    for row in rows {
+        let order = row.order.unwrap_or(row.paths);
+        write!(out, "{:<width$}  {:>5}  {:>12.6}", row.name, order, row.size)?;
+        for v in &row.values {
+            write!(out, "  {v:>11.6}")?;
+        }
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
+/// `{"model", "tokens", "position", "max_order", "target", "positions", "target_tokens",
+/// "forward_target_logits", "paths": [{"name", "order", "target_logits"}]}`: `target` is the
+/// token or `"next"`, `positions` the positions reported (with `"next"`, every requested one but
+/// the last), `target_tokens` the target at each, `forward_target_logits` the forward pass's
+/// logit of it, and each path's `target_logits` its contribution at each; grouped, entries are
+/// `{"name", "paths", "target_logits"}`.
+pub fn write_target_json(
+    out: &mut dyn Write,
+    evaluation: &Evaluation,
+    target: Target,
+    targets: &Targets,
+    position: Option<usize>,
+    rows: &[TargetRow],
+) -> io::Result<()> {
+    let paths: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| match r.order {
+            Some(order) => serde_json::json!({ "name": r.name, "order": order, "target_logits": r.values }),
+            None => serde_json::json!({ "name": r.name, "paths": r.paths, "target_logits": r.values }),
+        })
+        .collect();
+    let value = serde_json::json!({
+        "model": evaluation.expansion.model.name,
+        "tokens": evaluation.forward.tokens,
+        "position": position.map_or(serde_json::json!("all"), |p| serde_json::json!(p)),
+        "max_order": evaluation.expansion.max_order,
+        "target": match target {
+            Target::Token(t) => serde_json::json!(t),
+            Target::Next => serde_json::json!("next"),
+        },
+        "positions": targets.positions,
+        "target_tokens": targets.tokens,
+        "forward_target_logits": targets.forward_logits(&evaluation.forward),
+        "paths": paths,
+    });
+    serde_json::to_writer(&mut *out, &value)?;
+    writeln!(out)
 }
 
 /// The `pathc paths` table.

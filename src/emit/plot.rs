@@ -535,10 +535,12 @@ pub fn paths_chart(
     chosen: &str,
     top: usize,
 ) -> Result<String, PlotError> {
-    let rows = crate::emit::numbers::path_table(evaluation, Some(position), Some(target), Some(top), true);
-    let labels: Vec<String> = rows.iter().map(|r| r.name.clone()).collect();
-    let values: Vec<f64> = rows.iter().map(|r| r.logits[(0, target)]).collect();
+    // One target column of the unembedding, not every path's vocabulary row.
     let forward = &evaluation.forward;
+    let targets = crate::eval::Targets { positions: vec![position], tokens: vec![target] };
+    let rows = crate::emit::numbers::target_table(evaluation, &targets, None, Some(top), true);
+    let labels: Vec<String> = rows.iter().map(|r| r.name.clone()).collect();
+    let values: Vec<f64> = rows.iter().map(|r| r.values[0]).collect();
     let layer_norm =
         forward.scale_final.is_some() || forward.scale_attn.iter().chain(&forward.scale_mlp).any(Option::is_some);
     let processing = if layer_norm {

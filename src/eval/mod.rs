@@ -13,10 +13,12 @@
 mod forward;
 mod params;
 mod paths;
+mod target;
 
 pub use forward::{activate, forward, Forward};
 pub use params::{AttnWeights, LayerNormWeights, LayerParams, MlpWeights, NameMap, Params, StatsParams, LN_EPS};
 pub use paths::{check, logits_by_order, CheckReport, Origin, PathEvaluator, ResidualCache, ScoreEvaluator};
+pub use target::{target_logits, Target, TargetEvaluator, TargetLogits, Targets};
 
 use nalgebra::{DMatrix, RowDVector};
 use thiserror::Error;
@@ -48,6 +50,13 @@ pub enum EvalError {
     TooManyTokens { n_tokens: usize, n_ctx: usize },
     #[error("position {position} is out of range for {n_tokens} tokens")]
     PositionOutOfRange { position: usize, n_tokens: usize },
+    #[error("target token {token} is out of range: d_vocab is {d_vocab}")]
+    TargetOutOfRange { token: usize, d_vocab: usize },
+    /// The next-token target at the last position, which has no next token.
+    #[error("position {position} is the last of the {n_tokens} tokens: it has no next token to take as the target")]
+    NoNextToken { position: usize, n_tokens: usize },
+    #[error("a single token has no next token: the next-token target needs at least 2 tokens")]
+    NextNeedsTwoTokens,
 }
 
 /// A model expanded, its weights loaded, and a forward pass run: what every numeric report needs.

@@ -296,7 +296,7 @@ impl LayerNormWeights {
 /// Folds a LayerNorm's `w` and `b` into a matrix that reads its output, `reader` `[d_model, k]`,
 /// and that reader's bias `[k]`: `bias += b · W`, `W ← diag(w) · W`, then `W` centred (its mean
 /// over the d_model rows subtracted from every row).
-fn fold_into_reader(ln: &LayerNormWeights, reader: &mut Matrix, bias: &mut Row) {
+pub(super) fn fold_into_reader(ln: &LayerNormWeights, reader: &mut Matrix, bias: &mut Row) {
     // Column by column: the matrix is column-major, and a reader can be `W_U`, 768 × 50257, whose
     // rows are strided (row by row, with `b · W` as a matrix product that packs all of `W`, this
     // took 2 s of a 7 s GPT-2-width load).

@@ -47,7 +47,7 @@ pub struct Origin {
 
 impl Origin {
     /// The origin of `path` on `side` (the query or key side of a score term, or `Side::Head`).
-    fn of(path: &Path<'_>, side: Side) -> Origin {
+    pub(super) fn of(path: &Path<'_>, side: Side) -> Origin {
         let template = path.template;
         let source = match side {
             Side::Query => template.query_source(),
@@ -66,7 +66,7 @@ impl Origin {
 /// The heads a path passes after its origin on `side`, read from its template's factors (the
 /// factors, not the name, drive the evaluation): the OV factors indexed on that side, in order
 /// of application.
-fn heads_of(path: &Path<'_>, side: Side) -> Vec<(usize, usize)> {
+pub(super) fn heads_of(path: &Path<'_>, side: Side) -> Vec<(usize, usize)> {
     let mut heads: Vec<(usize, usize)> = path
         .template
         .weights
@@ -79,11 +79,78 @@ fn heads_of(path: &Path<'_>, side: Side) -> Vec<(usize, usize)> {
     heads
 }
 
+/// What the residual side of a path reads: the embeddings, `W_O`, `b_O` and `b_out` (which no
+/// LayerNorm folding changes) from `params`, and the value weights `W_V'`, `b_V'` with the
+/// LayerNorm before their layer folded in: from `values` when given, else from `params` (then
+/// folded as a whole).
+#[derive(Clone, Copy)]
+pub(super) struct Stream<'p> {
+    pub params: &'p Params,
+    pub values: Option<&'p [FoldedValues]>,
+}
+
+/// One layer's value weights and biases with its `ln1` folded in, `[head]`: what a path through
+/// its heads reads, without folding (and copying) the rest of the parameters.
+pub(super) struct FoldedValues {
+    pub w_v: Vec<Matrix>,
+    pub b_v: Vec<Row>,
+}
+
+impl FoldedValues {
+    /// Every layer's `W_V'`, `b_V'`, exactly as [`Params::fold_layer_norm`] folds them.
+    pub fn of(params: &Params) -> Vec<FoldedValues> {
+        params
+            .layers
+            .iter()
+            .map(|layer| {
+                let (mut w_v, mut b_v) = (layer.attn.w_v.clone(), layer.attn.b_v.clone());
+                if let Some(ln) = &layer.ln1 {
+                    for (w, b) in w_v.iter_mut().zip(&mut b_v) {
+                        super::params::fold_into_reader(ln, w, b);
+                    }
+                }
+                FoldedValues { w_v, b_v }
+            })
+            .collect()
+    }
+}
+
+impl<'p> Stream<'p> {
+    /// Parameters folded as a whole ([`folded`]).
+    pub fn folded(params: &'p Params) -> Stream<'p> {
+        Stream { params, values: None }
+    }
+
+    pub fn w_v(&self, l: usize, h: usize) -> &'p Matrix {
+        match self.values {
+            Some(values) => &values[l].w_v[h],
+            None => &self.params.layers[l].attn.w_v[h],
+        }
+    }
+
+    fn b_v(&self, l: usize, h: usize) -> &'p Row {
+        match self.values {
+            Some(values) => &values[l].b_v[h],
+            None => &self.params.layers[l].attn.b_v[h],
+        }
+    }
+}
+
+/// `N_l · X · W_V'^{l,h}` (`[n, d_head]`): what head `(l, h)` reads from a residual `X`, with `N_l`
+/// (ln1's frozen scale) applied to the product's rows, which is cheaper than to `X`'s and the same.
+pub(super) fn head_values(stream: Stream<'_>, forward: &Forward, x: &Matrix, (l, h): (usize, usize)) -> Matrix {
+    let values = x * stream.w_v(l, h);
+    match forward.scale_attn[l].as_ref() {
+        Some(sigma) => Matrix::from_fn(values.nrows(), values.ncols(), |i, j| values[(i, j)] / sigma[i]),
+        None => values,
+    }
+}
+
 /// The residual-side products of path prefixes, kept on a stack: paths come in enumeration
 /// order (earliest layer slowest), so consecutive paths share prefixes and only what differs is
 /// recomputed.
 #[derive(Default)]
-struct PrefixStack {
+pub(super) struct PrefixStack {
     stack: Vec<Prefix>,
 }
 
@@ -96,20 +163,26 @@ struct Prefix {
 
 impl PrefixStack {
     /// The residual `[n, d_model]` of the path from `origin` through `heads` (`(layer, head)`, in
-    /// order); `params` folded.
-    fn residual(&mut self, params: &Params, forward: &Forward, origin: Origin, heads: &[(usize, usize)]) -> &Matrix {
+    /// order). Each head maps `X ↦ A · (N · X · W_V') · W_O`, associated so that the intermediate
+    /// is `[n, d_head]`: no `[d_model, d_model]` product, and `A` multiplies `d_head` columns.
+    pub fn residual(
+        &mut self,
+        stream: Stream<'_>,
+        forward: &Forward,
+        origin: Origin,
+        heads: &[(usize, usize)],
+    ) -> &Matrix {
         let shared = self.stack.iter().take_while(|p| p.origin == origin && heads.starts_with(&p.heads)).count();
         self.stack.truncate(shared);
         if self.stack.is_empty() {
-            let resid = origin_rows(params, forward, origin);
+            let resid = origin_rows(stream, forward, origin);
             self.stack.push(Prefix { origin, heads: Vec::new(), resid });
         }
         while self.stack.len() <= heads.len() {
             let top = self.stack.last().expect("non-empty");
             let (l, h) = heads[top.heads.len()];
-            let attn = &params.layers[l].attn;
-            let read = scaled(&top.resid, forward.scale_attn[l].as_ref());
-            let resid = &forward.patterns[l][h] * ((read * &attn.w_v[h]) * &attn.w_o[h]);
+            let values = head_values(stream, forward, &top.resid, (l, h));
+            let resid = (&forward.patterns[l][h] * values) * &stream.params.layers[l].attn.w_o[h];
             let prefix = heads[..=top.heads.len()].to_vec();
             self.stack.push(Prefix { origin, heads: prefix, resid });
         }
@@ -118,8 +191,9 @@ impl PrefixStack {
 }
 
 /// The rows `[n, d_model]` a source writes to the residual stream.
-fn origin_rows(params: &Params, forward: &Forward, origin: Origin) -> Matrix {
+fn origin_rows(stream: Stream<'_>, forward: &Forward, origin: Origin) -> Matrix {
     let n = forward.tokens.len();
+    let params = stream.params;
     match origin.source {
         Source::E | Source::P => params.source_rows(origin.source, &forward.tokens),
         Source::BiasO(l) => broadcast(n, &params.layers[l].attn.b_o),
@@ -128,7 +202,7 @@ fn origin_rows(params: &Params, forward: &Forward, origin: Origin) -> Matrix {
         Source::BiasV(l) => {
             let h = origin.head.expect("a value bias enters through a head");
             let attn = &params.layers[l].attn;
-            &forward.patterns[l][h] * broadcast(n, &(&attn.b_v[h] * &attn.w_o[h]))
+            &forward.patterns[l][h] * broadcast(n, &(stream.b_v(l, h) * &attn.w_o[h]))
         }
         Source::BiasU | Source::BiasQ(_) | Source::BiasK(_) | Source::BiasIn(_) => {
             unreachable!("{:?} never enters the residual stream", origin.source)
@@ -150,7 +224,7 @@ impl<'a> ResidualCache<'a> {
 
     /// The residual `[n, d_model]` of the path from `origin` through `heads`.
     pub fn residual(&mut self, origin: Origin, heads: &[(usize, usize)]) -> &Matrix {
-        self.stack.residual(&self.params, self.forward, origin, heads)
+        self.stack.residual(Stream::folded(&self.params), self.forward, origin, heads)
     }
 
     /// The parameters the residuals are computed with (LayerNorms folded).
@@ -238,7 +312,7 @@ impl<'a> PathEvaluator<'a> {
         if origin.source == Source::BiasIn(layer) {
             return broadcast(n, &mlp.b_in);
         }
-        let resid = self.cache.stack.residual(params, forward, origin, &heads);
+        let resid = self.cache.stack.residual(Stream::folded(params), forward, origin, &heads);
         scaled(resid, forward.scale_mlp[layer].as_ref()) * &mlp.w_in
     }
 }
@@ -355,7 +429,10 @@ impl<'a> ScoreEvaluator<'a> {
             let origin = Origin::of(path, side);
             match origin.source {
                 Source::BiasQ(_) | Source::BiasK(_) => broadcast(n, bias),
-                _ => scaled(stack.residual(params, forward, origin, &heads_of(path, side)), sigma) * weight,
+                _ => {
+                    scaled(stack.residual(Stream::folded(params), forward, origin, &heads_of(path, side)), sigma)
+                        * weight
+                }
             }
         };
         let q = side(&mut self.query, Side::Query, &attn.w_q[head], &attn.b_q[head]);
