@@ -61,6 +61,9 @@ peak "$pathc" stats "$tmp/gpt2.tf" --weights "$tmp/gpt2.safetensors" --format js
 read -r stats_s stats_kib <<< "$(peak_of)"
 echo "pathc stats: $stats_s s, peak RSS $stats_kib KiB"
 
+"$pathc" plan "$tmp/gpt2.tf" --format json > "$tmp/plan.json"
+"$pathc" plan "$tmp/gpt2.tf" | sed -n '1,4p'
+
 echo "== (a) NumPy FactoredMatrix baseline (benches/factored_baseline.py), ~4 minutes"
 peak "$py" benches/factored_baseline.py "$tmp/gpt2.safetensors" > "$tmp/baseline.json"
 read -r base_s base_kib <<< "$(peak_of)"
@@ -130,26 +133,21 @@ for g in gemm:
     print(f"GEMM {g['case']:22s} {g['dtype']} {('threads ' + str(g['threads'])) if 'threads' in g else 'all cores':10s} "
           f"{g['gflops']:8.2f} GFLOP/s")
 
-# FLOPs of pathc stats' products (src/stats.rs), a multiply-add counting 2: the three
-# vocabulary-wide d_model x d_model products (G_E, G_U, P); per head 5 d_model^2 d_head + 6 d_head^2
-# d_model multiply-adds (P W_V, G_E W_V, G_U W_O^T, G_E W_Q, G_E W_K and the six d_head-sized
-# products after them); composition: per mode and left layer one (H d_head x d_model) x (d_model x
-# H d_head (L-1-l)) product. QR factors, the d_head^2 d_model factor products and the Schur
-# decompositions are left out (a few per cent).
-V, d, k, L, H = 50257, 768, 64, 12, 12
-flops_vocab = 3 * 2 * V * d * d
-flops_heads = L * H * 2 * (5 * d * d * k + 6 * k * k * d)
-flops_comp = 3 * 2 * sum((H * k) * d * (H * k * (L - 1 - l)) for l in range(L))
-flops = flops_vocab + flops_heads + flops_comp
+# FLOPs of pathc stats' products: the chosen plan's own count (`pathc plan --format json`, a
+# multiply-add counting 2; eigenvalue computations estimated at 10 n^3).
+plan = json.loads((tmp / "plan.json").read_text())
+flops = plan["chosen"]["flops"]
+streamed = sum(s["flops"] for s in plan["chosen"]["steps"] if s["streamed"])
 f = json.loads((tmp / "forward.json").read_text())
 print()
 print(f"(a) pathc stats {stats_s:.2f} s, baseline {base_s:.2f} s: baseline / pathc = {base_s / stats_s:.1f}x (target >= 10x)")
 print(f"(a) pathc stats peak RSS {stats_kib * 1024 / 1e6:.0f} MB = {stats_kib * 1024 / needed:.2f}x the weights it needs "
       f"(target <= 1.2x); baseline peak RSS {base_kib * 1024 / 1e6:.0f} MB")
-print(f"(a) pathc stats products: {flops / 1e9:.0f} GFLOP (vocab-wide {flops_vocab / 1e9:.0f}, per head "
-      f"{flops_heads / 1e9:.0f}, composition {flops_comp / 1e9:.0f}) in {stats_s:.2f} s (wall, incl. loading) = "
+print(f"(a) pathc stats: the chosen plan's {flops / 1e9:.0f} GFLOP ({streamed / 1e9:.0f} in the three products over the "
+      f"vocabulary; the naive plan's {plan['naive']['flops'] / 1e12:.0f} TFLOP) in {stats_s:.2f} s (wall, incl. loading) = "
       f"{flops / stats_s / 1e9:.1f} GFLOP/s, against nalgebra f64 on 2 cores {nal64:.1f} GFLOP/s "
-      f"({flops / stats_s / 1e9 / nal64 * 100:.0f} %)")
+      f"({flops / stats_s / 1e9 / nal64 * 100:.0f} %); the plan's peak-memory estimate "
+      f"{plan['chosen']['peak_bytes'] / 1e6:.0f} MB")
 print(f"(b) forward pass (128 tokens, f64, in-process): {f['forward_seconds']:.3f} s; one [128,768]x[768,50257] "
       f"product {f['unembed_seconds']:.3f} s; load {f['load_seconds']:.2f} s")
 print(f"(b) {f['paths']} paths, contribution to the next token's logit at {f['target_positions']} positions "
