@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 5's baseline at GPT-2 scale, measured in one run (~10 minutes on this machine):
+# Issue 5 at GPT-2 scale, measured in one run (~10 minutes on this machine):
 #
 #   bash benches/gpt2.sh
 #
@@ -137,6 +137,7 @@ for g in gemm:
 # multiply-add counting 2; eigenvalue computations estimated at 10 n^3).
 plan = json.loads((tmp / "plan.json").read_text())
 flops = plan["chosen"]["flops"]
+V = plan["d_vocab"]
 streamed = sum(s["flops"] for s in plan["chosen"]["steps"] if s["streamed"])
 f = json.loads((tmp / "forward.json").read_text())
 print()
