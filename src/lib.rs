@@ -50,7 +50,7 @@ pub mod emit;
 pub mod eval;
 pub mod graph;
 pub mod model;
-mod parallel;
+pub mod parallel;
 pub mod paths;
 pub mod plan;
 pub mod progress;

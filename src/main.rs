@@ -510,7 +510,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     Failure::BadInput(format!("error: {e}{hint}"))
                 })?,
             };
-            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let threads = pathc::parallel::threads();
             let mut out = BufWriter::new(io::stdout().lock());
             match format {
                 CountFormat::Text => out.write_all(plans.render(&compiled.model.name, threads).as_bytes())?,

@@ -1,7 +1,14 @@
 //! Deterministic data parallelism on scoped threads.
 
-fn threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+/// The number of worker threads: `PATHC_THREADS` if set to a positive number, else one per
+/// available core. Results do not depend on it (every split of the work is fixed in advance);
+/// the variable is there to check that, and to leave cores free.
+pub fn threads() -> usize {
+    std::env::var("PATHC_THREADS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// `items.iter().map(f).collect()` on scoped threads (one per available core), each taking the

@@ -404,3 +404,25 @@ fn paths_target_text() {
     }
     insta::assert_snapshot!("paths_target_text", text);
 }
+
+#[test]
+fn statistics_are_the_same_bits_on_any_number_of_threads() {
+    for (model, weights) in [
+        ("examples/attn2.tf", "tests/fixtures/attn2/model.safetensors"),
+        ("examples/full2.tf", "tests/fixtures/full2/model.safetensors"),
+    ] {
+        let run = |threads: &str| {
+            let out = Command::new(env!("CARGO_BIN_EXE_pathc"))
+                .args(["stats", model, "--weights", weights, "--fold-ln", "--format", "json"])
+                .env("PATHC_THREADS", threads)
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+            stdout(&out)
+        };
+        let one = run("1");
+        for threads in ["2", "3", "8"] {
+            assert_eq!(run(threads), one, "{model} on {threads} threads");
+        }
+    }
+}

@@ -187,8 +187,10 @@ fn streamed_products(
             let u = if uses(VocabMatrix::UnembedT) { Some(vocab.unembed_columns(s, n)?) } else { None };
             // Explicit transposed copies, made once per chunk: nalgebra's `tr_mul` is a loop of
             // dot products, ~15× slower than a GEMM.
-            let e_t = e.as_ref().filter(|_| products.iter().any(|&(x, _)| x == VocabMatrix::Embed)).map(|e| e.transpose());
-            let u_t = u.as_ref().filter(|_| products.iter().any(|&(_, y)| y == VocabMatrix::UnembedT)).map(|u| u.transpose());
+            let e_t =
+                e.as_ref().filter(|_| products.iter().any(|&(x, _)| x == VocabMatrix::Embed)).map(|e| e.transpose());
+            let u_t =
+                u.as_ref().filter(|_| products.iter().any(|&(_, y)| y == VocabMatrix::UnembedT)).map(|u| u.transpose());
             for (sum, &(x, y)) in sums.iter_mut().zip(products) {
                 let left = match x {
                     VocabMatrix::Embed => e_t.as_ref(),
