@@ -293,6 +293,21 @@ impl LayerNormWeights {
     }
 }
 
+/// Folds a layer's `ln1` into every head's `W_Q`, `W_K`, `W_V` (and their biases), leaving the
+/// identity LayerNorm.
+fn fold_ln1(layer: &mut LayerParams, d_model: usize) {
+    if let Some(ln) = &mut layer.ln1 {
+        let attn = &mut layer.attn;
+        let readers = (attn.w_q.iter_mut().zip(&mut attn.b_q))
+            .chain(attn.w_k.iter_mut().zip(&mut attn.b_k))
+            .chain(attn.w_v.iter_mut().zip(&mut attn.b_v));
+        for (w, b) in readers {
+            fold_into_reader(ln, w, b);
+        }
+        *ln = LayerNormWeights::identity(d_model);
+    }
+}
+
 /// Folds a LayerNorm's `w` and `b` into a matrix that reads its output, `reader` `[d_model, k]`,
 /// and that reader's bias `[k]`: `bias += b · W`, `W ← diag(w) · W`, then `W` centred (its mean
 /// over the d_model rows subtracted from every row).
@@ -370,16 +385,7 @@ impl Params {
         let mut folded = self.clone();
         let d_model = self.w_e.ncols();
         for layer in &mut folded.layers {
-            if let Some(ln) = &mut layer.ln1 {
-                let attn = &mut layer.attn;
-                let readers = (attn.w_q.iter_mut().zip(&mut attn.b_q))
-                    .chain(attn.w_k.iter_mut().zip(&mut attn.b_k))
-                    .chain(attn.w_v.iter_mut().zip(&mut attn.b_v));
-                for (w, b) in readers {
-                    fold_into_reader(ln, w, b);
-                }
-                *ln = LayerNormWeights::identity(d_model);
-            }
+            fold_ln1(layer, d_model);
             if let (Some(ln), Some(mlp)) = (&mut layer.ln2, &mut layer.mlp) {
                 fold_into_reader(ln, &mut mlp.w_in, &mut mlp.b_in);
                 *ln = LayerNormWeights::identity(d_model);
@@ -473,16 +479,7 @@ impl<'w> StatsParams<'w> {
     pub fn fold_layer_norm(mut self) -> StatsParams<'w> {
         let d_model = self.d_model;
         for layer in &mut self.layers {
-            if let Some(ln) = &mut layer.ln1 {
-                let attn = &mut layer.attn;
-                let readers = (attn.w_q.iter_mut().zip(&mut attn.b_q))
-                    .chain(attn.w_k.iter_mut().zip(&mut attn.b_k))
-                    .chain(attn.w_v.iter_mut().zip(&mut attn.b_v));
-                for (w, b) in readers {
-                    fold_into_reader(ln, w, b);
-                }
-                *ln = LayerNormWeights::identity(d_model);
-            }
+            fold_ln1(layer, d_model);
         }
         if let Some(ln) = self.ln_final.replace(LayerNormWeights::identity(d_model)) {
             self.unembed_fold = Some(ln);

@@ -167,6 +167,13 @@ impl<'a> Env<'_, 'a> {
     }
 }
 
+/// The vocabulary cut into [`VOCAB_GROUPS`] contiguous groups, `(start, end)`: fixed by the size
+/// alone, so that the sums, group by group, do not depend on the thread count.
+fn vocab_groups(d_vocab: usize) -> Vec<(usize, usize)> {
+    let group = d_vocab.div_ceil(VOCAB_GROUPS).max(1);
+    (0..d_vocab).step_by(group).map(|s| (s, d_vocab.min(s + group))).collect()
+}
+
 /// Every product `Σ_c X_cᵀ Y_c` of `products` over chunks `c` of the vocabulary (see the module
 /// documentation), in one pass: each chunk of `W_E` and of `W_U` is read once for all of them.
 /// `W_U`'s columns are `X_cᵀ` as read; `W_E`'s rows are `Y_c` as read.
@@ -175,41 +182,43 @@ fn streamed_products(
     products: &[(VocabMatrix, VocabMatrix)],
     progress: &dyn Progress,
 ) -> Result<Vec<Matrix>, WeightError> {
-    let d_vocab = vocab.d_vocab();
     let uses = |m: VocabMatrix| products.iter().any(|&(x, y)| x == m || y == m);
-    let group = d_vocab.div_ceil(VOCAB_GROUPS).max(1);
-    let groups: Vec<(usize, usize)> = (0..d_vocab).step_by(group).map(|s| (s, d_vocab.min(s + group))).collect();
-    let parts = parallel_map(&groups, |&(start, end)| -> Result<Vec<Option<Matrix>>, WeightError> {
-        let mut sums: Vec<Option<Matrix>> = vec![None; products.len()];
-        for s in (start..end).step_by(VOCAB_CHUNK) {
-            let n = VOCAB_CHUNK.min(end - s);
-            let e = if uses(VocabMatrix::Embed) { Some(vocab.embed_rows(s, n)?) } else { None };
-            let u = if uses(VocabMatrix::UnembedT) { Some(vocab.unembed_columns(s, n)?) } else { None };
-            // Explicit transposed copies, made once per chunk: nalgebra's `tr_mul` is a loop of
-            // dot products, ~15× slower than a GEMM.
-            let e_t =
-                e.as_ref().filter(|_| products.iter().any(|&(x, _)| x == VocabMatrix::Embed)).map(|e| e.transpose());
-            let u_t =
-                u.as_ref().filter(|_| products.iter().any(|&(_, y)| y == VocabMatrix::UnembedT)).map(|u| u.transpose());
-            for (sum, &(x, y)) in sums.iter_mut().zip(products) {
-                let left = match x {
-                    VocabMatrix::Embed => e_t.as_ref(),
-                    VocabMatrix::UnembedT => u.as_ref(),
-                };
-                let right = match y {
-                    VocabMatrix::Embed => e.as_ref(),
-                    VocabMatrix::UnembedT => u_t.as_ref(),
-                };
-                let (Some(left), Some(right)) = (left, right) else { unreachable!("read above: it is used") };
-                match sum {
-                    Some(acc) => acc.gemm(1.0, left, right, 1.0),
-                    None => *sum = Some(left * right),
+    let parts =
+        parallel_map(&vocab_groups(vocab.d_vocab()), |&(start, end)| -> Result<Vec<Option<Matrix>>, WeightError> {
+            let mut sums: Vec<Option<Matrix>> = vec![None; products.len()];
+            for s in (start..end).step_by(VOCAB_CHUNK) {
+                let n = VOCAB_CHUNK.min(end - s);
+                let e = if uses(VocabMatrix::Embed) { Some(vocab.embed_rows(s, n)?) } else { None };
+                let u = if uses(VocabMatrix::UnembedT) { Some(vocab.unembed_columns(s, n)?) } else { None };
+                // Explicit transposed copies, made once per chunk: nalgebra's `tr_mul` is a loop of
+                // dot products, ~15× slower than a GEMM.
+                let e_t = e
+                    .as_ref()
+                    .filter(|_| products.iter().any(|&(x, _)| x == VocabMatrix::Embed))
+                    .map(|e| e.transpose());
+                let u_t = u
+                    .as_ref()
+                    .filter(|_| products.iter().any(|&(_, y)| y == VocabMatrix::UnembedT))
+                    .map(|u| u.transpose());
+                for (sum, &(x, y)) in sums.iter_mut().zip(products) {
+                    let left = match x {
+                        VocabMatrix::Embed => e_t.as_ref(),
+                        VocabMatrix::UnembedT => u.as_ref(),
+                    };
+                    let right = match y {
+                        VocabMatrix::Embed => e.as_ref(),
+                        VocabMatrix::UnembedT => u_t.as_ref(),
+                    };
+                    let (Some(left), Some(right)) = (left, right) else { unreachable!("read above: it is used") };
+                    match sum {
+                        Some(acc) => acc.gemm(1.0, left, right, 1.0),
+                        None => *sum = Some(left * right),
+                    }
                 }
+                progress.advance(1);
             }
-            progress.advance(1);
-        }
-        Ok(sums)
-    });
+            Ok(sums)
+        });
     let mut totals: Vec<Option<Matrix>> = vec![None; products.len()];
     for part in parts {
         for (total, sum) in totals.iter_mut().zip(part?) {
@@ -240,9 +249,7 @@ pub fn run(plan: &EvalPlan, inputs: &Inputs<'_>) -> Result<Results, StatsError> 
     let chunks: usize = if streamed.is_empty() {
         0
     } else {
-        let d_vocab = inputs.vocab.d_vocab();
-        let group = d_vocab.div_ceil(VOCAB_GROUPS).max(1);
-        (0..d_vocab).step_by(group).map(|s| (d_vocab.min(s + group) - s).div_ceil(VOCAB_CHUNK)).sum()
+        vocab_groups(inputs.vocab.d_vocab()).iter().map(|(s, e)| (e - s).div_ceil(VOCAB_CHUNK)).sum()
     };
     inputs.progress.start("statistics", (chunks + 3 * heads.len()) as u64);
 
@@ -252,22 +259,10 @@ pub fn run(plan: &EvalPlan, inputs: &Inputs<'_>) -> Result<Results, StatsError> 
     for ((step, _), product) in streamed.iter().zip(streamed_products(inputs.vocab, &products, inputs.progress)?) {
         shared[usize::from(*step)] = Some(Value::Matrix(Cow::Owned(product)));
     }
-    for step in stage(Deps::NONE) {
-        let value = match plan.streamed(step) {
-            Some(_) => continue,
-            None => {
-                let env = Env {
-                    plan,
-                    inputs,
-                    shared: &shared,
-                    head_frame: None,
-                    right_frame: None,
-                    head: (0, 0),
-                    right: (0, 0),
-                };
-                env.eval(&shared, step)?
-            }
-        };
+    for step in stage(Deps::NONE).into_iter().filter(|&s| plan.streamed(s).is_none()) {
+        let env =
+            Env { plan, inputs, shared: &shared, head_frame: None, right_frame: None, head: (0, 0), right: (0, 0) };
+        let value = env.eval(&shared, step)?;
         shared[usize::from(step)] = Some(value);
     }
 

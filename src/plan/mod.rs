@@ -6,7 +6,7 @@
 //! over "a head h" and "a later head r"; the rule table ([`lang::rules`]) re-associates products,
 //! moves transposes, rotates cyclically under an eigenvalue computation or a trace, and turns a
 //! Frobenius norm into the trace of a Gram product. The shape analysis gives every e-class its
-//! dimensions, a rank bound and the head indices it depends on, and [`cost`] prices a node at its
+//! dimensions, a rank bound and the head indices it depends on, and the cost model prices a node at its
 //! multiply-adds times the number of instances its class has (1 for a head-independent product
 //! such as `W_U W_E`, `n_heads` per head, `n_pairs` per pair). Extraction with that cost picks,
 //! at once:
@@ -19,7 +19,7 @@
 //!
 //! The extracted terms become one [`EvalPlan`], a DAG in which each sub-product is one step;
 //! [`exec`] runs it. The *naive* plan is the same DAG extracted before any rewrite: the
-//! statistics as written, products left to right. Both are priced by the same [`cost`] model
+//! statistics as written, products left to right. Both are priced by the same cost model
 //! (FLOPs and a peak-memory estimate), which `pathc plan` prints side by side.
 
 pub mod exec;
@@ -137,7 +137,7 @@ impl Counts {
     }
 }
 
-/// The e-graph's limits. Reaching one is reported ([`EvalPlan::stop`]), never silent: the plan is
+/// The e-graph's limits. Reaching one is reported ([`RunReport::stop`]), never silent: the plan is
 /// then the best of what was found, still exact.
 pub const NODE_LIMIT: usize = 200_000;
 pub const ITER_LIMIT: usize = 60;
@@ -176,7 +176,8 @@ pub struct Plans {
 }
 
 /// Plans every statistic for `dims` and `counts`: the naive plan (the terms as written) and the
-/// one extracted after saturation with the cost model ([`node_price`]). Plans depend only on
+/// one extracted after saturation with the cost model (FLOPs × instances, see the module
+/// documentation). Plans depend only on
 /// the sizes, so each is made once per process (GPT-2 small's takes ~60 ms).
 pub fn plan(dims: Dims, counts: Counts) -> Plans {
     static MADE: std::sync::Mutex<Vec<((Dims, Counts), Plans)>> = std::sync::Mutex::new(Vec::new());
