@@ -436,8 +436,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 return Ok(out.flush()?);
             }
             let table = match group {
-                Some(group) => numbers::group_table(&evaluation, group.into(), position, None, top, rank),
-                None => numbers::path_table(&evaluation, position, None, top, rank),
+                Some(group) => {
+                    numbers::group_table(&evaluation, group.into(), position, None, top, rank, &TerminalProgress::new())
+                }
+                None => numbers::path_table(&evaluation, position, None, top, rank, &TerminalProgress::new()),
             };
             let mut out = BufWriter::new(io::stdout().lock());
             match format {

@@ -291,11 +291,12 @@ fn path_tables_at_one_position_are_rows_of_the_full_table() {
     let f = fixture("full2");
     let evaluation =
         eval::Evaluation { expansion: f.expansion.clone(), params: f.params.clone(), forward: f.forward.clone() };
-    let all = pathc::emit::numbers::path_table(&evaluation, None, None, None, false);
+    let all = pathc::emit::numbers::path_table(&evaluation, None, None, None, false, &pathc::progress::Silent);
     assert_eq!(all.len(), 93);
     let mut worst: f64 = 0.0;
     for position in [0, 5, f.n() - 1] {
-        let at = pathc::emit::numbers::path_table(&evaluation, Some(position), None, None, false);
+        let at =
+            pathc::emit::numbers::path_table(&evaluation, Some(position), None, None, false, &pathc::progress::Silent);
         assert_eq!(at.iter().map(|r| &r.name).collect::<Vec<_>>(), all.iter().map(|r| &r.name).collect::<Vec<_>>());
         for (one, full) in at.iter().zip(&all) {
             worst = worst.max(max_diff(&one.logits, &full.logits.rows(position, 1).into_owned()));

@@ -6,6 +6,7 @@ use std::io::{self, Write};
 
 use crate::eval::{Evaluation, Matrix, PathEvaluator, Row, Target, TargetEvaluator, Targets};
 use crate::paths::{self, Path};
+use crate::progress::Progress;
 
 /// One row of `pathc paths`: a path (or a group of paths) and its logits (one row, or every
 /// position).
@@ -29,11 +30,13 @@ pub fn path_table(
     target: Option<usize>,
     top: Option<usize>,
     rank: bool,
+    progress: &dyn Progress,
 ) -> Vec<PathRow> {
     let mut rows = Vec::new();
     for_each_path_logits(
         evaluation,
         position,
+        progress,
         |p| (p.name(), p.template.order()),
         |(name, order), logits| {
             let size = match target {
@@ -57,13 +60,20 @@ const UNEMBED_BATCH: usize = 64;
 fn for_each_path_logits<T>(
     evaluation: &Evaluation,
     position: Option<usize>,
+    progress: &dyn Progress,
     mut payload: impl FnMut(&Path<'_>) -> T,
     mut visit: impl FnMut(T, Matrix),
 ) {
+    let n_paths = u64::try_from(&evaluation.expansion.logit_counts.total()).unwrap_or(u64::MAX);
+    progress.start("paths", n_paths);
     let mut evaluator = PathEvaluator::new(&evaluation.params, &evaluation.forward);
     let heads = evaluation.expansion.heads_per_layer();
     let Some(position) = position else {
-        paths::for_each_path(&evaluation.expansion.logits, &heads, None, |p| visit(payload(&p), evaluator.logits(&p)));
+        paths::for_each_path(&evaluation.expansion.logits, &heads, None, |p| {
+            visit(payload(&p), evaluator.logits(&p));
+            progress.advance(1);
+        });
+        progress.finish();
         return;
     };
     // A batch of paths: each one's payload and its unembedding input row (`None` for `b_U`).
@@ -84,12 +94,14 @@ fn for_each_path_logits<T>(
         }
     };
     paths::for_each_path(&evaluation.expansion.logits, &heads, None, |p| {
+        progress.advance(1);
         batch.push((payload(&p), evaluator.unembedding_input(&p, position)));
         if batch.len() == UNEMBED_BATCH {
             flush(&evaluator, &mut batch, &mut visit);
         }
     });
     flush(&evaluator, &mut batch, &mut visit);
+    progress.finish();
 }
 
 fn finish_table(mut rows: Vec<PathRow>, rank: bool, top: Option<usize>) -> Vec<PathRow> {
@@ -157,12 +169,14 @@ pub fn group_table(
     target: Option<usize>,
     top: Option<usize>,
     rank: bool,
+    progress: &dyn Progress,
 ) -> Vec<PathRow> {
     // Insertion order for ties (a source's groups appear in path order, which is stream order).
     let mut groups: Vec<((usize, usize, usize), PathRow)> = Vec::new();
     for_each_path_logits(
         evaluation,
         position,
+        progress,
         |p| grouping.of(p),
         |(name, key), logits| match groups.iter_mut().find(|(_, row)| row.name == name) {
             Some((_, row)) => {
