@@ -164,8 +164,13 @@ pub fn load_params(
     weights: &std::path::Path,
     names: &eval::NameMap,
 ) -> Result<eval::Params, Error> {
-    let weights = weights::Weights::load(weights).map_err(eval::EvalError::from)?;
-    Ok(eval::Params::from_weights(&compiled.model, &weights, names)?)
+    Ok(eval::Params::from_weights(&compiled.model, &load_weights(weights)?, names)?)
+}
+
+/// Opens a weights file ([`weights::Weights::load`]: a safetensors file's tensors stay in the file
+/// until used), its errors as [`enum@Error`]s.
+pub fn load_weights(path: &std::path::Path) -> Result<weights::Weights, Error> {
+    Ok(weights::Weights::load(path).map_err(eval::EvalError::from)?)
 }
 
 /// The plans of a model's statistics (`pathc plan`): the one the e-graph chooses and the naive

@@ -473,8 +473,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let fail = |e: pathc::Error| render(&model, &source, &e);
             let compiled = pathc::compile(&source).map_err(fail)?;
             let names = pathc::eval::NameMap::parse(&names).map_err(|e| fail(e.into()))?;
-            let weights =
-                pathc::weights::Weights::load(&weights).map_err(|e| fail(pathc::eval::EvalError::from(e).into()))?;
+            let weights = pathc::load_weights(&weights).map_err(fail)?;
             let params = pathc::eval::StatsParams::from_weights(&compiled.model, &weights, &names)
                 .map_err(|e| fail(e.into()))?;
             let processing = if fold_ln { WeightProcessing::FoldLn } else { WeightProcessing::AsGiven };
@@ -497,15 +496,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let plans = match weights {
                 Some(weights) => {
                     let names = pathc::eval::NameMap::parse(&names).map_err(|e| fail(e.into()))?;
-                    let weights = pathc::weights::Weights::load(&weights)
-                        .map_err(|e| fail(pathc::eval::EvalError::from(e).into()))?;
+                    let weights = pathc::load_weights(&weights).map_err(fail)?;
                     let params = pathc::eval::StatsParams::from_weights(&compiled.model, &weights, &names)
                         .map_err(|e| fail(e.into()))?;
-                    let counts = pathc::plan::Counts::from_heads_per_layer(&compiled.model.heads_per_layer());
-                    pathc::plan::plan(
-                        pathc::stats::plan_dims(&params.layers, params.d_vocab(), params.d_model()),
-                        counts,
-                    )
+                    pathc::stats::plans_for(&params.layers, params.d_vocab(), params.d_model())
                 }
                 None => pathc::plan_stats(&compiled.model).map_err(|e| {
                     let hint = "; give --weights to take the sizes from a weights file";

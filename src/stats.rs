@@ -174,8 +174,8 @@ pub fn stats_processed(params: &Params, processing: WeightProcessing) -> Result<
 /// Computes every statistic of every head of `params`, as given, with the plan the e-graph
 /// chooses ([`crate::plan`]).
 pub fn stats(params: &Params) -> Result<Stats, StatsError> {
-    let dims = plan_dims(&params.layers, params.w_e.nrows(), params.w_e.ncols());
-    stats_of(&params.layers, params, dims, &Silent)
+    let plans = plans_for(&params.layers, params.w_e.nrows(), params.w_e.ncols());
+    stats_with_plan(&plans.chosen, &head_weights(&params.layers), params, &Silent)
 }
 
 /// [`stats_processed`] with `W_E` and `W_U` read from the weights file a chunk of the vocabulary
@@ -190,26 +190,17 @@ pub fn stats_streamed(
         WeightProcessing::AsGiven => params,
         WeightProcessing::FoldLn => params.fold_layer_norm(),
     };
-    let dims = plan_dims(&params.layers, params.d_vocab(), params.d_model());
-    Ok(Stats { weight_processing: processing, ..stats_of(&params.layers, &params, dims, progress)? })
+    let plans = plans_for(&params.layers, params.d_vocab(), params.d_model());
+    let stats = stats_with_plan(&plans.chosen, &head_weights(&params.layers), &params, progress)?;
+    Ok(Stats { weight_processing: processing, ..stats })
 }
 
-fn stats_of(
-    layers: &[LayerParams],
-    vocab: &dyn VocabRows,
-    dims: plan::Dims,
-    progress: &dyn Progress,
-) -> Result<Stats, StatsError> {
-    let heads_per_layer: Vec<usize> = layers.iter().map(|l| l.attn.w_q.len()).collect();
-    let plans = plan::plan(dims, plan::Counts::from_heads_per_layer(&heads_per_layer));
-    stats_with_plan(&plans.chosen, &head_weights(layers), vocab, progress)
-}
-
-/// The dimensions a plan is made for (d_head: the largest of any layer; the executor takes
-/// every head's own shapes).
-pub fn plan_dims(layers: &[LayerParams], d_vocab: usize, d_model: usize) -> plan::Dims {
+/// The plans ([`plan::plan`]) for these layers' heads and sizes. A plan is made for one d_head,
+/// the largest of any layer; the executor takes every head's own shapes.
+pub fn plans_for(layers: &[LayerParams], d_vocab: usize, d_model: usize) -> plan::Plans {
     let d_head = layers.iter().flat_map(|l| l.attn.w_q.iter().map(|w| w.ncols())).max().unwrap_or(0);
-    plan::Dims { d_vocab, d_model, d_head }
+    let heads_per_layer: Vec<usize> = layers.iter().map(|l| l.attn.w_q.len()).collect();
+    plan::plan(plan::Dims { d_vocab, d_model, d_head }, plan::Counts::from_heads_per_layer(&heads_per_layer))
 }
 
 /// Every head's weights as the plan executor reads them.

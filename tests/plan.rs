@@ -4,7 +4,7 @@
 //! memory; GPT-2 small's plan is pinned (e-graph size, FLOPs, the shared products).
 
 use pathc::eval::{NameMap, Params, StatsParams};
-use pathc::plan::{self, Counts, Plan};
+use pathc::plan::{self, Plan};
 use pathc::progress::Silent;
 use pathc::stats::{self, Stats, WeightProcessing};
 use pathc::weights::Weights;
@@ -18,9 +18,7 @@ fn fixture_params(name: &str) -> Params {
 }
 
 fn plans_for(params: &Params) -> plan::Plans {
-    let dims = stats::plan_dims(&params.layers, params.w_e.nrows(), params.w_e.ncols());
-    let heads: Vec<usize> = params.layers.iter().map(|l| l.attn.w_q.len()).collect();
-    plan::plan(dims, Counts::from_heads_per_layer(&heads))
+    stats::plans_for(&params.layers, params.w_e.nrows(), params.w_e.ncols())
 }
 
 /// Every number of two statistics, side by side with its name.

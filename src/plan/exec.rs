@@ -102,7 +102,12 @@ struct Env<'e, 'a> {
     right: (usize, usize),
 }
 
-impl<'a> Env<'_, 'a> {
+impl<'e, 'a> Env<'e, 'a> {
+    /// No head bound and no per-head frames: the head-independent stage.
+    fn new(plan: &'e EvalPlan, inputs: &'e Inputs<'a>, shared: &'e Frame<'a>) -> Env<'e, 'a> {
+        Env { plan, inputs, shared, head_frame: None, right_frame: None, head: (0, 0), right: (0, 0) }
+    }
+
     fn get<'f>(&'f self, local: &'f Frame<'a>, id: Id) -> &'f Value<'a> {
         let frame = match self.plan.shape(id).deps {
             Deps::NONE => self.shared,
@@ -116,15 +121,19 @@ impl<'a> Env<'_, 'a> {
         }
     }
 
-    fn weight(&self, name: &str, (layer, head): (usize, usize)) -> Value<'a> {
+    fn weight(&self, name: &str, bound: (usize, usize)) -> Value<'a> {
+        Value::Matrix(Cow::Borrowed(self.weight_matrix(name, bound)))
+    }
+
+    fn weight_matrix(&self, name: &str, (layer, head): (usize, usize)) -> &'a Matrix {
         let (matrix, _) = name.split_once('[').unwrap_or((name, ""));
         let w = self.inputs.heads[layer][head];
-        Value::Matrix(Cow::Borrowed(match matrix {
+        match matrix {
             "W_Q" => w.w_q,
             "W_K" => w.w_k,
             "W_V" => w.w_v,
             _ => w.w_o,
-        }))
+        }
     }
 
     /// Evaluates one step (not a streamed product), its operands in `local` or the stage frames.
@@ -260,9 +269,7 @@ pub fn run(plan: &EvalPlan, inputs: &Inputs<'_>) -> Result<Results, StatsError> 
         shared[usize::from(*step)] = Some(Value::Matrix(Cow::Owned(product)));
     }
     for step in stage(Deps::NONE).into_iter().filter(|&s| plan.streamed(s).is_none()) {
-        let env =
-            Env { plan, inputs, shared: &shared, head_frame: None, right_frame: None, head: (0, 0), right: (0, 0) };
-        let value = env.eval(&shared, step)?;
+        let value = Env::new(plan, inputs, &shared).eval(&shared, step)?;
         shared[usize::from(step)] = Some(value);
     }
 
@@ -271,8 +278,7 @@ pub fn run(plan: &EvalPlan, inputs: &Inputs<'_>) -> Result<Results, StatsError> 
         let steps = stage(deps);
         parallel_map(&heads, |&bound| {
             let mut local: Frame<'_> = vec![None; n];
-            let env =
-                Env { plan, inputs, shared: &shared, head_frame: None, right_frame: None, head: bound, right: bound };
+            let env = Env { head: bound, right: bound, ..Env::new(plan, inputs, &shared) };
             for &step in &steps {
                 let value = env.eval(&local, step)?;
                 local[usize::from(step)] = Some(value);
@@ -316,15 +322,7 @@ pub fn run(plan: &EvalPlan, inputs: &Inputs<'_>) -> Result<Results, StatsError> 
             heads.iter().copied().enumerate().filter(|&(_, (rl, _))| rl > l).collect();
         let mut locals: Vec<Frame<'_>> = vec![vec![None; n]; rights.len()];
         for &step in &pair_steps {
-            let env = Env {
-                plan,
-                inputs,
-                shared: &shared,
-                head_frame: Some(&head_frames[i]),
-                right_frame: None,
-                head: (l, h),
-                right: (l, h),
-            };
+            let env = Env { head_frame: Some(&head_frames[i]), head: (l, h), ..Env::new(plan, inputs, &shared) };
             if let Some(parts) = batched_pair_product(&env, step, &head_frames[i], &right_frames, &rights) {
                 for (local, part) in locals.iter_mut().zip(parts) {
                     local[usize::from(step)] = Some(Value::Matrix(Cow::Owned(part)));
@@ -333,13 +331,11 @@ pub fn run(plan: &EvalPlan, inputs: &Inputs<'_>) -> Result<Results, StatsError> 
             }
             for (local, &(j, bound)) in locals.iter_mut().zip(&rights) {
                 let env = Env {
-                    plan,
-                    inputs,
-                    shared: &shared,
                     head_frame: Some(&head_frames[i]),
                     right_frame: Some(&right_frames[j]),
                     head: (l, h),
                     right: bound,
+                    ..Env::new(plan, inputs, &shared)
                 };
                 let value = env.eval(local, step)?;
                 local[usize::from(step)] = Some(value);
@@ -381,26 +377,30 @@ pub fn run(plan: &EvalPlan, inputs: &Inputs<'_>) -> Result<Results, StatsError> 
 /// block per pair.
 /// An operand that is a weight or a weight's transpose is read from the weights (transposed as it
 /// is stacked), not from a kept value. `None` for any other step.
-fn batched_pair_product(
-    env: &Env<'_, '_>,
+fn batched_pair_product<'f, 'a: 'f>(
+    env: &Env<'_, 'a>,
     step: Id,
-    head_frame: &Frame<'_>,
-    right_frames: &[Frame<'_>],
+    head_frame: &'f Frame<'a>,
+    right_frames: &'f [Frame<'a>],
     rights: &[(usize, (usize, usize))],
 ) -> Option<Vec<Matrix>> {
+    fn kept<'f>(frame: &'f Frame<'_>, id: Id) -> &'f Matrix {
+        frame[usize::from(id)].as_ref().map(Value::matrix).expect("kept: a pair step reads it")
+    }
     let plan = env.plan;
     let (head_operand, right_operand) = plan.batched(step)?;
     if rights.is_empty() {
         return None;
     }
-    let operand = |id: Id, frame: &Frame<'_>, bound: (usize, usize)| -> Matrix {
+    // Weights and kept values are borrowed; only a weight's transpose is made here.
+    let operand = |id: Id, frame: &'f Frame<'a>, bound: (usize, usize)| -> Cow<'f, Matrix> {
         match plan.node(id) {
-            Plan::Weight(name) => env.weight(name.as_str(), bound).matrix().clone(),
-            Plan::Transpose(inner) if plan.is_weight(*inner) => match plan.node(*inner) {
-                Plan::Weight(name) => env.weight(name.as_str(), bound).matrix().transpose(),
-                _ => unreachable!(),
+            Plan::Weight(name) => Cow::Borrowed(env.weight_matrix(name.as_str(), bound)),
+            Plan::Transpose(inner) => match plan.node(*inner) {
+                Plan::Weight(name) => Cow::Owned(env.weight_matrix(name.as_str(), bound).transpose()),
+                _ => Cow::Borrowed(kept(frame, id)),
             },
-            _ => frame[usize::from(id)].as_ref().map(|v| v.matrix().clone()).expect("kept: a pair step reads it"),
+            _ => Cow::Borrowed(kept(frame, id)),
         }
     };
     let head_value = operand(head_operand, head_frame, env.head);
@@ -409,17 +409,17 @@ fn batched_pair_product(
     // heads at a time (all later heads' at once are 52 MB per thread at GPT-2 size).
     let mut parts = Vec::with_capacity(rights.len());
     for group in rights.chunk_by(|a, b| a.1 .0 == b.1 .0) {
-        let blocks: Vec<Matrix> =
+        let blocks: Vec<Cow<'_, Matrix>> =
             group.iter().map(|&(j, bound)| operand(right_operand, &right_frames[j], bound)).collect();
         if head_first {
-            let product = &head_value * stack_columns(&blocks);
+            let product = &*head_value * stack_columns(&blocks);
             let mut col = 0;
             for block in &blocks {
                 parts.push(product.columns(col, block.ncols()).into_owned());
                 col += block.ncols();
             }
         } else {
-            let product = stack_rows(&blocks) * &head_value;
+            let product = stack_rows(&blocks) * &*head_value;
             let mut row = 0;
             for block in &blocks {
                 parts.push(product.rows(row, block.nrows()).into_owned());
@@ -430,7 +430,7 @@ fn batched_pair_product(
     Some(parts)
 }
 
-fn stack_rows(blocks: &[Matrix]) -> Matrix {
+fn stack_rows(blocks: &[Cow<'_, Matrix>]) -> Matrix {
     let cols = blocks.first().map_or(0, |b| b.ncols());
     let mut out = Matrix::zeros(blocks.iter().map(|b| b.nrows()).sum(), cols);
     let mut row = 0;
@@ -441,7 +441,7 @@ fn stack_rows(blocks: &[Matrix]) -> Matrix {
     out
 }
 
-fn stack_columns(blocks: &[Matrix]) -> Matrix {
+fn stack_columns(blocks: &[Cow<'_, Matrix>]) -> Matrix {
     let rows = blocks.first().map_or(0, |b| b.nrows());
     let mut out = Matrix::zeros(rows, blocks.iter().map(|b| b.ncols()).sum());
     let mut col = 0;
