@@ -105,7 +105,7 @@ impl Source {
         };
         out.push_str(base);
         if let Some(l) = layer {
-            crate::emit::notation::push_usize(out, l);
+            push_usize(out, l);
         }
     }
 
@@ -421,5 +421,35 @@ impl Builder {
         let idx = self.node(node, span);
         self.edge(from, idx, Edge::Read);
         idx
+    }
+}
+
+/// Appends a number without `fmt` machinery, for names (`M0`, `E/L0H3`, ...): the hot path when
+/// a million paths are written, and layer and head numbers are almost always one or two digits.
+pub(crate) fn push_usize(out: &mut String, n: usize) {
+    let digit = |d: usize| char::from(b'0' + d as u8);
+    if n < 10 {
+        out.push(digit(n));
+    } else if n < 100 {
+        out.push(digit(n / 10));
+        out.push(digit(n % 10));
+    } else {
+        push_usize(out, n / 10);
+        out.push(digit(n % 10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_usize;
+
+    #[test]
+    fn pushes_numbers() {
+        let mut s = String::new();
+        for n in [0, 7, 10, 4096, usize::MAX] {
+            push_usize(&mut s, n);
+            s.push(' ');
+        }
+        assert_eq!(s, format!("0 7 10 4096 {} ", usize::MAX));
     }
 }

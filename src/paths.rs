@@ -13,7 +13,7 @@ use num_bigint::BigUint;
 use num_traits::{One, Zero};
 use serde::Serialize;
 
-use crate::graph::{Block, NormSite, Source, TermGraph};
+use crate::graph::{push_usize, Block, NormSite, Source, TermGraph};
 
 /// Which product a head index belongs to: the logit expansion (`h`), or the query (`q`) or key
 /// (`k`) side of an attention score's bilinear form. Query and key paths pass through the same
@@ -225,9 +225,9 @@ impl Path<'_> {
         for (b, &head) in self.template.binders.iter().zip(self.assignment) {
             if b.side == Side::Head {
                 out.push_str("/L");
-                crate::emit::notation::push_usize(out, b.layer);
+                push_usize(out, b.layer);
                 out.push('H');
-                crate::emit::notation::push_usize(out, head);
+                push_usize(out, head);
             }
         }
     }
@@ -489,7 +489,7 @@ mod tests {
         let source = format!(
             "model m\n dim d_model = 8\n dim d_vocab = 8\n embed\n {pos} repeat {layers} {{ layer {{ attn(heads = {heads}, d_head = 2) }} }}\n unembed\n"
         );
-        crate::compile(&source).unwrap().graph
+        TermGraph::build(&crate::syntax::parse_model(&source).unwrap())
     }
 
     #[test]

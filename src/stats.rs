@@ -60,26 +60,21 @@
 //! `complex_eigenvalues()` on a matrix can loop forever (nalgebra issues #611, #764, #1291,
 //! #1528). Non-convergence is a [`StatsError`], never a hang.
 
-use nalgebra::linalg::Schur;
-use nalgebra::{Complex, DMatrix};
+use nalgebra::Complex;
 use thiserror::Error;
 
 use crate::eval::{LayerParams, Params, StatsParams};
-use crate::plan::exec::{HeadWeights, VocabRows};
+pub use crate::linalg::{eigenvalues, SCHUR_MAX_ITER, SCHUR_RETRIES};
+use crate::linalg::{Matrix, NoConvergence};
+use crate::plan::exec::{ExecError, HeadWeights, VocabRows};
 use crate::plan::{self, Mode, Stat};
 use crate::progress::{Progress, Silent};
-
-type Matrix = DMatrix<f64>;
+use crate::weights::WeightError;
 
 /// How many pairs of random matrices the composition baseline averages over.
 pub const BASELINE_SAMPLES: usize = 64;
 /// The seed of the baseline's generator (SplitMix64). The same for every mode and model.
 pub const BASELINE_SEED: u64 = 0x7061_7468_635f_6261; // "pathc_ba"
-/// The vocabulary is summed over in this many fixed groups (see `Shared::new`).
-/// The iteration limit of each attempt at the Schur decomposition behind the copying scores.
-pub const SCHUR_MAX_ITER: usize = 10_000;
-/// How many times [`eigenvalues`] retries a stalled Schur decomposition with a looser tolerance.
-pub const SCHUR_RETRIES: usize = 4;
 
 /// Every statistic of every head, `[layer][head]` or `[layer_left][head_left][layer_right][head_right]`.
 /// Which weights the statistics are of.
@@ -152,13 +147,20 @@ pub struct Baseline {
 
 #[derive(Debug, Error)]
 pub enum StatsError {
-    /// The Schur decomposition of a head's d_head × d_head circuit matrix stalled in every
-    /// attempt (`max_iter` iterations each, see [`eigenvalues`]).
-    #[error("the eigenvalues of {circuit} of head L{layer}H{head} did not converge in {max_iter} iterations")]
-    NoConvergence { circuit: &'static str, layer: usize, head: usize, max_iter: usize },
+    #[error(transparent)]
+    NoConvergence(#[from] NoConvergence),
     /// A vocabulary-sized weight read chunk by chunk failed (see [`crate::plan::exec`]).
     #[error(transparent)]
-    Weights(#[from] crate::weights::WeightError),
+    Weights(#[from] WeightError),
+}
+
+impl From<ExecError> for StatsError {
+    fn from(e: ExecError) -> StatsError {
+        match e {
+            ExecError::NoConvergence(e) => StatsError::NoConvergence(e),
+            ExecError::Weights(e) => StatsError::Weights(e),
+        }
+    }
 }
 
 /// [`stats`] of the weights after `processing`, which the result records.
@@ -222,12 +224,28 @@ impl VocabRows for Params {
         self.w_e.nrows()
     }
 
-    fn embed_rows(&self, start: usize, n: usize) -> Result<Matrix, crate::weights::WeightError> {
+    fn embed_rows(&self, start: usize, n: usize) -> Result<Matrix, WeightError> {
         Ok(self.w_e.rows(start, n).into_owned())
     }
 
-    fn unembed_columns(&self, start: usize, n: usize) -> Result<Matrix, crate::weights::WeightError> {
+    fn unembed_columns(&self, start: usize, n: usize) -> Result<Matrix, WeightError> {
         Ok(self.w_u.columns(start, n).into_owned())
+    }
+}
+
+/// `W_E` and `W_U` read from the weights file a chunk at a time, `ln_final` folded into each
+/// chunk of `W_U` after [`StatsParams::fold_layer_norm`].
+impl VocabRows for StatsParams<'_> {
+    fn d_vocab(&self) -> usize {
+        StatsParams::d_vocab(self)
+    }
+
+    fn embed_rows(&self, start: usize, n: usize) -> Result<Matrix, WeightError> {
+        self.embed_rows(start, n)
+    }
+
+    fn unembed_columns(&self, start: usize, n: usize) -> Result<Matrix, WeightError> {
+        self.unembed_columns(start, n)
     }
 }
 
@@ -310,7 +328,7 @@ pub fn stats_with_plan(
 pub fn ov_eigenvalues(params: &Params, layer: usize, head: usize) -> Result<Vec<Complex<f64>>, StatsError> {
     let a = &params.layers[layer].attn;
     let m = &a.w_o[head] * ((&params.w_u * &params.w_e) * &a.w_v[head]);
-    eigenvalues(m).ok_or(StatsError::NoConvergence { circuit: "the OV circuit", layer, head, max_iter: SCHUR_MAX_ITER })
+    Ok(eigenvalues(m).ok_or(NoConvergence::of("the OV circuit", (layer, head)))?)
 }
 
 /// The eigenvalues of head `(layer, head)`'s full QK circuit `W_E W_Q W_Kᵀ W_Eᵀ` (without
@@ -319,37 +337,7 @@ pub fn qk_eigenvalues(params: &Params, layer: usize, head: usize) -> Result<Vec<
     let a = &params.layers[layer].attn;
     let g_e = params.w_e.transpose() * &params.w_e;
     let m = a.w_k[head].transpose() * (g_e * &a.w_q[head]);
-    eigenvalues(m).ok_or(StatsError::NoConvergence { circuit: "the QK circuit", layer, head, max_iter: SCHUR_MAX_ITER })
-}
-
-/// The eigenvalues of a square matrix, read from the quasi-triangular factor of a real Schur
-/// decomposition `Schur::try_new(m, eps, SCHUR_MAX_ITER)`; `None` if no attempt converged.
-///
-/// The deflation tolerance `eps` starts at `f64::EPSILON` and, if the QR iteration stalls, is
-/// multiplied by 8 for each of up to [`SCHUR_RETRIES`] further attempts (at most `8⁴ ε ≈ 9·10⁻¹³`,
-/// relative to the neighbouring diagonal entries, so a backward error of that order at worst).
-/// nalgebra's iteration has no exceptional shifts: on a cluster of equal eigenvalues (64 × 64
-/// identity plus low rank, say) the Hessenberg reduction leaves subdiagonal entries of a few ε
-/// that a tolerance of ε never deflates, and the shifted steps make no progress — with
-/// `Schur::new` that loops forever; `4 ε` already converges there.
-pub fn eigenvalues(m: Matrix) -> Option<Vec<Complex<f64>>> {
-    let mut eps = f64::EPSILON;
-    for _ in 0..=SCHUR_RETRIES {
-        if let Some(schur) = Schur::try_new(m.clone(), eps, SCHUR_MAX_ITER) {
-            return Some(schur.complex_eigenvalues().iter().copied().collect());
-        }
-        eps *= 8.0;
-    }
-    None
-}
-
-/// `Σ Re λ / Σ |λ|` over the eigenvalues of `m` (the copying score); 0 if every eigenvalue is 0
-/// (a head whose circuit vanishes copies nothing). `None` if the eigenvalues did not converge.
-pub(crate) fn copying_score(m: Matrix) -> Option<f64> {
-    let eig = eigenvalues(m)?;
-    let re: f64 = eig.iter().map(|z| z.re).sum();
-    let abs: f64 = eig.iter().map(|z| z.norm()).sum();
-    Some(if abs == 0.0 { 0.0 } else { re / abs })
+    Ok(eigenvalues(m).ok_or(NoConvergence::of("the QK circuit", (layer, head)))?)
 }
 
 /// `R` of a thin QR factorisation `X = Q R`: `XᵀX = RᵀR`, so `‖X Y‖_F = ‖R Y‖_F` and

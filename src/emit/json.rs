@@ -8,8 +8,9 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use super::notation::{push_usize, Heads, Notation};
+use super::notation::{Heads, Notation};
 use super::{for_each_score_term, Buffered};
+use crate::graph::push_usize;
 use crate::paths::{self, Composition, Counts, HeadRef, IndexVar, Path, Side, Template};
 use crate::Expansion;
 

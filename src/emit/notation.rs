@@ -5,6 +5,7 @@
 
 use std::fmt::Write as _;
 
+use crate::graph::push_usize;
 use crate::paths::{Factor, FactorKind, IndexVar, Path};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,35 +178,5 @@ impl Notation {
             };
         }
         out
-    }
-}
-
-/// Appends a number without `fmt` machinery: the hot path when a million paths are written,
-/// and layer and head numbers are almost always one or two digits.
-pub fn push_usize(out: &mut String, n: usize) {
-    let digit = |d: usize| char::from(b'0' + d as u8);
-    if n < 10 {
-        out.push(digit(n));
-    } else if n < 100 {
-        out.push(digit(n / 10));
-        out.push(digit(n % 10));
-    } else {
-        push_usize(out, n / 10);
-        out.push(digit(n % 10));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::push_usize;
-
-    #[test]
-    fn pushes_numbers() {
-        let mut s = String::new();
-        for n in [0, 7, 10, 4096, usize::MAX] {
-            push_usize(&mut s, n);
-            s.push(' ');
-        }
-        assert_eq!(s, format!("0 7 10 4096 {} ", usize::MAX));
     }
 }

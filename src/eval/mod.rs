@@ -20,15 +20,11 @@ pub use params::{AttnWeights, LayerNormWeights, LayerParams, MlpWeights, NameMap
 pub use paths::{check, logits_by_order, CheckReport, Origin, PathEvaluator, ResidualCache, ScoreEvaluator};
 pub use target::{target_logits, Target, TargetEvaluator, TargetLogits, Targets};
 
-use nalgebra::{DMatrix, RowDVector};
 use thiserror::Error;
 
 use crate::diag::Diagnostic;
+pub use crate::linalg::{Matrix, Row};
 use crate::weights::WeightError;
-
-pub type Matrix = DMatrix<f64>;
-/// A row vector: a bias or a LayerNorm weight, added to every row (position) of a `Matrix`.
-pub type Row = RowDVector<f64>;
 
 #[derive(Debug, Error)]
 pub enum EvalError {

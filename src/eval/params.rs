@@ -12,7 +12,6 @@ use super::{EvalError, Matrix, Row};
 use crate::diag::Diagnostic;
 use crate::graph::Source;
 use crate::model::{Activation, Layer, Model, Size};
-use crate::plan::exec::VocabRows;
 use crate::weights::{WeightError, Weights};
 
 /// TransformerLens `LN`: `x ↦ (x − mean(x)) / σ · w + b`, `σ = sqrt(mean((x − mean x)²) + LN_EPS)`,
@@ -440,7 +439,7 @@ impl Params {
 
 /// What the statistics read, with `W_E` and `W_U` left in the weights file: every head's weights
 /// and LayerNorms, and the two vocabulary-sized matrices read a chunk of the vocabulary at a
-/// time ([`VocabRows`]), so that the memory the statistics take is about that of the attention
+/// time ([`StatsParams::embed_rows`], [`StatsParams::unembed_columns`]), so that the memory the statistics take is about that of the attention
 /// weights (GPT-2 small's `W_E` and `W_U` alone are 309 MB each in f64).
 pub struct StatsParams<'w> {
     /// The layers without their MLPs (checked, not read).
@@ -496,17 +495,16 @@ impl<'w> StatsParams<'w> {
     }
 }
 
-impl VocabRows for StatsParams<'_> {
-    fn d_vocab(&self) -> usize {
-        self.d_vocab
-    }
-
-    fn embed_rows(&self, start: usize, n: usize) -> Result<Matrix, WeightError> {
+impl StatsParams<'_> {
+    /// `W_E[start..start + n]`, read from the file (the statistics' vocabulary stream).
+    pub fn embed_rows(&self, start: usize, n: usize) -> Result<Matrix, WeightError> {
         let data = self.weights.rows(&self.w_e, [self.d_vocab, self.d_model], start, n)?;
         Ok(Matrix::from_row_slice(n, self.d_model, &data))
     }
 
-    fn unembed_columns(&self, start: usize, n: usize) -> Result<Matrix, WeightError> {
+    /// Columns `start..start + n` of `W_U`, read from the file, with `ln_final` folded in after
+    /// [`StatsParams::fold_layer_norm`].
+    pub fn unembed_columns(&self, start: usize, n: usize) -> Result<Matrix, WeightError> {
         let data = self.weights.columns(&self.w_u, [self.d_model, self.d_vocab], start, n)?;
         let mut columns = Matrix::from_row_slice(self.d_model, n, &data);
         if let Some(ln) = &self.unembed_fold {

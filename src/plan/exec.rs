@@ -21,11 +21,20 @@ use std::borrow::Cow;
 use egg::Id;
 
 use super::{Deps, EvalPlan, Plan, Stat, VocabMatrix, VOCAB_CHUNK};
-use crate::eval::Matrix;
+use crate::linalg::{copying_score, Matrix, NoConvergence};
 use crate::parallel::parallel_map;
 use crate::progress::Progress;
-use crate::stats::{copying_score, StatsError, SCHUR_MAX_ITER};
 use crate::weights::WeightError;
+
+/// Why a plan could not be run to the end.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error(transparent)]
+    NoConvergence(#[from] NoConvergence),
+    /// A vocabulary-sized weight read chunk by chunk failed.
+    #[error(transparent)]
+    Weights(#[from] WeightError),
+}
 
 /// The vocabulary is summed over in this many fixed groups.
 pub const VOCAB_GROUPS: usize = 4;
@@ -137,7 +146,7 @@ impl<'e, 'a> Env<'e, 'a> {
     }
 
     /// Evaluates one step (not a streamed product), its operands in `local` or the stage frames.
-    fn eval(&self, local: &Frame<'a>, step: Id) -> Result<Value<'a>, StatsError> {
+    fn eval(&self, local: &Frame<'a>, step: Id) -> Result<Value<'a>, ExecError> {
         let plan = self.plan;
         let get = |id: Id| self.get(local, id);
         Ok(match plan.node(step) {
@@ -168,9 +177,7 @@ impl<'e, 'a> Env<'e, 'a> {
                     Some((Stat::QkCopying, _)) => "the QK circuit",
                     _ => "the OV circuit",
                 };
-                let (layer, head) = self.head;
-                let error = StatsError::NoConvergence { circuit, layer, head, max_iter: SCHUR_MAX_ITER };
-                Value::Scalar(copying_score(m).ok_or(error)?)
+                Value::Scalar(copying_score(m).ok_or(NoConvergence::of(circuit, self.head))?)
             }
         })
     }
@@ -242,7 +249,7 @@ fn streamed_products(
 }
 
 /// Runs `plan` on `inputs`: every statistic of every head and pair.
-pub fn run(plan: &EvalPlan, inputs: &Inputs<'_>) -> Result<Results, StatsError> {
+pub fn run(plan: &EvalPlan, inputs: &Inputs<'_>) -> Result<Results, ExecError> {
     let needed = plan.needed();
     let read_by_pairs = plan.read_by_pairs();
     let is_root = |id: Id| plan.roots.iter().any(|&(_, root)| root == id);
@@ -274,7 +281,7 @@ pub fn run(plan: &EvalPlan, inputs: &Inputs<'_>) -> Result<Results, StatsError> 
     }
 
     // 2, 3. Per head, then per right head: keep what pairs and statistics read.
-    let per_head_stage = |deps: Deps| -> Result<Vec<Frame<'_>>, StatsError> {
+    let per_head_stage = |deps: Deps| -> Result<Vec<Frame<'_>>, ExecError> {
         let steps = stage(deps);
         parallel_map(&heads, |&bound| {
             let mut local: Frame<'_> = vec![None; n];
@@ -354,7 +361,7 @@ pub fn run(plan: &EvalPlan, inputs: &Inputs<'_>) -> Result<Results, StatsError> 
             })
             .collect();
         inputs.progress.advance(1);
-        Ok::<_, StatsError>(values)
+        Ok::<_, ExecError>(values)
     });
     inputs.progress.finish();
     let empty_pairs: Vec<Vec<Vec<Vec<f64>>>> = zeros.iter().map(|row| vec![zeros.clone(); row.len()]).collect();

@@ -1,0 +1,70 @@
+//! Numeric kernels shared by the evaluator, the plan executor and the statistics: the matrix
+//! types and the eigenvalue routines behind the copying scores.
+//!
+//! It sits below every numeric stage and imports none of them, so `eval`, `plan::exec` and
+//! `stats` all point down to it.
+//!
+//! `complex_eigenvalues()` on a matrix can loop forever (nalgebra issues #611, #764, #1291,
+//! #1528): [`eigenvalues`] bounds every attempt by [`SCHUR_MAX_ITER`] and says `None` instead
+//! of hanging.
+
+use nalgebra::linalg::Schur;
+use nalgebra::{Complex, DMatrix, RowDVector};
+
+/// Every matrix of the numeric stages: f64, in TransformerLens's row layout (`x @ W`).
+pub type Matrix = DMatrix<f64>;
+/// A row vector: a bias or a LayerNorm weight, added to every row (position) of a `Matrix`.
+pub type Row = RowDVector<f64>;
+
+/// The iteration limit of each attempt at the Schur decomposition behind the copying scores.
+pub const SCHUR_MAX_ITER: usize = 10_000;
+/// How many times [`eigenvalues`] retries a stalled Schur decomposition with a looser tolerance.
+pub const SCHUR_RETRIES: usize = 4;
+
+/// The Schur decomposition of a head's d_head × d_head circuit matrix stalled in every attempt
+/// (`max_iter` iterations each, see [`eigenvalues`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the eigenvalues of {circuit} of head L{layer}H{head} did not converge in {max_iter} iterations")]
+pub struct NoConvergence {
+    pub circuit: &'static str,
+    pub layer: usize,
+    pub head: usize,
+    pub max_iter: usize,
+}
+
+impl NoConvergence {
+    /// The error for `circuit` (`"the OV circuit"`, `"the QK circuit"`) of head `(layer, head)`.
+    pub fn of(circuit: &'static str, (layer, head): (usize, usize)) -> NoConvergence {
+        NoConvergence { circuit, layer, head, max_iter: SCHUR_MAX_ITER }
+    }
+}
+
+/// The eigenvalues of a square matrix, read from the quasi-triangular factor of a real Schur
+/// decomposition `Schur::try_new(m, eps, SCHUR_MAX_ITER)`; `None` if no attempt converged.
+///
+/// The deflation tolerance `eps` starts at `f64::EPSILON` and, if the QR iteration stalls, is
+/// multiplied by 8 for each of up to [`SCHUR_RETRIES`] further attempts (at most `8⁴ ε ≈ 9·10⁻¹³`,
+/// relative to the neighbouring diagonal entries, so a backward error of that order at worst).
+/// nalgebra's iteration has no exceptional shifts: on a cluster of equal eigenvalues (64 × 64
+/// identity plus low rank, say) the Hessenberg reduction leaves subdiagonal entries of a few ε
+/// that a tolerance of ε never deflates, and the shifted steps make no progress — with
+/// `Schur::new` that loops forever; `4 ε` already converges there.
+pub fn eigenvalues(m: Matrix) -> Option<Vec<Complex<f64>>> {
+    let mut eps = f64::EPSILON;
+    for _ in 0..=SCHUR_RETRIES {
+        if let Some(schur) = Schur::try_new(m.clone(), eps, SCHUR_MAX_ITER) {
+            return Some(schur.complex_eigenvalues().iter().copied().collect());
+        }
+        eps *= 8.0;
+    }
+    None
+}
+
+/// `Σ Re λ / Σ |λ|` over the eigenvalues of `m` (the copying score); 0 if every eigenvalue is 0
+/// (a head whose circuit vanishes copies nothing). `None` if the eigenvalues did not converge.
+pub fn copying_score(m: Matrix) -> Option<f64> {
+    let eig = eigenvalues(m)?;
+    let re: f64 = eig.iter().map(|z| z.re).sum();
+    let abs: f64 = eig.iter().map(|z| z.norm()).sum();
+    Some(if abs == 0.0 { 0.0 } else { re / abs })
+}
