@@ -1,16 +1,24 @@
 //! The `pathc` command line. The only place that renders diagnostics for a terminal.
 
+mod cli;
+
 use std::io::{self, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
 use pathc::emit::numbers;
 use pathc::emit::plot::StatsPlot;
-use pathc::eval::{Evaluation, Target, Targets};
+use pathc::eval::{Target, Targets};
 use pathc::stats::WeightProcessing;
-use pathc::{diag, emit, ExpandOptions};
+use pathc::{emit, ExpandOptions};
+
+use cli::failure::{read_model, render, Failure};
+use cli::output::{self, write_atomically, TextOrJson};
+use cli::parse::{parse_head, parse_position};
+use cli::progress::TerminalProgress;
+use cli::run::{evaluate, RunArgs};
 
 #[derive(Parser)]
 #[command(name = "pathc", version, about = "Symbolic path expansion of transformers (Elhage et al. 2021)")]
@@ -89,8 +97,8 @@ enum Command {
         /// Largest acceptable maximum absolute error; above it the exit code is 1.
         #[arg(long, default_value_t = 1e-9)]
         tol: f64,
-        #[arg(long, value_enum, default_value_t = CountFormat::Text)]
-        format: CountFormat,
+        #[arg(long, value_enum, default_value_t = TextOrJson::Text)]
+        format: TextOrJson,
     },
     /// Every path's contribution to the logits at a position.
     Paths {
@@ -113,8 +121,8 @@ enum Command {
         /// end in (`component`, TransformerLens's decompose_resid labels), `source` or `order`.
         #[arg(long, value_enum)]
         group: Option<GroupArg>,
-        #[arg(long, value_enum, default_value_t = CountFormat::Text)]
-        format: CountFormat,
+        #[arg(long, value_enum, default_value_t = TextOrJson::Text)]
+        format: TextOrJson,
     },
     /// Every (query path, key path) term's contribution to one head's attention scores.
     Scores {
@@ -130,8 +138,8 @@ enum Command {
         /// Only the N largest terms.
         #[arg(long, value_name = "N")]
         top: Option<usize>,
-        #[arg(long, value_enum, default_value_t = CountFormat::Text)]
-        format: CountFormat,
+        #[arg(long, value_enum, default_value_t = TextOrJson::Text)]
+        format: TextOrJson,
     },
     /// Per-head circuit statistics: copying scores, Frobenius norms, composition scores.
     Stats {
@@ -146,8 +154,8 @@ enum Command {
         /// TransformerLens's `fold_ln` does; by default the weights are used as given.
         #[arg(long)]
         fold_ln: bool,
-        #[arg(long, value_enum, default_value_t = CountFormat::Text)]
-        format: CountFormat,
+        #[arg(long, value_enum, default_value_t = TextOrJson::Text)]
+        format: TextOrJson,
     },
     /// The evaluation plan of the statistics the e-graph chooses, against the naive one: every
     /// step with its shape, rank bound, instances and FLOPs, and each plan's peak memory.
@@ -158,8 +166,8 @@ enum Command {
         weights: Option<PathBuf>,
         #[arg(long = "name", value_name = "TL=FILE")]
         names: Vec<String>,
-        #[arg(long, value_enum, default_value_t = CountFormat::Text)]
-        format: CountFormat,
+        #[arg(long, value_enum, default_value_t = TextOrJson::Text)]
+        format: TextOrJson,
     },
     /// Generate standalone analysis code: one function per path family and per statistic.
     Codegen {
@@ -226,30 +234,9 @@ enum Command {
         /// Also count attention-score terms.
         #[arg(long)]
         qk: bool,
-        #[arg(long, value_enum, default_value_t = CountFormat::Text)]
-        format: CountFormat,
+        #[arg(long, value_enum, default_value_t = TextOrJson::Text)]
+        format: TextOrJson,
     },
-}
-
-/// What every numeric command needs: weights, tokens, and the expansion's options.
-#[derive(clap::Args)]
-struct RunArgs {
-    /// A TransformerLens state_dict: safetensors (f16, bf16, f32, f64) or npz.
-    #[arg(long, value_name = "FILE")]
-    weights: PathBuf,
-    /// Token ids, comma-separated: `--tokens 3,7,1`.
-    #[arg(long, value_delimiter = ',', required = true, num_args = 1..)]
-    tokens: Vec<usize>,
-    /// Keep only paths through at most K heads.
-    #[arg(long, value_name = "K")]
-    max_order: Option<u32>,
-    /// Refuse to enumerate more paths than this.
-    #[arg(long, value_name = "N", default_value_t = pathc::DEFAULT_ENUMERATION_LIMIT)]
-    limit: u64,
-    /// Read a TransformerLens tensor under another name: `--name 'blocks.{l}.attn.W_Q=layers.{l}.wq'`
-    /// (`{l}` is the layer; repeatable). Tensors keep TransformerLens's layout.
-    #[arg(long = "name", value_name = "TL=FILE")]
-    names: Vec<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -263,12 +250,6 @@ enum Format {
 #[derive(Clone, Copy, ValueEnum)]
 enum Lang {
     Python,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum CountFormat {
-    Text,
-    Json,
 }
 
 /// Exit codes: 0 success, 1 a check that failed, 2 bad input.
@@ -294,45 +275,11 @@ fn main() -> ExitCode {
     }
 }
 
-enum Failure {
-    BadInput(String),
-    /// A check that ran and failed: exit 1, its report already printed.
-    Check,
-    Io(io::Error),
-}
-
-impl From<io::Error> for Failure {
-    fn from(e: io::Error) -> Failure {
-        Failure::Io(e)
-    }
-}
-
-fn read_model(path: &Path) -> Result<String, Failure> {
-    std::fs::read_to_string(path).map_err(|e| Failure::BadInput(format!("error: cannot read {}: {e}", path.display())))
-}
-
-/// Renders a library error for the terminal: diagnostics with `file:line:col` and a caret.
-fn render(path: &Path, source: &str, error: &pathc::Error) -> Failure {
-    let diagnostics = error.diagnostics();
-    let text = if diagnostics.is_empty() {
-        format!("error: {error}")
-    } else {
-        diag::render(&path.display().to_string(), source, diagnostics)
-    };
-    Failure::BadInput(text)
-}
-
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Expand { model, max_order, qk, format, templates, limit, output, egraph_stats } => {
             let source = read_model(&model)?;
-            let mut sink: Box<dyn Write> = match &output {
-                Some(path) => Box::new(BufWriter::new(
-                    std::fs::File::create(path)
-                        .map_err(|e| Failure::BadInput(format!("error: cannot write {}: {e}", path.display())))?,
-                )),
-                None => Box::new(BufWriter::with_capacity(1 << 16, io::stdout().lock())),
-            };
+            let mut sink = output::sink(output.as_deref())?;
             if let Format::Dot = format {
                 let compiled = pathc::compile(&source).map_err(|e| render(&model, &source, &e))?;
                 sink.write_all(emit::dot::write(&compiled.graph, &compiled.model.name).as_bytes())?;
@@ -371,8 +318,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let report = pathc::eval::check(&evaluation.expansion, &evaluation.params, &evaluation.forward);
             let mut out = io::stdout().lock();
             match format {
-                CountFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&report).expect("plain data"))?,
-                CountFormat::Text => {
+                TextOrJson::Json => writeln!(out, "{}", serde_json::to_string_pretty(&report).expect("plain data"))?,
+                TextOrJson::Text => {
                     let scope = match report.max_order {
                         Some(k) => format!("{} paths of order ≤ {k}", report.paths),
                         None => format!("{} paths (every order)", report.paths),
@@ -397,7 +344,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 out.flush()?;
                 return Err(Failure::Check);
             }
-            if let CountFormat::Text = format {
+            if let TextOrJson::Text = format {
                 writeln!(out, "ok: within --tol {tol:e}")?;
             }
             Ok(())
@@ -408,7 +355,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let pos = pos.as_deref().unwrap_or(if target == Some(Target::Next) { "all" } else { "last" });
             let position = parse_position(pos, run.tokens.len())?;
             // The text table ranks paths; JSON keeps path order unless asked to rank.
-            let rank = matches!(format, CountFormat::Text) || top.is_some() || target.is_some();
+            let rank = matches!(format, TextOrJson::Text) || top.is_some() || target.is_some();
             if let Some(target) = target {
                 let d_vocab = evaluation.params.d_vocab();
                 let targets = Targets::resolve(target, &evaluation.forward.tokens, d_vocab, position).map_err(|e| {
@@ -426,10 +373,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 let table = numbers::target_table(&evaluation, &targets, group.map(Into::into), top, rank);
                 let mut out = BufWriter::new(io::stdout().lock());
                 match format {
-                    CountFormat::Json => {
+                    TextOrJson::Json => {
                         numbers::write_target_json(&mut out, &evaluation, target, &targets, position, &table)?
                     }
-                    CountFormat::Text => {
+                    TextOrJson::Text => {
                         numbers::write_target_text(&mut out, &evaluation, target, &targets, position, &table)?
                     }
                 }
@@ -443,8 +390,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             };
             let mut out = BufWriter::new(io::stdout().lock());
             match format {
-                CountFormat::Json => numbers::write_paths_json(&mut out, &evaluation, position, &table)?,
-                CountFormat::Text => numbers::write_paths_text(&mut out, &evaluation, position, None, &table)?,
+                TextOrJson::Json => numbers::write_paths_json(&mut out, &evaluation, position, &table)?,
+                TextOrJson::Text => numbers::write_paths_text(&mut out, &evaluation, position, None, &table)?,
             }
             Ok(out.flush()?)
         }
@@ -459,10 +406,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let report = numbers::score_table(&evaluation, layer, head, position, top);
             let mut out = BufWriter::new(io::stdout().lock());
             match format {
-                CountFormat::Json => {
+                TextOrJson::Json => {
                     numbers::write_scores_json(&mut out, &evaluation, (layer, head), position, &report)?
                 }
-                CountFormat::Text => {
+                TextOrJson::Text => {
                     numbers::write_scores_text(&mut out, &evaluation, (layer, head), position, &report)?
                 }
             }
@@ -481,11 +428,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
             let mut out = BufWriter::new(io::stdout().lock());
             match format {
-                CountFormat::Json => {
-                    serde_json::to_writer_pretty(&mut out, &stats).map_err(io::Error::from)?;
-                    writeln!(out)?;
-                }
-                CountFormat::Text => numbers::write_stats_text(&mut out, &compiled.model.name, &stats)?,
+                TextOrJson::Json => output::write_json(&mut out, &stats)?,
+                TextOrJson::Text => numbers::write_stats_text(&mut out, &compiled.model.name, &stats)?,
             }
             Ok(out.flush()?)
         }
@@ -509,12 +453,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let threads = pathc::parallel::threads();
             let mut out = BufWriter::new(io::stdout().lock());
             match format {
-                CountFormat::Text => out.write_all(plans.render(&compiled.model.name, threads).as_bytes())?,
-                CountFormat::Json => {
-                    serde_json::to_writer_pretty(&mut out, &plans.to_json(&compiled.model.name, threads))
-                        .map_err(io::Error::from)?;
-                    writeln!(out)?;
-                }
+                TextOrJson::Text => out.write_all(plans.render(&compiled.model.name, threads).as_bytes())?,
+                TextOrJson::Json => output::write_json(&mut out, &plans.to_json(&compiled.model.name, threads))?,
             }
             Ok(out.flush()?)
         }
@@ -537,12 +477,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 pathc::codegen::CodegenError::UnknownHead { .. } => Failure::BadInput(format!("error: --through {e}")),
                 other => Failure::BadInput(format!("error: {other}")),
             })?;
-            match &output {
-                Some(path) => std::fs::write(path, code)
-                    .map_err(|e| Failure::BadInput(format!("error: cannot write {}: {e}", path.display())))?,
-                None => io::stdout().lock().write_all(code.as_bytes())?,
-            }
-            Ok(())
+            output::write(output.as_deref(), code.as_bytes())
         }
         Command::Plot { model, weights, what, tokens, pos, target, top, fold_ln, max_order, limit, names, output } => {
             let stats_plot = match what {
@@ -625,7 +560,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let mlp_inputs = compiled.mlp_input_counts(max_order);
             let scores = qk.then(|| compiled.score_counts(max_order));
             match format {
-                CountFormat::Text => {
+                TextOrJson::Text => {
                     writeln!(out, "{}", emit::count::text("paths", &logits))?;
                     for block in emit::count::mlp_inputs_text(&mlp_inputs) {
                         writeln!(out, "{block}")?;
@@ -634,7 +569,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                         writeln!(out, "{}", emit::count::text("attention-score terms", s))?;
                     }
                 }
-                CountFormat::Json => writeln!(
+                TextOrJson::Json => writeln!(
                     out,
                     "{}",
                     emit::count::json(&compiled.model.name, max_order, &logits, &mlp_inputs, scores.as_ref())
@@ -642,110 +577,5 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-    }
-}
-
-/// Expands the model, loads its weights and runs the forward pass on the tokens.
-fn evaluate(model: &Path, run: &RunArgs, qk: bool) -> Result<Evaluation, Failure> {
-    let source = read_model(model)?;
-    let fail = |e: pathc::Error| render(model, &source, &e);
-    let compiled = pathc::compile(&source).map_err(fail)?;
-    let names = pathc::eval::NameMap::parse(&run.names).map_err(|e| fail(e.into()))?;
-    let params = pathc::load_params(&compiled, &run.weights, &names).map_err(fail)?;
-    let forward = pathc::eval::forward(&params, &run.tokens).map_err(|e| fail(e.into()))?;
-    let options = ExpandOptions { max_order: run.max_order, limit: run.limit, qk, ..ExpandOptions::default() };
-    let expansion = pathc::expand_compiled(compiled, &options).map_err(fail)?;
-    Ok(Evaluation { expansion, params, forward })
-}
-
-/// Writes `bytes` to a temporary file beside `path`, then renames it over `path`: `path` is either
-/// untouched or complete, and no temporary file is left behind on error.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
-    let cannot = |e: io::Error| Failure::BadInput(format!("error: cannot write {}: {e}", path.display()));
-    let name = path.file_name().ok_or_else(|| cannot(io::Error::other("not a file name")))?;
-    let mut temp_name = std::ffi::OsString::from(".");
-    temp_name.push(name);
-    temp_name.push(format!(".{}.tmp", std::process::id()));
-    let temp = path.with_file_name(temp_name);
-    let written = std::fs::File::create(&temp).and_then(|mut file| {
-        file.write_all(bytes)?;
-        file.sync_all()
-    });
-    match written.and_then(|()| std::fs::rename(&temp, path)) {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            let _ = std::fs::remove_file(&temp);
-            Err(cannot(e))
-        }
-    }
-}
-
-fn parse_position(pos: &str, n: usize) -> Result<Option<usize>, Failure> {
-    match pos {
-        "all" => Ok(None),
-        "last" => Ok(Some(n - 1)),
-        p => match p.parse::<usize>() {
-            Ok(p) if p < n => Ok(Some(p)),
-            Ok(p) => Err(Failure::BadInput(format!("error: position {p} is out of range for {n} tokens"))),
-            Err(_) => Err(Failure::BadInput(format!("error: --pos takes a number, `last` or `all`, not `{p}`"))),
-        },
-    }
-}
-
-/// `L1H2` → (1, 2).
-fn parse_head(text: &str) -> Option<(usize, usize)> {
-    let (layer, head) = text.strip_prefix('L')?.split_once('H')?;
-    Some((layer.parse().ok()?, head.parse().ok()?))
-}
-
-/// A progress bar on standard error, drawn only when standard error is a terminal and only once
-/// the job has run for [`TerminalProgress::AFTER`] (`PATHC_PROGRESS_AFTER_MS` overrides it):
-/// short jobs and redirected output stay silent.
-struct TerminalProgress {
-    bar: indicatif::ProgressBar,
-    started: std::time::Instant,
-    after: std::time::Duration,
-    shown: std::sync::atomic::AtomicBool,
-}
-
-impl TerminalProgress {
-    const AFTER: std::time::Duration = std::time::Duration::from_secs(1);
-
-    fn new() -> TerminalProgress {
-        let after = std::env::var("PATHC_PROGRESS_AFTER_MS")
-            .ok()
-            .and_then(|ms| ms.parse().ok())
-            .map_or(Self::AFTER, std::time::Duration::from_millis);
-        TerminalProgress {
-            bar: indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::hidden()),
-            started: std::time::Instant::now(),
-            after,
-            shown: std::sync::atomic::AtomicBool::new(false),
-        }
-    }
-}
-
-impl pathc::progress::Progress for TerminalProgress {
-    fn start(&self, what: &str, total: u64) {
-        self.bar.set_length(total);
-        self.bar.set_message(what.to_string());
-        let style = indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({elapsed}, {eta} left)");
-        if let Ok(style) = style {
-            self.bar.set_style(style.progress_chars("=> "));
-        }
-    }
-
-    fn advance(&self, units: u64) {
-        use std::io::IsTerminal;
-        use std::sync::atomic::Ordering;
-        if !self.shown.load(Ordering::Relaxed) && self.started.elapsed() >= self.after && io::stderr().is_terminal() {
-            self.shown.store(true, Ordering::Relaxed);
-            self.bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-        }
-        self.bar.inc(units);
-    }
-
-    fn finish(&self) {
-        self.bar.finish_and_clear();
     }
 }
