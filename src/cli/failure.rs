@@ -7,10 +7,13 @@ use std::path::Path;
 
 use pathc::diag;
 
+/// Why a command did not succeed; `main` turns it into the exit code.
 pub enum Failure {
+    /// Bad input, its message rendered: exit 2.
     BadInput(String),
     /// A check that ran and failed: exit 1, its report already printed.
     Check,
+    /// Reading or writing failed: exit 2, or 0 quietly for a broken pipe.
     Io(io::Error),
 }
 
