@@ -1,0 +1,59 @@
+//! `pathc check`: the sum of every path, attention patterns frozen, against the forward pass.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+
+use super::failure::Failure;
+use super::output::TextOrJson;
+use super::run::{evaluate, RunArgs};
+
+// (`//`, not `///`: see the module docs of `cli`.)
+#[derive(clap::Args)]
+pub struct Args {
+    model: PathBuf,
+    #[command(flatten)]
+    run: RunArgs,
+    /// Largest acceptable maximum absolute error; above it the exit code is 1.
+    #[arg(long, default_value_t = 1e-9)]
+    tol: f64,
+    #[arg(long, value_enum, default_value_t = TextOrJson::Text)]
+    format: TextOrJson,
+}
+
+pub fn run(args: Args) -> Result<(), Failure> {
+    let Args { model, run, tol, format } = args;
+    let evaluation = evaluate(&model, &run, false)?;
+    let report = pathc::eval::check(&evaluation.expansion, &evaluation.params, &evaluation.forward);
+    let mut out = io::stdout().lock();
+    match format {
+        TextOrJson::Json => writeln!(out, "{}", serde_json::to_string_pretty(&report).expect("plain data"))?,
+        TextOrJson::Text => {
+            let scope = match report.max_order {
+                Some(k) => format!("{} paths of order ≤ {k}", report.paths),
+                None => format!("{} paths (every order)", report.paths),
+            };
+            writeln!(out, "model {}, {} tokens, {scope}", evaluation.expansion.model.name, run.tokens.len())?;
+            if report.max_order.is_some() {
+                writeln!(
+                    out,
+                    "the omitted orders contribute up to {:.6} to a logit (computed by the graded recursion and added back)",
+                    report.omitted_max_abs
+                )?;
+            }
+            writeln!(
+                out,
+                "max |Σ paths − logits| = {:.3e} (relative {:.3e}; max |logit| = {:.3})",
+                report.max_abs_error, report.max_rel_error, report.max_abs_logit
+            )?;
+        }
+    }
+    if report.max_abs_error.is_nan() || report.max_abs_error > tol {
+        writeln!(out, "FAILED: above --tol {tol:e}")?;
+        out.flush()?;
+        return Err(Failure::Check);
+    }
+    if let TextOrJson::Text = format {
+        writeln!(out, "ok: within --tol {tol:e}")?;
+    }
+    Ok(())
+}

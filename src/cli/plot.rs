@@ -1,0 +1,148 @@
+//! `pathc plot`: statistics as heatmaps, or one token's largest path contributions as a bar
+//! chart, in SVG.
+
+use std::path::PathBuf;
+
+use clap::ValueEnum;
+
+use pathc::emit::plot::StatsPlot;
+use pathc::stats::WeightProcessing;
+
+use super::failure::{read_model, render, Failure};
+use super::output::write_atomically;
+use super::parse::parse_position;
+use super::run::{evaluate, RunArgs};
+
+// (`//`, not `///`: see the module docs of `cli`.)
+//
+// `--weights`, `--tokens`, `--max-order`, `--limit` and `--name` repeat `RunArgs` rather than
+// flatten it: here `--tokens` is optional (the statistics plots take none), the help of four of
+// them says they apply to `--what paths` only, and `--what`, `--pos`, `--target`, `--top` and
+// `--fold-ln` stand between them in the help. Flattening would change the help text.
+#[derive(clap::Args)]
+pub struct Args {
+    model: PathBuf,
+    /// A TransformerLens state_dict: safetensors (f16, bf16, f32, f64) or npz.
+    #[arg(long, value_name = "FILE")]
+    weights: PathBuf,
+    /// What to plot.
+    #[arg(long, value_enum)]
+    what: PlotWhat,
+    /// Token ids, comma-separated (`--what paths` only, where they are required).
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    tokens: Vec<usize>,
+    /// The position (`--what paths`): a number or `last` (the default).
+    #[arg(long)]
+    pos: Option<String>,
+    /// The token whose logit the paths are ranked by (`--what paths`; default: the model's
+    /// top prediction at the position).
+    #[arg(long, value_name = "TOKEN")]
+    target: Option<usize>,
+    /// How many paths (`--what paths`; default 20).
+    #[arg(long, value_name = "N")]
+    top: Option<usize>,
+    /// Statistics of LayerNorm-folded weights (statistics plots; see `stats --help`).
+    #[arg(long)]
+    fold_ln: bool,
+    /// Keep only paths through at most K heads (`--what paths`).
+    #[arg(long, value_name = "K")]
+    max_order: Option<u32>,
+    /// Refuse to enumerate more paths than this (`--what paths`).
+    #[arg(long, value_name = "N", default_value_t = pathc::DEFAULT_ENUMERATION_LIMIT)]
+    limit: u64,
+    /// Read a TransformerLens tensor under another name (see `check --help`).
+    #[arg(long = "name", value_name = "TL=FILE")]
+    names: Vec<String>,
+    /// The SVG file to write (replaced only once the plot is complete).
+    #[arg(short, long, value_name = "FILE", required = true)]
+    output: PathBuf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PlotWhat {
+    /// Q-composition scores, (layers·heads) × (layers·heads).
+    CompQ,
+    /// K-composition scores.
+    CompK,
+    /// V-composition scores.
+    CompV,
+    /// OV copying scores, layers × heads.
+    OvCopying,
+    /// QK copying scores, layers × heads.
+    QkCopying,
+    /// The largest path contributions to one token's logit (needs --tokens).
+    Paths,
+}
+
+pub fn run(args: Args) -> Result<(), Failure> {
+    let Args { model, weights, what, tokens, pos, target, top, fold_ln, max_order, limit, names, output } = args;
+    let stats_plot = match what {
+        PlotWhat::CompQ => Some(StatsPlot::CompQ),
+        PlotWhat::CompK => Some(StatsPlot::CompK),
+        PlotWhat::CompV => Some(StatsPlot::CompV),
+        PlotWhat::OvCopying => Some(StatsPlot::OvCopying),
+        PlotWhat::QkCopying => Some(StatsPlot::QkCopying),
+        PlotWhat::Paths => None,
+    };
+    let svg = if let Some(plot) = stats_plot {
+        let misplaced = [
+            (!tokens.is_empty(), "--tokens"),
+            (pos.is_some(), "--pos"),
+            (target.is_some(), "--target"),
+            (top.is_some(), "--top"),
+            (max_order.is_some(), "--max-order"),
+        ];
+        if let Some((_, flag)) = misplaced.iter().find(|(given, _)| *given) {
+            return Err(Failure::BadInput(format!(
+                "error: {flag} applies only to --what paths (statistics come from the weights alone)"
+            )));
+        }
+        let source = read_model(&model)?;
+        let fail = |e: pathc::Error| render(&model, &source, &e);
+        let compiled = pathc::compile(&source).map_err(fail)?;
+        let names = pathc::eval::NameMap::parse(&names).map_err(|e| fail(e.into()))?;
+        let params = pathc::load_params(&compiled, &weights, &names).map_err(fail)?;
+        let processing = if fold_ln { WeightProcessing::FoldLn } else { WeightProcessing::AsGiven };
+        let stats =
+            pathc::stats::stats_processed(&params, processing).map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+        pathc::emit::plot::stats_heatmap(&compiled.model.name, &stats, plot)
+    } else {
+        if tokens.is_empty() {
+            return Err(Failure::BadInput(
+                "error: --what paths needs --tokens (the token ids to run the model on, e.g. --tokens 3,7,1)"
+                    .to_string(),
+            ));
+        }
+        if fold_ln {
+            return Err(Failure::BadInput(
+                "error: --fold-ln applies to the statistics plots; path contributions always use the folded weights with the LayerNorm scales frozen".to_string(),
+            ));
+        }
+        let run = RunArgs { weights, tokens, max_order, limit, names };
+        let evaluation = evaluate(&model, &run, false)?;
+        let position = match parse_position(pos.as_deref().unwrap_or("last"), run.tokens.len())? {
+            Some(p) => p,
+            None => {
+                return Err(Failure::BadInput(
+                    "error: --what paths plots one position: give a number or `last`, not `all`".to_string(),
+                ))
+            }
+        };
+        let d_vocab = evaluation.params.d_vocab();
+        let (target, chosen) = match target {
+            Some(t) if t >= d_vocab => {
+                return Err(Failure::BadInput(format!("error: --target {t} is out of range: d_vocab is {d_vocab}")))
+            }
+            Some(t) => (t, "given by --target"),
+            None => {
+                let row = evaluation.forward.logits.row(position);
+                // The first of equal maxima, as argmax.
+                let best = (0..row.len()).fold(0, |b, i| if row[i] > row[b] { i } else { b });
+                (best, "= the model's top prediction there")
+            }
+        };
+        pathc::emit::plot::paths_chart(&evaluation, position, target, chosen, top.unwrap_or(20))
+    };
+    let svg = svg.map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+    write_atomically(&output, svg.as_bytes())
+}

@@ -1,0 +1,44 @@
+//! The arguments every numeric command shares ([`RunArgs`]: weights, tokens, the expansion's
+//! options) and [`evaluate`], which turns them into an expansion, its weights and a forward pass.
+
+use std::path::{Path, PathBuf};
+
+use pathc::eval::Evaluation;
+use pathc::ExpandOptions;
+
+use super::failure::{read_model, render, Failure};
+
+// What every numeric command needs: weights, tokens, and the expansion's options. (A `//`
+// comment: see the module docs of `cli`.)
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// A TransformerLens state_dict: safetensors (f16, bf16, f32, f64) or npz.
+    #[arg(long, value_name = "FILE")]
+    pub weights: PathBuf,
+    /// Token ids, comma-separated: `--tokens 3,7,1`.
+    #[arg(long, value_delimiter = ',', required = true, num_args = 1..)]
+    pub tokens: Vec<usize>,
+    /// Keep only paths through at most K heads.
+    #[arg(long, value_name = "K")]
+    pub max_order: Option<u32>,
+    /// Refuse to enumerate more paths than this.
+    #[arg(long, value_name = "N", default_value_t = pathc::DEFAULT_ENUMERATION_LIMIT)]
+    pub limit: u64,
+    /// Read a TransformerLens tensor under another name: `--name 'blocks.{l}.attn.W_Q=layers.{l}.wq'`
+    /// (`{l}` is the layer; repeatable). Tensors keep TransformerLens's layout.
+    #[arg(long = "name", value_name = "TL=FILE")]
+    pub names: Vec<String>,
+}
+
+/// Expands the model, loads its weights and runs the forward pass on the tokens.
+pub fn evaluate(model: &Path, run: &RunArgs, qk: bool) -> Result<Evaluation, Failure> {
+    let source = read_model(model)?;
+    let fail = |e: pathc::Error| render(model, &source, &e);
+    let compiled = pathc::compile(&source).map_err(fail)?;
+    let names = pathc::eval::NameMap::parse(&run.names).map_err(|e| fail(e.into()))?;
+    let params = pathc::load_params(&compiled, &run.weights, &names).map_err(fail)?;
+    let forward = pathc::eval::forward(&params, &run.tokens).map_err(|e| fail(e.into()))?;
+    let options = ExpandOptions { max_order: run.max_order, limit: run.limit, qk, ..ExpandOptions::default() };
+    let expansion = pathc::expand_compiled(compiled, &options).map_err(fail)?;
+    Ok(Evaluation { expansion, params, forward })
+}

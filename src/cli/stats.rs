@@ -1,0 +1,50 @@
+//! `pathc stats`: per-head circuit statistics (copying scores, Frobenius norms, composition
+//! scores) from the weights alone.
+
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+
+use pathc::emit::numbers;
+use pathc::stats::WeightProcessing;
+
+use super::failure::{read_model, render, Failure};
+use super::output::{self, TextOrJson};
+use super::progress::TerminalProgress;
+
+// (`//`, not `///`: see the module docs of `cli`.)
+#[derive(clap::Args)]
+pub struct Args {
+    model: PathBuf,
+    /// A TransformerLens state_dict: safetensors (f16, bf16, f32, f64) or npz.
+    #[arg(long, value_name = "FILE")]
+    weights: PathBuf,
+    /// Read a TransformerLens tensor under another name (see `check --help`).
+    #[arg(long = "name", value_name = "TL=FILE")]
+    names: Vec<String>,
+    /// Fold the LayerNorm weights into W_Q, W_K, W_V and W_U (and centre them) first, as
+    /// TransformerLens's `fold_ln` does; by default the weights are used as given.
+    #[arg(long)]
+    fold_ln: bool,
+    #[arg(long, value_enum, default_value_t = TextOrJson::Text)]
+    format: TextOrJson,
+}
+
+pub fn run(args: Args) -> Result<(), Failure> {
+    let Args { model, weights, names, fold_ln, format } = args;
+    let source = read_model(&model)?;
+    let fail = |e: pathc::Error| render(&model, &source, &e);
+    let compiled = pathc::compile(&source).map_err(fail)?;
+    let names = pathc::eval::NameMap::parse(&names).map_err(|e| fail(e.into()))?;
+    let weights = pathc::load_weights(&weights).map_err(fail)?;
+    let params =
+        pathc::eval::StatsParams::from_weights(&compiled.model, &weights, &names).map_err(|e| fail(e.into()))?;
+    let processing = if fold_ln { WeightProcessing::FoldLn } else { WeightProcessing::AsGiven };
+    let stats = pathc::stats::stats_streamed(params, processing, &TerminalProgress::new())
+        .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+    let mut out = BufWriter::new(io::stdout().lock());
+    match format {
+        TextOrJson::Json => output::write_json(&mut out, &stats)?,
+        TextOrJson::Text => numbers::write_stats_text(&mut out, &compiled.model.name, &stats)?,
+    }
+    Ok(out.flush()?)
+}
