@@ -84,13 +84,13 @@ fn main() {
     // prefix and its dot products, all timed; the median of 5 runs after a warm-up, and
     // checked bit for bit against the warm-up run.
     let targets = eval::Targets::resolve(eval::Target::Next, &tokens, d_vocab, None).expect("targets");
-    let reference = eval::target_logits(&expansion, &params, &forward, &targets); // warm-up
+    let reference = eval::target_logits(&expansion, &params, &forward, &targets).expect("finite"); // warm-up
     let target_paths_seconds = median(
         (0..5)
             .map(|_| {
                 let start = Instant::now();
                 let targets = eval::Targets::resolve(eval::Target::Next, &tokens, d_vocab, None).expect("targets");
-                let run = eval::target_logits(&expansion, &params, &forward, &targets);
+                let run = eval::target_logits(&expansion, &params, &forward, &targets).expect("finite");
                 let seconds = start.elapsed().as_secs_f64();
                 assert!(run.values.iter().zip(reference.values.iter()).all(|(a, b)| a.to_bits() == b.to_bits()));
                 seconds

@@ -68,3 +68,42 @@ pub fn copying_score(m: Matrix) -> Option<f64> {
     let abs: f64 = eig.iter().map(|z| z.norm()).sum();
     Some(if abs == 0.0 { 0.0 } else { re / abs })
 }
+
+/// A value that is not finite (NaN or ±∞) where a computation produced it: the numbers overflow
+/// f64 there (or an operation on such a value made NaN), so there is no number to report. Every
+/// numeric stage checks what it computes and reports this instead of printing `inf` or `NaN`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{value} arose in {at}: the computation overflows f64 there, so it has no number to report (are the weights' magnitudes what they should be?)")]
+pub struct NonFinite {
+    /// The value, `NaN`, `inf` or `-inf`.
+    pub value: f64,
+    /// Where, in words: `the attention scores of L1H0 at query position 3, key position 0`.
+    pub at: String,
+}
+
+/// `Ok` if every entry of `m` is finite; else the first non-finite entry in row-major order
+/// (earliest position first), located by `at(row, column)`.
+pub fn finite(m: &Matrix, at: impl FnOnce(usize, usize) -> String) -> Result<(), NonFinite> {
+    // The storage is column-major: one pass in storage order, then the row-major search only
+    // when something was found.
+    let Some(k) = m.iter().position(|x| !x.is_finite()) else { return Ok(()) };
+    let (i, j) = (0..m.nrows())
+        .flat_map(|i| (0..m.ncols()).map(move |j| (i, j)))
+        .find(|&(i, j)| !m[(i, j)].is_finite())
+        .unwrap_or((k % m.nrows(), k / m.nrows()));
+    Err(NonFinite { value: m[(i, j)], at: at(i, j) })
+}
+
+/// `Ok` if every value is finite; else the first non-finite one, located by `at(index)`.
+pub fn finite_values(values: &[f64], at: impl FnOnce(usize) -> String) -> Result<(), NonFinite> {
+    match values.iter().position(|x| !x.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(NonFinite { value: values[i], at: at(i) }),
+    }
+}
+
+/// `max |x|` over `values`, NaN if any value is NaN (`f64::max` would skip it: a check that
+/// folds with it can say "0 error" about NaN).
+pub fn max_abs<'a>(values: impl IntoIterator<Item = &'a f64>) -> f64 {
+    values.into_iter().fold(0.0f64, |m, &x| if x.is_nan() || m.is_nan() { f64::NAN } else { m.max(x.abs()) })
+}

@@ -65,7 +65,7 @@ use thiserror::Error;
 
 use crate::eval::{LayerParams, Params, StatsParams};
 pub use crate::linalg::{eigenvalues, SCHUR_MAX_ITER, SCHUR_RETRIES};
-use crate::linalg::{Matrix, NoConvergence};
+use crate::linalg::{Matrix, NoConvergence, NonFinite};
 use crate::plan::exec::{ExecError, HeadWeights, VocabRows};
 use crate::plan::{self, Mode, Stat};
 use crate::progress::{Progress, Silent};
@@ -149,6 +149,9 @@ pub struct Baseline {
 pub enum StatsError {
     #[error(transparent)]
     NoConvergence(#[from] NoConvergence),
+    /// A statistic (or a matrix it is computed from) is not finite.
+    #[error(transparent)]
+    NonFinite(#[from] NonFinite),
     /// A vocabulary-sized weight read chunk by chunk failed (see [`crate::plan::exec`]).
     #[error(transparent)]
     Weights(#[from] WeightError),
@@ -158,6 +161,7 @@ impl From<ExecError> for StatsError {
     fn from(e: ExecError) -> StatsError {
         match e {
             ExecError::NoConvergence(e) => StatsError::NoConvergence(e),
+            ExecError::NonFinite(e) => StatsError::NonFinite(e),
             ExecError::Weights(e) => StatsError::Weights(e),
         }
     }
@@ -259,6 +263,18 @@ pub fn stats_with_plan(
 ) -> Result<Stats, StatsError> {
     let inputs = plan::exec::Inputs { heads: heads.to_vec(), vocab, progress };
     let mut results = plan::exec::run(plan, &inputs)?;
+    for (stat, values) in &results.per_head {
+        finite_per_head(values, |l, h| format!("the statistic {} of head L{l}H{h}", stat.name()))?;
+    }
+    for (stat, values) in &results.per_pair {
+        for (l, per_head) in values.iter().enumerate() {
+            for (h, per_layer) in per_head.iter().enumerate() {
+                finite_per_head(per_layer, |r, g| {
+                    format!("the statistic {} of heads L{l}H{h} (h) and L{r}H{g} (r)", stat.name())
+                })?;
+            }
+        }
+    }
     let mut take = |stat: Stat| results.per_head.remove(&stat).expect("every per-head statistic is a root");
     let (ov_copying, qk_copying) = (take(Stat::OvCopying), take(Stat::QkCopying));
     let (ov_frobenius, qk_frobenius) = (take(Stat::OvFrobenius), take(Stat::QkFrobenius));
@@ -270,7 +286,14 @@ pub fn stats_with_plan(
             for (h, per_layer) in per_head.iter_mut().enumerate() {
                 for (r, per_right) in per_layer.iter_mut().enumerate() {
                     for (g, score) in per_right.iter_mut().enumerate() {
-                        *score = ratio(*score, left[l][h] * right[r][g]);
+                        // Divided one norm at a time: the product of two finite norms can
+                        // overflow, and x / inf would silently say 0.
+                        let denominator = left[l][h] * right[r][g];
+                        *score = if denominator.is_finite() {
+                            ratio(*score, denominator)
+                        } else {
+                            ratio(ratio(*score, left[l][h]), right[r][g])
+                        };
                     }
                 }
             }
@@ -338,6 +361,15 @@ pub fn qk_eigenvalues(params: &Params, layer: usize, head: usize) -> Result<Vec<
     let g_e = params.w_e.transpose() * &params.w_e;
     let m = a.w_k[head].transpose() * (g_e * &a.w_q[head]);
     Ok(eigenvalues(m).ok_or(NoConvergence::of("the QK circuit", (layer, head)))?)
+}
+
+/// `Ok` if every `[layer][head]` value is finite; else the first that is not, located by
+/// `at(layer, head)`.
+fn finite_per_head(values: &[Vec<f64>], at: impl Fn(usize, usize) -> String) -> Result<(), NonFinite> {
+    for (l, row) in values.iter().enumerate() {
+        crate::linalg::finite_values(row, |h| at(l, h))?;
+    }
+    Ok(())
 }
 
 /// `R` of a thin QR factorisation `X = Q R`: `XᵀX = RᵀR`, so `‖X Y‖_F = ‖R Y‖_F` and

@@ -242,6 +242,19 @@ fn tensors_the_model_does_not_declare() {
             at: "unembed",
             help: "write `unembed(bias)`",
         },
+        // Issue 17 (2): whole layers and embeddings the model leaves out.
+        Case {
+            edit: ("repeat 2 {", "repeat 1 {"),
+            message: "the weights have `blocks.1.attn.W_Q` (layer 1) but the model declares 1 layer",
+            at: "layer {",
+            help: "the weights hold 2 layers: declare all of them (`repeat 2 { layer { ... } }`)",
+        },
+        Case {
+            edit: ("pos_embed\n", ""),
+            message: "the weights have `pos_embed.W_pos` but the model declares no positional embedding",
+            at: "embed",
+            help: "add `pos_embed` after `embed` (with `dim n_ctx = N`)",
+        },
     ];
     let dir = temp_dir("undeclared");
     for case in cases {
@@ -318,10 +331,19 @@ fn check_passes_and_fails_by_tolerance() {
     assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
     let text = String::from_utf8_lossy(&ok.stdout);
     assert!(text.contains("50 paths (every order)") && text.contains("ok: within --tol"), "{text}");
-    // A tolerance no floating-point sum can meet: the check runs and fails with exit 1.
-    let strict = pathc(&[&args[..], &["--tol=-1"]].concat());
+    // A tolerance this floating-point sum does not meet (its error is 2.2e-15): the check runs and
+    // fails with exit 1.
+    let strict = pathc(&[&args[..], &["--tol=0"]].concat());
     assert_eq!(strict.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&strict.stdout).contains("FAILED: above --tol"));
+    // Issue 17 (3): a tolerance every comparison fails (NaN) or none can pass (negative, infinite)
+    // is refused before anything runs.
+    for bad in ["--tol=NaN", "--tol=-1", "--tol=-0.5e-9", "--tol=inf", "--tol=x"] {
+        let out = pathc(&[&args[..], &[bad]].concat());
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert!(out.stdout.is_empty(), "{bad}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value"), "{bad}");
+    }
 }
 
 #[test]
@@ -362,6 +384,21 @@ fn renamed_tensors_through_name_mappings() {
     let ok = pathc(&args);
     assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
     assert_bad(&pathc(&[&base[..], &["--name", "embed.W_E"]].concat()), &["bad --name mapping `embed.W_E`"]);
+    // Issue 17 (3): a mapping that matches nothing, or a name mapped twice, is never ignored.
+    for command in ["check", "stats"] {
+        let mut unused = args.clone();
+        unused[0] = command;
+        if command == "stats" {
+            unused.drain(4..6);
+        }
+        unused.extend(["--name", "foo=bar"]);
+        assert_bad(&pathc(&unused), &["bad --name mapping `foo=bar`: this model reads no tensor `foo`"]);
+    }
+    let twice = [&base[..], &["--name", "embed.W_E=tok_embeddings", "--name", "embed.W_E=other"]].concat();
+    assert_bad(
+        &pathc(&twice),
+        &["bad --name mapping `embed.W_E=other`: `embed.W_E` is mapped twice (first to `tok_embeddings`)"],
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -387,4 +424,58 @@ fn stats_json_has_the_documented_keys() {
     }
     let out = pathc(&["stats", "examples/attn2.tf", "--weights", "tests/fixtures/attn1/model.safetensors"]);
     assert_bad(&out, &["tensor `embed.W_E` has shape [20, 16], expected [50, 32]"]);
+}
+
+/// Issue 17 (1): weights that are finite but huge (every `W_*` of attn2 at 1e38 in f32) overflow
+/// f64 in the computation. Every command that computes numbers stops with exit 2 and says where
+/// the first non-finite value arose; `check` never says ok, nothing prints `inf` or `NaN`.
+#[test]
+fn values_that_overflow_in_the_computation_are_errors_naming_where() {
+    let dir = temp_dir("overflow");
+    let file = dir.join("w.safetensors");
+    edited("attn2", &file, |(name, d, s, b)| {
+        let huge = if name.contains(".W_") { b.chunks(4).flat_map(|_| 1e38f32.to_le_bytes()).collect() } else { b };
+        Some((name, d, s, huge))
+    });
+    let w = file.to_str().unwrap();
+    let tokens = "5,17,42,8,5,17,42,8,30,1,5,17";
+    // The second layer's scores are the first to overflow: (1e38⁴ · d_model)² is past f64.
+    let forward = ["arose in the attention scores of L1H0 at query position 0, key position 0", "overflows f64"];
+    for args in [
+        &["check", "examples/attn2.tf", "--weights", w, "--tokens", tokens][..],
+        &["check", "examples/attn2.tf", "--weights", w, "--tokens", tokens, "--format", "json"],
+        &["paths", "examples/attn2.tf", "--weights", w, "--tokens", tokens, "--target", "42"],
+        &["paths", "examples/attn2.tf", "--weights", w, "--tokens", tokens, "--group", "head"],
+        &["scores", "examples/attn2.tf", "--weights", w, "--tokens", tokens, "--head", "L1H2"],
+        &["plot", "examples/attn2.tf", "--weights", w, "--tokens", tokens, "--what", "paths", "-o", "/dev/null"],
+    ] {
+        let out = pathc(args);
+        assert_bad(&out, &forward);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("ok"), "{args:?}: {err}");
+    }
+    // The statistics never run the model: their own products overflow, named by statistic and head.
+    for args in [
+        &["stats", "examples/attn2.tf", "--weights", w][..],
+        &["stats", "examples/attn2.tf", "--weights", w, "--format", "json"],
+        &["plot", "examples/attn2.tf", "--weights", w, "--what", "comp-q", "-o", "/dev/null"],
+    ] {
+        assert_bad(&pathc(args), &["arose in the", "of head L0H0", "overflows f64"]);
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Within one layer, the first non-finite value is reported at its earliest position; a NaN in
+/// the sum of paths can never be a passing `check` (its maximum used to skip NaN).
+#[test]
+fn check_cannot_pass_on_a_non_finite_error() {
+    use pathc::linalg::{max_abs, NonFinite};
+    assert!(max_abs([1.0, f64::NAN, 3.0].iter()).is_nan());
+    assert!(max_abs([f64::NAN].iter()).is_nan());
+    assert_eq!(max_abs([-4.0, 3.0].iter()), 4.0);
+    let m = pathc::eval::Matrix::from_row_slice(2, 3, &[1.0, 2.0, 3.0, f64::INFINITY, 5.0, f64::NAN]);
+    let e = pathc::linalg::finite(&m, |i, j| format!("m at {i}, {j}")).unwrap_err();
+    assert_eq!(e, NonFinite { value: f64::INFINITY, at: "m at 1, 0".into() });
+    let m = pathc::eval::Matrix::from_row_slice(2, 2, &[1.0, f64::NAN, f64::INFINITY, 0.0]);
+    assert_eq!(pathc::linalg::finite(&m, |i, j| format!("{i},{j}")).unwrap_err().at, "0,1");
 }

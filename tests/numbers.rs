@@ -165,7 +165,7 @@ fn sum_of_paths_reconstructs_the_logits_at_every_order() {
         for max_order in [None, Some(0), Some(1), Some(2)] {
             let source = std::fs::read_to_string(format!("examples/{name}.tf")).unwrap();
             let expansion = pathc::expand(&source, &ExpandOptions { max_order, ..ExpandOptions::default() }).unwrap();
-            let report = eval::check(&expansion, &f.params, &f.forward);
+            let report = eval::check(&expansion, &f.params, &f.forward).unwrap();
             assert!(report.max_abs_error <= TOL, "{name} order ≤ {max_order:?}: {report:?}");
             let complete = max_order.is_none_or(|k| k as usize >= f.expansion.heads_per_layer().len());
             assert_eq!(report.omitted_max_abs == 0.0, complete, "{name} order ≤ {max_order:?}: {report:?}");
@@ -291,12 +291,13 @@ fn path_tables_at_one_position_are_rows_of_the_full_table() {
     let f = fixture("full2");
     let evaluation =
         eval::Evaluation { expansion: f.expansion.clone(), params: f.params.clone(), forward: f.forward.clone() };
-    let all = pathc::emit::numbers::path_table(&evaluation, None, None, None, false, &pathc::progress::Silent);
+    let all = pathc::emit::numbers::path_table(&evaluation, None, None, None, false, &pathc::progress::Silent).unwrap();
     assert_eq!(all.len(), 93);
     let mut worst: f64 = 0.0;
     for position in [0, 5, f.n() - 1] {
         let at =
-            pathc::emit::numbers::path_table(&evaluation, Some(position), None, None, false, &pathc::progress::Silent);
+            pathc::emit::numbers::path_table(&evaluation, Some(position), None, None, false, &pathc::progress::Silent)
+                .unwrap();
         assert_eq!(at.iter().map(|r| &r.name).collect::<Vec<_>>(), all.iter().map(|r| &r.name).collect::<Vec<_>>());
         for (one, full) in at.iter().zip(&all) {
             worst = worst.max(max_diff(&one.logits, &full.logits.rows(position, 1).into_owned()));
@@ -329,7 +330,7 @@ fn target_contributions_sum_to_the_target_logits() {
         let mut worst: f64 = 0.0;
         for (target, position) in target_cases(&f) {
             let targets = eval::Targets::resolve(target, &f.forward.tokens, f.params.d_vocab(), position).unwrap();
-            let table = eval::target_logits(&f.expansion, &f.params, &f.forward, &targets);
+            let table = eval::target_logits(&f.expansion, &f.params, &f.forward, &targets).unwrap();
             assert_eq!(table.values.shape(), (table.names.len(), targets.len()));
             let expected = targets.forward_logits(&f.forward);
             for (j, (&p, &t)) in targets.positions.iter().zip(&targets.tokens).enumerate() {
@@ -361,7 +362,7 @@ fn target_contributions_equal_the_full_rows() {
                     assert_eq!(t, f.forward.tokens[p + 1]);
                 }
             }
-            let table = eval::target_logits(&f.expansion, &f.params, &f.forward, &targets);
+            let table = eval::target_logits(&f.expansion, &f.params, &f.forward, &targets).unwrap();
             assert_eq!(table.names.len(), full.len());
             for (i, logits) in full.iter().enumerate() {
                 for (j, (&p, &t)) in targets.positions.iter().zip(&targets.tokens).enumerate() {
@@ -385,8 +386,8 @@ fn target_contributions_equal_the_full_rows() {
 fn target_contributions_are_deterministic() {
     let f = fixture("full2");
     let targets = eval::Targets::resolve(eval::Target::Next, &f.forward.tokens, f.params.d_vocab(), None).unwrap();
-    let a = eval::target_logits(&f.expansion, &f.params, &f.forward, &targets);
-    let b = eval::target_logits(&f.expansion, &f.params, &f.forward, &targets);
+    let a = eval::target_logits(&f.expansion, &f.params, &f.forward, &targets).unwrap();
+    let b = eval::target_logits(&f.expansion, &f.params, &f.forward, &targets).unwrap();
     assert!(a.values.iter().zip(b.values.iter()).all(|(x, y)| x.to_bits() == y.to_bits()));
     let mut names = Vec::new();
     paths::for_each_path(&f.expansion.logits, &f.expansion.heads_per_layer(), None, |p| names.push(p.name()));

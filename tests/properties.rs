@@ -229,7 +229,7 @@ proptest! {
                 prop_assert!(target == eval::Target::Next && n == 1, "only a single token has no targets");
                 continue;
             };
-            let dla = eval::target_logits(&expansion, &params, &forward, &targets);
+            let dla = eval::target_logits(&expansion, &params, &forward, &targets).unwrap();
             prop_assert_eq!(dla.values.nrows(), rows.len());
             for (i, logits) in rows.iter().enumerate() {
                 for (j, (&p, &t)) in targets.positions.iter().zip(&targets.tokens).enumerate() {
@@ -256,7 +256,7 @@ proptest! {
         for max_order in [None, Some(0), Some(1)] {
             let options = ExpandOptions { max_order, ..ExpandOptions::default() };
             let truncated = pathc::expand_compiled(pathc::compile(&model_source(&a)).unwrap(), &options).unwrap();
-            let report = eval::check(&truncated, &params, &forward);
+            let report = eval::check(&truncated, &params, &forward).unwrap();
             prop_assert!(report.max_abs_error <= 1e-9 * scale, "check at order ≤ {:?}: {:?}", max_order, report);
         }
     }

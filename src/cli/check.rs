@@ -14,7 +14,7 @@ pub struct Args {
     #[command(flatten)]
     run: RunArgs,
     /// Largest acceptable maximum absolute error; above it the exit code is 1.
-    #[arg(long, default_value_t = 1e-9)]
+    #[arg(long, default_value_t = 1e-9, value_parser = super::parse::parse_tolerance)]
     tol: f64,
     #[arg(long, value_enum, default_value_t = TextOrJson::Text)]
     format: TextOrJson,
@@ -23,7 +23,8 @@ pub struct Args {
 pub fn run(args: Args) -> Result<(), Failure> {
     let Args { model, run, tol, format } = args;
     let evaluation = evaluate(&model, &run, false)?;
-    let report = pathc::eval::check(&evaluation.expansion, &evaluation.params, &evaluation.forward);
+    let report = pathc::eval::check(&evaluation.expansion, &evaluation.params, &evaluation.forward)
+        .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
     let mut out = io::stdout().lock();
     match format {
         TextOrJson::Json => writeln!(out, "{}", serde_json::to_string_pretty(&report).expect("plain data"))?,

@@ -23,6 +23,14 @@ impl From<io::Error> for Failure {
     }
 }
 
+/// A computed value that is not a number is bad input (the weights overflow): exit 2, saying
+/// where it arose.
+impl From<pathc::linalg::NonFinite> for Failure {
+    fn from(e: pathc::linalg::NonFinite) -> Failure {
+        Failure::BadInput(format!("error: {e}"))
+    }
+}
+
 pub fn read_model(path: &Path) -> Result<String, Failure> {
     std::fs::read_to_string(path).map_err(|e| Failure::BadInput(format!("error: cannot read {}: {e}", path.display())))
 }

@@ -15,6 +15,16 @@ pub fn parse_position(pos: &str, n: usize) -> Result<Option<usize>, Failure> {
     }
 }
 
+/// A tolerance (`check --tol`): a finite number ≥ 0. NaN would make every comparison false and a
+/// negative one could never pass, so both are refused when the arguments are parsed.
+pub fn parse_tolerance(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(t) if t.is_finite() && t >= 0.0 => Ok(t),
+        Ok(t) => Err(format!("a tolerance is a finite number ≥ 0, not {t}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// `L1H2` → (1, 2).
 pub fn parse_head(text: &str) -> Option<(usize, usize)> {
     let (layer, head) = text.strip_prefix('L')?.split_once('H')?;

@@ -82,7 +82,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 other => format!("error: --target {target}: {other}"),
             })
         })?;
-        let table = numbers::target_table(&evaluation, &targets, group.map(Into::into), top, rank);
+        let table = numbers::target_table(&evaluation, &targets, group.map(Into::into), top, rank)?;
         let mut out = BufWriter::new(io::stdout().lock());
         match format {
             TextOrJson::Json => numbers::write_target_json(&mut out, &evaluation, target, &targets, position, &table)?,
@@ -95,7 +95,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
             numbers::group_table(&evaluation, group.into(), position, None, top, rank, &TerminalProgress::new())
         }
         None => numbers::path_table(&evaluation, position, None, top, rank, &TerminalProgress::new()),
-    };
+    }?;
     let mut out = BufWriter::new(io::stdout().lock());
     match format {
         TextOrJson::Json => numbers::write_paths_json(&mut out, &evaluation, position, &table)?,

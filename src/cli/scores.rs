@@ -37,7 +37,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let (layer, head) = parse_head(&head).filter(|&(l, h)| l < heads.len() && h < heads[l]).ok_or_else(|| {
         Failure::BadInput(format!("error: --head {head} is not a head of this model (write it as L1H2)"))
     })?;
-    let report = numbers::score_table(&evaluation, layer, head, position, top);
+    let report = numbers::score_table(&evaluation, layer, head, position, top)?;
     let mut out = BufWriter::new(io::stdout().lock());
     match format {
         TextOrJson::Json => numbers::write_scores_json(&mut out, &evaluation, (layer, head), position, &report)?,

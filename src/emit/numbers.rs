@@ -5,6 +5,7 @@
 use std::io::{self, Write};
 
 use crate::eval::{Evaluation, Matrix, PathEvaluator, Row, Target, TargetEvaluator, Targets};
+use crate::linalg::{finite, finite_values, max_abs, NonFinite};
 use crate::paths::{self, Path};
 use crate::progress::Progress;
 
@@ -31,7 +32,7 @@ pub fn path_table(
     top: Option<usize>,
     rank: bool,
     progress: &dyn Progress,
-) -> Vec<PathRow> {
+) -> Result<Vec<PathRow>, NonFinite> {
     let mut rows = Vec::new();
     for_each_path_logits(
         evaluation,
@@ -46,7 +47,7 @@ pub fn path_table(
             rows.push(PathRow { name, order: Some(order), paths: 1, logits, size });
         },
     );
-    finish_table(rows, rank, top)
+    finish_table(rows, position, rank, top)
 }
 
 /// How many paths share one unembedding product when the logits at a single position are asked.
@@ -104,7 +105,18 @@ fn for_each_path_logits<T>(
     progress.finish();
 }
 
-fn finish_table(mut rows: Vec<PathRow>, rank: bool, top: Option<usize>) -> Vec<PathRow> {
+/// Checks every row is finite (before `top` drops any), then ranks and truncates.
+fn finish_table(
+    mut rows: Vec<PathRow>,
+    position: Option<usize>,
+    rank: bool,
+    top: Option<usize>,
+) -> Result<Vec<PathRow>, NonFinite> {
+    for row in &rows {
+        let at =
+            |p: usize, t: usize| format!("the logits of {} at position {}, token {t}", row.name, position.unwrap_or(p));
+        finite(&row.logits, at)?;
+    }
     if rank {
         // Largest first; ties keep path order (stable sort), so output is deterministic.
         rows.sort_by(|a, b| b.size.total_cmp(&a.size));
@@ -112,7 +124,7 @@ fn finish_table(mut rows: Vec<PathRow>, rank: bool, top: Option<usize>) -> Vec<P
     if let Some(n) = top {
         rows.truncate(n);
     }
-    rows
+    Ok(rows)
 }
 
 /// How `pathc paths --group` sums paths.
@@ -170,7 +182,7 @@ pub fn group_table(
     top: Option<usize>,
     rank: bool,
     progress: &dyn Progress,
-) -> Vec<PathRow> {
+) -> Result<Vec<PathRow>, NonFinite> {
     // Insertion order for ties (a source's groups appear in path order, which is stream order).
     let mut groups: Vec<((usize, usize, usize), PathRow)> = Vec::new();
     for_each_path_logits(
@@ -197,7 +209,7 @@ pub fn group_table(
             row
         })
         .collect();
-    finish_table(rows, rank, top)
+    finish_table(rows, position, rank, top)
 }
 
 /// One row of `pathc paths --target`: a path (or a group of paths) and its contributions to the
@@ -224,7 +236,7 @@ pub fn target_table(
     grouping: Option<Grouping>,
     top: Option<usize>,
     rank: bool,
-) -> Vec<TargetRow> {
+) -> Result<Vec<TargetRow>, NonFinite> {
     let mut evaluator = TargetEvaluator::new(&evaluation.params, &evaluation.forward, targets);
     let heads = evaluation.expansion.heads_per_layer();
     let mut rows: Vec<((usize, usize, usize), TargetRow)> = Vec::new();
@@ -256,6 +268,9 @@ pub fn target_table(
             row
         })
         .collect();
+    for row in &rows {
+        finite_values(&row.values, |j| targets.describe(&row.name, j))?;
+    }
     if rank {
         // Largest first; ties keep path (group) order (stable sort), so output is deterministic.
         rows.sort_by(|a, b| b.size.total_cmp(&a.size));
@@ -263,7 +278,7 @@ pub fn target_table(
     if let Some(n) = top {
         rows.truncate(n);
     }
-    rows
+    Ok(rows)
 }
 
 /// What the target logit of a table is, in words: `logit of token 42`, `logit of the next token`.
@@ -485,7 +500,7 @@ pub fn score_table(
     head: usize,
     position: Option<usize>,
     top: Option<usize>,
-) -> ScoreReport {
+) -> Result<ScoreReport, NonFinite> {
     let expansion = &evaluation.expansion;
     let templates = &expansion.scores.as_ref().expect("expanded with qk")[layer];
     let target = crate::paths::HeadRef { layer, head };
@@ -494,8 +509,15 @@ pub fn score_table(
     let expected = &evaluation.forward.scores[layer][head];
     let mut total = crate::eval::Matrix::zeros(expected.nrows(), expected.ncols());
     let mut rows = Vec::new();
+    let mut non_finite = None;
     crate::paths::for_each_path(templates, &expansion.heads_per_layer(), Some(fixed), |p| {
         let scores = evaluator.scores(&p, layer, head);
+        if non_finite.is_none() {
+            let at = |q: usize, k: usize| {
+                format!("the score term {} at query position {q}, key position {k}", p.score_name(target))
+            };
+            non_finite = finite(&scores, at).err();
+        }
         total += &scores;
         let shown = match position {
             Some(q) => scores.rows(q, 1).into_owned(),
@@ -509,13 +531,16 @@ pub fn score_table(
             logits: shown,
         });
     });
+    if let Some(e) = non_finite {
+        return Err(e);
+    }
     let terms = rows.len();
     rows.sort_by(|a, b| b.size.total_cmp(&a.size));
     if let Some(n) = top {
         rows.truncate(n);
     }
-    let max_abs_error = (&total - expected).iter().fold(0.0f64, |m, x| m.max(x.abs()));
-    ScoreReport { rows, terms, max_abs_error }
+    let max_abs_error = max_abs((&total - expected).iter());
+    Ok(ScoreReport { rows, terms, max_abs_error })
 }
 
 /// The `pathc scores` table.

@@ -43,6 +43,9 @@ pub enum PlotError {
     Shape(String),
     #[error("plot: drawing failed: {0}")]
     Draw(String),
+    /// A value to plot is not finite: where it arose.
+    #[error(transparent)]
+    NonFinite(#[from] crate::linalg::NonFinite),
 }
 
 fn draw_err<E: std::fmt::Display>(e: E) -> PlotError {
@@ -538,7 +541,7 @@ pub fn paths_chart(
     // One target column of the unembedding, not every path's vocabulary row.
     let forward = &evaluation.forward;
     let targets = crate::eval::Targets { positions: vec![position], tokens: vec![target] };
-    let rows = crate::emit::numbers::target_table(evaluation, &targets, None, Some(top), true);
+    let rows = crate::emit::numbers::target_table(evaluation, &targets, None, Some(top), true)?;
     let labels: Vec<String> = rows.iter().map(|r| r.name.clone()).collect();
     let values: Vec<f64> = rows.iter().map(|r| r.values[0]).collect();
     let layer_norm =

@@ -4,6 +4,7 @@
 
 use super::{EvalError, LayerNormWeights, Matrix, Params, Row, LN_EPS};
 use crate::graph::Source;
+use crate::linalg::{finite, NonFinite};
 use crate::model::Activation;
 
 /// A forward pass: the logits and everything recorded on the way.
@@ -59,6 +60,12 @@ fn causal_softmax(scores: &Matrix) -> Matrix {
     pattern
 }
 
+/// `Ok` if every row (position) of `m` is finite; else where the first non-finite value is:
+/// `what` at its position.
+fn at_positions(m: &Matrix, what: impl FnOnce() -> String) -> Result<(), NonFinite> {
+    finite(m, |p, _| format!("{} at position {p}", what()))
+}
+
 /// `m` with `bias` added to every row (position).
 fn plus_row(mut m: Matrix, bias: &Row) -> Matrix {
     for mut row in m.row_iter_mut() {
@@ -112,6 +119,7 @@ pub fn forward(params: &Params, tokens: &[usize]) -> Result<Forward, EvalError> 
     if params.w_pos.is_some() {
         resid += params.source_rows(Source::P, tokens);
     }
+    at_positions(&resid, || "the embedded tokens".to_string())?;
     let n_layers = params.layers.len();
     let mut patterns = Vec::with_capacity(n_layers);
     let mut scores = Vec::with_capacity(n_layers);
@@ -122,9 +130,10 @@ pub fn forward(params: &Params, tokens: &[usize]) -> Result<Forward, EvalError> 
     let mut head_results = Vec::with_capacity(n_layers);
     let mut mlp_pre = Vec::with_capacity(n_layers);
     let mut mlp_out = Vec::with_capacity(n_layers);
-    for layer in &params.layers {
+    for (l, layer) in params.layers.iter().enumerate() {
         resid_pre.push(resid.clone());
         let (x, scale) = layer_norm(&resid, layer.ln1.as_ref());
+        at_positions(&x, || format!("the input of layer {l}'s attention (after its LayerNorm)"))?;
         scale_attn.push(scale);
         let attn = &layer.attn;
         let (mut layer_patterns, mut layer_scores, mut results) = (Vec::new(), Vec::new(), Vec::new());
@@ -133,8 +142,17 @@ pub fn forward(params: &Params, tokens: &[usize]) -> Result<Forward, EvalError> 
             let k = plus_row(&x * &attn.w_k[h], &attn.b_k[h]);
             let v = plus_row(&x * &attn.w_v[h], &attn.b_v[h]);
             let s = (&q * k.transpose()) / attn.attn_scale;
+            // Only the scores the causal mask keeps reach the pattern.
+            if let Some((q, k)) =
+                (0..s.nrows()).flat_map(|q| (0..=q).map(move |k| (q, k))).find(|&qk| !s[qk].is_finite())
+            {
+                let at = format!("the attention scores of L{l}H{h} at query position {q}, key position {k}");
+                return Err(NonFinite { value: s[(q, k)], at }.into());
+            }
             let pattern = causal_softmax(&s);
-            results.push((&pattern * v) * &attn.w_o[h]);
+            let result = (&pattern * v) * &attn.w_o[h];
+            at_positions(&result, || format!("the output of head L{l}H{h}"))?;
+            results.push(result);
             layer_patterns.push(pattern);
             layer_scores.push(s);
         }
@@ -142,15 +160,19 @@ pub fn forward(params: &Params, tokens: &[usize]) -> Result<Forward, EvalError> 
             resid += result;
         }
         resid = plus_row(resid, &attn.b_o);
+        at_positions(&resid, || format!("the residual stream after layer {l}'s attention"))?;
         resid_mid.push(resid.clone());
         match &layer.mlp {
             Some(mlp) => {
                 let (y, scale) = layer_norm(&resid, layer.ln2.as_ref());
                 scale_mlp.push(scale);
                 let pre = plus_row(&y * &mlp.w_in, &mlp.b_in);
+                at_positions(&pre, || format!("the input of layer {l}'s MLP"))?;
                 let out = pre.map(|p| activate(mlp.act, p)) * &mlp.w_out;
+                at_positions(&out, || format!("the output of layer {l}'s MLP"))?;
                 resid += &out;
                 resid = plus_row(resid, &mlp.b_out);
+                at_positions(&resid, || format!("the residual stream after layer {l}'s MLP"))?;
                 mlp_pre.push(Some(pre));
                 mlp_out.push(Some(out));
             }
@@ -166,6 +188,7 @@ pub fn forward(params: &Params, tokens: &[usize]) -> Result<Forward, EvalError> 
     }
     let (normalised, scale_final) = layer_norm(&resid, params.ln_final.as_ref());
     let logits = plus_row(&normalised * &params.w_u, &params.b_u);
+    finite(&logits, |p, t| format!("the logits at position {p}, token {t}"))?;
     Ok(Forward {
         tokens: tokens.to_vec(),
         logits,

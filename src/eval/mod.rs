@@ -23,6 +23,7 @@ pub use target::{target_logits, Target, TargetEvaluator, TargetLogits, Targets};
 use thiserror::Error;
 
 use crate::diag::Diagnostic;
+use crate::linalg::NonFinite;
 pub use crate::linalg::{Matrix, Row};
 use crate::weights::WeightError;
 
@@ -53,6 +54,10 @@ pub enum EvalError {
     NoNextToken { position: usize, n_tokens: usize },
     #[error("a single token has no next token: the next-token target needs at least 2 tokens")]
     NextNeedsTwoTokens,
+    /// A computed value is NaN or infinite (the forward pass, a path, a check): reported with
+    /// where it arose, never printed as a number.
+    #[error(transparent)]
+    NonFinite(#[from] NonFinite),
 }
 
 /// A model expanded, its weights loaded, and a forward pass run: what every numeric report needs.

@@ -94,9 +94,14 @@ fn known(name: &str, size: &Size) -> Result<usize, EvalError> {
 /// Where each TransformerLens name is found in a weight file: under that name by default;
 /// `TL=FILE` pairs rename, with `{l}` standing for the layer number on both sides
 /// (`blocks.{l}.attn.W_Q=layers.{l}.wq`). Tensors keep TransformerLens's layout and shapes.
+///
+/// A mapping must be used: once a model's tensors are read ([`Params::from_weights`]), one that
+/// matched no name the model reads is an error, as is a name mapped twice.
 #[derive(Debug, Clone, Default)]
 pub struct NameMap {
     renames: Vec<(String, String)>,
+    /// Whether `renames[i]` matched a name [`NameMap::resolve`] was asked for.
+    used: Vec<std::cell::Cell<bool>>,
 }
 
 impl NameMap {
@@ -111,20 +116,33 @@ impl NameMap {
             if from.matches("{l}").count() > 1 || from.contains("{l}") != to.contains("{l}") {
                 return Err(bad("`{l}` must appear once on both sides or on neither"));
             }
+            if let Some((_, first)) = renames.iter().find(|(f, _): &&(String, String)| f == from) {
+                return Err(bad(&format!("`{from}` is mapped twice (first to `{first}`)")));
+            }
             renames.push((from.to_string(), to.to_string()));
         }
-        Ok(NameMap { renames })
+        let used = vec![std::cell::Cell::new(false); renames.len()];
+        Ok(NameMap { renames, used })
+    }
+
+    /// The first mapping no name was resolved through, if any.
+    fn unused(&self) -> Option<&(String, String)> {
+        self.renames.iter().zip(&self.used).find(|(_, used)| !used.get()).map(|(pair, _)| pair)
     }
 
     /// The file's name for the TransformerLens tensor `tl`.
     pub fn resolve(&self, tl: &str) -> String {
-        for (from, to) in &self.renames {
+        for ((from, to), used) in self.renames.iter().zip(&self.used) {
             match from.split_once("{l}") {
-                None if from == tl => return to.clone(),
+                None if from == tl => {
+                    used.set(true);
+                    return to.clone();
+                }
                 None => {}
                 Some((prefix, suffix)) => {
                     let layer = tl.strip_prefix(prefix).and_then(|rest| rest.strip_suffix(suffix));
                     if let Some(layer) = layer.filter(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit())) {
+                        used.set(true);
                         return to.replace("{l}", layer);
                     }
                 }
@@ -173,6 +191,36 @@ impl Reader<'_> {
     fn present(&self, tl: &str) -> Option<String> {
         let name = self.names.resolve(tl);
         self.weights.contains(&name).then_some(name)
+    }
+
+    /// The file holds no layer the model does not declare: no `blocks.{l}.*` (under
+    /// TransformerLens's names, or the file's own through `--name`) for `l` past the model's last
+    /// layer. Such a layer would be silently left out of every number.
+    fn no_layers_beyond(&self, model: &Model) -> Result<(), EvalError> {
+        let n = model.layers.len();
+        let layer_of = |name: &str| -> Option<usize> { name.strip_prefix("blocks.")?.split('.').next()?.parse().ok() };
+        let beyond = |name: &str| layer_of(name).filter(|&l| l >= n);
+        let extra: Vec<(usize, String)> =
+            self.weights.names().filter_map(|name| Some((beyond(name)?, name.to_string()))).collect();
+        // The first extra layer, named by a weight (also through `--name`, for a renamed layout
+        // such as `blocks.{l}.attn.W_Q=layers.{l}.wq`) rather than by a buffer, where it has one.
+        const LAYER_TENSORS: [&str; 8] =
+            ["attn.W_Q", "attn.W_K", "attn.W_V", "attn.W_O", "ln1.w", "ln2.w", "mlp.W_in", "mlp.W_out"];
+        let first = extra.iter().map(|&(l, _)| l).min().unwrap_or(n);
+        let weight = LAYER_TENSORS.iter().find_map(|t| self.present(&format!("blocks.{first}.{t}")));
+        let Some(name) = weight.or_else(|| extra.iter().min().map(|(_, name)| name.clone())) else { return Ok(()) };
+        let held = extra.iter().map(|(l, _)| l + 1).max().unwrap_or(first + 1);
+        let message = format!(
+            "the weights have `{name}` (layer {first}) but the model declares {n} layer{}",
+            if n == 1 { "" } else { "s" }
+        );
+        let (span, label) = match model.layers.last() {
+            Some(last) => (last.span, format!("the model's last layer, layer {}", n - 1)),
+            None => (model.embed, "no layer after this".to_string()),
+        };
+        Err(EvalError::Undeclared(Diagnostic::new(span, message, label).with_help(format!(
+            "the weights hold {held} layers: declare all of them (`repeat {held} {{ layer {{ ... }} }}`)"
+        ))))
     }
 
     /// The LayerNorm `{prefix}.w`, `{prefix}.b` when the model declares it. When it does not, the
@@ -345,7 +393,16 @@ impl Params {
                 let n_ctx = known("n_ctx", n_ctx)?;
                 Some(read.matrix("pos_embed.W_pos", n_ctx, d_model)?)
             }
-            None => None,
+            None => {
+                if let Some(name) = read.present("pos_embed.W_pos") {
+                    let message = format!("the weights have `{name}` but the model declares no positional embedding");
+                    return Err(EvalError::Undeclared(
+                        Diagnostic::new(model.embed, message, "no `pos_embed` after this")
+                            .with_help("add `pos_embed` after `embed` (with `dim n_ctx = N`)"),
+                    ));
+                }
+                None
+            }
         };
         let layers = model
             .layers
@@ -353,6 +410,7 @@ impl Params {
             .enumerate()
             .map(|(l, layer)| read.layer(l, layer, d_model))
             .collect::<Result<_, _>>()?;
+        read.no_layers_beyond(model)?;
         let unembed = model.unembed.span;
         let ln_final = read.layer_norm("ln_final", model.ln_final.is_some(), d_model, |name| {
             let message = format!("the weights have `{name}` but the model declares no final LayerNorm");
@@ -364,6 +422,11 @@ impl Params {
             let message = format!("the weights have a nonzero `{name}` but the unembedding declares no bias");
             Diagnostic::new(unembed, message, "no `bias` here").with_help("write `unembed(bias)`")
         })?);
+        if let Some((from, to)) = read.names.unused() {
+            return Err(EvalError::NameMap(format!(
+                "`{from}={to}`: this model reads no tensor `{from}` (TransformerLens names such as `embed.W_E`, `blocks.{{l}}.attn.W_Q`, `unembed.W_U`)"
+            )));
+        }
         Ok(Params { w_e, w_pos, layers, ln_final, w_u, b_u })
     }
 

@@ -10,8 +10,9 @@
 
 use std::borrow::Cow;
 
-use super::{Forward, Matrix, Params, Row};
+use super::{EvalError, Forward, Matrix, Params, Row};
 use crate::graph::Source;
+use crate::linalg::{finite, max_abs};
 use crate::paths::{FactorKind, Path, Side};
 
 /// The parameters with every LayerNorm folded into the weights that read it: path terms use
@@ -374,15 +375,27 @@ pub struct CheckReport {
     pub omitted_max_abs: f64,
 }
 
-/// Sums every path of the expansion and compares with the forward pass.
-pub fn check(expansion: &crate::Expansion, params: &Params, forward: &Forward) -> CheckReport {
+/// Sums every path of the expansion and compares with the forward pass. A path whose logits are
+/// not finite is an error naming it (the sum could not be compared with anything).
+pub fn check(expansion: &crate::Expansion, params: &Params, forward: &Forward) -> Result<CheckReport, EvalError> {
     let mut total = Matrix::zeros(forward.logits.nrows(), forward.logits.ncols());
     let mut evaluator = PathEvaluator::new(params, forward);
     let mut paths = 0u64;
+    let mut non_finite = None;
     crate::paths::for_each_path(&expansion.logits, &expansion.heads_per_layer(), None, |p| {
-        total += evaluator.logits(&p);
+        if non_finite.is_some() {
+            return;
+        }
+        let logits = evaluator.logits(&p);
+        match finite(&logits, |q, t| format!("the logits of path {} at position {q}, token {t}", p.name())) {
+            Ok(()) => total += logits,
+            Err(e) => non_finite = Some(e),
+        }
         paths += 1;
     });
+    if let Some(e) = non_finite {
+        return Err(e.into());
+    }
     // The evaluator's parameters are folded already: folding copies W_E and W_U.
     let by_order = logits_by_order_folded(evaluator.cache.params(), forward);
     let kept = expansion.max_order.map_or(by_order.len(), |k| (k as usize + 1).min(by_order.len()));
@@ -390,17 +403,19 @@ pub fn check(expansion: &crate::Expansion, params: &Params, forward: &Forward) -
     for part in &by_order[kept..] {
         omitted += part;
     }
-    let max_abs = |m: &Matrix| m.iter().fold(0.0f64, |acc, x| acc.max(x.abs()));
-    let max_abs_error = max_abs(&(&total + &omitted - &forward.logits));
-    let max_abs_logit = max_abs(&forward.logits);
-    CheckReport {
+    finite(&omitted, |q, t| format!("the orders above the truncation at position {q}, token {t}"))?;
+    let error = &total + &omitted - &forward.logits;
+    finite(&error, |q, t| format!("the sum of the paths at position {q}, token {t}"))?;
+    let max_abs_error = max_abs(error.iter());
+    let max_abs_logit = max_abs(forward.logits.iter());
+    Ok(CheckReport {
         paths,
         max_order: expansion.max_order,
         max_abs_error,
         max_rel_error: if max_abs_logit > 0.0 { max_abs_error / max_abs_logit } else { max_abs_error },
         max_abs_logit,
-        omitted_max_abs: max_abs(&omitted),
-    }
+        omitted_max_abs: max_abs(omitted.iter()),
+    })
 }
 
 /// Evaluates attention-score terms: the term with query side `q_p` and key side `k_p'`

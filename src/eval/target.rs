@@ -17,6 +17,7 @@
 use super::paths::{head_values, heads_of, FoldedValues, Origin, PrefixStack, Stream};
 use super::{EvalError, Forward, Matrix, Params, Row};
 use crate::graph::Source;
+use crate::linalg::{finite, NonFinite};
 use crate::paths::{Path, Side};
 
 /// Which logit a path's contribution is taken of, at each position.
@@ -94,6 +95,11 @@ impl Targets {
     }
 
     /// How many (position, token) pairs.
+    /// Where the contribution of `name` to target `j` is, in words (for [`NonFinite`]).
+    pub fn describe(&self, name: &str, j: usize) -> String {
+        format!("the contribution of {name} to the logit of token {} at position {}", self.tokens[j], self.positions[j])
+    }
+
     pub fn len(&self) -> usize {
         self.positions.len()
     }
@@ -240,7 +246,7 @@ pub struct TargetLogits {
 /// // The next token's logit at positions 0..=4 (position 5, the last, has no next token).
 /// let targets = Targets::resolve(Target::Next, &tokens, params.d_vocab(), None).unwrap();
 /// assert_eq!(targets.tokens, [17, 42, 8, 5, 17]);
-/// let dla = eval::target_logits(&expansion, &params, &forward, &targets);
+/// let dla = eval::target_logits(&expansion, &params, &forward, &targets).unwrap();
 /// assert_eq!(dla.values.shape(), (50, 5)); // [paths × positions]
 /// let row = dla.names.iter().position(|n| n == "E/L0H1/L1H2").unwrap();
 /// println!("L0H1 → L1H2 adds {:.4} to the logit of token 42 at position 1", dla.values[(row, 1)]);
@@ -253,7 +259,7 @@ pub fn target_logits(
     params: &Params,
     forward: &Forward,
     targets: &Targets,
-) -> TargetLogits {
+) -> Result<TargetLogits, NonFinite> {
     let mut evaluator = TargetEvaluator::new(params, forward, targets);
     let (mut names, mut orders, mut data) = (Vec::new(), Vec::new(), Vec::new());
     crate::paths::for_each_path(&expansion.logits, &expansion.heads_per_layer(), None, |p| {
@@ -262,5 +268,6 @@ pub fn target_logits(
         data.extend(evaluator.contributions(&p));
     });
     let values = Matrix::from_row_slice(names.len(), targets.len(), &data);
-    TargetLogits { names, orders, values }
+    finite(&values, |i, j| targets.describe(&names[i], j))?;
+    Ok(TargetLogits { names, orders, values })
 }

@@ -21,7 +21,7 @@ use std::borrow::Cow;
 use egg::Id;
 
 use super::{Deps, EvalPlan, Plan, Stat, VocabMatrix, VOCAB_CHUNK};
-use crate::linalg::{copying_score, Matrix, NoConvergence};
+use crate::linalg::{copying_score, finite, Matrix, NoConvergence, NonFinite};
 use crate::parallel::parallel_map;
 use crate::progress::Progress;
 use crate::weights::WeightError;
@@ -31,6 +31,9 @@ use crate::weights::WeightError;
 pub enum ExecError {
     #[error(transparent)]
     NoConvergence(#[from] NoConvergence),
+    /// A copying score's matrix is not finite: its eigenvalues are not numbers.
+    #[error(transparent)]
+    NonFinite(#[from] NonFinite),
     /// A vocabulary-sized weight read chunk by chunk failed.
     #[error(transparent)]
     Weights(#[from] WeightError),
@@ -177,6 +180,10 @@ impl<'e, 'a> Env<'e, 'a> {
                     Some((Stat::QkCopying, _)) => "the QK circuit",
                     _ => "the OV circuit",
                 };
+                let (l, h) = self.head;
+                finite(&m, |i, j| {
+                    format!("the d_head × d_head matrix of {circuit} of head L{l}H{h} (entry {i}, {j})")
+                })?;
                 Value::Scalar(copying_score(m).ok_or(NoConvergence::of(circuit, self.head))?)
             }
         })
