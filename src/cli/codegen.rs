@@ -56,6 +56,6 @@ pub fn run(args: Args) -> Result<(), Failure> {
         pathc::codegen::CodegenError::UnknownHead { .. } => Failure::BadInput(format!("error: --through {e}")),
         other => Failure::BadInput(format!("error: {other}")),
     })?;
-    // Written once the code is complete, but not atomically.
+    // Written once the code is complete.
     output::write(output.as_deref(), code.as_bytes())
 }

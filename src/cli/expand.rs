@@ -1,6 +1,5 @@
 //! `pathc expand`: a model's sum of paths as text, LaTeX, JSON or DOT.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use clap::ValueEnum;
@@ -49,12 +48,10 @@ enum Format {
 pub fn run(args: Args) -> Result<(), Failure> {
     let Args { model, max_order, qk, format, templates, limit, output, egraph_stats } = args;
     let source = read_model(&model)?;
-    // The file is created (or truncated) before the model compiles: `-o FILE` is not atomic.
-    let mut sink = output::sink(output.as_deref())?;
     if let Format::Dot = format {
         let compiled = pathc::compile(&source).map_err(|e| render(&model, &source, &e))?;
-        sink.write_all(emit::dot::write(&compiled.graph, &compiled.model.name).as_bytes())?;
-        return Ok(sink.flush()?);
+        let dot = emit::dot::write(&compiled.graph, &compiled.model.name);
+        return output::write(output.as_deref(), dot.as_bytes());
     }
     // Templates alone enumerate nothing, so the enumeration limit does not apply to them.
     let enumerates = !(templates && matches!(format, Format::Text | Format::Latex));
@@ -76,11 +73,13 @@ pub fn run(args: Args) -> Result<(), Failure> {
             );
         }
     }
+    // Opened only now that the expansion exists: a refusal leaves `-o FILE` untouched.
+    let mut sink = output::Sink::open(output.as_deref())?;
     match format {
         Format::Text => emit::text::write(&expansion, templates, &mut sink)?,
         Format::Latex => emit::latex::write(&expansion, templates, &mut sink)?,
         Format::Json => emit::json::write(&expansion, &mut sink)?,
         Format::Dot => unreachable!("handled above"),
     }
-    Ok(sink.flush()?)
+    sink.finish()
 }

@@ -9,7 +9,7 @@ use pathc::emit::plot::StatsPlot;
 use pathc::stats::WeightProcessing;
 
 use super::failure::{read_model, render, Failure};
-use super::output::write_atomically;
+use super::output;
 use super::parse::parse_position;
 use super::run::{evaluate, RunArgs};
 
@@ -144,5 +144,5 @@ pub fn run(args: Args) -> Result<(), Failure> {
         pathc::emit::plot::paths_chart(&evaluation, position, target, chosen, top.unwrap_or(20))
     };
     let svg = svg.map_err(|e| Failure::BadInput(format!("error: {e}")))?;
-    write_atomically(&output, svg.as_bytes())
+    output::write(Some(&output), svg.as_bytes())
 }
