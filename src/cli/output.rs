@@ -52,6 +52,13 @@ fn resolve(path: &Path) -> io::Result<PathBuf> {
     Err(io::Error::other("too many levels of symbolic links"))
 }
 
+/// What a replaced file's replacement keeps of it: its mode, user and group.
+struct Keep {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+}
+
 /// A file named with `-o`, open for writing (see the module's invariant).
 pub struct OutputFile {
     /// As the user wrote it, for messages.
@@ -61,8 +68,8 @@ pub struct OutputFile {
 
 enum Kind {
     /// A regular file, or none yet, at `target`: written to `temp`, renamed over `target` by
-    /// [`OutputFile::commit`]; `keep` is the replaced file's metadata (permissions, owner).
-    Replace { target: PathBuf, temp: PathBuf, file: BufWriter<File>, keep: Option<fs::Metadata>, done: bool },
+    /// [`OutputFile::commit`]; `keep` is the replaced file's mode and owner.
+    Replace { target: PathBuf, temp: PathBuf, file: BufWriter<File>, keep: Option<Keep>, done: bool },
     /// A device, FIFO or socket: written through.
     Through(BufWriter<File>),
 }
@@ -104,6 +111,7 @@ impl OutputFile {
                 temp_name.push(format!(".pathc-{}.tmp", std::process::id()));
                 let temp = target.with_file_name(temp_name);
                 let file = OpenOptions::new().write(true).create_new(true).mode(0o666).open(&temp).map_err(cannot)?;
+                let keep = keep.map(|meta| Keep { mode: meta.mode() & 0o7777, uid: meta.uid(), gid: meta.gid() });
                 Kind::Replace { target, temp, file: BufWriter::with_capacity(1 << 16, file), keep, done: false }
             }
         };
@@ -120,10 +128,10 @@ impl OutputFile {
             Kind::Replace { target, temp, file, keep, done } => {
                 file.flush().map_err(cannot)?;
                 let file = file.get_ref();
-                if let Some(meta) = keep {
-                    file.set_permissions(meta.permissions()).map_err(cannot)?;
+                if let Some(keep) = keep {
+                    file.set_permissions(fs::Permissions::from_mode(keep.mode)).map_err(cannot)?;
                     // Only root may give a file away; anyone else keeps their own ownership.
-                    let _ = std::os::unix::fs::fchown(file, Some(meta.uid()), Some(meta.gid()));
+                    let _ = std::os::unix::fs::fchown(file, Some(keep.uid), Some(keep.gid));
                 }
                 file.sync_all().map_err(cannot)?;
                 fs::rename(&*temp, &*target).map_err(cannot)?;
