@@ -357,6 +357,46 @@ fn scores_command_reports_its_sum() {
     assert!(json["max_abs_error"].as_f64().unwrap() < 1e-12);
     assert_eq!(json["terms"][0]["scores"].as_array().unwrap().len(), 4);
     assert_bad(&pathc(&[&base[..], &["--head", "L2H0"]].concat()), &["--head L2H0 is not a head of this model"]);
+    // Issue 17 (11): a well-formed head out of range says the range; a malformed one how to write it.
+    let cases = [
+        ("L9H9", "--head L9H9 is not a head of this model: the model has 2 layers (L0 to L1)"),
+        ("L1H9", "--head L1H9 is not a head of this model: layer 1 has 4 heads (H0 to H3)"),
+        ("1.2", "--head 1.2: write a head as L1H2 (layer 1, head 2)"),
+    ];
+    for (head, message) in cases {
+        assert_bad(&pathc(&[&base[..], &["--head", head]].concat()), &[message]);
+    }
+}
+
+/// Issue 17 (11): `plot --target next` is the token after the plotted position (it used to say
+/// "invalid digit found in string"); at the last position, which has none, an error saying so.
+#[test]
+fn plot_target_next_is_the_next_token() {
+    let dir = temp_dir("plot-next");
+    let svg = dir.join("p.svg");
+    let base = [
+        "plot",
+        "examples/attn2.tf",
+        "--weights",
+        "tests/fixtures/attn2/model.safetensors",
+        "--tokens",
+        "5,17,42,8",
+        "--what",
+        "paths",
+        "--target",
+        "next",
+        "-o",
+        svg.to_str().unwrap(),
+    ];
+    let out = pathc(&[&base[..], &["--pos", "1"]].concat());
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.contains("logit[42]") && text.contains("next token there"), "{text}");
+    std::fs::remove_file(&svg).unwrap();
+    let last = pathc(&base);
+    assert_bad(&last, &["--target next: position 3 is the last of the 4 tokens", "give --pos a position before 3"]);
+    assert!(!svg.exists());
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// Weights under other names are read through `--name` mappings, `{l}` standing for the layer.

@@ -25,6 +25,22 @@ pub fn parse_tolerance(text: &str) -> Result<f64, String> {
     }
 }
 
+/// `--{flag} L1H2` as a head of a model with `heads_per_layer`: written wrong, or out of range
+/// (saying which layers and heads there are).
+pub fn parse_head_of(text: &str, flag: &str, heads_per_layer: &[usize]) -> Result<(usize, usize), Failure> {
+    let (layer, head) = parse_head(text)
+        .ok_or_else(|| Failure::BadInput(format!("error: --{flag} {text}: write a head as L1H2 (layer 1, head 2)")))?;
+    let n = heads_per_layer.len();
+    let why = match heads_per_layer.get(layer) {
+        None => format!("the model has {n} layer{} (L0 to L{})", if n == 1 { "" } else { "s" }, n.saturating_sub(1)),
+        Some(&h) if head >= h => {
+            format!("layer {layer} has {h} head{} (H0 to H{})", if h == 1 { "" } else { "s" }, h - 1)
+        }
+        Some(_) => return Ok((layer, head)),
+    };
+    Err(Failure::BadInput(format!("error: --{flag} {text} is not a head of this model: {why}")))
+}
+
 /// `L1H2` → (1, 2).
 pub fn parse_head(text: &str) -> Option<(usize, usize)> {
     let (layer, head) = text.strip_prefix('L')?.split_once('H')?;

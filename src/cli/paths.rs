@@ -7,13 +7,13 @@ use std::path::PathBuf;
 use clap::ValueEnum;
 
 use pathc::emit::numbers;
-use pathc::eval::{Target, Targets};
+use pathc::eval::Target;
 
 use super::failure::Failure;
 use super::output::TextOrJson;
 use super::parse::parse_position;
 use super::progress::TerminalProgress;
-use super::run::{evaluate, RunArgs};
+use super::run::{evaluate, resolve_targets, RunArgs};
 
 // (`//`, not `///`: see the module docs of `cli`.)
 #[derive(clap::Args)]
@@ -69,19 +69,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
     // The text table ranks paths; JSON keeps path order unless asked to rank.
     let rank = matches!(format, TextOrJson::Text) || top.is_some() || target.is_some();
     if let Some(target) = target {
-        let d_vocab = evaluation.params.d_vocab();
-        let targets = Targets::resolve(target, &evaluation.forward.tokens, d_vocab, position).map_err(|e| {
-            Failure::BadInput(match e {
-                pathc::eval::EvalError::TargetOutOfRange { token, d_vocab } => {
-                    format!("error: --target {token} is out of range: d_vocab is {d_vocab}")
-                }
-                pathc::eval::EvalError::NoNextToken { .. } => format!(
-                    "error: --target next: {e}; ask for every other position with --pos all (the default with --target next) or a position before {}",
-                    run.tokens.len() - 1
-                ),
-                other => format!("error: --target {target}: {other}"),
-            })
-        })?;
+        let targets = resolve_targets(&evaluation, target, position, true)?;
         let table = numbers::target_table(&evaluation, &targets, group.map(Into::into), top, rank)?;
         let mut out = BufWriter::new(io::stdout().lock());
         match format {

@@ -6,12 +6,13 @@ use std::path::PathBuf;
 use clap::ValueEnum;
 
 use pathc::emit::plot::StatsPlot;
+use pathc::eval::Target;
 use pathc::stats::WeightProcessing;
 
 use super::failure::{read_model, render, Failure};
 use super::output;
 use super::parse::parse_position;
-use super::run::{evaluate, RunArgs};
+use super::run::{evaluate, resolve_targets, RunArgs};
 
 // (`//`, not `///`: see the module docs of `cli`.)
 //
@@ -34,10 +35,10 @@ pub struct Args {
     /// The position (`--what paths`): a number or `last` (the default).
     #[arg(long)]
     pos: Option<String>,
-    /// The token whose logit the paths are ranked by (`--what paths`; default: the model's
-    /// top prediction at the position).
-    #[arg(long, value_name = "TOKEN")]
-    target: Option<usize>,
+    /// The token whose logit the paths are ranked by (`--what paths`): a token id, or `next` for
+    /// the token after the position (default: the model's top prediction at the position).
+    #[arg(long, value_name = "TOKEN|next")]
+    target: Option<Target>,
     /// How many paths (`--what paths`; default 20).
     #[arg(long, value_name = "N")]
     top: Option<usize>,
@@ -128,12 +129,11 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 ))
             }
         };
-        let d_vocab = evaluation.params.d_vocab();
         let (target, chosen) = match target {
-            Some(t) if t >= d_vocab => {
-                return Err(Failure::BadInput(format!("error: --target {t} is out of range: d_vocab is {d_vocab}")))
+            Some(target) => {
+                let token = resolve_targets(&evaluation, target, Some(position), false)?.tokens[0];
+                (token, if target == Target::Next { "= the next token there" } else { "given by --target" })
             }
-            Some(t) => (t, "given by --target"),
             None => {
                 let row = evaluation.forward.logits.row(position);
                 // The first of equal maxima, as argmax.

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use pathc::eval::Evaluation;
+use pathc::eval::{EvalError, Evaluation, Target, Targets};
 use pathc::ExpandOptions;
 
 use super::failure::{read_model, render, Failure};
@@ -41,4 +41,31 @@ pub fn evaluate(model: &Path, run: &RunArgs, qk: bool) -> Result<Evaluation, Fai
     let options = ExpandOptions { max_order: run.max_order, limit: run.limit, qk, ..ExpandOptions::default() };
     let expansion = pathc::expand_compiled(compiled, &options).map_err(fail)?;
     Ok(Evaluation { expansion, params, forward })
+}
+
+/// `--target TOKEN|next` at `position` (every position when `None`) of the evaluated tokens, or
+/// the error to show: a token out of range, or `next` where there is no next token (`all`: whether
+/// the command offers `--pos all`, the other way out).
+pub fn resolve_targets(
+    evaluation: &Evaluation,
+    target: Target,
+    position: Option<usize>,
+    all: bool,
+) -> Result<Targets, Failure> {
+    let tokens = &evaluation.forward.tokens;
+    Targets::resolve(target, tokens, evaluation.params.d_vocab(), position).map_err(|e| {
+        Failure::BadInput(match e {
+            EvalError::TargetOutOfRange { token, d_vocab } => {
+                format!("error: --target {token} is out of range: d_vocab is {d_vocab}")
+            }
+            EvalError::NoNextToken { .. } if all => format!(
+                "error: --target next: {e}; ask for every other position with --pos all (the default with --target next) or a position before {}",
+                tokens.len() - 1
+            ),
+            EvalError::NoNextToken { .. } => {
+                format!("error: --target next: {e}; give --pos a position before {}", tokens.len() - 1)
+            }
+            other => format!("error: --target {target}: {other}"),
+        })
+    })
 }

@@ -7,7 +7,7 @@ use pathc::emit::numbers;
 
 use super::failure::Failure;
 use super::output::TextOrJson;
-use super::parse::{parse_head, parse_position};
+use super::parse::{parse_head_of, parse_position};
 use super::run::{evaluate, RunArgs};
 
 // (`//`, not `///`: see the module docs of `cli`.)
@@ -34,9 +34,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let evaluation = evaluate(&model, &run, true)?;
     let position = parse_position(&pos, run.tokens.len())?;
     let heads = evaluation.expansion.heads_per_layer();
-    let (layer, head) = parse_head(&head).filter(|&(l, h)| l < heads.len() && h < heads[l]).ok_or_else(|| {
-        Failure::BadInput(format!("error: --head {head} is not a head of this model (write it as L1H2)"))
-    })?;
+    let (layer, head) = parse_head_of(&head, "head", &heads)?;
     let report = numbers::score_table(&evaluation, layer, head, position, top)?;
     let mut out = BufWriter::new(io::stdout().lock());
     match format {
