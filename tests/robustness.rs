@@ -66,3 +66,88 @@ fn truncated_files_never_panic() {
         }
     }
 }
+
+/// Issue 17 (1): weights of any magnitude give finite numbers or an error saying where a
+/// non-finite value arose — never `inf` or `NaN` in a result, never a passing check on NaN. Every
+/// weight matrix of each fixture is scaled by 10^k (f64 file), for k up to 300.
+#[test]
+fn weights_of_any_magnitude_give_numbers_or_an_error() {
+    use pathc::eval::{self, NameMap, Target, Targets};
+    use safetensors::tensor::TensorView;
+    use safetensors::{Dtype, SafeTensors};
+
+    fn finite(values: impl IntoIterator<Item = f64>) -> bool {
+        values.into_iter().all(f64::is_finite)
+    }
+    let (mut numbers, mut errors) = (0, 0);
+    for fixture in ["attn1", "attn2", "full2"] {
+        let source = std::fs::read_to_string(format!("examples/{fixture}.tf")).unwrap();
+        let bytes = std::fs::read(format!("tests/fixtures/{fixture}/model.safetensors")).unwrap();
+        let file = SafeTensors::deserialize(&bytes).unwrap();
+        for exponent in [0, 10, 30, 38, 60, 100, 150, 300] {
+            let scale = 10f64.powi(exponent);
+            let owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = file
+                .tensors()
+                .into_iter()
+                .map(|(name, view)| {
+                    let k = if name.contains(".W_") { scale } else { 1.0 };
+                    let data: Vec<f64> = match view.dtype() {
+                        Dtype::F32 => {
+                            view.data().chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64).collect()
+                        }
+                        Dtype::F64 => {
+                            view.data().chunks(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect()
+                        }
+                        // Buffers (`attn.mask`) stay as they are.
+                        other => return (name, other, view.shape().to_vec(), view.data().to_vec()),
+                    };
+                    let data = data.iter().flat_map(|x| (x * k).to_le_bytes()).collect();
+                    (name, Dtype::F64, view.shape().to_vec(), data)
+                })
+                .collect();
+            let views: Vec<(String, TensorView<'_>)> =
+                owned.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
+            let scaled = safetensors::serialize(views, None).unwrap();
+            let what = format!("{fixture} × 1e{exponent}");
+
+            let compiled = pathc::compile(&source).unwrap();
+            let weights = pathc::weights::Weights::from_bytes(&scaled, &what).unwrap();
+            let params = eval::Params::from_weights(&compiled.model, &weights, &NameMap::default()).unwrap();
+            match pathc::stats::stats(&params) {
+                Ok(s) => {
+                    let all = s.ov_copying.iter().chain(&s.qk_copying).chain(&s.ov_frobenius).chain(&s.qk_frobenius);
+                    let pairs = s.comp_q.iter().chain(&s.comp_k).chain(&s.comp_v).flatten().flatten();
+                    assert!(finite(all.flatten().copied().chain(pairs.flatten().copied())), "{what}: stats");
+                    numbers += 1;
+                }
+                Err(e) => {
+                    assert!(e.to_string().contains("arose in"), "{what}: {e}");
+                    errors += 1;
+                }
+            }
+            let tokens = [1, 2, 3, 4, 5, 1, 2, 3];
+            let forward = match eval::forward(&params, &tokens) {
+                Ok(forward) => forward,
+                Err(e) => {
+                    assert!(e.to_string().contains("arose in"), "{what}: {e}");
+                    errors += 1;
+                    continue;
+                }
+            };
+            assert!(finite(forward.logits.iter().copied()), "{what}: forward");
+            let expansion = pathc::expand_compiled(compiled, &pathc::ExpandOptions::default()).unwrap();
+            match eval::check(&expansion, &params, &forward) {
+                Ok(report) => assert!(report.max_abs_error.is_finite() && report.max_abs_logit.is_finite(), "{what}"),
+                Err(e) => assert!(e.to_string().contains("arose in"), "{what}: {e}"),
+            }
+            let targets = Targets::resolve(Target::Next, &tokens, params.d_vocab(), None).unwrap();
+            match eval::target_logits(&expansion, &params, &forward, &targets) {
+                Ok(dla) => assert!(finite(dla.values.iter().copied()), "{what}: target"),
+                Err(e) => assert!(e.to_string().contains("arose in"), "{what}: {e}"),
+            }
+            numbers += 1;
+        }
+    }
+    // Both outcomes occur: small scales compute, large ones overflow.
+    assert!(numbers > 10 && errors > 10, "{numbers} computed, {errors} refused");
+}
