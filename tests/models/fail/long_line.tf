@@ -3,5 +3,5 @@ model m
 dim d_model = 8
 dim d_vocab = 5
 embed
-layer { attn(heads = 2, d_head = 4) } layer { attn(heads = 2, d_head = 4) } layer { attn(heads = 2, d_head = 4) } layer { attn(heads = 2, d_head = 4) } layer { attn(heads = 2, d_head = 4) } layer { attn(heads = 2, d_head = 4) } layer { attn(heads = 2, d_head = 4) } layer { attn(heads = 2, d_head = 4) } layer { attn(heads = 2, d_head = d_hed) } layer { attn(heads = 2, d_head = 4) } layer { attn(heads = 2, d_head = 4) } layer { attn(heads = 2, d_head = 4) } layer { attn(heads = 2, d_head = 4) } layer { attn(heads = 2, d_head = 4) } layer { attn(heads = 2, d_head = 4) } layer { attn(heads = 2, d_head = 4) } layer { attn(heads = 2, d_head = 4) } 
+layer { attn(heads = 2, d_head = 4) } layer { attn(heads = 2, d_head = 4) } layer { attn(heads = 2, d_head = 4) } layer { attn(heads = 2, d_head = 4) } layer { attn(heads = 2, d_head = d_hed) } layer { attn(heads = 2, d_head = 4) } layer { attn(heads = 2, d_head = 4) } layer { attn(heads = 2, d_head = 4) } 
 unembed
