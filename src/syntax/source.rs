@@ -50,11 +50,15 @@ pub fn read_source(path: &Path) -> Result<String, SourceError> {
 /// A model file's bytes as text: at most [`MAX_SOURCE_BYTES`], UTF-8, a leading byte-order mark
 /// dropped. Otherwise a diagnostic at the limit or at the first byte that is not UTF-8.
 pub fn decode_source(mut bytes: Vec<u8>) -> Result<String, SourceError> {
+    // The limit is on the file, mark included: a file read only up to the limit is refused
+    // whatever it starts with.
+    let too_big = bytes.len() > MAX_SOURCE_BYTES;
+    bytes.truncate(MAX_SOURCE_BYTES);
     if bytes.starts_with(b"\xEF\xBB\xBF") {
         bytes.drain(..3);
     }
-    if bytes.len() > MAX_SOURCE_BYTES {
-        let text = String::from_utf8_lossy(&bytes[..MAX_SOURCE_BYTES]).into_owned();
+    if too_big {
+        let text = String::from_utf8_lossy(&bytes).into_owned();
         let diagnostic = too_large(&text);
         return Err(SourceError::Invalid { text, diagnostic });
     }
@@ -132,6 +136,13 @@ mod tests {
         assert_eq!(d.span.start, MAX_SOURCE_BYTES);
         assert!(d.message.contains("larger than 1048576 bytes"), "{}", d.message);
         bytes.pop();
-        assert!(decode_source(bytes).is_ok());
+        assert!(decode_source(bytes.clone()).is_ok());
+        // With a byte-order mark, the file is still over the limit (and the text shown starts
+        // after the mark).
+        let mut marked = b"\xEF\xBB\xBF".to_vec();
+        marked.extend_from_slice(&bytes);
+        let (text, d) = invalid(&marked);
+        assert!(text.starts_with("model m\n"));
+        assert_eq!(d.span.start, MAX_SOURCE_BYTES - 3);
     }
 }
