@@ -1,6 +1,7 @@
 //! Data-driven tests over folders of model files, one helper each:
 //! `tests/models/pass/*.tf` must expand (the text expansion is snapshotted), and
 //! `tests/models/fail/*.tf` must fail with diagnostics (the rendered diagnostics are
+//! snapshotted; a file that is not UTF-8 is read as the command line reads it, and its diagnostic
 //! snapshotted). A first line `# expand: --qk --max-order K` sets the options.
 
 use std::path::Path;
@@ -48,7 +49,14 @@ fn passing_models_expand() {
 #[test]
 fn failing_models_report_diagnostics() {
     insta::glob!("models/fail/*.tf", |path| {
-        let source = std::fs::read_to_string(path).expect("readable");
+        // Read as the command line does: bytes that are not a model's text are a diagnostic too.
+        let source = match pathc::syntax::decode_source(std::fs::read(path).expect("readable")) {
+            Ok(source) => source,
+            Err(e) => {
+                insta::assert_snapshot!(e.render(&file_name(path)));
+                return;
+            }
+        };
         let error = match pathc::expand(&source, &options(&source)) {
             Ok(_) => panic!("{} should fail", path.display()),
             Err(e) => e,

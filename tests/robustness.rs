@@ -1,13 +1,20 @@
-//! No input makes pathc panic: every example and test model, mutated one character at a time
-//! (deleted, or replaced by a character that tends to break things), goes through the whole
-//! pipeline and comes back as a value or an error.
+//! No input makes pathc panic, and what it says about any input is bounded and printable: every
+//! example and test model, mutated one character at a time (deleted, or replaced by a character
+//! that tends to break things), truncated, with other line endings, with bytes that are not
+//! UTF-8 and with very long lines, goes through the whole pipeline and comes back as a value or
+//! as diagnostics, which render without a raw control character and within a bounded size.
 
 use std::panic;
 
+use pathc::diag::{self, LINE_WINDOW, MAX_RENDERED};
+use pathc::syntax::{decode_source, SourceError};
 use pathc::ExpandOptions;
 
-const REPLACEMENTS: &[&str] = &["", "{", "}", "(", ")", "=", ",", "0", "9", "a", "_", "\n", "#", "é", "\u{0}", " "];
+const REPLACEMENTS: &[&str] =
+    &["", "{", "}", "(", ")", "=", ",", "0", "9", "a", "_", "\n", "#", "é", "\u{0}", " ", "\r"];
 
+/// Every model file of the repository that is UTF-8 (`tests/models/fail` also holds files that
+/// are not; [`invalid_utf8_is_located_at_the_first_bad_byte`] covers them).
 fn sources() -> Vec<(String, String)> {
     let mut out = Vec::new();
     for dir in ["examples", "tests/models/pass", "tests/models/fail"] {
@@ -15,21 +22,48 @@ fn sources() -> Vec<(String, String)> {
         entries.sort();
         for path in entries {
             if path.extension().is_some_and(|e| e == "tf") {
-                out.push((path.display().to_string(), std::fs::read_to_string(&path).expect("UTF-8")));
+                if let Ok(source) = String::from_utf8(std::fs::read(&path).expect("readable")) {
+                    out.push((path.display().to_string(), source));
+                }
             }
         }
     }
     out
 }
 
-/// The pipeline on one input; the enumeration limit keeps mutated head counts cheap.
-fn run(source: &str) {
+/// The pipeline on one input; the enumeration limit keeps mutated head counts cheap. Returns the
+/// rendered diagnostics (empty when there are none), checked to be printable and bounded.
+fn run(source: &str) -> String {
     let options = ExpandOptions { limit: 500, qk: true, ..ExpandOptions::default() };
-    if let Ok(expansion) = pathc::expand(source, &options) {
-        let mut sink = Vec::new();
-        pathc::emit::text::write(&expansion, false, &mut sink).expect("in memory");
-        pathc::emit::json::write(&expansion, &mut sink).expect("in memory");
+    match pathc::expand(source, &options) {
+        Ok(expansion) => {
+            let mut sink = Vec::new();
+            pathc::emit::text::write(&expansion, false, &mut sink).expect("in memory");
+            pathc::emit::json::write(&expansion, &mut sink).expect("in memory");
+            String::new()
+        }
+        Err(e) => {
+            let rendered = diag::render("m.tf", source, e.diagnostics());
+            check_rendered(&rendered);
+            rendered
+        }
     }
+}
+
+/// Rendered diagnostics hold no raw control character, no line much longer than the window,
+/// and no more than [`MAX_RENDERED`] errors.
+fn check_rendered(rendered: &str) {
+    assert!(!rendered.chars().any(|c| c.is_control() && c != '\n'), "a raw control character in:\n{rendered:?}");
+    for line in rendered.lines() {
+        // The gutter, a window of the source line (with `…` at both ends) or a message.
+        assert!(line.chars().count() <= 2 * LINE_WINDOW + 400, "a line of {} characters", line.chars().count());
+    }
+    assert!(rendered.matches("\nerror: ").count() < MAX_RENDERED, "{rendered}");
+}
+
+/// The sources with `\n` line endings only, to derive the other endings and locations from.
+fn lf_sources() -> Vec<(String, String)> {
+    sources().into_iter().filter(|(_, source)| !source.contains('\r')).collect()
 }
 
 #[test]
@@ -150,4 +184,68 @@ fn weights_of_any_magnitude_give_numbers_or_an_error() {
     }
     // Both outcomes occur: small scales compute, large ones overflow.
     assert!(numbers > 10 && errors > 10, "{numbers} computed, {errors} refused");
+}
+
+/// `\r\n` and a lone `\r` end lines exactly as `\n` does: every file gives the same result and
+/// the same rendered diagnostics (lines, columns, shown lines) with any of the three.
+#[test]
+fn line_endings_do_not_change_what_is_reported() {
+    for (name, source) in lf_sources() {
+        let lf = run(&source);
+        for (ending, variant) in [("CR", source.replace('\n', "\r")), ("CRLF", source.replace('\n', "\r\n"))] {
+            assert_eq!(run(&variant), lf, "{name} with {ending} line endings");
+        }
+    }
+}
+
+/// A byte that is not UTF-8, anywhere in any file: the diagnostic is at its line and column.
+#[test]
+fn invalid_utf8_is_located_at_the_first_bad_byte() {
+    for (name, source) in lf_sources() {
+        let bytes = source.as_bytes();
+        let lines: Vec<&str> = source.split('\n').collect();
+        let mut checked = 0;
+        for (line, text) in lines.iter().enumerate().step_by(3) {
+            let line_start: usize = lines[..line].iter().map(|l| l.len() + 1).sum();
+            for bad in [&b"\xFF"[..], b"\xE9", b"\xC3(", b"\xE2\x82"] {
+                let at =
+                    (0..=line_start + text.len() / 2).rev().find(|&i| source.is_char_boundary(i)).expect("0 is one");
+                let mut mutated = bytes[..at].to_vec();
+                mutated.extend_from_slice(bad);
+                mutated.extend_from_slice(&bytes[at..]);
+                let rendered = match decode_source(mutated) {
+                    Err(e @ SourceError::Invalid { .. }) => e.render("m.tf"),
+                    other => panic!("{name}: {bad:?} at byte {at}: {other:?}"),
+                };
+                check_rendered(&rendered);
+                let col = source[line_start..at].chars().count() + 1;
+                let location = format!(" --> m.tf:{}:{col}\n", line + 1);
+                assert!(
+                    rendered.contains(&location),
+                    "{name}: {bad:?} at byte {at}: expected {location} in\n{rendered}"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 0, "{name}");
+    }
+}
+
+/// Every line indented by thousands of spaces: diagnostics show a window of each line, at most
+/// [`LINE_WINDOW`] characters and the `…` marks.
+#[test]
+fn very_long_lines_are_windowed() {
+    let indent = " ".repeat(5_000);
+    let mut windowed = 0;
+    for (name, source) in lf_sources() {
+        let indented: String = source.lines().map(|l| format!("{indent}{l}\n")).collect();
+        let rendered = run(&indented);
+        let shown_lines =
+            rendered.lines().filter_map(|l| l.split_once(" | ")).filter(|(g, _)| g.trim().parse::<usize>().is_ok());
+        for (_, shown) in shown_lines {
+            assert!(shown.chars().count() <= LINE_WINDOW + 2, "{name}:\n{rendered}");
+            windowed += usize::from(shown.starts_with('…'));
+        }
+    }
+    assert!(windowed > 20, "only {windowed} windowed lines");
 }

@@ -32,7 +32,7 @@ impl From<pathc::linalg::NonFinite> for Failure {
 }
 
 pub fn read_model(path: &Path) -> Result<String, Failure> {
-    std::fs::read_to_string(path).map_err(|e| Failure::BadInput(format!("error: cannot read {}: {e}", path.display())))
+    pathc::syntax::read_source(path).map_err(|e| Failure::BadInput(e.render(&path.display().to_string())))
 }
 
 /// Renders a library error for the terminal: diagnostics with `file:line:col` and a caret.

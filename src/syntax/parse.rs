@@ -53,8 +53,8 @@ pub fn parse(source: &str) -> Result<File, Vec<Diagnostic>> {
 /// produce echoes of the first error.
 fn blank_line(text: &mut String, at: usize) -> bool {
     let at = at.min(text.len());
-    let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
-    let end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+    let start = text[..at].rfind(LINE_BREAK).map_or(0, |i| i + 1);
+    let end = text[at..].find(LINE_BREAK).map_or(text.len(), |i| at + i);
     let line = &text[start..end];
     if line.contains('{') || line.contains('}') || line.trim_start().starts_with("model") || line.trim().is_empty() {
         return false;
@@ -64,6 +64,9 @@ fn blank_line(text: &mut String, at: usize) -> bool {
     text.replace_range(start..end, &blank);
     true
 }
+
+/// `\n`, `\r\n` and a lone `\r` all end a line.
+const LINE_BREAK: [char; 2] = ['\n', '\r'];
 
 fn syntax_diagnostic(text: &str, err: &pest::error::Error<Rule>) -> Diagnostic {
     let (mut start, end) = match err.location {
@@ -126,7 +129,7 @@ fn syntax_diagnostic(text: &str, err: &pest::error::Error<Rule>) -> Diagnostic {
                 | Rule::kw_repeat
         )
     });
-    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_start = text[..start].rfind(LINE_BREAK).map_or(0, |i| i + 1);
     let cut_short = line_start > 0 && text[line_start..start].trim().is_empty() && !starts_new_item;
     let (span, found) = if cut_short {
         let previous_end = text[..line_start].trim_end().len();
@@ -155,13 +158,22 @@ fn unrecoverable(d: &Diagnostic) -> bool {
     d.label.contains("`model NAME`")
 }
 
+/// What the parser found, in words: a word (cut after [`MAX_FOUND`] characters), a character
+/// (a control character by its code point, never raw), or the end of the file.
 fn describe_found(text: &str) -> String {
-    if text.is_empty() {
-        "end of file".to_string()
-    } else {
-        format!("`{text}`")
+    let mut chars = text.chars();
+    match (chars.next(), chars.next()) {
+        (None, _) => "end of file".to_string(),
+        (Some(c), None) if c.is_control() => format!("control character U+{:04X}", c as u32),
+        _ => match text.char_indices().nth(MAX_FOUND) {
+            None => format!("`{text}`"),
+            Some((i, _)) => format!("`{}…`", &text[..i]),
+        },
     }
 }
+
+/// A word longer than this many characters is cut in "unexpected `…`".
+const MAX_FOUND: usize = 40;
 
 fn push_unique(list: &mut Vec<String>, item: String) {
     if !list.contains(&item) {

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use super::ast::{self, Arg, Component, ComponentKind, Item, Value};
-use crate::diag::{line_col, Diagnostic, Span};
+use std::borrow::Cow;
+
+use crate::diag::{Diagnostic, LineIndex, Span};
 use crate::model::{Activation, Attn, Layer, LayerNorm, Mlp, Model, Size, Unembed};
 
 /// Bounds that keep the term graph and the e-graph small enough to build. Far above any real
@@ -13,7 +15,7 @@ pub const MAX_LAYERS: u64 = 4096;
 pub const MAX_HEADS: u64 = 4096;
 
 pub fn check(file: &ast::File, source: &str) -> Result<Model, Vec<Diagnostic>> {
-    let mut cx = Checker { source, errors: Vec::new(), dims: BTreeMap::new() };
+    let mut cx = Checker { lines: LineIndex::new(source), errors: Vec::new(), dims: BTreeMap::new() };
     cx.declare_dims(file);
     let model = cx.check_items(file);
     if cx.errors.is_empty() {
@@ -24,8 +26,9 @@ pub fn check(file: &ast::File, source: &str) -> Result<Model, Vec<Diagnostic>> {
     }
 }
 
-struct Checker<'a> {
-    source: &'a str,
+struct Checker {
+    /// For "first declared on line N" in O(log n), however many duplicates there are.
+    lines: LineIndex,
     errors: Vec<Diagnostic>,
     dims: BTreeMap<String, (Size, Span)>,
 }
@@ -40,13 +43,13 @@ enum Stage {
     Unembedded,
 }
 
-impl Checker<'_> {
+impl Checker {
     fn error(&mut self, d: Diagnostic) {
         self.errors.push(d);
     }
 
     fn line_of(&self, span: Span) -> usize {
-        line_col(self.source, span.start).0
+        self.lines.line(span.start)
     }
 
     fn declare_dims(&mut self, file: &ast::File) {
@@ -55,15 +58,20 @@ impl Checker<'_> {
             let name = &decl.name.text;
             if let Some((_, first)) = self.dims.get(name) {
                 let first_line = self.line_of(*first);
+                let shown = short(name);
                 self.error(
-                    Diagnostic::new(decl.name.span, format!("duplicate dimension `{name}`"), "declared twice")
-                        .with_help(format!("`{name}` is first declared on line {first_line}")),
+                    Diagnostic::new(decl.name.span, format!("duplicate dimension `{shown}`"), "declared twice")
+                        .with_help(format!("`{shown}` is first declared on line {first_line}")),
                 );
                 continue;
             }
             let size = match decl.value {
                 Some(n) if n.value == 0 => {
-                    self.error(Diagnostic::new(n.span, format!("dimension `{name}` is zero"), "must be at least 1"));
+                    self.error(Diagnostic::new(
+                        n.span,
+                        format!("dimension `{}` is zero", short(name)),
+                        "must be at least 1",
+                    ));
                     Size::Known(1)
                 }
                 Some(n) => Size::Known(n.value),
@@ -338,6 +346,7 @@ impl Checker<'_> {
                 return None;
             }
             Some((Size::Symbolic(name), span)) => {
+                let name = short(&name);
                 self.error(
                     Diagnostic::new(span, "the number of heads must be a number", format!("`{name}` is symbolic"))
                         .with_help(format!("give it a value: `dim {name} = 12`")),
@@ -393,7 +402,7 @@ impl Checker<'_> {
                     self.error(
                         Diagnostic::new(
                             name.span,
-                            format!("unknown activation `{}`", name.text),
+                            format!("unknown activation `{}`", short(&name.text)),
                             "not an activation pathc knows",
                         )
                         .with_help("known: relu, gelu, gelu_new, silu"),
@@ -422,7 +431,7 @@ impl Checker<'_> {
                 self.error(
                     Diagnostic::new(
                         arg.name.span,
-                        format!("unknown argument `{name}`"),
+                        format!("unknown argument `{}`", short(name)),
                         format!("not an argument of `{}`", c.kind.keyword()),
                     )
                     .with_help(help),
@@ -432,7 +441,7 @@ impl Checker<'_> {
             if let Some(first) = seen.insert(name, arg.span) {
                 let line = self.line_of(first);
                 self.error(
-                    Diagnostic::new(arg.name.span, format!("duplicate argument `{name}`"), "given twice")
+                    Diagnostic::new(arg.name.span, format!("duplicate argument `{}`", short(name)), "given twice")
                         .with_help(format!("first given on line {line}")),
                 );
                 continue;
@@ -460,16 +469,19 @@ impl Checker<'_> {
                     out.sizes.insert(name, (size.clone(), ident.span));
                 }
                 None => {
-                    let known: Vec<&str> = self.dims.keys().map(String::as_str).collect();
-                    let help = if known.is_empty() {
+                    let help = if self.dims.is_empty() {
                         "no dimensions are declared; add `dim NAME = N`".to_string()
                     } else {
-                        format!("declared dimensions: {}", known.join(", "))
+                        // At most a few names, however many are declared.
+                        let known: Vec<Cow<'_, str>> = self.dims.keys().take(MAX_LISTED).map(|k| short(k)).collect();
+                        let more = self.dims.len() - known.len();
+                        let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+                        format!("declared dimensions: {}{more}", known.join(", "))
                     };
                     self.error(
                         Diagnostic::new(
                             ident.span,
-                            format!("unknown dimension `{}`", ident.text),
+                            format!("unknown dimension `{}`", short(&ident.text)),
                             "not declared with `dim`",
                         )
                         .with_help(help),
@@ -535,6 +547,21 @@ impl CheckedArgs {
     }
     fn name(&self, name: &str) -> Option<&ast::Ident> {
         self.names.get(name)
+    }
+}
+
+/// Names listed in a help ("declared dimensions: …") before "and N more".
+const MAX_LISTED: usize = 10;
+
+/// Names longer than this many characters are cut (with `…`) in messages.
+const MAX_NAME: usize = 40;
+
+/// A name as a message shows it: cut to [`MAX_NAME`] characters, so that a message's size does
+/// not grow with what was written.
+fn short(name: &str) -> Cow<'_, str> {
+    match name.char_indices().nth(MAX_NAME) {
+        None => Cow::Borrowed(name),
+        Some((i, _)) => Cow::Owned(format!("{}…", &name[..i])),
     }
 }
 

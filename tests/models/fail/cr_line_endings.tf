@@ -1,0 +1,1 @@
+# Lone CRs (old Mac line endings) end lines: errors are on their own line, no raw CR shown.model mdim d_model = 8dim d_vocab = 5embedlayer { attn(heads = 2, d_head = 4, zz = 1) }  # a comment ends at a CRlayer { attn(heads = 0, d_head = 4) }unembed

@@ -1,0 +1,5 @@
+# The file ends inside a three-byte character.
+model m
+dim d_model = 8
+unembed
+# â‚
