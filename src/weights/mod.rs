@@ -9,7 +9,8 @@
 //!   the header is checked first so that a cut-off file says how many bytes it lacks and a bad
 //!   entry is named.
 //! - **.npz** (`npz.rs`): a zip of `NAME.npy` members, as `numpy.savez` (stored) and
-//!   `numpy.savez_compressed` (deflated) write them, each one `.npy` array (`npy.rs`).
+//!   `numpy.savez_compressed` (deflated) write them, each one `.npy` array (`npy.rs`, whose
+//!   header, a Python dict literal, is read by the `py_literal` crate).
 //!
 //! A format module only lists the tensors: for each its name, shape, dtype and where its bytes
 //! are (in memory, or at an offset of the open file). Everything else is shared and done here, in
