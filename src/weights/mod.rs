@@ -1,0 +1,440 @@
+//! Model weights from a file: named `f64` tensors, row-major.
+//!
+//! Two formats, told apart by their first bytes rather than by the file's extension (a renamed
+//! file is still read, and a mislabelled one is reported for what it is), each read by its own
+//! module:
+//!
+//! - **safetensors** (`safetensors.rs`): an 8-byte little-endian header length, a JSON header
+//!   starting with `{`, then the tensors' bytes. Parsed and validated by the `safetensors` crate;
+//!   the header is checked first so that a cut-off file says how many bytes it lacks and a bad
+//!   entry is named.
+//! - **.npz** (`npz.rs`): a zip of `NAME.npy` members, as `numpy.savez` (stored) and
+//!   `numpy.savez_compressed` (deflated) write them, each one `.npy` array (`npy.rs`, whose
+//!   header, a Python dict literal, is read by the `py_literal` crate).
+//!
+//! A format module only lists the tensors: for each its name, shape, dtype and where its bytes
+//! are (in memory, or at an offset of the open file). Everything else is shared and done here, in
+//! one place, whatever the format: the conversion of F16, BF16, F32 and F64 to `f64`
+//! (`convert.rs`), the shape check, the search for NaN and ±inf with its index, and the similar
+//! names a missing tensor's message suggests (`check.rs`).
+//!
+//! A safetensors file opened with [`Weights::load`] keeps its tensors in the file until they are
+//! asked for: [`Weights::get`] converts one (once, then kept), [`Weights::read`] converts one
+//! without keeping it, [`Weights::rows`] and [`Weights::columns`] read a block. An .npz archive,
+//! and any file given to [`Weights::from_bytes`], is converted whole at load. Other dtypes
+//! (TransformerLens keeps BOOL causal masks and integer buffers in its state dicts) are listed
+//! with their shape and dtype but hold no data: loading never fails because of them, asking for
+//! one as floats does. NaN and ±inf are reported only for the tensor that is used:
+//! TransformerLens's `IGNORE` buffer, for one, may legitimately be `-inf`.
+//!
+//! Nothing here panics on a bad file: every length is computed with checked arithmetic and
+//! checked against the bytes present before it is used.
+
+mod check;
+mod convert;
+mod npy;
+mod npz;
+mod safetensors;
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use thiserror::Error;
+
+use self::convert::Float;
+
+/// A dense tensor of `f64`, row-major (C order): the last index varies fastest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f64>,
+}
+
+/// The tensors of one weights file, by name.
+#[derive(Clone)]
+pub struct Weights {
+    /// Where the tensors came from (a file name), for messages.
+    origin: String,
+    /// Sorted by name, so that `names` and error messages are deterministic.
+    entries: BTreeMap<String, Entry>,
+    /// The open file of a safetensors file loaded with [`Weights::load`], whose tensors stay in
+    /// it until asked for ([`Entry::Stored`]).
+    file: Option<Arc<Mutex<File>>>,
+}
+
+/// One tensor as loaded: converted if it is a float, otherwise only described.
+#[derive(Debug, Clone)]
+enum Entry {
+    Float {
+        /// The dtype in the file, for `Debug`.
+        dtype: Float,
+        tensor: Tensor,
+        /// The first element (row-major flat index) that is NaN or infinite, and its value;
+        /// found once at load so that `get` stays cheap.
+        non_finite: Option<(usize, f64)>,
+    },
+    /// A float tensor left in the open file: converted on the first [`Weights::get`] (then
+    /// kept), or read a few rows or columns at a time ([`Weights::rows`], [`Weights::columns`])
+    /// without ever being held whole.
+    Stored { dtype: Float, shape: Vec<usize>, offset: u64, loaded: OnceLock<Result<Loaded, String>> },
+    /// A dtype we do not convert (BOOL, integers, complex, ...): kept so it is listed and so
+    /// that asking for it as floats names its dtype instead of calling it missing.
+    Other { dtype: String, shape: Vec<usize> },
+}
+
+/// A converted tensor and its first non-finite element.
+#[derive(Debug, Clone)]
+struct Loaded {
+    tensor: Tensor,
+    non_finite: Option<(usize, f64)>,
+}
+
+/// Why weights could not be loaded, or a tensor could not be handed out.
+#[derive(Debug, Error)]
+pub enum WeightError {
+    /// The file could not be read at all.
+    #[error("cannot read {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    /// Not a weights file we understand, or a corrupt one (bad header, bad JSON, bad zip, ...).
+    #[error("{origin} is not a valid weights file: {detail}")]
+    Format { origin: String, detail: String },
+    /// The file is shorter than its own header says; `detail` gives the bytes expected and found.
+    #[error("{origin} is truncated: {detail}")]
+    Truncated { origin: String, detail: String },
+    /// No tensor of that name; `similar` holds up to three names that do exist and look alike.
+    #[error("tensor `{name}` is missing from {origin}{}", similar_hint(.similar))]
+    Missing { name: String, origin: String, similar: Vec<String> },
+    /// The tensor exists with another shape.
+    #[error("tensor `{name}` has shape {found:?}, expected {expected:?}")]
+    Shape { name: String, expected: Vec<usize>, found: Vec<usize> },
+    /// The tensor exists but is not a float tensor (BOOL, an integer type, ...).
+    #[error("tensor `{name}` has dtype {found}, expected a float (F16, BF16, F32, F64)")]
+    DType { name: String, found: String },
+    /// The tensor holds NaN or an infinity; `index` is the first such element, row-major.
+    #[error("tensor `{name}` holds {value} at {index:?}")]
+    NonFinite { name: String, index: Vec<usize>, value: f64 },
+}
+
+/// A summary (name, dtype, shape), not the data: a model's weights are too many to print.
+impl fmt::Debug for Weights {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        struct Summary<'a>(&'a Entry);
+        impl fmt::Debug for Summary<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                match self.0 {
+                    Entry::Float { dtype, tensor, .. } => write!(f, "{dtype} {:?}", tensor.shape),
+                    Entry::Stored { dtype, shape, .. } => write!(f, "{dtype} {shape:?}"),
+                    Entry::Other { dtype, shape } => write!(f, "{dtype} {shape:?}"),
+                }
+            }
+        }
+        struct Summaries<'a>(&'a BTreeMap<String, Entry>);
+        impl fmt::Debug for Summaries<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_map().entries(self.0.iter().map(|(name, entry)| (name, Summary(entry)))).finish()
+            }
+        }
+        f.debug_struct("Weights").field("origin", &self.origin).field("tensors", &Summaries(&self.entries)).finish()
+    }
+}
+
+fn similar_hint(similar: &[String]) -> String {
+    if similar.is_empty() {
+        return String::new();
+    }
+    let names: Vec<String> = similar.iter().map(|s| format!("`{s}`")).collect();
+    format!("; similar names: {}", names.join(", "))
+}
+
+impl Weights {
+    /// Opens a safetensors or .npz file (see the module documentation). A safetensors file's
+    /// header is read and checked now, against the file's length; its tensors stay in the file
+    /// until [`Weights::get`] converts one (or [`Weights::rows`] / [`Weights::columns`] read part of
+    /// one), so loading costs nothing for the tensors a command does not use. An .npz archive is
+    /// read and converted whole.
+    pub fn load(path: &Path) -> Result<Weights, WeightError> {
+        let origin = path.display().to_string();
+        let io = io_error(&origin);
+        let mut file = File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        let mut prefix = Vec::new();
+        (&mut file).take(9).read_to_end(&mut prefix).map_err(io)?;
+        if !matches!(detect(&prefix, &origin), Ok(Kind::Safetensors)) || len < 9 {
+            let bytes = std::fs::read(path).map_err(io)?;
+            return Weights::from_bytes(&bytes, &origin);
+        }
+        let mut listing = Listing::default();
+        safetensors::list_file(&mut file, prefix, len, &origin, &mut listing)?;
+        Ok(Weights { origin, entries: listing.entries, file: Some(Arc::new(Mutex::new(file))) })
+    }
+
+    /// Parses the bytes of a safetensors or .npz file, converting every float tensor. `origin` (a
+    /// file name) is used only in messages, and as a hint when the bytes are too few to tell the
+    /// format by content.
+    pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Weights, WeightError> {
+        let mut listing = Listing::default();
+        match detect(bytes, origin)? {
+            Kind::Safetensors => safetensors::list(bytes, origin, &mut listing)?,
+            Kind::Npz => npz::list(bytes, origin, &mut listing)?,
+        }
+        Ok(Weights { origin: origin.to_string(), entries: listing.entries, file: None })
+    }
+
+    /// Every tensor's name, floats and others, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    /// Whether a tensor of that name exists, whatever its dtype.
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// The float tensor `name`, checked against `expected` shape; NaN/Inf rejected here.
+    ///
+    /// Cheap to call repeatedly: the data is converted once (at load, or at the first call for a
+    /// tensor left in its file), and the position of the first non-finite element recorded then.
+    pub fn get(&self, name: &str, expected: &[usize]) -> Result<&Tensor, WeightError> {
+        let loaded = match self.entry(name, expected)? {
+            Entry::Float { tensor, non_finite, .. } => (tensor, *non_finite),
+            Entry::Stored { dtype, shape, offset, loaded } => {
+                let loaded = loaded.get_or_init(|| {
+                    let count = shape.iter().product();
+                    let data = self.read_elements(*dtype, *offset, count).map_err(|e| e.to_string())?;
+                    let non_finite = check::first_non_finite(&data);
+                    Ok(Loaded { tensor: Tensor { shape: shape.clone(), data }, non_finite })
+                });
+                let loaded = loaded.as_ref().map_err(|detail| WeightError::Io {
+                    path: self.origin.clone(),
+                    source: std::io::Error::other(detail.clone()),
+                })?;
+                (&loaded.tensor, loaded.non_finite)
+            }
+            Entry::Other { .. } => unreachable!("`entry` refuses non-float tensors"),
+        };
+        match loaded {
+            (tensor, Some((flat, value))) => Err(WeightError::NonFinite {
+                name: name.to_string(),
+                index: check::unravel(flat, &tensor.shape),
+                value,
+            }),
+            (tensor, None) => Ok(tensor),
+        }
+    }
+
+    /// The data of the float tensor `name` (shape `expected`), row-major, NaN/Inf rejected, as
+    /// [`Weights::get`] — but a tensor left in the file is read without being kept: for a caller
+    /// that copies the data anyway and would otherwise hold it twice.
+    pub fn read(&self, name: &str, expected: &[usize]) -> Result<Cow<'_, [f64]>, WeightError> {
+        let data = match self.entry(name, expected)? {
+            Entry::Stored { dtype, offset, loaded, .. } if loaded.get().is_none() => {
+                Cow::Owned(self.read_elements(*dtype, *offset, expected.iter().product())?)
+            }
+            _ => return Ok(Cow::Borrowed(&self.get(name, expected)?.data)),
+        };
+        check::check_finite(name, &data, |flat| check::unravel(flat, expected))?;
+        Ok(data)
+    }
+
+    /// Checks that the float tensor `name` exists with shape `expected`, without reading it.
+    pub fn check(&self, name: &str, expected: &[usize]) -> Result<(), WeightError> {
+        self.entry(name, expected).map(|_| ())
+    }
+
+    /// Rows `start .. start + n` of the float matrix `name` (shape `expected`, `[rows, cols]`),
+    /// row-major, read from the file for a tensor left there. NaN/Inf rejected, with their index.
+    pub fn rows(&self, name: &str, expected: [usize; 2], start: usize, n: usize) -> Result<Vec<f64>, WeightError> {
+        let [_, cols] = expected;
+        let data = match self.entry(name, &expected)? {
+            Entry::Float { tensor, .. } => tensor.data[start * cols..(start + n) * cols].to_vec(),
+            Entry::Stored { dtype, offset, .. } => {
+                let skip = (start * cols * dtype.size()) as u64;
+                self.read_elements(*dtype, offset + skip, n * cols)?
+            }
+            Entry::Other { .. } => unreachable!("`entry` refuses non-float tensors"),
+        };
+        check::check_finite(name, &data, |i| vec![start + i / cols.max(1), i % cols.max(1)])?;
+        Ok(data)
+    }
+
+    /// Columns `start .. start + n` of the float matrix `name` (shape `expected`, `[rows, cols]`),
+    /// as a row-major `[rows, n]` block; as [`Weights::rows`].
+    pub fn columns(&self, name: &str, expected: [usize; 2], start: usize, n: usize) -> Result<Vec<f64>, WeightError> {
+        let [rows, cols] = expected;
+        let data = match self.entry(name, &expected)? {
+            Entry::Float { tensor, .. } => {
+                (0..rows).flat_map(|r| tensor.data[r * cols + start..r * cols + start + n].iter().copied()).collect()
+            }
+            Entry::Stored { dtype, offset, .. } => {
+                let mut data = Vec::with_capacity(rows * n);
+                for r in 0..rows {
+                    let skip = ((r * cols + start) * dtype.size()) as u64;
+                    data.extend(self.read_elements(*dtype, offset + skip, n)?);
+                }
+                data
+            }
+            Entry::Other { .. } => unreachable!("`entry` refuses non-float tensors"),
+        };
+        check::check_finite(name, &data, |i| vec![i / n.max(1), start + i % n.max(1)])?;
+        Ok(data)
+    }
+
+    /// The float tensor `name` with shape `expected`, or why not: the one shape check, for every
+    /// format and every way of reading.
+    fn entry(&self, name: &str, expected: &[usize]) -> Result<&Entry, WeightError> {
+        let entry = self.entries.get(name).ok_or_else(|| WeightError::Missing {
+            name: name.to_string(),
+            origin: self.origin.clone(),
+            similar: check::similar_names(name, self.names()),
+        })?;
+        let shape = match entry {
+            Entry::Other { dtype, .. } => {
+                return Err(WeightError::DType { name: name.to_string(), found: dtype.clone() });
+            }
+            Entry::Float { tensor, .. } => &tensor.shape,
+            Entry::Stored { shape, .. } => shape,
+        };
+        if shape != expected {
+            return Err(WeightError::Shape {
+                name: name.to_string(),
+                expected: expected.to_vec(),
+                found: shape.clone(),
+            });
+        }
+        Ok(entry)
+    }
+
+    /// `count` elements of `dtype` at byte `offset` of the file, converted.
+    fn read_elements(&self, dtype: Float, offset: u64, count: usize) -> Result<Vec<f64>, WeightError> {
+        let io = io_error(&self.origin);
+        let file = self.file.as_ref().expect("stored tensors come with their file");
+        let mut bytes = vec![0u8; count * dtype.size()];
+        {
+            let mut file = file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            file.seek(SeekFrom::Start(offset)).map_err(io)?;
+            file.read_exact(&mut bytes).map_err(io)?;
+        }
+        Ok(convert::to_f64(dtype, &bytes))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What a format module hands over
+
+/// One tensor as a format module lists it: everything about it but the conversion.
+struct Listed<'a> {
+    name: String,
+    /// Row-major; the format module has checked that its element count times the dtype's size is
+    /// exactly the bytes given, without overflow.
+    shape: Vec<usize>,
+    dtype: DType,
+    bytes: Bytes<'a>,
+}
+
+/// A tensor's element type.
+enum DType {
+    /// One we convert to `f64`.
+    Float(Float),
+    /// One we only list, by the name messages use (`BOOL`, `I64`, `` `<U3` ``, ...).
+    Other(String),
+}
+
+/// Where a tensor's bytes are: row-major, in the dtype's byte order.
+enum Bytes<'a> {
+    /// In memory (a slice of the file's bytes, or a format module's reordered copy).
+    Memory(Cow<'a, [u8]>),
+    /// In the open file passed to the format module, from this byte offset on; read when asked for.
+    File(u64),
+}
+
+/// The tensors a format module has listed, converted as they arrive ([`Listing::add`]), so that a
+/// format reading one tensor at a time (an .npz member) never holds two copies of the archive.
+#[derive(Default)]
+struct Listing {
+    entries: BTreeMap<String, Entry>,
+}
+
+impl Listing {
+    /// Adds a tensor, converting it if it is a float in memory; `false` if one of the same name was
+    /// listed before (it is replaced).
+    fn add(&mut self, tensor: Listed<'_>) -> bool {
+        let Listed { name, shape, dtype, bytes } = tensor;
+        let entry = match (dtype, bytes) {
+            (DType::Float(dtype), Bytes::Memory(bytes)) => {
+                let data = convert::to_f64(dtype, &bytes);
+                let non_finite = check::first_non_finite(&data);
+                Entry::Float { dtype, tensor: Tensor { shape, data }, non_finite }
+            }
+            (DType::Float(dtype), Bytes::File(offset)) => {
+                Entry::Stored { dtype, shape, offset, loaded: OnceLock::new() }
+            }
+            (DType::Other(dtype), _) => Entry::Other { dtype, shape },
+        };
+        self.entries.insert(name, entry).is_none()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Format detection and errors
+
+enum Kind {
+    Safetensors,
+    Npz,
+}
+
+fn io_error(origin: &str) -> impl Fn(std::io::Error) -> WeightError + Copy + '_ {
+    move |source| WeightError::Io { path: origin.to_string(), source }
+}
+
+fn format_error(origin: &str, detail: impl Into<String>) -> WeightError {
+    WeightError::Format { origin: origin.to_string(), detail: detail.into() }
+}
+
+fn truncated(origin: &str, detail: impl Into<String>) -> WeightError {
+    WeightError::Truncated { origin: origin.to_string(), detail: detail.into() }
+}
+
+/// Tells the format from the first bytes. The extension is consulted only when there are too few
+/// bytes to decide, so that a cut-off file is reported as truncated rather than as unknown.
+fn detect(bytes: &[u8], origin: &str) -> Result<Kind, WeightError> {
+    if bytes.starts_with(npz::ZIP_LOCAL) || bytes.starts_with(npz::ZIP_EMPTY) {
+        return Ok(Kind::Npz);
+    }
+    if bytes.get(8) == Some(&b'{') {
+        return Ok(Kind::Safetensors);
+    }
+    if bytes.is_empty() {
+        return Err(format_error(origin, "the file is empty (0 bytes)"));
+    }
+    if bytes.starts_with(npy::MAGIC) {
+        return Err(format_error(
+            origin,
+            "this is a single .npy array; save the weights with numpy.savez (an .npz archive) or as safetensors",
+        ));
+    }
+    let extension = Path::new(origin).extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    match extension.as_deref() {
+        Some("safetensors") if bytes.len() <= 8 => return Ok(Kind::Safetensors),
+        Some("npz") if npz::ZIP_LOCAL.starts_with(bytes) => {
+            return Err(truncated(
+                origin,
+                format!("expected a zip archive, found only {} byte(s) of its signature", bytes.len()),
+            ))
+        }
+        _ => {}
+    }
+    let head: Vec<String> = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    Err(format_error(
+        origin,
+        format!(
+            "unknown format: neither safetensors (an 8-byte header length, then a JSON header starting with `{{`) \
+             nor .npz (a zip archive, starting with `PK\\x03\\x04`); the file starts with bytes {}",
+            head.join(" ")
+        ),
+    ))
+}
