@@ -703,8 +703,6 @@ fn corrupt_files_are_format_errors_that_say_what_is_wrong() {
             "m.npz",
             &["not a readable zip archive"],
         ),
-        ("npz member CRC", corrupt_member, "m.npz", &["member `w.npy` is corrupt"]),
-        ("npz deflated member", corrupt_deflated, "m.npz", &["w.npy"]),
         (
             "npz member not .npy",
             npz_bytes(&[("notes.txt", b"hello".to_vec())], stored),
@@ -794,6 +792,19 @@ fn corrupt_files_are_format_errors_that_say_what_is_wrong() {
             &["member `w.npy`", "4 byte(s) follow the data"],
         ),
     ];
+    // Issue 17 (8): an .npz member is decompressed only when its tensor is asked for, so a
+    // corrupt member's data (its CRC) is an error then, naming the member.
+    for (what, bytes, shape, word) in [
+        ("npz member CRC", corrupt_member, [2], "member `w.npy` is corrupt"),
+        ("npz deflated member", corrupt_deflated, [1024], "w.npy"),
+    ] {
+        // The header too may lie in the corrupt part: then loading already says so.
+        let err = match Weights::from_bytes(&bytes, "m.npz") {
+            Ok(weights) => weights.get("w", &shape).unwrap_err().to_string(),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(word), "{what}: {err}");
+    }
     for (what, bytes, origin, words) in cases {
         let err = match Weights::from_bytes(&bytes, origin) {
             Ok(_) => panic!("{what}: loaded"),
@@ -871,4 +882,37 @@ fn flipping_any_byte_never_panics() {
             }
         }
     }
+}
+
+/// Issue 17 (8): a member the model never asks for is not decompressed: a deflated .npz whose
+/// second member inflates to 64 MB of zeros loads by reading its header only, and the tensor
+/// that is used reads as usual. (Bytes inflated are bounded by what the shape implies.)
+#[test]
+fn unused_npz_members_are_not_decompressed() {
+    let data: Vec<u8> = [1.0f64, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let big = vec![0u8; 64 << 20];
+    let npz = npz_bytes(
+        &[
+            ("w.npy", npy_bytes("<f8", false, &[2], &data, 1)),
+            ("bomb.npy", npy_bytes("|u1", false, &[64 << 20], &big, 1)),
+        ],
+        CompressionMethod::Deflated,
+    );
+    assert!(npz.len() < 1 << 20, "the archive is small: {}", npz.len());
+    let weights = Weights::from_bytes(&npz, "bomb.npz").unwrap();
+    assert!(weights.contains("bomb"));
+    assert_eq!(weights.get("w", &[2]).unwrap().data, [1.0, 2.0]);
+}
+
+/// Issue 17 (9): a FIFO (or `<(cat W)`) is refused at once, saying a regular file is needed.
+#[test]
+fn non_seekable_weights_are_refused_at_once() {
+    let dir = std::env::temp_dir().join(format!("pathc-fifo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("w.safetensors");
+    if std::process::Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success()) {
+        let err = Weights::load(&fifo).unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
 }

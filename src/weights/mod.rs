@@ -65,6 +65,8 @@ pub struct Weights {
     /// The open file of a safetensors file loaded with [`Weights::load`], whose tensors stay in
     /// it until asked for ([`Entry::Stored`]).
     file: Option<Arc<Mutex<File>>>,
+    /// The open archive of an .npz, whose members stay in it until asked for ([`Entry::Member`]).
+    archive: Option<Arc<Mutex<npz::Archive>>>,
 }
 
 /// One tensor as loaded: converted if it is a float, otherwise only described.
@@ -82,6 +84,9 @@ enum Entry {
     /// kept), or read a few rows or columns at a time ([`Weights::rows`], [`Weights::columns`])
     /// without ever being held whole.
     Stored { dtype: Float, shape: Vec<usize>, offset: u64, loaded: OnceLock<Result<Loaded, String>> },
+    /// A float member of an .npz archive, left compressed in it: decompressed and converted on
+    /// the first [`Weights::get`] (then kept), never beyond the bytes its header's shape implies.
+    Member { dtype: Float, shape: Vec<usize>, index: usize, loaded: OnceLock<Result<Loaded, String>> },
     /// A dtype we do not convert (BOOL, integers, complex, ...): kept so it is listed and so
     /// that asking for it as floats names its dtype instead of calling it missing.
     Other { dtype: String, shape: Vec<usize> },
@@ -128,7 +133,9 @@ impl fmt::Debug for Weights {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 match self.0 {
                     Entry::Float { dtype, tensor, .. } => write!(f, "{dtype} {:?}", tensor.shape),
-                    Entry::Stored { dtype, shape, .. } => write!(f, "{dtype} {shape:?}"),
+                    Entry::Stored { dtype, shape, .. } | Entry::Member { dtype, shape, .. } => {
+                        write!(f, "{dtype} {shape:?}")
+                    }
                     Entry::Other { dtype, shape } => write!(f, "{dtype} {shape:?}"),
                 }
             }
@@ -160,17 +167,42 @@ impl Weights {
     pub fn load(path: &Path) -> Result<Weights, WeightError> {
         let origin = path.display().to_string();
         let io = io_error(&origin);
+        // Both formats are read by seeking (a header, then tensors or members where they are): a
+        // pipe or FIFO cannot be, and is refused before it is opened (opening a FIFO waits).
+        let meta = std::fs::metadata(path).map_err(io)?;
+        if meta.is_dir() {
+            return Err(io(std::io::Error::other("it is a directory")));
+        }
+        if !meta.is_file() {
+            return Err(format_error(
+                &origin,
+                "it is not a regular file (a pipe, FIFO or device); pathc reads weights from a regular file it can seek in: save them to one first",
+            ));
+        }
         let mut file = File::open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         let mut prefix = Vec::new();
         (&mut file).take(9).read_to_end(&mut prefix).map_err(io)?;
-        if !matches!(detect(&prefix, &origin), Ok(Kind::Safetensors)) || len < 9 {
-            let bytes = std::fs::read(path).map_err(io)?;
-            return Weights::from_bytes(&bytes, &origin);
-        }
         let mut listing = Listing::default();
-        safetensors::list_file(&mut file, prefix, len, &origin, &mut listing)?;
-        Ok(Weights { origin, entries: listing.entries, file: Some(Arc::new(Mutex::new(file))) })
+        match detect(&prefix, &origin) {
+            Ok(Kind::Safetensors) if len >= 9 => {
+                safetensors::list_file(&mut file, prefix, len, &origin, &mut listing)?;
+                Ok(Weights { origin, entries: listing.entries, file: Some(Arc::new(Mutex::new(file))), archive: None })
+            }
+            Ok(Kind::Npz) => {
+                file.seek(SeekFrom::Start(0)).map_err(io)?;
+                let mut archive = npz::open(Box::new(file), &origin)?;
+                npz::list(&mut archive, &origin, &mut listing)?;
+                Ok(Weights {
+                    origin,
+                    entries: listing.entries,
+                    file: None,
+                    archive: Some(Arc::new(Mutex::new(archive))),
+                })
+            }
+            // Too short to tell, or not a weights file: `from_bytes` says which, from what is there.
+            _ => Weights::from_bytes(&prefix, &origin),
+        }
     }
 
     /// Parses the bytes of a safetensors or .npz file, converting every float tensor. `origin` (a
@@ -178,11 +210,18 @@ impl Weights {
     /// format by content.
     pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Weights, WeightError> {
         let mut listing = Listing::default();
-        match detect(bytes, origin)? {
-            Kind::Safetensors => safetensors::list(bytes, origin, &mut listing)?,
-            Kind::Npz => npz::list(bytes, origin, &mut listing)?,
-        }
-        Ok(Weights { origin: origin.to_string(), entries: listing.entries, file: None })
+        let archive = match detect(bytes, origin)? {
+            Kind::Safetensors => {
+                safetensors::list(bytes, origin, &mut listing)?;
+                None
+            }
+            Kind::Npz => {
+                let mut archive = npz::open(Box::new(std::io::Cursor::new(bytes.to_vec())), origin)?;
+                npz::list(&mut archive, origin, &mut listing)?;
+                Some(Arc::new(Mutex::new(archive)))
+            }
+        };
+        Ok(Weights { origin: origin.to_string(), entries: listing.entries, file: None, archive })
     }
 
     /// Every tensor's name, floats and others, sorted.
@@ -202,10 +241,9 @@ impl Weights {
     pub fn get(&self, name: &str, expected: &[usize]) -> Result<&Tensor, WeightError> {
         let loaded = match self.entry(name, expected)? {
             Entry::Float { tensor, non_finite, .. } => (tensor, *non_finite),
-            Entry::Stored { dtype, shape, offset, loaded } => {
+            Entry::Stored { shape, loaded, .. } | Entry::Member { shape, loaded, .. } => {
                 let loaded = loaded.get_or_init(|| {
-                    let count = shape.iter().product();
-                    let data = self.read_elements(*dtype, *offset, count).map_err(|e| e.to_string())?;
+                    let data = self.read_left(name, shape).map_err(|e| e.to_string())?;
                     let non_finite = check::first_non_finite(&data);
                     Ok(Loaded { tensor: Tensor { shape: shape.clone(), data }, non_finite })
                 });
@@ -232,8 +270,8 @@ impl Weights {
     /// that copies the data anyway and would otherwise hold it twice.
     pub fn read(&self, name: &str, expected: &[usize]) -> Result<Cow<'_, [f64]>, WeightError> {
         let data = match self.entry(name, expected)? {
-            Entry::Stored { dtype, offset, loaded, .. } if loaded.get().is_none() => {
-                Cow::Owned(self.read_elements(*dtype, *offset, expected.iter().product())?)
+            Entry::Stored { loaded, .. } | Entry::Member { loaded, .. } if loaded.get().is_none() => {
+                Cow::Owned(self.read_left(name, expected)?)
             }
             _ => return Ok(Cow::Borrowed(&self.get(name, expected)?.data)),
         };
@@ -256,6 +294,7 @@ impl Weights {
                 let skip = (start * cols * dtype.size()) as u64;
                 self.read_elements(*dtype, offset + skip, n * cols)?
             }
+            Entry::Member { .. } => self.get(name, &expected)?.data[start * cols..(start + n) * cols].to_vec(),
             Entry::Other { .. } => unreachable!("`entry` refuses non-float tensors"),
         };
         check::check_finite(name, &data, |i| vec![start + i / cols.max(1), i % cols.max(1)])?;
@@ -278,6 +317,10 @@ impl Weights {
                 }
                 data
             }
+            Entry::Member { .. } => {
+                let tensor = self.get(name, &expected)?;
+                (0..rows).flat_map(|r| tensor.data[r * cols + start..r * cols + start + n].iter().copied()).collect()
+            }
             Entry::Other { .. } => unreachable!("`entry` refuses non-float tensors"),
         };
         check::check_finite(name, &data, |i| vec![i / n.max(1), start + i % n.max(1)])?;
@@ -297,7 +340,7 @@ impl Weights {
                 return Err(WeightError::DType { name: name.to_string(), found: dtype.clone() });
             }
             Entry::Float { tensor, .. } => &tensor.shape,
-            Entry::Stored { shape, .. } => shape,
+            Entry::Stored { shape, .. } | Entry::Member { shape, .. } => shape,
         };
         if shape != expected {
             return Err(WeightError::Shape {
@@ -307,6 +350,20 @@ impl Weights {
             });
         }
         Ok(entry)
+    }
+
+    /// The data of a tensor left in the file or the archive (`Stored`, `Member`), converted, not
+    /// kept.
+    fn read_left(&self, name: &str, shape: &[usize]) -> Result<Vec<f64>, WeightError> {
+        match self.entries.get(name) {
+            Some(Entry::Stored { dtype, offset, .. }) => self.read_elements(*dtype, *offset, shape.iter().product()),
+            Some(Entry::Member { dtype, index, .. }) => {
+                let archive = self.archive.as_ref().expect("members come with their archive");
+                let mut archive = archive.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                Ok(convert::to_f64(*dtype, &npz::read_member(&mut archive, *index, &self.origin)?))
+            }
+            _ => unreachable!("only tensors left in the file or archive are read from it"),
+        }
     }
 
     /// `count` elements of `dtype` at byte `offset` of the file, converted.
@@ -337,6 +394,7 @@ struct Listed<'a> {
 }
 
 /// A tensor's element type.
+#[derive(Clone)]
 enum DType {
     /// One we convert to `f64`.
     Float(Float),
@@ -350,6 +408,8 @@ enum Bytes<'a> {
     Memory(Cow<'a, [u8]>),
     /// In the open file passed to the format module, from this byte offset on; read when asked for.
     File(u64),
+    /// In member `i` of the open .npz archive; decompressed when asked for.
+    Member(usize),
 }
 
 /// The tensors a format module has listed, converted as they arrive ([`Listing::add`]), so that a
@@ -372,6 +432,9 @@ impl Listing {
             }
             (DType::Float(dtype), Bytes::File(offset)) => {
                 Entry::Stored { dtype, shape, offset, loaded: OnceLock::new() }
+            }
+            (DType::Float(dtype), Bytes::Member(index)) => {
+                Entry::Member { dtype, shape, index, loaded: OnceLock::new() }
             }
             (DType::Other(dtype), _) => Entry::Other { dtype, shape },
         };

@@ -29,8 +29,86 @@ struct NpyType {
     size: Option<usize>,
 }
 
+/// The most bytes a `.npy` header takes, magic to dict: what [`header`] needs of a member to
+/// describe it ([`MAX_HEADER_TEXT`] is the longest dict it reads).
+pub(super) const MAX_HEADER_BYTES: usize = 12 + MAX_HEADER_TEXT;
+
+/// A `.npy` header read: where the data starts, and what it holds.
+pub(super) struct Header {
+    /// Bytes from the magic to the end of the dict: the data follows.
+    pub end: usize,
+    pub descr: String,
+    pub fortran_order: bool,
+    pub shape: Vec<usize>,
+    dtype: DType,
+    /// Bytes per element, if fixed (object arrays have none).
+    size: Option<usize>,
+}
+
+impl Header {
+    /// The element type: a float to convert, or another type only listed.
+    pub fn dtype(&self) -> DType {
+        self.dtype.clone()
+    }
+
+    /// The bytes of data the shape and dtype call for (`None` when the dtype has no fixed size).
+    pub fn data_bytes(&self) -> Result<Option<usize>, NpyError> {
+        let Some(size) = self.size else { return Ok(None) };
+        let expected = self.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).and_then(|n| n.checked_mul(size));
+        match expected {
+            Some(expected) => Ok(Some(expected)),
+            None => {
+                Err(NpyError::Format(format!("shape {:?} of `{}` is too large to address", self.shape, self.descr)))
+            }
+        }
+    }
+
+    /// Checks that `found` bytes of data are what the header calls for: the one check of a
+    /// member's length, made from its declared size before any data is read.
+    pub fn check_data_len(&self, found: usize) -> Result<(), NpyError> {
+        let Some(expected) = self.data_bytes()? else { return Ok(()) };
+        let (shape, descr, header_end) = (&self.shape, &self.descr, self.end);
+        if found < expected {
+            return Err(NpyError::Truncated(format!(
+                "ends inside its data: shape {shape:?} of `{descr}` needs {expected} bytes after the {header_end}-byte \
+                 header, found {found}"
+            )));
+        }
+        if found > expected {
+            return Err(NpyError::Format(format!(
+                "{} byte(s) follow the data of shape {shape:?} of `{descr}` ({expected} bytes)",
+                found - expected
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Reads one `.npy` array, the tensor `name`: magic, version, header length, header dict, data.
 pub(super) fn read(name: String, bytes: &[u8]) -> Result<Listed<'_>, NpyError> {
+    let header = header(bytes)?;
+    let data = bytes.get(header.end..).unwrap_or_default();
+    header.check_data_len(data.len())?;
+    let Some(size) = header.size else {
+        // No fixed item size (object arrays are pickles): listed, never converted.
+        return Ok(Listed {
+            name,
+            shape: header.shape,
+            dtype: header.dtype,
+            bytes: Bytes::Memory(Cow::Borrowed(data)),
+        });
+    };
+    // Only floats are ever read, so only they are reordered.
+    let data = match header.dtype {
+        DType::Float(_) if header.fortran_order => Cow::Owned(fortran_to_c(data, &header.shape, size)),
+        _ => Cow::Borrowed(data),
+    };
+    Ok(Listed { name, shape: header.shape, dtype: header.dtype, bytes: Bytes::Memory(data) })
+}
+
+/// Reads a `.npy` header from the first bytes of an array (at least up to the end of the dict,
+/// at most [`MAX_HEADER_BYTES`] are needed).
+pub(super) fn header(bytes: &[u8]) -> Result<Header, NpyError> {
     let found = bytes.len();
     if found < MAGIC.len() {
         return Err(NpyError::Truncated(format!("ends inside the .npy magic: found {found} bytes")));
@@ -63,35 +141,11 @@ pub(super) fn read(name: String, bytes: &[u8]) -> Result<Listed<'_>, NpyError> {
     let header =
         std::str::from_utf8(header).map_err(|e| NpyError::Format(format!("the .npy header is not text: {e}")))?;
     let (descr, fortran_order, shape) = parse_header(header).map_err(NpyError::Format)?;
-    let data = bytes.get(header_end..).unwrap_or_default();
     let ty = npy_type(&descr);
-    let Some(size) = ty.size else {
-        // No fixed item size (object arrays are pickles): listed, never converted.
-        return Ok(Listed { name, shape, dtype: ty.dtype, bytes: Bytes::Memory(Cow::Borrowed(data)) });
-    };
-    let expected = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).and_then(|n| n.checked_mul(size));
-    let Some(expected) = expected else {
-        return Err(NpyError::Format(format!("shape {shape:?} of `{descr}` is too large to address")));
-    };
-    if data.len() < expected {
-        return Err(NpyError::Truncated(format!(
-            "ends inside its data: shape {shape:?} of `{descr}` needs {expected} bytes after the {header_end}-byte \
-             header, found {}",
-            data.len()
-        )));
-    }
-    if data.len() > expected {
-        return Err(NpyError::Format(format!(
-            "{} byte(s) follow the data of shape {shape:?} of `{descr}` ({expected} bytes)",
-            data.len() - expected
-        )));
-    }
-    // Only floats are ever read, so only they are reordered.
-    let data = match ty.dtype {
-        DType::Float(_) if fortran_order => Cow::Owned(fortran_to_c(data, &shape, size)),
-        _ => Cow::Borrowed(data),
-    };
-    Ok(Listed { name, shape, dtype: ty.dtype, bytes: Bytes::Memory(data) })
+    let header = Header { end: header_end, descr, fortran_order, shape, dtype: ty.dtype, size: ty.size };
+    // The size of the data, checked now: an unaddressable shape is an error of the header.
+    header.data_bytes()?;
+    Ok(header)
 }
 
 /// Maps a `descr` such as `<f4` to an element type. Floats are F16/F32/F64 in either byte order;
