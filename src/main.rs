@@ -339,9 +339,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 return Ok(sink.flush()?);
             }
             // Templates alone enumerate nothing, so the enumeration limit does not apply to them.
-            let enumerates = !(templates && matches!(format, Format::Text | Format::Latex));
-            let limit = if enumerates { limit } else { u64::MAX };
-            let options = ExpandOptions { max_order, qk, limit, ..ExpandOptions::default() };
+            let templates_only = templates && matches!(format, Format::Text | Format::Latex);
+            let options = ExpandOptions { max_order, qk, limit, templates_only, ..ExpandOptions::default() };
             let compiled = pathc::compile(&source).map_err(|e| render(&model, &source, &e))?;
             let expansion = pathc::expand_with_progress(compiled, &options, &TerminalProgress::new())
                 .map_err(|e| render(&model, &source, &e))?;
@@ -621,9 +620,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let source = read_model(&model)?;
             let compiled = pathc::compile(&source).map_err(|e| render(&model, &source, &e))?;
             let mut out = io::stdout().lock();
-            let logits = compiled.logit_counts(max_order);
-            let mlp_inputs = compiled.mlp_input_counts(max_order);
-            let scores = qk.then(|| compiled.score_counts(max_order));
+            let pathc::paths::TermCounts { logits, mlp_inputs, scores } = compiled.counts(max_order, qk);
             match format {
                 CountFormat::Text => {
                     writeln!(out, "{}", emit::count::text("paths", &logits))?;
