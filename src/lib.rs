@@ -124,6 +124,9 @@ pub enum Error {
         match fits { Some((k, n)) => format!("--max-order {k} fits ({n} {what})"), None => "not even --max-order 0 fits".to_string() }
     )]
     RewriteTooLarge { what: &'static str, exceeded: Exceeded, limits: Limits, fits: Option<(u32, BigUint)> },
+    /// `--format dot` on a model with more heads than the limit (one DOT node each).
+    #[error("the term graph has {heads} heads, more than the limit of {limit} for --format dot (one node each); raise the limit with --limit")]
+    GraphTooLarge { heads: u128, limit: u64 },
     #[error(transparent)]
     Rewrite(RewriteError),
     /// Weights that do not fit the model, bad tokens, symbolic sizes where numbers are needed.
@@ -232,6 +235,68 @@ pub fn plan_stats(model: &Model) -> Result<plan::Plans, Error> {
         d_head = d_head.max(known(&layer.attn.d_head)?);
     }
     let dims = plan::Dims { d_vocab: known(&model.d_vocab)?, d_model: known(&model.d_model)?, d_head };
+    Ok(plan::plan(dims, plan::Counts::from_heads_per_layer(&model.heads_per_layer())))
+}
+
+/// The term graph as Graphviz DOT (`pathc expand --format dot`): refused, before the graph is
+/// built, when the model has more than `limit` heads (a DOT node and two edges each, about 150
+/// bytes a head).
+pub fn dot(source: &str, limit: u64) -> Result<String, Error> {
+    let model = syntax::parse_model(source).map_err(Error::Model)?;
+    let heads: u128 = model.heads_per_layer().iter().map(|&h| h as u128).sum();
+    if heads > u128::from(limit) {
+        return Err(Error::GraphTooLarge { heads, limit });
+    }
+    Ok(emit::dot::write(&TermGraph::build(&model), &model.name))
+}
+
+/// The plans of a model's statistics for the sizes of a weights file (`pathc plan --weights`),
+/// so a model file may leave `d_vocab`, `d_model` and `d_head` symbolic: read from the shapes of
+/// `embed.W_E` (`[d_vocab, d_model]`) and each layer's `W_Q` (`[n_heads, d_model, d_head]`,
+/// its head count checked against the model), by TransformerLens's names renamed by `names`. A
+/// dimension the model gives as a number must match. Only the file's header is read.
+pub fn plan_stats_from_weights(
+    model: &Model,
+    weights: &weights::Weights,
+    names: &eval::NameMap,
+) -> Result<plan::Plans, Error> {
+    let shape = |tl: &str, rank: usize| -> Result<Vec<usize>, Error> {
+        let name = names.resolve(tl);
+        let found = match weights.check(&name, &[]) {
+            Err(weights::WeightError::Shape { found, .. }) => found,
+            Ok(()) => Vec::new(),
+            Err(e) => return Err(eval::EvalError::from(e).into()),
+        };
+        if found.len() == rank {
+            return Ok(found);
+        }
+        let expected = vec![0; rank];
+        Err(eval::EvalError::from(weights::WeightError::Shape { name, expected, found }).into())
+    };
+    // The shape the model's numbers ask for, symbolic sizes taken from the file.
+    let check = |tl: &str, found: Vec<usize>, expected: Vec<usize>| -> Result<Vec<usize>, Error> {
+        if found == expected {
+            return Ok(found);
+        }
+        let name = names.resolve(tl);
+        Err(eval::EvalError::from(weights::WeightError::Shape { name, expected, found }).into())
+    };
+    let or = |size: &model::Size, found: usize| match size {
+        model::Size::Known(n) => usize::try_from(*n).unwrap_or(usize::MAX),
+        model::Size::Symbolic(_) => found,
+    };
+    let embed = shape("embed.W_E", 2)?;
+    let expected = vec![or(&model.d_vocab, embed[0]), or(&model.d_model, embed[1])];
+    let embed = check("embed.W_E", embed, expected)?;
+    let (d_vocab, d_model) = (embed[0], embed[1]);
+    let mut d_head = 0;
+    for (l, layer) in model.layers.iter().enumerate() {
+        let tl = format!("blocks.{l}.attn.W_Q");
+        let w_q = shape(&tl, 3)?;
+        let expected = vec![layer.attn.n_heads, d_model, or(&layer.attn.d_head, w_q[2])];
+        d_head = d_head.max(check(&tl, w_q, expected)?[2]);
+    }
+    let dims = plan::Dims { d_vocab, d_model, d_head };
     Ok(plan::plan(dims, plan::Counts::from_heads_per_layer(&model.heads_per_layer())))
 }
 

@@ -334,8 +334,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 None => Box::new(BufWriter::with_capacity(1 << 16, io::stdout().lock())),
             };
             if let Format::Dot = format {
-                let compiled = pathc::compile(&source).map_err(|e| render(&model, &source, &e))?;
-                sink.write_all(emit::dot::write(&compiled.graph, &compiled.model.name).as_bytes())?;
+                let dot = pathc::dot(&source, limit).map_err(|e| render(&model, &source, &e))?;
+                sink.write_all(dot.as_bytes())?;
                 return Ok(sink.flush()?);
             }
             // Templates alone enumerate nothing, so the enumeration limit does not apply to them.
@@ -496,9 +496,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 Some(weights) => {
                     let names = pathc::eval::NameMap::parse(&names).map_err(|e| fail(e.into()))?;
                     let weights = pathc::load_weights(&weights).map_err(fail)?;
-                    let params = pathc::eval::StatsParams::from_weights(&compiled.model, &weights, &names)
-                        .map_err(|e| fail(e.into()))?;
-                    pathc::stats::plans_for(&params.layers, params.d_vocab(), params.d_model())
+                    pathc::plan_stats_from_weights(&compiled.model, &weights, &names).map_err(fail)?
                 }
                 None => pathc::plan_stats(&compiled.model).map_err(|e| {
                     let hint = "; give --weights to take the sizes from a weights file";

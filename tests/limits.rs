@@ -231,3 +231,79 @@ fn templates_are_not_bounded_by_the_enumeration_limit() {
     let error = pathc::expand(&huge, &options).expect_err("too much rewriting").to_string();
     assert!(error.contains("e-nodes") && !error.contains(&u64::MAX.to_string()), "{error}");
 }
+
+/// Item 7: `--format dot` is bounded by `--limit` (one node a head), decided before the term
+/// graph is built: 4096 layers × 4096 heads would be 2.7 GB of DOT.
+#[test]
+fn dot_respects_the_limit() {
+    let huge = model(4096, 4096, false, false, false, false);
+    let error = pathc::dot(&huge, pathc::DEFAULT_ENUMERATION_LIMIT).expect_err("refused");
+    assert!(matches!(error, pathc::Error::GraphTooLarge { heads: 16_777_216, limit: 1_000_000 }), "{error}");
+    let small = std::fs::read_to_string("examples/attn2.tf").unwrap();
+    assert!(pathc::dot(&small, 8).unwrap().contains("L1H3"));
+    assert!(matches!(pathc::dot(&small, 7), Err(pathc::Error::GraphTooLarge { heads: 8, limit: 7 })));
+}
+
+fn attention_model(layers: usize, heads: usize, d: u64) -> String {
+    format!(
+        "model k\ndim d_model = {d}\ndim d_vocab = {d}\nembed\nrepeat {layers} {{ layer {{ attn(heads = {heads}, d_head = {d}) }} }}\nunembed\n"
+    )
+}
+
+/// Item 10: the chosen plan never costs more than the naive one (d_vocab = d_model = d_head =
+/// 1000, 1 layer × 2 heads chose 92 GFLOP against the naive 80).
+#[test]
+fn chosen_plans_never_cost_more_than_naive() {
+    for layers in 1..=3 {
+        for heads in [1, 2, 4] {
+            let compiled = pathc::compile(&attention_model(layers, heads, 1000)).unwrap();
+            let plans = pathc::plan_stats(&compiled.model).unwrap();
+            assert!(
+                plans.chosen.flops() <= plans.naive.flops(),
+                "{layers} × {heads}: chosen {} > naive {}",
+                plans.chosen.flops(),
+                plans.naive.flops()
+            );
+        }
+    }
+}
+
+/// Item 10: sizes of 2^32 do not overflow the peak-memory estimate (it printed "0 kB").
+#[test]
+fn plan_estimates_do_not_overflow() {
+    let compiled = pathc::compile(&attention_model(1, 2, 1 << 32)).unwrap();
+    let plans = pathc::plan_stats(&compiled.model).unwrap();
+    // At least W_E and W_U whole, or the heads' four weights: 2 × 4 × 2^64 bytes.
+    assert!(plans.chosen.peak_bytes(1) >= 8.0 * 2f64.powi(64), "{}", plans.chosen.peak_bytes(1));
+    assert!(plans.naive.flops() >= 2f64.powi(96));
+}
+
+/// Item 10: `plan --weights` takes symbolic sizes from the weights file (it advised --weights and
+/// then failed with "dimension `d_model` is symbolic"), and the plan equals the numeric model's.
+#[test]
+fn plan_with_weights_takes_symbolic_sizes_from_the_file() {
+    let numeric = std::fs::read_to_string("examples/attn2.tf").unwrap();
+    let symbolic: String = numeric
+        .lines()
+        .map(|l| {
+            if l.starts_with("dim d_model") || l.starts_with("dim d_vocab") {
+                l.split('=').next().unwrap().trim()
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let compiled = pathc::compile(&symbolic).unwrap();
+    assert!(pathc::plan_stats(&compiled.model).is_err());
+    let weights = pathc::load_weights(std::path::Path::new("tests/fixtures/attn2/model.safetensors")).unwrap();
+    let names = pathc::eval::NameMap::default();
+    let from_file = pathc::plan_stats_from_weights(&compiled.model, &weights, &names).expect("sizes from the file");
+    let expected = pathc::plan_stats(&pathc::compile(&numeric).unwrap().model).unwrap();
+    assert_eq!(from_file.chosen.flops(), expected.chosen.flops());
+    assert_eq!(from_file.chosen.dims, expected.chosen.dims);
+    // A number in the model file that the weights contradict is an error.
+    let wrong = numeric.replace("dim d_model = 32", "dim d_model = 33");
+    let compiled = pathc::compile(&wrong).unwrap();
+    assert!(pathc::plan_stats_from_weights(&compiled.model, &weights, &names).is_err());
+}
