@@ -187,9 +187,14 @@ impl Compiled {
     /// which `tests/limits.rs` checks).
     pub fn check_limits(&self, counts: &TermCounts, options: &ExpandOptions) -> Result<(), Error> {
         let enumerated = paths::prefix_sums(&counts.enumerated());
-        let work = Work::predict(&self.graph, options.max_order, options.qk);
-        let orders = enumerated.len().max(work.orders());
         let limit = BigUint::from(options.limit);
+        // No truncation above the largest one within the enumeration limit can be suggested,
+        // so the work is predicted only up to it.
+        let within = enumerated.iter().take_while(|c| options.templates_only || **c <= limit).count();
+        let predicted =
+            if within == enumerated.len() { options.max_order } else { Some(within.saturating_sub(1) as u32) };
+        let work = Work::predict(&self.graph, predicted, options.qk);
+        let orders = enumerated.len();
         let count_at = |k: usize| enumerated.get(k).or(enumerated.last()).cloned().unwrap_or_default();
         let over_enumeration = |k: usize| !options.templates_only && count_at(k) > limit;
         let fits = |k: usize| !over_enumeration(k) && work.exceeds(k, &options.rewrite_limits).is_none();
