@@ -66,8 +66,8 @@ use thiserror::Error;
 use diag::Diagnostic;
 use graph::{Source, TermGraph};
 use model::Model;
-use paths::{Counts, HeadRef, IndexVar, Side, Template};
-use rewrite::{Limits, RewriteError, RunStats};
+use paths::{Counts, HeadRef, IndexVar, Side, Template, TermCounts, Unit};
+use rewrite::{Exceeded, Limits, RewriteError, RunStats, Work};
 
 /// The default bound on how many terms `expand` enumerates.
 pub const DEFAULT_ENUMERATION_LIMIT: u64 = 1_000_000;
@@ -78,8 +78,14 @@ pub struct ExpandOptions {
     pub max_order: Option<u32>,
     /// Also expand every head's attention scores into (query path, key path) terms.
     pub qk: bool,
-    /// Refuse to enumerate more terms than this (counting is never limited).
+    /// Refuse to enumerate more terms than this: the logit paths, the MLPs' input terms and
+    /// (with `qk`) the attention-score terms together. Counting is never limited.
     pub limit: u64,
+    /// Only the templates are wanted (nothing is enumerated): `limit` does not apply, the
+    /// rewrite limits do.
+    pub templates_only: bool,
+    /// The e-graph limits; an expansion predicted to exceed them ([`rewrite::Work`]) is refused
+    /// before any saturation run.
     pub rewrite_limits: Limits,
 }
 
@@ -89,6 +95,7 @@ impl Default for ExpandOptions {
             max_order: None,
             qk: false,
             limit: DEFAULT_ENUMERATION_LIMIT,
+            templates_only: false,
             rewrite_limits: Limits::default(),
         }
     }
@@ -99,11 +106,27 @@ pub enum Error {
     /// Syntax or semantic errors in the model file (several at once where possible).
     #[error("the model file has {} error(s)", .0.len())]
     Model(Vec<Diagnostic>),
+    /// More terms to enumerate than `ExpandOptions::limit`; `fits` is the largest truncation
+    /// within every limit (enumeration and rewrite) with its number of terms.
     #[error(
         "the expansion has {count} {what}, more than the enumeration limit of {limit}; {}",
         match fits { Some((k, n)) => format!("--max-order {k} fits ({n} {what}), or raise the limit with --limit"), None => "raise the limit with --limit".to_string() }
     )]
     TooLarge { what: &'static str, count: BigUint, limit: u64, fits: Option<(u32, BigUint)> },
+    /// The symbolic expansion is predicted to exceed a rewrite limit (`ExpandOptions::rewrite_limits`),
+    /// decided before any saturation run; `fits` as for `TooLarge`.
+    #[error(
+        "the symbolic expansion {}; {}",
+        match exceeded {
+            Exceeded::Nodes(n) => format!("would build an e-graph of up to {n} e-nodes, more than the node limit of {} e-nodes a run", limits.nodes),
+            Exceeded::TotalNodes(n) => format!("would build {n} e-nodes in all its saturation runs, more than the limit of {} e-nodes an expansion", limits.total_nodes),
+        },
+        match fits { Some((k, n)) => format!("--max-order {k} fits ({n} {what})"), None => "not even --max-order 0 fits".to_string() }
+    )]
+    RewriteTooLarge { what: &'static str, exceeded: Exceeded, limits: Limits, fits: Option<(u32, BigUint)> },
+    /// `--format dot` on a model with more heads than the limit (one DOT node each).
+    #[error("the term graph has {heads} heads, more than the limit of {limit} for --format dot (one node each); raise the limit with --limit")]
+    GraphTooLarge { heads: u128, limit: u64 },
     #[error(transparent)]
     Rewrite(RewriteError),
     /// Weights that do not fit the model, bad tokens, symbolic sizes where numbers are needed.
@@ -136,6 +159,12 @@ pub struct Compiled {
 }
 
 impl Compiled {
+    /// Every count at once (logit paths, MLP inputs, with `qk` score terms), from the
+    /// architecture alone in one pass: quadratic in the number of layers, never enumerating.
+    pub fn counts(&self, max_order: Option<u32>, qk: bool) -> TermCounts {
+        paths::count_terms(&self.graph, max_order, qk, Unit::Paths)
+    }
+
     /// Logit paths by order, from the architecture alone: instant at any size.
     pub fn logit_counts(&self, max_order: Option<u32>) -> Counts {
         paths::count_logit_paths(&self.graph, max_order)
@@ -151,10 +180,35 @@ impl Compiled {
         paths::count_score_terms(&self.graph, max_order)
     }
 
-    /// Every term an expansion without `--qk` enumerates: the logit paths and the MLPs' inputs.
-    fn enumerated(&self, max_order: Option<u32>) -> BigUint {
-        let inputs: BigUint = self.mlp_input_counts(max_order).iter().flatten().map(Counts::total).sum();
-        self.logit_counts(max_order).total() + inputs
+    /// Checks an expansion against every limit before anything is built: the enumeration limit
+    /// on `counts` (unless only templates are wanted) and the rewrite limits on the predicted
+    /// e-graph work. The suggested truncation of a refusal is within all of them, so following it
+    /// succeeds (the enumeration exactly; the rewrite as far as its prediction bounds the runs,
+    /// which `tests/limits.rs` checks).
+    pub fn check_limits(&self, counts: &TermCounts, options: &ExpandOptions) -> Result<(), Error> {
+        let enumerated = paths::prefix_sums(&counts.enumerated());
+        let limit = BigUint::from(options.limit);
+        // No truncation above the largest one within the enumeration limit can be suggested,
+        // so the work is predicted only up to it.
+        let within = enumerated.iter().take_while(|c| options.templates_only || **c <= limit).count();
+        let predicted =
+            if within == enumerated.len() { options.max_order } else { Some(within.saturating_sub(1) as u32) };
+        let work = Work::predict(&self.graph, predicted, options.qk);
+        let orders = enumerated.len();
+        let count_at = |k: usize| enumerated.get(k).or(enumerated.last()).cloned().unwrap_or_default();
+        let over_enumeration = |k: usize| !options.templates_only && count_at(k) > limit;
+        let fits = |k: usize| !over_enumeration(k) && work.exceeds(k, &options.rewrite_limits).is_none();
+        let requested = orders - 1;
+        if fits(requested) {
+            return Ok(());
+        }
+        let best = (0..requested).take_while(|&k| fits(k)).last().map(|k| (k as u32, count_at(k)));
+        let what = if options.qk { "terms" } else { "paths" };
+        if over_enumeration(requested) {
+            return Err(Error::TooLarge { what, count: count_at(requested), limit: options.limit, fits: best });
+        }
+        let exceeded = work.exceeds(requested, &options.rewrite_limits).expect("does not fit");
+        Err(Error::RewriteTooLarge { what, exceeded, limits: options.rewrite_limits, fits: best })
     }
 }
 
@@ -186,6 +240,68 @@ pub fn plan_stats(model: &Model) -> Result<plan::Plans, Error> {
         d_head = d_head.max(known(&layer.attn.d_head)?);
     }
     let dims = plan::Dims { d_vocab: known(&model.d_vocab)?, d_model: known(&model.d_model)?, d_head };
+    Ok(plan::plan(dims, plan::Counts::from_heads_per_layer(&model.heads_per_layer())))
+}
+
+/// The term graph as Graphviz DOT (`pathc expand --format dot`): refused, before the graph is
+/// built, when the model has more than `limit` heads (a DOT node and two edges each, about 150
+/// bytes a head).
+pub fn dot(source: &str, limit: u64) -> Result<String, Error> {
+    let model = syntax::parse_model(source).map_err(Error::Model)?;
+    let heads: u128 = model.heads_per_layer().iter().map(|&h| h as u128).sum();
+    if heads > u128::from(limit) {
+        return Err(Error::GraphTooLarge { heads, limit });
+    }
+    Ok(emit::dot::write(&TermGraph::build(&model), &model.name))
+}
+
+/// The plans of a model's statistics for the sizes of a weights file (`pathc plan --weights`),
+/// so a model file may leave `d_vocab`, `d_model` and `d_head` symbolic: read from the shapes of
+/// `embed.W_E` (`[d_vocab, d_model]`) and each layer's `W_Q` (`[n_heads, d_model, d_head]`,
+/// its head count checked against the model), by TransformerLens's names renamed by `names`. A
+/// dimension the model gives as a number must match. Only the file's header is read.
+pub fn plan_stats_from_weights(
+    model: &Model,
+    weights: &weights::Weights,
+    names: &eval::NameMap,
+) -> Result<plan::Plans, Error> {
+    let shape = |tl: &str, rank: usize| -> Result<Vec<usize>, Error> {
+        let name = names.resolve(tl);
+        let found = match weights.check(&name, &[]) {
+            Err(weights::WeightError::Shape { found, .. }) => found,
+            Ok(()) => Vec::new(),
+            Err(e) => return Err(eval::EvalError::from(e).into()),
+        };
+        if found.len() == rank {
+            return Ok(found);
+        }
+        let expected = vec![0; rank];
+        Err(eval::EvalError::from(weights::WeightError::Shape { name, expected, found }).into())
+    };
+    // The shape the model's numbers ask for, symbolic sizes taken from the file.
+    let check = |tl: &str, found: Vec<usize>, expected: Vec<usize>| -> Result<Vec<usize>, Error> {
+        if found == expected {
+            return Ok(found);
+        }
+        let name = names.resolve(tl);
+        Err(eval::EvalError::from(weights::WeightError::Shape { name, expected, found }).into())
+    };
+    let or = |size: &model::Size, found: usize| match size {
+        model::Size::Known(n) => usize::try_from(*n).unwrap_or(usize::MAX),
+        model::Size::Symbolic(_) => found,
+    };
+    let embed = shape("embed.W_E", 2)?;
+    let expected = vec![or(&model.d_vocab, embed[0]), or(&model.d_model, embed[1])];
+    let embed = check("embed.W_E", embed, expected)?;
+    let (d_vocab, d_model) = (embed[0], embed[1]);
+    let mut d_head = 0;
+    for (l, layer) in model.layers.iter().enumerate() {
+        let tl = format!("blocks.{l}.attn.W_Q");
+        let w_q = shape(&tl, 3)?;
+        let expected = vec![layer.attn.n_heads, d_model, or(&layer.attn.d_head, w_q[2])];
+        d_head = d_head.max(check(&tl, w_q, expected)?[2]);
+    }
+    let dims = plan::Dims { d_vocab, d_model, d_head };
     Ok(plan::plan(dims, plan::Counts::from_heads_per_layer(&model.heads_per_layer())))
 }
 
@@ -308,28 +424,9 @@ pub fn expand_with_progress(
     options: &ExpandOptions,
     progress: &dyn progress::Progress,
 ) -> Result<Expansion, Error> {
-    let n_layers = compiled.model.n_layers();
-    let limit = BigUint::from(options.limit);
-    let logit_counts = compiled.logit_counts(options.max_order);
-    let mlp_input_counts = compiled.mlp_input_counts(options.max_order);
-    let too_large = |what, count: BigUint, per_order: &dyn Fn(u32) -> BigUint| Error::TooLarge {
-        what,
-        count,
-        limit: options.limit,
-        fits: paths::largest_order_within(&limit, n_layers, per_order),
-    };
-    let enumerated = compiled.enumerated(options.max_order);
-    if enumerated > limit {
-        return Err(too_large("paths", enumerated, &|k| compiled.enumerated(Some(k))));
-    }
-    let score_counts = options.qk.then(|| compiled.score_counts(options.max_order));
-    if let Some(counts) = &score_counts {
-        if counts.total() > limit {
-            return Err(too_large("attention-score terms", counts.total(), &|k| {
-                compiled.score_counts(Some(k)).total()
-            }));
-        }
-    }
+    let counts = compiled.counts(options.max_order, options.qk);
+    compiled.check_limits(&counts, options)?;
+    let TermCounts { logits: logit_counts, mlp_inputs: mlp_input_counts, scores: score_counts } = counts;
     let rewrite::LogitExpansion { mut logits, mut mlp_inputs, stats: logit_stats } =
         rewrite::expand_logits(&compiled.graph, options.max_order, options.rewrite_limits, progress)?;
     paths::sort_logit_templates(&mut logits);

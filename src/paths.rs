@@ -359,53 +359,147 @@ impl Counts {
     }
 }
 
-/// Elementary symmetric polynomials e_0..e_K of the heads per layer: e_k is the number of ways
-/// to pick k layers and one head in each, i.e. the number of order-k paths per source.
-fn head_choices(heads_per_layer: &[usize], max_order: Option<u32>) -> Vec<BigUint> {
-    let cap = max_order.map_or(heads_per_layer.len(), |k| (k as usize).min(heads_per_layer.len()));
-    let mut e = vec![BigUint::zero(); cap + 1];
-    e[0] = BigUint::one();
-    for (seen, &h) in heads_per_layer.iter().enumerate() {
-        let top = (seen + 1).min(cap);
-        for k in (1..=top).rev() {
-            let add = &e[k - 1] * BigUint::from(h);
-            e[k] += add;
-        }
-    }
-    e
+/// What a count counts: concrete paths (every head of a layer), or templates (one term per
+/// choice of layers, its heads symbolic: the terms the e-graph holds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    Paths,
+    Templates,
 }
 
-/// The number of paths by order in the residual state `resid[step]`, from the architecture
-/// alone: a source entering at `resid[e]` has Σ_{|S|=k} Π_{l∈S} H_l paths of order k, S a set of
-/// the layers whose heads read `resid[e..step]`; a value bias first passes one of its own
-/// layer's heads (one more order, H_l times as many).
-pub fn count_stream(graph: &TermGraph, step: usize, max_order: Option<u32>) -> Vec<BigUint> {
-    let cap = max_order.map_or(usize::MAX, |k| k as usize);
-    let mut by_order: Vec<BigUint> = vec![BigUint::zero()];
-    for entry in graph.entries().into_iter().filter(|e| e.step <= step) {
-        let heads: Vec<usize> = graph.blocks[entry.step..step]
-            .iter()
-            .filter_map(|b| match b {
-                Block::Attn { n_heads, .. } => Some(*n_heads),
-                Block::Mlp { .. } => None,
-            })
-            .collect();
-        let (shift, times) = match entry.source {
-            Source::BiasV(l) => (1, graph.heads[l].len()),
-            _ => (0, 1),
-        };
-        if shift > cap {
-            continue;
-        }
-        let capped = max_order.map(|k| k - shift as u32);
-        for (k, c) in head_choices(&heads, capped).into_iter().enumerate() {
-            if by_order.len() <= k + shift {
-                by_order.resize(k + shift + 1, BigUint::zero());
-            }
-            by_order[k + shift] += c * BigUint::from(times);
+/// `p += q`, coefficient by coefficient, `p` growing as needed.
+fn add_into(p: &mut Vec<BigUint>, q: &[BigUint]) {
+    if p.len() < q.len() {
+        p.resize(q.len(), BigUint::zero());
+    }
+    for (a, b) in p.iter_mut().zip(q) {
+        *a += b;
+    }
+}
+
+/// `p · (1 + h·t)`, truncated to degree `cap`, in place.
+fn times_one_plus(p: &mut Vec<BigUint>, h: u64, cap: usize) {
+    if p.len() <= cap {
+        p.push(BigUint::zero());
+    }
+    for k in (1..p.len()).rev() {
+        let (low, high) = p.split_at_mut(k);
+        if h == 1 {
+            high[0] += &low[k - 1];
+        } else {
+            high[0] += &low[k - 1] * h;
         }
     }
-    by_order
+}
+
+/// The residual stream's terms by order as a polynomial in the order `t`, one block at a time:
+/// `R_0` holds the embeddings, and block `i` maps `R_i` to `R_{i+1} = R_i·(1 + H_l·t) + c_i` for
+/// attention layer `l` (`H_l` heads; `c_i` = `H_l·t` for its value biases, `1` for `b_O`), and to
+/// `R_i + c_i` for an MLP (`c_i` = its output and `b_out`). Coefficient `k` of `R_i` is the
+/// number of order-`k` paths in `resid[i]`: for a source entering at `resid[e]`, the elementary
+/// symmetric polynomial `e_k` of the heads of the layers between, computed once for every prefix
+/// instead of once per source and state (quadratic in the number of layers, not quartic). With
+/// `square`, it also keeps `Q_i = R_i²` (both truncated), which the attention scores need:
+/// `Q_{i+1} = A²·… = Q_i·(1 + H t)² + 2·A·c_i + c_i²` with `A = R_i·(1 + H t)`.
+#[derive(Debug, Clone)]
+pub struct StreamCounter {
+    cap: usize,
+    unit: Unit,
+    square: bool,
+    step: usize,
+    stream: Vec<BigUint>,
+    squared: Vec<BigUint>,
+}
+
+impl StreamCounter {
+    /// `R_0`, orders truncated at `max_order`.
+    pub fn new(graph: &TermGraph, max_order: Option<u32>, unit: Unit, square: bool) -> StreamCounter {
+        let cap = max_order.map_or(usize::MAX, |k| k as usize);
+        let sources = graph.entries().iter().take_while(|e| e.step == 0).count();
+        let stream = vec![BigUint::from(sources)];
+        let squared = if square { vec![&stream[0] * &stream[0]] } else { Vec::new() };
+        StreamCounter { cap, unit, square, step: 0, stream, squared }
+    }
+
+    fn heads(&self, n_heads: usize) -> u64 {
+        match self.unit {
+            Unit::Paths => n_heads as u64,
+            Unit::Templates => 1,
+        }
+    }
+
+    /// The index of the residual state the counter is at.
+    pub fn step(&self) -> usize {
+        self.step
+    }
+
+    /// `R_step` by order (coefficient `k`: the terms of order `k`; never longer than the
+    /// truncation allows, and without trailing zeros).
+    pub fn stream(&self) -> &[BigUint] {
+        &self.stream
+    }
+
+    /// `R_step²` truncated (only with `square`): the (query term, key term) pairs by order.
+    pub fn squared(&self) -> &[BigUint] {
+        &self.squared
+    }
+
+    /// `(R + β)²` truncated (only with `square`): the terms of an attention score whose sides
+    /// are the stream and, with `bias`, a constant bias term β = 1.
+    pub fn side_squared(&self, bias: bool) -> Vec<BigUint> {
+        let mut out = self.squared.clone();
+        if bias {
+            let mut twice: Vec<BigUint> = self.stream.iter().map(|c| c * 2u32).collect();
+            twice[0] += 1u32;
+            twice.truncate(self.cap.saturating_add(1));
+            add_into(&mut out, &twice);
+        }
+        out
+    }
+
+    /// Applies `block` (the block at index `step`), moving to `resid[step + 1]`.
+    pub fn advance(&mut self, block: &Block) {
+        // The entries c = c0 + c1·t this block writes.
+        let (h, c0, c1) = match *block {
+            Block::Attn { n_heads, head_bias, out_bias, .. } => {
+                let h = self.heads(n_heads);
+                (Some(h), u64::from(out_bias), if head_bias && self.cap >= 1 { h } else { 0 })
+            }
+            Block::Mlp { out_bias, .. } => (None, 1 + u64::from(out_bias), 0),
+        };
+        if let Some(h) = h {
+            times_one_plus(&mut self.stream, h, self.cap);
+            if self.square {
+                times_one_plus(&mut self.squared, h, self.cap);
+                times_one_plus(&mut self.squared, h, self.cap);
+            }
+        }
+        // `stream` is now A; Q = A² + 2·A·c + c².
+        if self.square {
+            let mut cross = vec![BigUint::zero(); self.stream.len().min(self.cap) + 1];
+            for (k, a) in self.stream.iter().enumerate() {
+                if c0 != 0 && k <= self.cap {
+                    cross[k] += a * (2 * c0);
+                }
+                if c1 != 0 && k < self.cap {
+                    cross[k + 1] += a * (2 * c1);
+                }
+            }
+            let c = [BigUint::from(c0 * c0), BigUint::from(2 * c0 * c1), BigUint::from(c1 * c1)];
+            add_into(&mut cross, &c[..c.len().min(self.cap.saturating_add(1))]);
+            add_into(&mut self.squared, &cross);
+            trim(&mut self.squared);
+        }
+        add_into(&mut self.stream, &[BigUint::from(c0), BigUint::from(c1)][..if c1 != 0 { 2 } else { 1 }]);
+        self.step += 1;
+    }
+}
+
+/// Drops trailing zero coefficients (keeping order 0).
+fn trim(p: &mut Vec<BigUint>) {
+    while p.len() > 1 && p.last().is_some_and(Zero::is_zero) {
+        p.pop();
+    }
 }
 
 fn add_constant(mut by_order: Vec<BigUint>, constant: bool) -> Vec<BigUint> {
@@ -415,46 +509,92 @@ fn add_constant(mut by_order: Vec<BigUint>, constant: bool) -> Vec<BigUint> {
     by_order
 }
 
+/// Every count of an expansion, from one pass over the blocks ([`StreamCounter`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TermCounts {
+    /// The logits' paths.
+    pub logits: Counts,
+    /// Each MLP's input terms (`None` for a layer without an MLP).
+    pub mlp_inputs: Vec<Option<Counts>>,
+    /// With `qk`: the attention-score terms, summed over every head of every layer.
+    pub scores: Option<Counts>,
+}
+
+impl TermCounts {
+    /// Every term an expansion enumerates, by order: the logit paths, the MLPs' inputs and (with
+    /// `qk`) the score terms.
+    pub fn enumerated(&self) -> Vec<BigUint> {
+        let mut all = self.logits.by_order.clone();
+        for c in self.mlp_inputs.iter().flatten() {
+            add_into(&mut all, &c.by_order);
+        }
+        if let Some(s) = &self.scores {
+            add_into(&mut all, &s.by_order);
+        }
+        all
+    }
+}
+
+/// The numbers of logit paths, MLP-input terms and (with `qk`) attention-score terms by order,
+/// from the architecture alone, never enumerating: one pass of [`StreamCounter`], quadratic in
+/// the number of layers (big-integer additions), so thousands of layers count in well under a
+/// second. With [`Unit::Templates`] the same numbers for templates (every layer one head).
+pub fn count_terms(graph: &TermGraph, max_order: Option<u32>, qk: bool, unit: Unit) -> TermCounts {
+    let mut counter = StreamCounter::new(graph, max_order, unit, qk);
+    let mut mlp_inputs = vec![None; graph.heads.len()];
+    let mut scores = qk.then(|| vec![BigUint::zero()]);
+    for block in &graph.blocks {
+        match *block {
+            Block::Mlp { layer, in_bias, .. } => {
+                mlp_inputs[layer] = Some(Counts { by_order: add_constant(counter.stream().to_vec(), in_bias) });
+            }
+            Block::Attn { n_heads, head_bias, .. } => {
+                if let Some(scores) = &mut scores {
+                    let per_head = counter.side_squared(head_bias);
+                    let h = counter.heads(n_heads);
+                    let terms: Vec<BigUint> = per_head.into_iter().map(|c| c * h).collect();
+                    add_into(scores, &terms);
+                }
+            }
+        }
+        counter.advance(block);
+    }
+    TermCounts {
+        logits: Counts { by_order: add_constant(counter.stream().to_vec(), graph.logit_bias) },
+        mlp_inputs,
+        scores: scores.map(|by_order| Counts { by_order }),
+    }
+}
+
+/// The number of paths by order in the residual state `resid[step]`, from the architecture
+/// alone: a source entering at `resid[e]` has Σ_{|S|=k} Π_{l∈S} H_l paths of order k, S a set of
+/// the layers whose heads read `resid[e..step]`; a value bias first passes one of its own
+/// layer's heads (one more order, H_l times as many).
+pub fn count_stream(graph: &TermGraph, step: usize, max_order: Option<u32>) -> Vec<BigUint> {
+    let mut counter = StreamCounter::new(graph, max_order, Unit::Paths, false);
+    for block in &graph.blocks[..step] {
+        counter.advance(block);
+    }
+    counter.stream().to_vec()
+}
+
 /// The number of logit paths by order, from the architecture alone (no enumeration): the paths
 /// of the last residual state, and the constant `b_U` term.
 pub fn count_logit_paths(graph: &TermGraph, max_order: Option<u32>) -> Counts {
-    Counts { by_order: add_constant(count_stream(graph, graph.resid.len() - 1, max_order), graph.logit_bias) }
+    count_terms(graph, max_order, false, Unit::Paths).logits
 }
 
 /// The number of terms of each MLP's input by order (`None` for layers without an MLP): the
 /// paths of the residual state it reads and the constant `b_in` term.
 pub fn count_mlp_inputs(graph: &TermGraph, max_order: Option<u32>) -> Vec<Option<Counts>> {
-    (0..graph.heads.len())
-        .map(|layer| {
-            let block = graph.mlp_block(layer)?;
-            let in_bias = matches!(graph.blocks[block], Block::Mlp { in_bias: true, .. });
-            Some(Counts { by_order: add_constant(count_stream(graph, block, max_order), in_bias) })
-        })
-        .collect()
+    count_terms(graph, max_order, false, Unit::Paths).mlp_inputs
 }
 
 /// The number of attention-score terms by order (query-path order + key-path order), summed over
 /// every head of every layer: per head, (query terms) × (key terms), each side the paths into
 /// the layer plus its constant bias term.
 pub fn count_score_terms(graph: &TermGraph, max_order: Option<u32>) -> Counts {
-    let cap = max_order.map_or(usize::MAX, |k| k as usize);
-    let mut by_order = vec![BigUint::zero()];
-    for (layer, heads) in graph.heads.iter().enumerate() {
-        let block = graph.attn_block(layer);
-        let bias = matches!(graph.blocks[block], Block::Attn { head_bias: true, .. });
-        let side = add_constant(count_stream(graph, block, max_order), bias);
-        for (a, ca) in side.iter().enumerate() {
-            for (b, cb) in side.iter().enumerate() {
-                if a + b <= cap {
-                    if by_order.len() <= a + b {
-                        by_order.resize(a + b + 1, BigUint::zero());
-                    }
-                    by_order[a + b] += ca * cb * BigUint::from(heads.len());
-                }
-            }
-        }
-    }
-    Counts { by_order }
+    count_terms(graph, max_order, true, Unit::Paths).scores.expect("asked for")
 }
 
 /// The number of concrete paths the templates enumerate (used to check the formula).
@@ -462,22 +602,17 @@ pub fn count_templates(templates: &[Template], heads_per_layer: &[usize], fixed:
     templates.iter().map(|t| t.number_of_paths(heads_per_layer, fixed)).sum()
 }
 
-/// The largest `max_order` whose count is at most `limit`, with that count; `None` when even
-/// order 0 is over the limit.
-pub fn largest_order_within(
-    limit: &BigUint,
-    n_layers: usize,
-    count: impl Fn(u32) -> BigUint,
-) -> Option<(u32, BigUint)> {
-    let mut best = None;
-    for k in 0..=(2 * n_layers as u32) {
-        let c = count(k);
-        if &c > limit {
-            break;
-        }
-        best = Some((k, c));
-    }
-    best
+/// Σ of `by_order[..=k]` for every `k`: the count of a truncation at each order (truncating
+/// drops the orders above it, so every truncation's count is a prefix sum of one vector).
+pub fn prefix_sums(by_order: &[BigUint]) -> Vec<BigUint> {
+    let mut total = BigUint::zero();
+    by_order
+        .iter()
+        .map(|c| {
+            total += c;
+            total.clone()
+        })
+        .collect()
 }
 
 #[cfg(test)]

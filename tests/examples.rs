@@ -125,8 +125,11 @@ fn runner_limits_are_errors() {
     use pathc::rewrite::Limits;
     use std::time::Duration;
     let source = read("attn2.tf");
+    // A node limit below the predicted e-graphs is refused before any run (tests/limits.rs).
+    let small = ExpandOptions { rewrite_limits: Limits { nodes: 60, ..Limits::default() }, ..ExpandOptions::default() };
+    let message = pathc::expand(&source, &small).expect_err("refused").to_string();
+    assert!(message.contains("more than the node limit of 60 e-nodes a run"), "{message}");
     for (limits, named) in [
-        (Limits { nodes: 60, ..Limits::default() }, "the node limit"),
         (Limits { iterations: 2, ..Limits::default() }, "the iteration limit (2)"),
         (Limits { time: Duration::ZERO, ..Limits::default() }, "the time limit"),
     ] {

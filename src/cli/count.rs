@@ -26,9 +26,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let source = read_model(&model)?;
     let compiled = pathc::compile(&source).map_err(|e| render(&model, &source, &e))?;
     let mut out = io::stdout().lock();
-    let logits = compiled.logit_counts(max_order);
-    let mlp_inputs = compiled.mlp_input_counts(max_order);
-    let scores = qk.then(|| compiled.score_counts(max_order));
+    let pathc::paths::TermCounts { logits, mlp_inputs, scores } = compiled.counts(max_order, qk);
     match format {
         TextOrJson::Text => {
             writeln!(out, "{}", emit::count::text("paths", &logits))?;

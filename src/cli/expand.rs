@@ -49,14 +49,12 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let Args { model, max_order, qk, format, templates, limit, output, egraph_stats } = args;
     let source = read_model(&model)?;
     if let Format::Dot = format {
-        let compiled = pathc::compile(&source).map_err(|e| render(&model, &source, &e))?;
-        let dot = emit::dot::write(&compiled.graph, &compiled.model.name);
+        let dot = pathc::dot(&source, limit).map_err(|e| render(&model, &source, &e))?;
         return output::write(output.as_deref(), dot.as_bytes());
     }
     // Templates alone enumerate nothing, so the enumeration limit does not apply to them.
-    let enumerates = !(templates && matches!(format, Format::Text | Format::Latex));
-    let limit = if enumerates { limit } else { u64::MAX };
-    let options = ExpandOptions { max_order, qk, limit, ..ExpandOptions::default() };
+    let templates_only = templates && matches!(format, Format::Text | Format::Latex);
+    let options = ExpandOptions { max_order, qk, limit, templates_only, ..ExpandOptions::default() };
     let compiled = pathc::compile(&source).map_err(|e| render(&model, &source, &e))?;
     let expansion = pathc::expand_with_progress(compiled, &options, &TerminalProgress::new())
         .map_err(|e| render(&model, &source, &e))?;

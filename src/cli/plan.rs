@@ -28,9 +28,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
         Some(weights) => {
             let names = pathc::eval::NameMap::parse(&names).map_err(|e| fail(e.into()))?;
             let weights = pathc::load_weights(&weights).map_err(fail)?;
-            let params = pathc::eval::StatsParams::from_weights(&compiled.model, &weights, &names)
-                .map_err(|e| fail(e.into()))?;
-            pathc::stats::plans_for(&params.layers, params.d_vocab(), params.d_model())
+            pathc::plan_stats_from_weights(&compiled.model, &weights, &names).map_err(fail)?
         }
         None => pathc::plan_stats(&compiled.model).map_err(|e| {
             let hint = "; give --weights to take the sizes from a weights file";

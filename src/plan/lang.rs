@@ -82,8 +82,14 @@ impl Shape {
     }
 
     /// Entries of the matrix (1 for a scalar).
+    /// `rows × cols`, saturating (sizes may be as large as the model file writes them).
     pub fn entries(&self) -> usize {
-        self.rows * self.cols
+        self.rows.saturating_mul(self.cols)
+    }
+
+    /// `rows × cols` as a float, exact to 53 bits: what FLOP and memory estimates use.
+    pub fn size(&self) -> f64 {
+        self.rows as f64 * self.cols as f64
     }
 }
 

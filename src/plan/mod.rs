@@ -226,7 +226,13 @@ fn make_plans(dims: Dims, counts: Counts) -> Plans {
         ),
     };
     let choice = dag_choice(egraph, counts, &roots);
-    let chosen = extract(egraph, &roots, dims, counts, Some(report), &choice);
+    let chosen = extract(egraph, &roots, dims, counts, Some(report.clone()), &choice);
+    // The extraction's DAG cost and the plan's FLOPs can disagree (candidates are pruned per
+    // class): the naive plan is always a candidate, so the chosen one never costs more.
+    if chosen.flops() > naive.flops() {
+        let chosen = EvalPlan { run: Some(report), ..naive.clone() };
+        return Plans { chosen, naive };
+    }
     Plans { chosen, naive }
 }
 
@@ -240,9 +246,9 @@ pub fn step_flops(node: &Plan, shape_of: impl Fn(Id) -> Shape, is_weight: impl F
             2.0 * f(a.rows) * f(a.cols) * f(b.cols)
         }
         Plan::Transpose(a) if is_weight(*a) => 0.0,
-        Plan::Transpose(a) => f(shape_of(*a).entries()),
+        Plan::Transpose(a) => shape_of(*a).size(),
         Plan::Trace(a) => f(shape_of(*a).rows),
-        Plan::Dot([a, _]) | Plan::Frobenius(a) => 2.0 * f(shape_of(*a).entries()),
+        Plan::Dot([a, _]) | Plan::Frobenius(a) => 2.0 * shape_of(*a).size(),
         Plan::Sqrt(_) => 1.0,
         Plan::Copying(a) => 10.0 * f(shape_of(*a).rows).powi(3),
         Plan::Weight(_) => 0.0,
@@ -366,7 +372,7 @@ fn same_choices(
 /// model: it trades the cheapest composition plan (one d_model² inner product per pair) for one
 /// that keeps memory at the size of the weights (one d_head × d_model × d_head product per pair).
 fn kept_at_rank(shape: Shape) -> bool {
-    shape.scalar || shape.entries() <= (shape.rows + shape.cols) * shape.rank
+    shape.scalar || shape.entries() <= shape.rows.saturating_add(shape.cols).saturating_mul(shape.rank)
 }
 
 /// The DAG of the chosen node of every class reachable from the roots, each class once, in
@@ -491,10 +497,12 @@ impl EvalPlan {
     /// matrices that pair steps read, for every head.
     pub fn peak_bytes(&self, threads: usize) -> f64 {
         let Dims { d_vocab, d_model, d_head } = self.dims;
-        let bytes = |n: usize| 8.0 * n as f64;
+        // In floats: sizes of 2^32 overflow a product of usizes.
+        let bytes = |n: f64| 8.0 * n;
+        let (d_vocab, d_model, d_head) = (d_vocab as f64, d_model as f64, d_head as f64);
         let needed = self.needed();
         let heads = self.counts.n_heads as f64;
-        let mut total = heads * bytes(4 * d_model * d_head);
+        let mut total = heads * bytes(4.0 * d_model * d_head);
         let vocab_whole = self.step_ids().any(|s| {
             needed[usize::from(s)]
                 && matches!(self.node(s), Plan::Weight(n) if n.as_str() == "W_E" || n.as_str() == "W_U")
@@ -503,7 +511,7 @@ impl EvalPlan {
         if vocab_whole {
             total += 2.0 * bytes(d_vocab * d_model);
         } else if streamed {
-            total += threads as f64 * 2.0 * bytes(VOCAB_CHUNK * d_model);
+            total += threads as f64 * 2.0 * bytes(VOCAB_CHUNK as f64 * d_model);
         }
         let read_by_pairs = self.read_by_pairs();
         for step in self.step_ids().filter(|s| needed[usize::from(*s)] && !self.is_weight(*s)) {
@@ -512,10 +520,10 @@ impl EvalPlan {
                 continue;
             }
             total += match shape.deps {
-                Deps::NONE => bytes(shape.entries()),
-                Deps::PAIR => threads as f64 * bytes(shape.entries()) * self.pair_batch(step),
-                _ if read_by_pairs[usize::from(step)] => heads * bytes(shape.entries()),
-                _ => threads as f64 * bytes(shape.entries()),
+                Deps::NONE => bytes(shape.size()),
+                Deps::PAIR => threads as f64 * bytes(shape.size()) * self.pair_batch(step),
+                _ if read_by_pairs[usize::from(step)] => heads * bytes(shape.size()),
+                _ => threads as f64 * bytes(shape.size()),
             };
         }
         total

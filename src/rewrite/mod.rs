@@ -23,23 +23,38 @@ use egg::{Extractor, RecExpr, Runner, SimpleScheduler, StopReason};
 use serde::Serialize;
 use thiserror::Error;
 
+use num_bigint::BigUint;
+
 use crate::graph::{Block, TermGraph};
-use crate::paths::Template;
+use crate::paths::{StreamCounter, Template, Unit};
 use crate::progress::Progress;
 use build::TermBuilder;
 use lang::{Side, Tensor, TensorAnalysis};
 
-/// Bounds on one equality-saturation run.
-#[derive(Debug, Clone, Copy)]
+/// The default bound on the e-nodes of all saturation runs of one expansion together.
+pub const DEFAULT_TOTAL_NODE_LIMIT: u64 = 6_000_000;
+
+/// Bounds on the equality-saturation runs of one expansion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
+    /// E-nodes of one run. An expansion whose predicted e-graphs ([`Work`]) exceed it is
+    /// refused before any run.
     pub nodes: usize,
+    /// E-nodes of all runs of one expansion together, as predicted ([`Work::total_e_nodes`]):
+    /// what bounds its time. Refused before any run when the prediction exceeds it.
+    pub total_nodes: u64,
     pub iterations: usize,
     pub time: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { nodes: 2_000_000, iterations: 1_000, time: Duration::from_secs(120) }
+        Limits {
+            nodes: 2_000_000,
+            total_nodes: DEFAULT_TOTAL_NODE_LIMIT,
+            iterations: 1_000,
+            time: Duration::from_secs(120),
+        }
     }
 }
 
@@ -56,6 +71,170 @@ pub struct RunStats {
     pub iterations: usize,
     /// How often each rule of the table was applied, by name.
     pub rules_applied: std::collections::BTreeMap<String, usize>,
+    /// Each run's e-graph, in e-nodes, in run order (the order of [`for_each_run`]).
+    pub run_e_nodes: Vec<usize>,
+}
+
+/// What a saturation run builds, which sets how many e-nodes a template of its output costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunKind {
+    /// A block on the residual stream (and the unembedding, in the last run of the logits).
+    Stream,
+    /// An MLP's input.
+    MlpInput,
+    /// A layer's attention scores: (query term, key term) pairs of a bilinear form.
+    Scores,
+}
+
+impl RunKind {
+    /// A bound on a run's e-graph in e-nodes per template it extracts (plus
+    /// [`RUN_BASE_E_NODES`]), with a margin of more than 2 over what was measured on every mix of
+    /// biases, LayerNorms and MLPs at every truncation (`tests/limits.rs`,
+    /// `predicted_e_graphs_bound_the_runs`, which fails if a run exceeds it): at most 10.2
+    /// e-nodes a template in stream and MLP-input runs, 41 in scores runs.
+    pub fn e_nodes_per_template(self) -> u64 {
+        match self {
+            RunKind::Stream | RunKind::MlpInput => 24,
+            RunKind::Scores => 96,
+        }
+    }
+}
+
+/// The e-nodes every run may build whatever its size (the block's own terms).
+pub const RUN_BASE_E_NODES: u64 = 400;
+
+/// Calls `visit` for every saturation run an expansion makes, in the drivers' order (the logits
+/// with the MLP inputs, then with `qk` the scores), with the number of templates it extracts by
+/// order — from the architecture alone ([`StreamCounter`] in templates), before any run.
+pub fn for_each_run(graph: &TermGraph, max_order: Option<u32>, qk: bool, mut visit: impl FnMut(RunKind, &[BigUint])) {
+    let mut counter = StreamCounter::new(graph, max_order, Unit::Templates, false);
+    let n_blocks = graph.blocks.len();
+    let with_constant = |by_order: &[BigUint], constant: bool| {
+        let mut out = by_order.to_vec();
+        if constant {
+            out[0] += 1u32;
+        }
+        out
+    };
+    if n_blocks == 0 {
+        visit(RunKind::Stream, &with_constant(counter.stream(), graph.logit_bias));
+    }
+    for block in &graph.blocks {
+        if let Block::Mlp { in_bias, .. } = *block {
+            visit(RunKind::MlpInput, &with_constant(counter.stream(), in_bias));
+        }
+        counter.advance(block);
+        if counter.step() == n_blocks {
+            visit(RunKind::Stream, &with_constant(counter.stream(), graph.logit_bias));
+        } else {
+            visit(RunKind::Stream, counter.stream());
+        }
+    }
+    if !qk {
+        return;
+    }
+    let mut counter = StreamCounter::new(graph, max_order, Unit::Templates, true);
+    let last_attn = graph.blocks.iter().rposition(|b| matches!(b, Block::Attn { .. }));
+    for (step, block) in graph.blocks.iter().enumerate() {
+        if let Block::Attn { head_bias, .. } = *block {
+            visit(RunKind::Scores, &counter.side_squared(head_bias));
+        }
+        counter.advance(block);
+        if last_attn.is_some_and(|last| step < last) {
+            visit(RunKind::Stream, counter.stream());
+            visit(RunKind::Stream, counter.stream());
+        }
+    }
+}
+
+/// The rewrite work of an expansion at every truncation, predicted before any run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Work {
+    /// The predicted e-nodes of all runs, by the order of the templates they stand for (each
+    /// run's base counted at order 0).
+    total: Vec<BigUint>,
+    /// `largest[k]`: the largest run's predicted e-graph at truncation `k`, in e-nodes.
+    largest: Vec<BigUint>,
+}
+
+impl Work {
+    /// Predicts the runs of an expansion truncated at `max_order` (and so of every lower
+    /// truncation: truncating drops orders, so each is a prefix of the same counts).
+    pub fn predict(graph: &TermGraph, max_order: Option<u32>, qk: bool) -> Work {
+        let mut total: Vec<BigUint> = Vec::new();
+        let mut largest: Vec<BigUint> = Vec::new();
+        // `from[j]`: the largest run with j + 1 orders, the size it keeps at every truncation
+        // from j up.
+        let mut from: Vec<BigUint> = Vec::new();
+        for_each_run(graph, max_order, qk, |kind, by_order| {
+            let per = kind.e_nodes_per_template();
+            let mut prefix = BigUint::from(RUN_BASE_E_NODES);
+            for (k, c) in by_order.iter().enumerate() {
+                if total.len() <= k {
+                    total.push(BigUint::ZERO);
+                    largest.push(BigUint::ZERO);
+                    from.push(BigUint::ZERO);
+                }
+                let nodes = c * per;
+                total[k] += &nodes;
+                if k == 0 {
+                    total[0] += RUN_BASE_E_NODES;
+                }
+                prefix += nodes;
+                if prefix > largest[k] {
+                    largest[k].clone_from(&prefix);
+                }
+            }
+            let last = by_order.len() - 1;
+            if prefix > from[last] {
+                from[last] = prefix;
+            }
+        });
+        let mut floor = BigUint::ZERO;
+        for (k, l) in largest.iter_mut().enumerate() {
+            if from[k] > floor {
+                floor.clone_from(&from[k]);
+            }
+            if floor > *l {
+                l.clone_from(&floor);
+            }
+        }
+        Work { total, largest }
+    }
+
+    /// The number of orders predicted (`max_order + 1`, or all of them).
+    pub fn orders(&self) -> usize {
+        self.total.len()
+    }
+
+    /// The e-nodes of all runs of the truncation at `k`, predicted (an upper bound).
+    pub fn total_e_nodes(&self, k: usize) -> BigUint {
+        self.total.iter().take(k.saturating_add(1)).sum()
+    }
+
+    /// The largest run's e-graph at truncation `k`, predicted (an upper bound), in e-nodes.
+    pub fn largest_e_nodes(&self, k: usize) -> BigUint {
+        self.largest.get(k).or(self.largest.last()).cloned().unwrap_or(BigUint::from(RUN_BASE_E_NODES))
+    }
+
+    /// What of `limits` the truncation at `k` is predicted to exceed, if anything.
+    pub fn exceeds(&self, k: usize, limits: &Limits) -> Option<Exceeded> {
+        let nodes = self.largest_e_nodes(k);
+        if nodes > BigUint::from(limits.nodes) {
+            return Some(Exceeded::Nodes(nodes));
+        }
+        let total = self.total_e_nodes(k);
+        (total > BigUint::from(limits.total_nodes)).then_some(Exceeded::TotalNodes(total))
+    }
+}
+
+/// Which rewrite limit a prediction exceeds, and the predicted amount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exceeded {
+    /// One run's e-graph, in e-nodes, against [`Limits::nodes`].
+    Nodes(BigUint),
+    /// All runs' e-nodes together, against [`Limits::total_nodes`].
+    TotalNodes(BigUint),
 }
 
 #[derive(Debug, Error)]
@@ -173,6 +352,7 @@ fn saturate(term: RecExpr<Tensor>, limits: Limits, stats: &mut RunStats) -> Resu
     stats.runs += 1;
     stats.e_nodes += e_nodes;
     stats.max_e_nodes = stats.max_e_nodes.max(e_nodes);
+    stats.run_e_nodes.push(e_nodes);
     stats.iterations += runner.iterations.len();
     for iteration in &runner.iterations {
         for (rule, n) in &iteration.applied {
