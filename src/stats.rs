@@ -61,12 +61,11 @@
 //! #1528). Non-convergence is a [`StatsError`], never a hang.
 
 use nalgebra::Complex;
-use thiserror::Error;
 
 use crate::eval::{LayerParams, Params, StatsParams};
 pub use crate::linalg::{eigenvalues, SCHUR_MAX_ITER, SCHUR_RETRIES};
 use crate::linalg::{Matrix, NoConvergence, NonFinite};
-use crate::plan::exec::{ExecError, HeadWeights, VocabRows};
+use crate::plan::exec::{HeadWeights, VocabRows};
 use crate::plan::{self, Mode, Stat};
 use crate::progress::{Progress, Silent};
 use crate::weights::WeightError;
@@ -145,27 +144,10 @@ pub struct Baseline {
     pub samples: usize,
 }
 
-#[derive(Debug, Error)]
-pub enum StatsError {
-    #[error(transparent)]
-    NoConvergence(#[from] NoConvergence),
-    /// A statistic (or a matrix it is computed from) is not finite.
-    #[error(transparent)]
-    NonFinite(#[from] NonFinite),
-    /// A vocabulary-sized weight read chunk by chunk failed (see [`crate::plan::exec`]).
-    #[error(transparent)]
-    Weights(#[from] WeightError),
-}
-
-impl From<ExecError> for StatsError {
-    fn from(e: ExecError) -> StatsError {
-        match e {
-            ExecError::NoConvergence(e) => StatsError::NoConvergence(e),
-            ExecError::NonFinite(e) => StatsError::NonFinite(e),
-            ExecError::Weights(e) => StatsError::Weights(e),
-        }
-    }
-}
+/// Why the statistics could not be computed: the errors of running their plan
+/// ([`plan::exec::ExecError`]: a stalled eigenvalue computation, a non-finite value, a failed
+/// read of a streamed weight), which a direct spectrum ([`ov_eigenvalues`]) shares.
+pub use crate::plan::exec::ExecError as StatsError;
 
 /// [`stats`] of the weights after `processing`, which the result records.
 pub fn stats_processed(params: &Params, processing: WeightProcessing) -> Result<Stats, StatsError> {
