@@ -176,6 +176,8 @@ pub enum Block {
     Attn {
         layer: usize,
         n_heads: usize,
+        /// What the positions do to this layer's queries and keys.
+        positions: QkPositions,
         /// A LayerNorm (`ln1`) before the heads: its frozen scale `N` on their position side.
         norm: bool,
         /// The heads' own bias terms: value biases `A^h ⊗ W_O^h·b_V^h` in the stream, and `b_Q`,
@@ -194,6 +196,32 @@ pub enum Block {
         /// `b_out`.
         out_bias: bool,
     },
+}
+
+impl Block {
+    /// The order-0 terms each side of an attention score has besides the stream's paths: the
+    /// bias (`b_Q`, `b_K`) and, for shortformer, `W_P`. Zero for an MLP.
+    pub fn score_side_constants(&self) -> u64 {
+        match *self {
+            Block::Attn { head_bias, positions, .. } => {
+                u64::from(head_bias) + u64::from(positions == QkPositions::Shortformer)
+            }
+            Block::Mlp { .. } => 0,
+        }
+    }
+}
+
+/// How positions enter an attention layer's scores besides through the residual stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QkPositions {
+    /// Not at all (learned absolute positions are in the stream, or there are none).
+    None,
+    /// Shortformer: `W_P` is added to the query and key inputs after the LayerNorm, so each side
+    /// of a score has `P` as one more order-0 term (read through the unfolded `W_Q`, `W_K`).
+    Shortformer,
+    /// Rotary: queries and keys are rotated by their positions, so the bilinear form between
+    /// them is the relative rotation `R_Δ`, `Δ` = query position − key position.
+    Rotary,
 }
 
 /// A source and the residual state `resid[step]` it first belongs to: the heads of the
@@ -253,6 +281,8 @@ pub struct TermGraph {
     pub final_norm: bool,
     /// A constant logit term `b_U` (from `b_U`, or from the final LayerNorm's bias).
     pub logit_bias: bool,
+    /// `W_P` is a source of the residual stream (a positional embedding, not shortformer).
+    pub pos_in_stream: bool,
 }
 
 impl TermGraph {
@@ -263,8 +293,11 @@ impl TermGraph {
         let mut blocks = Vec::new();
         let src = b.node(Node::Source(Source::E), model.embed);
         b.edge(src, resid[0], Edge::Write);
-        if let Some(span) = model.pos_embed {
-            let pos = b.node(Node::Source(Source::P), span);
+        // A shortformer's `W_P` never enters the stream: it is read by every head's query and key
+        // (edges added with the heads).
+        let shortformer = model.pos_embed.filter(|p| p.shortformer).map(|p| b.node(Node::Source(Source::P), p.span));
+        if let Some(pos) = model.pos_embed.filter(|p| !p.shortformer) {
+            let pos = b.node(Node::Source(Source::P), pos.span);
             b.edge(pos, resid[0], Edge::Write);
         }
         for (layer_idx, layer) in model.layers.iter().enumerate() {
@@ -280,6 +313,9 @@ impl TermGraph {
                 .map(|head_idx| {
                     let head = b.node(Node::Head { layer: layer_idx, head: head_idx }, layer.attn.span);
                     b.edge(input, head, Edge::Read);
+                    if let Some(pos) = shortformer {
+                        b.edge(pos, head, Edge::Read);
+                    }
                     b.edge(head, after, Edge::Write);
                     head
                 })
@@ -288,6 +324,11 @@ impl TermGraph {
             blocks.push(Block::Attn {
                 layer: layer_idx,
                 n_heads: layer.attn.n_heads,
+                positions: match (&layer.attn.rotary, shortformer) {
+                    (Some(_), _) => QkPositions::Rotary,
+                    (None, Some(_)) => QkPositions::Shortformer,
+                    (None, None) => QkPositions::None,
+                },
                 norm: layer.attn.ln.is_some(),
                 head_bias: layer.attn.bias || layer.attn.ln.is_some(),
                 out_bias: layer.attn.bias,
@@ -341,13 +382,14 @@ impl TermGraph {
             blocks,
             final_norm: model.ln_final.is_some(),
             logit_bias: model.unembed.bias || model.ln_final.is_some(),
+            pos_in_stream: model.pos_in_stream(),
         }
     }
 
     /// Every source of the residual stream with the state it enters, in stream order.
     pub fn entries(&self) -> Vec<Entry> {
         let mut entries = vec![Entry { source: Source::E, step: 0 }];
-        if self.inputs(self.resid[0], Edge::Write).len() > 1 {
+        if self.pos_in_stream {
             entries.push(Entry { source: Source::P, step: 0 });
         }
         for (i, block) in self.blocks.iter().enumerate() {

@@ -50,6 +50,59 @@ impl Activation {
     }
 }
 
+/// A finite decimal number from a model file (an attention scale, a rotary base), compared by
+/// its bits so that a [`Model`] stays `Eq`.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(transparent)]
+pub struct Real(pub f64);
+
+impl PartialEq for Real {
+    fn eq(&self, other: &Real) -> bool {
+        self.0.to_bits() == other.0.to_bits()
+    }
+}
+
+impl Eq for Real {}
+
+impl fmt::Display for Real {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Which pairs of a head's first `dim` dimensions rotary embeddings rotate together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RotaryStyle {
+    /// Dimension `i` with `i + dim/2` (GPT-NeoX, Pythia, Llama; TransformerLens's default).
+    Neox,
+    /// Dimension `2i` with `2i + 1` (GPT-J; TransformerLens `rotary_adjacent_pairs`).
+    Gptj,
+}
+
+impl RotaryStyle {
+    pub const ALL: [RotaryStyle; 2] = [RotaryStyle::Neox, RotaryStyle::Gptj];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RotaryStyle::Neox => "neox",
+            RotaryStyle::Gptj => "gptj",
+        }
+    }
+}
+
+/// Rotary positional embeddings on a head's queries and keys (TransformerLens
+/// `positional_embedding_type = "rotary"`): the first `dim` dimensions of every query and key are
+/// rotated by an angle proportional to the position, pair `i` at frequency `base^(−2i/dim)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rotary {
+    /// `rotary_dim`: even, at most `d_head`.
+    pub dim: u64,
+    /// `rotary_base` (10000 by default).
+    pub base: Real,
+    pub style: RotaryStyle,
+}
+
 /// A LayerNorm (weight and bias, as TransformerLens's `LN`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LayerNorm {
@@ -59,7 +112,18 @@ pub struct LayerNorm {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attn {
     pub n_heads: usize,
+    /// Key/value heads (grouped-query attention): query head `h` reads the keys and values of
+    /// group `h / (n_heads / kv_heads)`. Equal to `n_heads` without grouping; always divides it.
+    pub kv_heads: usize,
     pub d_head: Size,
+    /// Whether a query attends only to itself and earlier keys (`causal = false`:
+    /// TransformerLens `attention_dir = "bidirectional"`).
+    pub causal: bool,
+    /// What the scores `q·k` are divided by, when it is not `sqrt(d_head)` (`scale = 1`:
+    /// TransformerLens `use_attn_scale = false`).
+    pub scale: Option<Real>,
+    /// Rotary positions on the queries and keys.
+    pub rotary: Option<Rotary>,
     /// `b_Q`, `b_K`, `b_V`, `b_O`.
     pub bias: bool,
     /// The LayerNorm applied to the residual stream before attention (`ln1`).
@@ -86,10 +150,22 @@ pub struct Layer {
     pub span: Span,
 }
 
+/// A learned positional embedding `W_P` (`[n_ctx, d_model]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PosEmbed {
+    /// Shortformer (TransformerLens `positional_embedding_type = "shortformer"`): `W_P` is added
+    /// to every attention layer's query and key inputs (after its LayerNorm), never to the
+    /// residual stream.
+    pub shortformer: bool,
+    pub span: Span,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unembed {
     /// `b_U`.
     pub bias: bool,
+    /// The number of outputs when it is not `d_vocab` (TransformerLens `d_vocab_out`).
+    pub d_vocab_out: Option<Size>,
     pub span: Span,
 }
 
@@ -103,7 +179,7 @@ pub struct Model {
     /// Token embedding `W_E`.
     pub embed: Span,
     /// Positional embedding `W_P`, when the model has one.
-    pub pos_embed: Option<Span>,
+    pub pos_embed: Option<PosEmbed>,
     pub layers: Vec<Layer>,
     pub ln_final: Option<LayerNorm>,
     pub unembed: Unembed,
@@ -112,6 +188,21 @@ pub struct Model {
 impl Model {
     pub fn n_layers(&self) -> usize {
         self.layers.len()
+    }
+
+    /// The unembedding's output size: `d_vocab_out` when declared, else `d_vocab`.
+    pub fn d_vocab_out(&self) -> &Size {
+        self.unembed.d_vocab_out.as_ref().unwrap_or(&self.d_vocab)
+    }
+
+    /// Whether the positional embedding enters the residual stream (it has one, not shortformer).
+    pub fn pos_in_stream(&self) -> bool {
+        self.pos_embed.is_some_and(|p| !p.shortformer)
+    }
+
+    /// Whether `W_P` is added to the attention layers' query and key inputs (shortformer).
+    pub fn shortformer(&self) -> bool {
+        self.pos_embed.is_some_and(|p| p.shortformer)
     }
 
     /// Heads per layer, in layer order.

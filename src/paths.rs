@@ -68,6 +68,10 @@ pub enum FactorKind {
     OV,
     /// `W_QK = W_Q^T W_K` (times the attention scale).
     QK,
+    /// Rotary: `W_QK(Δ) = W_Qᵀ R_Δ W_K`, Δ the query position minus the key position.
+    QKRot,
+    /// Rotary: a layer's relative rotation `R_Δ` where a bias keeps `W_Q` and `W_K` apart.
+    Rot(usize),
     /// `W_O` alone: before a value bias, `W_O·b_V`.
     O,
     /// `W_Q`, `W_K` alone: facing a key or query bias, `W_Qᵀ·b_K`, `b_Qᵀ·W_K`.
@@ -444,15 +448,15 @@ impl StreamCounter {
         &self.squared
     }
 
-    /// `(R + β)²` truncated (only with `square`): the terms of an attention score whose sides
-    /// are the stream and, with `bias`, a constant bias term β = 1.
-    pub fn side_squared(&self, bias: bool) -> Vec<BigUint> {
+    /// `(R + c)²` truncated (only with `square`): the terms of an attention score whose sides
+    /// are the stream and `c` order-0 terms more (the bias `b_Q`/`b_K`; shortformer's `W_P`).
+    pub fn side_squared(&self, constants: u64) -> Vec<BigUint> {
         let mut out = self.squared.clone();
-        if bias {
-            let mut twice: Vec<BigUint> = self.stream.iter().map(|c| c * 2u32).collect();
-            twice[0] += 1u32;
-            twice.truncate(self.cap.saturating_add(1));
-            add_into(&mut out, &twice);
+        if constants > 0 {
+            let mut cross: Vec<BigUint> = self.stream.iter().map(|r| r * (2 * constants)).collect();
+            cross[0] += constants * constants;
+            cross.truncate(self.cap.saturating_add(1));
+            add_into(&mut out, &cross);
         }
         out
     }
@@ -548,9 +552,9 @@ pub fn count_terms(graph: &TermGraph, max_order: Option<u32>, qk: bool, unit: Un
             Block::Mlp { layer, in_bias, .. } => {
                 mlp_inputs[layer] = Some(Counts { by_order: add_constant(counter.stream().to_vec(), in_bias) });
             }
-            Block::Attn { n_heads, head_bias, .. } => {
+            Block::Attn { n_heads, .. } => {
                 if let Some(scores) = &mut scores {
-                    let per_head = counter.side_squared(head_bias);
+                    let per_head = counter.side_squared(block.score_side_constants());
                     let h = counter.heads(n_heads);
                     let terms: Vec<BigUint> = per_head.into_iter().map(|c| c * h).collect();
                     add_into(scores, &terms);

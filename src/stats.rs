@@ -198,7 +198,7 @@ pub fn head_weights(layers: &[LayerParams]) -> Vec<Vec<HeadWeights<'_>>> {
         .map(|layer| {
             let a = &layer.attn;
             (0..a.w_q.len())
-                .map(|h| HeadWeights { w_q: &a.w_q[h], w_k: &a.w_k[h], w_v: &a.w_v[h], w_o: &a.w_o[h] })
+                .map(|h| HeadWeights { w_q: &a.w_q[h], w_k: a.w_k(h), w_v: a.w_v(h), w_o: &a.w_o[h] })
                 .collect()
         })
         .collect()
@@ -332,7 +332,7 @@ pub fn stats_with_plan(
 /// head at a time: it forms `W_U W_E` itself (`d_vocab · d_model²`), which [`stats`] shares.
 pub fn ov_eigenvalues(params: &Params, layer: usize, head: usize) -> Result<Vec<Complex<f64>>, StatsError> {
     let a = &params.layers[layer].attn;
-    let m = &a.w_o[head] * ((&params.w_u * &params.w_e) * &a.w_v[head]);
+    let m = &a.w_o[head] * ((&params.w_u * &params.w_e) * a.w_v(head));
     Ok(eigenvalues(m).ok_or(NoConvergence::of("the OV circuit", (layer, head)))?)
 }
 
@@ -341,7 +341,7 @@ pub fn ov_eigenvalues(params: &Params, layer: usize, head: usize) -> Result<Vec<
 pub fn qk_eigenvalues(params: &Params, layer: usize, head: usize) -> Result<Vec<Complex<f64>>, StatsError> {
     let a = &params.layers[layer].attn;
     let g_e = params.w_e.transpose() * &params.w_e;
-    let m = a.w_k[head].transpose() * (g_e * &a.w_q[head]);
+    let m = a.w_k(head).transpose() * (g_e * &a.w_q[head]);
     Ok(eigenvalues(m).ok_or(NoConvergence::of("the QK circuit", (layer, head)))?)
 }
 

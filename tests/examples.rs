@@ -22,6 +22,9 @@ fn egraph_sizes_are_pinned() {
         ("attn-only-12l.tf", Some(3), false),
         ("full2.tf", None, true),
         ("gpt2-small.tf", Some(2), false),
+        ("attn-only-2l-demo.tf", None, true),
+        ("redwood_attn_2l.tf", Some(1), true),
+        ("../tests/models/pass/rotary_qk.tf", None, true),
     ] {
         // Only the symbolic expansion is measured: no enumeration limit.
         let options = ExpandOptions { max_order, qk, limit: u64::MAX, ..ExpandOptions::default() };
@@ -107,6 +110,8 @@ fn every_rule_fires() {
     let mut fired = std::collections::BTreeSet::new();
     for (example, max_order) in
         [("attn2.tf", None), ("attn2.tf", Some(1)), ("attn-only-4l.tf", Some(2)), ("full2.tf", Some(1))]
+            .into_iter()
+            .chain([("../tests/models/pass/rotary_qk.tf", Some(1))])
     {
         let options = ExpandOptions { max_order, qk: true, ..ExpandOptions::default() };
         let e = pathc::expand(&read(example), &options).expect("expands");

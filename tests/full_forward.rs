@@ -303,14 +303,17 @@ fn folded_readers_by_hand_and_centred() {
     let column = |v: &[f64]| Matrix::from_column_slice(v.len(), 1, v);
     let attn = eval::AttnWeights {
         w_q: vec![column(&[1.0, 0.0])],
-        w_k: vec![column(&[0.0, 1.0])],
-        w_v: vec![column(&[1.0, 2.0])],
+        w_k_kv: vec![column(&[0.0, 1.0])],
+        w_v_kv: vec![column(&[1.0, 2.0])],
         w_o: vec![Matrix::from_row_slice(1, 2, &[1.0, 1.0])],
         b_q: vec![row(&[0.0])],
-        b_k: vec![row(&[0.0])],
-        b_v: vec![row(&[0.5])],
+        b_k_kv: vec![row(&[0.0])],
+        b_v_kv: vec![row(&[0.5])],
         b_o: row(&[0.0, 0.0]),
         attn_scale: 1.0,
+        causal: true,
+        rotary: None,
+        pos_readers: None,
     };
     let params = Params {
         w_e: Matrix::identity(2, 2),
@@ -324,15 +327,16 @@ fn folded_readers_by_hand_and_centred() {
         ln_final: None,
         w_u: Matrix::identity(2, 2),
         b_u: row(&[0.0, 0.0]),
+        shortformer: false,
     };
     let folded = params.fold_layer_norm();
     let attn = &folded.layers[0].attn;
     // b_V + b · W_V = 0.5 + (1·1 − 1·2); diag(w) W_V = [2, 6], centred by its mean 4.
-    assert_eq!(attn.b_v[0], row(&[-0.5]));
-    assert_eq!(attn.w_v[0], column(&[-2.0, 2.0]));
+    assert_eq!(*attn.b_v(0), row(&[-0.5]));
+    assert_eq!(*attn.w_v(0), column(&[-2.0, 2.0]));
     // b_Q + b · W_Q = 1; diag(w) W_Q = [2, 0] → [1, −1]. b_K = −1; [0, 3] → [−1.5, 1.5].
     assert_eq!((attn.b_q[0].clone(), attn.w_q[0].clone()), (row(&[1.0]), column(&[1.0, -1.0])));
-    assert_eq!((attn.b_k[0].clone(), attn.w_k[0].clone()), (row(&[-1.0]), column(&[-1.5, 1.5])));
+    assert_eq!((attn.b_k(0).clone(), attn.w_k(0).clone()), (row(&[-1.0]), column(&[-1.5, 1.5])));
     // W_O reads no LayerNorm, nor does W_U here (no final LayerNorm): both untouched.
     assert_eq!(attn.w_o, params.layers[0].attn.w_o);
     assert_eq!(folded.w_u, params.w_u);
@@ -341,7 +345,7 @@ fn folded_readers_by_hand_and_centred() {
     let f = full2().params.fold_layer_norm();
     let mut readers: Vec<&Matrix> = vec![&f.w_u];
     for layer in &f.layers {
-        readers.extend(layer.attn.w_q.iter().chain(&layer.attn.w_k).chain(&layer.attn.w_v));
+        readers.extend(layer.attn.w_q.iter().chain(&layer.attn.w_k_kv).chain(&layer.attn.w_v_kv));
         readers.push(&layer.mlp.as_ref().unwrap().w_in);
     }
     let worst = readers.iter().map(|w| w.row_mean().amax()).fold(0.0f64, f64::max);

@@ -1,24 +1,50 @@
 //! Property tests: for random small architectures (any mix of LayerNorms, MLPs of every activation
-//! and biases, or none) and random weights, the sum of all paths is the forward pass, each head's
+//! and biases, or none; grouped-query attention, bidirectional layers, other attention scales,
+//! standard, shortformer or rotary positions of either style, an output vocabulary of its own,
+//! and a key mask) and random weights, the sum of all paths is the forward pass, each head's
 //! paths sum to that head's output, each MLP's input terms to its pre-activation, and each head's
 //! score terms sum to its scores.
 
 use pathc::eval::{
     self, AttnWeights, LayerNormWeights, LayerParams, Matrix, MlpWeights, Params, PathEvaluator, Row, ScoreEvaluator,
 };
-use pathc::model::Activation;
+use pathc::model::{Activation, Real, Rotary, RotaryStyle};
 use pathc::paths::{self, IndexVar, Side};
 use pathc::ExpandOptions;
 use proptest::prelude::*;
 
-/// One layer: its heads, a LayerNorm before them, attention biases, and maybe an MLP
-/// `(d_mlp, activation, bias, LayerNorm)`.
+/// One layer: its heads (`kv` key/value heads × `group` query heads each), a LayerNorm before
+/// them, attention biases, causal or not, a scale other than √d_head (`Some(2.5)`) or none,
+/// rotary positions `(dimension pairs, gptj style)` when the model's positions are rotary, and
+/// maybe an MLP `(d_mlp, activation, bias, LayerNorm)`.
 #[derive(Debug, Clone)]
 struct LayerArch {
-    heads: usize,
+    kv: usize,
+    group: usize,
     ln: bool,
     bias: bool,
+    causal: bool,
+    scale: Option<f64>,
+    rotary: (usize, bool),
     mlp: Option<(usize, usize, bool, bool)>,
+}
+
+impl LayerArch {
+    fn heads(&self) -> usize {
+        self.kv * self.group
+    }
+}
+
+/// How positions enter the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Positions {
+    None,
+    /// Learned, added to the residual stream.
+    Standard,
+    /// Learned, added to every layer's query and key inputs.
+    Shortformer,
+    /// Rotary in every layer.
+    Rotary,
 }
 
 #[derive(Debug, Clone)]
@@ -29,20 +55,40 @@ struct Arch {
     d_model: usize,
     d_head: usize,
     d_vocab: usize,
+    /// `unembed(d_vocab_out = N)` when `Some`.
+    d_vocab_out: Option<usize>,
     n_ctx: usize,
-    positional: bool,
+    positions: Positions,
     tokens: Vec<usize>,
+    /// A key mask (only where every query keeps a key).
+    mask: Option<Vec<bool>>,
     seed: u64,
+}
+
+impl Arch {
+    fn outputs(&self) -> usize {
+        self.d_vocab_out.unwrap_or(self.d_vocab)
+    }
 }
 
 fn layer_arch() -> impl Strategy<Value = LayerArch> {
     (
-        1usize..=3,
-        any::<bool>(),
-        any::<bool>(),
+        (1usize..=2, 1usize..=2),
+        (any::<bool>(), any::<bool>(), prop::bool::weighted(0.75)),
+        prop::option::of(Just(2.5)),
+        (1usize..=2, any::<bool>()),
         prop::option::of((1usize..=5, 0..Activation::ALL.len(), any::<bool>(), any::<bool>())),
     )
-        .prop_map(|(heads, ln, bias, mlp)| LayerArch { heads, ln, bias, mlp })
+        .prop_map(|((kv, group), (ln, bias, causal), scale, rotary, mlp)| LayerArch {
+            kv,
+            group,
+            ln,
+            bias,
+            causal,
+            scale,
+            rotary,
+            mlp,
+        })
 }
 
 fn arch() -> impl Strategy<Value = Arch> {
@@ -50,26 +96,41 @@ fn arch() -> impl Strategy<Value = Arch> {
         prop::collection::vec(layer_arch(), 0..=3),
         (any::<bool>(), any::<bool>()),
         2usize..=6,
-        1usize..=3,
-        2usize..=7,
+        1usize..=4,
+        (2usize..=7, prop::option::of(1usize..=4)),
         1usize..=6,
-        any::<bool>(),
+        prop::sample::select(vec![Positions::None, Positions::Standard, Positions::Shortformer, Positions::Rotary]),
         any::<u64>(),
     )
-        .prop_flat_map(|(layers, (ln_final, unembed_bias), d_model, d_head, d_vocab, n_ctx, positional, seed)| {
-            prop::collection::vec(0..d_vocab, 1..=n_ctx).prop_map(move |tokens| Arch {
-                layers: layers.clone(),
-                ln_final,
-                unembed_bias,
-                d_model,
-                d_head,
-                d_vocab,
-                n_ctx,
-                positional,
-                tokens,
-                seed,
-            })
-        })
+        .prop_flat_map(
+            |(layers, (ln_final, unembed_bias), d_model, d_head, (d_vocab, d_vocab_out), n_ctx, positions, seed)| {
+                let tokens = prop::collection::vec(0..d_vocab, 1..=n_ctx);
+                (tokens, prop::option::of(prop::collection::vec(any::<bool>(), n_ctx))).prop_map(
+                    move |(tokens, mask)| {
+                        // A mask keeps key 0, which every query may attend to, causal or not.
+                        let mask = mask.map(|m| {
+                            let mut m = m[..tokens.len()].to_vec();
+                            m[0] = true;
+                            m
+                        });
+                        Arch {
+                            layers: layers.clone(),
+                            ln_final,
+                            unembed_bias,
+                            d_model,
+                            d_head,
+                            d_vocab,
+                            d_vocab_out,
+                            n_ctx,
+                            positions,
+                            tokens,
+                            mask,
+                            seed,
+                        }
+                    },
+                )
+            },
+        )
 }
 
 /// SplitMix64 → uniform in [-1, 1): deterministic weights from the case's seed.
@@ -107,20 +168,41 @@ impl Rng {
     }
 }
 
+/// The rotary settings of a layer: `pairs` pairs (at most what `d_head` holds), a base of 100.
+fn rotary(a: &Arch, layer: &LayerArch) -> Option<Rotary> {
+    let pairs = layer.rotary.0.min(a.d_head / 2);
+    (a.positions == Positions::Rotary && pairs > 0).then(|| Rotary {
+        dim: 2 * pairs as u64,
+        base: Real(100.0),
+        style: if layer.rotary.1 { RotaryStyle::Gptj } else { RotaryStyle::Neox },
+    })
+}
+
 /// The model file of an architecture.
 fn model_source(a: &Arch) -> String {
     let mut source = format!(
         "model random\ndim d_model = {}\ndim d_vocab = {}\ndim n_ctx = {}\ndim d_head = {}\nembed\n",
         a.d_model, a.d_vocab, a.n_ctx, a.d_head
     );
-    if a.positional {
-        source.push_str("pos_embed\n");
+    match a.positions {
+        Positions::Standard => source.push_str("pos_embed\n"),
+        Positions::Shortformer => source.push_str("pos_embed(shortformer)\n"),
+        Positions::None | Positions::Rotary => {}
     }
     let flag = |on: bool, text: &'static str| if on { text } else { "" };
     for layer in &a.layers {
         source.push_str("layer {\n");
         source.push_str(flag(layer.ln, "layernorm\n"));
-        source.push_str(&format!("attn(heads = {}{})\n", layer.heads, flag(layer.bias, ", bias")));
+        let mut args = format!("heads = {}, kv_heads = {}", layer.heads(), layer.kv);
+        args.push_str(flag(layer.bias, ", bias"));
+        args.push_str(flag(!layer.causal, ", causal = false"));
+        if let Some(scale) = layer.scale {
+            args.push_str(&format!(", scale = {scale:?}"));
+        }
+        if let Some(r) = rotary(a, layer) {
+            args.push_str(&format!(", rotary = {}, rotary_base = 100, rotary_style = {}", r.dim, r.style.name()));
+        }
+        source.push_str(&format!("attn({args})\n"));
         if let Some((d_mlp, act, bias, ln)) = layer.mlp {
             source.push_str(flag(ln, "layernorm\n"));
             let act = Activation::ALL[act].name();
@@ -129,7 +211,8 @@ fn model_source(a: &Arch) -> String {
         source.push_str("}\n");
     }
     source.push_str(flag(a.ln_final, "layernorm\n"));
-    source.push_str(if a.unembed_bias { "unembed(bias)\n" } else { "unembed\n" });
+    let out = a.d_vocab_out.map(|n| format!(", d_vocab_out = {n}")).unwrap_or_default();
+    source.push_str(&format!("unembed(bias = {}{out})\n", a.unembed_bias));
     source
 }
 
@@ -142,7 +225,7 @@ fn build(a: &Arch) -> (pathc::Expansion, Params) {
         .layers
         .iter()
         .map(|layer| {
-            let h = layer.heads;
+            let (h, kv) = (layer.heads(), layer.kv);
             let ln1 = rng.norm(layer.ln, d);
             let (ln2, mlp) = match layer.mlp {
                 Some((d_mlp, act, bias, ln)) => (
@@ -157,27 +240,34 @@ fn build(a: &Arch) -> (pathc::Expansion, Params) {
                 ),
                 None => (None, None),
             };
+            let w_q: Vec<Matrix> = (0..h).map(|_| rng.matrix(d, a.d_head)).collect();
+            let w_k_kv: Vec<Matrix> = (0..kv).map(|_| rng.matrix(d, a.d_head)).collect();
+            let shortformer = a.positions == Positions::Shortformer;
             let attn = AttnWeights {
-                w_q: (0..h).map(|_| rng.matrix(d, a.d_head)).collect(),
-                w_k: (0..h).map(|_| rng.matrix(d, a.d_head)).collect(),
-                w_v: (0..h).map(|_| rng.matrix(d, a.d_head)).collect(),
+                pos_readers: shortformer.then(|| (w_q.clone(), w_k_kv.clone())),
+                w_q,
+                w_k_kv,
+                w_v_kv: (0..kv).map(|_| rng.matrix(d, a.d_head)).collect(),
                 w_o: (0..h).map(|_| rng.matrix(a.d_head, d)).collect(),
                 b_q: (0..h).map(|_| rng.row(a.d_head, layer.bias)).collect(),
-                b_k: (0..h).map(|_| rng.row(a.d_head, layer.bias)).collect(),
-                b_v: (0..h).map(|_| rng.row(a.d_head, layer.bias)).collect(),
+                b_k_kv: (0..kv).map(|_| rng.row(a.d_head, layer.bias)).collect(),
+                b_v_kv: (0..kv).map(|_| rng.row(a.d_head, layer.bias)).collect(),
                 b_o: rng.row(d, layer.bias),
-                attn_scale: (a.d_head as f64).sqrt(),
+                attn_scale: layer.scale.unwrap_or((a.d_head as f64).sqrt()),
+                causal: layer.causal,
+                rotary: rotary(a, layer),
             };
             LayerParams { ln1, attn, ln2, mlp }
         })
         .collect();
     let params = Params {
         w_e: rng.matrix(a.d_vocab, d),
-        w_pos: a.positional.then(|| rng.matrix(a.n_ctx, d)),
+        w_pos: matches!(a.positions, Positions::Standard | Positions::Shortformer).then(|| rng.matrix(a.n_ctx, d)),
         layers,
         ln_final: rng.norm(a.ln_final, d),
-        w_u: rng.matrix(d, a.d_vocab),
-        b_u: rng.row(a.d_vocab, a.unembed_bias),
+        w_u: rng.matrix(d, a.outputs()),
+        b_u: rng.row(a.outputs(), a.unembed_bias),
+        shortformer: a.positions == Positions::Shortformer,
     };
     (expansion, params)
 }
@@ -206,9 +296,9 @@ proptest! {
     #[test]
     fn paths_sum_to_the_forward_pass_and_heads_to_their_outputs(a in arch()) {
         let (expansion, params) = build(&a);
-        let forward = eval::forward(&params, &a.tokens).expect("valid tokens");
+        let forward = eval::forward_masked(&params, &a.tokens, a.mask.as_deref()).expect("valid tokens");
         let heads = expansion.heads_per_layer();
-        let (n, d_vocab) = (a.tokens.len(), a.d_vocab);
+        let (n, d_vocab) = (a.tokens.len(), a.outputs());
         let mut total = Matrix::zeros(n, d_vocab);
         let mut by_head: Vec<Vec<Matrix>> = heads.iter().map(|&h| vec![Matrix::zeros(n, d_vocab); h]).collect();
         let mut evaluator = PathEvaluator::new(&params, &forward);
@@ -224,9 +314,10 @@ proptest! {
         let scale = 1.0 + forward.logits.iter().fold(0.0f64, |m, x| m.max(x.abs()));
         prop_assert!(max_diff(&total, &forward.logits) <= 1e-9 * scale, "sum of paths vs forward");
         // Direct logit attribution (factored, target columns only) = the full rows' entries.
-        for target in [eval::Target::Next, eval::Target::Token(a.d_vocab - 1)] {
-            let Ok(targets) = eval::Targets::resolve(target, &a.tokens, a.d_vocab, None) else {
-                prop_assert!(target == eval::Target::Next && n == 1, "only a single token has no targets");
+        for target in [eval::Target::Next, eval::Target::Token(a.outputs() - 1)] {
+            let Ok(targets) = eval::Targets::for_params(target, &a.tokens, &params, None) else {
+                let vocab_out = a.d_vocab_out.is_some_and(|o| o != a.d_vocab);
+                prop_assert!(target == eval::Target::Next && (n == 1 || vocab_out), "only a single token or other outputs have no next-token targets");
                 continue;
             };
             let dla = eval::target_logits(&expansion, &params, &forward, &targets).unwrap();
@@ -264,7 +355,7 @@ proptest! {
     #[test]
     fn score_terms_sum_to_the_scores(a in arch()) {
         let (expansion, params) = build(&a);
-        let forward = eval::forward(&params, &a.tokens).expect("valid tokens");
+        let forward = eval::forward_masked(&params, &a.tokens, a.mask.as_deref()).expect("valid tokens");
         let heads = expansion.heads_per_layer();
         let n = a.tokens.len();
         let mut evaluator = ScoreEvaluator::new(&params, &forward);

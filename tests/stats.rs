@@ -130,7 +130,7 @@ fn folded_statistics_equal_explicit_circuits_of_hand_folded_weights() {
     let w_u = fold(&p.ln_final.as_ref().unwrap().w, &p.w_u);
     let ov = |l: usize, h: usize| {
         let attn = &p.layers[l].attn;
-        fold(&p.layers[l].ln1.as_ref().unwrap().w, &attn.w_v[h]) * &attn.w_o[h]
+        fold(&p.layers[l].ln1.as_ref().unwrap().w, attn.w_v(h)) * &attn.w_o[h]
     };
     let mut worst: f64 = 0.0;
     for l in 0..2 {
@@ -138,7 +138,7 @@ fn folded_statistics_equal_explicit_circuits_of_hand_folded_weights() {
         for h in 0..4 {
             let attn = &p.layers[l].attn;
             let full_ov = &p.w_e * ov(l, h) * &w_u;
-            let full_qk = &p.w_e * fold(ln1, &attn.w_q[h]) * fold(ln1, &attn.w_k[h]).transpose() * p.w_e.transpose();
+            let full_qk = &p.w_e * fold(ln1, &attn.w_q[h]) * fold(ln1, attn.w_k(h)).transpose() * p.w_e.transpose();
             worst = worst.max((json["ov_frobenius"][l][h].as_f64().unwrap() - full_ov.norm()).abs() / full_ov.norm());
             worst = worst.max((json["qk_frobenius"][l][h].as_f64().unwrap() - full_qk.norm()).abs() / full_qk.norm());
             for h2 in 0..4 {
@@ -216,14 +216,17 @@ fn random_params(rng: &mut Rng, d_vocab: usize, d_model: usize, d_heads: &[usize
             ln1: None,
             attn: AttnWeights {
                 w_q: (0..h).map(|_| rng.matrix(d_model, d_head)).collect(),
-                w_k: (0..h).map(|_| rng.matrix(d_model, d_head)).collect(),
-                w_v: (0..h).map(|_| rng.matrix(d_model, d_head)).collect(),
+                w_k_kv: (0..h).map(|_| rng.matrix(d_model, d_head)).collect(),
+                w_v_kv: (0..h).map(|_| rng.matrix(d_model, d_head)).collect(),
                 w_o: (0..h).map(|_| rng.matrix(d_head, d_model)).collect(),
                 b_q: vec![Row::zeros(d_head); h],
-                b_k: vec![Row::zeros(d_head); h],
-                b_v: vec![Row::zeros(d_head); h],
+                b_k_kv: vec![Row::zeros(d_head); h],
+                b_v_kv: vec![Row::zeros(d_head); h],
                 b_o: Row::zeros(d_model),
                 attn_scale: (d_head as f64).sqrt(),
+                causal: true,
+                rotary: None,
+                pos_readers: None,
             },
             ln2: None,
             mlp: None,
@@ -236,6 +239,7 @@ fn random_params(rng: &mut Rng, d_vocab: usize, d_model: usize, d_heads: &[usize
         ln_final: None,
         w_u: rng.matrix(d_model, d_vocab),
         b_u: Row::zeros(d_vocab),
+        shortformer: false,
     }
 }
 
@@ -269,8 +273,8 @@ fn factored_statistics_equal_the_explicit_circuits() {
         let s = stats::stats(&p).unwrap();
         for (l, layer) in p.layers.iter().map(|layer| &layer.attn).enumerate() {
             for h in 0..n_heads[l] {
-                let ov = &p.w_e * &layer.w_v[h] * &layer.w_o[h] * &p.w_u;
-                let qk = &p.w_e * &layer.w_q[h] * layer.w_k[h].transpose() * p.w_e.transpose();
+                let ov = &p.w_e * layer.w_v(h) * &layer.w_o[h] * &p.w_u;
+                let qk = &p.w_e * &layer.w_q[h] * layer.w_k(h).transpose() * p.w_e.transpose();
                 assert_eq!(ov.shape(), (d_vocab, d_vocab));
                 for (what, explicit, factored_eig, norm, copy) in [
                     ("OV", &ov, stats::ov_eigenvalues(&p, l, h).unwrap(), s.ov_frobenius[l][h], s.ov_copying[l][h]),
@@ -292,13 +296,13 @@ fn factored_statistics_equal_the_explicit_circuits() {
         // Composition scores from the explicit d_model × d_model matrices.
         for (l, left) in p.layers.iter().map(|layer| &layer.attn).enumerate() {
             for h in 0..n_heads[l] {
-                let ov_left = &left.w_v[h] * &left.w_o[h];
+                let ov_left = left.w_v(h) * &left.w_o[h];
                 for (r, right) in p.layers.iter().map(|layer| &layer.attn).enumerate() {
                     for g in 0..n_heads[r] {
                         let rights = [
-                            (&s.comp_q, &right.w_q[g] * right.w_k[g].transpose()),
-                            (&s.comp_k, &right.w_k[g] * right.w_q[g].transpose()),
-                            (&s.comp_v, &right.w_v[g] * &right.w_o[g]),
+                            (&s.comp_q, &right.w_q[g] * right.w_k(g).transpose()),
+                            (&s.comp_k, right.w_k(g) * right.w_q[g].transpose()),
+                            (&s.comp_v, right.w_v(g) * &right.w_o[g]),
                         ];
                         for (mode, (scores, m)) in ["Q", "K", "V"].into_iter().zip(rights) {
                             let want = if l < r { (&ov_left * &m).norm() / (ov_left.norm() * m.norm()) } else { 0.0 };
@@ -374,9 +378,9 @@ fn the_copying_score_of_a_pure_copier_is_one_and_of_an_anticopier_minus_one() {
     let w_e = p.w_e.clone();
     p.w_u = w_e.transpose();
     let layer = &mut p.layers[0].attn;
-    layer.w_o[0] = layer.w_v[0].transpose();
-    layer.w_o[1] = -layer.w_v[1].transpose();
-    layer.w_k[0] = layer.w_q[0].clone();
+    layer.w_o[0] = layer.w_v(0).transpose();
+    layer.w_o[1] = -layer.w_v(1).transpose();
+    layer.w_k_kv[0] = layer.w_q[0].clone();
     let s = stats::stats(&p).unwrap();
     assert!((s.ov_copying[0][0] - 1.0).abs() < 1e-12, "{}", s.ov_copying[0][0]);
     assert!((s.ov_copying[0][1] + 1.0).abs() < 1e-12, "{}", s.ov_copying[0][1]);

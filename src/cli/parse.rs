@@ -15,6 +15,15 @@ pub fn parse_position(pos: &str, n: usize) -> Result<Option<usize>, Failure> {
     }
 }
 
+/// One entry of `--attention-mask`: `1` keeps a key, `0` masks it.
+pub fn parse_mask_bit(text: &str) -> Result<bool, String> {
+    match text.trim() {
+        "1" => Ok(true),
+        "0" => Ok(false),
+        other => Err(format!("an attention mask entry is 0 or 1, not `{other}`")),
+    }
+}
+
 /// A tolerance (`check --tol`): a finite number ≥ 0. NaN would make every comparison false and a
 /// negative one could never pass, so both are refused when the arguments are parsed.
 pub fn parse_tolerance(text: &str) -> Result<f64, String> {

@@ -32,6 +32,9 @@ pub struct Args {
     /// Token ids, comma-separated (`--what paths` only, where they are required).
     #[arg(long, value_delimiter = ',', num_args = 1..)]
     tokens: Vec<usize>,
+    /// Key mask, one 0 or 1 per token (`--what paths`; see `check --help`).
+    #[arg(long, value_name = "0,1,...", value_delimiter = ',', num_args = 1.., value_parser = super::parse::parse_mask_bit)]
+    attention_mask: Option<Vec<bool>>,
     /// The position (`--what paths`): a number or `last` (the default).
     #[arg(long)]
     pos: Option<String>,
@@ -76,7 +79,8 @@ enum PlotWhat {
 }
 
 pub fn run(args: Args) -> Result<(), Failure> {
-    let Args { model, weights, what, tokens, pos, target, top, fold_ln, max_order, limit, names, output } = args;
+    let Args { model, weights, what, tokens, attention_mask, pos, target, top, fold_ln, max_order, limit, names, output } =
+        args;
     let stats_plot = match what {
         PlotWhat::CompQ => Some(StatsPlot::CompQ),
         PlotWhat::CompK => Some(StatsPlot::CompK),
@@ -88,6 +92,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let svg = if let Some(plot) = stats_plot {
         let misplaced = [
             (!tokens.is_empty(), "--tokens"),
+            (attention_mask.is_some(), "--attention-mask"),
             (pos.is_some(), "--pos"),
             (target.is_some(), "--target"),
             (top.is_some(), "--top"),
@@ -119,7 +124,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 "error: --fold-ln applies to the statistics plots; path contributions always use the folded weights with the LayerNorm scales frozen".to_string(),
             ));
         }
-        let run = RunArgs { weights, tokens, max_order, limit, names };
+        let run = RunArgs { weights, tokens, attention_mask, max_order, limit, names };
         let evaluation = evaluate(&model, &run, false)?;
         let position = match parse_position(pos.as_deref().unwrap_or("last"), run.tokens.len())? {
             Some(p) => p,

@@ -18,6 +18,10 @@ pub struct RunArgs {
     /// Token ids, comma-separated: `--tokens 3,7,1`.
     #[arg(long, value_delimiter = ',', required = true, num_args = 1..)]
     pub tokens: Vec<usize>,
+    /// Key mask, one 0 or 1 per token (TransformerLens's attention_mask): no query attends to a 0
+    /// key; queries and positions are unchanged.
+    #[arg(long, value_name = "0,1,...", value_delimiter = ',', num_args = 1.., value_parser = super::parse::parse_mask_bit)]
+    pub attention_mask: Option<Vec<bool>>,
     /// Keep only paths through at most K heads.
     #[arg(long, value_name = "K")]
     pub max_order: Option<u32>,
@@ -37,7 +41,8 @@ pub fn evaluate(model: &Path, run: &RunArgs, qk: bool) -> Result<Evaluation, Fai
     let compiled = pathc::compile(&source).map_err(fail)?;
     let names = pathc::eval::NameMap::parse(&run.names).map_err(|e| fail(e.into()))?;
     let params = pathc::load_params(&compiled, &run.weights, &names).map_err(fail)?;
-    let forward = pathc::eval::forward(&params, &run.tokens).map_err(|e| fail(e.into()))?;
+    let forward = pathc::eval::forward_masked(&params, &run.tokens, run.attention_mask.as_deref())
+        .map_err(|e| fail(e.into()))?;
     let options = ExpandOptions { max_order: run.max_order, limit: run.limit, qk, ..ExpandOptions::default() };
     let expansion = pathc::expand_compiled(compiled, &options).map_err(fail)?;
     Ok(Evaluation { expansion, params, forward })
@@ -53,8 +58,12 @@ pub fn resolve_targets(
     all: bool,
 ) -> Result<Targets, Failure> {
     let tokens = &evaluation.forward.tokens;
-    Targets::resolve(target, tokens, evaluation.params.d_vocab(), position).map_err(|e| {
+    let params = &evaluation.params;
+    Targets::for_params(target, tokens, params, position).map_err(|e| {
         Failure::BadInput(match e {
+            EvalError::TargetOutOfRange { token, d_vocab } if params.d_vocab_out() != params.d_vocab() => {
+                format!("error: --target {token} is out of range: the unembedding has d_vocab_out = {d_vocab} outputs")
+            }
             EvalError::TargetOutOfRange { token, d_vocab } => {
                 format!("error: --target {token} is out of range: d_vocab is {d_vocab}")
             }

@@ -47,6 +47,37 @@ struct TemplateJson {
     count: String,
 }
 
+/// A layer's attention where it is not GPT-2's (in `"attention"`, present when any layer's is
+/// not).
+#[derive(Serialize)]
+struct AttentionJson {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kv_heads: Option<usize>,
+    causal: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scale: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rotary: Option<RotaryJson>,
+}
+
+#[derive(Serialize)]
+struct RotaryJson {
+    dim: u64,
+    base: f64,
+    style: &'static str,
+}
+
+impl AttentionJson {
+    fn of(a: &crate::model::Attn) -> AttentionJson {
+        AttentionJson {
+            kv_heads: (a.kv_heads != a.n_heads).then_some(a.kv_heads),
+            causal: a.causal,
+            scale: a.scale.map(|s| s.0),
+            rotary: a.rotary.map(|r| RotaryJson { dim: r.dim, base: r.base.0, style: r.style.name() }),
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct SideJson {
     source: String,
@@ -54,7 +85,7 @@ struct SideJson {
 }
 
 /// Appends `[["A^{0.1}", ...]` style lists: factor strings need no escaping (they are made of
-/// ASCII letters, digits, `^{}._` and `ᵀ`).
+/// ASCII letters, digits, `^{}._()`, `ᵀ` and `Δ`).
 fn push_factors(out: &mut String, chain: &[paths::Factor], p: &Path<'_>) {
     out.push('[');
     for (i, f) in chain.iter().enumerate() {
@@ -148,6 +179,19 @@ pub fn write(exp: &Expansion, out: &mut dyn Write) -> io::Result<()> {
     field(out, "n_layers", &exp.model.n_layers())?;
     field(out, "heads_per_layer", &heads)?;
     field(out, "sources", &super::sources(exp))?;
+    // Optional fields, present only where the architecture differs from GPT-2's.
+    if let Some(n) = &exp.model.unembed.d_vocab_out {
+        field(out, "d_vocab_out", n)?;
+    }
+    if exp.model.shortformer() {
+        field(out, "positions", &"shortformer")?;
+    } else if exp.model.layers.iter().any(|l| l.attn.rotary.is_some()) {
+        field(out, "positions", &"rotary")?;
+    }
+    let attention: Vec<AttentionJson> = exp.model.layers.iter().map(|l| AttentionJson::of(&l.attn)).collect();
+    if attention.iter().any(|a| a.kv_heads.is_some() || !a.causal || a.scale.is_some() || a.rotary.is_some()) {
+        field(out, "attention", &attention)?;
+    }
     field(out, "max_order", &exp.max_order)?;
     field(out, "counts", &CountsJson::from(&exp.logit_counts))?;
     write_paths(exp, &exp.logits, out)?;

@@ -44,6 +44,33 @@ pub fn write(exp: &Expansion, templates_only: bool, out: &mut dyn Write) -> io::
              $b_V$ enters through its own head."
         )?;
     }
+    if legend.shortformer {
+        writeln!(
+            out,
+            "\\par $W_P$ (shortformer): added to every layer's query and key inputs after its LayerNorm, never to the \
+             residual stream; read through $W_Q$ and $W_K$ as stored."
+        )?;
+    }
+    if legend.rotary {
+        writeln!(
+            out,
+            "\\par $W_{{QK}}^{{l.h}}(\\Delta) = {{W_Q^{{l.h}}}}^{{\\top}} R^{{l}}(\\Delta) W_K^{{l.h}}$ (rotary): $R^{{l}}(\\Delta)$ \
+             rotates by the offset $\\Delta$ = query position $-$ key position."
+        )?;
+    }
+    if legend.grouped {
+        writeln!(
+            out,
+            "\\par Grouped-query attention: query head $l.h$ reads the keys and values of its group ($W_K^{{l.h}}$, \
+             $W_V^{{l.h}}$ are the group's)."
+        )?;
+    }
+    if legend.bidirectional {
+        writeln!(out, "\\par Bidirectional layers: their patterns $A$ may attend to later positions.")?;
+    }
+    if legend.outputs {
+        writeln!(out, "\\par $W_U$ is $d_{{model}} \\times d_{{vocab\\_out}}$: the logits are the model's own outputs.")?;
+    }
     write_sum(out, &exp.logits, &exp.logit_counts, &heads, templates_only)?;
     for (layer, (templates, counts)) in exp.mlp_inputs.iter().zip(&exp.mlp_input_counts).enumerate() {
         if let (Some(templates), Some(counts)) = (templates, counts) {

@@ -49,6 +49,9 @@ impl Notation {
             FactorKind::OV => "W_OV",
             FactorKind::QK if latex => "W_{QK}",
             FactorKind::QK => "W_QK",
+            FactorKind::QKRot if latex => "W_{QK}",
+            FactorKind::QKRot => "W_QK",
+            FactorKind::Rot(_) => "R",
             FactorKind::O => "W_O",
             FactorKind::Q => "W_Q",
             FactorKind::K => "W_K",
@@ -79,7 +82,7 @@ impl Notation {
                 self.write_index(out, index, heads);
                 out.push('}');
             }
-            (None, FactorKind::In(l) | FactorKind::Mlp(l) | FactorKind::BiasO(l))
+            (None, FactorKind::In(l) | FactorKind::Mlp(l) | FactorKind::BiasO(l) | FactorKind::Rot(l))
             | (None, FactorKind::BiasIn(l) | FactorKind::BiasOut(l)) => {
                 out.push_str("^{");
                 push_usize(out, l);
@@ -92,6 +95,9 @@ impl Notation {
                 };
             }
             _ => {}
+        }
+        if matches!(f.kind, FactorKind::QKRot | FactorKind::Rot(_)) {
+            out.push_str(if latex { "(\\Delta)" } else { "(Δ)" });
         }
         if f.transposed {
             match self {

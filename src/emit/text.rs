@@ -76,6 +76,15 @@ pub(crate) struct Legend {
     pub norm: bool,
     pub mlp: bool,
     pub bias: bool,
+    /// Some layer's attention is rotary.
+    pub rotary: bool,
+    pub shortformer: bool,
+    /// Some layer has fewer key/value heads than query heads.
+    pub grouped: bool,
+    /// Some layer attends without a causal mask.
+    pub bidirectional: bool,
+    /// The unembedding's own output size, when it is not the vocabulary.
+    pub outputs: bool,
 }
 
 impl Legend {
@@ -85,7 +94,17 @@ impl Legend {
             || model.layers.iter().any(|l| l.attn.ln.is_some() || l.mlp.as_ref().is_some_and(|m| m.ln.is_some()));
         let bias =
             model.unembed.bias || model.layers.iter().any(|l| l.attn.bias || l.mlp.as_ref().is_some_and(|m| m.bias));
-        Legend { norm, mlp: model.layers.iter().any(|l| l.mlp.is_some()), bias: bias || norm }
+        let attn = || model.layers.iter().map(|l| &l.attn);
+        Legend {
+            norm,
+            mlp: model.layers.iter().any(|l| l.mlp.is_some()),
+            bias: bias || norm,
+            rotary: attn().any(|a| a.rotary.is_some()),
+            shortformer: model.shortformer(),
+            grouped: attn().any(|a| a.kv_heads != a.n_heads),
+            bidirectional: attn().any(|a| !a.causal),
+            outputs: model.unembed.d_vocab_out.is_some(),
+        }
     }
 }
 
@@ -105,6 +124,31 @@ fn legend(exp: &Expansion) -> Vec<&'static str> {
     }
     if legend.bias {
         lines.push("b_*: bias vectors, constant sources (Id ⊗ b acts on the constant input 1); b_V enters through its own head");
+    }
+    if legend.shortformer {
+        lines.push(
+            "W_P (shortformer): added to every layer's query and key inputs after its LayerNorm, never to the residual \
+             stream; it is read through W_Q and W_K as stored (a LayerNorm's weight is not folded into what reads W_P)",
+        );
+    }
+    if legend.rotary {
+        lines.push(
+            "W_QK^{l.h}(Δ) = W_Q^{l.h}ᵀ·R^{l}(Δ)·W_K^{l.h} (rotary): R^{l}(Δ) rotates by the offset Δ = query position − \
+             key position, so a score term depends on its two positions only through Δ; R^{l}(Δ) is written out where a \
+             bias stands between W_Q and W_K",
+        );
+    }
+    if legend.grouped {
+        lines.push(
+            "grouped-query attention: query head l.h reads the keys and values of its group (W_K^{l.h}, W_V^{l.h}, \
+             b_K^{l.h}, b_V^{l.h} are the group's, shared by the query heads of the group)",
+        );
+    }
+    if legend.bidirectional {
+        lines.push("bidirectional layers (causal = false): their patterns A may attend to later positions");
+    }
+    if legend.outputs {
+        lines.push("W_U is [d_model, d_vocab_out]: the logits are the model's own outputs, not the vocabulary");
     }
     lines
 }

@@ -11,11 +11,15 @@ use crate::model::Activation;
 #[derive(Debug, Clone)]
 pub struct Forward {
     pub tokens: Vec<usize>,
-    /// `[n, d_vocab]`.
+    /// `[n, d_vocab_out]`.
     pub logits: Matrix,
-    /// `patterns[l][h]`: `[n, n]` (query, key), causal softmax.
+    /// The key mask the pass ran with (TransformerLens's `attention_mask`), if any.
+    pub attention_mask: Option<Vec<bool>>,
+    /// `patterns[l][h]`: `[n, n]` (query, key), softmax over the keys the causal mask (in a
+    /// causal layer) and the attention mask keep.
     pub patterns: Vec<Vec<Matrix>>,
-    /// `scores[l][h]`: `[n, n]` pre-softmax scores `q·k / attn_scale`, without the causal mask.
+    /// `scores[l][h]`: `[n, n]` pre-softmax scores `q·k / attn_scale` (queries and keys rotated
+    /// in a rotary layer), without any mask.
     pub scores: Vec<Vec<Matrix>>,
     /// `resid_pre[l]`: `[n, d_model]`, the residual stream entering layer `l`.
     pub resid_pre: Vec<Matrix>,
@@ -41,23 +45,47 @@ pub struct Forward {
     pub resid_mid: Vec<Matrix>,
 }
 
-/// Causal softmax over each row (query) of `scores`, keys after the query masked out.
-fn causal_softmax(scores: &Matrix) -> Matrix {
+/// Which keys query `q` may attend to: every key `k` with `mask[k]` (all without a mask), and
+/// with a causal mask only `k ≤ q`.
+pub(crate) fn attended(q: usize, n: usize, causal: bool, mask: Option<&[bool]>) -> impl Iterator<Item = usize> + '_ {
+    let last = if causal { q + 1 } else { n };
+    (0..last).filter(move |&k| mask.is_none_or(|m| m[k]))
+}
+
+/// Softmax over each row (query) of `scores`, over the keys it may attend to
+/// ([`attended`]); the other keys get weight 0.
+fn masked_softmax(scores: &Matrix, causal: bool, mask: Option<&[bool]>) -> Matrix {
     let n = scores.nrows();
     let mut pattern = Matrix::zeros(n, n);
     for q in 0..n {
-        let max = (0..=q).map(|k| scores[(q, k)]).fold(f64::NEG_INFINITY, f64::max);
+        let max = attended(q, n, causal, mask).map(|k| scores[(q, k)]).fold(f64::NEG_INFINITY, f64::max);
         let mut total = 0.0;
-        for k in 0..=q {
+        for k in attended(q, n, causal, mask) {
             let e = (scores[(q, k)] - max).exp();
             pattern[(q, k)] = e;
             total += e;
         }
-        for k in 0..=q {
+        for k in attended(q, n, causal, mask) {
             pattern[(q, k)] /= total;
         }
     }
     pattern
+}
+
+/// Checks an attention mask against the tokens and the layers' causal masks: one entry per
+/// token, and every query of every layer attends to at least one key.
+fn check_mask(params: &Params, n: usize, mask: &[bool]) -> Result<(), EvalError> {
+    if mask.len() != n {
+        return Err(EvalError::MaskLength { found: mask.len(), n_tokens: n });
+    }
+    let causal = params.layers.iter().any(|l| l.attn.causal);
+    let bidirectional = params.layers.iter().any(|l| !l.attn.causal);
+    for (causal, present) in [(true, causal), (false, bidirectional)] {
+        if let Some(position) = (0..n).find(|&q| present && attended(q, n, causal, Some(mask)).next().is_none()) {
+            return Err(EvalError::EveryKeyMasked { position, causal });
+        }
+    }
+    Ok(())
 }
 
 /// `Ok` if every row (position) of `m` is finite; else where the first non-finite value is:
@@ -109,15 +137,28 @@ pub fn activate(act: Activation, x: f64) -> f64 {
 /// Runs the model on `tokens` as TransformerLens does, recording every attention pattern (this is
 /// what freezes `A`), every LayerNorm scale, and each head's and MLP's output.
 ///
-/// `resid = W_E[tokens] + W_pos[..n]`; per layer `x = LN1(resid)`, `q = x W_Q + b_Q` (`k`, `v`
-/// alike), `pattern = causal softmax(q kᵀ / attn_scale)`, `resid += Σ_h pattern · v · W_O + b_O`;
+/// `resid = W_E[tokens] + W_pos[..n]` (no `W_pos` for shortformer); per layer `x = LN1(resid)`,
+/// `q = x W_Q + b_Q` (`k`, `v` alike; for shortformer `q = x W_Q + b_Q + W_pos W_Q`, `k` alike,
+/// `v` without; rotary queries and keys rotated by position), `pattern = softmax(q kᵀ /
+/// attn_scale)` over the keys the causal mask keeps, `resid += Σ_h pattern · v · W_O + b_O`;
 /// then, with an MLP, `y = LN2(resid)`, `resid += act(y W_in + b_in) W_out + b_out`; finally
 /// `logits = LN_final(resid) W_U + b_U`. Absent LayerNorms are the identity.
 pub fn forward(params: &Params, tokens: &[usize]) -> Result<Forward, EvalError> {
+    forward_masked(params, tokens, None)
+}
+
+/// [`forward`] with a key mask (TransformerLens's `attention_mask`): a key whose entry is
+/// `false` gets no attention from any query; queries and positions are unaffected. Its length
+/// must be the number of tokens, and every query must keep a key.
+pub fn forward_masked(params: &Params, tokens: &[usize], mask: Option<&[bool]>) -> Result<Forward, EvalError> {
     params.check_tokens(tokens)?;
+    if let Some(mask) = mask {
+        check_mask(params, tokens.len(), mask)?;
+    }
     let mut resid = params.source_rows(Source::E, tokens);
-    if params.w_pos.is_some() {
-        resid += params.source_rows(Source::P, tokens);
+    let positions = params.w_pos.as_ref().map(|_| params.source_rows(Source::P, tokens));
+    if let (Some(p), false) = (&positions, params.shortformer) {
+        resid += p;
     }
     at_positions(&resid, || "the embedded tokens".to_string())?;
     let n_layers = params.layers.len();
@@ -130,6 +171,7 @@ pub fn forward(params: &Params, tokens: &[usize]) -> Result<Forward, EvalError> 
     let mut head_results = Vec::with_capacity(n_layers);
     let mut mlp_pre = Vec::with_capacity(n_layers);
     let mut mlp_out = Vec::with_capacity(n_layers);
+    let n = tokens.len();
     for (l, layer) in params.layers.iter().enumerate() {
         resid_pre.push(resid.clone());
         let (x, scale) = layer_norm(&resid, layer.ln1.as_ref());
@@ -137,19 +179,28 @@ pub fn forward(params: &Params, tokens: &[usize]) -> Result<Forward, EvalError> 
         scale_attn.push(scale);
         let attn = &layer.attn;
         let (mut layer_patterns, mut layer_scores, mut results) = (Vec::new(), Vec::new(), Vec::new());
-        for h in 0..attn.w_q.len() {
-            let q = plus_row(&x * &attn.w_q[h], &attn.b_q[h]);
-            let k = plus_row(&x * &attn.w_k[h], &attn.b_k[h]);
-            let v = plus_row(&x * &attn.w_v[h], &attn.b_v[h]);
+        for h in 0..attn.n_heads() {
+            let mut q = plus_row(&x * &attn.w_q[h], &attn.b_q[h]);
+            let mut k = plus_row(&x * attn.w_k(h), attn.b_k(h));
+            let v = plus_row(&x * attn.w_v(h), attn.b_v(h));
+            if let (Some((w_q, w_k)), Some(p)) = (attn.pos_readers(h), &positions) {
+                q += p * w_q;
+                k += p * w_k;
+            }
+            if let Some(rotary) = &attn.rotary {
+                super::rotary::rotate_rows(&mut q, rotary);
+                super::rotary::rotate_rows(&mut k, rotary);
+            }
             let s = (&q * k.transpose()) / attn.attn_scale;
-            // Only the scores the causal mask keeps reach the pattern.
-            if let Some((q, k)) =
-                (0..s.nrows()).flat_map(|q| (0..=q).map(move |k| (q, k))).find(|&qk| !s[qk].is_finite())
+            // Only the scores the masks keep reach the pattern.
+            if let Some((q, k)) = (0..n)
+                .flat_map(|q| attended(q, n, attn.causal, mask).map(move |k| (q, k)))
+                .find(|&qk| !s[qk].is_finite())
             {
                 let at = format!("the attention scores of L{l}H{h} at query position {q}, key position {k}");
                 return Err(NonFinite { value: s[(q, k)], at }.into());
             }
-            let pattern = causal_softmax(&s);
+            let pattern = masked_softmax(&s, attn.causal, mask);
             let result = (&pattern * v) * &attn.w_o[h];
             at_positions(&result, || format!("the output of head L{l}H{h}"))?;
             results.push(result);
@@ -191,6 +242,7 @@ pub fn forward(params: &Params, tokens: &[usize]) -> Result<Forward, EvalError> 
     finite(&logits, |p, t| format!("the logits at position {p}, token {t}"))?;
     Ok(Forward {
         tokens: tokens.to_vec(),
+        attention_mask: mask.map(<[bool]>::to_vec),
         logits,
         patterns,
         scores,

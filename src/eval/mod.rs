@@ -13,9 +13,10 @@
 mod forward;
 mod params;
 mod paths;
+pub mod rotary;
 mod target;
 
-pub use forward::{activate, forward, Forward};
+pub use forward::{activate, forward, forward_masked, Forward};
 pub use params::{AttnWeights, LayerNormWeights, LayerParams, MlpWeights, NameMap, Params, StatsParams, LN_EPS};
 pub use paths::{check, logits_by_order, CheckReport, Origin, PathEvaluator, ResidualCache, ScoreEvaluator};
 pub use target::{target_logits, Target, TargetEvaluator, TargetLogits, Targets};
@@ -52,6 +53,14 @@ pub enum EvalError {
     /// The next-token target at the last position, which has no next token.
     #[error("position {position} is the last of the {n_tokens} tokens: it has no next token to take as the target")]
     NoNextToken { position: usize, n_tokens: usize },
+    #[error("the attention mask has {found} entries for {n_tokens} tokens: give one 0 or 1 per token")]
+    MaskLength { found: usize, n_tokens: usize },
+    /// A query position every key of which is masked (by the attention mask, with the causal
+    /// mask where there is one): its softmax would divide by zero.
+    #[error("query position {position} attends to no key: the attention mask masks every key it may see{}", if *.causal { " (keys 0 to the query itself, causal)" } else { "" })]
+    EveryKeyMasked { position: usize, causal: bool },
+    #[error("the next token is not an output: the unembedding has d_vocab_out = {d_vocab_out} outputs, not the d_vocab = {d_vocab} tokens; give --target an output index")]
+    NextNeedsVocabOutputs { d_vocab: usize, d_vocab_out: usize },
     #[error("a single token has no next token: the next-token target needs at least 2 tokens")]
     NextNeedsTwoTokens,
     /// A computed value is NaN or infinite (the forward pass, a path, a check): reported with

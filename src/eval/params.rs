@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use super::{EvalError, Matrix, Row};
 use crate::diag::Diagnostic;
 use crate::graph::Source;
-use crate::model::{Activation, Layer, Model, Size};
+use crate::model::{Activation, Layer, Model, Rotary, Size};
 use crate::weights::{WeightError, Weights};
 
 /// TransformerLens `LN`: `x ↦ (x − mean(x)) / σ · w + b`, `σ = sqrt(mean((x − mean x)²) + LN_EPS)`,
@@ -27,22 +27,68 @@ pub struct LayerNormWeights {
 
 /// One attention layer's weights, per head, in TransformerLens's layout. Biases the model does
 /// not declare are zero, so that code can always add them.
+///
+/// With grouped-query attention the keys and values are stored once per key/value head
+/// (TransformerLens's `_W_K`, `_W_V`, `_b_K`, `_b_V`) and read through [`AttnWeights::w_k`] and
+/// kin by query head; nothing is copied per query head.
 #[derive(Debug, Clone)]
 pub struct AttnWeights {
-    /// `[d_model, d_head]` per head.
+    /// `[d_model, d_head]` per query head.
     pub w_q: Vec<Matrix>,
-    pub w_k: Vec<Matrix>,
-    pub w_v: Vec<Matrix>,
-    /// `[d_head, d_model]` per head.
+    /// `[d_model, d_head]` per key/value head.
+    pub w_k_kv: Vec<Matrix>,
+    pub w_v_kv: Vec<Matrix>,
+    /// `[d_head, d_model]` per query head.
     pub w_o: Vec<Matrix>,
-    /// `[d_head]` per head.
+    /// `[d_head]` per query head.
     pub b_q: Vec<Row>,
-    pub b_k: Vec<Row>,
-    pub b_v: Vec<Row>,
+    /// `[d_head]` per key/value head.
+    pub b_k_kv: Vec<Row>,
+    pub b_v_kv: Vec<Row>,
     /// `[d_model]`, added once to the sum of the heads.
     pub b_o: Row,
-    /// `sqrt(d_head)`, TransformerLens's `attn_scale`.
+    /// What `q·k` is divided by: `sqrt(d_head)` unless the model gives `scale`
+    /// (TransformerLens's `attn_scale`).
     pub attn_scale: f64,
+    /// Keys after the query are masked (TransformerLens `attention_dir = "causal"`).
+    pub causal: bool,
+    pub rotary: Option<Rotary>,
+    /// Shortformer: `W_Q`, `W_K` as stored (per query head and per key/value head), which read
+    /// `W_pos`: the positions are added after the LayerNorm, so no LayerNorm folding changes
+    /// what reads them.
+    pub pos_readers: Option<(Vec<Matrix>, Vec<Matrix>)>,
+}
+
+impl AttnWeights {
+    pub fn n_heads(&self) -> usize {
+        self.w_q.len()
+    }
+
+    /// The key/value head query head `h` reads: `h / (n_heads / kv_heads)`.
+    pub fn group(&self, h: usize) -> usize {
+        h / (self.w_q.len() / self.w_k_kv.len())
+    }
+
+    pub fn w_k(&self, h: usize) -> &Matrix {
+        &self.w_k_kv[self.group(h)]
+    }
+
+    pub fn w_v(&self, h: usize) -> &Matrix {
+        &self.w_v_kv[self.group(h)]
+    }
+
+    pub fn b_k(&self, h: usize) -> &Row {
+        &self.b_k_kv[self.group(h)]
+    }
+
+    pub fn b_v(&self, h: usize) -> &Row {
+        &self.b_v_kv[self.group(h)]
+    }
+
+    /// Shortformer: what `W_pos` is read through on the query and key side of head `h`.
+    pub fn pos_readers(&self, h: usize) -> Option<(&Matrix, &Matrix)> {
+        self.pos_readers.as_ref().map(|(q, k)| (&q[h], &k[self.group(h)]))
+    }
 }
 
 /// An MLP's weights: `act(x W_in + b_in) W_out + b_out`. Biases not declared are zero.
@@ -78,10 +124,12 @@ pub struct Params {
     pub layers: Vec<LayerParams>,
     /// Before the unembedding, when the model declares a final `layernorm`.
     pub ln_final: Option<LayerNormWeights>,
-    /// `[d_model, d_vocab]`.
+    /// `[d_model, d_vocab_out]`.
     pub w_u: Matrix,
-    /// `[d_vocab]`; zero unless the model declares `unembed(bias)`.
+    /// `[d_vocab_out]`; zero unless the model declares `unembed(bias)`.
     pub b_u: Row,
+    /// `W_pos` is shortformer's: added to every layer's query and key inputs, not to the stream.
+    pub shortformer: bool,
 }
 
 fn known(name: &str, size: &Size) -> Result<usize, EvalError> {
@@ -159,6 +207,8 @@ struct Reader<'a> {
     /// Whether `matrix` reads its tensor; when not, it only checks the tensor's name, dtype and
     /// shape ([`StatsParams`] leaves the vocabulary-sized and MLP matrices in the file).
     read_matrices: bool,
+    /// The model's positions are shortformer ([`AttnWeights::pos_readers`] are kept).
+    shortformer: bool,
 }
 
 impl Reader<'_> {
@@ -280,20 +330,32 @@ impl Reader<'_> {
             Diagnostic::new(attn.span, message, "no `bias` here")
                 .with_help(format!("add `bias` to `attn(...)`: `attn(heads = {h}, bias)`"))
         };
-        let per_head_bias = |w: &str| -> Result<Vec<Row>, EvalError> {
-            let data = self.bias(&name(w), &[h, d_head], attn.bias, no_attn_bias)?;
+        let per_head_bias = |w: &str, heads: usize| -> Result<Vec<Row>, EvalError> {
+            let data = self.bias(&name(w), &[heads, d_head], attn.bias, no_attn_bias)?;
             Ok(data.chunks_exact(d_head).map(Row::from_row_slice).collect())
         };
+        // Grouped-query attention: TransformerLens keeps one key and value per group, under
+        // `_W_K`, `_W_V`, `_b_K`, `_b_V`.
+        let (kv, grouped) = (attn.kv_heads, attn.kv_heads != attn.n_heads);
+        let kv_name = |w: &str| if grouped { format!("_{w}") } else { w.to_string() };
+        let (w_q, w_k_kv) = (
+            self.per_head(&name("W_Q"), h, d_model, d_head)?,
+            self.per_head(&name(&kv_name("W_K")), kv, d_model, d_head)?,
+        );
+        let pos_readers = self.shortformer.then(|| (w_q.clone(), w_k_kv.clone()));
         let attn_weights = AttnWeights {
-            w_q: self.per_head(&name("W_Q"), h, d_model, d_head)?,
-            w_k: self.per_head(&name("W_K"), h, d_model, d_head)?,
-            w_v: self.per_head(&name("W_V"), h, d_model, d_head)?,
+            w_q,
+            w_k_kv,
+            w_v_kv: self.per_head(&name(&kv_name("W_V")), kv, d_model, d_head)?,
             w_o: self.per_head(&name("W_O"), h, d_head, d_model)?,
-            b_q: per_head_bias("b_Q")?,
-            b_k: per_head_bias("b_K")?,
-            b_v: per_head_bias("b_V")?,
+            b_q: per_head_bias("b_Q", h)?,
+            b_k_kv: per_head_bias(&kv_name("b_K"), kv)?,
+            b_v_kv: per_head_bias(&kv_name("b_V"), kv)?,
             b_o: Row::from_vec(self.bias(&name("b_O"), &[d_model], attn.bias, no_attn_bias)?),
-            attn_scale: (d_head as f64).sqrt(),
+            attn_scale: attn.scale.map_or((d_head as f64).sqrt(), |s| s.0),
+            causal: attn.causal,
+            rotary: attn.rotary,
+            pos_readers,
         };
         let Some(mlp) = &layer.mlp else {
             // Without an MLP neither its weights nor the LayerNorm before it may be in the file.
@@ -346,8 +408,8 @@ fn fold_ln1(layer: &mut LayerParams, d_model: usize) {
     if let Some(ln) = &mut layer.ln1 {
         let attn = &mut layer.attn;
         let readers = (attn.w_q.iter_mut().zip(&mut attn.b_q))
-            .chain(attn.w_k.iter_mut().zip(&mut attn.b_k))
-            .chain(attn.w_v.iter_mut().zip(&mut attn.b_v));
+            .chain(attn.w_k_kv.iter_mut().zip(&mut attn.b_k_kv))
+            .chain(attn.w_v_kv.iter_mut().zip(&mut attn.b_v_kv));
         for (w, b) in readers {
             fold_into_reader(ln, w, b);
         }
@@ -379,7 +441,7 @@ impl Params {
     /// ([`EvalError::Undeclared`]) unless they are biases holding only zeros; buffers such as
     /// `attn.mask` are ignored.
     pub fn from_weights(model: &Model, weights: &Weights, names: &NameMap) -> Result<Params, EvalError> {
-        Params::read(model, &Reader { weights, names, read_matrices: true })
+        Params::read(model, &Reader { weights, names, read_matrices: true, shortformer: model.shortformer() })
     }
 
     /// [`Params::from_weights`] with `read`'s setting for the large matrices.
@@ -417,8 +479,9 @@ impl Params {
             Diagnostic::new(unembed, message, "no `layernorm` before the unembedding")
                 .with_help("add `layernorm` before `unembed`")
         })?;
-        let w_u = read.matrix("unembed.W_U", d_model, d_vocab)?;
-        let b_u = Row::from_vec(read.bias("unembed.b_U", &[d_vocab], model.unembed.bias, |name| {
+        let d_vocab_out = known("d_vocab_out", model.d_vocab_out())?;
+        let w_u = read.matrix("unembed.W_U", d_model, d_vocab_out)?;
+        let b_u = Row::from_vec(read.bias("unembed.b_U", &[d_vocab_out], model.unembed.bias, |name| {
             let message = format!("the weights have a nonzero `{name}` but the unembedding declares no bias");
             Diagnostic::new(unembed, message, "no `bias` here").with_help("write `unembed(bias)`")
         })?);
@@ -427,7 +490,7 @@ impl Params {
                 "`{from}={to}`: this model reads no tensor `{from}` (TransformerLens names such as `embed.W_E`, `blocks.{{l}}.attn.W_Q`, `unembed.W_U`)"
             )));
         }
-        Ok(Params { w_e, w_pos, layers, ln_final, w_u, b_u })
+        Ok(Params { w_e, w_pos, layers, ln_final, w_u, b_u, shortformer: model.shortformer() })
     }
 
     /// TransformerLens's `fold_layer_norm(state_dict, fold_biases=True, center_weights=True)`.
@@ -463,11 +526,21 @@ impl Params {
     /// Every head as `(layer, head)`, in layer then head order.
     pub fn heads(&self) -> Vec<(usize, usize)> {
         let per_layer = self.layers.iter().enumerate();
-        per_layer.flat_map(|(l, layer)| (0..layer.attn.w_q.len()).map(move |h| (l, h))).collect()
+        per_layer.flat_map(|(l, layer)| (0..layer.attn.n_heads()).map(move |h| (l, h))).collect()
     }
 
     pub fn d_vocab(&self) -> usize {
         self.w_e.nrows()
+    }
+
+    /// The number of logits: `d_vocab_out` when the model declares it, else `d_vocab`.
+    pub fn d_vocab_out(&self) -> usize {
+        self.w_u.ncols()
+    }
+
+    /// Whether `W_pos` is added to the residual stream (a positional embedding, not shortformer).
+    pub fn pos_in_stream(&self) -> bool {
+        self.w_pos.is_some() && !self.shortformer
     }
 
     /// Checks a token sequence against the vocabulary and the context length.
@@ -512,6 +585,7 @@ pub struct StatsParams<'w> {
     w_e: String,
     w_u: String,
     d_vocab: usize,
+    d_vocab_out: usize,
     d_model: usize,
     /// A final LayerNorm folded into `W_U`'s columns as they are read ([`StatsParams::fold_layer_norm`]).
     unembed_fold: Option<LayerNormWeights>,
@@ -522,7 +596,7 @@ impl<'w> StatsParams<'w> {
     /// undeclared LayerNorms, MLPs and biases), reading only the attention weights, LayerNorms and
     /// biases.
     pub fn from_weights(model: &Model, weights: &'w Weights, names: &NameMap) -> Result<StatsParams<'w>, EvalError> {
-        let params = Params::read(model, &Reader { weights, names, read_matrices: false })?;
+        let params = Params::read(model, &Reader { weights, names, read_matrices: false, shortformer: model.shortformer() })?;
         let layers = params.layers.into_iter().map(|layer| LayerParams { mlp: None, ln2: None, ..layer }).collect();
         Ok(StatsParams {
             layers,
@@ -531,6 +605,7 @@ impl<'w> StatsParams<'w> {
             w_e: names.resolve("embed.W_E"),
             w_u: names.resolve("unembed.W_U"),
             d_vocab: known("d_vocab", &model.d_vocab)?,
+            d_vocab_out: known("d_vocab_out", model.d_vocab_out())?,
             d_model: known("d_model", &model.d_model)?,
             unembed_fold: None,
         })
@@ -553,6 +628,11 @@ impl<'w> StatsParams<'w> {
         self.d_vocab
     }
 
+    /// `W_U`'s columns: `d_vocab_out` when the model declares it.
+    pub fn d_vocab_out(&self) -> usize {
+        self.d_vocab_out
+    }
+
     pub fn d_model(&self) -> usize {
         self.d_model
     }
@@ -568,7 +648,7 @@ impl StatsParams<'_> {
     /// Columns `start..start + n` of `W_U`, read from the file, with `ln_final` folded in after
     /// [`StatsParams::fold_layer_norm`].
     pub fn unembed_columns(&self, start: usize, n: usize) -> Result<Matrix, WeightError> {
-        let data = self.weights.columns(&self.w_u, [self.d_model, self.d_vocab], start, n)?;
+        let data = self.weights.columns(&self.w_u, [self.d_model, self.d_vocab_out], start, n)?;
         let mut columns = Matrix::from_row_slice(self.d_model, n, &data);
         if let Some(ln) = &self.unembed_fold {
             // The bias `b_U` gains is not a statistic's concern.

@@ -90,11 +90,13 @@ pub(super) struct Stream<'p> {
     pub values: Option<&'p [FoldedValues]>,
 }
 
-/// One layer's value weights and biases with its `ln1` folded in, `[head]`: what a path through
-/// its heads reads, without folding (and copying) the rest of the parameters.
+/// One layer's value weights and biases with its `ln1` folded in, per key/value head: what a
+/// path through its heads reads, without folding (and copying) the rest of the parameters.
 pub(super) struct FoldedValues {
     pub w_v: Vec<Matrix>,
     pub b_v: Vec<Row>,
+    /// Query heads per key/value head (1 without grouped-query attention).
+    pub group: usize,
 }
 
 impl FoldedValues {
@@ -104,13 +106,14 @@ impl FoldedValues {
             .layers
             .iter()
             .map(|layer| {
-                let (mut w_v, mut b_v) = (layer.attn.w_v.clone(), layer.attn.b_v.clone());
+                let (mut w_v, mut b_v) = (layer.attn.w_v_kv.clone(), layer.attn.b_v_kv.clone());
                 if let Some(ln) = &layer.ln1 {
                     for (w, b) in w_v.iter_mut().zip(&mut b_v) {
                         super::params::fold_into_reader(ln, w, b);
                     }
                 }
-                FoldedValues { w_v, b_v }
+                let group = layer.attn.n_heads() / w_v.len();
+                FoldedValues { w_v, b_v, group }
             })
             .collect()
     }
@@ -124,15 +127,15 @@ impl<'p> Stream<'p> {
 
     pub fn w_v(&self, l: usize, h: usize) -> &'p Matrix {
         match self.values {
-            Some(values) => &values[l].w_v[h],
-            None => &self.params.layers[l].attn.w_v[h],
+            Some(values) => &values[l].w_v[h / values[l].group],
+            None => self.params.layers[l].attn.w_v(h),
         }
     }
 
     fn b_v(&self, l: usize, h: usize) -> &'p Row {
         match self.values {
-            Some(values) => &values[l].b_v[h],
-            None => &self.params.layers[l].attn.b_v[h],
+            Some(values) => &values[l].b_v[h / values[l].group],
+            None => self.params.layers[l].attn.b_v(h),
         }
     }
 }
@@ -331,7 +334,7 @@ pub fn logits_by_order(params: &Params, forward: &Forward) -> Vec<Matrix> {
 fn logits_by_order_folded(params: &Params, forward: &Forward) -> Vec<Matrix> {
     let n = forward.tokens.len();
     let mut stream = params.source_rows(Source::E, &forward.tokens);
-    if params.w_pos.is_some() {
+    if params.pos_in_stream() {
         stream += params.source_rows(Source::P, &forward.tokens);
     }
     let mut by_order = vec![stream];
@@ -341,12 +344,12 @@ fn logits_by_order_folded(params: &Params, forward: &Forward) -> Vec<Matrix> {
         next.push(Matrix::zeros(n, by_order[0].ncols()));
         for (j, part) in by_order.iter().enumerate() {
             let read = scaled(part, forward.scale_attn[l].as_ref());
-            for h in 0..attn.w_v.len() {
-                next[j + 1] += &forward.patterns[l][h] * ((&read * &attn.w_v[h]) * &attn.w_o[h]);
+            for h in 0..attn.n_heads() {
+                next[j + 1] += &forward.patterns[l][h] * ((&read * attn.w_v(h)) * &attn.w_o[h]);
             }
         }
-        for h in 0..attn.w_v.len() {
-            next[1] += &forward.patterns[l][h] * broadcast(n, &(&attn.b_v[h] * &attn.w_o[h]));
+        for h in 0..attn.n_heads() {
+            next[1] += &forward.patterns[l][h] * broadcast(n, &(attn.b_v(h) * &attn.w_o[h]));
         }
         next[0] += broadcast(n, &attn.b_o);
         if let (Some(mlp), Some(out)) = (&layer.mlp, &forward.mlp_out[l]) {
@@ -419,9 +422,12 @@ pub fn check(expansion: &crate::Expansion, params: &Params, forward: &Forward) -
 }
 
 /// Evaluates attention-score terms: the term with query side `q_p` and key side `k_p'`
-/// contributes `q_p k_p'ᵀ / attn_scale` (`[n, n]`, queries × keys, before the causal mask and the
-/// softmax) to its head's scores, where a side is `N · R_p · W_Q'` for a path `p` or the constant
-/// `b_Q'` (`b_K'` on the key side); over all terms these sum to the scores.
+/// contributes `q_p k_p'ᵀ / attn_scale` (`[n, n]`, queries × keys, before any mask and the
+/// softmax) to its head's scores, where a side is `N · R_p · W_Q'` for a path `p`, the constant
+/// `b_Q'` (`b_K'` on the key side), or for shortformer `W_pos · W_Q` (the stored `W_Q`: the
+/// positions are added after the LayerNorm); in a rotary layer each side's row at position `i` is
+/// rotated by `Rot(i)`, which makes the term `q_i Rot(i − j) k_jᵀ`. Over all terms these sum to
+/// the scores.
 pub struct ScoreEvaluator<'a> {
     params: Cow<'a, Params>,
     forward: &'a Forward,
@@ -440,18 +446,24 @@ impl<'a> ScoreEvaluator<'a> {
         let attn = &params.layers[layer].attn;
         let n = forward.tokens.len();
         let sigma = forward.scale_attn[layer].as_ref();
-        let side = |stack: &mut PrefixStack, side: Side, weight: &Matrix, bias: &Row| {
+        let side = |stack: &mut PrefixStack, side: Side, weight: &Matrix, bias: &Row, pos_reader: Option<&Matrix>| {
             let origin = Origin::of(path, side);
-            match origin.source {
-                Source::BiasQ(_) | Source::BiasK(_) => broadcast(n, bias),
+            let mut rows = match (origin.source, pos_reader) {
+                (Source::BiasQ(_) | Source::BiasK(_), _) => broadcast(n, bias),
+                (Source::P, Some(reader)) => params.source_rows(Source::P, &forward.tokens) * reader,
                 _ => {
                     scaled(stack.residual(Stream::folded(params), forward, origin, &heads_of(path, side)), sigma)
                         * weight
                 }
+            };
+            if let Some(rotary) = &attn.rotary {
+                super::rotary::rotate_rows(&mut rows, rotary);
             }
+            rows
         };
-        let q = side(&mut self.query, Side::Query, &attn.w_q[head], &attn.b_q[head]);
-        let k = side(&mut self.key, Side::Key, &attn.w_k[head], &attn.b_k[head]);
+        let readers = attn.pos_readers(head);
+        let q = side(&mut self.query, Side::Query, &attn.w_q[head], &attn.b_q[head], readers.map(|r| r.0));
+        let k = side(&mut self.key, Side::Key, attn.w_k(head), attn.b_k(head), readers.map(|r| r.1));
         (q * k.transpose()) / attn.attn_scale
     }
 }

@@ -94,6 +94,21 @@ impl Targets {
         Ok(Targets { positions, tokens })
     }
 
+    /// [`Targets::resolve`] on a model's outputs: a token target must be below `d_vocab_out`,
+    /// and [`Target::Next`] needs the outputs to be the vocabulary (a model with its own
+    /// `d_vocab_out` predicts something else than the next token).
+    pub fn for_params(
+        target: Target,
+        tokens: &[usize],
+        params: &Params,
+        position: Option<usize>,
+    ) -> Result<Targets, EvalError> {
+        if target == Target::Next && params.d_vocab_out() != params.d_vocab() {
+            return Err(EvalError::NextNeedsVocabOutputs { d_vocab: params.d_vocab(), d_vocab_out: params.d_vocab_out() });
+        }
+        Targets::resolve(target, tokens, params.d_vocab_out(), position)
+    }
+
     /// How many (position, token) pairs.
     /// Where the contribution of `name` to target `j` is, in words (for [`NonFinite`]).
     pub fn describe(&self, name: &str, j: usize) -> String {
@@ -200,10 +215,14 @@ impl<'a> TargetEvaluator<'a> {
         // `[n, m]`: each position's value vector through W_O into each target column.
         let reads = head_values(stream, forward, x, last) * through;
         let pattern = &forward.patterns[l][h];
+        // The keys a query may attend to: up to itself in a causal layer, all of them otherwise
+        // (masked keys have weight 0 in the pattern).
+        let causal = self.params.layers[l].attn.causal;
         (self.columns.iter().zip(&self.inv_sigma).enumerate())
             .map(|(i, (&c, s))| {
                 let p = self.positions[i];
-                (0..=p).map(|q| pattern[(p, q)] * reads[(q, c)]).sum::<f64>() * s
+                let keys = if causal { p + 1 } else { pattern.ncols() };
+                (0..keys).map(|k| pattern[(p, k)] * reads[(k, c)]).sum::<f64>() * s
             })
             .collect()
     }

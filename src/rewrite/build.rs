@@ -11,7 +11,7 @@
 use egg::{Id, Language, RecExpr};
 
 use super::lang::{IndexVar, Side, Tensor};
-use crate::graph::{Block, NormSite, Source, TermGraph};
+use crate::graph::{Block, NormSite, QkPositions, Source, TermGraph};
 
 pub struct TermBuilder {
     expr: RecExpr<Tensor>,
@@ -221,14 +221,19 @@ impl TermBuilder {
     /// from the expanded query-side and key-side residual streams (independent head indices).
     /// `W_Q^hᵀ·W_K^h` fuses into `W_QK^h` wherever no bias stands between them.
     pub fn scores(&mut self, block: &Block, query: &RecExpr<Tensor>, key: &RecExpr<Tensor>) -> Id {
-        let Block::Attn { layer, norm, head_bias, .. } = *block else {
+        let Block::Attn { layer, norm, head_bias, positions, .. } = *block else {
             unreachable!("scores are called on attention blocks")
         };
         let index = self.add(Tensor::Index(IndexVar { side: Side::Head, layer }));
         let site = norm.then_some(NormSite::Attn(layer));
         let mut side = |stream: &RecExpr<Tensor>, weight: Tensor, bias: Tensor| {
             let stream = self.embed(stream);
-            let read = self.normalised(site, stream);
+            let mut read = self.normalised(site, stream);
+            if positions == QkPositions::Shortformer {
+                // Shortformer: `W_P` joins the query and key inputs after the LayerNorm.
+                let pos = self.residual(Tensor::PosEmbed);
+                read = self.add(Tensor::Add([read, pos]));
+            }
             let weight = self.residual(weight);
             let mut terms = vec![self.mul(weight, read)];
             if head_bias {
@@ -238,7 +243,14 @@ impl TermBuilder {
         };
         let query = side(query, Tensor::WQ(index), Tensor::BiasQ(index));
         let key = side(key, Tensor::WK(index), Tensor::BiasK(index));
-        let form = self.residual(Tensor::Identity);
+        // Rotary: the relative rotation between the query's and the key's position.
+        let form = match positions {
+            QkPositions::Rotary => {
+                let layer = self.layer_number(layer);
+                self.residual(Tensor::Rot(layer))
+            }
+            _ => self.residual(Tensor::Identity),
+        };
         let bilinear = self.add(Tensor::Bilin([query, form, key]));
         self.truncate(bilinear)
     }

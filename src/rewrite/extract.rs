@@ -149,6 +149,8 @@ fn atom(expr: &RecExpr<Tensor>, id: Id) -> Result<Factor, String> {
         Tensor::Pattern(i) => indexed(FactorKind::Pattern, i)?,
         Tensor::WOV(i) => indexed(FactorKind::OV, i)?,
         Tensor::WQK(i) => indexed(FactorKind::QK, i)?,
+        Tensor::WQKRot(i) => indexed(FactorKind::QKRot, i)?,
+        Tensor::Rot(l) => Factor::plain(FactorKind::Rot(layer(l)?)),
         Tensor::WO(i) => indexed(FactorKind::O, i)?,
         Tensor::WQ(i) => indexed(FactorKind::Q, i)?,
         Tensor::WK(i) => indexed(FactorKind::K, i)?,

@@ -40,6 +40,12 @@ define_language! {
         "Q" = WQ(Id),
         "K" = WK(Id),
         "QK" = WQK(Id),
+        // Rotary attention: `(R l)` is layer l's relative rotation `R_Δ` between a score's query
+        // and key position (residual side; Δ is fixed by the score's two outer positions, so it
+        // commutes with everything the rules do inside the form), and `(QKR i)` the fused
+        // `W_QK(Δ) = W_Qᵀ R_Δ W_K` of head i.
+        "R" = Rot(Id),
+        "QKR" = WQKRot(Id),
         // A layer's MLP: its input weight, and its output as an opaque source.
         "W_in" = WIn(Id),
         "M" = MlpOut(Id),
@@ -118,6 +124,8 @@ impl Analysis<Tensor> for TensorAnalysis {
             | Tensor::WQ(_)
             | Tensor::WK(_)
             | Tensor::WQK(_)
+            | Tensor::Rot(_)
+            | Tensor::WQKRot(_)
             | Tensor::Scale(_)
             | Tensor::WIn(_)
             | Tensor::MlpOut(_)

@@ -136,8 +136,8 @@ pub fn for_each_run(graph: &TermGraph, max_order: Option<u32>, qk: bool, mut vis
     let mut counter = StreamCounter::new(graph, max_order, Unit::Templates, true);
     let last_attn = graph.blocks.iter().rposition(|b| matches!(b, Block::Attn { .. }));
     for (step, block) in graph.blocks.iter().enumerate() {
-        if let Block::Attn { head_bias, .. } = *block {
-            visit(RunKind::Scores, &counter.side_squared(head_bias));
+        if let Block::Attn { .. } = *block {
+            visit(RunKind::Scores, &counter.side_squared(block.score_side_constants()));
         }
         counter.advance(block);
         if last_attn.is_some_and(|last| step < last) {

@@ -27,6 +27,7 @@ fn table() -> Vec<Rule> {
         // A head's weights.
         rw!("ov-fuse"; "(* (O ?i) (V ?i))" => "(OV ?i)"),
         rw!("qk-fuse"; "(* (T (Q ?i)) (* (K ?i) ?r))" => "(* (QK ?i) ?r)"),
+        rw!("qk-fuse-rotary"; "(* (T (Q ?i)) (* (R ?l) (* (K ?i) ?r)))" => "(* (QKR ?i) ?r)"),
         // Truncation by order, inside the algebra: the analysis bounds every class's orders;
         // a bilinear form whose query side has a fixed order d keeps only the key terms of order
         // ≤ k - d, so high orders are never built. (The logit side is truncated layer by layer

@@ -1,6 +1,7 @@
 //! The syntax tree of a model file: what was written, with spans, before any checking.
 
 use crate::diag::Span;
+pub use crate::model::Real;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ident {
@@ -93,6 +94,8 @@ pub enum Value {
     /// A bare argument name, `bias`, meaning `bias = true`.
     Flag,
     Int(Number),
+    /// A decimal number (`2.5`, `1e-6`), always finite.
+    Real(Real, Span),
     Bool(bool, Span),
     Name(Ident),
 }

@@ -202,10 +202,11 @@ fn describe_rule(rule: Rule) -> String {
         Rule::arg => "an argument `name = value`",
         Rule::ident => "a name",
         Rule::int => "a whole number",
+        Rule::real => "a decimal number",
         Rule::boolean => "`true` or `false`",
         Rule::item => "a `dim`, a component, `layer { ... }` or `repeat N { ... }`",
         Rule::value => "a number, `true`, `false` or a name",
-        Rule::file | Rule::ident_char | Rule::WHITESPACE | Rule::COMMENT => "",
+        Rule::file | Rule::ident_char | Rule::exponent | Rule::WHITESPACE | Rule::COMMENT => "",
     }
     .to_string()
 }
@@ -288,6 +289,13 @@ fn component(pair: Pair<'_, Rule>, errors: &mut Vec<Diagnostic>) -> Component {
                     Rule::int => match number(v, errors) {
                         Some(n) => Value::Int(n),
                         None => continue,
+                    },
+                    Rule::real => match v.as_str().parse::<f64>() {
+                        Ok(x) if x.is_finite() => Value::Real(Real(x), span(&v)),
+                        _ => {
+                            errors.push(Diagnostic::new(span(&v), "number too large", "not a finite number"));
+                            continue;
+                        }
                     },
                     Rule::boolean => Value::Bool(v.as_str() == "true", span(&v)),
                     Rule::ident => Value::Name(ident(v)),

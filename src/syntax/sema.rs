@@ -7,7 +7,9 @@ use super::ast::{self, Arg, Component, ComponentKind, Item, Value};
 use std::borrow::Cow;
 
 use crate::diag::{Diagnostic, LineIndex, Span};
-use crate::model::{Activation, Attn, Layer, LayerNorm, Mlp, Model, Size, Unembed};
+use crate::model::{
+    Activation, Attn, Layer, LayerNorm, Mlp, Model, PosEmbed, Real, Rotary, RotaryStyle, Size, Unembed,
+};
 
 /// Bounds that keep the term graph and the e-graph small enough to build. Far above any real
 /// model (GPT-3 has 96 layers × 96 heads).
@@ -116,9 +118,14 @@ impl Checker {
                 Item::Dim(_) => {}
                 Item::Component(c) => match c.kind {
                     ComponentKind::Embed | ComponentKind::PosEmbed => {
-                        self.no_args(c);
+                        let shortformer = if c.kind == ComponentKind::Embed {
+                            self.no_args(c);
+                            false
+                        } else {
+                            self.component_args(c, &[("shortformer", ArgKind::Bool)]).bool("shortformer")
+                        };
                         let slot = if c.kind == ComponentKind::Embed { &mut embed } else { &mut pos_embed };
-                        if let Some(first) = *slot {
+                        if let Some((first, _)) = *slot {
                             let line = self.line_of(first);
                             self.error(
                                 Diagnostic::new(
@@ -136,7 +143,7 @@ impl Checker {
                                 "embeddings come before the first layer",
                             ));
                         } else {
-                            *slot = Some(c.span);
+                            *slot = Some((c.span, shortformer));
                             stage = Stage::Embedded;
                         }
                     }
@@ -164,8 +171,16 @@ impl Checker {
                         );
                     }
                     ComponentKind::Unembed => {
-                        let bias = self.component_args(c, &[("bias", ArgKind::Bool)]).bool("bias");
-                        unembed = Some(Unembed { bias, span: c.span });
+                        let args =
+                            self.component_args(c, &[("bias", ArgKind::Bool), ("d_vocab_out", ArgKind::Size)]);
+                        let d_vocab_out = match args.size("d_vocab_out") {
+                            Some((Size::Known(0), span)) => {
+                                self.error(Diagnostic::new(span, "`d_vocab_out` is zero", "must be at least 1"));
+                                None
+                            }
+                            other => other.map(|(size, _)| size),
+                        };
+                        unembed = Some(Unembed { bias: args.bool("bias"), d_vocab_out, span: c.span });
                         stage = Stage::Unembedded;
                     }
                 },
@@ -229,16 +244,27 @@ impl Checker {
         let d_model = self.required_dim("d_model", "every model needs its residual width", header_span);
         let d_vocab =
             self.required_dim("d_vocab", "the embedding and unembedding need the vocabulary size", header_span);
-        if let Some(span) = pos_embed {
+        if let Some((span, shortformer)) = pos_embed {
             self.required_dim("n_ctx", "`pos_embed` needs the context length", span);
+            // One kind of positions per model, as TransformerLens's `positional_embedding_type`.
+            if let Some(attn) = layers.iter().map(|l: &Layer| &l.attn).find(|a| a.rotary.is_some()) {
+                let kind = if shortformer { "`pos_embed(shortformer)`" } else { "`pos_embed`" };
+                self.error(
+                    Diagnostic::new(attn.span, format!("rotary attention in a model with {kind}"), "rotary here")
+                        .with_help(
+                            "a model has one kind of positions (standard, shortformer or rotary): \
+                             remove `pos_embed` for a rotary model",
+                        ),
+                );
+            }
         }
         Some(Model {
             name: file.name.text.clone(),
             dims: self.dims.iter().map(|(k, (v, _))| (k.clone(), v.clone())).collect(),
             d_model,
             d_vocab,
-            embed: embed?,
-            pos_embed,
+            embed: embed?.0,
+            pos_embed: pos_embed.map(|(span, shortformer)| PosEmbed { shortformer, span }),
             layers,
             ln_final,
             unembed: unembed?,
@@ -331,11 +357,26 @@ impl Checker {
     }
 
     fn attn(&mut self, c: &Component, ln: Option<LayerNorm>) -> Option<Attn> {
-        let args =
-            self.component_args(c, &[("heads", ArgKind::Size), ("d_head", ArgKind::Size), ("bias", ArgKind::Bool)]);
+        let args = self.component_args(
+            c,
+            &[
+                ("heads", ArgKind::Size),
+                ("d_head", ArgKind::Size),
+                ("bias", ArgKind::Bool),
+                ("kv_heads", ArgKind::Size),
+                ("causal", ArgKind::Bool),
+                ("scale", ArgKind::Number),
+                ("rotary", ArgKind::Size),
+                ("rotary_base", ArgKind::Number),
+                ("rotary_style", ArgKind::Name),
+            ],
+        );
         let bias = args.bool("bias");
         let heads = args.size("heads");
         let d_head = self.width(&args, "d_head", c)?;
+        let causal = args.bool_or("causal", true);
+        let scale = self.positive(&args, "scale", "the scores are divided by it");
+        let rotary = self.rotary(&args, &d_head, c);
         let n_heads = match heads {
             None if args.given("heads") => return None,
             None => {
@@ -363,7 +404,114 @@ impl Checker {
             }
             Some((Size::Known(n), _)) => n as usize,
         };
-        Some(Attn { n_heads, d_head, bias, ln, span: c.span })
+        let kv_heads = match args.size("kv_heads") {
+            None => n_heads,
+            Some((Size::Symbolic(name), span)) => {
+                let name = short(&name);
+                self.error(
+                    Diagnostic::new(span, "the number of key/value heads must be a number", format!("`{name}` is symbolic"))
+                        .with_help(format!("give it a value: `dim {name} = 4`")),
+                );
+                return None;
+            }
+            Some((Size::Known(0), span)) => {
+                self.error(Diagnostic::new(span, "zero key/value heads", "grouped-query attention needs at least one"));
+                return None;
+            }
+            Some((Size::Known(k), span)) if n_heads as u64 % k != 0 => {
+                self.error(
+                    Diagnostic::new(
+                        span,
+                        format!("{n_heads} heads are not a multiple of {k} key/value heads"),
+                        "must divide `heads`",
+                    )
+                    .with_help("each key/value head serves the same number of query heads: `heads = kv_heads × group`"),
+                );
+                return None;
+            }
+            Some((Size::Known(k), _)) => k as usize,
+        };
+        let (scale, rotary) = (scale?, rotary?);
+        Some(Attn { n_heads, kv_heads, d_head, causal, scale, rotary, bias, ln, span: c.span })
+    }
+
+    /// A positive decimal argument, if given; `Some(None)` when absent, `None` when wrong
+    /// (reported).
+    fn positive(&mut self, args: &CheckedArgs, name: &str, why: &str) -> Option<Option<Real>> {
+        match args.number(name) {
+            Some((x, span)) if x <= 0.0 => {
+                self.error(Diagnostic::new(span, format!("`{name}` must be positive"), why.to_string()));
+                None
+            }
+            Some((x, _)) => Some(Some(Real(x))),
+            None if args.given(name) => None,
+            None => Some(None),
+        }
+    }
+
+    /// `rotary = D` with its `rotary_base` and `rotary_style`; `Some(None)` without rotary,
+    /// `None` when wrong (reported).
+    fn rotary(&mut self, args: &CheckedArgs, d_head: &Size, c: &Component) -> Option<Option<Rotary>> {
+        let base = self.positive(args, "rotary_base", "rotations are by `position · base^(−2i/D)`");
+        let style = match args.name("rotary_style") {
+            None => Some(RotaryStyle::Neox),
+            Some(name) => match RotaryStyle::ALL.iter().find(|s| s.name() == name.text) {
+                Some(style) => Some(*style),
+                None => {
+                    self.error(
+                        Diagnostic::new(
+                            name.span,
+                            format!("unknown rotary style `{}`", short(&name.text)),
+                            "not a rotary style",
+                        )
+                        .with_help("known: neox (rotate halves: GPT-NeoX, Llama), gptj (adjacent pairs: GPT-J)"),
+                    );
+                    None
+                }
+            },
+        };
+        let Some((dim, span)) = args.size("rotary") else {
+            if !args.given("rotary") {
+                for extra in ["rotary_base", "rotary_style"] {
+                    if let Some(arg) = c.args.iter().find(|a| a.name.text == extra) {
+                        self.error(
+                            Diagnostic::new(arg.name.span, format!("`{extra}` without `rotary`"), "rotates nothing")
+                                .with_help("add `rotary = D`, the number of dimensions of each head to rotate"),
+                        );
+                    }
+                }
+                return if args.given("rotary_base") || args.given("rotary_style") { None } else { Some(None) };
+            }
+            return None;
+        };
+        let dim = match dim {
+            Size::Symbolic(name) => {
+                let name = short(&name);
+                self.error(
+                    Diagnostic::new(span, "the rotary dimension must be a number", format!("`{name}` is symbolic"))
+                        .with_help(format!("give it a value: `dim {name} = 16`")),
+                );
+                return None;
+            }
+            Size::Known(d) if d == 0 || d % 2 == 1 => {
+                self.error(
+                    Diagnostic::new(span, format!("rotary dimension {d} is not a positive even number"), "odd or zero")
+                        .with_help("rotary embeddings rotate pairs of dimensions"),
+                );
+                return None;
+            }
+            Size::Known(d) => d,
+        };
+        if let Size::Known(d_head) = *d_head {
+            if dim > d_head {
+                self.error(
+                    Diagnostic::new(span, format!("rotary dimension {dim} exceeds d_head = {d_head}"), "too large")
+                        .with_help("at most every dimension of a head is rotated: `rotary ≤ d_head`"),
+                );
+                return None;
+            }
+        }
+        Some(Some(Rotary { dim, base: base?.unwrap_or(Real(10000.0)), style: style? }))
     }
 
     /// A component's width argument (`d_head`, `d_mlp`): given, else the dimension of that name.
@@ -491,11 +639,17 @@ impl Checker {
             (ArgKind::Name, Value::Name(ident)) => {
                 out.names.insert(name, ident.clone());
             }
+            (ArgKind::Number, Value::Int(n)) => {
+                out.numbers.insert(name, (n.value as f64, n.span));
+            }
+            (ArgKind::Number, Value::Real(x, span)) => {
+                out.numbers.insert(name, (x.0, *span));
+            }
             (kind, value) => {
                 let span = match value {
                     Value::Flag => arg.span,
                     Value::Int(n) => n.span,
-                    Value::Bool(_, s) => *s,
+                    Value::Bool(_, s) | Value::Real(_, s) => *s,
                     Value::Name(i) => i.span,
                 };
                 self.error(Diagnostic::new(
@@ -513,6 +667,8 @@ enum ArgKind {
     Bool,
     Size,
     Name,
+    /// A whole or decimal number.
+    Number,
 }
 
 impl ArgKind {
@@ -521,6 +677,7 @@ impl ArgKind {
             ArgKind::Bool => "`true` or `false`",
             ArgKind::Size => "a number or a declared dimension",
             ArgKind::Name => "a name",
+            ArgKind::Number => "a number",
         }
     }
 }
@@ -533,6 +690,7 @@ struct CheckedArgs {
     bools: BTreeMap<String, bool>,
     sizes: BTreeMap<String, (Size, Span)>,
     names: BTreeMap<String, ast::Ident>,
+    numbers: BTreeMap<String, (f64, Span)>,
 }
 
 impl CheckedArgs {
@@ -540,7 +698,13 @@ impl CheckedArgs {
         self.given.contains(name)
     }
     fn bool(&self, name: &str) -> bool {
-        self.bools.get(name).copied().unwrap_or(false)
+        self.bool_or(name, false)
+    }
+    fn bool_or(&self, name: &str, default: bool) -> bool {
+        self.bools.get(name).copied().unwrap_or(default)
+    }
+    fn number(&self, name: &str) -> Option<(f64, Span)> {
+        self.numbers.get(name).copied()
     }
     fn size(&self, name: &str) -> Option<(Size, Span)> {
         self.sizes.get(name).cloned()
