@@ -426,3 +426,75 @@ fn statistics_are_the_same_bits_on_any_number_of_threads() {
         }
     }
 }
+
+/// `--attention-mask`: one 0 or 1 per token; a 0 key is never attended to. A mask of the wrong
+/// length, an entry that is not 0 or 1, and a query whose every key is masked are errors (exit 2)
+/// saying what is wrong; a good mask runs, and the paths still sum to the (masked) logits.
+#[test]
+fn attention_masks_are_checked_and_used() {
+    let model = "tests/fixtures/causal_mask/model.tf";
+    let weights = "tests/fixtures/causal_mask/model.safetensors";
+    let run =
+        |mask: &str| pathc(&["check", model, "--weights", weights, "--tokens", "5,17,42,8", "--attention-mask", mask]);
+    let ok = run("1,1,0,1");
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+    let unmasked = pathc(&["paths", model, "--weights", weights, "--tokens", "5,17,42,8", "--format", "json"]);
+    let masked = pathc(&[
+        "paths",
+        model,
+        "--weights",
+        weights,
+        "--tokens",
+        "5,17,42,8",
+        "--attention-mask",
+        "1,1,0,1",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(masked.status.code(), Some(0), "{}", stderr(&masked));
+    assert_ne!(stdout(&masked), stdout(&unmasked), "the mask changes the patterns");
+    for (mask, expected) in [
+        ("1,1,0", "the attention mask has 3 entries for 4 tokens"),
+        ("0,1,1,1", "query position 0 attends to no key"),
+        ("1,2,1,1", "an attention mask entry is 0 or 1, not `2`"),
+    ] {
+        let out = run(mask);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{mask}: {err}");
+        assert!(err.contains(expected), "{mask}: {err}");
+        assert!(!err.contains("panicked"), "{mask}: {err}");
+    }
+    // A bidirectional layer lets query 0 see later keys: masking key 0 alone is fine there.
+    let bidirectional = pathc(&[
+        "check",
+        "tests/fixtures/bidir_mask/model.tf",
+        "--weights",
+        "tests/fixtures/bidir_mask/model.safetensors",
+        "--tokens",
+        "3,27,11",
+        "--attention-mask",
+        "0,1,1",
+    ]);
+    assert_eq!(bidirectional.status.code(), Some(0), "{}", stderr(&bidirectional));
+}
+
+/// A model with its own outputs (`unembed(d_vocab_out = 2)`): targets are output indices below
+/// d_vocab_out, and the next-token target, which would read a token id as an output, is refused.
+#[test]
+fn output_vocabulary_targets() {
+    let model = "tests/fixtures/vocab_out/model.tf";
+    let weights = "tests/fixtures/vocab_out/model.safetensors";
+    let run = |target: &str| pathc(&["paths", model, "--weights", weights, "--tokens", "3,7,1", "--target", target]);
+    let ok = run("1");
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+    let out = run("2");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("--target 2 is out of range: the unembedding has d_vocab_out = 2 outputs"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run("next");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("the next token is not an output"), "{}", stderr(&out));
+}

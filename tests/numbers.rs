@@ -9,28 +9,76 @@ use pathc::ExpandOptions;
 
 const TOL: f64 = 1e-9;
 
+/// Every fixture: the first three from `make_fixtures.py` (their models in `examples/`), the rest
+/// from `make_arch_fixtures.py` (their models beside them, `model.tf`): other output
+/// vocabularies, bidirectional attention, key masks, other scales, shortformer and rotary
+/// positions, grouped-query attention, and a HuggingFace GPT-NeoX converted as TransformerLens
+/// converts it.
+const ALL: [&str; 14] = [
+    "attn1",
+    "attn2",
+    "full2",
+    "vocab_out",
+    "bidir_mask",
+    "causal_mask",
+    "scale",
+    "scale_custom",
+    "shortformer",
+    "shortformer_plain",
+    "rotary_neox",
+    "rotary_gptj",
+    "rotary_gqa",
+    "hf_neox",
+];
+
+/// The fixtures with a reference for every path (attention-only, no LayerNorm, no biases).
+const WITH_PATHS: [&str; 9] = [
+    "attn1",
+    "attn2",
+    "vocab_out",
+    "bidir_mask",
+    "scale",
+    "scale_custom",
+    "shortformer_plain",
+    "rotary_neox",
+    "rotary_gptj",
+];
+
 struct Fixture {
     name: &'static str,
     meta: serde_json::Value,
+    source: String,
     reference: Weights,
     expansion: pathc::Expansion,
     params: eval::Params,
     forward: eval::Forward,
 }
 
+/// The model file of a fixture: `examples/{name}.tf`, or the fixture's own `model.tf`.
+fn model_source(name: &str) -> String {
+    std::fs::read_to_string(format!("examples/{name}.tf"))
+        .or_else(|_| std::fs::read_to_string(format!("tests/fixtures/{name}/model.tf")))
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
 fn fixture(name: &'static str) -> Fixture {
     let dir = format!("tests/fixtures/{name}");
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(format!("{dir}/meta.json")).unwrap()).unwrap();
-    let tokens: Vec<usize> = meta["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as usize).collect();
-    let source = std::fs::read_to_string(format!("examples/{name}.tf")).unwrap();
-    let compiled = pathc::compile(&source).unwrap();
+    let numbers = |key: &str| -> Option<Vec<u64>> {
+        meta[key].as_array().map(|a| a.iter().map(|t| t.as_u64().unwrap()).collect())
+    };
+    let tokens: Vec<usize> = numbers("tokens").unwrap().into_iter().map(|t| t as usize).collect();
+    let mask: Option<Vec<bool>> = numbers("attention_mask").map(|m| m.into_iter().map(|b| b == 1).collect());
+    let source = model_source(name);
+    let compiled = pathc::compile(&source).unwrap_or_else(|e| panic!("{name}: {e:?}"));
     let names = eval::NameMap::default();
-    let params = pathc::load_params(&compiled, format!("{dir}/model.safetensors").as_ref(), &names).unwrap();
-    let forward = eval::forward(&params, &tokens).unwrap();
+    let params = pathc::load_params(&compiled, format!("{dir}/model.safetensors").as_ref(), &names)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let forward = eval::forward_masked(&params, &tokens, mask.as_deref()).unwrap();
     let expansion = pathc::expand_compiled(compiled, &ExpandOptions::default()).unwrap();
     let reference = Weights::load(format!("{dir}/reference.safetensors").as_ref()).unwrap();
-    Fixture { name, meta, reference, expansion, params, forward }
+    Fixture { name, meta, source, reference, expansion, params, forward }
 }
 
 impl Fixture {
@@ -54,9 +102,9 @@ fn max_diff(a: &Matrix, b: &Matrix) -> f64 {
 
 #[test]
 fn forward_pass_matches_transformer_lens() {
-    for name in ["attn1", "attn2"] {
+    for name in ALL {
         let f = fixture(name);
-        let (n, d_vocab) = (f.n(), f.params.d_vocab());
+        let (n, d_vocab) = (f.n(), f.params.d_vocab_out());
         let d_model = f.params.w_e.ncols();
         let mut worst: f64 = max_diff(&f.forward.logits, &f.reference_matrix("logits", n, d_vocab));
         worst = worst.max(max_diff(&f.forward.resid_final, &f.reference_matrix("resid_final", n, d_model)));
@@ -79,9 +127,9 @@ fn forward_pass_matches_transformer_lens() {
 
 #[test]
 fn every_path_matches_transformer_lens() {
-    for name in ["attn1", "attn2"] {
+    for name in WITH_PATHS {
         let f = fixture(name);
-        let (n, d_vocab) = (f.n(), f.params.d_vocab());
+        let (n, d_vocab) = (f.n(), f.params.d_vocab_out());
         let expected_names: Vec<String> =
             f.meta["path_names"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
         let mut evaluator = PathEvaluator::new(&f.params, &f.forward);
@@ -104,9 +152,9 @@ fn every_path_matches_transformer_lens() {
 /// component its source writes), and the constant `b_U` path is `constant_logits`.
 #[test]
 fn head_and_component_logits_match_transformer_lens() {
-    for name in ["attn1", "attn2", "full2"] {
+    for name in ALL {
         let f = fixture(name);
-        let (n, d_vocab) = (f.n(), f.params.d_vocab());
+        let (n, d_vocab) = (f.n(), f.params.d_vocab_out());
         let heads = f.expansion.heads_per_layer();
         let (n_layers, n_heads) = (heads.len(), heads[0]);
         let labels: Vec<String> = f.meta["component_logits_labels"]
@@ -160,11 +208,10 @@ fn head_and_component_logits_match_transformer_lens() {
 /// reconstructs the logits, at every truncation.
 #[test]
 fn sum_of_paths_reconstructs_the_logits_at_every_order() {
-    for name in ["attn1", "attn2", "full2"] {
+    for name in ALL {
         let f = fixture(name);
         for max_order in [None, Some(0), Some(1), Some(2)] {
-            let source = std::fs::read_to_string(format!("examples/{name}.tf")).unwrap();
-            let expansion = pathc::expand(&source, &ExpandOptions { max_order, ..ExpandOptions::default() }).unwrap();
+            let expansion = pathc::expand(&f.source, &ExpandOptions { max_order, ..ExpandOptions::default() }).unwrap();
             let report = eval::check(&expansion, &f.params, &f.forward).unwrap();
             assert!(report.max_abs_error <= TOL, "{name} order ≤ {max_order:?}: {report:?}");
             let complete = max_order.is_none_or(|k| k as usize >= f.expansion.heads_per_layer().len());
@@ -177,11 +224,10 @@ fn sum_of_paths_reconstructs_the_logits_at_every_order() {
 /// `scores.{l}`, before the causal mask), at every truncation counted in full.
 #[test]
 fn score_terms_sum_to_the_scores() {
-    for name in ["attn1", "attn2", "full2"] {
+    for name in ALL {
         let f = fixture(name);
         let n = f.n();
-        let source = std::fs::read_to_string(format!("examples/{name}.tf")).unwrap();
-        let e = pathc::expand(&source, &ExpandOptions { qk: true, ..ExpandOptions::default() }).unwrap();
+        let e = pathc::expand(&f.source, &ExpandOptions { qk: true, ..ExpandOptions::default() }).unwrap();
         let heads = e.heads_per_layer();
         let mut evaluator = eval::ScoreEvaluator::new(&f.params, &f.forward);
         let mut worst: f64 = 0.0;
@@ -413,4 +459,47 @@ fn targets_that_do_not_exist_are_errors() {
     assert_eq!("next".parse::<Target>(), Ok(Target::Next));
     assert_eq!("42".parse::<Target>(), Ok(Target::Token(42)));
     assert!("-1".parse::<Target>().is_err() && "nxt".parse::<Target>().is_err());
+}
+
+/// A HuggingFace model, run by HuggingFace `transformers` itself (float64, eager attention:
+/// `hf_logits`, `hf_pattern.{l}` with `output_attentions=True`) and converted to TransformerLens's
+/// names by TransformerLens's `convert_neox_weights`: pathc's forward pass on the converted
+/// weights reproduces HuggingFace's logits and attention patterns (rotary positions on half of
+/// each head, LayerNorms and biases everywhere).
+#[test]
+fn forward_pass_matches_huggingface() {
+    for name in ["hf_neox"] {
+        let f = fixture(name);
+        let (n, d_vocab) = (f.n(), f.params.d_vocab_out());
+        let mut worst = max_diff(&f.forward.logits, &f.reference_matrix("hf_logits", n, d_vocab));
+        for (l, layer) in f.forward.patterns.iter().enumerate() {
+            let h = layer.len();
+            let patterns = f.reference(&format!("hf_pattern.{l}"), &[h, n, n]);
+            for (head, pattern) in layer.iter().enumerate() {
+                let want = Matrix::from_row_slice(n, n, &patterns[head * n * n..(head + 1) * n * n]);
+                worst = worst.max(max_diff(pattern, &want));
+            }
+        }
+        eprintln!("{name}: logits and patterns against HuggingFace, largest error {worst:.3e}");
+        assert!(worst <= TOL, "{name}: {worst}");
+    }
+}
+
+/// pathc's rotations are the RoPE equations' (the fixtures' `rotation.{p}`, computed in NumPy
+/// and checked against TransformerLens's rotated queries and keys).
+#[test]
+fn rotations_match_the_rope_equations() {
+    for name in ["rotary_neox", "rotary_gptj", "rotary_gqa", "hf_neox"] {
+        let f = fixture(name);
+        let attn = &f.params.layers[0].attn;
+        let rotary = attn.rotary.expect("a rotary fixture");
+        let d_head = attn.w_q[0].ncols();
+        let mut worst: f64 = 0.0;
+        for p in [0, 1, 3] {
+            let want = f.reference_matrix(&format!("rotation.{p}"), d_head, d_head);
+            worst = worst.max(max_diff(&eval::rotary::rotation(&rotary, d_head, p), &want));
+        }
+        eprintln!("{name}: rotations, largest error {worst:.3e}");
+        assert!(worst <= 1e-13, "{name}: {worst}");
+    }
 }
