@@ -18,7 +18,7 @@ use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 
 use crate::diag::Span;
-use crate::model::Model;
+use crate::model::{MlpNorm, Model};
 
 /// Where a path starts: what a path's residual-side chain ends in.
 ///
@@ -47,8 +47,12 @@ pub enum Source {
     BiasQ(usize),
     /// `b_K` of a head of this layer: key side only.
     BiasK(usize),
-    /// `b_in` of this layer's MLP (with LayerNorm, `b_in + W_in·b_ln2`): MLP input only.
+    /// `b_in` of this layer's MLP (with LayerNorm, `b_in + W_in·b_ln2`): MLP input only. For a
+    /// gated MLP only the norm's bias through `W_in` (TransformerLens adds `b_in` after the
+    /// product).
     BiasIn(usize),
+    /// A gated MLP's gate-input constant, the norm's bias through `W_gate`.
+    BiasGate(usize),
 }
 
 /// Sources sort in the order they enter the stream: the embeddings, then layer by layer the
@@ -77,6 +81,7 @@ impl Source {
             Source::BiasQ(l) => (2, l, 0),
             Source::BiasK(l) => (2, l, 1),
             Source::BiasIn(l) => (2, l, 2),
+            Source::BiasGate(l) => (2, l, 3),
             Source::BiasU => (3, 0, 0),
         }
     }
@@ -102,6 +107,7 @@ impl Source {
             Source::BiasQ(_) => ("bQ", None),
             Source::BiasK(_) => ("bK", None),
             Source::BiasIn(l) => ("bin", Some(l)),
+            Source::BiasGate(l) => ("bgate", Some(l)),
         };
         out.push_str(base);
         if let Some(l) = layer {
@@ -127,7 +133,7 @@ impl Source {
             Source::P => Some("pos_embed".to_string()),
             Source::BiasV(l) | Source::BiasO(l) => Some(format!("{l}_attn_out")),
             Source::Mlp(l) | Source::BiasOut(l) => Some(format!("{l}_mlp_out")),
-            Source::BiasU | Source::BiasQ(_) | Source::BiasK(_) | Source::BiasIn(_) => None,
+            Source::BiasU | Source::BiasQ(_) | Source::BiasK(_) | Source::BiasIn(_) | Source::BiasGate(_) => None,
         }
     }
 }
@@ -181,7 +187,7 @@ pub enum Block {
         /// A LayerNorm (`ln1`) before the heads: its frozen scale `N` on their position side.
         norm: bool,
         /// The heads' own bias terms: value biases `A^h ⊗ W_O^h·b_V^h` in the stream, and `b_Q`,
-        /// `b_K` in the attention scores. They come from the attention's biases or from the
+        /// `b_K` in the attention scores. They come from the attention's biases or from a
         /// LayerNorm's bias folded into them, so all three exist together.
         head_bias: bool,
         /// `b_O`.
@@ -189,12 +195,21 @@ pub enum Block {
     },
     Mlp {
         layer: usize,
-        /// A LayerNorm (`ln2`) before the MLP.
-        norm: bool,
-        /// A constant term `b_in` in the MLP's input.
+        /// The norm whose frozen scale the MLP's input goes through: its own (`ln2`), or in a
+        /// parallel layer with one norm the attention's (`ln1`).
+        norm: Option<NormSite>,
+        /// A constant term `b_in` in the MLP's (linear) input: `b_in`, or the norm's bias folded
+        /// through `W_in`. For a gated MLP only the latter: TransformerLens adds its `b_in` after
+        /// the product, which makes it part of the opaque output.
         in_bias: bool,
+        /// A gated MLP's second input `x·W_gate`: `Some(constant)`, with a constant term when
+        /// the norm has a bias (folded through `W_gate`).
+        gate: Option<bool>,
         /// `b_out`.
         out_bias: bool,
+        /// A parallel layer: the MLP reads the stream its layer's attention reads, not the one
+        /// after it.
+        parallel: bool,
     },
 }
 
@@ -330,7 +345,7 @@ impl TermGraph {
                     (None, None) => QkPositions::None,
                 },
                 norm: layer.attn.ln.is_some(),
-                head_bias: layer.attn.bias || layer.attn.ln.is_some(),
+                head_bias: layer.attn.bias || layer.attn.ln.is_some_and(|ln| ln.kind.has_bias()),
                 out_bias: layer.attn.bias,
             });
             if layer.attn.bias {
@@ -338,21 +353,31 @@ impl TermGraph {
                 b.edge(bias, after, Edge::Write);
             }
             resid.push(after);
-            // MLP block.
+            // MLP block. In a parallel layer it reads what the attention read (`before`), and
+            // with one norm the attention's norm.
             if let Some(mlp) = &layer.mlp {
+                let attn_input = input;
                 let before = after;
                 let after = b.node(Node::Resid(resid.len()), mlp.span);
                 b.edge(before, after, Edge::Skip);
-                let input = match mlp.ln {
-                    Some(ln) => b.reader(before, Node::Norm(NormSite::Mlp(layer_idx)), ln.span),
-                    None => before,
+                let stream = if layer.parallel { resid[resid.len() - 2] } else { before };
+                let (input, norm) = match layer.mlp_norm() {
+                    MlpNorm::Own(ln) => (
+                        b.reader(stream, Node::Norm(NormSite::Mlp(layer_idx)), ln.span),
+                        Some((NormSite::Mlp(layer_idx), ln)),
+                    ),
+                    MlpNorm::Shared(ln) => (attn_input, Some((NormSite::Attn(layer_idx), ln))),
+                    MlpNorm::None => (stream, None),
                 };
                 let node = b.node(Node::Mlp { layer: layer_idx }, mlp.span);
+                let norm_bias = norm.is_some_and(|(_, ln)| ln.kind.has_bias());
                 blocks.push(Block::Mlp {
                     layer: layer_idx,
-                    norm: mlp.ln.is_some(),
-                    in_bias: mlp.bias || mlp.ln.is_some(),
+                    norm: norm.map(|(site, _)| site),
+                    in_bias: if mlp.gated { norm_bias } else { mlp.bias || norm_bias },
+                    gate: mlp.gated.then_some(norm_bias),
                     out_bias: mlp.bias,
+                    parallel: layer.parallel,
                 });
                 b.edge(input, node, Edge::Read);
                 b.edge(node, after, Edge::Write);
@@ -381,7 +406,7 @@ impl TermGraph {
             unembed,
             blocks,
             final_norm: model.ln_final.is_some(),
-            logit_bias: model.unembed.bias || model.ln_final.is_some(),
+            logit_bias: model.unembed.bias || model.ln_final.is_some_and(|ln| ln.kind.has_bias()),
             pos_in_stream: model.pos_in_stream(),
         }
     }

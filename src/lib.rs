@@ -325,6 +325,10 @@ pub struct Expansion {
     /// Per layer, the terms of its MLP's input in path order (`None` without an MLP).
     pub mlp_inputs: Vec<Option<Vec<Template>>>,
     pub mlp_input_counts: Vec<Option<Counts>>,
+    /// Per layer, the terms of a gated MLP's gate input `x·W_gate` in path order (`None`
+    /// without a gated MLP).
+    pub mlp_gates: Vec<Option<Vec<Template>>>,
+    pub mlp_gate_counts: Vec<Option<Counts>>,
     /// The saturation runs of the logits and the MLP inputs.
     pub logit_stats: RunStats,
     /// With `qk`: each layer's attention-score templates, in order.
@@ -426,11 +430,16 @@ pub fn expand_with_progress(
 ) -> Result<Expansion, Error> {
     let counts = compiled.counts(options.max_order, options.qk);
     compiled.check_limits(&counts, options)?;
-    let TermCounts { logits: logit_counts, mlp_inputs: mlp_input_counts, scores: score_counts } = counts;
-    let rewrite::LogitExpansion { mut logits, mut mlp_inputs, stats: logit_stats } =
+    let TermCounts {
+        logits: logit_counts,
+        mlp_inputs: mlp_input_counts,
+        mlp_gates: mlp_gate_counts,
+        scores: score_counts,
+    } = counts;
+    let rewrite::LogitExpansion { mut logits, mut mlp_inputs, mut mlp_gates, stats: logit_stats } =
         rewrite::expand_logits(&compiled.graph, options.max_order, options.rewrite_limits, progress)?;
     paths::sort_logit_templates(&mut logits);
-    for templates in mlp_inputs.iter_mut().flatten() {
+    for templates in mlp_inputs.iter_mut().chain(&mut mlp_gates).flatten() {
         paths::sort_logit_templates(templates);
     }
     let (scores, score_stats) = if options.qk {
@@ -451,6 +460,8 @@ pub fn expand_with_progress(
         logit_counts,
         mlp_inputs,
         mlp_input_counts,
+        mlp_gates,
+        mlp_gate_counts,
         logit_stats,
         scores,
         score_counts,

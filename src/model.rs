@@ -35,10 +35,23 @@ pub enum Activation {
     Gelu,
     GeluNew,
     Silu,
+    /// TransformerLens `solu_ln`: `x · softmax(x)` over the MLP's neurons, then the MLP's own
+    /// LayerNorm ([`Mlp::inner_norm`]).
+    SoluLn,
+    GeluFast,
+    GeluPytorchTanh,
 }
 
 impl Activation {
-    pub const ALL: [Activation; 4] = [Activation::Relu, Activation::Gelu, Activation::GeluNew, Activation::Silu];
+    pub const ALL: [Activation; 7] = [
+        Activation::Relu,
+        Activation::Gelu,
+        Activation::GeluNew,
+        Activation::Silu,
+        Activation::SoluLn,
+        Activation::GeluFast,
+        Activation::GeluPytorchTanh,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -46,7 +59,15 @@ impl Activation {
             Activation::Gelu => "gelu",
             Activation::GeluNew => "gelu_new",
             Activation::Silu => "silu",
+            Activation::SoluLn => "solu_ln",
+            Activation::GeluFast => "gelu_fast",
+            Activation::GeluPytorchTanh => "gelu_pytorch_tanh",
         }
+    }
+
+    /// The activations' names, for diagnostics: `relu, gelu, …`.
+    pub fn known() -> String {
+        Activation::ALL.iter().map(|a| a.name()).collect::<Vec<_>>().join(", ")
     }
 }
 
@@ -103,9 +124,65 @@ pub struct Rotary {
     pub style: RotaryStyle,
 }
 
-/// A LayerNorm (weight and bias, as TransformerLens's `LN`).
+/// Which normalisation: TransformerLens's `normalization_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NormKind {
+    /// `LN`: `(x − mean x) / σ · w + b`, `σ = sqrt(var x + eps)` (`layernorm`).
+    LayerNorm,
+    /// `LNPre`: `(x − mean x) / σ`, no weight or bias (`layernorm(pre)`; what folding leaves).
+    LayerNormPre,
+    /// `RMS`: `x / rms · w`, `rms = sqrt(mean x² + eps)`, no centring, no bias (`rmsnorm`).
+    Rms,
+    /// `RMSPre`: `x / rms` (`rmsnorm(pre)`).
+    RmsPre,
+}
+
+impl NormKind {
+    /// Whether it subtracts the mean (LayerNorm) or not (RMSNorm).
+    pub fn centres(self) -> bool {
+        matches!(self, NormKind::LayerNorm | NormKind::LayerNormPre)
+    }
+
+    /// Whether it has a weight `w` (and, for LayerNorm, a bias `b`).
+    pub fn has_weight(self) -> bool {
+        matches!(self, NormKind::LayerNorm | NormKind::Rms)
+    }
+
+    pub fn has_bias(self) -> bool {
+        self == NormKind::LayerNorm
+    }
+
+    /// What is left once its weight (and bias) are folded into its readers.
+    pub fn folded(self) -> NormKind {
+        if self.centres() {
+            NormKind::LayerNormPre
+        } else {
+            NormKind::RmsPre
+        }
+    }
+
+    /// As written in a model file.
+    pub fn syntax(self) -> &'static str {
+        match self {
+            NormKind::LayerNorm => "layernorm",
+            NormKind::LayerNormPre => "layernorm(pre)",
+            NormKind::Rms => "rmsnorm",
+            NormKind::RmsPre => "rmsnorm(pre)",
+        }
+    }
+}
+
+/// The default `eps` of every norm, TransformerLens's `cfg.eps`.
+pub const NORM_EPS: f64 = 1e-5;
+
+/// A normalisation: its frozen per-position scale is `N` in the expansion; its weight (and
+/// bias) fold into whatever reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LayerNorm {
+pub struct Norm {
+    pub kind: NormKind,
+    /// Added to the variance (or the mean square) before the square root.
+    pub eps: Real,
     pub span: Span,
 }
 
@@ -126,8 +203,8 @@ pub struct Attn {
     pub rotary: Option<Rotary>,
     /// `b_Q`, `b_K`, `b_V`, `b_O`.
     pub bias: bool,
-    /// The LayerNorm applied to the residual stream before attention (`ln1`).
-    pub ln: Option<LayerNorm>,
+    /// The norm applied to the residual stream before attention (`ln1`).
+    pub ln: Option<Norm>,
     pub span: Span,
 }
 
@@ -137,17 +214,48 @@ pub struct Mlp {
     pub act: Activation,
     /// `b_in`, `b_out`.
     pub bias: bool,
-    /// The LayerNorm before the MLP (`ln2`).
-    pub ln: Option<LayerNorm>,
+    /// The norm before the MLP (`ln2`). In a parallel layer without one, the MLP reads the
+    /// attention's normalised input (GPT-J's one norm): see [`Layer::mlp_norm`].
+    pub ln: Option<Norm>,
+    /// A gated MLP (TransformerLens `gated_mlp`): `(act(x·W_gate) ⊙ (x·W_in) + b_in)·W_out + b_out`.
+    pub gated: bool,
+    /// `solu_ln`'s own LayerNorm over the neurons, after the activation: `LN` (weights
+    /// `mlp.ln.w`, `mlp.ln.b`) or `LNPre`. `None` for every other activation.
+    pub inner_norm: Option<NormKind>,
     pub span: Span,
 }
 
-/// One residual block: attention, then optionally an MLP.
+/// One residual block: attention, then optionally an MLP; or, `parallel`, both reading the
+/// same residual stream (GPT-NeoX, GPT-J: `x + Attn(N₁x) + MLP(N₂x)`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layer {
     pub attn: Attn,
     pub mlp: Option<Mlp>,
+    pub parallel: bool,
     pub span: Span,
+}
+
+/// Which norm an MLP's input goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MlpNorm {
+    /// None: the MLP reads the residual stream as it is.
+    None,
+    /// Its own (`ln2`).
+    Own(Norm),
+    /// The attention's (`ln1`), in a parallel layer with one norm (GPT-J).
+    Shared(Norm),
+}
+
+impl Layer {
+    /// The norm the MLP's input goes through (see [`MlpNorm`]).
+    pub fn mlp_norm(&self) -> MlpNorm {
+        let Some(mlp) = &self.mlp else { return MlpNorm::None };
+        match (mlp.ln, self.parallel, self.attn.ln) {
+            (Some(own), _, _) => MlpNorm::Own(own),
+            (None, true, Some(shared)) => MlpNorm::Shared(shared),
+            _ => MlpNorm::None,
+        }
+    }
 }
 
 /// A learned positional embedding `W_P` (`[n_ctx, d_model]`).
@@ -181,7 +289,7 @@ pub struct Model {
     /// Positional embedding `W_P`, when the model has one.
     pub pos_embed: Option<PosEmbed>,
     pub layers: Vec<Layer>,
-    pub ln_final: Option<LayerNorm>,
+    pub ln_final: Option<Norm>,
     pub unembed: Unembed,
 }
 

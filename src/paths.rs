@@ -82,6 +82,8 @@ pub enum FactorKind {
     Unembed,
     /// `W_in` of a layer's MLP.
     In(usize),
+    /// `W_gate` of a layer's gated MLP.
+    Gate(usize),
     /// A layer's MLP output (opaque), a source.
     Mlp(usize),
     /// Bias vectors, sources: of the indexed head (`b_V`, `b_Q`, `b_K`) or of a layer.
@@ -90,6 +92,8 @@ pub enum FactorKind {
     BiasK,
     BiasO(usize),
     BiasIn(usize),
+    /// A gated MLP's gate-input constant (a norm's bias through `W_gate`).
+    BiasGate(usize),
     BiasOut(usize),
     BiasU,
 }
@@ -126,6 +130,7 @@ impl Factor {
             FactorKind::BiasK => Source::BiasK(layer),
             FactorKind::BiasO(l) => Source::BiasO(l),
             FactorKind::BiasIn(l) => Source::BiasIn(l),
+            FactorKind::BiasGate(l) => Source::BiasGate(l),
             FactorKind::BiasOut(l) => Source::BiasOut(l),
             FactorKind::BiasU => Source::BiasU,
             _ => return None,
@@ -520,6 +525,8 @@ pub struct TermCounts {
     pub logits: Counts,
     /// Each MLP's input terms (`None` for a layer without an MLP).
     pub mlp_inputs: Vec<Option<Counts>>,
+    /// Each gated MLP's gate-input terms (`None` for a layer without a gated MLP).
+    pub mlp_gates: Vec<Option<Counts>>,
     /// With `qk`: the attention-score terms, summed over every head of every layer.
     pub scores: Option<Counts>,
 }
@@ -529,7 +536,7 @@ impl TermCounts {
     /// `qk`) the score terms.
     pub fn enumerated(&self) -> Vec<BigUint> {
         let mut all = self.logits.by_order.clone();
-        for c in self.mlp_inputs.iter().flatten() {
+        for c in self.mlp_inputs.iter().chain(&self.mlp_gates).flatten() {
             add_into(&mut all, &c.by_order);
         }
         if let Some(s) = &self.scores {
@@ -546,13 +553,21 @@ impl TermCounts {
 pub fn count_terms(graph: &TermGraph, max_order: Option<u32>, qk: bool, unit: Unit) -> TermCounts {
     let mut counter = StreamCounter::new(graph, max_order, unit, qk);
     let mut mlp_inputs = vec![None; graph.heads.len()];
+    let mut mlp_gates = vec![None; graph.heads.len()];
     let mut scores = qk.then(|| vec![BigUint::zero()]);
+    // The stream the last attention block read: what a parallel layer's MLP reads.
+    let mut before_attention = counter.stream().to_vec();
     for block in &graph.blocks {
         match *block {
-            Block::Mlp { layer, in_bias, .. } => {
-                mlp_inputs[layer] = Some(Counts { by_order: add_constant(counter.stream().to_vec(), in_bias) });
+            Block::Mlp { layer, in_bias, gate, parallel, .. } => {
+                let read = if parallel { &before_attention[..] } else { counter.stream() };
+                mlp_inputs[layer] = Some(Counts { by_order: add_constant(read.to_vec(), in_bias) });
+                if let Some(constant) = gate {
+                    mlp_gates[layer] = Some(Counts { by_order: add_constant(read.to_vec(), constant) });
+                }
             }
             Block::Attn { n_heads, .. } => {
+                before_attention = counter.stream().to_vec();
                 if let Some(scores) = &mut scores {
                     let per_head = counter.side_squared(block.score_side_constants());
                     let h = counter.heads(n_heads);
@@ -566,6 +581,7 @@ pub fn count_terms(graph: &TermGraph, max_order: Option<u32>, qk: bool, unit: Un
     TermCounts {
         logits: Counts { by_order: add_constant(counter.stream().to_vec(), graph.logit_bias) },
         mlp_inputs,
+        mlp_gates,
         scores: scores.map(|by_order| Counts { by_order }),
     }
 }

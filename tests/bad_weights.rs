@@ -202,19 +202,19 @@ fn tensors_the_model_does_not_declare() {
     let cases = [
         Case {
             edit: ("    layernorm\n    attn(", "    attn("),
-            message: "the weights have `blocks.0.ln1.w` but layer 0 declares no LayerNorm before attention",
+            message: "the weights have `blocks.0.ln1.w` but layer 0 declares no norm before attention",
             at: "attn(heads = 4, bias)",
             help: "add `layernorm` before `attn(...)`",
         },
         Case {
             edit: ("    layernorm\n    mlp(", "    mlp("),
-            message: "the weights have `blocks.0.ln2.w` but layer 0 declares no LayerNorm before the MLP",
+            message: "the weights have `blocks.0.ln2.w` but layer 0 declares no norm before the MLP",
             at: "mlp(act = gelu_new, bias)",
             help: "add `layernorm` before `mlp(...)`",
         },
         Case {
             edit: ("\nlayernorm\nunembed", "\nunembed"),
-            message: "the weights have `ln_final.w` but the model declares no final LayerNorm",
+            message: "the weights have `ln_final.w` but the model declares no final norm",
             at: "unembed(bias)",
             help: "add `layernorm` before `unembed`",
         },

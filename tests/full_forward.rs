@@ -4,8 +4,9 @@
 //! logits through the final LayerNorm with its scale frozen, and `fold_layer_norm`. Tolerance
 //! 1e-9 absolute; every comparison prints its largest error.
 
-use pathc::eval::{self, Forward, LayerNormWeights, LayerParams, Matrix, Params, Row};
+use pathc::eval::{self, Forward, LayerParams, Matrix, NormWeights, Params, Row};
 use pathc::graph::Source;
+use pathc::model::NormKind;
 use pathc::weights::Weights;
 
 const TOL: f64 = 1e-9;
@@ -273,9 +274,10 @@ fn folding_layer_norm_keeps_the_forward_pass() {
     );
     // The folding did fold: every LayerNorm is now w = 1, b = 0, and the readers changed.
     let d_model = f.params.w_e.ncols();
-    let identity = LayerNormWeights::identity(d_model);
-    let is_identity =
-        |ln: &Option<LayerNormWeights>| ln.as_ref().is_some_and(|ln| ln.w == identity.w && ln.b == identity.b);
+    let identity = NormWeights::layer_norm(Row::from_element(d_model, 1.0), Row::zeros(d_model)).folded();
+    let is_identity = |ln: &Option<NormWeights>| {
+        ln.as_ref().is_some_and(|ln| ln.w == identity.w && ln.b == identity.b && ln.kind == NormKind::LayerNormPre)
+    };
     assert!(is_identity(&folded.ln_final));
     assert!(folded.layers.iter().all(|layer| is_identity(&layer.ln1) && is_identity(&layer.ln2)));
     assert!(max_diff(&folded.w_u, &f.params.w_u) > 1e-2);
@@ -319,10 +321,12 @@ fn folded_readers_by_hand_and_centred() {
         w_e: Matrix::identity(2, 2),
         w_pos: None,
         layers: vec![LayerParams {
-            ln1: Some(LayerNormWeights { w: row(&[2.0, 3.0]), b: row(&[1.0, -1.0]) }),
+            ln1: Some(NormWeights::layer_norm(row(&[2.0, 3.0]), row(&[1.0, -1.0]))),
             attn,
             ln2: None,
             mlp: None,
+            parallel: false,
+            shared_norm: false,
         }],
         ln_final: None,
         w_u: Matrix::identity(2, 2),

@@ -10,11 +10,13 @@ use pathc::ExpandOptions;
 const TOL: f64 = 1e-9;
 
 /// Every fixture: the first three from `make_fixtures.py` (their models in `examples/`), the rest
-/// from `make_arch_fixtures.py` (their models beside them, `model.tf`): other output
-/// vocabularies, bidirectional attention, key masks, other scales, shortformer and rotary
-/// positions, grouped-query attention, and a HuggingFace GPT-NeoX converted as TransformerLens
-/// converts it.
-const ALL: [&str; 14] = [
+/// from `make_arch_fixtures.py` and `make_block_fixtures.py` (their models beside them,
+/// `model.tf`): other output vocabularies, bidirectional attention, key masks, other scales,
+/// shortformer and rotary positions, grouped-query attention; LNPre, RMS and RMSPre norms, gated
+/// and SoLU MLPs, the other GELUs, parallel blocks, a model after TransformerLens's weight
+/// processing; and HuggingFace GPT-NeoX (sequential and parallel), Llama and GPT-J (two norms and
+/// one) converted as TransformerLens converts them.
+const ALL: [&str; 30] = [
     "attn1",
     "attn2",
     "full2",
@@ -29,10 +31,29 @@ const ALL: [&str; 14] = [
     "rotary_gptj",
     "rotary_gqa",
     "hf_neox",
+    "lnpre",
+    "rms",
+    "rmspre_attn",
+    "gated_ln",
+    "solu",
+    "solu_pre",
+    "act_gelu_fast",
+    "act_gelu_pytorch_tanh",
+    "parallel",
+    "unprocessed",
+    "processed",
+    "processed_fold_ln_only",
+    "hf_neox_parallel",
+    "hf_gptj_shared",
+    "hf_llama",
+    "hf_gptj",
 ];
 
+/// The fixtures made by HuggingFace `transformers` itself (`hf_logits`, `hf_pattern.{l}`).
+const HUGGINGFACE: [&str; 5] = ["hf_neox", "hf_neox_parallel", "hf_llama", "hf_gptj", "hf_gptj_shared"];
+
 /// The fixtures with a reference for every path (attention-only, no LayerNorm, no biases).
-const WITH_PATHS: [&str; 9] = [
+const WITH_PATHS: [&str; 10] = [
     "attn1",
     "attn2",
     "vocab_out",
@@ -42,6 +63,7 @@ const WITH_PATHS: [&str; 9] = [
     "shortformer_plain",
     "rotary_neox",
     "rotary_gptj",
+    "rmspre_attn",
 ];
 
 struct Fixture {
@@ -468,7 +490,7 @@ fn targets_that_do_not_exist_are_errors() {
 /// each head, LayerNorms and biases everywhere).
 #[test]
 fn forward_pass_matches_huggingface() {
-    for name in ["hf_neox"] {
+    for name in HUGGINGFACE {
         let f = fixture(name);
         let (n, d_vocab) = (f.n(), f.params.d_vocab_out());
         let mut worst = max_diff(&f.forward.logits, &f.reference_matrix("hf_logits", n, d_vocab));
@@ -489,7 +511,7 @@ fn forward_pass_matches_huggingface() {
 /// and checked against TransformerLens's rotated queries and keys).
 #[test]
 fn rotations_match_the_rope_equations() {
-    for name in ["rotary_neox", "rotary_gptj", "rotary_gqa", "hf_neox"] {
+    for name in ["rotary_neox", "rotary_gptj", "rotary_gqa", "hf_neox", "rms", "parallel", "hf_llama", "hf_gptj"] {
         let f = fixture(name);
         let attn = &f.params.layers[0].attn;
         let rotary = attn.rotary.expect("a rotary fixture");
@@ -501,5 +523,61 @@ fn rotations_match_the_rope_equations() {
         }
         eprintln!("{name}: rotations, largest error {worst:.3e}");
         assert!(worst <= 1e-13, "{name}: {worst}");
+    }
+}
+
+/// Every norm's recorded scale (TransformerLens's `hook_scale`: σ of a LayerNorm, the RMS of an
+/// RMSNorm) and every MLP's pre-activation (a gated MLP's gate input `hook_pre` and linear input
+/// `hook_pre_linear`) and output, on the fixtures that record them.
+#[test]
+fn norm_scales_and_mlp_activations_match_transformer_lens() {
+    for name in ALL {
+        let f = fixture(name);
+        let n = f.n();
+        let has = |key: &str| f.reference.contains(key);
+        let mut worst: f64 = 0.0;
+        let mut compared = 0;
+        let mut compare = |got: &Matrix, key: &str| {
+            // A scale is stored as `[n]`, an activation as `[n, width]`.
+            let shape: Vec<usize> = if got.ncols() == 1 { vec![got.nrows()] } else { vec![got.nrows(), got.ncols()] };
+            let want = Matrix::from_row_slice(got.nrows(), got.ncols(), &f.reference(key, &shape));
+            let error = max_diff(got, &want);
+            if error > TOL {
+                eprintln!("{name}: {key} differs by {error:.3e}");
+            }
+            worst = worst.max(error);
+            compared += 1;
+        };
+        let column = |v: &[f64]| Matrix::from_column_slice(v.len(), 1, v);
+        for l in 0..f.params.layers.len() {
+            if let (Some(s), true) = (&f.forward.scale_attn[l], has(&format!("scale.ln1.{l}"))) {
+                compare(&column(s), &format!("scale.ln1.{l}"));
+            }
+            if let (Some(s), true) = (&f.forward.scale_mlp[l], has(&format!("scale.ln2.{l}"))) {
+                compare(&column(s), &format!("scale.ln2.{l}"));
+            }
+            // TransformerLens's `hook_mlp_out` includes `b_out`; pathc's MLP source does not.
+            let with_bias = f.forward.mlp_out[l].as_ref().map(|out| {
+                let b_out = &f.params.layers[l].mlp.as_ref().expect("an MLP").b_out;
+                Matrix::from_fn(out.nrows(), out.ncols(), |i, j| out[(i, j)] + b_out[j])
+            });
+            for (recorded, key) in [
+                (&f.forward.mlp_pre[l], format!("mlp_pre.{l}")),
+                (&f.forward.mlp_linear[l], format!("mlp_pre_linear.{l}")),
+                (&with_bias, format!("mlp_out.{l}")),
+            ] {
+                if let (Some(m), true) = (recorded, has(&key)) {
+                    compare(m, &key);
+                }
+            }
+        }
+        if let (Some(s), true) = (&f.forward.scale_final, has("scale.final")) {
+            compare(&column(s), "scale.final");
+        }
+        assert!(compared > 0 || !has("scale.final"), "{name}: nothing compared");
+        if compared > 0 {
+            eprintln!("{name}: {compared} norm scales and MLP activations, largest error {worst:.3e}");
+        }
+        assert!(worst <= TOL, "{name}: {worst} over {n} tokens");
     }
 }

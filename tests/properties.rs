@@ -6,27 +6,66 @@
 //! score terms sum to its scores.
 
 use pathc::eval::{
-    self, AttnWeights, LayerNormWeights, LayerParams, Matrix, MlpWeights, Params, PathEvaluator, Row, ScoreEvaluator,
+    self, AttnWeights, Gate, LayerParams, Matrix, MlpWeights, NormWeights, Params, PathEvaluator, Row, ScoreEvaluator,
 };
-use pathc::model::{Activation, Real, Rotary, RotaryStyle};
+use pathc::model::{Activation, NormKind, Real, Rotary, RotaryStyle};
 use pathc::paths::{self, IndexVar, Side};
 use pathc::ExpandOptions;
 use proptest::prelude::*;
 
-/// One layer: its heads (`kv` key/value heads × `group` query heads each), a LayerNorm before
-/// them, attention biases, causal or not, a scale other than √d_head (`Some(2.5)`) or none,
-/// rotary positions `(dimension pairs, gptj style)` when the model's positions are rotary, and
-/// maybe an MLP `(d_mlp, activation, bias, LayerNorm)`.
+/// One layer: its heads (`kv` key/value heads × `group` query heads each), a norm of any kind
+/// before them, attention biases, causal or not, a scale other than √d_head (`Some(2.5)`) or
+/// none, rotary positions `(dimension pairs, gptj style)` when the model's positions are rotary,
+/// maybe an MLP, and parallel or in sequence.
 #[derive(Debug, Clone)]
 struct LayerArch {
     kv: usize,
     group: usize,
-    ln: bool,
+    ln: Option<NormKind>,
     bias: bool,
     causal: bool,
     scale: Option<f64>,
     rotary: (usize, bool),
-    mlp: Option<(usize, usize, bool, bool)>,
+    mlp: Option<MlpArch>,
+    parallel: bool,
+}
+
+/// An MLP: width, activation (any, `solu_ln` with an inner norm with or without weights),
+/// biases, a norm of any kind before it (none in a parallel layer: it shares the attention's),
+/// gated or not (not with `solu_ln`).
+#[derive(Debug, Clone)]
+struct MlpArch {
+    d_mlp: usize,
+    act: Activation,
+    bias: bool,
+    ln: Option<NormKind>,
+    gated: bool,
+    inner_pre: bool,
+}
+
+const NORMS: [NormKind; 4] = [NormKind::LayerNorm, NormKind::LayerNormPre, NormKind::Rms, NormKind::RmsPre];
+
+fn norm_kind() -> impl Strategy<Value = Option<NormKind>> {
+    prop::option::of(prop::sample::select(NORMS.to_vec()))
+}
+
+fn mlp_arch() -> impl Strategy<Value = MlpArch> {
+    (
+        1usize..=5,
+        prop::sample::select(Activation::ALL.to_vec()),
+        any::<bool>(),
+        norm_kind(),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(d_mlp, act, bias, ln, gated, inner_pre)| MlpArch {
+            d_mlp,
+            act,
+            bias,
+            ln,
+            gated: gated && act != Activation::SoluLn,
+            inner_pre,
+        })
 }
 
 impl LayerArch {
@@ -50,7 +89,7 @@ enum Positions {
 #[derive(Debug, Clone)]
 struct Arch {
     layers: Vec<LayerArch>,
-    ln_final: bool,
+    ln_final: Option<NormKind>,
     unembed_bias: bool,
     d_model: usize,
     d_head: usize,
@@ -74,27 +113,25 @@ impl Arch {
 fn layer_arch() -> impl Strategy<Value = LayerArch> {
     (
         (1usize..=2, 1usize..=2),
-        (any::<bool>(), any::<bool>(), prop::bool::weighted(0.75)),
+        (norm_kind(), any::<bool>(), prop::bool::weighted(0.75)),
         prop::option::of(Just(2.5)),
         (1usize..=2, any::<bool>()),
-        prop::option::of((1usize..=5, 0..Activation::ALL.len(), any::<bool>(), any::<bool>())),
+        prop::option::of(mlp_arch()),
+        (any::<bool>(), any::<bool>()),
     )
-        .prop_map(|((kv, group), (ln, bias, causal), scale, rotary, mlp)| LayerArch {
-            kv,
-            group,
-            ln,
-            bias,
-            causal,
-            scale,
-            rotary,
-            mlp,
+        .prop_map(|((kv, group), (ln, bias, causal), scale, rotary, mlp, (parallel, shared))| {
+            // A parallel layer needs an MLP; with `shared`, the MLP has no norm of its own and
+            // reads the attention's.
+            let parallel = parallel && mlp.is_some();
+            let mlp = mlp.map(|m| MlpArch { ln: if parallel && shared { None } else { m.ln }, ..m });
+            LayerArch { kv, group, ln, bias, causal, scale, rotary, mlp, parallel }
         })
 }
 
 fn arch() -> impl Strategy<Value = Arch> {
     (
         prop::collection::vec(layer_arch(), 0..=3),
-        (any::<bool>(), any::<bool>()),
+        (norm_kind(), any::<bool>()),
         2usize..=6,
         1usize..=4,
         (2usize..=7, prop::option::of(1usize..=4)),
@@ -159,11 +196,13 @@ impl Rng {
         }
     }
 
-    /// A LayerNorm with weights around 1, when `on`.
-    fn norm(&mut self, on: bool, d_model: usize) -> Option<LayerNormWeights> {
-        on.then(|| LayerNormWeights {
-            w: Row::from_fn(d_model, |_, _| 1.0 + 0.5 * self.next()),
-            b: Row::from_fn(d_model, |_, _| self.next()),
+    /// A norm of `kind` with weights around 1 and a bias where the kind has them.
+    fn norm(&mut self, kind: Option<NormKind>, width: usize) -> Option<NormWeights> {
+        kind.map(|kind| NormWeights {
+            kind,
+            w: Row::from_fn(width, |_, _| if kind.has_weight() { 1.0 + 0.5 * self.next() } else { 1.0 }),
+            b: Row::from_fn(width, |_, _| if kind.has_bias() { self.next() } else { 0.0 }),
+            eps: 1e-5,
         })
     }
 }
@@ -190,9 +229,10 @@ fn model_source(a: &Arch) -> String {
         Positions::None | Positions::Rotary => {}
     }
     let flag = |on: bool, text: &'static str| if on { text } else { "" };
+    let norm = |kind: Option<NormKind>| kind.map(|k| format!("{}\n", k.syntax())).unwrap_or_default();
     for layer in &a.layers {
-        source.push_str("layer {\n");
-        source.push_str(flag(layer.ln, "layernorm\n"));
+        source.push_str(if layer.parallel { "layer(parallel) {\n" } else { "layer {\n" });
+        source.push_str(&norm(layer.ln));
         let mut args = format!("heads = {}, kv_heads = {}", layer.heads(), layer.kv);
         args.push_str(flag(layer.bias, ", bias"));
         args.push_str(flag(!layer.causal, ", causal = false"));
@@ -203,14 +243,17 @@ fn model_source(a: &Arch) -> String {
             args.push_str(&format!(", rotary = {}, rotary_base = 100, rotary_style = {}", r.dim, r.style.name()));
         }
         source.push_str(&format!("attn({args})\n"));
-        if let Some((d_mlp, act, bias, ln)) = layer.mlp {
-            source.push_str(flag(ln, "layernorm\n"));
-            let act = Activation::ALL[act].name();
-            source.push_str(&format!("mlp(d_mlp = {d_mlp}, act = {act}{})\n", flag(bias, ", bias")));
+        if let Some(m) = &layer.mlp {
+            source.push_str(&norm(m.ln));
+            let mut args = format!("d_mlp = {}, act = {}", m.d_mlp, m.act.name());
+            args.push_str(flag(m.bias, ", bias"));
+            args.push_str(flag(m.gated, ", gated"));
+            args.push_str(flag(m.act == Activation::SoluLn && m.inner_pre, ", ln = pre"));
+            source.push_str(&format!("mlp({args})\n"));
         }
         source.push_str("}\n");
     }
-    source.push_str(flag(a.ln_final, "layernorm\n"));
+    source.push_str(&norm(a.ln_final));
     let out = a.d_vocab_out.map(|n| format!(", d_vocab_out = {n}")).unwrap_or_default();
     source.push_str(&format!("unembed(bias = {}{out})\n", a.unembed_bias));
     source
@@ -227,19 +270,30 @@ fn build(a: &Arch) -> (pathc::Expansion, Params) {
         .map(|layer| {
             let (h, kv) = (layer.heads(), layer.kv);
             let ln1 = rng.norm(layer.ln, d);
-            let (ln2, mlp) = match layer.mlp {
-                Some((d_mlp, act, bias, ln)) => (
-                    rng.norm(ln, d),
+            let (ln2, mlp) = match &layer.mlp {
+                Some(m) => (
+                    rng.norm(m.ln, d),
                     Some(MlpWeights {
-                        w_in: rng.matrix(d, d_mlp),
-                        b_in: rng.row(d_mlp, bias),
-                        w_out: rng.matrix(d_mlp, d),
-                        b_out: rng.row(d, bias),
-                        act: Activation::ALL[act],
+                        w_in: rng.matrix(d, m.d_mlp),
+                        b_in: rng.row(m.d_mlp, m.bias),
+                        gate: m.gated.then(|| Gate {
+                            w_gate: rng.matrix(d, m.d_mlp),
+                            b_gate: Row::zeros(m.d_mlp),
+                            b_lin: Row::zeros(m.d_mlp),
+                        }),
+                        inner_norm: (m.act == Activation::SoluLn).then(|| {
+                            let kind = if m.inner_pre { NormKind::LayerNormPre } else { NormKind::LayerNorm };
+                            rng.norm(Some(kind), m.d_mlp).expect("a kind")
+                        }),
+                        w_out: rng.matrix(m.d_mlp, d),
+                        b_out: rng.row(d, m.bias),
+                        act: m.act,
                     }),
                 ),
                 None => (None, None),
             };
+            let shared_norm =
+                layer.parallel && layer.mlp.as_ref().is_some_and(|m| m.ln.is_none()) && layer.ln.is_some();
             let w_q: Vec<Matrix> = (0..h).map(|_| rng.matrix(d, a.d_head)).collect();
             let w_k_kv: Vec<Matrix> = (0..kv).map(|_| rng.matrix(d, a.d_head)).collect();
             let shortformer = a.positions == Positions::Shortformer;
@@ -257,7 +311,7 @@ fn build(a: &Arch) -> (pathc::Expansion, Params) {
                 causal: layer.causal,
                 rotary: rotary(a, layer),
             };
-            LayerParams { ln1, attn, ln2, mlp }
+            LayerParams { ln1, attn, ln2, mlp, parallel: layer.parallel, shared_norm }
         })
         .collect();
     let params = Params {
@@ -272,13 +326,15 @@ fn build(a: &Arch) -> (pathc::Expansion, Params) {
     (expansion, params)
 }
 
-/// A residual-stream contribution `[n, d_model]` to the logits, through the final LayerNorm with
-/// its scale frozen (centre, divide by σ, times the weight) when there is one.
+/// A residual-stream contribution `[n, d_model]` to the logits, through the final norm with its
+/// scale frozen (centre if it is a LayerNorm, divide by the scale, times the weight) when there
+/// is one.
 fn to_logits(params: &Params, forward: &eval::Forward, resid: &Matrix) -> Matrix {
     match (&params.ln_final, &forward.scale_final) {
         (Some(ln), Some(sigma)) => {
             let normed = Matrix::from_fn(resid.nrows(), resid.ncols(), |i, j| {
-                (resid[(i, j)] - resid.row(i).mean()) / sigma[i] * ln.w[j]
+                let mean = if ln.kind.centres() { resid.row(i).mean() } else { 0.0 };
+                (resid[(i, j)] - mean) / sigma[i] * ln.w[j]
             });
             normed * &params.w_u
         }
@@ -337,12 +393,23 @@ proptest! {
                 prop_assert!(max_diff(paths_sum, &output) <= 1e-9 * scale, "head L{}H{}", l, h);
             }
         }
+        // An MLP's input terms sum to its pre-activation (a gated MLP's to its linear input),
+        // a gated MLP's gate-input terms to its gate input.
         for (l, templates) in expansion.mlp_inputs.iter().enumerate() {
-            let (Some(templates), Some(pre)) = (templates, &forward.mlp_pre[l]) else { continue };
+            let Some(templates) = templates else { continue };
+            let gated = expansion.mlp_gates[l].is_some();
+            let pre = if gated { &forward.mlp_linear[l] } else { &forward.mlp_pre[l] };
+            let pre = pre.as_ref().expect("recorded");
             let mut total = Matrix::zeros(pre.nrows(), pre.ncols());
             paths::for_each_path(templates, &heads, None, |p| total += evaluator.mlp_input(&p, l));
             let scale = 1.0 + pre.iter().fold(0.0f64, |m, x| m.max(x.abs()));
             prop_assert!(max_diff(&total, pre) <= 1e-9 * scale, "MLP {} input", l);
+            if let Some(gates) = &expansion.mlp_gates[l] {
+                let pre = forward.mlp_pre[l].as_ref().expect("recorded");
+                let mut total = Matrix::zeros(pre.nrows(), pre.ncols());
+                paths::for_each_path(gates, &heads, None, |p| total += evaluator.mlp_gate_input(&p, l));
+                prop_assert!(max_diff(&total, pre) <= 1e-9 * scale.max(1.0 + pre.iter().fold(0.0f64, |m, x| m.max(x.abs()))), "MLP {} gate input", l);
+            }
         }
         for max_order in [None, Some(0), Some(1)] {
             let options = ExpandOptions { max_order, ..ExpandOptions::default() };

@@ -230,6 +230,8 @@ fn random_params(rng: &mut Rng, d_vocab: usize, d_model: usize, d_heads: &[usize
             },
             ln2: None,
             mlp: None,
+            parallel: false,
+            shared_norm: false,
         })
         .collect();
     Params {

@@ -26,11 +26,11 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let source = read_model(&model)?;
     let compiled = pathc::compile(&source).map_err(|e| render(&model, &source, &e))?;
     let mut out = io::stdout().lock();
-    let pathc::paths::TermCounts { logits, mlp_inputs, scores } = compiled.counts(max_order, qk);
+    let pathc::paths::TermCounts { logits, mlp_inputs, mlp_gates, scores } = compiled.counts(max_order, qk);
     match format {
         TextOrJson::Text => {
             writeln!(out, "{}", emit::count::text("paths", &logits))?;
-            for block in emit::count::mlp_inputs_text(&mlp_inputs) {
+            for block in emit::count::mlp_inputs_text(&mlp_inputs, &mlp_gates) {
                 writeln!(out, "{block}")?;
             }
             if let Some(s) = &scores {
@@ -40,7 +40,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
         TextOrJson::Json => writeln!(
             out,
             "{}",
-            emit::count::json(&compiled.model.name, max_order, &logits, &mlp_inputs, scores.as_ref())
+            emit::count::json(&compiled.model.name, max_order, &logits, &mlp_inputs, &mlp_gates, scores.as_ref())
         )?,
     }
     Ok(())

@@ -195,10 +195,15 @@ pub fn write(exp: &Expansion, out: &mut dyn Write) -> io::Result<()> {
     field(out, "max_order", &exp.max_order)?;
     field(out, "counts", &CountsJson::from(&exp.logit_counts))?;
     write_paths(exp, &exp.logits, out)?;
-    if exp.mlp_inputs.iter().any(Option::is_some) {
-        out.write_all(b",\n  \"mlp_inputs\": [")?;
+    for (key, inputs, input_counts) in
+        [("mlp_inputs", &exp.mlp_inputs, &exp.mlp_input_counts), ("mlp_gates", &exp.mlp_gates, &exp.mlp_gate_counts)]
+    {
+        if inputs.iter().all(Option::is_none) {
+            continue;
+        }
+        write!(out, ",\n  \"{key}\": [")?;
         let mut first = true;
-        for (layer, (templates, counts)) in exp.mlp_inputs.iter().zip(&exp.mlp_input_counts).enumerate() {
+        for (layer, (templates, counts)) in inputs.iter().zip(input_counts).enumerate() {
             let (Some(templates), Some(counts)) = (templates, counts) else { continue };
             out.write_all(if first { b"\n" } else { b",\n" })?;
             first = false;

@@ -80,6 +80,10 @@ pub fn write(exp: &Expansion, templates_only: bool, out: &mut dyn Write) -> io::
             writeln!(out, "\\section*{{Input of MLP {layer}}}\n{} terms.", counts.total())?;
             write_sum(out, templates, counts, &heads, templates_only)?;
         }
+        if let (Some(templates), Some(counts)) = (&exp.mlp_gates[layer], &exp.mlp_gate_counts[layer]) {
+            writeln!(out, "\\section*{{Gate input of MLP {layer}}}\n{} terms.", counts.total())?;
+            write_sum(out, templates, counts, &heads, templates_only)?;
+        }
     }
     if let Some(layers) = &exp.scores {
         writeln!(out, "\\section*{{Attention scores}}")?;

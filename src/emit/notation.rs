@@ -60,6 +60,10 @@ impl Notation {
             FactorKind::Unembed => "W_U",
             FactorKind::In(_) if latex => "W_{in}",
             FactorKind::In(_) => "W_in",
+            FactorKind::Gate(_) if latex => "W_{gate}",
+            FactorKind::Gate(_) => "W_gate",
+            FactorKind::BiasGate(_) if latex => "b_{gate}",
+            FactorKind::BiasGate(_) => "b_gate",
             FactorKind::Mlp(_) => "M",
             FactorKind::BiasV => "b_V",
             FactorKind::BiasQ => "b_Q",
@@ -83,7 +87,8 @@ impl Notation {
                 out.push('}');
             }
             (None, FactorKind::In(l) | FactorKind::Mlp(l) | FactorKind::BiasO(l) | FactorKind::Rot(l))
-            | (None, FactorKind::BiasIn(l) | FactorKind::BiasOut(l)) => {
+            | (None, FactorKind::BiasIn(l) | FactorKind::BiasOut(l))
+            | (None, FactorKind::Gate(l) | FactorKind::BiasGate(l)) => {
                 out.push_str("^{");
                 push_usize(out, l);
                 out.push('}');

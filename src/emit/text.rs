@@ -22,8 +22,15 @@ pub fn write(exp: &Expansion, templates_only: bool, out: &mut dyn Write) -> io::
     write_sum(out, "T", &exp.logits, &exp.logit_counts, &heads, templates_only)?;
     for (layer, (templates, counts)) in exp.mlp_inputs.iter().zip(&exp.mlp_input_counts).enumerate() {
         if let (Some(templates), Some(counts)) = (templates, counts) {
-            writeln!(out, "\nMLP {layer}'s input (its pre-activation, before the nonlinearity):")?;
+            let gated = exp.mlp_gates[layer].is_some();
+            let what =
+                if gated { "linear input x·W_in" } else { "input (its pre-activation, before the nonlinearity)" };
+            writeln!(out, "\nMLP {layer}'s {what}:")?;
             write_sum(out, &format!("x_in^{{{layer}}}"), templates, counts, &heads, templates_only)?;
+        }
+        if let (Some(templates), Some(counts)) = (&exp.mlp_gates[layer], &exp.mlp_gate_counts[layer]) {
+            writeln!(out, "\nMLP {layer}'s gate input x·W_gate (before the activation):")?;
+            write_sum(out, &format!("x_gate^{{{layer}}}"), templates, counts, &heads, templates_only)?;
         }
     }
     if let (Some(layers), Some(counts)) = (&exp.scores, &exp.score_counts) {

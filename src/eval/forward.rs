@@ -2,7 +2,7 @@
 //! (attention patterns, LayerNorm scales) and the pieces the logits are a sum of (each head's
 //! result, each MLP's output).
 
-use super::{EvalError, LayerNormWeights, Matrix, Params, Row, LN_EPS};
+use super::{EvalError, Matrix, MlpWeights, NormWeights, Params, Row};
 use crate::graph::Source;
 use crate::linalg::{finite, NonFinite};
 use crate::model::Activation;
@@ -25,9 +25,9 @@ pub struct Forward {
     pub resid_pre: Vec<Matrix>,
     /// `[n, d_model]`, after the last layer (before `ln_final`).
     pub resid_final: Matrix,
-    /// LayerNorm scales σ = sqrt(var + eps) per position, as recorded (TransformerLens
-    /// `hook_scale`): `scale_attn[l]` of `ln1`, `scale_mlp[l]` of `ln2`; `None` without that
-    /// LayerNorm.
+    /// Norm scales per position, as recorded (TransformerLens `hook_scale`: σ = sqrt(var + eps),
+    /// or the RMS for an RMSNorm): `scale_attn[l]` of `ln1`, `scale_mlp[l]` of the norm the MLP
+    /// reads (`ln2`, or `ln1` when shared); `None` without that norm.
     pub scale_attn: Vec<Option<Vec<f64>>>,
     pub scale_mlp: Vec<Option<Vec<f64>>>,
     /// `ln_final`'s scale per position; `None` without a final LayerNorm.
@@ -35,9 +35,12 @@ pub struct Forward {
     /// `head_results[l][h]`: `[n, d_model]`, the head's result `pattern · v · W_O` (including
     /// `b_V`, excluding `b_O`, which belongs to the layer, not to a head).
     pub head_results: Vec<Vec<Matrix>>,
-    /// `mlp_pre[l]`: `[n, d_mlp]`, the MLP's pre-activation (including `b_in`); `None` without an
-    /// MLP.
+    /// `mlp_pre[l]`: `[n, d_mlp]`, the MLP's pre-activation (including `b_in`; a gated MLP's gate
+    /// input `x·W_gate`, TransformerLens's `hook_pre`); `None` without an MLP.
     pub mlp_pre: Vec<Option<Matrix>>,
+    /// `mlp_linear[l]`: `[n, d_mlp]`, a gated MLP's linear input `x·W_in` (TransformerLens's
+    /// `hook_pre_linear`); `None` otherwise.
+    pub mlp_linear: Vec<Option<Matrix>>,
     /// `mlp_out[l]`: `[n, d_model]`, the MLP's output without `b_out`; `None` without an MLP.
     pub mlp_out: Vec<Option<Matrix>>,
     /// `resid_mid[l]`: `[n, d_model]`, the residual stream after layer `l`'s attention, before its
@@ -102,35 +105,79 @@ fn plus_row(mut m: Matrix, bias: &Row) -> Matrix {
     m
 }
 
-/// TransformerLens's `LayerNorm` on every row of `x`, and each row's scale σ; `x` unchanged (and
-/// no scale) without a LayerNorm.
-fn layer_norm(x: &Matrix, ln: Option<&LayerNormWeights>) -> (Matrix, Option<Vec<f64>>) {
-    let Some(ln) = ln else { return (x.clone(), None) };
+/// A norm as TransformerLens computes it, on every row of `x`, and each row's scale (what the
+/// expansion freezes): `LN` centres, divides by `σ = sqrt(mean(c²) + eps)`, then `· w + b`;
+/// `LNPre` without `w`, `b`; `RMS` divides by `sqrt(mean(x²) + eps)` without centring, then `· w`;
+/// `RMSPre` without `w`. `x` unchanged (and no scale) without a norm.
+pub(crate) fn normalise(x: &Matrix, norm: Option<&NormWeights>) -> (Matrix, Option<Vec<f64>>) {
+    let Some(norm) = norm else { return (x.clone(), None) };
     let mut out = x.clone();
     let mut scales = Vec::with_capacity(x.nrows());
     for mut row in out.row_iter_mut() {
-        let mean = row.mean();
-        row.add_scalar_mut(-mean);
-        let scale = (row.norm_squared() / row.len() as f64 + LN_EPS).sqrt();
+        if norm.kind.centres() {
+            let mean = row.mean();
+            row.add_scalar_mut(-mean);
+        }
+        let scale = (row.norm_squared() / row.len() as f64 + norm.eps).sqrt();
         row /= scale;
-        row.component_mul_assign(&ln.w);
-        row += &ln.b;
+        row.component_mul_assign(&norm.w);
+        row += &norm.b;
         scales.push(scale);
     }
     (out, Some(scales))
 }
 
-/// An MLP activation as TransformerLens computes it: `gelu` is PyTorch's exact `F.gelu`
-/// (`0.5·x·(1 + erf(x/√2))`), `gelu_new` the tanh approximation of GPT-2, `silu` is `x·sigmoid(x)`.
+/// An elementwise MLP activation as TransformerLens computes it: `gelu` is PyTorch's exact
+/// `F.gelu` (`0.5·x·(1 + erf(x/√2))`); `gelu_new` and `gelu_pytorch_tanh` the tanh approximation
+/// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`; `gelu_fast` its variant
+/// `0.5·x·(1 + tanh(0.7978845608·x·(1 + 0.044715·x²)))`; `silu` is `x·sigmoid(x)`. `solu_ln` is not
+/// elementwise (see [`activation`]); here it is `x`. (TransformerLens 2.18 has no `quick_gelu`.)
 pub fn activate(act: Activation, x: f64) -> f64 {
     match act {
         Activation::Relu => x.max(0.0),
         Activation::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
-        Activation::GeluNew => {
+        Activation::GeluNew | Activation::GeluPytorchTanh => {
             let sqrt_2_over_pi = (2.0 / std::f64::consts::PI).sqrt();
             0.5 * x * (1.0 + (sqrt_2_over_pi * (x + 0.044715 * x.powi(3))).tanh())
         }
+        Activation::GeluFast => 0.5 * x * (1.0 + (x * 0.7978845608 * (1.0 + 0.044715 * x * x)).tanh()),
         Activation::Silu => x / (1.0 + (-x).exp()),
+        Activation::SoluLn => x,
+    }
+}
+
+/// An MLP's activation on its pre-activation rows `[n, d_mlp]`: elementwise ([`activate`]), or
+/// for `solu_ln` `x ⊙ softmax(x)` over each row's neurons followed by the MLP's inner norm.
+pub fn activation(mlp: &MlpWeights, pre: &Matrix) -> Matrix {
+    if mlp.act != Activation::SoluLn {
+        return pre.map(|x| activate(mlp.act, x));
+    }
+    let mut solu = pre.clone();
+    for mut row in solu.row_iter_mut() {
+        let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let total: f64 = row.iter().map(|x| (x - max).exp()).sum();
+        row.apply(|x| *x *= (*x - max).exp() / total);
+    }
+    normalise(&solu, mlp.inner_norm.as_ref()).0
+}
+
+/// An MLP on its (normalised) input `y`: its pre-activation `y·W_in + b_in` (a gated MLP's gate
+/// input `y·W_gate + b_gate`, and its linear input `y·W_lin + b_lin`), and its output without
+/// `b_out`.
+fn run_mlp(mlp: &MlpWeights, y: &Matrix) -> (Matrix, Option<Matrix>, Matrix) {
+    match &mlp.gate {
+        None => {
+            let pre = plus_row(y * &mlp.w_in, &mlp.b_in);
+            let out = activation(mlp, &pre) * &mlp.w_out;
+            (pre, None, out)
+        }
+        Some(gate) => {
+            let pre = plus_row(y * &gate.w_gate, &gate.b_gate);
+            let linear = plus_row(y * &mlp.w_in, &gate.b_lin);
+            let post = plus_row(activation(mlp, &pre).component_mul(&linear), &mlp.b_in);
+            let out = post * &mlp.w_out;
+            (pre, Some(linear), out)
+        }
     }
 }
 
@@ -170,11 +217,12 @@ pub fn forward_masked(params: &Params, tokens: &[usize], mask: Option<&[bool]>) 
     let mut scale_mlp = Vec::with_capacity(n_layers);
     let mut head_results = Vec::with_capacity(n_layers);
     let mut mlp_pre = Vec::with_capacity(n_layers);
+    let mut mlp_linear = Vec::with_capacity(n_layers);
     let mut mlp_out = Vec::with_capacity(n_layers);
     let n = tokens.len();
     for (l, layer) in params.layers.iter().enumerate() {
         resid_pre.push(resid.clone());
-        let (x, scale) = layer_norm(&resid, layer.ln1.as_ref());
+        let (x, scale) = normalise(&resid, layer.ln1.as_ref());
         at_positions(&x, || format!("the input of layer {l}'s attention (after its LayerNorm)"))?;
         scale_attn.push(scale);
         let attn = &layer.attn;
@@ -215,21 +263,31 @@ pub fn forward_masked(params: &Params, tokens: &[usize], mask: Option<&[bool]>) 
         resid_mid.push(resid.clone());
         match &layer.mlp {
             Some(mlp) => {
-                let (y, scale) = layer_norm(&resid, layer.ln2.as_ref());
+                // A parallel layer's MLP reads what its attention read; with one norm, the
+                // attention's normalised input itself.
+                let (y, scale) = match (layer.parallel, layer.shared_norm) {
+                    (_, true) => (x.clone(), scale_attn[l].clone()),
+                    (true, false) => normalise(&resid_pre[l], layer.ln2.as_ref()),
+                    (false, false) => normalise(&resid, layer.ln2.as_ref()),
+                };
                 scale_mlp.push(scale);
-                let pre = plus_row(&y * &mlp.w_in, &mlp.b_in);
+                let (pre, linear, out) = run_mlp(mlp, &y);
                 at_positions(&pre, || format!("the input of layer {l}'s MLP"))?;
-                let out = pre.map(|p| activate(mlp.act, p)) * &mlp.w_out;
+                if let Some(linear) = &linear {
+                    at_positions(linear, || format!("the linear input of layer {l}'s gated MLP"))?;
+                }
                 at_positions(&out, || format!("the output of layer {l}'s MLP"))?;
                 resid += &out;
                 resid = plus_row(resid, &mlp.b_out);
                 at_positions(&resid, || format!("the residual stream after layer {l}'s MLP"))?;
                 mlp_pre.push(Some(pre));
+                mlp_linear.push(linear);
                 mlp_out.push(Some(out));
             }
             None => {
                 scale_mlp.push(None);
                 mlp_pre.push(None);
+                mlp_linear.push(None);
                 mlp_out.push(None);
             }
         }
@@ -237,7 +295,7 @@ pub fn forward_masked(params: &Params, tokens: &[usize], mask: Option<&[bool]>) 
         scores.push(layer_scores);
         head_results.push(results);
     }
-    let (normalised, scale_final) = layer_norm(&resid, params.ln_final.as_ref());
+    let (normalised, scale_final) = normalise(&resid, params.ln_final.as_ref());
     let logits = plus_row(&normalised * &params.w_u, &params.b_u);
     finite(&logits, |p, t| format!("the logits at position {p}, token {t}"))?;
     Ok(Forward {
@@ -253,6 +311,7 @@ pub fn forward_masked(params: &Params, tokens: &[usize], mask: Option<&[bool]>) 
         scale_final,
         head_results,
         mlp_pre,
+        mlp_linear,
         mlp_out,
         resid_mid,
     })

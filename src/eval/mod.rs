@@ -16,8 +16,8 @@ mod paths;
 pub mod rotary;
 mod target;
 
-pub use forward::{activate, forward, forward_masked, Forward};
-pub use params::{AttnWeights, LayerNormWeights, LayerParams, MlpWeights, NameMap, Params, StatsParams, LN_EPS};
+pub use forward::{activate, activation, forward, forward_masked, Forward};
+pub use params::{AttnWeights, Gate, LayerParams, MlpWeights, NameMap, NormWeights, Params, StatsParams, LN_EPS};
 pub use paths::{check, logits_by_order, CheckReport, Origin, PathEvaluator, ResidualCache, ScoreEvaluator};
 pub use target::{target_logits, Target, TargetEvaluator, TargetLogits, Targets};
 

@@ -11,18 +11,22 @@ use std::borrow::Cow;
 use super::{EvalError, Matrix, Row};
 use crate::diag::Diagnostic;
 use crate::graph::Source;
-use crate::model::{Activation, Layer, Model, Rotary, Size};
+use crate::model::{Activation, Layer, MlpNorm, Model, Norm, NormKind, Real, Rotary, Size};
 use crate::weights::{WeightError, Weights};
 
-/// TransformerLens `LN`: `x ↦ (x − mean(x)) / σ · w + b`, `σ = sqrt(mean((x − mean x)²) + LN_EPS)`,
-/// per position.
-pub const LN_EPS: f64 = 1e-5;
+/// TransformerLens's default `eps` of every norm (`cfg.eps`): `LN` is `x ↦ (x − mean(x)) / σ ·
+/// w + b`, `σ = sqrt(mean((x − mean x)²) + eps)`, per position.
+pub const LN_EPS: f64 = crate::model::NORM_EPS;
 
-/// A LayerNorm's elementwise weight and bias, `[d_model]` each.
+/// A norm (TransformerLens's `LN`, `LNPre`, `RMS`, `RMSPre`) with its elementwise weight and
+/// bias, `[width]` each: `w = 1` where the kind has no weight, `b = 0` where it has no bias, so
+/// that code can always apply them.
 #[derive(Debug, Clone)]
-pub struct LayerNormWeights {
+pub struct NormWeights {
+    pub kind: NormKind,
     pub w: Row,
     pub b: Row,
+    pub eps: f64,
 }
 
 /// One attention layer's weights, per head, in TransformerLens's layout. Biases the model does
@@ -91,13 +95,22 @@ impl AttnWeights {
     }
 }
 
-/// An MLP's weights: `act(x W_in + b_in) W_out + b_out`. Biases not declared are zero.
+/// An MLP's weights: `act(x W_in + b_in) W_out + b_out`; gated (TransformerLens's `GatedMLP`),
+/// `(act(x W_gate + b_gate) ⊙ (x W_in + b_lin) + b_in) W_out + b_out`, where `b_gate` and `b_lin`
+/// are zero as loaded (TransformerLens has neither) and hold a norm's bias once folded; with
+/// `solu_ln` the activation is followed by [`MlpWeights::inner_norm`]. Biases not declared are
+/// zero.
 #[derive(Debug, Clone)]
 pub struct MlpWeights {
     /// `[d_model, d_mlp]`.
     pub w_in: Matrix,
     /// `[d_mlp]`.
     pub b_in: Row,
+    /// A gated MLP's `W_gate` `[d_model, d_mlp]`, with its input constant `b_gate` and the linear
+    /// input's `b_lin` (`[d_mlp]` each).
+    pub gate: Option<Gate>,
+    /// `solu_ln`'s LayerNorm over the neurons (`[d_mlp]` weights: `mlp.ln.w`, `mlp.ln.b`).
+    pub inner_norm: Option<NormWeights>,
     /// `[d_mlp, d_model]`.
     pub w_out: Matrix,
     /// `[d_model]`.
@@ -105,13 +118,36 @@ pub struct MlpWeights {
     pub act: Activation,
 }
 
-/// One residual block: `ln1` (if declared) before attention, `ln2` (if declared) before the MLP.
+/// A gated MLP's gate: `W_gate` and the constants of its two inputs (see [`MlpWeights`]).
+#[derive(Debug, Clone)]
+pub struct Gate {
+    pub w_gate: Matrix,
+    pub b_gate: Row,
+    pub b_lin: Row,
+}
+
+/// One residual block: `ln1` (if declared) before attention, `ln2` (if declared) before the MLP;
+/// in a `parallel` layer the MLP reads the attention's input, and with `shared_norm` (GPT-J) it
+/// goes through `ln1` (then `ln2` is `None`).
 #[derive(Debug, Clone)]
 pub struct LayerParams {
-    pub ln1: Option<LayerNormWeights>,
+    pub ln1: Option<NormWeights>,
     pub attn: AttnWeights,
-    pub ln2: Option<LayerNormWeights>,
+    pub ln2: Option<NormWeights>,
     pub mlp: Option<MlpWeights>,
+    pub parallel: bool,
+    pub shared_norm: bool,
+}
+
+impl LayerParams {
+    /// The norm the MLP's input goes through: `ln2`, or `ln1` when shared.
+    pub fn mlp_norm(&self) -> Option<&NormWeights> {
+        if self.shared_norm {
+            self.ln1.as_ref()
+        } else {
+            self.ln2.as_ref()
+        }
+    }
 }
 
 /// The weights a model needs, checked against its declarations and dimensions.
@@ -123,7 +159,7 @@ pub struct Params {
     pub w_pos: Option<Matrix>,
     pub layers: Vec<LayerParams>,
     /// Before the unembedding, when the model declares a final `layernorm`.
-    pub ln_final: Option<LayerNormWeights>,
+    pub ln_final: Option<NormWeights>,
     /// `[d_model, d_vocab_out]`.
     pub w_u: Matrix,
     /// `[d_vocab_out]`; zero unless the model declares `unembed(bias)`.
@@ -273,24 +309,47 @@ impl Reader<'_> {
         ))))
     }
 
-    /// The LayerNorm `{prefix}.w`, `{prefix}.b` when the model declares it. When it does not, the
-    /// file must not hold `{prefix}.w`: `undeclared` gets the file's name for it and says where
-    /// the declaration is missing.
-    fn layer_norm(
+    /// The norm `{prefix}` as the model declares it: `{prefix}.w` when its kind has a weight,
+    /// `{prefix}.b` when it has a bias. A tensor the kind has not (an `ln1.b` for an `rmsnorm`, an
+    /// `ln1.w` for a `layernorm(pre)`) is refused at the declaration, since ignoring it would
+    /// compute another model. When the model declares no norm the file must not hold
+    /// `{prefix}.w`: `undeclared` gets the file's name for it and says where the declaration is
+    /// missing.
+    fn norm(
         &self,
         prefix: &str,
-        declared: bool,
-        d_model: usize,
+        declared: Option<&Norm>,
+        width: usize,
         undeclared: impl FnOnce(&str) -> Diagnostic,
-    ) -> Result<Option<LayerNormWeights>, EvalError> {
-        if declared {
-            let (w, b) = (self.row(&format!("{prefix}.w"), d_model)?, self.row(&format!("{prefix}.b"), d_model)?);
-            return Ok(Some(LayerNormWeights { w, b }));
+    ) -> Result<Option<NormWeights>, EvalError> {
+        let Some(norm) = declared else {
+            return match self.present(&format!("{prefix}.w")) {
+                Some(name) => Err(EvalError::Undeclared(undeclared(&name))),
+                None => Ok(None),
+            };
+        };
+        let kind = norm.kind;
+        for (part, has) in [("w", kind.has_weight()), ("b", kind.has_bias())] {
+            if let (false, Some(name)) = (has, self.present(&format!("{prefix}.{part}"))) {
+                let what = if part == "w" { "weight" } else { "bias" };
+                let better = match (kind, part) {
+                    (NormKind::Rms, _) => "`layernorm` (TransformerLens LN)",
+                    (NormKind::LayerNormPre, _) => "`layernorm`",
+                    (NormKind::RmsPre, "w") => "`rmsnorm`",
+                    _ => "`layernorm`",
+                };
+                let message =
+                    format!("the weights have `{name}` but this norm is `{}`, which has no {what}", kind.syntax());
+                return Err(EvalError::Undeclared(
+                    Diagnostic::new(norm.span, message, format!("`{}` here", kind.syntax()))
+                        .with_help(format!("declare the norm the weights are for, e.g. {better}")),
+                ));
+            }
         }
-        match self.present(&format!("{prefix}.w")) {
-            Some(name) => Err(EvalError::Undeclared(undeclared(&name))),
-            None => Ok(None),
-        }
+        let w =
+            if kind.has_weight() { self.row(&format!("{prefix}.w"), width)? } else { Row::from_element(width, 1.0) };
+        let b = if kind.has_bias() { self.row(&format!("{prefix}.b"), width)? } else { Row::zeros(width) };
+        Ok(Some(NormWeights { kind, w, b, eps: norm.eps.0 }))
     }
 
     /// A bias's row-major data: read when the model declares it, zeros when it does not. An
@@ -318,8 +377,8 @@ impl Reader<'_> {
     /// One layer's weights, `l` its index in the model.
     fn layer(&self, l: usize, layer: &Layer, d_model: usize) -> Result<LayerParams, EvalError> {
         let attn = &layer.attn;
-        let ln1 = self.layer_norm(&format!("blocks.{l}.ln1"), attn.ln.is_some(), d_model, |name| {
-            let message = format!("the weights have `{name}` but layer {l} declares no LayerNorm before attention");
+        let ln1 = self.norm(&format!("blocks.{l}.ln1"), attn.ln.as_ref(), d_model, |name| {
+            let message = format!("the weights have `{name}` but layer {l} declares no norm before attention");
             Diagnostic::new(attn.span, message, "no `layernorm` before this attention")
                 .with_help("add `layernorm` before `attn(...)`")
         })?;
@@ -358,7 +417,7 @@ impl Reader<'_> {
             pos_readers,
         };
         let Some(mlp) = &layer.mlp else {
-            // Without an MLP neither its weights nor the LayerNorm before it may be in the file.
+            // Without an MLP neither its weights nor the norm before it may be in the file.
             let ln2 = format!("blocks.{l}.ln2.w");
             if let Some(name) = [format!("blocks.{l}.mlp.W_in"), ln2.clone()].iter().find_map(|tl| self.present(tl)) {
                 let add =
@@ -366,15 +425,27 @@ impl Reader<'_> {
                 let message = format!("the weights have `{name}` but layer {l} declares no MLP");
                 return Err(EvalError::Undeclared(
                     Diagnostic::new(layer.span, message, "this layer has no `mlp`")
-                        .with_help(format!("add {add} after `attn(...)`; act is one of relu, gelu, gelu_new, silu")),
+                        .with_help(format!("add {add} after `attn(...)`; act is one of {}", Activation::known())),
                 ));
             }
-            return Ok(LayerParams { ln1, attn: attn_weights, ln2: None, mlp: None });
+            return Ok(LayerParams {
+                ln1,
+                attn: attn_weights,
+                ln2: None,
+                mlp: None,
+                parallel: false,
+                shared_norm: false,
+            });
         };
-        let ln2 = self.layer_norm(&format!("blocks.{l}.ln2"), mlp.ln.is_some(), d_model, |name| {
-            let message = format!("the weights have `{name}` but layer {l} declares no LayerNorm before the MLP");
-            Diagnostic::new(mlp.span, message, "no `layernorm` before this MLP")
-                .with_help("add `layernorm` before `mlp(...)`")
+        let shared_norm = matches!(layer.mlp_norm(), MlpNorm::Shared(_));
+        let ln2 = self.norm(&format!("blocks.{l}.ln2"), mlp.ln.as_ref(), d_model, |name| {
+            let message = format!("the weights have `{name}` but layer {l} declares no norm before the MLP");
+            let help = if shared_norm {
+                "a parallel layer's MLP without a norm shares the attention's (GPT-J); for a norm of its own add `layernorm` before `mlp(...)`"
+            } else {
+                "add `layernorm` before `mlp(...)`"
+            };
+            Diagnostic::new(mlp.span, message, "no norm before this MLP").with_help(help)
         })?;
         let d_mlp = known("d_mlp", &mlp.d_mlp)?;
         let name = |w: &str| format!("blocks.{l}.mlp.{w}");
@@ -383,28 +454,60 @@ impl Reader<'_> {
             Diagnostic::new(mlp.span, message, "no `bias` here")
                 .with_help(format!("add `bias` to `mlp(...)`: `mlp(act = {}, bias)`", mlp.act.name()))
         };
+        let gate = match (mlp.gated, self.present(&name("W_gate"))) {
+            (true, _) => Some(Gate {
+                w_gate: self.matrix(&name("W_gate"), d_model, d_mlp)?,
+                b_gate: Row::zeros(d_mlp),
+                b_lin: Row::zeros(d_mlp),
+            }),
+            (false, Some(found)) => {
+                let message = format!("the weights have `{found}` but layer {l}'s MLP is not gated");
+                return Err(EvalError::Undeclared(
+                    Diagnostic::new(mlp.span, message, "not `gated`")
+                        .with_help(format!("write `mlp(act = {}, gated)`", mlp.act.name())),
+                ));
+            }
+            (false, None) => None,
+        };
+        // TransformerLens has one eps for every norm: the inner norm takes the MLP's own norm's.
+        let eps = mlp.ln.map_or(Real(crate::model::NORM_EPS), |n| n.eps);
+        let inner = mlp.inner_norm.map(|kind| Norm { kind, eps, span: mlp.span });
+        let inner_norm = self.norm(&name("ln"), inner.as_ref(), d_mlp, |found| {
+            let message = format!("the weights have `{found}` but layer {l}'s MLP has no norm inside");
+            Diagnostic::new(mlp.span, message, "no inner norm")
+                .with_help("only `act = solu_ln` has a norm inside its MLP (TransformerLens SoLU)")
+        })?;
         let mlp_weights = MlpWeights {
             w_in: self.matrix(&name("W_in"), d_model, d_mlp)?,
             b_in: Row::from_vec(self.bias(&name("b_in"), &[d_mlp], mlp.bias, no_mlp_bias)?),
+            gate,
+            inner_norm,
             w_out: self.matrix(&name("W_out"), d_mlp, d_model)?,
             b_out: Row::from_vec(self.bias(&name("b_out"), &[d_model], mlp.bias, no_mlp_bias)?),
             act: mlp.act,
         };
-        Ok(LayerParams { ln1, attn: attn_weights, ln2, mlp: Some(mlp_weights) })
+        Ok(LayerParams { ln1, attn: attn_weights, ln2, mlp: Some(mlp_weights), parallel: layer.parallel, shared_norm })
     }
 }
 
-impl LayerNormWeights {
-    /// `w = 1`, `b = 0`: what is left of a LayerNorm folded into its readers (TransformerLens's
-    /// `LNPre`), which still centres and divides by σ.
-    pub fn identity(d_model: usize) -> LayerNormWeights {
-        LayerNormWeights { w: Row::from_element(d_model, 1.0), b: Row::zeros(d_model) }
+impl NormWeights {
+    /// TransformerLens `LN` with these weights and the default eps.
+    pub fn layer_norm(w: Row, b: Row) -> NormWeights {
+        NormWeights { kind: NormKind::LayerNorm, w, b, eps: LN_EPS }
+    }
+
+    /// What is left of this norm once its weight and bias are folded into its readers
+    /// (TransformerLens's `LNPre`, `RMSPre`): it still centres (LayerNorm) and divides by its
+    /// scale.
+    pub fn folded(&self) -> NormWeights {
+        let width = self.w.len();
+        NormWeights { kind: self.kind.folded(), w: Row::from_element(width, 1.0), b: Row::zeros(width), eps: self.eps }
     }
 }
 
-/// Folds a layer's `ln1` into every head's `W_Q`, `W_K`, `W_V` (and their biases), leaving the
-/// identity LayerNorm.
-fn fold_ln1(layer: &mut LayerParams, d_model: usize) {
+/// Folds a layer's `ln1` into every head's `W_Q`, `W_K`, `W_V` (and their biases), and, when the
+/// MLP shares it, into `W_in` (and `W_gate`), leaving the folded norm.
+fn fold_ln1(layer: &mut LayerParams) {
     if let Some(ln) = &mut layer.ln1 {
         let attn = &mut layer.attn;
         let readers = (attn.w_q.iter_mut().zip(&mut attn.b_q))
@@ -413,14 +516,31 @@ fn fold_ln1(layer: &mut LayerParams, d_model: usize) {
         for (w, b) in readers {
             fold_into_reader(ln, w, b);
         }
-        *ln = LayerNormWeights::identity(d_model);
+        if layer.shared_norm {
+            if let Some(mlp) = &mut layer.mlp {
+                fold_into_mlp(ln, mlp);
+            }
+        }
+        *ln = ln.folded();
     }
 }
 
-/// Folds a LayerNorm's `w` and `b` into a matrix that reads its output, `reader` `[d_model, k]`,
-/// and that reader's bias `[k]`: `bias += b · W`, `W ← diag(w) · W`, then `W` centred (its mean
-/// over the d_model rows subtracted from every row).
-pub(super) fn fold_into_reader(ln: &LayerNormWeights, reader: &mut Matrix, bias: &mut Row) {
+/// Folds the norm an MLP reads into `W_in` and its input constant (`b_in`; a gated MLP's
+/// `b_lin`, TransformerLens's `b_in` being added after the product), and `W_gate` with `b_gate`.
+fn fold_into_mlp(ln: &NormWeights, mlp: &mut MlpWeights) {
+    match &mut mlp.gate {
+        None => fold_into_reader(ln, &mut mlp.w_in, &mut mlp.b_in),
+        Some(gate) => {
+            fold_into_reader(ln, &mut mlp.w_in, &mut gate.b_lin);
+            fold_into_reader(ln, &mut gate.w_gate, &mut gate.b_gate);
+        }
+    }
+}
+
+/// Folds a norm's `w` and `b` into a matrix that reads its output, `reader` `[width, k]`, and
+/// that reader's bias `[k]`: `bias += b · W`, `W ← diag(w) · W`, then, for a norm that centres
+/// (LayerNorm), `W` centred (its mean over the rows subtracted from every row).
+pub(super) fn fold_into_reader(ln: &NormWeights, reader: &mut Matrix, bias: &mut Row) {
     // Column by column: the matrix is column-major, and a reader can be `W_U`, 768 × 50257, whose
     // rows are strided (row by row, with `b · W` as a matrix product that packs all of `W`, this
     // took 2 s of a 7 s GPT-2-width load).
@@ -429,8 +549,10 @@ pub(super) fn fold_into_reader(ln: &LayerNormWeights, reader: &mut Matrix, bias:
         for (x, &w) in column.iter_mut().zip(ln.w.iter()) {
             *x *= w;
         }
-        let mean = column.mean();
-        column.add_scalar_mut(-mean);
+        if ln.kind.centres() {
+            let mean = column.mean();
+            column.add_scalar_mut(-mean);
+        }
     }
 }
 
@@ -474,8 +596,8 @@ impl Params {
             .collect::<Result<_, _>>()?;
         read.no_layers_beyond(model)?;
         let unembed = model.unembed.span;
-        let ln_final = read.layer_norm("ln_final", model.ln_final.is_some(), d_model, |name| {
-            let message = format!("the weights have `{name}` but the model declares no final LayerNorm");
+        let ln_final = read.norm("ln_final", model.ln_final.as_ref(), d_model, |name| {
+            let message = format!("the weights have `{name}` but the model declares no final norm");
             Diagnostic::new(unembed, message, "no `layernorm` before the unembedding")
                 .with_help("add `layernorm` before `unembed`")
         })?;
@@ -497,7 +619,7 @@ impl Params {
     /// Every LayerNorm `(w, b)` is folded into each matrix that reads its output (`W_Q`, `W_K`,
     /// `W_V` of every head after `ln1`, `W_in` after `ln2`, `W_U` after `ln_final`): the reader's
     /// bias gains `b · W`, then `W ← diag(w) · W`, then `W` is centred over its d_model rows. The
-    /// LayerNorm stays, as `w = 1, b = 0` ([`LayerNormWeights::identity`]): it still centres and
+    /// LayerNorm stays, as `w = 1, b = 0` ([`NormWeights::identity`]): it still centres and
     /// divides by σ, like TransformerLens's `LNPre`.
     ///
     /// Exact, not an approximation: with `C` the centring projection (symmetric, `C² = C`),
@@ -508,17 +630,16 @@ impl Params {
     /// twice is folding once; a model without LayerNorms is returned unchanged.
     pub fn fold_layer_norm(&self) -> Params {
         let mut folded = self.clone();
-        let d_model = self.w_e.ncols();
         for layer in &mut folded.layers {
-            fold_ln1(layer, d_model);
+            fold_ln1(layer);
             if let (Some(ln), Some(mlp)) = (&mut layer.ln2, &mut layer.mlp) {
-                fold_into_reader(ln, &mut mlp.w_in, &mut mlp.b_in);
-                *ln = LayerNormWeights::identity(d_model);
+                fold_into_mlp(ln, mlp);
+                *ln = ln.folded();
             }
         }
         if let Some(ln) = &mut folded.ln_final {
             fold_into_reader(ln, &mut folded.w_u, &mut folded.b_u);
-            *ln = LayerNormWeights::identity(d_model);
+            *ln = ln.folded();
         }
         folded
     }
@@ -580,7 +701,7 @@ impl Params {
 pub struct StatsParams<'w> {
     /// The layers without their MLPs (checked, not read).
     pub layers: Vec<LayerParams>,
-    pub ln_final: Option<LayerNormWeights>,
+    pub ln_final: Option<NormWeights>,
     weights: &'w Weights,
     w_e: String,
     w_u: String,
@@ -588,7 +709,7 @@ pub struct StatsParams<'w> {
     d_vocab_out: usize,
     d_model: usize,
     /// A final LayerNorm folded into `W_U`'s columns as they are read ([`StatsParams::fold_layer_norm`]).
-    unembed_fold: Option<LayerNormWeights>,
+    unembed_fold: Option<NormWeights>,
 }
 
 impl<'w> StatsParams<'w> {
@@ -615,11 +736,11 @@ impl<'w> StatsParams<'w> {
     /// [`Params::fold_layer_norm`] for what the statistics read: `ln1` into every head's `W_Q`,
     /// `W_K`, `W_V` now, `ln_final` into `W_U` column by column as it is read.
     pub fn fold_layer_norm(mut self) -> StatsParams<'w> {
-        let d_model = self.d_model;
         for layer in &mut self.layers {
-            fold_ln1(layer, d_model);
+            fold_ln1(layer);
         }
-        if let Some(ln) = self.ln_final.replace(LayerNormWeights::identity(d_model)) {
+        if let Some(ln) = self.ln_final.take() {
+            self.ln_final = Some(ln.folded());
             self.unembed_fold = Some(ln);
         }
         self

@@ -208,7 +208,7 @@ fn origin_rows(stream: Stream<'_>, forward: &Forward, origin: Origin) -> Matrix 
             let attn = &params.layers[l].attn;
             &forward.patterns[l][h] * broadcast(n, &(stream.b_v(l, h) * &attn.w_o[h]))
         }
-        Source::BiasU | Source::BiasQ(_) | Source::BiasK(_) | Source::BiasIn(_) => {
+        Source::BiasU | Source::BiasQ(_) | Source::BiasK(_) | Source::BiasIn(_) | Source::BiasGate(_) => {
             unreachable!("{:?} never enters the residual stream", origin.source)
         }
     }
@@ -304,20 +304,37 @@ impl<'a> PathEvaluator<'a> {
         broadcast(rows, &self.cache.params().b_u)
     }
 
-    /// A term of layer `layer`'s MLP input `[n, d_mlp]`: `N_ln2 · X · W_in'`, or `b_in'` at every
-    /// position. Over all terms these sum to the MLP's pre-activation.
+    /// A term of layer `layer`'s MLP input `[n, d_mlp]`: `N · X · W_in'`, or `b_in'` at every
+    /// position (`N` the frozen scale of the norm the MLP reads). Over all terms these sum to the
+    /// MLP's pre-activation; for a gated MLP to its linear input `x·W_in` (whose constant is the
+    /// norm's bias through `W_in`: TransformerLens adds `b_in` after the product).
     pub fn mlp_input(&mut self, path: &Path<'_>, layer: usize) -> Matrix {
+        self.mlp_term(path, layer, false)
+    }
+
+    /// A term of a gated MLP's gate input `[n, d_mlp]`: `N · X · W_gate'`, or `b_gate'`. Over all
+    /// terms these sum to the gate input `x·W_gate` (TransformerLens's `hook_pre`).
+    pub fn mlp_gate_input(&mut self, path: &Path<'_>, layer: usize) -> Matrix {
+        self.mlp_term(path, layer, true)
+    }
+
+    fn mlp_term(&mut self, path: &Path<'_>, layer: usize, gate_side: bool) -> Matrix {
         let forward = self.cache.forward;
         let n = forward.tokens.len();
         let origin = Origin::of(path, Side::Head);
         let heads = heads_of(path, Side::Head);
         let params: &Params = &self.cache.params;
         let mlp = params.layers[layer].mlp.as_ref().expect("an MLP-input term of a layer with an MLP");
-        if origin.source == Source::BiasIn(layer) {
-            return broadcast(n, &mlp.b_in);
+        let (weight, constant) = match (&mlp.gate, gate_side) {
+            (None, _) => (&mlp.w_in, &mlp.b_in),
+            (Some(gate), false) => (&mlp.w_in, &gate.b_lin),
+            (Some(gate), true) => (&gate.w_gate, &gate.b_gate),
+        };
+        if matches!(origin.source, Source::BiasIn(_) | Source::BiasGate(_)) {
+            return broadcast(n, constant);
         }
         let resid = self.cache.stack.residual(Stream::folded(params), forward, origin, &heads);
-        scaled(resid, forward.scale_mlp[layer].as_ref()) * &mlp.w_in
+        scaled(resid, forward.scale_mlp[layer].as_ref()) * weight
     }
 }
 

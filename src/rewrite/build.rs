@@ -13,6 +13,13 @@ use egg::{Id, Language, RecExpr};
 use super::lang::{IndexVar, Side, Tensor};
 use crate::graph::{Block, NormSite, QkPositions, Source, TermGraph};
 
+/// Which of an MLP's input weights: `W_in`, or a gated MLP's `W_gate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MlpReader {
+    In,
+    Gate,
+}
+
 pub struct TermBuilder {
     expr: RecExpr<Tensor>,
     max_order: Option<u32>,
@@ -190,16 +197,24 @@ impl TermBuilder {
         self.sum(&terms)
     }
 
-    /// The input of an MLP block (its pre-activation) from the stream it reads:
-    /// `(Id⊗W_in)·(N⊗Id)·stream + Id⊗b_in`.
-    pub fn mlp_input(&mut self, block: &Block, stream: Id) -> Id {
-        let Block::Mlp { layer, norm, in_bias, .. } = *block else { unreachable!("mlp_input is called on MLP blocks") };
-        let read = self.normalised(norm.then_some(NormSite::Mlp(layer)), stream);
+    /// An input of an MLP block from the stream it reads: `(Id⊗W_in)·(N⊗Id)·stream + Id⊗b_in`
+    /// (its pre-activation; a gated MLP's linear input), or a gated MLP's gate input
+    /// `(Id⊗W_gate)·(N⊗Id)·stream + Id⊗b_gate`. `N` is the MLP's norm, or in a parallel layer
+    /// with one norm the attention's.
+    pub fn mlp_input(&mut self, block: &Block, reader: MlpReader, stream: Id) -> Id {
+        let Block::Mlp { layer, norm, in_bias, gate, .. } = *block else {
+            unreachable!("mlp_input is called on MLP blocks")
+        };
+        let read = self.normalised(norm, stream);
         let number = self.layer_number(layer);
-        let w_in = self.residual(Tensor::WIn(number));
-        let mut terms = vec![self.mul(w_in, read)];
-        if in_bias {
-            terms.push(self.residual(Tensor::BiasIn(number)));
+        let (weight, bias, constant) = match reader {
+            MlpReader::In => (Tensor::WIn(number), Tensor::BiasIn(number), in_bias),
+            MlpReader::Gate => (Tensor::WGate(number), Tensor::BiasGate(number), gate == Some(true)),
+        };
+        let weight = self.residual(weight);
+        let mut terms = vec![self.mul(weight, read)];
+        if constant {
+            terms.push(self.residual(bias));
         }
         self.sum(&terms)
     }

@@ -162,6 +162,8 @@ fn atom(expr: &RecExpr<Tensor>, id: Id) -> Result<Factor, String> {
             other => return Err(format!("a LayerNorm scale at `{other}`")),
         },
         Tensor::WIn(l) => Factor::plain(FactorKind::In(layer(l)?)),
+        Tensor::WGate(l) => Factor::plain(FactorKind::Gate(layer(l)?)),
+        Tensor::BiasGate(l) => Factor::plain(FactorKind::BiasGate(layer(l)?)),
         Tensor::MlpOut(l) => Factor::plain(FactorKind::Mlp(layer(l)?)),
         Tensor::BiasO(l) => Factor::plain(FactorKind::BiasO(layer(l)?)),
         Tensor::BiasIn(l) => Factor::plain(FactorKind::BiasIn(layer(l)?)),

@@ -48,6 +48,7 @@ define_language! {
         "QKR" = WQKRot(Id),
         // A layer's MLP: its input weight, and its output as an opaque source.
         "W_in" = WIn(Id),
+        "W_gate" = WGate(Id),
         "M" = MlpOut(Id),
         // Bias vectors: of a head (indexed) or of a layer (numbered); `b_U` of the logits.
         "b_V" = BiasV(Id),
@@ -55,6 +56,7 @@ define_language! {
         "b_K" = BiasK(Id),
         "b_O" = BiasO(Id),
         "b_in" = BiasIn(Id),
+        "b_gate" = BiasGate(Id),
         "b_out" = BiasOut(Id),
         "b_U" = BiasU,
         "W_E" = Embed,
@@ -128,6 +130,8 @@ impl Analysis<Tensor> for TensorAnalysis {
             | Tensor::WQKRot(_)
             | Tensor::Scale(_)
             | Tensor::WIn(_)
+            | Tensor::WGate(_)
+            | Tensor::BiasGate(_)
             | Tensor::MlpOut(_)
             | Tensor::BiasV(_)
             | Tensor::BiasQ(_)

@@ -119,9 +119,17 @@ pub fn for_each_run(graph: &TermGraph, max_order: Option<u32>, qk: bool, mut vis
     if n_blocks == 0 {
         visit(RunKind::Stream, &with_constant(counter.stream(), graph.logit_bias));
     }
+    let mut before_attention = counter.stream().to_vec();
     for block in &graph.blocks {
-        if let Block::Mlp { in_bias, .. } = *block {
-            visit(RunKind::MlpInput, &with_constant(counter.stream(), in_bias));
+        match *block {
+            Block::Mlp { in_bias, gate, parallel, .. } => {
+                let read = if parallel { before_attention.clone() } else { counter.stream().to_vec() };
+                visit(RunKind::MlpInput, &with_constant(&read, in_bias));
+                if let Some(constant) = gate {
+                    visit(RunKind::MlpInput, &with_constant(&read, constant));
+                }
+            }
+            Block::Attn { .. } => before_attention = counter.stream().to_vec(),
         }
         counter.advance(block);
         if counter.step() == n_blocks {
@@ -249,8 +257,11 @@ pub enum RewriteError {
 #[derive(Debug, Clone)]
 pub struct LogitExpansion {
     pub logits: Vec<Template>,
-    /// Per layer, the terms of its MLP's input (pre-activation); `None` without an MLP.
+    /// Per layer, the terms of its MLP's input (pre-activation; a gated MLP's linear input
+    /// `x·W_in`); `None` without an MLP.
     pub mlp_inputs: Vec<Option<Vec<Template>>>,
+    /// Per layer, the terms of a gated MLP's gate input `x·W_gate`; `None` otherwise.
+    pub mlp_gates: Vec<Option<Vec<Template>>>,
     pub stats: RunStats,
 }
 
@@ -264,21 +275,41 @@ pub fn expand_logits(
 ) -> Result<LogitExpansion, RewriteError> {
     let mut stats = RunStats::default();
     let mut mlp_inputs = vec![None; graph.heads.len()];
+    let mut mlp_gates = vec![None; graph.heads.len()];
     let mut stream = sources(graph);
+    // The stream the last attention block read: what a parallel layer's MLP reads.
+    let mut before_attention = stream.clone();
     let n_blocks = graph.blocks.len();
-    let n_mlps = graph.blocks.iter().filter(|b| matches!(b, Block::Mlp { .. })).count();
-    progress.start("expanding the logits", (n_blocks.max(1) + n_mlps) as u64);
+    let n_inputs: usize = graph
+        .blocks
+        .iter()
+        .map(|b| match b {
+            Block::Mlp { gate, .. } => 1 + usize::from(gate.is_some()),
+            Block::Attn { .. } => 0,
+        })
+        .sum();
+    progress.start("expanding the logits", (n_blocks.max(1) + n_inputs) as u64);
     // One saturation per block; the unembedding joins the last one (or the sources, with no
     // blocks), which saves a run over the largest stream.
     for step in 0..n_blocks.max(1) {
         let block = graph.blocks.get(step);
-        if let Some(block @ Block::Mlp { layer, .. }) = block {
-            let mut builder = TermBuilder::new(max_order);
-            let read = builder.embed(&stream);
-            builder.mlp_input(block, read);
-            let input = saturate(builder.finish(), limits, &mut stats)?;
-            progress.advance(1);
-            mlp_inputs[*layer] = Some(extract::read_templates(&input).map_err(RewriteError::Internal)?);
+        if let Some(block @ Block::Mlp { layer, gate, parallel, .. }) = block {
+            let read_from = if *parallel { &before_attention } else { &stream };
+            let mut input = |weight: build::MlpReader| -> Result<Vec<Template>, RewriteError> {
+                let mut builder = TermBuilder::new(max_order);
+                let read = builder.embed(read_from);
+                builder.mlp_input(block, weight, read);
+                let input = saturate(builder.finish(), limits, &mut stats)?;
+                progress.advance(1);
+                extract::read_templates(&input).map_err(RewriteError::Internal)
+            };
+            mlp_inputs[*layer] = Some(input(build::MlpReader::In)?);
+            if gate.is_some() {
+                mlp_gates[*layer] = Some(input(build::MlpReader::Gate)?);
+            }
+        }
+        if let Some(Block::Attn { .. }) = block {
+            before_attention = stream.clone();
         }
         let mut builder = TermBuilder::new(max_order);
         let mut top = builder.embed(&stream);
@@ -293,7 +324,7 @@ pub fn expand_logits(
     }
     progress.finish();
     let logits = extract::read_templates(&stream).map_err(RewriteError::Internal)?;
-    Ok(LogitExpansion { logits, mlp_inputs, stats })
+    Ok(LogitExpansion { logits, mlp_inputs, mlp_gates, stats })
 }
 
 /// For each layer, the expansion of its heads' attention scores into (query path, key path)

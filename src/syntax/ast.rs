@@ -43,9 +43,13 @@ pub enum ComponentKind {
     Embed,
     PosEmbed,
     LayerNorm,
+    RmsNorm,
     Attn,
     Mlp,
     Unembed,
+    /// `layer(...)`'s header, whose arguments are checked as a component's (never parsed as a
+    /// component: the grammar's `layer` rule makes it).
+    Layer,
 }
 
 impl ComponentKind {
@@ -54,9 +58,11 @@ impl ComponentKind {
             ComponentKind::Embed => "embed",
             ComponentKind::PosEmbed => "pos_embed",
             ComponentKind::LayerNorm => "layernorm",
+            ComponentKind::RmsNorm => "rmsnorm",
             ComponentKind::Attn => "attn",
             ComponentKind::Mlp => "mlp",
             ComponentKind::Unembed => "unembed",
+            ComponentKind::Layer => "layer",
         }
     }
 
@@ -65,6 +71,7 @@ impl ComponentKind {
             "embed" => ComponentKind::Embed,
             "pos_embed" => ComponentKind::PosEmbed,
             "layernorm" => ComponentKind::LayerNorm,
+            "rmsnorm" => ComponentKind::RmsNorm,
             "attn" => ComponentKind::Attn,
             "mlp" => ComponentKind::Mlp,
             "unembed" => ComponentKind::Unembed,
@@ -100,9 +107,11 @@ pub enum Value {
     Name(Ident),
 }
 
-/// `layer { ... }`: one residual block.
+/// `layer { ... }` or `layer(parallel) { ... }`: one residual block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layer {
+    /// `layer`'s own arguments (`parallel`), as a component's; `keyword_span` is `layer`'s.
+    pub header: Component,
     pub components: Vec<Component>,
     pub span: Span,
 }

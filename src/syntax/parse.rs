@@ -268,8 +268,20 @@ fn number(pair: Pair<'_, Rule>, errors: &mut Vec<Diagnostic>) -> Option<Number> 
 
 fn layer(pair: Pair<'_, Rule>, errors: &mut Vec<Diagnostic>) -> Layer {
     let layer_span = span(&pair);
-    let components = pair.into_inner().skip(1).map(|p| component(p, errors)).collect();
-    Layer { components, span: layer_span }
+    let mut parts = pair.into_inner().peekable();
+    let keyword = span(&parts.next().expect("grammar: a layer starts with `layer`"));
+    let (args, end) = match parts.peek().map(Pair::as_rule) {
+        Some(Rule::args) => {
+            let list = parts.next().expect("peeked");
+            let end = span(&list).end;
+            (arguments(list, errors), end)
+        }
+        _ => (Vec::new(), keyword.end),
+    };
+    let header =
+        Component { kind: ComponentKind::Layer, keyword_span: keyword, args, span: Span::new(keyword.start, end) };
+    let components = parts.map(|p| component(p, errors)).collect();
+    Layer { header, components, span: layer_span }
 }
 
 fn component(pair: Pair<'_, Rule>, errors: &mut Vec<Diagnostic>) -> Component {
@@ -277,8 +289,14 @@ fn component(pair: Pair<'_, Rule>, errors: &mut Vec<Diagnostic>) -> Component {
     let mut parts = pair.into_inner();
     let keyword = parts.next().expect("grammar: component has a kind");
     let kind = ComponentKind::from_keyword(keyword.as_str()).expect("grammar: component kinds are keywords");
+    let args = parts.next().map(|list| arguments(list, errors)).unwrap_or_default();
+    Component { kind, keyword_span: span(&keyword), args, span: component_span }
+}
+
+/// An argument list `(name = value, ...)`.
+fn arguments(arg_list: Pair<'_, Rule>, errors: &mut Vec<Diagnostic>) -> Vec<Arg> {
     let mut args = Vec::new();
-    if let Some(arg_list) = parts.next() {
+    {
         for arg_pair in arg_list.into_inner() {
             let arg_span = span(&arg_pair);
             let mut arg_parts = arg_pair.into_inner();
@@ -305,5 +323,5 @@ fn component(pair: Pair<'_, Rule>, errors: &mut Vec<Diagnostic>) -> Component {
             args.push(Arg { name, value, span: arg_span });
         }
     }
-    Component { kind, keyword_span: span(&keyword), args, span: component_span }
+    args
 }

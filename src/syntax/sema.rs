@@ -8,7 +8,7 @@ use std::borrow::Cow;
 
 use crate::diag::{Diagnostic, LineIndex, Span};
 use crate::model::{
-    Activation, Attn, Layer, LayerNorm, Mlp, Model, PosEmbed, Real, Rotary, RotaryStyle, Size, Unembed,
+    Activation, Attn, Layer, Mlp, Model, Norm, NormKind, PosEmbed, Real, Rotary, RotaryStyle, Size, Unembed, NORM_EPS,
 };
 
 /// Bounds that keep the term graph and the e-graph small enough to build. Far above any real
@@ -147,19 +147,20 @@ impl Checker {
                             stage = Stage::Embedded;
                         }
                     }
-                    ComponentKind::LayerNorm => {
-                        self.no_args(c);
+                    ComponentKind::LayerNorm | ComponentKind::RmsNorm => {
+                        let norm = self.norm(c);
                         if stage == Stage::FinalNorm {
                             self.error(Diagnostic::new(
                                 c.keyword_span,
-                                "duplicate final `layernorm`",
-                                "a second final LayerNorm",
+                                format!("duplicate final `{}`", c.kind.keyword()),
+                                "a second final norm",
                             ));
                         } else {
-                            ln_final = Some(LayerNorm { span: c.span });
+                            ln_final = norm;
                             stage = Stage::FinalNorm;
                         }
                     }
+                    ComponentKind::Layer => unreachable!("a layer's header is not a component"),
                     ComponentKind::Attn | ComponentKind::Mlp => {
                         self.error(
                             Diagnostic::new(
@@ -274,25 +275,42 @@ impl Checker {
         self.component_args(c, &[]);
     }
 
-    /// One layer: `[layernorm] attn [[layernorm] mlp]`.
+    /// A norm: `layernorm`, `layernorm(pre)`, `rmsnorm`, `rmsnorm(pre)`, each with `eps`.
+    /// `None` when an argument is wrong (reported).
+    fn norm(&mut self, c: &Component) -> Option<Norm> {
+        let args = self.component_args(c, &[("pre", ArgKind::Bool), ("eps", ArgKind::Number)]);
+        let eps = self.positive(&args, "eps", "added to the variance before the square root");
+        let pre = args.bool("pre");
+        let kind = match (c.kind, pre) {
+            (ComponentKind::LayerNorm, false) => NormKind::LayerNorm,
+            (ComponentKind::LayerNorm, true) => NormKind::LayerNormPre,
+            (_, false) => NormKind::Rms,
+            (_, true) => NormKind::RmsPre,
+        };
+        Some(Norm { kind, eps: eps?.unwrap_or(Real(NORM_EPS)), span: c.span })
+    }
+
+    /// One layer: `[norm] attn [[norm] mlp]`, `parallel` or in sequence.
     fn layer(&mut self, layer: &ast::Layer) -> Option<Layer> {
         let mut attn: Option<Attn> = None;
         let mut mlp: Option<Mlp> = None;
-        let mut pending_ln: Option<LayerNorm> = None;
+        let mut pending_ln: Option<Norm> = None;
         let mut ok = true;
+        let parallel = self.component_args(&layer.header, &[("parallel", ArgKind::Bool)]).bool("parallel");
         for c in &layer.components {
             match c.kind {
-                ComponentKind::LayerNorm => {
-                    self.no_args(c);
+                ComponentKind::LayerNorm | ComponentKind::RmsNorm => {
+                    let norm = self.norm(c);
                     if pending_ln.is_some() {
                         self.error(Diagnostic::new(
                             c.keyword_span,
-                            "two `layernorm`s in a row",
-                            "a LayerNorm applies to the next `attn` or `mlp` only",
+                            "two norms in a row",
+                            "a norm applies to the next `attn` or `mlp` only",
                         ));
                         ok = false;
                     }
-                    pending_ln = Some(LayerNorm { span: c.span });
+                    ok &= norm.is_some();
+                    pending_ln = norm.or(Some(Norm { kind: NormKind::LayerNorm, eps: Real(NORM_EPS), span: c.span }));
                 }
                 ComponentKind::Attn => {
                     let checked = self.attn(c, pending_ln.take());
@@ -326,11 +344,11 @@ impl Checker {
                     mlp = mlp.or(checked);
                     ok &= mlp.is_some();
                 }
-                ComponentKind::Embed | ComponentKind::PosEmbed | ComponentKind::Unembed => {
+                ComponentKind::Embed | ComponentKind::PosEmbed | ComponentKind::Unembed | ComponentKind::Layer => {
                     self.error(Diagnostic::new(
                         c.keyword_span,
                         format!("`{}` inside a layer", c.kind.keyword()),
-                        "only layernorm, attn and mlp belong in a layer",
+                        "only a norm (layernorm, rmsnorm), attn and mlp belong in a layer",
                     ));
                     ok = false;
                 }
@@ -339,9 +357,16 @@ impl Checker {
         if let Some(ln) = pending_ln {
             self.error(Diagnostic::new(
                 ln.span,
-                "`layernorm` at the end of a layer",
+                format!("`{}` at the end of a layer", ln.kind.syntax()),
                 "normalises nothing: no `attn` or `mlp` follows",
             ));
+            ok = false;
+        }
+        if parallel && mlp.is_none() && ok {
+            self.error(
+                Diagnostic::new(layer.header.span, "a parallel layer without an MLP", "`parallel` here")
+                    .with_help("a parallel layer's attention and MLP read the same stream: add `mlp(act = ...)`, or drop `parallel`"),
+            );
             ok = false;
         }
         if attn.is_none() && ok {
@@ -352,10 +377,10 @@ impl Checker {
             ok = false;
         }
         let attn = attn?;
-        ok.then_some(Layer { attn, mlp, span: layer.span })
+        ok.then_some(Layer { attn, mlp, parallel, span: layer.span })
     }
 
-    fn attn(&mut self, c: &Component, ln: Option<LayerNorm>) -> Option<Attn> {
+    fn attn(&mut self, c: &Component, ln: Option<Norm>) -> Option<Attn> {
         let args = self.component_args(
             c,
             &[
@@ -534,16 +559,26 @@ impl Checker {
         }
     }
 
-    fn mlp(&mut self, c: &Component, ln: Option<LayerNorm>) -> Option<Mlp> {
-        let args = self.component_args(c, &[("d_mlp", ArgKind::Size), ("act", ArgKind::Name), ("bias", ArgKind::Bool)]);
+    fn mlp(&mut self, c: &Component, ln: Option<Norm>) -> Option<Mlp> {
+        let args = self.component_args(
+            c,
+            &[
+                ("d_mlp", ArgKind::Size),
+                ("act", ArgKind::Name),
+                ("bias", ArgKind::Bool),
+                ("gated", ArgKind::Bool),
+                ("ln", ArgKind::Name),
+            ],
+        );
         let bias = args.bool("bias");
+        let gated = args.bool("gated");
         let d_mlp = self.width(&args, "d_mlp", c)?;
         let act = match args.name("act") {
             None if args.given("act") => return None,
             None => {
                 self.error(
                     Diagnostic::new(c.keyword_span, "`mlp` without `act`", "which activation?")
-                        .with_help("write `mlp(act = gelu_new)`; known: relu, gelu, gelu_new, silu"),
+                        .with_help(format!("write `mlp(act = gelu_new)`; known: {}", Activation::known())),
                 );
                 return None;
             }
@@ -556,13 +591,39 @@ impl Checker {
                             format!("unknown activation `{}`", short(&name.text)),
                             "not an activation pathc knows",
                         )
-                        .with_help("known: relu, gelu, gelu_new, silu"),
+                        .with_help(format!("known: {}", Activation::known())),
                     );
                     return None;
                 }
             },
         };
-        Some(Mlp { d_mlp, act, bias, ln, span: c.span })
+        if gated && act == Activation::SoluLn {
+            let at = c.args.iter().find(|a| a.name.text == "gated").map_or(c.keyword_span, |a| a.span);
+            self.error(Diagnostic::new(at, "`solu_ln` cannot gate", "`gated` with `act = solu_ln`").with_help(
+                "a gated MLP multiplies an elementwise activation of x·W_gate by x·W_in: use silu, gelu, gelu_new, …",
+            ));
+            return None;
+        }
+        let inner_norm = match (act, args.name("ln")) {
+            (Activation::SoluLn, None) => Some(NormKind::LayerNorm),
+            (Activation::SoluLn, Some(name)) if name.text == "pre" => Some(NormKind::LayerNormPre),
+            (Activation::SoluLn, Some(name)) => {
+                self.error(
+                    Diagnostic::new(name.span, format!("unknown inner norm `{}`", short(&name.text)), "not `pre`")
+                        .with_help("`solu_ln`'s own LayerNorm has weights (the default) or is `ln = pre` (LNPre)"),
+                );
+                return None;
+            }
+            (_, Some(name)) => {
+                self.error(
+                    Diagnostic::new(name.span, "`ln` without `act = solu_ln`", "only solu_ln has a norm of its own")
+                        .with_help("the norm before an MLP is written before it: `layernorm` then `mlp(...)`"),
+                );
+                return None;
+            }
+            (_, None) => None,
+        };
+        Some(Mlp { d_mlp, act, bias, ln, gated, inner_norm, span: c.span })
     }
 
     /// Checks a component's arguments against what it accepts; reports unknown, duplicate and
