@@ -242,6 +242,19 @@ fn tensors_the_model_does_not_declare() {
             at: "unembed",
             help: "write `unembed(bias)`",
         },
+        // Issue 12: a norm tensor the declared kind has not.
+        Case {
+            edit: ("    layernorm\n    attn(", "    rmsnorm\n    attn("),
+            message: "the weights have `blocks.0.ln1.b` but this norm is `rmsnorm`, which has no bias",
+            at: "rmsnorm",
+            help: "declare the norm the weights are for, e.g. `layernorm` (TransformerLens LN)",
+        },
+        Case {
+            edit: ("    layernorm\n    mlp(", "    layernorm(pre)\n    mlp("),
+            message: "the weights have `blocks.0.ln2.w` but this norm is `layernorm(pre)`, which has no weight",
+            at: "layernorm(pre)",
+            help: "declare the norm the weights are for, e.g. `layernorm`",
+        },
         // Issue 17 (2): whole layers and embeddings the model leaves out.
         Case {
             edit: ("repeat 2 {", "repeat 1 {"),

@@ -498,3 +498,27 @@ fn output_vocabulary_targets() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("the next token is not an output"), "{}", stderr(&out));
 }
+
+/// TransformerLens's weight processing on every numeric command: `--process-weights` (all four
+/// steps, as from_pretrained) keeps the paths summing to the processed model's logits; a step that
+/// would compute another model is refused with why (exit 2).
+#[test]
+fn weight_processing_options() {
+    let fixture = |name: &str, extra: &[&str]| {
+        let model = format!("tests/fixtures/{name}/model.tf");
+        let weights = format!("tests/fixtures/{name}/model.safetensors");
+        let mut args = vec!["check", &model, "--weights", &weights, "--tokens", "5,17,42,8"];
+        args.extend_from_slice(extra);
+        let out = pathc(&args);
+        (out.status.code(), stderr(&out), stdout(&out))
+    };
+    let (code, err, out) = fixture("unprocessed", &["--process-weights"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("ok: within --tol"), "{out}");
+    let (code, err, _) = fixture("rms", &["--center-writing-weights"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("cannot apply center_writing_weights: it needs a LayerNorm"), "{err}");
+    let (code, err, _) = fixture("shortformer", &["--center-writing-weights"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("shortformer"), "{err}");
+}

@@ -581,3 +581,99 @@ fn norm_scales_and_mlp_activations_match_transformer_lens() {
         assert!(worst <= TOL, "{name}: {worst} over {n} tokens");
     }
 }
+
+/// TransformerLens's weight processing (`from_pretrained`'s defaults: fold_ln,
+/// center_writing_weights, center_unembed, fold_value_biases) applied by pathc to the unprocessed
+/// weights gives the model TransformerLens's processing gives: its logits (`logits_exact_processing`,
+/// TransformerLens's float64 processing of the same weights) within 1e-9, and its weights those
+/// of the `processed` fixture (which are rounded to f32: within 1e-6). Each step alone is checked
+/// against what it promises: fold_ln and center_writing_weights change no logit; center_unembed
+/// shifts each position's logits by their mean; fold_value_biases changes no logit.
+#[test]
+fn weight_processing_is_transformer_lens_s() {
+    let raw = fixture("unprocessed");
+    let processed = fixture("processed");
+    let n = raw.n();
+    let d_vocab = raw.params.d_vocab_out();
+    let all = raw.params.process(eval::Processing::TRANSFORMER_LENS).unwrap();
+    let forward = eval::forward(&all, &raw.forward.tokens).unwrap();
+    let want = processed.reference_matrix("logits_exact_processing", n, d_vocab);
+    let error = max_diff(&forward.logits, &want);
+    eprintln!("processed by pathc vs by TransformerLens: logits differ by {error:.3e}");
+    assert!(error <= TOL, "{error}");
+    let weights = [
+        (&all.w_e, &processed.params.w_e),
+        (&all.w_u, &processed.params.w_u),
+        (&all.layers[1].attn.w_q[2], &processed.params.layers[1].attn.w_q[2]),
+        (&all.layers[0].attn.w_o[1], &processed.params.layers[0].attn.w_o[1]),
+        (&all.layers[1].mlp.as_ref().unwrap().w_in, &processed.params.layers[1].mlp.as_ref().unwrap().w_in),
+    ];
+    for (ours, theirs) in weights {
+        assert!(max_diff(ours, theirs) <= 1e-6, "{}", max_diff(ours, theirs));
+    }
+    assert!((&all.layers[0].attn.b_o - &processed.params.layers[0].attn.b_o).amax() <= 1e-6);
+    assert!(all.layers.iter().all(|l| l.attn.b_v_kv.iter().all(|b| b.iter().all(|&x| x == 0.0))));
+    // One step at a time.
+    let step =
+        |p: eval::Processing| eval::forward(&raw.params.process(p).unwrap(), &raw.forward.tokens).unwrap().logits;
+    let none = eval::Processing::default();
+    for p in [
+        eval::Processing { fold_ln: true, ..none },
+        eval::Processing { fold_ln: true, center_writing_weights: true, ..none },
+        eval::Processing { center_writing_weights: true, ..none },
+        eval::Processing { fold_value_biases: true, ..none },
+    ] {
+        let error = max_diff(&step(p), &raw.forward.logits);
+        assert!(error <= TOL, "{:?}: {error}", p.names());
+    }
+    let centred = step(eval::Processing { center_unembed: true, ..none });
+    let shifted = Matrix::from_fn(n, d_vocab, |i, j| raw.forward.logits[(i, j)] - raw.forward.logits.row(i).mean());
+    assert!(max_diff(&centred, &shifted) <= TOL);
+}
+
+/// Which paths processing changes (README, "Weight processing"): fold_ln and
+/// center_writing_weights none (every path reads the stream through a centring LayerNorm whose
+/// weights the evaluator folds anyway); center_unembed every path, by its own mean over the
+/// outputs; fold_value_biases (after fold_ln, as TransformerLens orders them) the value-bias
+/// paths, which become zero, and the `b_O` paths, which gain them. (Alone, it moves only the
+/// `b_V` tensor: the LayerNorm bias's share through `W_V` stays a value-bias path.)
+#[test]
+fn processing_moves_only_the_documented_paths() {
+    let raw = fixture("unprocessed");
+    let (n, d_vocab) = (raw.n(), raw.params.d_vocab_out());
+    let logits_of = |params: &eval::Params| {
+        let forward = eval::forward(params, &raw.forward.tokens).unwrap();
+        let mut evaluator = PathEvaluator::new(params, &forward);
+        let mut out = Vec::new();
+        paths::for_each_path(&raw.expansion.logits, &raw.expansion.heads_per_layer(), None, |p| {
+            out.push((p.name(), evaluator.logits(&p)));
+        });
+        out
+    };
+    let before = logits_of(&raw.params);
+    let none = eval::Processing::default();
+    let same = logits_of(
+        &raw.params.process(eval::Processing { fold_ln: true, center_writing_weights: true, ..none }).unwrap(),
+    );
+    for ((name, a), (_, b)) in before.iter().zip(&same) {
+        assert!(max_diff(a, b) <= TOL, "{name} changed under fold_ln + center_writing_weights");
+    }
+    let centred = logits_of(&raw.params.process(eval::Processing { center_unembed: true, ..none }).unwrap());
+    for ((name, a), (_, b)) in before.iter().zip(&centred) {
+        let shifted = Matrix::from_fn(n, d_vocab, |i, j| a[(i, j)] - a.row(i).mean());
+        assert!(max_diff(&shifted, b) <= TOL, "{name} under center_unembed");
+    }
+    let folded =
+        logits_of(&raw.params.process(eval::Processing { fold_ln: true, fold_value_biases: true, ..none }).unwrap());
+    let mut moved = 0;
+    for ((name, a), (_, b)) in before.iter().zip(&folded) {
+        if name.starts_with("bV") {
+            assert_eq!(b.amax(), 0.0, "{name} is zero once folded");
+        } else if name.starts_with("bO") {
+            moved += 1;
+        } else {
+            assert!(max_diff(a, b) <= TOL, "{name} changed under fold_value_biases");
+        }
+    }
+    assert!(moved > 0);
+}

@@ -137,7 +137,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 "error: --fold-ln applies to the statistics plots; path contributions always use the folded weights with the LayerNorm scales frozen".to_string(),
             ));
         }
-        let run = RunArgs { weights, tokens, attention_mask, max_order, limit, names };
+        let run = RunArgs { weights, tokens, attention_mask, max_order, limit, names, processing: Default::default() };
         let evaluation = evaluate(&model, &run, false)?;
         let position = match parse_position(pos.as_deref().unwrap_or("last"), run.tokens.len())? {
             Some(p) => p,

@@ -32,6 +32,42 @@ pub struct RunArgs {
     /// (`{l}` is the layer; repeatable). Tensors keep TransformerLens's layout.
     #[arg(long = "name", value_name = "TL=FILE")]
     pub names: Vec<String>,
+    #[command(flatten)]
+    pub processing: ProcessingArgs,
+}
+
+// TransformerLens's weight processing, step by step (`from_pretrained` applies all four).
+#[derive(clap::Args, Clone, Copy, Default)]
+pub struct ProcessingArgs {
+    /// Fold every LayerNorm's weight and bias into what reads it (TransformerLens fold_ln).
+    #[arg(long)]
+    pub fold_ln: bool,
+    /// Subtract the mean over d_model from everything that writes the residual stream
+    /// (TransformerLens center_writing_weights; needs LayerNorms everywhere).
+    #[arg(long)]
+    pub center_writing_weights: bool,
+    /// Subtract the mean over the outputs from W_U and b_U (TransformerLens center_unembed:
+    /// every position's logits shift by a constant).
+    #[arg(long)]
+    pub center_unembed: bool,
+    /// Move every head's b_V·W_O into b_O (TransformerLens fold_value_biases).
+    #[arg(long)]
+    pub fold_value_biases: bool,
+    /// All four, as TransformerLens's from_pretrained does by default.
+    #[arg(long)]
+    pub process_weights: bool,
+}
+
+impl ProcessingArgs {
+    pub fn processing(&self) -> pathc::eval::Processing {
+        let all = self.process_weights;
+        pathc::eval::Processing {
+            fold_ln: all || self.fold_ln,
+            center_writing_weights: all || self.center_writing_weights,
+            center_unembed: all || self.center_unembed,
+            fold_value_biases: all || self.fold_value_biases,
+        }
+    }
 }
 
 /// Expands the model, loads its weights and runs the forward pass on the tokens.
@@ -41,6 +77,7 @@ pub fn evaluate(model: &Path, run: &RunArgs, qk: bool) -> Result<Evaluation, Fai
     let compiled = pathc::compile(&source).map_err(fail)?;
     let names = pathc::eval::NameMap::parse(&run.names).map_err(|e| fail(e.into()))?;
     let params = pathc::load_params(&compiled, &run.weights, &names).map_err(fail)?;
+    let params = params.process(run.processing.processing()).map_err(|e| fail(e.into()))?;
     let forward =
         pathc::eval::forward_masked(&params, &run.tokens, run.attention_mask.as_deref()).map_err(|e| fail(e.into()))?;
     let options = ExpandOptions { max_order: run.max_order, limit: run.limit, qk, ..ExpandOptions::default() };

@@ -28,10 +28,10 @@ pub fn write(exp: &Expansion, templates_only: bool, out: &mut dyn Write) -> io::
     if legend.norm {
         writeln!(
             out,
-            "\\par $N^{{s}} = \\mathrm{{diag}}(1/\\sigma_s)$: the scale of LayerNorm $s$ (ln1 before attention, ln2 \
-             before the MLP, final), frozen per position from the forward pass; its centring and weight are folded into \
-             the weights that read it ($W_Q, W_K, W_V, W_{{in}}, W_U$) and its bias into their biases ($b_Q, b_K, b_V, \
-             b_{{in}}, b_U$), as TransformerLens's \\texttt{{fold\\_ln}} does."
+            "\\par $N^{{s}} = \\mathrm{{diag}}(1/\\sigma_s)$: the scale of norm $s$ (ln1 before attention, ln2 \
+             before the MLP, final; $\\sigma$ of a LayerNorm, the RMS of an RMSNorm), frozen per position from the \
+             forward pass; its centring and weight are folded into the weights that read it ($W_Q, W_K, W_V, W_{{in}}, \
+             W_{{gate}}, W_U$) and its bias into their biases, as TransformerLens's \\texttt{{fold\\_ln}} does."
         )?;
     }
     if legend.mlp {
@@ -67,6 +67,15 @@ pub fn write(exp: &Expansion, templates_only: bool, out: &mut dyn Write) -> io::
     }
     if legend.bidirectional {
         writeln!(out, "\\par Bidirectional layers: their patterns $A$ may attend to later positions.")?;
+    }
+    if legend.gated {
+        writeln!(
+            out,
+            "\\par Gated MLPs: $(\\mathrm{{act}}(x W_{{gate}}) \\odot x W_{{in}} + b_{{in}}) W_{{out}} + b_{{out}}$; both inputs are expanded."
+        )?;
+    }
+    if legend.parallel {
+        writeln!(out, "\\par Parallel layers: the MLP reads the stream its layer's attention reads.")?;
     }
     if legend.outputs {
         writeln!(

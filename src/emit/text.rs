@@ -92,6 +92,8 @@ pub(crate) struct Legend {
     pub bidirectional: bool,
     /// The unembedding's own output size, when it is not the vocabulary.
     pub outputs: bool,
+    pub gated: bool,
+    pub parallel: bool,
 }
 
 impl Legend {
@@ -111,6 +113,8 @@ impl Legend {
             grouped: attn().any(|a| a.kv_heads != a.n_heads),
             bidirectional: attn().any(|a| !a.causal),
             outputs: model.unembed.d_vocab_out.is_some(),
+            gated: model.layers.iter().any(|l| l.mlp.as_ref().is_some_and(|m| m.gated)),
+            parallel: model.layers.iter().any(|l| l.parallel),
         }
     }
 }
@@ -121,9 +125,10 @@ fn legend(exp: &Expansion) -> Vec<&'static str> {
     let mut lines = Vec::new();
     if legend.norm {
         lines.push(
-            "N^{s} = diag(1/σ_s): LayerNorm s's scale (ln1.L before attention, ln2.L before the MLP, final), frozen per \
-             position from the forward pass; its centring and weight are folded into the weights that read it (W_Q, W_K, \
-             W_V, W_in, W_U) and its bias into their biases (b_Q, b_K, b_V, b_in, b_U), as TransformerLens's fold_ln does",
+            "N^{s} = diag(1/σ_s): norm s's scale (ln1.L before attention, ln2.L before the MLP, final; σ of a LayerNorm, \
+             the RMS of an RMSNorm), frozen per position from the forward pass; its centring (LayerNorm) and weight are \
+             folded into the weights that read it (W_Q, W_K, W_V, W_in, W_gate, W_U) and its bias into their biases \
+             (b_Q, b_K, b_V, b_in, b_gate, b_U), as TransformerLens's fold_ln does",
         );
     }
     if legend.mlp {
@@ -153,6 +158,15 @@ fn legend(exp: &Expansion) -> Vec<&'static str> {
     }
     if legend.bidirectional {
         lines.push("bidirectional layers (causal = false): their patterns A may attend to later positions");
+    }
+    if legend.gated {
+        lines.push(
+            "gated MLPs: (act(x·W_gate) ⊙ x·W_in + b_in)·W_out + b_out; both inputs are expanded below (b_in, added after \
+             the product, is part of the output M)",
+        );
+    }
+    if legend.parallel {
+        lines.push("parallel layers: the MLP reads the stream its layer's attention reads, so its input has no path through that layer's heads");
     }
     if legend.outputs {
         lines.push("W_U is [d_model, d_vocab_out]: the logits are the model's own outputs, not the vocabulary");

@@ -17,7 +17,9 @@ pub mod rotary;
 mod target;
 
 pub use forward::{activate, activation, forward, forward_masked, Forward};
-pub use params::{AttnWeights, Gate, LayerParams, MlpWeights, NameMap, NormWeights, Params, StatsParams, LN_EPS};
+pub use params::{
+    AttnWeights, Gate, LayerParams, MlpWeights, NameMap, NormWeights, Params, Processing, StatsParams, LN_EPS,
+};
 pub use paths::{check, logits_by_order, CheckReport, Origin, PathEvaluator, ResidualCache, ScoreEvaluator};
 pub use target::{target_logits, Target, TargetEvaluator, TargetLogits, Targets};
 
@@ -38,6 +40,9 @@ pub enum EvalError {
     /// bias): the diagnostic points at the declaration to change.
     #[error("{}", .0.message)]
     Undeclared(Diagnostic),
+    /// A weight-processing step that would compute another model here.
+    #[error("cannot apply {0}")]
+    Processing(String),
     #[error("bad --name mapping {0}")]
     NameMap(String),
     #[error("no tokens given")]

@@ -126,6 +126,35 @@ pub struct Gate {
     pub b_lin: Row,
 }
 
+/// TransformerLens's weight processing, step by step ([`Params::process`]): `from_pretrained`
+/// applies all four by default ([`Processing::TRANSFORMER_LENS`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Processing {
+    pub fold_ln: bool,
+    pub center_writing_weights: bool,
+    pub center_unembed: bool,
+    pub fold_value_biases: bool,
+}
+
+impl Processing {
+    /// `HookedTransformer.from_pretrained`'s defaults.
+    pub const TRANSFORMER_LENS: Processing =
+        Processing { fold_ln: true, center_writing_weights: true, center_unembed: true, fold_value_biases: true };
+
+    /// The steps, by TransformerLens's names, in order.
+    pub fn names(&self) -> Vec<&'static str> {
+        [
+            (self.fold_ln, "fold_ln"),
+            (self.center_writing_weights, "center_writing_weights"),
+            (self.center_unembed, "center_unembed"),
+            (self.fold_value_biases, "fold_value_biases"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect()
+    }
+}
+
 /// One residual block: `ln1` (if declared) before attention, `ln2` (if declared) before the MLP;
 /// in a `parallel` layer the MLP reads the attention's input, and with `shared_norm` (GPT-J) it
 /// goes through `ln1` (then `ln2` is `None`).
@@ -613,6 +642,89 @@ impl Params {
             )));
         }
         Ok(Params { w_e, w_pos, layers, ln_final, w_u, b_u, shortformer: model.shortformer() })
+    }
+
+    /// The weights after TransformerLens's processing steps `processing` names, in its order
+    /// (`load_and_process_state_dict`: fold_ln, center_writing_weights, center_unembed,
+    /// fold_value_biases). Each is exact for the model it makes; `center_unembed` shifts every
+    /// position's logits by a constant (their mean over the outputs), which changes no softmax,
+    /// and `fold_value_biases` moves each head's `b_V W_O` into `b_O` (every attention row sums to
+    /// 1). Refused where a step would compute another model ([`EvalError::Processing`]).
+    pub fn process(&self, processing: Processing) -> Result<Params, EvalError> {
+        let mut p = if processing.fold_ln { self.fold_layer_norm() } else { self.clone() };
+        if processing.center_writing_weights {
+            p.center_writing_weights()?;
+        }
+        if processing.center_unembed {
+            let mean_of_columns = |m: &Matrix, i: usize| m.row(i).mean();
+            let means: Vec<f64> = (0..p.w_u.nrows()).map(|i| mean_of_columns(&p.w_u, i)).collect();
+            for (i, mean) in means.into_iter().enumerate() {
+                p.w_u.row_mut(i).add_scalar_mut(-mean);
+            }
+            let mean = p.b_u.mean();
+            p.b_u.add_scalar_mut(-mean);
+        }
+        if processing.fold_value_biases {
+            for layer in &mut p.layers {
+                let attn = &mut layer.attn;
+                let folded: Row = (0..attn.n_heads())
+                    .map(|h| attn.b_v(h) * &attn.w_o[h])
+                    .fold(Row::zeros(attn.b_o.len()), |a, b| a + b);
+                attn.b_o += folded;
+                for b in &mut attn.b_v_kv {
+                    b.fill(0.0);
+                }
+            }
+        }
+        Ok(p)
+    }
+
+    /// TransformerLens's `center_writing_weights`: every matrix and bias that writes the residual
+    /// stream (`W_E`, `W_pos`, `W_O`, `b_O`, `W_out`, `b_out`) loses its mean over d_model. Exact
+    /// only when everything that reads the stream centres it first, so refused unless every
+    /// norm is a LayerNorm (`layernorm` or `layernorm(pre)`) and every layer has them; refused for
+    /// shortformer positions, which join the queries and keys after the norm (TransformerLens
+    /// centres them anyway, which changes the attention scores).
+    fn center_writing_weights(&mut self) -> Result<(), EvalError> {
+        let centres = |n: &Option<NormWeights>| n.as_ref().is_some_and(|n| n.kind.centres());
+        let every_reader = centres(&self.ln_final)
+            && self
+                .layers
+                .iter()
+                .all(|l| centres(&l.ln1) && (l.mlp.is_none() || l.mlp_norm().is_some_and(|n| n.kind.centres())));
+        if !every_reader {
+            return Err(EvalError::Processing(
+                "center_writing_weights: it needs a LayerNorm (layernorm or layernorm(pre)) before every attention, every MLP and the unembedding; only then does the mean of what is written cancel".to_string(),
+            ));
+        }
+        if self.shortformer {
+            return Err(EvalError::Processing(
+                "center_writing_weights: it would centre a shortformer's W_pos, which joins the queries and keys after the LayerNorm, and so change the attention scores (TransformerLens does it; ACDC loads redwood_attn_2l with center_writing_weights=False)".to_string(),
+            ));
+        }
+        let centre_rows = |m: &mut Matrix| {
+            for mut row in m.row_iter_mut() {
+                let mean = row.mean();
+                row.add_scalar_mut(-mean);
+            }
+        };
+        let centre_row = |r: &mut Row| {
+            let mean = r.mean();
+            r.add_scalar_mut(-mean);
+        };
+        centre_rows(&mut self.w_e);
+        if let Some(w_pos) = &mut self.w_pos {
+            centre_rows(w_pos);
+        }
+        for layer in &mut self.layers {
+            layer.attn.w_o.iter_mut().for_each(centre_rows);
+            centre_row(&mut layer.attn.b_o);
+            if let Some(mlp) = &mut layer.mlp {
+                centre_rows(&mut mlp.w_out);
+                centre_row(&mut mlp.b_out);
+            }
+        }
+        Ok(())
     }
 
     /// TransformerLens's `fold_layer_norm(state_dict, fold_biases=True, center_weights=True)`.
