@@ -79,8 +79,21 @@ enum PlotWhat {
 }
 
 pub fn run(args: Args) -> Result<(), Failure> {
-    let Args { model, weights, what, tokens, attention_mask, pos, target, top, fold_ln, max_order, limit, names, output } =
-        args;
+    let Args {
+        model,
+        weights,
+        what,
+        tokens,
+        attention_mask,
+        pos,
+        target,
+        top,
+        fold_ln,
+        max_order,
+        limit,
+        names,
+        output,
+    } = args;
     let stats_plot = match what {
         PlotWhat::CompQ => Some(StatsPlot::CompQ),
         PlotWhat::CompK => Some(StatsPlot::CompK),

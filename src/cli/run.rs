@@ -41,8 +41,8 @@ pub fn evaluate(model: &Path, run: &RunArgs, qk: bool) -> Result<Evaluation, Fai
     let compiled = pathc::compile(&source).map_err(fail)?;
     let names = pathc::eval::NameMap::parse(&run.names).map_err(|e| fail(e.into()))?;
     let params = pathc::load_params(&compiled, &run.weights, &names).map_err(fail)?;
-    let forward = pathc::eval::forward_masked(&params, &run.tokens, run.attention_mask.as_deref())
-        .map_err(|e| fail(e.into()))?;
+    let forward =
+        pathc::eval::forward_masked(&params, &run.tokens, run.attention_mask.as_deref()).map_err(|e| fail(e.into()))?;
     let options = ExpandOptions { max_order: run.max_order, limit: run.limit, qk, ..ExpandOptions::default() };
     let expansion = pathc::expand_compiled(compiled, &options).map_err(fail)?;
     Ok(Evaluation { expansion, params, forward })

@@ -69,7 +69,10 @@ pub fn write(exp: &Expansion, templates_only: bool, out: &mut dyn Write) -> io::
         writeln!(out, "\\par Bidirectional layers: their patterns $A$ may attend to later positions.")?;
     }
     if legend.outputs {
-        writeln!(out, "\\par $W_U$ is $d_{{model}} \\times d_{{vocab\\_out}}$: the logits are the model's own outputs.")?;
+        writeln!(
+            out,
+            "\\par $W_U$ is $d_{{model}} \\times d_{{vocab\\_out}}$: the logits are the model's own outputs."
+        )?;
     }
     write_sum(out, &exp.logits, &exp.logit_counts, &heads, templates_only)?;
     for (layer, (templates, counts)) in exp.mlp_inputs.iter().zip(&exp.mlp_input_counts).enumerate() {

@@ -596,7 +596,8 @@ impl<'w> StatsParams<'w> {
     /// undeclared LayerNorms, MLPs and biases), reading only the attention weights, LayerNorms and
     /// biases.
     pub fn from_weights(model: &Model, weights: &'w Weights, names: &NameMap) -> Result<StatsParams<'w>, EvalError> {
-        let params = Params::read(model, &Reader { weights, names, read_matrices: false, shortformer: model.shortformer() })?;
+        let params =
+            Params::read(model, &Reader { weights, names, read_matrices: false, shortformer: model.shortformer() })?;
         let layers = params.layers.into_iter().map(|layer| LayerParams { mlp: None, ln2: None, ..layer }).collect();
         Ok(StatsParams {
             layers,

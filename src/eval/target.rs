@@ -104,7 +104,10 @@ impl Targets {
         position: Option<usize>,
     ) -> Result<Targets, EvalError> {
         if target == Target::Next && params.d_vocab_out() != params.d_vocab() {
-            return Err(EvalError::NextNeedsVocabOutputs { d_vocab: params.d_vocab(), d_vocab_out: params.d_vocab_out() });
+            return Err(EvalError::NextNeedsVocabOutputs {
+                d_vocab: params.d_vocab(),
+                d_vocab_out: params.d_vocab_out(),
+            });
         }
         Targets::resolve(target, tokens, params.d_vocab_out(), position)
     }

@@ -171,8 +171,7 @@ impl Checker {
                         );
                     }
                     ComponentKind::Unembed => {
-                        let args =
-                            self.component_args(c, &[("bias", ArgKind::Bool), ("d_vocab_out", ArgKind::Size)]);
+                        let args = self.component_args(c, &[("bias", ArgKind::Bool), ("d_vocab_out", ArgKind::Size)]);
                         let d_vocab_out = match args.size("d_vocab_out") {
                             Some((Size::Known(0), span)) => {
                                 self.error(Diagnostic::new(span, "`d_vocab_out` is zero", "must be at least 1"));
@@ -409,8 +408,12 @@ impl Checker {
             Some((Size::Symbolic(name), span)) => {
                 let name = short(&name);
                 self.error(
-                    Diagnostic::new(span, "the number of key/value heads must be a number", format!("`{name}` is symbolic"))
-                        .with_help(format!("give it a value: `dim {name} = 4`")),
+                    Diagnostic::new(
+                        span,
+                        "the number of key/value heads must be a number",
+                        format!("`{name}` is symbolic"),
+                    )
+                    .with_help(format!("give it a value: `dim {name} = 4`")),
                 );
                 return None;
             }
