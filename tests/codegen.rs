@@ -132,6 +132,43 @@ fn attn1_module_snapshot() {
     insta::assert_snapshot!("codegen_attn1_python", code);
 }
 
+#[test]
+fn the_model_literal_carries_every_architecture_option() {
+    let literal = |source: &str| -> String {
+        let exp = pathc::expand(source, &ExpandOptions::default()).unwrap();
+        let code = python::generate(&exp, &Options::default()).unwrap();
+        code.split("\nMODEL = {\n").nth(1).unwrap().split("\n}\n").next().unwrap().to_string()
+    };
+    let fixture = |name: &str| literal(&std::fs::read_to_string(format!("tests/fixtures/{name}/model.tf")).unwrap());
+    let cases: [(&str, &[&str]); 7] = [
+        ("vocab_out", &["\"d_vocab\": 33,", "\"d_vocab_out\": 2,", "\"pos_embed\": \"standard\","]),
+        ("bidir_mask", &["\"d_vocab_out\": 5,", "\"causal\": False,"]),
+        ("scale", &["\"scale\": 1.0,", "\"d_vocab_out\": 33,"]),
+        ("scale_custom", &["\"scale\": 2.5,", "\"causal\": True,"]),
+        ("shortformer", &["\"pos_embed\": \"shortformer\",", "\"scale\": None,"]),
+        ("rotary_gptj", &["\"pos_embed\": None,", "\"rotary\": {\"dim\": 8, \"base\": 1000.0, \"style\": \"gptj\"},"]),
+        (
+            "rotary_gqa",
+            &["\"heads\": 4, \"kv_heads\": 2,", "\"rotary\": {\"dim\": 8, \"base\": 10000.0, \"style\": \"neox\"},"],
+        ),
+    ];
+    for (name, expected) in cases {
+        let model = fixture(name);
+        for want in expected {
+            assert!(model.contains(want), "{name}: no `{want}` in\n{model}");
+        }
+    }
+    // Symbolic sizes: the outputs are the tokens, or a size of their own read from W_U.
+    let symbolic = |unembed: &str| {
+        literal(&format!(
+            "model m\ndim d_model\ndim d_vocab\ndim d_out\ndim d_head\nembed\nlayer {{ attn(heads = 2) }}\n{unembed}\n"
+        ))
+    };
+    assert!(symbolic("unembed").contains("\"d_vocab_out\": \"d_vocab\","));
+    assert!(symbolic("unembed(d_vocab_out = d_vocab)").contains("\"d_vocab_out\": \"d_vocab\","));
+    assert!(symbolic("unembed(d_vocab_out = d_out)").contains("\"d_vocab_out\": None,"));
+}
+
 // ------------------------------------------------------------------ with Python and NumPy
 
 fn pathc(args: &[&str]) -> Output {
@@ -181,13 +218,17 @@ fn json(out: Output, what: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
-/// Generates the module with `pathc codegen` into a temporary file.
+/// Generates the module of `examples/{example}.tf` with `pathc codegen` into a temporary file.
 fn generate_module(example: &str, extra: &[&str]) -> PathBuf {
+    generate_module_of(&format!("examples/{example}.tf"), example, extra)
+}
+
+/// Generates the module of the model file `model` into a temporary file named after `tag`.
+fn generate_module_of(model: &str, tag: &str, extra: &[&str]) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("pathc-codegen-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join(format!("{example}{}.py", extra.join("").replace('-', "_")));
-    let model = format!("examples/{example}.tf");
-    let mut args = vec!["codegen", &model, "--lang", "python", "-o", file.to_str().unwrap()];
+    let file = dir.join(format!("{tag}{}.py", extra.join("").replace('-', "_")));
+    let mut args = vec!["codegen", model, "--lang", "python", "-o", file.to_str().unwrap()];
     args.extend_from_slice(extra);
     let out = pathc(&args);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -348,5 +389,312 @@ fn generated_subset_matches_pathc_filtered() {
         theirs["paths"] = serde_json::Value::Array(kept);
         let d = json_diff(&ours, &theirs, "attn2 subset");
         eprintln!("attn2 --max-order 1 --through L1H2 --pos {pos}: vs pathc {d:.2e}");
+    }
+}
+
+// ------------------------------------------- the architecture options, against their fixtures
+
+/// The fixtures of the model language's architecture options (TransformerLens 2.18 and
+/// HuggingFace, `tests/fixtures/make_arch_fixtures.py`). `hf_llama` and `hf_gptj` need RMSNorm,
+/// gated MLPs and parallel blocks, which the model language does not have yet.
+const ARCH_FIXTURES: [&str; 11] = [
+    "vocab_out",
+    "bidir_mask",
+    "causal_mask",
+    "scale",
+    "scale_custom",
+    "shortformer",
+    "shortformer_plain",
+    "rotary_neox",
+    "rotary_gptj",
+    "rotary_gqa",
+    "hf_neox",
+];
+
+/// An architecture fixture: its model file, tokens, attention mask, sizes and reference.
+struct ArchFixture {
+    name: &'static str,
+    model: String,
+    weights: String,
+    tokens: Vec<u64>,
+    mask: Option<Vec<u64>>,
+    heads: Vec<usize>,
+    d_model: usize,
+    d_head: usize,
+    d_vocab: usize,
+    d_vocab_out: usize,
+    path_names: Option<Vec<String>>,
+    reference: Weights,
+}
+
+impl ArchFixture {
+    fn load(name: &'static str) -> ArchFixture {
+        let dir = format!("tests/fixtures/{name}");
+        let meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(format!("{dir}/meta.json")).unwrap()).unwrap();
+        let ints =
+            |v: &serde_json::Value| v.as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect::<Vec<_>>();
+        let config = &meta["config"];
+        let size = |key: &str| config[key].as_u64().unwrap() as usize;
+        ArchFixture {
+            name,
+            model: format!("{dir}/model.tf"),
+            weights: format!("{dir}/model.safetensors"),
+            tokens: ints(&meta["tokens"]),
+            mask: meta.get("attention_mask").map(ints),
+            heads: vec![size("n_heads"); size("n_layers")],
+            d_model: size("d_model"),
+            d_head: size("d_head"),
+            d_vocab: size("d_vocab"),
+            d_vocab_out: size("d_vocab_out"),
+            path_names: meta["path_names"]
+                .as_array()
+                .map(|names| names.iter().map(|n| n.as_str().unwrap().to_string()).collect()),
+            reference: Weights::load(format!("{dir}/reference.safetensors").as_ref()).unwrap(),
+        }
+    }
+
+    fn n(&self) -> usize {
+        self.tokens.len()
+    }
+
+    fn list(values: &[u64]) -> String {
+        values.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+    }
+
+    /// `--tokens T --pos all [--attention-mask M]`, as both the module and `pathc paths` take them.
+    fn run_args(&self) -> Vec<String> {
+        let mut args = vec!["--tokens".to_string(), Self::list(&self.tokens), "--pos".into(), "all".into()];
+        if let Some(mask) = &self.mask {
+            args.extend(["--attention-mask".to_string(), Self::list(mask)]);
+        }
+        args
+    }
+
+    fn reference(&self, name: &str, shape: &[usize]) -> &[f64] {
+        &self.reference.get(name, shape).unwrap_or_else(|e| panic!("{}: {e}", self.name)).data
+    }
+}
+
+/// The largest difference of `ours` from `reference`, relative where |reference| > 1; fails
+/// above [`TOL`].
+fn max_error(ours: &[f64], reference: &[f64], what: &str) -> f64 {
+    assert_eq!(ours.len(), reference.len(), "{what}: sizes");
+    let mut worst: f64 = 0.0;
+    for (i, (a, b)) in ours.iter().zip(reference).enumerate() {
+        assert!(close(*a, *b), "{what}[{i}]: {a} vs {b}");
+        worst = worst.max((a - b).abs() / b.abs().max(1.0));
+    }
+    worst
+}
+
+/// Runs the generated module's own forward pass (imported, not run as a script) on the weights as
+/// loaded and LayerNorm-folded: logits, patterns and scores of each.
+const FORWARD_SCRIPT: &str = r#"
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("generated", sys.argv[1])
+m = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(m)
+w = m.load_weights(sys.argv[2])
+tokens, mask = json.loads(sys.argv[3]), json.loads(sys.argv[4])
+out = {}
+for key, weights in (("as_given", w), ("folded", m.fold_layer_norm(w))):
+    f = m.forward(weights, tokens, mask)
+    out[key] = {"logits": f.logits.tolist(), "patterns": [p.tolist() for p in f.patterns], "scores": [s.tolist() for s in f.scores]}
+json.dump(out, sys.stdout)
+"#;
+
+#[test]
+fn generated_paths_match_the_architecture_fixtures() {
+    let Some(python) = python_interpreter() else { return };
+    for name in ARCH_FIXTURES {
+        let f = ArchFixture::load(name);
+        let (n, out) = (f.n(), f.d_vocab_out);
+        let module = generate_module_of(&f.model, name, &[]);
+        let run = f.run_args();
+        let run: Vec<&str> = run.iter().map(String::as_str).collect();
+
+        // The contract: what `pathc paths --format json` prints.
+        let ours = run_python(&python, &module, &[&[&f.weights[..]][..], &run].concat());
+        let theirs = json(
+            pathc(&[&["paths", &f.model, "--weights", &f.weights][..], &run, &["--format", "json"]].concat()),
+            "pathc paths",
+        );
+        let vs_pathc = json_diff(&ours, &theirs, name);
+
+        // The module's forward pass: logits, patterns and scores, as given and folded.
+        let mask = f.mask.as_ref().map_or("null".to_string(), |m| format!("[{}]", ArchFixture::list(m)));
+        let tokens = format!("[{}]", ArchFixture::list(&f.tokens));
+        let output = Command::new(&python)
+            .args(["-c", FORWARD_SCRIPT, module.to_str().unwrap(), &f.weights, &tokens, &mask])
+            .output()
+            .expect("python runs");
+        let forward = json(output, &format!("{name}: the module's forward pass"));
+        let mut vs_logits: f64 = 0.0;
+        let mut vs_patterns: f64 = 0.0;
+        let mut vs_scores: f64 = 0.0;
+        for key in ["as_given", "folded"] {
+            let run = &forward[key];
+            let what = format!("{name} ({key})");
+            vs_logits = vs_logits.max(max_error(
+                &rows(&run["logits"]),
+                f.reference("logits", &[n, out]),
+                &format!("{what} logits"),
+            ));
+            for (l, &h) in f.heads.iter().enumerate() {
+                let pattern = f.reference(&format!("pattern.{l}"), &[h, n, n]);
+                vs_patterns =
+                    vs_patterns.max(max_error(&flatten(&run["patterns"][l]), pattern, &format!("{what} pattern.{l}")));
+                let scores = f.reference(&format!("scores.{l}"), &[h, n, n]);
+                vs_scores =
+                    vs_scores.max(max_error(&flatten(&run["scores"][l]), scores, &format!("{what} scores.{l}")));
+            }
+        }
+
+        // The paths: each against the fixture's where it has them, grouped by their last head
+        // against `head_logits`, and their sum against the logits.
+        let paths = ours["paths"].as_array().unwrap();
+        let names: Vec<&str> = paths.iter().map(|p| p["name"].as_str().unwrap()).collect();
+        if let Some(expected) = &f.path_names {
+            assert_eq!(names, *expected, "{name}: the fixture's paths");
+        }
+        let layers = f.heads.len();
+        let mut total = vec![0.0; n * out];
+        let mut by_head = vec![vec![vec![0.0; n * out]; f.heads[0]]; layers];
+        let mut vs_paths: f64 = 0.0;
+        for path in paths {
+            let values = rows(&path["logits"]);
+            let pname = path["name"].as_str().unwrap();
+            total.iter_mut().zip(&values).for_each(|(t, v)| *t += v);
+            if let Some(last) = pname.rsplit('/').next().and_then(|h| h.strip_prefix('L')) {
+                let (l, h) = last.split_once('H').unwrap();
+                let sum = &mut by_head[l.parse::<usize>().unwrap()][h.parse::<usize>().unwrap()];
+                sum.iter_mut().zip(&values).for_each(|(t, v)| *t += v);
+            }
+            if f.path_names.is_some() {
+                let reference = f.reference(&format!("path/{pname}"), &[n, out]);
+                vs_paths = vs_paths.max(max_error(&values, reference, &format!("{name} path {pname}")));
+            }
+        }
+        let by_head: Vec<f64> = by_head.into_iter().flatten().flatten().collect();
+        let vs_heads = max_error(&by_head, f.reference("head_logits", &[layers, f.heads[0], n, out]), name);
+        let sum_error = max_error(&total, f.reference("logits", &[n, out]), &format!("{name}: Σ paths"));
+        let or_none = |compared: bool, x: f64| if compared { format!("{x:.1e}") } else { "(none)".to_string() };
+        eprintln!(
+            "{name}: {} paths; vs pathc {vs_pathc:.1e}; vs fixture: logits {vs_logits:.1e}, patterns {vs_patterns:.1e}, \
+             scores {}, paths {}, head_logits {vs_heads:.1e}, Σ paths − logits {sum_error:.1e}",
+            paths.len(),
+            format!("{vs_scores:.1e}"),
+            or_none(f.path_names.is_some(), vs_paths),
+        );
+    }
+}
+
+/// `‖W_E·W_V·W_O·W_U‖_F` of every head, from the weights directly, in layer then head order.
+fn ov_frobenius_directly(f: &ArchFixture) -> Vec<f64> {
+    use pathc::eval::Matrix;
+    let weights = Weights::load(f.weights.as_ref()).unwrap();
+    let (d_model, d_head, out) = (f.d_model, f.d_head, f.d_vocab_out);
+    let matrix = |name: &str, rows: usize, cols: usize| {
+        Matrix::from_row_slice(rows, cols, &weights.get(name, &[rows, cols]).unwrap().data)
+    };
+    let (w_e, w_u) = (matrix("embed.W_E", f.d_vocab, d_model), matrix("unembed.W_U", d_model, out));
+    let mut norms = Vec::new();
+    for (l, &h) in f.heads.iter().enumerate() {
+        let w_v = &weights.get(&format!("blocks.{l}.attn.W_V"), &[h, d_model, d_head]).unwrap().data;
+        let w_o = &weights.get(&format!("blocks.{l}.attn.W_O"), &[h, d_head, d_model]).unwrap().data;
+        let size = d_model * d_head;
+        for i in 0..h {
+            let v = Matrix::from_row_slice(d_model, d_head, &w_v[i * size..(i + 1) * size]);
+            let o = Matrix::from_row_slice(d_head, d_model, &w_o[i * size..(i + 1) * size]);
+            norms.push((&w_e * v * o * &w_u).norm());
+        }
+    }
+    norms
+}
+
+#[test]
+fn generated_statistics_match_the_architecture_fixtures() {
+    let Some(python) = python_interpreter() else { return };
+    for name in ARCH_FIXTURES {
+        let f = ArchFixture::load(name);
+        let module = generate_module_of(&f.model, name, &[]);
+        let square = f.d_vocab_out == f.d_vocab;
+        for fold in [&[][..], &["--fold-ln"]] {
+            let mut ours = run_python(&python, &module, &[&[&f.weights[..], "--stats"][..], fold].concat());
+            let mut theirs = json(
+                pathc(&[&["stats", &f.model, "--weights", &f.weights, "--format", "json"][..], fold].concat()),
+                "pathc stats",
+            );
+            if !square {
+                // The full OV circuit is d_vocab × d_vocab_out: no eigenvalues, no copying score.
+                assert!(ours.get("ov_copying").is_none(), "{name}");
+                let reason = ours["not_defined"]["ov_copying"].as_str().unwrap();
+                assert!(reason.contains("not square"), "{name}: {reason}");
+                // Its Frobenius norm is defined; `pathc stats` is compared on it only once it says
+                // what is not defined, as the generated module does.
+                let direct = ov_frobenius_directly(&f);
+                let d = max_error(&flatten(&ours["ov_frobenius"]), &direct, &format!("{name} ov_frobenius"));
+                eprintln!("{name} {fold:?}: ov_frobenius vs W_E·W_V·W_O·W_U directly {d:.1e}");
+                if theirs.get("not_defined").is_none() {
+                    eprintln!("note: `pathc stats` on {name} gives no `not_defined`: ov_copying and ov_frobenius not compared");
+                    for x in [&mut ours, &mut theirs] {
+                        let x = x.as_object_mut().unwrap();
+                        for key in ["ov_copying", "ov_frobenius", "not_defined"] {
+                            x.remove(key);
+                        }
+                    }
+                }
+            }
+            let d = json_diff(&ours, &theirs, name);
+            if !fold.is_empty() {
+                eprintln!("{name} {fold:?}: statistics vs pathc {d:.1e}");
+                continue;
+            }
+            let mut vs_fixture: f64 = 0.0;
+            let mut stats = vec!["comp_q", "comp_k", "comp_v", "qk_copying", "qk_frobenius"];
+            if square {
+                stats.extend(["ov_copying", "ov_frobenius"]);
+            }
+            for stat in stats {
+                let shape = shape_of(&ours[stat]);
+                let values = flatten(&ours[stat]);
+                vs_fixture = vs_fixture.max(max_error(&values, f.reference(stat, &shape), &format!("{name} {stat}")));
+                // A rotary head's position-free QK statistics are those at offset 0.
+                let at_0 = format!("{stat}@0");
+                if f.reference.contains(&at_0) {
+                    vs_fixture =
+                        vs_fixture.max(max_error(&values, f.reference(&at_0, &shape), &format!("{name} {at_0}")));
+                }
+            }
+            eprintln!("{name}: statistics vs pathc {d:.1e}, vs fixture {vs_fixture:.1e}");
+        }
+    }
+}
+
+#[test]
+fn generated_module_refuses_attention_masks_as_pathc_does() {
+    let Some(python) = python_interpreter() else { return };
+    for (name, mask) in [
+        ("causal_mask", "1,1,1"),
+        ("causal_mask", "0,1,1,1,1,1,1,1,1,1"),
+        ("bidir_mask", "0,0,0,0,0,0,0,0,0,0"),
+        ("bidir_mask", "1,1,1,2,1,1,1,1,1,1"),
+    ] {
+        let f = ArchFixture::load(name);
+        let module = generate_module_of(&f.model, name, &[]);
+        let tokens = ArchFixture::list(&f.tokens);
+        let args = ["--tokens", &tokens, "--attention-mask", mask];
+        let ours = Command::new(&python).arg(&module).arg(&f.weights).args(args).output().unwrap();
+        let theirs = pathc(&[&["paths", &f.model, "--weights", &f.weights][..], &args].concat());
+        assert!(!ours.status.success() && !theirs.status.success(), "{name} {mask}");
+        let (ours, theirs) = (String::from_utf8_lossy(&ours.stderr), String::from_utf8_lossy(&theirs.stderr));
+        let message = |text: &str| -> String {
+            let line = text.lines().find(|l| l.starts_with("error")).unwrap_or_default().to_string();
+            // clap's wording around a bad value differs; what is wrong with it does not.
+            line.rsplit(": ").next().unwrap_or_default().to_string()
+        };
+        assert_eq!(message(&ours), message(&theirs), "{name} {mask}: {ours} / {theirs}");
+        eprintln!("{name} --attention-mask {mask}: {}", ours.trim());
     }
 }

@@ -8,9 +8,17 @@
 //! per path family (template), read off the template's factors, whose docstring is the template
 //! in the paper's notation, and `FAMILIES`, the families in path order.
 //!
-//! Run as `python FILE WEIGHTS --tokens 3,7,1 [--pos last|N|all]`, the module prints the JSON of
-//! `pathc paths --format json` (same keys, same path order); with `--stats [--fold-ln]`, that of
-//! `pathc stats --format json`.
+//! Run as `python FILE WEIGHTS --tokens 3,7,1 [--pos last|N|all] [--attention-mask 1,1,0]`, the
+//! module prints the JSON of `pathc paths --format json` (same keys, same path order); with
+//! `--stats [--fold-ln]`, that of `pathc stats --format json`.
+//!
+//! Every architecture option of the model language is in `MODEL` and computed by the runtime as
+//! pathc's `eval` computes it: `d_vocab_out` (the shape of `W_U`, `b_U`; no OV copying score,
+//! said under `not_defined`), grouped-query attention (`_W_K`, `_W_V`, `_b_K`, `_b_V` kept per
+//! key/value head, read by the query head's group), bidirectional layers, key masks, other
+//! scales, rotary queries and keys, and shortformer positions (added to the query and key inputs
+//! through `W_Q`, `W_K` as stored, never to the stream). The logit paths need nothing more: the
+//! options change only the frozen patterns and which `W_V` a head reads.
 
 use std::fmt::Write as _;
 
@@ -18,7 +26,7 @@ pub use super::Options;
 use super::{select, CodegenError, Family};
 use crate::emit::notation::{Heads, Notation};
 use crate::graph::NormSite;
-use crate::model::{Model, Size};
+use crate::model::{Model, Rotary, Size};
 use crate::paths::{Factor, FactorKind, IndexVar, Side, Template};
 use crate::Expansion;
 
@@ -45,7 +53,14 @@ pub fn generate(expansion: &Expansion, options: &Options) -> Result<String, Code
     let mut out = String::new();
     out.push_str(&module_docstring(expansion, options, families.len(), paths));
     out.push_str("\nimport argparse\nimport json\nimport math\nimport struct\nimport sys\n\nimport numpy as np\n\n");
-    out.push_str("# The model's declarations (pathc's model file); sizes left symbolic there are None.\n");
+    out.push_str(
+        "# The model's declarations (pathc's model file); sizes left symbolic there are None (`d_vocab_out`:\n\
+         # \"d_vocab\" when the outputs are the tokens). `pos_embed`: None, \"standard\" (added to the residual\n\
+         # stream) or \"shortformer\" (added to every layer's query and key inputs only). Per layer: `kv_heads`\n\
+         # (query head h reads key/value head h // (heads // kv_heads)), `causal` (False: bidirectional),\n\
+         # `scale` (what q·k is divided by; None: sqrt(d_head)), `rotary` (None, or the rotated dimensions,\n\
+         # base and pairing: \"neox\" pairs (i, i + dim/2), \"gptj\" (2i, 2i + 1)).\n",
+    );
     out.push_str(&model_literal(&expansion.model));
     let _ = writeln!(
         out,
@@ -95,14 +110,43 @@ fn py_str(s: &str) -> String {
     serde_json::to_string(s).expect("a string serialises")
 }
 
+/// A Python float literal that reads back as the same f64 (`1.0`, `2.5`, `1e300`).
+fn py_float(x: f64) -> String {
+    format!("{x:?}")
+}
+
+/// `d_vocab_out` as the module reads it: a number, `None` for a symbolic size of its own (read
+/// from `W_U`), or `"d_vocab"` when the outputs are the tokens and that size is symbolic.
+fn py_vocab_out(model: &Model) -> String {
+    match model.d_vocab_out() {
+        Size::Known(n) => n.to_string(),
+        out if *out == model.d_vocab => py_str("d_vocab"),
+        Size::Symbolic(_) => "None".to_string(),
+    }
+}
+
+fn py_rotary(rotary: Option<&Rotary>) -> String {
+    match rotary {
+        None => "None".to_string(),
+        Some(r) => {
+            format!("{{\"dim\": {}, \"base\": {}, \"style\": {}}}", r.dim, py_float(r.base.0), py_str(r.style.name()))
+        }
+    }
+}
+
 fn model_literal(model: &Model) -> String {
     let mut out = String::from("MODEL = {\n");
     let _ = writeln!(out, "    \"name\": {},", py_str(&model.name));
     let _ = writeln!(out, "    \"d_model\": {},", py_size(&model.d_model));
     let _ = writeln!(out, "    \"d_vocab\": {},", py_size(&model.d_vocab));
+    let _ = writeln!(out, "    \"d_vocab_out\": {},", py_vocab_out(model));
     let n_ctx = model.dims.get("n_ctx").map_or("None".to_string(), py_size);
     let _ = writeln!(out, "    \"n_ctx\": {n_ctx},");
-    let _ = writeln!(out, "    \"pos_embed\": {},", py_bool(model.pos_embed.is_some()));
+    let pos_embed = match model.pos_embed {
+        None => "None".to_string(),
+        Some(p) => py_str(if p.shortformer { "shortformer" } else { "standard" }),
+    };
+    let _ = writeln!(out, "    \"pos_embed\": {pos_embed},");
     out.push_str("    \"layers\": [\n");
     for layer in &model.layers {
         let attn = &layer.attn;
@@ -118,11 +162,16 @@ fn model_literal(model: &Model) -> String {
         };
         let _ = writeln!(
             out,
-            "        {{\"heads\": {}, \"d_head\": {}, \"ln1\": {}, \"attn_bias\": {}, \"mlp\": {mlp}}},",
+            "        {{\"heads\": {}, \"kv_heads\": {}, \"d_head\": {}, \"ln1\": {}, \"attn_bias\": {}, \"causal\": {},\n         \
+             \"scale\": {}, \"rotary\": {},\n         \"mlp\": {mlp}}},",
             attn.n_heads,
+            attn.kv_heads,
             py_size(&attn.d_head),
             py_bool(attn.ln.is_some()),
-            py_bool(attn.bias)
+            py_bool(attn.bias),
+            py_bool(attn.causal),
+            attn.scale.map_or("None".to_string(), |s| py_float(s.0)),
+            py_rotary(attn.rotary.as_ref()),
         );
     }
     out.push_str("    ],\n");
@@ -153,8 +202,9 @@ fn module_docstring(expansion: &Expansion, options: &Options, families: usize, p
 Generated by pathc {version} (`pathc codegen MODEL --lang python`): {families} path families,
 {paths} paths ({selection}); sources {sources}. Standalone: Python 3 and NumPy.
 
-    python THIS_FILE WEIGHTS --tokens 3,7,1 [--pos last|N|all]   # as `pathc paths --format json`
-    python THIS_FILE WEIGHTS --stats [--fold-ln]                 # as `pathc stats --format json`
+    python THIS_FILE WEIGHTS --tokens 3,7,1 [--pos last|N|all] [--attention-mask 1,1,0]
+                                              # as `pathc paths --format json`
+    python THIS_FILE WEIGHTS --stats [--fold-ln]   # as `pathc stats --format json`
 
 Conventions (Elhage et al. 2021, "A Mathematical Framework for Transformer Circuits"):
 - WEIGHTS is a TransformerLens state_dict (safetensors or npz), by TransformerLens's names and in
@@ -162,12 +212,19 @@ Conventions (Elhage et al. 2021, "A Mathematical Framework for Transformer Circu
   the residual space) contributes P · X_s · Mᵀ to the logits, X_s the source's rows.
 - The attention patterns A^{{l.h}} and the LayerNorm scales N^{{s}} = diag(1/σ_s) are frozen from
   a forward pass on the tokens; with them frozen the logits are linear in the sources, and the
-  paths of every order sum exactly to the logits.
+  paths of every order sum exactly to the logits. A pattern is the softmax of q·kᵀ/scale over
+  the keys a query may see: in a causal layer the keys up to the query, in a bidirectional one
+  every key; with --attention-mask never a 0 key (queries and positions are unchanged). Rotary
+  layers rotate q and k by position first; a shortformer's W_pos is added to every layer's query
+  and key inputs (read through W_Q, W_K as stored, after the LayerNorm), never to the stream.
+- Grouped-query attention: query head h reads the keys and values of its group, W_K, W_V, b_K,
+  b_V stored once per key/value head (TransformerLens's `_W_K`, `_W_V`, `_b_K`, `_b_V`).
 - LayerNorms are folded as TransformerLens's fold_ln: in a path, W_Q, W_K, W_V, W_in and W_U and
   their biases are the folded ones (the LayerNorm keeps its centring and its scale N).
-- Sources: E = W_E[tokens], P = W_pos[:n], M^{{l}} = MLP l's output (without b_out), biases b_O,
-  b_out, b_U at every position, and b_V through its own head. Path names: the source, then the
-  heads in order of application (`E`, `P/L0H3`, `bV/L0H1/L1H2`, `M0/L1H2`, `bO0`, `bU`).
+- Sources: E = W_E[tokens], P = W_pos[:n] (standard positions only), M^{{l}} = MLP l's output
+  (without b_out), biases b_O, b_out, b_U at every position, and b_V through its own head. Path
+  names: the source, then the heads in order of application (`E`, `P/L0H3`, `bV/L0H1/L1H2`,
+  `M0/L1H2`, `bO0`, `bU`).
 - Sizes the model file leaves symbolic are read from the weights; declared ones are checked.
 """
 "#,
@@ -343,10 +400,10 @@ fn family_function(name: &str, family: &Family<'_>, model: &Model, heads: &[usiz
         let _ = writeln!(out, "    Only the selected heads: {}.", pins.join(", "));
     }
     out.push_str(if template.binders.is_empty() {
-        "    Yields its one path as (name, order, logits [n, d_vocab]); `w` holds the folded weights, `f`\n    \
-         the forward pass.\n    \"\"\"\n"
+        "    Yields its one path as (name, order, logits [n, d_vocab_out]); `w` holds the folded weights,\n    \
+         `f` the forward pass.\n    \"\"\"\n"
     } else {
-        "    Yields (name, order, logits [n, d_vocab]) for each head assignment, the earliest layer\n    \
+        "    Yields (name, order, logits [n, d_vocab_out]) for each head assignment, the earliest layer\n    \
          slowest; `w` holds the folded weights, `f` the forward pass.\n    \"\"\"\n"
     });
     let source_name = template.source().map_or("?".to_string(), |s| s.name());

@@ -58,9 +58,15 @@ def load_weights(path):
     """The tensors the model needs, by TransformerLens's names, every shape checked.
 
     Sizes the model file leaves symbolic are read from the weights (`d_model` and `d_vocab` from
-    `embed.W_E`, `d_head` from `W_Q`, `d_mlp` from `W_in`); declared sizes must match. A bias the
-    model does not declare is zero: absent, or present as zeros (a nonzero one is refused, as
-    pathc refuses it). LayerNorms appear as `{prefix}.w`, `{prefix}.b`.
+    `embed.W_E`, `d_head` from `W_Q`, `d_mlp` from `W_in`, `d_vocab_out` from `W_U`); declared
+    sizes must match. A bias the model does not declare is zero: absent, or present as zeros (a
+    nonzero one is refused, as pathc refuses it). LayerNorms appear as `{prefix}.w`, `{prefix}.b`.
+
+    With grouped-query attention (kv_heads < heads) the file holds TransformerLens's `_W_K`,
+    `_W_V` [kv_heads, d_model, d_head] and `_b_K`, `_b_V` [kv_heads, d_head]; they are kept once
+    per key/value head under `W_K`, `W_V`, `b_K`, `b_V` (query head h reads `kv_group(l, h)`).
+    With shortformer positions `W_Q_pos`, `W_K_pos` are `W_Q`, `W_K` as stored: what reads
+    `W_pos` (added after the LayerNorm), which `fold_layer_norm` leaves alone.
     """
     tensors = read_weights(path)
 
@@ -85,14 +91,19 @@ def load_weights(path):
     if MODEL["pos_embed"]:
         w["pos_embed.W_pos"] = need("pos_embed.W_pos", [MODEL["n_ctx"], d_model])
     for l, layer in enumerate(MODEL["layers"]):
-        h, name = layer["heads"], f"blocks.{l}.attn."
+        h, kv, name = layer["heads"], layer["kv_heads"], f"blocks.{l}.attn."
+        stored = (lambda m: "_" + m) if kv != h else (lambda m: m)
         d_head = need(name + "W_Q", [h, d_model, layer["d_head"]]).shape[2]
-        for m in ("W_Q", "W_K", "W_V"):
-            w[name + m] = need(name + m, [h, d_model, d_head])
+        w[name + "W_Q"] = tensors[name + "W_Q"]
+        for m in ("W_K", "W_V"):
+            w[name + m] = need(name + stored(m), [kv, d_model, d_head])
         w[name + "W_O"] = need(name + "W_O", [h, d_head, d_model])
-        for b in ("b_Q", "b_K", "b_V"):
-            w[name + b] = bias(name + b, [h, d_head], layer["attn_bias"])
+        w[name + "b_Q"] = bias(name + "b_Q", [h, d_head], layer["attn_bias"])
+        for b in ("b_K", "b_V"):
+            w[name + b] = bias(name + stored(b), [kv, d_head], layer["attn_bias"])
         w[name + "b_O"] = bias(name + "b_O", [d_model], layer["attn_bias"])
+        if MODEL["pos_embed"] == "shortformer":
+            w[name + "W_Q_pos"], w[name + "W_K_pos"] = w[name + "W_Q"], w[name + "W_K"]
         if layer["ln1"]:
             w[f"blocks.{l}.ln1.w"] = need(f"blocks.{l}.ln1.w", [d_model])
             w[f"blocks.{l}.ln1.b"] = need(f"blocks.{l}.ln1.b", [d_model])
@@ -110,12 +121,20 @@ def load_weights(path):
     if MODEL["ln_final"]:
         w["ln_final.w"] = need("ln_final.w", [d_model])
         w["ln_final.b"] = need("ln_final.b", [d_model])
-    w["unembed.W_U"] = need("unembed.W_U", [d_model, d_vocab])
-    w["unembed.b_U"] = bias("unembed.b_U", [d_vocab], MODEL["unembed_bias"])
+    d_vocab_out = d_vocab if MODEL["d_vocab_out"] == "d_vocab" else MODEL["d_vocab_out"]
+    d_vocab_out = need("unembed.W_U", [d_model, d_vocab_out]).shape[1]
+    w["unembed.W_U"] = tensors["unembed.W_U"]
+    w["unembed.b_U"] = bias("unembed.b_U", [d_vocab_out], MODEL["unembed_bias"])
     for name, array in w.items():
         if not np.all(np.isfinite(array)):
             raise WeightError(f"`{name}` holds a value that is not finite")
     return w
+
+
+def kv_group(layer, head):
+    """The key/value head query head `head` of `layer` reads: head // (heads // kv_heads)."""
+    spec = MODEL["layers"][layer]
+    return head // (spec["heads"] // spec["kv_heads"])
 
 
 def _fold_into_reader(ln_w, ln_b, weight, bias):
@@ -164,12 +183,58 @@ def layer_norm(x, ln_w, ln_b):
     return centred / scale[:, None] * ln_w + ln_b, scale
 
 
-def causal_softmax(scores):
-    """Softmax over each query's row, keys after the query masked out."""
-    n = scores.shape[-1]
-    masked = np.where(np.tril(np.ones((n, n), dtype=bool)), scores, -np.inf)
+class InputError(Exception):
+    """Tokens or an attention mask the model cannot run on (said as pathc says it)."""
+
+
+def attended(n, causal, mask):
+    """[n, n] booleans (query, key): the keys each query may attend to, every key with a 1 in
+    `mask` (all without one) and, in a causal layer, only keys up to the query."""
+    keep = np.tril(np.ones((n, n), dtype=bool)) if causal else np.ones((n, n), dtype=bool)
+    return keep if mask is None else keep & np.asarray(mask, dtype=bool)[None, :]
+
+
+def check_attention_mask(mask, n):
+    """An attention mask fits the tokens: one 0 or 1 per token, and every query of every layer
+    (causal ones first) keeps a key to attend to; else pathc's error."""
+    if len(mask) != n:
+        raise InputError(f"the attention mask has {len(mask)} entries for {n} tokens: give one 0 or 1 per token")
+    for causal in (True, False):
+        if not any(layer["causal"] == causal for layer in MODEL["layers"]):
+            continue
+        empty = np.flatnonzero(~attended(n, causal, mask).any(axis=1))
+        if len(empty):
+            seen = " (keys 0 to the query itself, causal)" if causal else ""
+            raise InputError(f"query position {empty[0]} attends to no key: the attention mask masks every key it may see{seen}")
+
+
+def masked_softmax(scores, keep):
+    """Softmax over each query's row of `scores` over the keys `keep` allows; the others get 0."""
+    masked = np.where(keep, scores, -np.inf)
     e = np.exp(masked - masked.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def rotate(x, rotary):
+    """Rotary positions as TransformerLens applies them: row p of x [n, d_head] (the query or key
+    at position p) has pair i of its first `dim` dimensions rotated by p / base^(i / (dim/2)):
+    (a, b) ↦ (a cos − b sin, b cos + a sin), the pair (i, i + dim/2) for "neox", (2i, 2i + 1) for
+    "gptj"; dimensions past `dim` unchanged."""
+    half = rotary["dim"] // 2
+    i = np.arange(half)
+    angles = np.arange(x.shape[0], dtype=np.float64)[:, None] / np.float64(rotary["base"]) ** (i / half)
+    a, b = (i, i + half) if rotary["style"] == "neox" else (2 * i, 2 * i + 1)
+    cos, sin = np.cos(angles), np.sin(angles)
+    out = x.copy()
+    out[:, a] = x[:, a] * cos - x[:, b] * sin
+    out[:, b] = x[:, b] * cos + x[:, a] * sin
+    return out
+
+
+def attn_scale(layer, d_head):
+    """What a layer's q·k is divided by: its declared `scale`, else sqrt(d_head)."""
+    scale = MODEL["layers"][layer]["scale"]
+    return math.sqrt(d_head) if scale is None else scale
 
 
 def activation(name, x):
@@ -186,45 +251,64 @@ def activation(name, x):
 
 
 class Forward:
-    """What a forward pass records: `tokens`, `logits` [n, d_vocab], `patterns[l]` [heads, n, n]
-    (the frozen `A`), the LayerNorm scales σ per position (`scale_attn[l]` of ln1, `scale_mlp[l]`
-    of ln2, `scale_final`; None without that LayerNorm) and `mlp_out[l]` [n, d_model] (the MLP's
-    output without b_out, the source `M^{l}`; None without an MLP)."""
+    """What a forward pass records: `tokens`, `attention_mask` (None without one), `logits`
+    [n, d_vocab_out], `patterns[l]` [heads, n, n] (the frozen `A`), `scores[l]` [heads, n, n]
+    (q·kᵀ/scale before any mask), the LayerNorm scales σ per position (`scale_attn[l]` of ln1,
+    `scale_mlp[l]` of ln2, `scale_final`; None without that LayerNorm) and `mlp_out[l]`
+    [n, d_model] (the MLP's output without b_out, the source `M^{l}`; None without an MLP)."""
 
-    def __init__(self, tokens):
+    def __init__(self, tokens, attention_mask=None):
         self.tokens = np.asarray(tokens, dtype=np.int64)
-        self.patterns, self.scale_attn, self.scale_mlp, self.mlp_out = [], [], [], []
+        self.attention_mask = None if attention_mask is None else [bool(m) for m in attention_mask]
+        self.patterns, self.scores, self.scale_attn, self.scale_mlp, self.mlp_out = [], [], [], [], []
         self.scale_final = None
         self.logits = None
 
 
-def forward(w, tokens):
-    """Runs the model on `tokens` as TransformerLens does (weights `w` as loaded, not folded).
+def forward(w, tokens, attention_mask=None):
+    """Runs the model on `tokens` as TransformerLens does (weights `w` as loaded, or folded).
 
-    resid = W_E[tokens] + W_pos[:n]; per layer x = LN1(resid), q = x·W_Q + b_Q (k, v alike),
-    A = causal softmax(q·kᵀ/√d_head), resid += Σ_h A·v·W_O + b_O; with an MLP y = LN2(resid),
-    resid += act(y·W_in + b_in)·W_out + b_out; logits = LN_final(resid)·W_U + b_U.
+    resid = W_E[tokens] + W_pos[:n] (no W_pos with shortformer positions); per layer
+    x = LN1(resid), q = x·W_Q + b_Q (k, v alike, by the head's key/value group; shortformer:
+    q += W_pos[:n]·W_Q as stored, k alike; rotary: q, k rotated by position), A = softmax of
+    q·kᵀ/scale over the keys each query may see (`attended`: causal or not, the attention mask),
+    resid += Σ_h A·v·W_O + b_O; with an MLP y = LN2(resid), resid += act(y·W_in + b_in)·W_out +
+    b_out; logits = LN_final(resid)·W_U + b_U. `attention_mask`: one 0 or 1 per token, a 0 key
+    attended to by no query (TransformerLens's attention_mask on the keys, positions unchanged).
     """
-    f = Forward(tokens)
+    f = Forward(tokens, attention_mask)
     n = len(f.tokens)
+    if attention_mask is not None:
+        check_attention_mask(f.attention_mask, n)
     resid = w["embed.W_E"][f.tokens]
-    if MODEL["pos_embed"]:
-        resid = resid + w["pos_embed.W_pos"][:n]
+    positions = w["pos_embed.W_pos"][:n] if MODEL["pos_embed"] else None
+    if MODEL["pos_embed"] == "standard":
+        resid = resid + positions
     for l, layer in enumerate(MODEL["layers"]):
         x, scale = resid, None
         if layer["ln1"]:
             x, scale = layer_norm(resid, w[f"blocks.{l}.ln1.w"], w[f"blocks.{l}.ln1.b"])
         f.scale_attn.append(scale)
         attn = f"blocks.{l}.attn."
-        patterns = []
+        keep = attended(n, layer["causal"], f.attention_mask)
+        patterns, scores = [], []
         for h in range(layer["heads"]):
+            g = kv_group(l, h)
             q = x @ w[attn + "W_Q"][h] + w[attn + "b_Q"][h]
-            k = x @ w[attn + "W_K"][h] + w[attn + "b_K"][h]
-            v = x @ w[attn + "W_V"][h] + w[attn + "b_V"][h]
-            pattern = causal_softmax((q @ k.T) / math.sqrt(q.shape[1]))
+            k = x @ w[attn + "W_K"][g] + w[attn + "b_K"][g]
+            v = x @ w[attn + "W_V"][g] + w[attn + "b_V"][g]
+            if MODEL["pos_embed"] == "shortformer":
+                q = q + positions @ w[attn + "W_Q_pos"][h]
+                k = k + positions @ w[attn + "W_K_pos"][g]
+            if layer["rotary"] is not None:
+                q, k = rotate(q, layer["rotary"]), rotate(k, layer["rotary"])
+            s = (q @ k.T) / attn_scale(l, q.shape[1])
+            pattern = masked_softmax(s, keep)
+            scores.append(s)
             patterns.append(pattern)
             resid = resid + (pattern @ v) @ w[attn + "W_O"][h]
         f.patterns.append(np.array(patterns))
+        f.scores.append(np.array(scores))
         resid = resid + w[attn + "b_O"]
         mlp, scale, out = layer["mlp"], None, None
         if mlp is not None:
@@ -273,16 +357,20 @@ def mlp_output(f, layer):
 
 
 def through_head(w, f, x, layer, head):
-    """(A^{l.h}·N^{ln1.l}) ⊗ W_OV^{l.h}: x ↦ A · diag(1/σ_ln1) · x · W_V'·W_O (no N without ln1)."""
+    """(A^{l.h}·N^{ln1.l}) ⊗ W_OV^{l.h}: x ↦ A · diag(1/σ_ln1) · x · W_V'·W_O (no N without ln1),
+    W_V' the head's key/value group's."""
     read = scaled(x, f.scale_attn[layer])
     attn = f"blocks.{layer}.attn."
-    return f.patterns[layer][head] @ ((read @ w[attn + "W_V"][head]) @ w[attn + "W_O"][head])
+    w_v = w[attn + "W_V"][kv_group(layer, head)]
+    return f.patterns[layer][head] @ ((read @ w_v) @ w[attn + "W_O"][head])
 
 
 def value_bias(w, f, layer, head):
-    """A^{l.h} ⊗ W_O^{l.h}·b_V^{l.h}: the head's (folded) value bias, moved by its own pattern."""
+    """A^{l.h} ⊗ W_O^{l.h}·b_V^{l.h}: the (folded) value bias of the head's key/value group,
+    moved by the head's own pattern."""
     attn = f"blocks.{layer}.attn."
-    return f.patterns[layer][head] @ constant_rows(f, w[attn + "b_V"][head] @ w[attn + "W_O"][head])
+    b_v = w[attn + "b_V"][kv_group(layer, head)]
+    return f.patterns[layer][head] @ constant_rows(f, b_v @ w[attn + "W_O"][head])
 
 
 def unembed(w, f, x):
@@ -305,17 +393,35 @@ _MASK64 = (1 << 64) - 1
 
 
 def _heads(w):
+    """Every query head's W_Q, W_K, W_V, W_O (W_K and W_V its key/value group's), in layer then
+    head order."""
     for l, layer in enumerate(MODEL["layers"]):
         attn = f"blocks.{l}.attn."
         for h in range(layer["heads"]):
-            yield l, h, {m: w[attn + m][h] for m in ("W_Q", "W_K", "W_V", "W_O")}
+            g = kv_group(l, h)
+            yield l, h, {"W_Q": w[attn + "W_Q"][h], "W_K": w[attn + "W_K"][g], "W_V": w[attn + "W_V"][g], "W_O": w[attn + "W_O"][h]}
 
 
 def shared_products(w):
-    """G_E = W_Eᵀ·W_E, G_U = W_U·W_Uᵀ, P = W_U·W_E (d_model × d_model): the only products whose
-    cost grows with d_vocab, shared by every head."""
+    """G_E = W_Eᵀ·W_E, G_U = W_U·W_Uᵀ, P = W_U·W_E (d_model × d_model; only when W_U has d_vocab
+    outputs): the only products whose cost grows with d_vocab, shared by every head."""
     w_e, w_u = w["embed.W_E"], w["unembed.W_U"]
-    return {"G_E": w_e.T @ w_e, "G_U": w_u @ w_u.T, "P": w_u @ w_e}
+    shared = {"G_E": w_e.T @ w_e, "G_U": w_u @ w_u.T}
+    if w_u.shape[1] == w_e.shape[0]:
+        shared["P"] = w_u @ w_e
+    return shared
+
+
+def ov_copying_undefined(w):
+    """Why the OV copying score is not defined for these weights (None when it is): with
+    d_vocab_out ≠ d_vocab the full OV circuit is not square, so it has no eigenvalues."""
+    d_vocab, d_vocab_out = w["embed.W_E"].shape[0], w["unembed.W_U"].shape[1]
+    if d_vocab_out == d_vocab:
+        return None
+    return (
+        f"the full OV circuit W_E·W_OV·W_U is d_vocab × d_vocab_out = {d_vocab} × {d_vocab_out}, "
+        "not square: it has no eigenvalues"
+    )
 
 
 def copying_score(m):
@@ -460,12 +566,25 @@ def composition_baseline(d_model, d_left, d_right, samples=BASELINE_SAMPLES):
 
 
 def statistics(w, weight_processing):
-    """Every statistic, as `pathc stats --format json` prints them."""
+    """Every statistic, as `pathc stats --format json` prints them.
+
+    The statistics are of the weights alone, position-free: a rotary head's QK circuit is the one
+    at offset 0 (the rotation is the identity there), TransformerLens's. A grouped-query head
+    reads its key/value group's W_K and W_V. A statistic that is not defined for these weights
+    is left out and its reason given under `not_defined` (`ov_copying` when d_vocab_out ≠
+    d_vocab).
+    """
     shared = shared_products(w)
     sizes = [layer["heads"] for layer in MODEL["layers"]]
-    per_head = {name: [[0.0] * n for n in sizes] for name in ("ov_copying", "qk_copying", "ov_frobenius", "qk_frobenius")}
+    not_defined = {}
+    reason = ov_copying_undefined(w)
+    if reason is not None:
+        not_defined["ov_copying"] = reason
+    names = [s for s in ("ov_copying", "qk_copying", "ov_frobenius", "qk_frobenius") if s not in not_defined]
+    per_head = {name: [[0.0] * n for n in sizes] for name in names}
     for l, h, head in _heads(w):
-        per_head["ov_copying"][l][h] = ov_copying(head, shared)
+        if "ov_copying" in per_head:
+            per_head["ov_copying"][l][h] = ov_copying(head, shared)
         per_head["qk_copying"][l][h] = qk_copying(head, shared)
         per_head["ov_frobenius"][l][h] = ov_frobenius(head, shared)
         per_head["qk_frobenius"][l][h] = qk_frobenius(head, shared)
@@ -487,7 +606,7 @@ def statistics(w, weight_processing):
             for l1, per_left in enumerate(scores)
         ]
 
-    return {
+    out = {
         "weight_processing": weight_processing,
         **per_head,
         "comp_q": comp["Q"],
@@ -498,6 +617,9 @@ def statistics(w, weight_processing):
         "comp_k_minus_baseline": minus_baseline(comp["K"]),
         "comp_v_minus_baseline": minus_baseline(comp["V"]),
     }
+    if not_defined:
+        out["not_defined"] = not_defined
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -506,7 +628,7 @@ def statistics(w, weight_processing):
 
 
 def all_paths(w, f):
-    """Every selected path, in pathc's path order: (name, order, logits [n, d_vocab])."""
+    """Every selected path, in pathc's path order: (name, order, logits [n, d_vocab_out])."""
     for family in FAMILIES:
         yield from family(w, f)
 
@@ -516,6 +638,12 @@ def main(argv=None):
     parser.add_argument("weights", help="a TransformerLens state_dict (safetensors, or npz)")
     parser.add_argument("--tokens", help="token ids, comma-separated: 3,7,1")
     parser.add_argument("--pos", default="last", help="a position, `last` (default) or `all`")
+    parser.add_argument(
+        "--attention-mask",
+        nargs="+",
+        metavar="0,1,...",
+        help="key mask, one 0 or 1 per token: no query attends to a 0 key; queries and positions are unchanged",
+    )
     parser.add_argument("--stats", action="store_true", help="print the weights' statistics instead")
     parser.add_argument("--fold-ln", action="store_true", help="with --stats: fold the LayerNorms first")
     args = parser.parse_args(argv)
@@ -541,6 +669,13 @@ def main(argv=None):
     if MODEL["pos_embed"] and len(tokens) > raw["pos_embed.W_pos"].shape[0]:
         sys.exit(f"error: {len(tokens)} tokens are more than the context length n_ctx = {raw['pos_embed.W_pos'].shape[0]}")
     n = len(tokens)
+    mask = None
+    if args.attention_mask is not None:
+        mask = [m for part in args.attention_mask for m in part.split(",")]
+        bad = [m for m in mask if m not in ("0", "1")]
+        if bad:
+            sys.exit(f"error: --attention-mask: an attention mask entry is 0 or 1, not `{bad[0]}`")
+        mask = [m == "1" for m in mask]
     if args.pos == "all":
         position = None
     elif args.pos == "last":
@@ -549,7 +684,10 @@ def main(argv=None):
         position = int(args.pos)
     else:
         sys.exit(f"error: --pos takes a position below {n}, `last` or `all`, not `{args.pos}`")
-    f = forward(raw, tokens)
+    try:
+        f = forward(raw, tokens, mask)
+    except InputError as e:
+        sys.exit(f"error: {e}")
     w = fold_layer_norm(raw)
     paths = []
     for name, order, logits in all_paths(w, f):
