@@ -582,9 +582,8 @@ fn generated_paths_match_the_architecture_fixtures() {
         let or_none = |compared: bool, x: f64| if compared { format!("{x:.1e}") } else { "(none)".to_string() };
         eprintln!(
             "{name}: {} paths; vs pathc {vs_pathc:.1e}; vs fixture: logits {vs_logits:.1e}, patterns {vs_patterns:.1e}, \
-             scores {}, paths {}, head_logits {vs_heads:.1e}, Σ paths − logits {sum_error:.1e}",
+             scores {vs_scores:.1e}, paths {}, head_logits {vs_heads:.1e}, Σ paths − logits {sum_error:.1e}",
             paths.len(),
-            format!("{vs_scores:.1e}"),
             or_none(f.path_names.is_some(), vs_paths),
         );
     }
