@@ -25,6 +25,9 @@ fn egraph_sizes_are_pinned() {
         ("attn-only-2l-demo.tf", None, true),
         ("redwood_attn_2l.tf", Some(1), true),
         ("../tests/models/pass/rotary_qk.tf", None, true),
+        ("transformer-lens/pythia-70m.tf", Some(1), true),
+        ("transformer-lens/gpt-j-6b.tf", Some(1), false),
+        ("transformer-lens/mistral-7b.tf", Some(1), false),
     ] {
         // Only the symbolic expansion is measured: no enumeration limit.
         let options = ExpandOptions { max_order, qk, limit: u64::MAX, ..ExpandOptions::default() };
@@ -171,4 +174,72 @@ fn full_model_expansions() {
     serde_json::from_str::<serde_json::Value>(&json).expect("valid JSON");
     insta::assert_snapshot!("full2_json_order_1", json);
     insta::assert_snapshot!("gpt2_small_templates_order_1", text(&expand("gpt2-small.tf", Some(1), false), true));
+}
+
+/// The real dimensions of TransformerLens's models (`examples/transformer-lens/`): every one
+/// parses, and its exact counts by order are pinned (paths, MLP-input and gate-input terms at
+/// every order and at most 2 heads; score terms at most 1), from the counting recursion. The
+/// attention-only ones are also checked against the closed form: with `b` sources entering at
+/// the start (`E`, `P`, none else) and per layer `H` heads, a value bias and `b_O`, the order-k
+/// paths of L layers are `C(L,k)·(2·H^k) + Σ_l C(l,k−1)·H^k` (value biases, which pass their own
+/// layer's head) `+ C(l,k)·H^k` (each `b_O` through later heads), plus `b_U`.
+#[test]
+fn transformer_lens_examples_counts_are_pinned() {
+    let mut names: Vec<String> = std::fs::read_dir("examples/transformer-lens")
+        .expect("folder")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut table = String::new();
+    for name in &names {
+        let compiled = pathc::compile(&read(&format!("transformer-lens/{name}"))).expect("parses");
+        // Every order for the small ones; the 28- and 32-layer ones have 29 and 33 orders.
+        let orders: &[Option<u32>] = if compiled.model.n_layers() <= 6 { &[None, Some(2)] } else { &[Some(2)] };
+        for &max_order in orders {
+            let counts = compiled.counts(max_order, max_order.is_some());
+            let show =
+                |c: &pathc::paths::Counts| c.by_order.iter().map(ToString::to_string).collect::<Vec<_>>().join(" + ");
+            let order = max_order.map_or("all".to_string(), |k| format!("≤{k}"));
+            table.push_str(&format!("{name:<22} {order:>4}  paths {}\n", show(&counts.logits)));
+            for (layer, c) in counts.mlp_inputs.iter().enumerate().filter_map(|(l, c)| Some((l, c.as_ref()?))) {
+                if layer == 0 || layer + 1 == counts.mlp_inputs.len() {
+                    table.push_str(&format!("{:<28}MLP {layer} input {}\n", "", show(c)));
+                }
+            }
+            for (layer, c) in counts.mlp_gates.iter().enumerate().filter_map(|(l, c)| Some((l, c.as_ref()?))) {
+                if layer == 0 || layer + 1 == counts.mlp_gates.len() {
+                    table.push_str(&format!("{:<28}MLP {layer} gate {}\n", "", show(c)));
+                }
+            }
+            if let Some(scores) = &counts.scores {
+                table.push_str(&format!("{:<28}scores {}\n", "", show(scores)));
+            }
+        }
+        if let Some(n) = name.strip_prefix("attn-only-").and_then(|r| r.strip_suffix("l.tf")) {
+            let (layers, h) = (n.parse::<u32>().unwrap(), 8u128);
+            let binomial = |n: u32, k: u32| -> u128 {
+                if k > n {
+                    return 0;
+                }
+                (0..k).fold(1u128, |acc, i| acc * (n - i) as u128 / (i + 1) as u128)
+            };
+            let closed: Vec<u128> = (0..=layers)
+                .map(|k| {
+                    let sources = 2 * binomial(layers, k) * h.pow(k);
+                    let biases: u128 = (0..layers)
+                        .map(|l| {
+                            let later = layers - 1 - l;
+                            let value = if k >= 1 { binomial(later, k - 1) * h.pow(k) } else { 0 };
+                            value + binomial(later, k) * h.pow(k)
+                        })
+                        .sum();
+                    sources + biases + u128::from(k == 0)
+                })
+                .collect();
+            let counted: Vec<u128> =
+                compiled.counts(None, false).logits.by_order.iter().map(|c| c.to_string().parse().unwrap()).collect();
+            assert_eq!(counted, closed, "{name}");
+        }
+    }
+    insta::assert_snapshot!(table);
 }
