@@ -188,7 +188,8 @@ pub fn stats_streamed(
 pub fn plans_for(layers: &[LayerParams], d_vocab: usize, d_model: usize) -> plan::Plans {
     let d_head = layers.iter().flat_map(|l| l.attn.w_q.iter().map(|w| w.ncols())).max().unwrap_or(0);
     let heads_per_layer: Vec<usize> = layers.iter().map(|l| l.attn.w_q.len()).collect();
-    plan::plan(plan::Dims { d_vocab, d_model, d_head }, plan::Counts::from_heads_per_layer(&heads_per_layer))
+    let dims = plan::Dims { d_vocab, d_vocab_out: d_vocab, d_model, d_head };
+    plan::plan(dims, plan::Counts::from_heads_per_layer(&heads_per_layer))
 }
 
 /// Every head's weights as the plan executor reads them.
@@ -210,6 +211,10 @@ impl VocabRows for Params {
         self.w_e.nrows()
     }
 
+    fn d_vocab_out(&self) -> usize {
+        self.w_u.ncols()
+    }
+
     fn embed_rows(&self, start: usize, n: usize) -> Result<Matrix, WeightError> {
         Ok(self.w_e.rows(start, n).into_owned())
     }
@@ -224,6 +229,10 @@ impl VocabRows for Params {
 impl VocabRows for StatsParams<'_> {
     fn d_vocab(&self) -> usize {
         StatsParams::d_vocab(self)
+    }
+
+    fn d_vocab_out(&self) -> usize {
+        StatsParams::d_vocab_out(self)
     }
 
     fn embed_rows(&self, start: usize, n: usize) -> Result<Matrix, WeightError> {
