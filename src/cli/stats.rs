@@ -8,8 +8,8 @@ use pathc::emit::numbers;
 use pathc::stats::{StatsOptions, WeightProcessing};
 
 use super::failure::{read_model, render, Failure};
-use super::parse::check_rotary_offset;
 use super::output::{self, TextOrJson};
+use super::parse::check_rotary_offset;
 use super::progress::TerminalProgress;
 
 // (`//`, not `///`: see the module docs of `cli`.)

@@ -236,7 +236,8 @@ fn streamed_products(
 ) -> Result<Vec<Matrix>, WeightError> {
     let mut results: Vec<Option<Matrix>> = vec![None; products.len()];
     for length in pass_lengths(vocab, products) {
-        let of_pass: Vec<usize> = (0..products.len()).filter(|&i| vocab_length(vocab, products[i].0) == length).collect();
+        let of_pass: Vec<usize> =
+            (0..products.len()).filter(|&i| vocab_length(vocab, products[i].0) == length).collect();
         let pass: Vec<(VocabMatrix, VocabMatrix)> = of_pass.iter().map(|&i| products[i]).collect();
         for (i, product) in of_pass.into_iter().zip(streamed_pass(vocab, length, &pass, progress)?) {
             results[i] = Some(product);
@@ -253,42 +254,37 @@ fn streamed_pass(
     progress: &dyn Progress,
 ) -> Result<Vec<Matrix>, WeightError> {
     let uses = |m: VocabMatrix| products.iter().any(|&(x, y)| x == m || y == m);
-    let parts =
-        parallel_map(&vocab_groups(length), |&(start, end)| -> Result<Vec<Option<Matrix>>, WeightError> {
-            let mut sums: Vec<Option<Matrix>> = vec![None; products.len()];
-            for s in (start..end).step_by(VOCAB_CHUNK) {
-                let n = VOCAB_CHUNK.min(end - s);
-                let e = if uses(VocabMatrix::Embed) { Some(vocab.embed_rows(s, n)?) } else { None };
-                let u = if uses(VocabMatrix::UnembedT) { Some(vocab.unembed_columns(s, n)?) } else { None };
-                // Explicit transposed copies, made once per chunk: nalgebra's `tr_mul` is a loop of
-                // dot products, ~15× slower than a GEMM.
-                let e_t = e
-                    .as_ref()
-                    .filter(|_| products.iter().any(|&(x, _)| x == VocabMatrix::Embed))
-                    .map(|e| e.transpose());
-                let u_t = u
-                    .as_ref()
-                    .filter(|_| products.iter().any(|&(_, y)| y == VocabMatrix::UnembedT))
-                    .map(|u| u.transpose());
-                for (sum, &(x, y)) in sums.iter_mut().zip(products) {
-                    let left = match x {
-                        VocabMatrix::Embed => e_t.as_ref(),
-                        VocabMatrix::UnembedT => u.as_ref(),
-                    };
-                    let right = match y {
-                        VocabMatrix::Embed => e.as_ref(),
-                        VocabMatrix::UnembedT => u_t.as_ref(),
-                    };
-                    let (Some(left), Some(right)) = (left, right) else { unreachable!("read above: it is used") };
-                    match sum {
-                        Some(acc) => acc.gemm(1.0, left, right, 1.0),
-                        None => *sum = Some(left * right),
-                    }
+    let parts = parallel_map(&vocab_groups(length), |&(start, end)| -> Result<Vec<Option<Matrix>>, WeightError> {
+        let mut sums: Vec<Option<Matrix>> = vec![None; products.len()];
+        for s in (start..end).step_by(VOCAB_CHUNK) {
+            let n = VOCAB_CHUNK.min(end - s);
+            let e = if uses(VocabMatrix::Embed) { Some(vocab.embed_rows(s, n)?) } else { None };
+            let u = if uses(VocabMatrix::UnembedT) { Some(vocab.unembed_columns(s, n)?) } else { None };
+            // Explicit transposed copies, made once per chunk: nalgebra's `tr_mul` is a loop of
+            // dot products, ~15× slower than a GEMM.
+            let e_t =
+                e.as_ref().filter(|_| products.iter().any(|&(x, _)| x == VocabMatrix::Embed)).map(|e| e.transpose());
+            let u_t =
+                u.as_ref().filter(|_| products.iter().any(|&(_, y)| y == VocabMatrix::UnembedT)).map(|u| u.transpose());
+            for (sum, &(x, y)) in sums.iter_mut().zip(products) {
+                let left = match x {
+                    VocabMatrix::Embed => e_t.as_ref(),
+                    VocabMatrix::UnembedT => u.as_ref(),
+                };
+                let right = match y {
+                    VocabMatrix::Embed => e.as_ref(),
+                    VocabMatrix::UnembedT => u_t.as_ref(),
+                };
+                let (Some(left), Some(right)) = (left, right) else { unreachable!("read above: it is used") };
+                match sum {
+                    Some(acc) => acc.gemm(1.0, left, right, 1.0),
+                    None => *sum = Some(left * right),
                 }
-                progress.advance(1);
             }
-            Ok(sums)
-        });
+            progress.advance(1);
+        }
+        Ok(sums)
+    });
     let mut totals: Vec<Option<Matrix>> = vec![None; products.len()];
     for part in parts {
         for (total, sum) in totals.iter_mut().zip(part?) {

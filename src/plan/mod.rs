@@ -532,7 +532,8 @@ impl EvalPlan {
         // In floats: sizes of 2^32 overflow a product of usizes.
         let bytes = |n: f64| 8.0 * n;
         let buffers_per_pass = if d_vocab == d_vocab_out { 2.0 } else { 1.0 };
-        let (d_vocab, d_vocab_out, d_model, d_head) = (d_vocab as f64, d_vocab_out as f64, d_model as f64, d_head as f64);
+        let (d_vocab, d_vocab_out, d_model, d_head) =
+            (d_vocab as f64, d_vocab_out as f64, d_model as f64, d_head as f64);
         let needed = self.needed();
         let heads = self.counts.n_heads as f64;
         let mut total = heads * bytes(4.0 * d_model * d_head);
