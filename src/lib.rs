@@ -239,7 +239,12 @@ pub fn plan_stats(model: &Model) -> Result<plan::Plans, Error> {
     for layer in &model.layers {
         d_head = d_head.max(known(&layer.attn.d_head)?);
     }
-    let dims = plan::Dims { d_vocab: known(&model.d_vocab)?, d_model: known(&model.d_model)?, d_head };
+    let dims = plan::Dims {
+        d_vocab: known(&model.d_vocab)?,
+        d_vocab_out: known(model.d_vocab_out())?,
+        d_model: known(&model.d_model)?,
+        d_head,
+    };
     Ok(plan::plan(dims, plan::Counts::from_heads_per_layer(&model.heads_per_layer())))
 }
 
@@ -257,9 +262,10 @@ pub fn dot(source: &str, limit: u64) -> Result<String, Error> {
 
 /// The plans of a model's statistics for the sizes of a weights file (`pathc plan --weights`),
 /// so a model file may leave `d_vocab`, `d_model` and `d_head` symbolic: read from the shapes of
-/// `embed.W_E` (`[d_vocab, d_model]`) and each layer's `W_Q` (`[n_heads, d_model, d_head]`,
-/// its head count checked against the model), by TransformerLens's names renamed by `names`. A
-/// dimension the model gives as a number must match. Only the file's header is read.
+/// `embed.W_E` (`[d_vocab, d_model]`), each layer's `W_Q` (`[n_heads, d_model, d_head]`,
+/// its head count checked against the model) and, when the model declares `unembed(d_vocab_out
+/// = …)`, `unembed.W_U` (`[d_model, d_vocab_out]`), by TransformerLens's names renamed by
+/// `names`. A dimension the model gives as a number must match. Only the file's header is read.
 pub fn plan_stats_from_weights(
     model: &Model,
     weights: &weights::Weights,
@@ -301,7 +307,15 @@ pub fn plan_stats_from_weights(
         let expected = vec![layer.attn.n_heads, d_model, or(&layer.attn.d_head, w_q[2])];
         d_head = d_head.max(check(&tl, w_q, expected)?[2]);
     }
-    let dims = plan::Dims { d_vocab, d_model, d_head };
+    let d_vocab_out = match &model.unembed.d_vocab_out {
+        None => d_vocab,
+        Some(size) => {
+            let w_u = shape("unembed.W_U", 2)?;
+            let expected = vec![d_model, or(size, w_u[1])];
+            check("unembed.W_U", w_u, expected)?[1]
+        }
+    };
+    let dims = plan::Dims { d_vocab, d_vocab_out, d_model, d_head };
     Ok(plan::plan(dims, plan::Counts::from_heads_per_layer(&model.heads_per_layer())))
 }
 

@@ -2,13 +2,27 @@
 //!
 //! Layout: TransformerLens's row vectors (`x @ W`), as in [`Params`]. For head `(l, h)`
 //!
-//! - the full OV circuit is `W_E W_V W_O W_U` (vocab × vocab; TransformerLens
+//! - the full OV circuit is `W_E W_V W_O W_U` (d_vocab × d_vocab_out; TransformerLens
 //!   `model.W_E @ model.OV @ model.W_U`),
-//! - the full QK circuit is `W_E W_Q W_Kᵀ W_Eᵀ` (vocab × vocab; TransformerLens
+//! - the full QK circuit is `W_E W_Q W_Kᵀ W_Eᵀ` (d_vocab × d_vocab; TransformerLens
 //!   `model.W_E @ model.QK @ model.W_E.T`). Like TransformerLens's `model.QK`, it does **not**
 //!   include the `1 / attn_scale` factor of the attention scores: `qk_frobenius` is the norm of
 //!   the unscaled bilinear form (divide it by `attn_scale` for the scores' scale; the copying
 //!   ratio is scale-free).
+//!
+//! **Other architectures.** With an output vocabulary of its own (`unembed(d_vocab_out = N)`,
+//! `N ≠ d_vocab`) the full OV circuit is not square: it has no eigenvalues, so `ov_copying` is
+//! not computed and [`Stats::not_defined`] says why; its Frobenius norm and every QK and
+//! composition statistic are. In a rotary layer a score is `x_i W_Q Rot(i − j) W_Kᵀ x_jᵀ`
+//! ([`crate::eval::rotary`]), so the QK circuit depends on the offset `Δ = i − j` (query position
+//! minus key position): the QK statistics are those of `W_QK(Δ) = W_Q Rot(Δ) W_Kᵀ` at the offset
+//! [`StatsOptions::rotary_offset`] gives (0 by default, where `Rot = Id`: TransformerLens's
+//! position-free numbers), computed by giving the plan `W_Q Rot(Δ)` (d_model × d_head, once per
+//! head) in place of `W_Q` — exact. That changes `qk_copying`, `qk_frobenius` and the Q- and
+//! K-composition scores (whose right-hand matrix is `W_QK(Δ)` or its transpose); OV and
+//! V-composition do not involve `W_Q`. With grouped-query attention every query head reads its
+//! group's `W_K`, `W_V` (by reference, as TransformerLens's `repeat_interleave` expands them);
+//! a shortformer `W_pos` enters no circuit (as in TransformerLens).
 //!
 //! On full models these are statistics of the weight matrices as they are: LayerNorms, MLPs and
 //! biases take no part, as in TransformerLens, which computes them from `model.OV` and `model.QK`
@@ -30,7 +44,9 @@
 //! **Shared products.** `G_E = W_Eᵀ W_E`, `G_U = W_U W_Uᵀ` and `P = W_U W_E` are d_model ×
 //! d_model and do not depend on the head, so they are computed once, in one pass over the
 //! vocabulary (in fixed groups spread over threads, so the bits do not depend on the thread
-//! count): they are the only products whose cost grows with d_vocab
+//! count; `G_E` over `W_E`'s d_vocab rows and `G_U` over `W_U`'s d_vocab_out columns, and `P`,
+//! which needs the two equal, only for the OV spectrum): they are the only products whose cost
+//! grows with d_vocab
 //! (`3 · d_vocab · d_model²` multiply-adds), and every head's OV and QK statistics then cost
 //! `O(d_model² · d_head)` whatever the vocabulary. Per head, `W_Vᵀ G_E W_V`, `W_O G_U W_Oᵀ`,
 //! `W_Qᵀ G_E W_Q`, `W_Kᵀ G_E W_K` (Gram matrices of `W_E W_V`, `W_O W_U`, `W_E W_Q`, `W_E W_K`)
@@ -60,12 +76,14 @@
 //! `complex_eigenvalues()` on a matrix can loop forever (nalgebra issues #611, #764, #1291,
 //! #1528). Non-convergence is a [`StatsError`], never a hang.
 
+use std::collections::BTreeMap;
+
 use nalgebra::Complex;
 
 use crate::eval::{LayerParams, Params, StatsParams};
 pub use crate::linalg::{eigenvalues, SCHUR_MAX_ITER, SCHUR_RETRIES};
 use crate::linalg::{Matrix, NoConvergence, NonFinite};
-use crate::plan::exec::{HeadWeights, VocabRows};
+use crate::plan::exec::{ExecError, HeadWeights, VocabRows};
 use crate::plan::{self, Mode, Stat};
 use crate::progress::{Progress, Silent};
 use crate::weights::WeightError;
@@ -75,7 +93,6 @@ pub const BASELINE_SAMPLES: usize = 64;
 /// The seed of the baseline's generator (SplitMix64). The same for every mode and model.
 pub const BASELINE_SEED: u64 = 0x7061_7468_635f_6261; // "pathc_ba"
 
-/// Every statistic of every head, `[layer][head]` or `[layer_left][head_left][layer_right][head_right]`.
 /// Which weights the statistics are of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -99,22 +116,36 @@ impl WeightProcessing {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+/// Every statistic of every head, `[layer][head]` or `[layer_left][head_left][layer_right][head_right]`.
+///
+/// As JSON (`pathc stats --format json`): these fields in this order, `rotary_offset` only for a
+/// model with a rotary layer, `not_defined` only when a statistic is not defined, and then
+/// without that statistic's field.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Stats {
     /// The weights the statistics are of.
     pub weight_processing: WeightProcessing,
+    /// For a model with a rotary layer: the offset `Δ` (query position − key position) its QK
+    /// statistics are taken at ([`StatsOptions::rotary_offset`]; 0 unless asked). `None` for a
+    /// model without rotary layers, whose QK circuits do not depend on positions.
+    pub rotary_offset: Option<i64>,
+    /// The statistics this model does not define, by field name, and why: `"ov_copying"` when
+    /// `d_vocab_out ≠ d_vocab`. Such a field is empty (no layers) and absent from the JSON.
+    pub not_defined: BTreeMap<String, String>,
     /// `Σ Re λ / Σ |λ|` over the eigenvalues of the full OV circuit `W_E W_V W_O W_U`; 0 when every
-    /// eigenvalue is 0.
+    /// eigenvalue is 0. Empty when the circuit is not square (see `not_defined`).
     pub ov_copying: Vec<Vec<f64>>,
-    /// The same for the full QK circuit `W_E W_Q W_Kᵀ W_Eᵀ`.
+    /// The same for the full QK circuit `W_E W_Q W_Kᵀ W_Eᵀ` (`W_E W_QK(Δ) W_Eᵀ` in a rotary layer).
     pub qk_copying: Vec<Vec<f64>>,
     /// `‖W_E W_V W_O W_U‖_F`.
     pub ov_frobenius: Vec<Vec<f64>>,
-    /// `‖W_E W_Q W_Kᵀ W_Eᵀ‖_F`, without `1 / attn_scale` (as TransformerLens's `model.QK`).
+    /// `‖W_E W_Q W_Kᵀ W_Eᵀ‖_F`, without `1 / attn_scale` (as TransformerLens's `model.QK`);
+    /// `‖W_E W_QK(Δ) W_Eᵀ‖_F` in a rotary layer.
     pub qk_frobenius: Vec<Vec<f64>>,
-    /// Q-composition, TransformerLens `all_composition_scores("Q")`.
+    /// Q-composition, TransformerLens `all_composition_scores("Q")` (a rotary right head's
+    /// `W_Q W_Kᵀ` taken at the offset: `W_QK(Δ)`).
     pub comp_q: Vec<Vec<Vec<Vec<f64>>>>,
-    /// K-composition, TransformerLens `all_composition_scores("K")`.
+    /// K-composition, TransformerLens `all_composition_scores("K")` (`W_QK(Δ)ᵀ` likewise).
     pub comp_k: Vec<Vec<Vec<Vec<f64>>>>,
     /// V-composition, TransformerLens `all_composition_scores("V")`.
     pub comp_v: Vec<Vec<Vec<Vec<f64>>>>,
@@ -127,6 +158,79 @@ pub struct Stats {
     pub comp_k_minus_baseline: Vec<Vec<Vec<Vec<f64>>>>,
     /// `comp_v − baseline.v` where `layer_left < layer_right`, 0 elsewhere.
     pub comp_v_minus_baseline: Vec<Vec<Vec<Vec<f64>>>>,
+}
+
+/// The JSON form of [`Stats`]: its fields in order, `rotary_offset` and `not_defined` only when
+/// they say something, and a statistic that is not defined absent.
+impl serde::Serialize for Stats {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let defined = |field: &str| !self.not_defined.contains_key(field);
+        let mut out = serializer.serialize_struct("Stats", 14)?;
+        out.serialize_field("weight_processing", &self.weight_processing)?;
+        match self.rotary_offset {
+            Some(offset) => out.serialize_field("rotary_offset", &offset)?,
+            None => out.skip_field("rotary_offset")?,
+        }
+        if self.not_defined.is_empty() {
+            out.skip_field("not_defined")?;
+        } else {
+            out.serialize_field("not_defined", &self.not_defined)?;
+        }
+        let per_head = [
+            ("ov_copying", &self.ov_copying),
+            ("qk_copying", &self.qk_copying),
+            ("ov_frobenius", &self.ov_frobenius),
+            ("qk_frobenius", &self.qk_frobenius),
+        ];
+        for (field, values) in per_head {
+            if defined(field) {
+                out.serialize_field(field, values)?;
+            } else {
+                out.skip_field(field)?;
+            }
+        }
+        out.serialize_field("comp_q", &self.comp_q)?;
+        out.serialize_field("comp_k", &self.comp_k)?;
+        out.serialize_field("comp_v", &self.comp_v)?;
+        out.serialize_field("comp_baseline", &self.comp_baseline)?;
+        out.serialize_field("comp_q_minus_baseline", &self.comp_q_minus_baseline)?;
+        out.serialize_field("comp_k_minus_baseline", &self.comp_k_minus_baseline)?;
+        out.serialize_field("comp_v_minus_baseline", &self.comp_v_minus_baseline)?;
+        out.end()
+    }
+}
+
+impl Stats {
+    /// For a model with a rotary layer, what its QK statistics are: the offset and the circuit.
+    pub fn rotary_description(&self) -> Option<String> {
+        self.rotary_offset.map(|offset| {
+            format!(
+                "rotary layers' QK circuits at offset Δ = {offset} (query position − key position): W_QK(Δ) = W_Q·Rot(Δ)·W_Kᵀ in qk_copying, qk_frobenius, comp_q and comp_k{}",
+                if offset == 0 { " (Rot(0) = Id: TransformerLens's position-free circuits)" } else { "" }
+            )
+        })
+    }
+}
+
+/// How [`stats_processed`] and [`stats_streamed`] compute the statistics. A [`WeightProcessing`]
+/// alone converts into the default options with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatsOptions {
+    /// The weights the statistics are of.
+    pub processing: WeightProcessing,
+    /// The offset `Δ` (query position − key position) at which rotary layers' QK circuits are
+    /// taken: `W_QK(Δ) = W_Q Rot(Δ) W_Kᵀ`, with `Rot` as [`crate::eval::rotary::rotation`] gives
+    /// it (a negative `Δ` is a key after the query, which only a bidirectional layer attends to).
+    /// `None` is 0 for a model with a rotary layer; `Some` on a model without one is
+    /// [`StatsError::NotRotary`]. Layers without rotary are unaffected.
+    pub rotary_offset: Option<i64>,
+}
+
+impl From<WeightProcessing> for StatsOptions {
+    fn from(processing: WeightProcessing) -> StatsOptions {
+        StatsOptions { processing, rotary_offset: None }
+    }
 }
 
 /// The mean composition score of random matrices, per mode (see [`composition_baseline`]).
@@ -144,26 +248,67 @@ pub struct Baseline {
     pub samples: usize,
 }
 
-/// Why the statistics could not be computed: the errors of running their plan
-/// ([`plan::exec::ExecError`]: a stalled eigenvalue computation, a non-finite value, a failed
-/// read of a streamed weight), which a direct spectrum ([`ov_eigenvalues`]) shares.
-pub use crate::plan::exec::ExecError as StatsError;
+/// Why the statistics could not be computed.
+#[derive(Debug, thiserror::Error)]
+pub enum StatsError {
+    /// Running their plan failed ([`plan::exec::ExecError`]: a stalled eigenvalue computation, a
+    /// non-finite value, a failed read of a streamed weight), which a direct spectrum
+    /// ([`ov_eigenvalues`]) shares.
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    /// A rotary offset ([`StatsOptions::rotary_offset`]) for a model without rotary layers.
+    #[error(
+        "a rotary offset (Δ = {offset}) applies only to rotary layers (attn(..., rotary = D)), and this model has none: its QK circuits do not depend on positions"
+    )]
+    NotRotary { offset: i64 },
+    /// A statistic the model does not define ([`Stats::not_defined`]), asked for directly.
+    #[error("{statistic}: not defined: {reason}")]
+    NotDefined { statistic: &'static str, reason: String },
+}
 
-/// [`stats`] of the weights after `processing`, which the result records.
-pub fn stats_processed(params: &Params, processing: WeightProcessing) -> Result<Stats, StatsError> {
-    match processing {
-        WeightProcessing::AsGiven => stats(params),
-        WeightProcessing::FoldLn => {
-            Ok(Stats { weight_processing: WeightProcessing::FoldLn, ..stats(&params.fold_layer_norm())? })
-        }
+impl From<NoConvergence> for StatsError {
+    fn from(e: NoConvergence) -> StatsError {
+        StatsError::Exec(e.into())
     }
 }
 
+impl From<NonFinite> for StatsError {
+    fn from(e: NonFinite) -> StatsError {
+        StatsError::Exec(e.into())
+    }
+}
+
+impl From<WeightError> for StatsError {
+    fn from(e: WeightError) -> StatsError {
+        StatsError::Exec(e.into())
+    }
+}
+
+/// [`stats`] of the weights after `options.processing` and, in rotary layers, at the offset
+/// `options.rotary_offset` (see [`StatsOptions`]); the result records both. A
+/// [`WeightProcessing`] may stand for the options: `stats_processed(&params,
+/// WeightProcessing::FoldLn)`.
+pub fn stats_processed(params: &Params, options: impl Into<StatsOptions>) -> Result<Stats, StatsError> {
+    let options = options.into();
+    let offset = rotary_offset(&params.layers, options.rotary_offset)?;
+    let folded;
+    let params = match options.processing {
+        WeightProcessing::AsGiven => params,
+        WeightProcessing::FoldLn => {
+            folded = params.fold_layer_norm();
+            &folded
+        }
+    };
+    let plans = plans_for_vocab(&params.layers, params.d_vocab(), params.d_vocab_out(), params.w_e.ncols());
+    let rotated = rotated_queries(&params.layers, offset);
+    let stats = stats_with_plan(&plans.chosen, &head_weights_at(&params.layers, &rotated), params, &Silent)?;
+    Ok(Stats { weight_processing: options.processing, rotary_offset: offset, ..stats })
+}
+
 /// Computes every statistic of every head of `params`, as given, with the plan the e-graph
-/// chooses ([`crate::plan`]).
+/// chooses ([`crate::plan`]); rotary layers at offset 0.
 pub fn stats(params: &Params) -> Result<Stats, StatsError> {
-    let plans = plans_for(&params.layers, params.w_e.nrows(), params.w_e.ncols());
-    stats_with_plan(&plans.chosen, &head_weights(&params.layers), params, &Silent)
+    stats_processed(params, WeightProcessing::AsGiven)
 }
 
 /// [`stats_processed`] with `W_E` and `W_U` read from the weights file a chunk of the vocabulary
@@ -171,34 +316,78 @@ pub fn stats(params: &Params) -> Result<Stats, StatsError> {
 /// `progress` is told of every chunk and head done.
 pub fn stats_streamed(
     params: StatsParams<'_>,
-    processing: WeightProcessing,
+    options: impl Into<StatsOptions>,
     progress: &dyn Progress,
 ) -> Result<Stats, StatsError> {
-    let params = match processing {
+    let options = options.into();
+    let offset = rotary_offset(&params.layers, options.rotary_offset)?;
+    let params = match options.processing {
         WeightProcessing::AsGiven => params,
         WeightProcessing::FoldLn => params.fold_layer_norm(),
     };
-    let plans = plans_for(&params.layers, params.d_vocab(), params.d_model());
-    let stats = stats_with_plan(&plans.chosen, &head_weights(&params.layers), &params, progress)?;
-    Ok(Stats { weight_processing: processing, ..stats })
+    let plans = plans_for_vocab(&params.layers, params.d_vocab(), params.d_vocab_out(), params.d_model());
+    let rotated = rotated_queries(&params.layers, offset);
+    let stats = stats_with_plan(&plans.chosen, &head_weights_at(&params.layers, &rotated), &params, progress)?;
+    Ok(Stats { weight_processing: options.processing, rotary_offset: offset, ..stats })
 }
 
-/// The plans ([`plan::plan`]) for these layers' heads and sizes. A plan is made for one d_head,
-/// the largest of any layer; the executor takes every head's own shapes.
-pub fn plans_for(layers: &[LayerParams], d_vocab: usize, d_model: usize) -> plan::Plans {
-    let d_head = layers.iter().flat_map(|l| l.attn.w_q.iter().map(|w| w.ncols())).max().unwrap_or(0);
-    let heads_per_layer: Vec<usize> = layers.iter().map(|l| l.attn.w_q.len()).collect();
-    plan::plan(plan::Dims { d_vocab, d_model, d_head }, plan::Counts::from_heads_per_layer(&heads_per_layer))
+/// The offset the statistics are taken at: `Some` (the one asked for, else 0) when a layer is
+/// rotary, `None` when none is (and an error if one was asked for).
+fn rotary_offset(layers: &[LayerParams], asked: Option<i64>) -> Result<Option<i64>, StatsError> {
+    let rotary = layers.iter().any(|layer| layer.attn.rotary.is_some());
+    match (rotary, asked) {
+        (true, asked) => Ok(Some(asked.unwrap_or(0))),
+        (false, None) => Ok(None),
+        (false, Some(offset)) => Err(StatsError::NotRotary { offset }),
+    }
 }
 
-/// Every head's weights as the plan executor reads them.
-pub fn head_weights(layers: &[LayerParams]) -> Vec<Vec<HeadWeights<'_>>> {
+/// `W_Q Rot(Δ)` (d_model × d_head) of every head of every rotary layer, `None` for the other
+/// layers and for `Δ = 0` (where `Rot(0) = Id`, and the statistics are of `W_Q` itself).
+pub fn rotated_queries(layers: &[LayerParams], offset: Option<i64>) -> Vec<Option<Vec<Matrix>>> {
     layers
         .iter()
         .map(|layer| {
             let a = &layer.attn;
+            let (rotary, offset) = (a.rotary.as_ref()?, offset.filter(|&o| o != 0)?);
+            Some(a.w_q.iter().map(|w_q| w_q * crate::eval::rotary::rotation(rotary, w_q.ncols(), offset)).collect())
+        })
+        .collect()
+}
+
+/// The plans ([`plan::plan`]) for these layers' heads and sizes, `W_U` with `d_vocab` columns
+/// (see [`plans_for_vocab`] for another output vocabulary).
+pub fn plans_for(layers: &[LayerParams], d_vocab: usize, d_model: usize) -> plan::Plans {
+    plans_for_vocab(layers, d_vocab, d_vocab, d_model)
+}
+
+/// The plans ([`plan::plan`]) for these layers' heads and sizes: `W_E` `d_vocab × d_model`, `W_U`
+/// `d_model × d_vocab_out`. A plan is made for one d_head, the largest of any layer; the
+/// executor takes every head's own shapes.
+pub fn plans_for_vocab(layers: &[LayerParams], d_vocab: usize, d_vocab_out: usize, d_model: usize) -> plan::Plans {
+    let d_head = layers.iter().flat_map(|l| l.attn.w_q.iter().map(|w| w.ncols())).max().unwrap_or(0);
+    let heads_per_layer: Vec<usize> = layers.iter().map(|l| l.attn.w_q.len()).collect();
+    let dims = plan::Dims { d_vocab, d_vocab_out, d_model, d_head };
+    plan::plan(dims, plan::Counts::from_heads_per_layer(&heads_per_layer))
+}
+
+/// Every head's weights as the plan executor reads them: by reference (a grouped-query head's
+/// `W_K`, `W_V` are its key/value group's, not copies).
+pub fn head_weights(layers: &[LayerParams]) -> Vec<Vec<HeadWeights<'_>>> {
+    head_weights_at(layers, &[])
+}
+
+/// [`head_weights`] with `W_Q` replaced by `rotated[layer][head]` where [`rotated_queries`] gave
+/// one.
+pub fn head_weights_at<'a>(layers: &'a [LayerParams], rotated: &'a [Option<Vec<Matrix>>]) -> Vec<Vec<HeadWeights<'a>>> {
+    layers
+        .iter()
+        .enumerate()
+        .map(|(l, layer)| {
+            let a = &layer.attn;
+            let w_q = rotated.get(l).and_then(Option::as_ref).unwrap_or(&a.w_q);
             (0..a.w_q.len())
-                .map(|h| HeadWeights { w_q: &a.w_q[h], w_k: a.w_k(h), w_v: a.w_v(h), w_o: &a.w_o[h] })
+                .map(|h| HeadWeights { w_q: &w_q[h], w_k: a.w_k(h), w_v: a.w_v(h), w_o: &a.w_o[h] })
                 .collect()
         })
         .collect()
@@ -208,6 +397,10 @@ pub fn head_weights(layers: &[LayerParams]) -> Vec<Vec<HeadWeights<'_>>> {
 impl VocabRows for Params {
     fn d_vocab(&self) -> usize {
         self.w_e.nrows()
+    }
+
+    fn d_vocab_out(&self) -> usize {
+        self.w_u.ncols()
     }
 
     fn embed_rows(&self, start: usize, n: usize) -> Result<Matrix, WeightError> {
@@ -226,6 +419,10 @@ impl VocabRows for StatsParams<'_> {
         StatsParams::d_vocab(self)
     }
 
+    fn d_vocab_out(&self) -> usize {
+        StatsParams::d_vocab_out(self)
+    }
+
     fn embed_rows(&self, start: usize, n: usize) -> Result<Matrix, WeightError> {
         self.embed_rows(start, n)
     }
@@ -236,7 +433,10 @@ impl VocabRows for StatsParams<'_> {
 }
 
 /// Runs `plan` (the chosen or the naive one, see [`crate::plan::plan`]) on the heads' weights and
-/// the vocabulary side, and assembles every statistic, composition ratios and baseline included.
+/// the vocabulary side, and assembles every statistic, composition ratios and baseline included;
+/// a statistic the plan's sizes do not define is left empty and recorded in `not_defined`. The
+/// result records the weights as given and no rotary offset: [`stats_processed`] fills in
+/// what it did to the weights.
 pub fn stats_with_plan(
     plan: &plan::EvalPlan,
     heads: &[Vec<HeadWeights<'_>>],
@@ -244,6 +444,16 @@ pub fn stats_with_plan(
     progress: &dyn Progress,
 ) -> Result<Stats, StatsError> {
     let inputs = plan::exec::Inputs { heads: heads.to_vec(), vocab, progress };
+    let mut not_defined = BTreeMap::new();
+    for stat in Stat::ALL {
+        if let Some(reason) = stat.not_defined(plan.dims) {
+            let reason = match stat {
+                Stat::OvCopying => format!("{reason} (set by unembed(d_vocab_out = {}))", plan.dims.d_vocab_out),
+                _ => reason,
+            };
+            not_defined.insert(field_name(stat).to_string(), reason);
+        }
+    }
     let mut results = plan::exec::run(plan, &inputs)?;
     for (stat, values) in &results.per_head {
         finite_per_head(values, |l, h| format!("the statistic {} of head L{l}H{h}", stat.name()))?;
@@ -257,8 +467,9 @@ pub fn stats_with_plan(
             }
         }
     }
+    let ov_copying = results.per_head.remove(&Stat::OvCopying).unwrap_or_default();
     let mut take = |stat: Stat| results.per_head.remove(&stat).expect("every per-head statistic is a root");
-    let (ov_copying, qk_copying) = (take(Stat::OvCopying), take(Stat::QkCopying));
+    let qk_copying = take(Stat::QkCopying);
     let (ov_frobenius, qk_frobenius) = (take(Stat::OvFrobenius), take(Stat::QkFrobenius));
     let left = take(Stat::LeftNorm);
     let mut composition = |mode: Mode| {
@@ -313,6 +524,8 @@ pub fn stats_with_plan(
     let comp_v_minus_baseline = minus(&comp_v);
     Ok(Stats {
         weight_processing: WeightProcessing::AsGiven,
+        rotary_offset: None,
+        not_defined,
         ov_copying,
         qk_copying,
         ov_frobenius,
@@ -327,10 +540,28 @@ pub fn stats_with_plan(
     })
 }
 
+/// The name of `stat`'s field in [`Stats`] (the plan's name for the composition scores' parts).
+fn field_name(stat: Stat) -> &'static str {
+    match stat {
+        Stat::OvCopying => "ov_copying",
+        Stat::QkCopying => "qk_copying",
+        Stat::OvFrobenius => "ov_frobenius",
+        Stat::QkFrobenius => "qk_frobenius",
+        other => other.name(),
+    }
+}
+
 /// The eigenvalues of head `(layer, head)`'s full OV circuit `W_E W_V W_O W_U`, from the d_head ×
 /// d_head matrix `W_O W_U W_E W_V` (the vocab × vocab circuit's other eigenvalues are 0). For one
 /// head at a time: it forms `W_U W_E` itself (`d_vocab · d_model²`), which [`stats`] shares.
+/// [`StatsError::NotDefined`] when `d_vocab_out ≠ d_vocab` (the circuit is not square).
 pub fn ov_eigenvalues(params: &Params, layer: usize, head: usize) -> Result<Vec<Complex<f64>>, StatsError> {
+    let (d_vocab, d_vocab_out) = (params.d_vocab(), params.d_vocab_out());
+    if d_vocab != d_vocab_out {
+        let dims = plan::Dims { d_vocab, d_vocab_out, d_model: params.w_e.ncols(), d_head: 0 };
+        let reason = Stat::OvCopying.not_defined(dims).expect("not square");
+        return Err(StatsError::NotDefined { statistic: "the OV eigenvalues", reason });
+    }
     let a = &params.layers[layer].attn;
     let m = &a.w_o[head] * ((&params.w_u * &params.w_e) * a.w_v(head));
     Ok(eigenvalues(m).ok_or(NoConvergence::of("the OV circuit", (layer, head)))?)
@@ -338,6 +569,8 @@ pub fn ov_eigenvalues(params: &Params, layer: usize, head: usize) -> Result<Vec<
 
 /// The eigenvalues of head `(layer, head)`'s full QK circuit `W_E W_Q W_Kᵀ W_Eᵀ` (without
 /// `1 / attn_scale`), from the d_head × d_head matrix `W_Kᵀ W_Eᵀ W_E W_Q`; as [`ov_eigenvalues`].
+/// A rotary layer's at offset 0, where `Rot = Id` (another offset's statistics: [`stats_processed`]
+/// with [`StatsOptions::rotary_offset`]).
 pub fn qk_eigenvalues(params: &Params, layer: usize, head: usize) -> Result<Vec<Complex<f64>>, StatsError> {
     let a = &params.layers[layer].attn;
     let g_e = params.w_e.transpose() * &params.w_e;

@@ -1,4 +1,5 @@
-//! Parsing the positions (`--pos`) and heads (`--head`, `--through`) given on the command line.
+//! Parsing the positions (`--pos`) and heads (`--head`, `--through`) given on the command line,
+//! and checking `--rotary-offset` against the model.
 
 use super::failure::Failure;
 
@@ -54,4 +55,16 @@ pub fn parse_head_of(text: &str, flag: &str, heads_per_layer: &[usize]) -> Resul
 pub fn parse_head(text: &str) -> Option<(usize, usize)> {
     let (layer, head) = text.strip_prefix('L')?.split_once('H')?;
     Some((layer.parse().ok()?, head.parse().ok()?))
+}
+
+/// `--rotary-offset` on a model without rotary layers is bad input (`stats` and the statistics
+/// plots): said before any weight is read.
+pub fn check_rotary_offset(model: &pathc::model::Model, offset: Option<i64>) -> Result<(), Failure> {
+    match offset {
+        Some(offset) if !model.layers.iter().any(|layer| layer.attn.rotary.is_some()) => Err(Failure::BadInput(format!(
+            "error: --rotary-offset {offset}: model `{}` has no rotary layer (attn(..., rotary = D)), so its QK circuits do not depend on positions and there is no offset to choose",
+            model.name
+        ))),
+        _ => Ok(()),
+    }
 }

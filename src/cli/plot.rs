@@ -7,11 +7,11 @@ use clap::ValueEnum;
 
 use pathc::emit::plot::StatsPlot;
 use pathc::eval::Target;
-use pathc::stats::WeightProcessing;
+use pathc::stats::{StatsOptions, WeightProcessing};
 
 use super::failure::{read_model, render, Failure};
 use super::output;
-use super::parse::parse_position;
+use super::parse::{check_rotary_offset, parse_position};
 use super::run::{evaluate, resolve_targets, RunArgs};
 
 // (`//`, not `///`: see the module docs of `cli`.)
@@ -48,6 +48,9 @@ pub struct Args {
     /// Statistics of LayerNorm-folded weights (statistics plots; see `stats --help`).
     #[arg(long)]
     fold_ln: bool,
+    /// Rotary models: the QK circuits at this offset (statistics plots; see `stats --help`).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    rotary_offset: Option<i64>,
     /// Keep only paths through at most K heads (`--what paths`).
     #[arg(long, value_name = "K")]
     max_order: Option<u32>,
@@ -89,6 +92,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
         target,
         top,
         fold_ln,
+        rotary_offset,
         max_order,
         limit,
         names,
@@ -119,11 +123,13 @@ pub fn run(args: Args) -> Result<(), Failure> {
         let source = read_model(&model)?;
         let fail = |e: pathc::Error| render(&model, &source, &e);
         let compiled = pathc::compile(&source).map_err(fail)?;
+        check_rotary_offset(&compiled.model, rotary_offset)?;
         let names = pathc::eval::NameMap::parse(&names).map_err(|e| fail(e.into()))?;
         let params = pathc::load_params(&compiled, &weights, &names).map_err(fail)?;
         let processing = if fold_ln { WeightProcessing::FoldLn } else { WeightProcessing::AsGiven };
+        let options = StatsOptions { processing, rotary_offset };
         let stats =
-            pathc::stats::stats_processed(&params, processing).map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+            pathc::stats::stats_processed(&params, options).map_err(|e| Failure::BadInput(format!("error: {e}")))?;
         pathc::emit::plot::stats_heatmap(&compiled.model.name, &stats, plot)
     } else {
         if tokens.is_empty() {
@@ -135,6 +141,11 @@ pub fn run(args: Args) -> Result<(), Failure> {
         if fold_ln {
             return Err(Failure::BadInput(
                 "error: --fold-ln applies to the statistics plots; path contributions always use the folded weights with the LayerNorm scales frozen".to_string(),
+            ));
+        }
+        if rotary_offset.is_some() {
+            return Err(Failure::BadInput(
+                "error: --rotary-offset applies to the statistics plots; path contributions use every score at its own positions".to_string(),
             ));
         }
         let run = RunArgs { weights, tokens, attention_mask, max_order, limit, names, processing: Default::default() };

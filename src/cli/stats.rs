@@ -5,10 +5,11 @@ use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 
 use pathc::emit::numbers;
-use pathc::stats::WeightProcessing;
+use pathc::stats::{StatsOptions, WeightProcessing};
 
 use super::failure::{read_model, render, Failure};
 use super::output::{self, TextOrJson};
+use super::parse::check_rotary_offset;
 use super::progress::TerminalProgress;
 
 // (`//`, not `///`: see the module docs of `cli`.)
@@ -25,21 +26,28 @@ pub struct Args {
     /// TransformerLens's `fold_ln` does; by default the weights are used as given.
     #[arg(long)]
     fold_ln: bool,
+    /// Rotary models: the QK statistics (qk_copying, qk_frobenius, comp_q, comp_k) at offset N =
+    /// query position − key position, of W_QK(N) = W_Q·Rot(N)·W_Kᵀ. Default 0 (Rot(0) = Id:
+    /// TransformerLens's position-free numbers). An error on a model without rotary layers.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    rotary_offset: Option<i64>,
     #[arg(long, value_enum, default_value_t = TextOrJson::Text)]
     format: TextOrJson,
 }
 
 pub fn run(args: Args) -> Result<(), Failure> {
-    let Args { model, weights, names, fold_ln, format } = args;
+    let Args { model, weights, names, fold_ln, rotary_offset, format } = args;
     let source = read_model(&model)?;
     let fail = |e: pathc::Error| render(&model, &source, &e);
     let compiled = pathc::compile(&source).map_err(fail)?;
+    check_rotary_offset(&compiled.model, rotary_offset)?;
     let names = pathc::eval::NameMap::parse(&names).map_err(|e| fail(e.into()))?;
     let weights = pathc::load_weights(&weights).map_err(fail)?;
     let params =
         pathc::eval::StatsParams::from_weights(&compiled.model, &weights, &names).map_err(|e| fail(e.into()))?;
     let processing = if fold_ln { WeightProcessing::FoldLn } else { WeightProcessing::AsGiven };
-    let stats = pathc::stats::stats_streamed(params, processing, &TerminalProgress::new())
+    let options = StatsOptions { processing, rotary_offset };
+    let stats = pathc::stats::stats_streamed(params, options, &TerminalProgress::new())
         .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
     let mut out = BufWriter::new(io::stdout().lock());
     match format {

@@ -612,21 +612,38 @@ pub fn write_scores_json(
     writeln!(out)
 }
 
-/// The `pathc stats` tables (JSON is the [`Stats`](crate::stats::Stats) value itself).
+/// The `pathc stats` tables (JSON is the [`Stats`](crate::stats::Stats) value itself). For a
+/// rotary model a line after the first says at which offset the QK statistics are; a statistic
+/// the model does not define is a line `name: not defined: why` in place of its column.
 pub fn write_stats_text(out: &mut dyn Write, model: &str, stats: &crate::stats::Stats) -> io::Result<()> {
     writeln!(out, "model {model}: per-head statistics of the full circuits ({})", stats.weight_processing.describe())?;
-    writeln!(
-        out,
-        "{:<6} {:>11} {:>11} {:>13} {:>13}",
-        "head", "ov_copying", "qk_copying", "ov_frobenius", "qk_frobenius"
-    )?;
-    for (l, layer) in stats.ov_copying.iter().enumerate() {
+    if let Some(rotary) = stats.rotary_description() {
+        writeln!(out, "{rotary}")?;
+    }
+    for (name, reason) in &stats.not_defined {
+        writeln!(out, "{name}: not defined: {reason}")?;
+    }
+    let columns: Vec<(&str, &Vec<Vec<f64>>, usize)> = [
+        ("ov_copying", &stats.ov_copying, 11),
+        ("qk_copying", &stats.qk_copying, 11),
+        ("ov_frobenius", &stats.ov_frobenius, 13),
+        ("qk_frobenius", &stats.qk_frobenius, 13),
+    ]
+    .into_iter()
+    .filter(|(name, _, _)| !stats.not_defined.contains_key(*name))
+    .collect();
+    write!(out, "{:<6}", "head")?;
+    for (name, _, width) in &columns {
+        write!(out, " {name:>width$}")?;
+    }
+    writeln!(out)?;
+    for (l, layer) in stats.qk_frobenius.iter().enumerate() {
         for h in 0..layer.len() {
-            writeln!(
-                out,
-                "L{l}H{h:<3} {:>11.6} {:>11.6} {:>13.6} {:>13.6}",
-                stats.ov_copying[l][h], stats.qk_copying[l][h], stats.ov_frobenius[l][h], stats.qk_frobenius[l][h]
-            )?;
+            write!(out, "L{l}H{h:<3}")?;
+            for (_, values, width) in &columns {
+                write!(out, " {:>width$.6}", values[l][h])?;
+            }
+            writeln!(out)?;
         }
     }
     let b = &stats.comp_baseline;

@@ -46,6 +46,9 @@ pub enum PlotError {
     /// A value to plot is not finite: where it arose.
     #[error(transparent)]
     NonFinite(#[from] crate::linalg::NonFinite),
+    /// The statistic asked for is not defined for the model: `name: not defined: why`.
+    #[error("{0}")]
+    NotDefined(String),
 }
 
 fn draw_err<E: std::fmt::Display>(e: E) -> PlotError {
@@ -464,7 +467,27 @@ fn head_labels(per_layer: &[Vec<f64>]) -> Vec<(usize, usize, String)> {
 ///   is not in a later layer; sequential scale from 0 to the largest score;
 /// - copying (`ov-copying`, `qk-copying`): layers × heads, diverging scale over [-1, 1] (the
 ///   scores' range), grey where a layer has fewer heads than the widest.
+///
+/// For a rotary model the plots of what depends on the offset (`qk-copying`, `comp-q`, `comp-k`)
+/// say which offset in the title. A statistic the model does not define
+/// ([`crate::stats::Stats::not_defined`]) is [`PlotError::NotDefined`].
 pub fn stats_heatmap(model: &str, stats: &crate::stats::Stats, what: StatsPlot) -> Result<String, PlotError> {
+    let field = match what {
+        StatsPlot::CompQ => "comp_q",
+        StatsPlot::CompK => "comp_k",
+        StatsPlot::CompV => "comp_v",
+        StatsPlot::OvCopying => "ov_copying",
+        StatsPlot::QkCopying => "qk_copying",
+    };
+    if let Some(reason) = stats.not_defined.get(field) {
+        return Err(PlotError::NotDefined(format!("{field}: not defined: {reason}")));
+    }
+    let rotary = match what {
+        StatsPlot::CompQ | StatsPlot::CompK | StatsPlot::QkCopying => {
+            stats.rotary_description().map(|line| format!("\n{line}")).unwrap_or_default()
+        }
+        StatsPlot::CompV | StatsPlot::OvCopying => String::new(),
+    };
     let processing = stats.weight_processing.describe();
     let b = &stats.comp_baseline;
     let composition = match what {
@@ -474,7 +497,7 @@ pub fn stats_heatmap(model: &str, stats: &crate::stats::Stats, what: StatsPlot) 
         StatsPlot::OvCopying | StatsPlot::QkCopying => None,
     };
     if let Some((mode, comp, baseline, reads)) = composition {
-        let heads = head_labels(&stats.ov_copying);
+        let heads = head_labels(&stats.qk_frobenius);
         let labels: Vec<String> = heads.iter().map(|(_, _, name)| name.clone()).collect();
         let values: Vec<Vec<f64>> = heads
             .iter()
@@ -484,7 +507,7 @@ pub fn stats_heatmap(model: &str, stats: &crate::stats::Stats, what: StatsPlot) 
             .collect();
         let max = values.iter().flatten().copied().filter(|v| v.is_finite()).fold(0.0f64, f64::max);
         let title = format!(
-            "{model}: {mode}-composition scores (comp_{})\n{processing}\nTransformerLens all_composition_scores('{mode}'): ‖L·R‖_F / (‖L‖_F ‖R‖_F), L = W_V·W_O of the left head, R = {reads} of the right head; random baseline {:.4} ({} draws)",
+            "{model}: {mode}-composition scores (comp_{})\n{processing}\nTransformerLens all_composition_scores('{mode}'): ‖L·R‖_F / (‖L‖_F ‖R‖_F), L = W_V·W_O of the left head, R = {reads} of the right head; random baseline {:.4} ({} draws){rotary}",
             mode.to_lowercase(),
             baseline,
             b.samples
@@ -512,7 +535,7 @@ pub fn stats_heatmap(model: &str, stats: &crate::stats::Stats, what: StatsPlot) 
     let values: Vec<Vec<f64>> =
         data.iter().map(|hs| (0..width).map(|h| hs.get(h).copied().unwrap_or(f64::NAN)).collect()).collect();
     let title = format!(
-        "{model}: copying scores of the {circuit} ({name})\n{processing}\nΣ Re λ / Σ |λ| over its eigenvalues: 1 copies tokens, -1 suppresses them"
+        "{model}: copying scores of the {circuit} ({name})\n{processing}\nΣ Re λ / Σ |λ| over its eigenvalues: 1 copies tokens, -1 suppresses them{rotary}"
     );
     heatmap(&Heatmap {
         title: &title,

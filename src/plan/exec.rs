@@ -5,7 +5,10 @@
 //!    ([`EvalPlan::streamed`], e.g. `W_U · W_E`) are summed chunk by chunk, all in one pass over
 //!    [`VocabRows`], so neither `W_E` nor `W_U` is ever held whole: the reader may take them
 //!    straight from the file. The vocabulary is cut into [`VOCAB_GROUPS`] fixed groups run
-//!    on the threads and added in order, so the bits do not depend on the thread count.
+//!    on the threads and added in order, so the bits do not depend on the thread count. Each
+//!    matrix is read over its own rows: when `d_vocab_out ≠ d_vocab` the products of `W_E` are
+//!    one pass over `d_vocab` rows and those of `W_U` another over `d_vocab_out` (no product
+//!    then reads both).
 //! 2. **per head**, every head on the threads: the steps of `h`.
 //! 3. **per right head**: the steps of `r` (the right head of a composition score).
 //! 4. **per pair**, per left head on the threads: a product of a per-head and a per-right-head
@@ -54,10 +57,13 @@ pub struct HeadWeights<'a> {
 
 /// The vocabulary-sized weights, read a chunk of the vocabulary at a time.
 pub trait VocabRows: Sync {
+    /// `W_E`'s rows.
     fn d_vocab(&self) -> usize;
-    /// Rows `start .. start + n` of `W_E`, `[n, d_model]`.
+    /// `W_U`'s columns.
+    fn d_vocab_out(&self) -> usize;
+    /// Rows `start .. start + n` of `W_E`, `[n, d_model]` (`start + n ≤ d_vocab`).
     fn embed_rows(&self, start: usize, n: usize) -> Result<Matrix, WeightError>;
-    /// Columns `start .. start + n` of `W_U`, `[d_model, n]`.
+    /// Columns `start .. start + n` of `W_U`, `[d_model, n]` (`start + n ≤ d_vocab_out`).
     fn unembed_columns(&self, start: usize, n: usize) -> Result<Matrix, WeightError>;
 }
 
@@ -162,7 +168,7 @@ impl<'e, 'a> Env<'e, 'a> {
                     let vocab = self.inputs.vocab;
                     Value::Matrix(Cow::Owned(match name.as_str() {
                         "W_E" => vocab.embed_rows(0, vocab.d_vocab())?,
-                        _ => vocab.unembed_columns(0, vocab.d_vocab())?,
+                        _ => vocab.unembed_columns(0, vocab.d_vocab_out())?,
                     }))
                 }
             },
@@ -197,51 +203,88 @@ fn vocab_groups(d_vocab: usize) -> Vec<(usize, usize)> {
     (0..d_vocab).step_by(group).map(|s| (s, d_vocab.min(s + group))).collect()
 }
 
+/// How many rows of the vocabulary `m` has.
+fn vocab_length(vocab: &dyn VocabRows, m: VocabMatrix) -> usize {
+    match m {
+        VocabMatrix::Embed => vocab.d_vocab(),
+        VocabMatrix::UnembedT => vocab.d_vocab_out(),
+    }
+}
+
+/// The passes over the vocabulary that `products` take: the distinct lengths of their operands,
+/// in the order the products first need them (one pass when `d_vocab_out = d_vocab`).
+fn pass_lengths(vocab: &dyn VocabRows, products: &[(VocabMatrix, VocabMatrix)]) -> Vec<usize> {
+    let mut lengths: Vec<usize> = Vec::new();
+    for &(x, y) in products {
+        let n = vocab_length(vocab, x);
+        assert_eq!(n, vocab_length(vocab, y), "a product over the vocabulary of two matrices of different lengths");
+        if !lengths.contains(&n) {
+            lengths.push(n);
+        }
+    }
+    lengths
+}
+
 /// Every product `Σ_c X_cᵀ Y_c` of `products` over chunks `c` of the vocabulary (see the module
-/// documentation), in one pass: each chunk of `W_E` and of `W_U` is read once for all of them.
-/// `W_U`'s columns are `X_cᵀ` as read; `W_E`'s rows are `Y_c` as read.
+/// documentation), one pass per length ([`pass_lengths`]): each chunk of `W_E` and of `W_U` is
+/// read once for all the products of its pass. `W_U`'s columns are `X_cᵀ` as read; `W_E`'s rows
+/// are `Y_c` as read.
 fn streamed_products(
     vocab: &dyn VocabRows,
     products: &[(VocabMatrix, VocabMatrix)],
     progress: &dyn Progress,
 ) -> Result<Vec<Matrix>, WeightError> {
+    let mut results: Vec<Option<Matrix>> = vec![None; products.len()];
+    for length in pass_lengths(vocab, products) {
+        let of_pass: Vec<usize> =
+            (0..products.len()).filter(|&i| vocab_length(vocab, products[i].0) == length).collect();
+        let pass: Vec<(VocabMatrix, VocabMatrix)> = of_pass.iter().map(|&i| products[i]).collect();
+        for (i, product) in of_pass.into_iter().zip(streamed_pass(vocab, length, &pass, progress)?) {
+            results[i] = Some(product);
+        }
+    }
+    Ok(results.into_iter().map(|r| r.expect("every product is in the pass of its length")).collect())
+}
+
+/// One pass of [`streamed_products`]: `products`, all of whose operands have `length` rows.
+fn streamed_pass(
+    vocab: &dyn VocabRows,
+    length: usize,
+    products: &[(VocabMatrix, VocabMatrix)],
+    progress: &dyn Progress,
+) -> Result<Vec<Matrix>, WeightError> {
     let uses = |m: VocabMatrix| products.iter().any(|&(x, y)| x == m || y == m);
-    let parts =
-        parallel_map(&vocab_groups(vocab.d_vocab()), |&(start, end)| -> Result<Vec<Option<Matrix>>, WeightError> {
-            let mut sums: Vec<Option<Matrix>> = vec![None; products.len()];
-            for s in (start..end).step_by(VOCAB_CHUNK) {
-                let n = VOCAB_CHUNK.min(end - s);
-                let e = if uses(VocabMatrix::Embed) { Some(vocab.embed_rows(s, n)?) } else { None };
-                let u = if uses(VocabMatrix::UnembedT) { Some(vocab.unembed_columns(s, n)?) } else { None };
-                // Explicit transposed copies, made once per chunk: nalgebra's `tr_mul` is a loop of
-                // dot products, ~15× slower than a GEMM.
-                let e_t = e
-                    .as_ref()
-                    .filter(|_| products.iter().any(|&(x, _)| x == VocabMatrix::Embed))
-                    .map(|e| e.transpose());
-                let u_t = u
-                    .as_ref()
-                    .filter(|_| products.iter().any(|&(_, y)| y == VocabMatrix::UnembedT))
-                    .map(|u| u.transpose());
-                for (sum, &(x, y)) in sums.iter_mut().zip(products) {
-                    let left = match x {
-                        VocabMatrix::Embed => e_t.as_ref(),
-                        VocabMatrix::UnembedT => u.as_ref(),
-                    };
-                    let right = match y {
-                        VocabMatrix::Embed => e.as_ref(),
-                        VocabMatrix::UnembedT => u_t.as_ref(),
-                    };
-                    let (Some(left), Some(right)) = (left, right) else { unreachable!("read above: it is used") };
-                    match sum {
-                        Some(acc) => acc.gemm(1.0, left, right, 1.0),
-                        None => *sum = Some(left * right),
-                    }
+    let parts = parallel_map(&vocab_groups(length), |&(start, end)| -> Result<Vec<Option<Matrix>>, WeightError> {
+        let mut sums: Vec<Option<Matrix>> = vec![None; products.len()];
+        for s in (start..end).step_by(VOCAB_CHUNK) {
+            let n = VOCAB_CHUNK.min(end - s);
+            let e = if uses(VocabMatrix::Embed) { Some(vocab.embed_rows(s, n)?) } else { None };
+            let u = if uses(VocabMatrix::UnembedT) { Some(vocab.unembed_columns(s, n)?) } else { None };
+            // Explicit transposed copies, made once per chunk: nalgebra's `tr_mul` is a loop of
+            // dot products, ~15× slower than a GEMM.
+            let e_t =
+                e.as_ref().filter(|_| products.iter().any(|&(x, _)| x == VocabMatrix::Embed)).map(|e| e.transpose());
+            let u_t =
+                u.as_ref().filter(|_| products.iter().any(|&(_, y)| y == VocabMatrix::UnembedT)).map(|u| u.transpose());
+            for (sum, &(x, y)) in sums.iter_mut().zip(products) {
+                let left = match x {
+                    VocabMatrix::Embed => e_t.as_ref(),
+                    VocabMatrix::UnembedT => u.as_ref(),
+                };
+                let right = match y {
+                    VocabMatrix::Embed => e.as_ref(),
+                    VocabMatrix::UnembedT => u_t.as_ref(),
+                };
+                let (Some(left), Some(right)) = (left, right) else { unreachable!("read above: it is used") };
+                match sum {
+                    Some(acc) => acc.gemm(1.0, left, right, 1.0),
+                    None => *sum = Some(left * right),
                 }
-                progress.advance(1);
             }
-            Ok(sums)
-        });
+            progress.advance(1);
+        }
+        Ok(sums)
+    });
     let mut totals: Vec<Option<Matrix>> = vec![None; products.len()];
     for part in parts {
         for (total, sum) in totals.iter_mut().zip(part?) {
@@ -269,16 +312,16 @@ pub fn run(plan: &EvalPlan, inputs: &Inputs<'_>) -> Result<Results, ExecError> {
 
     let streamed: Vec<(Id, (VocabMatrix, VocabMatrix))> =
         stage(Deps::NONE).into_iter().filter_map(|s| Some((s, plan.streamed(s)?))).collect();
-    let chunks: usize = if streamed.is_empty() {
-        0
-    } else {
-        vocab_groups(inputs.vocab.d_vocab()).iter().map(|(s, e)| (e - s).div_ceil(VOCAB_CHUNK)).sum()
-    };
+    let products: Vec<(VocabMatrix, VocabMatrix)> = streamed.iter().map(|&(_, p)| p).collect();
+    let chunks: usize = pass_lengths(inputs.vocab, &products)
+        .into_iter()
+        .flat_map(vocab_groups)
+        .map(|(s, e)| (e - s).div_ceil(VOCAB_CHUNK))
+        .sum();
     inputs.progress.start("statistics", (chunks + 3 * heads.len()) as u64);
 
-    // 1. Once: the products over the vocabulary in one pass, then the rest.
+    // 1. Once: the products over the vocabulary in one pass (a pass per length), then the rest.
     let mut shared: Frame<'_> = vec![None; n];
-    let products: Vec<(VocabMatrix, VocabMatrix)> = streamed.iter().map(|&(_, p)| p).collect();
     for ((step, _), product) in streamed.iter().zip(streamed_products(inputs.vocab, &products, inputs.progress)?) {
         shared[usize::from(*step)] = Some(Value::Matrix(Cow::Owned(product)));
     }

@@ -53,12 +53,22 @@ impl Deps {
     }
 }
 
-/// The dimensions a plan is made for.
+/// The dimensions a plan is made for: `W_E` is `d_vocab × d_model`, `W_U` `d_model ×
+/// d_vocab_out` (`d_vocab_out = d_vocab` unless the model declares another output vocabulary).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dims {
     pub d_vocab: usize,
+    pub d_vocab_out: usize,
     pub d_model: usize,
     pub d_head: usize,
+}
+
+impl Dims {
+    /// Whether the full OV circuit `W_E W_V W_O W_U` (`d_vocab × d_vocab_out`) is square, so that
+    /// it has eigenvalues.
+    pub fn ov_square(&self) -> bool {
+        self.d_vocab == self.d_vocab_out
+    }
 }
 
 /// What every e-class knows: its shape, an upper bound on its rank, and its head indices.
@@ -95,7 +105,7 @@ impl Shape {
 
 /// The weight symbols: `W_E`, `W_U`, and a head's `W_Q`, `W_K`, `W_V`, `W_O` indexed `[h]` or `[r]`.
 pub fn weight_shape(name: &str, dims: Dims) -> Option<Shape> {
-    let Dims { d_vocab, d_model, d_head } = dims;
+    let Dims { d_vocab, d_vocab_out, d_model, d_head } = dims;
     let (matrix, index) = match name.split_once('[') {
         Some((matrix, index)) => (matrix, Some(index.strip_suffix(']')?)),
         None => (name, None),
@@ -108,7 +118,7 @@ pub fn weight_shape(name: &str, dims: Dims) -> Option<Shape> {
     };
     let (rows, cols) = match (matrix, index) {
         ("W_E", None) => (d_vocab, d_model),
-        ("W_U", None) => (d_model, d_vocab),
+        ("W_U", None) => (d_model, d_vocab_out),
         ("W_Q" | "W_K" | "W_V", Some(_)) => (d_model, d_head),
         ("W_O", Some(_)) => (d_head, d_model),
         _ => return None,

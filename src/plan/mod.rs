@@ -13,7 +13,9 @@
 //!
 //! - the association of every product chain (the matrix-chain order);
 //! - the sub-products shared by every head (`W_U W_E`, `W_Eᵀ W_E`, `W_U W_Uᵀ`): priced once
-//!   while the per-head alternatives are priced per head, they win as soon as they are shared;
+//!   while the per-head alternatives are priced per head, they win as soon as they are shared
+//!   (`W_U W_E` only where the OV copying score is planned: it needs `d_vocab_out = d_vocab`,
+//!   see [`Stat::defined`]);
 //! - a cyclic rotation where it is cheaper, only inside `copying` or `tr`: the OV spectrum from
 //!   the d_head × d_head `W_O (W_U W_E) W_V`, norms as `√⟨Gram, Gram⟩`.
 //!
@@ -73,6 +75,25 @@ impl Stat {
         Stat::PairNorm(Mode::K),
         Stat::PairNorm(Mode::V),
     ];
+
+    /// The statistics `dims` define: every one of [`Stat::ALL`] but the OV copying score when the
+    /// full OV circuit `W_E W_V W_O W_U` (`d_vocab × d_vocab_out`) is not square, which has no
+    /// eigenvalues. A plan computes these and nothing else (without `OvCopying`, nothing
+    /// multiplies `W_U` by `W_E`, which needs `d_vocab_out = d_vocab`).
+    pub fn defined(dims: Dims) -> Vec<Stat> {
+        Stat::ALL.into_iter().filter(|&stat| stat != Stat::OvCopying || dims.ov_square()).collect()
+    }
+
+    /// Why `dims` do not define `self`, if they do not.
+    pub fn not_defined(self, dims: Dims) -> Option<String> {
+        match self {
+            Stat::OvCopying if !dims.ov_square() => Some(format!(
+                "the full OV circuit W_E·W_OV·W_U is d_vocab × d_vocab_out = {} × {}, not square, so it has no eigenvalues",
+                dims.d_vocab, dims.d_vocab_out
+            )),
+            _ => None,
+        }
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -192,9 +213,9 @@ pub fn plan(dims: Dims, counts: Counts) -> Plans {
 
 fn make_plans(dims: Dims, counts: Counts) -> Plans {
     let mut egraph = EGraph::new(ShapeAnalysis { dims });
-    let roots: Vec<(Stat, Id)> = Stat::ALL
-        .iter()
-        .map(|&stat| (stat, egraph.add_expr(&stat.term().parse().expect("plan terms are well formed"))))
+    let roots: Vec<(Stat, Id)> = Stat::defined(dims)
+        .into_iter()
+        .map(|stat| (stat, egraph.add_expr(&stat.term().parse().expect("plan terms are well formed"))))
         .collect();
     egraph.rebuild();
     // Before any rewrite every class holds the one node written.
@@ -451,8 +472,18 @@ impl EvalPlan {
         }
     }
 
+    /// How many vocabulary rows `m` has, which a streamed product of it sums over: `d_vocab`
+    /// for `W_E`, `d_vocab_out` for `W_Uᵀ`.
+    pub fn vocab_length(&self, m: VocabMatrix) -> usize {
+        match m {
+            VocabMatrix::Embed => self.dims.d_vocab,
+            VocabMatrix::UnembedT => self.dims.d_vocab_out,
+        }
+    }
+
     /// A product over the vocabulary of two weights: computed by streaming chunks of their rows,
-    /// never holding either whole (see [`exec`]).
+    /// never holding either whole (see [`exec`]). Both have the same number of rows (the shape
+    /// analysis forms `W_U · W_E` only when `d_vocab_out = d_vocab`).
     pub fn streamed(&self, step: Id) -> Option<(VocabMatrix, VocabMatrix)> {
         match self.node(step) {
             Plan::Mul([a, b]) => Some((self.vocab_operand(*a, true)?, self.vocab_operand(*b, false)?)),
@@ -491,15 +522,18 @@ impl EvalPlan {
     }
 
     /// An estimate of the peak memory of running the plan with [`exec`] on `threads` threads, in
-    /// bytes of `f64`: every head's weights; the whole of `W_E` or `W_U` where a step reads it
-    /// other than streamed (else `threads` chunk buffers); every head-independent matrix (kept to
-    /// the end); per thread, one head's or one pair's intermediate matrices; and the per-head
-    /// matrices that pair steps read, for every head.
+    /// bytes of `f64`: every head's weights; the whole of `W_E` and `W_U` where a step reads one
+    /// other than streamed (else `threads` chunk buffers of each matrix a pass over the
+    /// vocabulary reads: both when `d_vocab_out = d_vocab`, one pass per matrix otherwise); every
+    /// head-independent matrix (kept to the end); per thread, one head's or one pair's
+    /// intermediate matrices; and the per-head matrices that pair steps read, for every head.
     pub fn peak_bytes(&self, threads: usize) -> f64 {
-        let Dims { d_vocab, d_model, d_head } = self.dims;
+        let Dims { d_vocab, d_vocab_out, d_model, d_head } = self.dims;
         // In floats: sizes of 2^32 overflow a product of usizes.
         let bytes = |n: f64| 8.0 * n;
-        let (d_vocab, d_model, d_head) = (d_vocab as f64, d_model as f64, d_head as f64);
+        let buffers_per_pass = if d_vocab == d_vocab_out { 2.0 } else { 1.0 };
+        let (d_vocab, d_vocab_out, d_model, d_head) =
+            (d_vocab as f64, d_vocab_out as f64, d_model as f64, d_head as f64);
         let needed = self.needed();
         let heads = self.counts.n_heads as f64;
         let mut total = heads * bytes(4.0 * d_model * d_head);
@@ -509,9 +543,9 @@ impl EvalPlan {
         });
         let streamed = self.step_ids().any(|s| needed[usize::from(s)] && self.streamed(s).is_some());
         if vocab_whole {
-            total += 2.0 * bytes(d_vocab * d_model);
+            total += bytes(d_vocab * d_model) + bytes(d_vocab_out * d_model);
         } else if streamed {
-            total += threads as f64 * 2.0 * bytes(VOCAB_CHUNK as f64 * d_model);
+            total += threads as f64 * buffers_per_pass * bytes(VOCAB_CHUNK as f64 * d_model);
         }
         let read_by_pairs = self.read_by_pairs();
         for step in self.step_ids().filter(|s| needed[usize::from(*s)] && !self.is_weight(*s)) {
@@ -626,6 +660,11 @@ impl EvalPlan {
         for &(stat, root) in &self.roots {
             let _ = writeln!(out, "  {:<22} = %{}", stat.name(), usize::from(root));
         }
+        for stat in Stat::ALL {
+            if let Some(reason) = stat.not_defined(self.dims) {
+                let _ = writeln!(out, "  {:<22} : not defined: {reason}", stat.name());
+            }
+        }
     }
 }
 
@@ -634,7 +673,7 @@ impl EvalPlan {
 pub enum VocabMatrix {
     /// `W_E`, `[d_vocab, d_model]`.
     Embed,
-    /// `W_Uᵀ`, `[d_vocab, d_model]`.
+    /// `W_Uᵀ`, `[d_vocab_out, d_model]`.
     UnembedT,
 }
 
@@ -678,20 +717,28 @@ impl EvalPlan {
             .collect();
         let roots: serde_json::Map<String, serde_json::Value> =
             self.roots.iter().map(|&(stat, root)| (stat.name().to_string(), usize::from(root).into())).collect();
-        serde_json::json!({
+        let not_defined: serde_json::Map<String, serde_json::Value> = Stat::ALL
+            .into_iter()
+            .filter_map(|stat| Some((stat.name().to_string(), stat.not_defined(self.dims)?.into())))
+            .collect();
+        let mut json = serde_json::json!({
             "flops": self.flops(),
             "peak_bytes": self.peak_bytes(threads),
             "threads": threads,
             "steps": steps,
             "statistics": roots,
-        })
+        });
+        if !not_defined.is_empty() {
+            json["not_defined"] = not_defined.into();
+        }
+        json
     }
 }
 
 impl Plans {
     /// `pathc plan --format json`: sizes, the e-graph run, and both plans.
     pub fn to_json(&self, model: &str, threads: usize) -> serde_json::Value {
-        let Dims { d_vocab, d_model, d_head } = self.chosen.dims;
+        let Dims { d_vocab, d_vocab_out, d_model, d_head } = self.chosen.dims;
         let run = self.chosen.run.as_ref().map(|run| {
             serde_json::json!({
                 "rules": run.rules,
@@ -706,6 +753,7 @@ impl Plans {
         serde_json::json!({
             "model": model,
             "d_vocab": d_vocab,
+            "d_vocab_out": d_vocab_out,
             "d_model": d_model,
             "d_head": d_head,
             "n_heads": self.chosen.counts.n_heads,
@@ -720,11 +768,12 @@ impl Plans {
     /// chosen plan's steps and the naive plan's.
     pub fn render(&self, model: &str, threads: usize) -> String {
         let (c, n) = (&self.chosen, &self.naive);
-        let Dims { d_vocab, d_model, d_head } = c.dims;
+        let Dims { d_vocab, d_vocab_out, d_model, d_head } = c.dims;
         let mut out = String::new();
+        let vocab_out = if d_vocab_out == d_vocab { String::new() } else { format!(", d_vocab_out {d_vocab_out}") };
         let _ = writeln!(
             out,
-            "plan for {model}: {} heads, {} composing pairs; d_vocab {d_vocab}, d_model {d_model}, d_head {d_head}",
+            "plan for {model}: {} heads, {} composing pairs; d_vocab {d_vocab}{vocab_out}, d_model {d_model}, d_head {d_head}",
             c.counts.n_heads, c.counts.n_pairs
         );
         if let Some(run) = &c.run {
