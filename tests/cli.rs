@@ -522,3 +522,45 @@ fn weight_processing_options() {
     assert_eq!(code, Some(2));
     assert!(err.contains("shortformer"), "{err}");
 }
+
+/// Issue 12's bad input: a norm declared without a weight (`rmsnorm(pre)`) whose weight the file
+/// holds, a gated MLP whose `W_gate` the file lacks, and an MLP the file has a `W_gate` for but the
+/// model does not gate: each a diagnostic or a weights error naming the tensor, exit 2.
+#[test]
+fn norm_and_gate_tensors_must_match_the_declarations() {
+    let dir = std::env::temp_dir().join(format!("pathc-norm-gate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let source = std::fs::read_to_string("tests/fixtures/rms/model.tf").unwrap();
+    let tokens = "5,17,42,8";
+    let weights = "tests/fixtures/rms/model.safetensors";
+    let run = |edit: (&str, &str)| {
+        assert!(source.contains(edit.0), "{edit:?}");
+        let model = dir.join("model.tf");
+        std::fs::write(&model, source.replacen(edit.0, edit.1, 1)).unwrap();
+        let out = pathc(&["check", model.to_str().unwrap(), "--weights", weights, "--tokens", tokens]);
+        (out.status.code(), stderr(&out))
+    };
+    let (code, err) = run(("rmsnorm(eps = 1e-6)", "rmsnorm(pre, eps = 1e-6)"));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("but this norm is `rmsnorm(pre)`, which has no weight"), "{err}");
+    assert!(err.contains("model.tf:") && err.contains('^'), "located: {err}");
+    let (code, err) = run(("act = silu, gated)", "act = silu)"));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("mlp.W_gate") && err.contains("is not gated"), "{err}");
+    // Declared gated, but the file has no W_gate: the missing tensor named.
+    let lnpre = std::fs::read_to_string("tests/fixtures/lnpre/model.tf").unwrap();
+    let model = dir.join("gated.tf");
+    std::fs::write(&model, lnpre.replacen("mlp(act = gelu, bias)", "mlp(act = gelu, bias, gated)", 1)).unwrap();
+    let out = pathc(&[
+        "check",
+        model.to_str().unwrap(),
+        "--weights",
+        "tests/fixtures/lnpre/model.safetensors",
+        "--tokens",
+        tokens,
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("blocks.0.mlp.W_gate"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("panicked"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

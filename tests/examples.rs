@@ -243,3 +243,24 @@ fn transformer_lens_examples_counts_are_pinned() {
     }
     insta::assert_snapshot!(table);
 }
+
+/// The JSON schema's optional architecture fields (`d_vocab_out`, `positions`, `attention`) and
+/// the rotary circuit's factors, on a small rotary, grouped-query model.
+#[test]
+fn json_expansion_of_a_rotary_grouped_model() {
+    let options = ExpandOptions { qk: true, max_order: Some(0), ..ExpandOptions::default() };
+    let e = pathc::expand(&read("../tests/models/pass/rotary_qk.tf"), &options).expect("expands");
+    let mut out = Vec::new();
+    emit::json::write(&e, &mut out).expect("in memory");
+    let value: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+    assert_eq!(value["positions"], "rotary");
+    assert_eq!(value["attention"][0]["kv_heads"], 2);
+    assert_eq!(value["attention"][1]["rotary"]["style"], "gptj");
+    insta::assert_json_snapshot!(value);
+    let shortformer = pathc::expand(&read("../tests/models/pass/shortformer_qk.tf"), &options).expect("expands");
+    let mut out = Vec::new();
+    emit::json::write(&shortformer, &mut out).expect("in memory");
+    let value: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+    assert_eq!(value["positions"], "shortformer");
+    assert!(value.get("attention").is_none(), "GPT-2 attention: no per-layer fields");
+}
