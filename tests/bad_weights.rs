@@ -532,3 +532,22 @@ fn check_cannot_pass_on_a_non_finite_error() {
     let m = pathc::eval::Matrix::from_row_slice(2, 2, &[1.0, f64::NAN, f64::INFINITY, 0.0]);
     assert_eq!(pathc::linalg::finite(&m, |i, j| format!("{i},{j}")).unwrap_err().at, "0,1");
 }
+
+/// Issue 17 (11): a safetensors header that names a tensor twice is refused as such (a JSON
+/// parser keeps one of the two, which would silently drop the other and then report its bytes as
+/// a gap between the tensors).
+#[test]
+fn a_tensor_named_twice_in_a_safetensors_header_is_refused() {
+    let header = br#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#;
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(header);
+    file.extend_from_slice(&[0; 8]);
+    let error = pathc::weights::Weights::from_bytes(&file, "twice.safetensors").err().expect("refused").to_string();
+    assert!(error.contains("names tensor `a` twice"), "{error}");
+    let dir = temp_dir("named-twice");
+    let path = dir.join("w.safetensors");
+    std::fs::write(&path, &file).unwrap();
+    let error = pathc::weights::Weights::load(&path).err().expect("refused").to_string();
+    assert!(error.contains("names tensor `a` twice"), "{error}");
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -104,6 +104,12 @@ fn layout(bytes: &[u8], len: usize, origin: &str) -> Result<(usize, Vec<(String,
     let header_end = 8 + header.len();
     let text =
         std::str::from_utf8(header).map_err(|e| format_error(origin, format!("the header is not UTF-8: {e}")))?;
+    if let Ok(Some(name)) = duplicate_key(text) {
+        return Err(format_error(
+            origin,
+            format!("the header names tensor `{name}` twice: which of the two is meant cannot be known"),
+        ));
+    }
     let json: serde_json::Value =
         serde_json::from_str(text).map_err(|e| format_error(origin, format!("the header is not valid JSON: {e}")))?;
     let serde_json::Value::Object(map) = json else {
@@ -195,4 +201,33 @@ fn layout(bytes: &[u8], len: usize, origin: &str) -> Result<(usize, Vec<(String,
         ));
     }
     Ok((header_end, infos))
+}
+
+/// The first top-level key the JSON object `text` holds twice, if any. serde_json's `Value` keeps
+/// the last of the two, which would silently drop the first tensor (and then report its bytes as
+/// a gap between the others): so the keys are walked once with a visitor that ignores the values.
+/// An error (not an object, bad JSON) is left to the full parse to report.
+fn duplicate_key(text: &str) -> Result<Option<String>, serde_json::Error> {
+    use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
+
+    struct Keys;
+    impl<'de> Visitor<'de> for Keys {
+        type Value = Option<String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<String>, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                if !seen.insert(key.clone()) {
+                    return Ok(Some(key));
+                }
+            }
+            Ok(None)
+        }
+    }
+    serde_json::Deserializer::from_str(text).deserialize_map(Keys)
 }
