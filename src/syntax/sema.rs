@@ -15,6 +15,9 @@ use crate::model::{
 /// model (GPT-3 has 96 layers × 96 heads).
 pub const MAX_LAYERS: u64 = 4096;
 pub const MAX_HEADS: u64 = 4096;
+/// Heads of all layers together: each is a node of the term graph, so this bounds its size
+/// (4096 layers of 4096 heads would be 16.8 million nodes and take seconds to build for nothing).
+pub const MAX_TOTAL_HEADS: u64 = 1 << 20;
 
 pub fn check(file: &ast::File, source: &str) -> Result<Model, Vec<Diagnostic>> {
     let mut cx = Checker { lines: LineIndex::new(source), errors: Vec::new(), dims: BTreeMap::new() };
@@ -104,6 +107,7 @@ impl Checker {
         let mut ln_final = None;
         let mut unembed = None;
         let mut n_layers: u64 = 0;
+        let mut n_heads: u64 = 0;
         let mut misplaced_embed = false;
         for item in &file.items {
             if stage == Stage::Unembedded && !matches!(item, Item::Dim(_)) {
@@ -218,6 +222,22 @@ impl Checker {
                                 format!("too many layers (more than {MAX_LAYERS})"),
                                 "the model grows past the limit here",
                             ));
+                        }
+                        continue;
+                    }
+                    let body_heads: u64 = checked.iter().flatten().map(|l| l.attn.n_heads as u64).sum();
+                    let before = n_heads;
+                    n_heads = n_heads.saturating_add(times.saturating_mul(body_heads));
+                    if n_heads > MAX_TOTAL_HEADS {
+                        if before <= MAX_TOTAL_HEADS {
+                            self.error(
+                                Diagnostic::new(
+                                    item_span(item),
+                                    format!("too many heads in all (more than {MAX_TOTAL_HEADS})"),
+                                    "the model grows past the limit here",
+                                )
+                                .with_help("every head is a node of the term graph: GPT-3 has 9,216"),
+                            );
                         }
                         continue;
                     }
