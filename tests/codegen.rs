@@ -152,12 +152,32 @@ fn the_model_literal_carries_every_architecture_option() {
             &["\"heads\": 4, \"kv_heads\": 2,", "\"rotary\": {\"dim\": 8, \"base\": 10000.0, \"style\": \"neox\"},"],
         ),
     ];
-    for (name, expected) in cases {
+    // The block options: every norm's kind and eps, gated MLPs, solu_ln's inner norm, parallel
+    // layers with two norms or one shared.
+    let blocks: [(&str, &[&str]); 7] = [
+        (
+            "rms",
+            &[
+                "\"ln1\": {\"kind\": \"rmsnorm\", \"eps\": 1e-6},",
+                "\"ln2\": {\"kind\": \"rmsnorm\", \"eps\": 1e-6},",
+                "\"gated\": True,",
+                "\"ln_final\": {\"kind\": \"rmsnorm\", \"eps\": 1e-6},",
+            ],
+        ),
+        ("rmspre_attn", &["\"ln1\": {\"kind\": \"rmsnorm(pre)\", \"eps\": 1e-5},", "\"mlp\": None},"]),
+        ("lnpre", &["\"ln2\": {\"kind\": \"layernorm(pre)\", \"eps\": 1e-5},", "\"inner_norm\": None}"]),
+        ("solu", &["\"act\": \"solu_ln\",", "\"inner_norm\": {\"kind\": \"layernorm\", \"eps\": 1e-5}}"]),
+        ("solu_pre", &["\"inner_norm\": {\"kind\": \"layernorm(pre)\", \"eps\": 1e-5}}"]),
+        ("parallel", &["\"parallel\": True, \"shared_norm\": False,", "\"ln2\": {\"kind\": \"layernorm\""]),
+        ("hf_gptj_shared", &["\"parallel\": True, \"shared_norm\": True,", "\"ln2\": None,", "\"gated\": False,"]),
+    ];
+    for (name, expected) in cases.into_iter().chain(blocks) {
         let model = fixture(name);
         for want in expected {
             assert!(model.contains(want), "{name}: no `{want}` in\n{model}");
         }
     }
+    assert!(fixture("gated_ln").contains("\"parallel\": False, \"shared_norm\": False,"));
     // Symbolic sizes: the outputs are the tokens, or a size of their own read from W_U.
     let symbolic = |unembed: &str| {
         literal(&format!(
@@ -395,8 +415,7 @@ fn generated_subset_matches_pathc_filtered() {
 // ------------------------------------------- the architecture options, against their fixtures
 
 /// The fixtures of the model language's architecture options (TransformerLens 2.18 and
-/// HuggingFace, `tests/fixtures/make_arch_fixtures.py`). `hf_llama` and `hf_gptj` need RMSNorm,
-/// gated MLPs and parallel blocks, which the model language does not have yet.
+/// HuggingFace, `tests/fixtures/make_arch_fixtures.py`).
 const ARCH_FIXTURES: [&str; 11] = [
     "vocab_out",
     "bidir_mask",
@@ -411,6 +430,33 @@ const ARCH_FIXTURES: [&str; 11] = [
     "hf_neox",
 ];
 
+/// The fixtures of the block options (`tests/fixtures/make_block_fixtures.py`): norms of every
+/// kind, gated MLPs, solu_ln, the other GELUs, parallel layers (two norms or one shared), and the
+/// processed and unprocessed twins; the `hf_*` ones with HuggingFace's own logits and patterns.
+const BLOCK_FIXTURES: [&str; 16] = [
+    "lnpre",
+    "rms",
+    "rmspre_attn",
+    "gated_ln",
+    "solu",
+    "solu_pre",
+    "act_gelu_fast",
+    "act_gelu_pytorch_tanh",
+    "parallel",
+    "unprocessed",
+    "processed",
+    "processed_fold_ln_only",
+    "hf_neox_parallel",
+    "hf_llama",
+    "hf_gptj",
+    "hf_gptj_shared",
+];
+
+/// Every fixture the generated module is compared with, architecture options then blocks.
+fn numeric_fixtures() -> impl Iterator<Item = &'static str> {
+    ARCH_FIXTURES.into_iter().chain(BLOCK_FIXTURES)
+}
+
 /// An architecture fixture: its model file, tokens, attention mask, sizes and reference.
 struct ArchFixture {
     name: &'static str,
@@ -424,6 +470,8 @@ struct ArchFixture {
     d_vocab: usize,
     d_vocab_out: usize,
     path_names: Option<Vec<String>>,
+    /// What each `component_logits` row is (`embed`, `0_attn_out`, `0_mlp_out`, ...).
+    component_labels: Option<Vec<String>>,
     reference: Weights,
 }
 
@@ -448,6 +496,9 @@ impl ArchFixture {
             d_vocab: size("d_vocab"),
             d_vocab_out: size("d_vocab_out"),
             path_names: meta["path_names"]
+                .as_array()
+                .map(|names| names.iter().map(|n| n.as_str().unwrap().to_string()).collect()),
+            component_labels: meta["component_logits_labels"]
                 .as_array()
                 .map(|names| names.iter().map(|n| n.as_str().unwrap().to_string()).collect()),
             reference: Weights::load(format!("{dir}/reference.safetensors").as_ref()).unwrap(),
@@ -489,7 +540,8 @@ fn max_error(ours: &[f64], reference: &[f64], what: &str) -> f64 {
 }
 
 /// Runs the generated module's own forward pass (imported, not run as a script) on the weights as
-/// loaded and LayerNorm-folded: logits, patterns and scores of each.
+/// loaded and norm-folded: logits, patterns, scores and MLP outputs (with `b_out`, TransformerLens's
+/// `hook_mlp_out`) of each.
 const FORWARD_SCRIPT: &str = r#"
 import importlib.util, json, sys
 spec = importlib.util.spec_from_file_location("generated", sys.argv[1])
@@ -500,14 +552,15 @@ tokens, mask = json.loads(sys.argv[3]), json.loads(sys.argv[4])
 out = {}
 for key, weights in (("as_given", w), ("folded", m.fold_layer_norm(w))):
     f = m.forward(weights, tokens, mask)
-    out[key] = {"logits": f.logits.tolist(), "patterns": [p.tolist() for p in f.patterns], "scores": [s.tolist() for s in f.scores]}
+    mlp_out = [None if o is None else (o + weights[f"blocks.{l}.mlp.b_out"]).tolist() for l, o in enumerate(f.mlp_out)]
+    out[key] = {"logits": f.logits.tolist(), "patterns": [p.tolist() for p in f.patterns], "scores": [s.tolist() for s in f.scores], "mlp_out": mlp_out}
 json.dump(out, sys.stdout)
 "#;
 
 #[test]
 fn generated_paths_match_the_architecture_fixtures() {
     let Some(python) = python_interpreter() else { return };
-    for name in ARCH_FIXTURES {
+    for name in numeric_fixtures() {
         let f = ArchFixture::load(name);
         let (n, out) = (f.n(), f.d_vocab_out);
         let module = generate_module_of(&f.model, name, &[]);
@@ -533,21 +586,37 @@ fn generated_paths_match_the_architecture_fixtures() {
         let mut vs_logits: f64 = 0.0;
         let mut vs_patterns: f64 = 0.0;
         let mut vs_scores: f64 = 0.0;
+        let mut vs_mlp: Option<f64> = None;
+        let mut vs_hf: Option<f64> = None;
         for key in ["as_given", "folded"] {
             let run = &forward[key];
             let what = format!("{name} ({key})");
-            vs_logits = vs_logits.max(max_error(
-                &rows(&run["logits"]),
-                f.reference("logits", &[n, out]),
-                &format!("{what} logits"),
-            ));
+            let logits = rows(&run["logits"]);
+            vs_logits = vs_logits.max(max_error(&logits, f.reference("logits", &[n, out]), &format!("{what} logits")));
+            // HuggingFace's own logits and patterns (its float32 steps made float64).
+            if f.reference.contains("hf_logits") {
+                let d = max_error(&logits, f.reference("hf_logits", &[n, out]), &format!("{what} hf_logits"));
+                vs_hf = Some(vs_hf.unwrap_or(0.0).max(d));
+            }
             for (l, &h) in f.heads.iter().enumerate() {
+                let ours = flatten(&run["patterns"][l]);
                 let pattern = f.reference(&format!("pattern.{l}"), &[h, n, n]);
-                vs_patterns =
-                    vs_patterns.max(max_error(&flatten(&run["patterns"][l]), pattern, &format!("{what} pattern.{l}")));
+                vs_patterns = vs_patterns.max(max_error(&ours, pattern, &format!("{what} pattern.{l}")));
+                if f.reference.contains(&format!("hf_pattern.{l}")) {
+                    let hf = f.reference(&format!("hf_pattern.{l}"), &[h, n, n]);
+                    let d = max_error(&ours, hf, &format!("{what} hf_pattern.{l}"));
+                    vs_hf = Some(vs_hf.unwrap_or(0.0).max(d));
+                }
                 let scores = f.reference(&format!("scores.{l}"), &[h, n, n]);
                 vs_scores =
                     vs_scores.max(max_error(&flatten(&run["scores"][l]), scores, &format!("{what} scores.{l}")));
+                // The MLP's output (gated, solu_ln, parallel), TransformerLens's hook_mlp_out.
+                let mlp = format!("mlp_out.{l}");
+                if f.reference.contains(&mlp) {
+                    let ours = rows(&run["mlp_out"][l]);
+                    let d = max_error(&ours, f.reference(&mlp, &[n, f.d_model]), &format!("{what} {mlp}"));
+                    vs_mlp = Some(vs_mlp.unwrap_or(0.0).max(d));
+                }
             }
         }
 
@@ -579,12 +648,41 @@ fn generated_paths_match_the_architecture_fixtures() {
         let by_head: Vec<f64> = by_head.into_iter().flatten().flatten().collect();
         let vs_heads = max_error(&by_head, f.reference("head_logits", &[layers, f.heads[0], n, out]), name);
         let sum_error = max_error(&total, f.reference("logits", &[n, out]), &format!("{name}: Σ paths"));
-        let or_none = |compared: bool, x: f64| if compared { format!("{x:.1e}") } else { "(none)".to_string() };
+        let mut vs_sum_hf = None;
+        if f.reference.contains("hf_logits") {
+            vs_sum_hf = Some(max_error(&total, f.reference("hf_logits", &[n, out]), &format!("{name}: Σ paths vs HF")));
+        }
+        // The MLP outputs are sources: the order-0 paths `M{l}` and `bout{l}` are the MLP's direct
+        // share of the logits, `component_logits`' `{l}_mlp_out`, and `E` that of `embed`.
+        let mut vs_components = None;
+        if let Some(labels) = &f.component_labels {
+            let components = f.reference("component_logits", &[labels.len(), n, out]);
+            for (i, label) in labels.iter().enumerate() {
+                let sources: Vec<String> = match label.strip_suffix("_mlp_out") {
+                    Some(l) => vec![format!("M{l}"), format!("bout{l}")],
+                    None if label == "embed" => vec!["E".to_string()],
+                    None => continue,
+                };
+                let mut sum = vec![0.0; n * out];
+                for path in paths.iter().filter(|p| sources.iter().any(|s| p["name"] == s.as_str())) {
+                    sum.iter_mut().zip(rows(&path["logits"])).for_each(|(t, v)| *t += v);
+                }
+                let reference = &components[i * n * out..(i + 1) * n * out];
+                let d = max_error(&sum, reference, &format!("{name}: {sources:?} vs component {label}"));
+                vs_components = Some(vs_components.unwrap_or(0.0f64).max(d));
+            }
+        }
+        let or_none = |x: Option<f64>| x.map_or("(none)".to_string(), |x| format!("{x:.1e}"));
         eprintln!(
             "{name}: {} paths; vs pathc {vs_pathc:.1e}; vs fixture: logits {vs_logits:.1e}, patterns {vs_patterns:.1e}, \
-             scores {vs_scores:.1e}, paths {}, head_logits {vs_heads:.1e}, Σ paths − logits {sum_error:.1e}",
+             scores {vs_scores:.1e}, mlp_out {}, paths {}, head_logits {vs_heads:.1e}, components {}, \
+             Σ paths − logits {sum_error:.1e}; vs HuggingFace: logits and patterns {}, Σ paths {}",
             paths.len(),
-            or_none(f.path_names.is_some(), vs_paths),
+            or_none(vs_mlp),
+            or_none(f.path_names.is_some().then_some(vs_paths)),
+            or_none(vs_components),
+            or_none(vs_hf),
+            or_none(vs_sum_hf),
         );
     }
 }
@@ -615,7 +713,7 @@ fn ov_frobenius_directly(f: &ArchFixture) -> Vec<f64> {
 #[test]
 fn generated_statistics_match_the_architecture_fixtures() {
     let Some(python) = python_interpreter() else { return };
-    for name in ARCH_FIXTURES {
+    for name in numeric_fixtures() {
         let f = ArchFixture::load(name);
         let module = generate_module_of(&f.model, name, &[]);
         let square = f.d_vocab_out == f.d_vocab;
@@ -695,5 +793,187 @@ fn generated_module_refuses_attention_masks_as_pathc_does() {
         };
         assert_eq!(message(&ours), message(&theirs), "{name} {mask}: {ours} / {theirs}");
         eprintln!("{name} --attention-mask {mask}: {}", ours.trim());
+    }
+}
+
+// ------------------------------------------------- TransformerLens's weight processing, refusals
+
+/// `logits` with each position's mean over the outputs subtracted: what `center_unembed` makes of
+/// them.
+fn centred_rows(logits: &[f64], out: usize) -> Vec<f64> {
+    logits
+        .chunks(out)
+        .flat_map(|row| {
+            let mean = row.iter().sum::<f64>() / out as f64;
+            row.iter().map(move |x| x - mean)
+        })
+        .collect()
+}
+
+#[test]
+fn generated_module_processes_weights_as_pathc_does() {
+    let Some(python) = python_interpreter() else { return };
+    let cases: [(&str, &[&str]); 12] = [
+        ("unprocessed", &["--fold-ln"]),
+        ("unprocessed", &["--center-writing-weights"]),
+        ("unprocessed", &["--center-unembed"]),
+        ("unprocessed", &["--fold-value-biases"]),
+        ("unprocessed", &["--fold-ln", "--fold-value-biases"]),
+        ("unprocessed", &["--process-weights"]),
+        ("gated_ln", &["--process-weights"]),
+        ("solu", &["--process-weights"]),
+        ("parallel", &["--process-weights"]),
+        // Not fold_value_biases: GPT-J's attention declares no bias, so the expansion has no `bO`
+        // path for the value biases (ln1's bias folded) to move into, in pathc as here.
+        ("hf_gptj_shared", &["--fold-ln", "--center-writing-weights", "--center-unembed"]),
+        ("rms", &["--fold-ln", "--center-unembed", "--fold-value-biases"]),
+        ("rmspre_attn", &["--fold-ln", "--center-unembed"]),
+    ];
+    for (name, flags) in cases {
+        let f = ArchFixture::load(name);
+        let (n, out) = (f.n(), f.d_vocab_out);
+        let module = generate_module_of(&f.model, name, &[]);
+        let run = f.run_args();
+        let run: Vec<&str> = run.iter().map(String::as_str).collect();
+        let ours = run_python(&python, &module, &[&[&f.weights[..]][..], &run, flags].concat());
+        let theirs = json(
+            pathc(&[&["paths", &f.model, "--weights", &f.weights][..], &run, flags, &["--format", "json"]].concat()),
+            "pathc paths",
+        );
+        let vs_pathc = json_diff(&ours, &theirs, &format!("{name} {flags:?}"));
+        let mut total = vec![0.0; n * out];
+        for path in ours["paths"].as_array().unwrap() {
+            total.iter_mut().zip(rows(&path["logits"])).for_each(|(t, v)| *t += v);
+        }
+        // The processed model's logits: the same, but for center_unembed's shift of each position.
+        let all = flags.contains(&"--process-weights");
+        let logits = f.reference("logits", &[n, out]);
+        let expected =
+            if all || flags.contains(&"--center-unembed") { centred_rows(logits, out) } else { logits.to_vec() };
+        let what = format!("{name} {flags:?}: Σ paths");
+        let vs_logits = max_error(&total, &expected, &what);
+        // TransformerLens's own processing of the same weights (in float64).
+        let twin = match (name, flags) {
+            ("unprocessed", ["--process-weights"]) => Some("processed"),
+            ("unprocessed", ["--fold-ln"]) => Some("processed_fold_ln_only"),
+            _ => None,
+        };
+        let mut vs_twin = String::new();
+        if let Some(twin) = twin {
+            let t = ArchFixture::load(twin);
+            let d = max_error(&total, t.reference("logits_exact_processing", &[n, out]), &format!("{what} vs {twin}"));
+            vs_twin = format!(", vs {twin}'s logits_exact_processing {d:.1e}");
+        }
+        eprintln!(
+            "{name} {flags:?}: vs pathc {vs_pathc:.1e}, Σ paths vs the (centred) logits {vs_logits:.1e}{vs_twin}"
+        );
+    }
+}
+
+/// The `error: ...` line of a failed run.
+fn error_line(out: &Output) -> String {
+    let text = String::from_utf8_lossy(&out.stderr);
+    text.lines().find(|l| l.starts_with("error")).unwrap_or_default().to_string()
+}
+
+#[test]
+fn generated_module_refuses_processing_as_pathc_does() {
+    let Some(python) = python_interpreter() else { return };
+    let cases: [(&str, &[&str], &str); 4] = [
+        ("rms", &["--center-writing-weights"], "it needs a LayerNorm (layernorm or layernorm(pre)) before every"),
+        ("rmspre_attn", &["--process-weights"], "it needs a LayerNorm"),
+        ("hf_llama", &["--process-weights"], "it needs a LayerNorm"),
+        ("shortformer", &["--process-weights"], "it would centre a shortformer's W_pos"),
+    ];
+    for (name, flags, says) in cases {
+        let f = ArchFixture::load(name);
+        let module = generate_module_of(&f.model, name, &[]);
+        let run = f.run_args();
+        let run: Vec<&str> = run.iter().map(String::as_str).collect();
+        let ours = Command::new(&python).arg(&module).arg(&f.weights).args(&run).args(flags).output().unwrap();
+        let theirs = pathc(&[&["paths", &f.model, "--weights", &f.weights][..], &run, flags].concat());
+        assert!(!ours.status.success() && !theirs.status.success(), "{name} {flags:?}");
+        let line = error_line(&ours);
+        assert_eq!(line, error_line(&theirs), "{name} {flags:?}");
+        assert!(line.starts_with("error: cannot apply center_writing_weights: ") && line.contains(says), "{line}");
+        eprintln!("{name} {flags:?}: {line}");
+    }
+    // `pathc stats` takes only --fold-ln; so does the module's --stats.
+    let f = ArchFixture::load("unprocessed");
+    let module = generate_module_of(&f.model, "unprocessed", &[]);
+    for flag in ["--center-unembed", "--process-weights"] {
+        let ours = Command::new(&python).arg(&module).args([&f.weights, "--stats", flag]).output().unwrap();
+        assert!(!ours.status.success(), "--stats {flag}");
+        assert!(error_line(&ours).contains("--stats takes only --fold-ln"), "{}", error_line(&ours));
+        assert!(!pathc(&["stats", &f.model, "--weights", &f.weights, flag]).status.success());
+    }
+}
+
+#[test]
+fn generated_module_refuses_norm_and_mlp_tensors_as_pathc_does() {
+    let Some(python) = python_interpreter() else { return };
+    // (fixture, edit of its model file, what both say about its weights)
+    let cases: [(&str, (&str, &str), &str); 8] = [
+        (
+            "gated_ln",
+            ("    layernorm\n    attn(", "    rmsnorm\n    attn("),
+            "the weights have `blocks.0.ln1.b` but this norm is `rmsnorm`, which has no bias",
+        ),
+        (
+            "unprocessed",
+            ("    layernorm\n    mlp(", "    layernorm(pre)\n    mlp("),
+            "the weights have `blocks.0.ln2.w` but this norm is `layernorm(pre)`, which has no weight",
+        ),
+        (
+            "rms",
+            ("rmsnorm(eps = 1e-6)\n    attn(", "rmsnorm(pre, eps = 1e-6)\n    attn("),
+            "the weights have `blocks.0.ln1.w` but this norm is `rmsnorm(pre)`, which has no weight",
+        ),
+        (
+            "rms",
+            ("mlp(act = silu, gated)", "mlp(act = silu)"),
+            "the weights have `blocks.0.mlp.W_gate` but layer 0's MLP is not gated",
+        ),
+        (
+            "solu",
+            ("mlp(act = solu_ln, bias)", "mlp(act = gelu, bias)"),
+            "the weights have `blocks.0.mlp.ln.w` but layer 0's MLP has no norm inside",
+        ),
+        (
+            "hf_gptj",
+            ("    layernorm\n    mlp(", "    mlp("),
+            "the weights have `blocks.0.ln2.w` but layer 0 declares no norm before the MLP",
+        ),
+        (
+            "gated_ln",
+            ("layernorm\nunembed", "unembed"),
+            "the weights have `ln_final.w` but the model declares no final norm",
+        ),
+        (
+            "gated_ln",
+            ("    layernorm\n    attn(heads = 4, bias)", "    attn(heads = 4, bias)"),
+            "the weights have `blocks.0.ln1.w` but layer 0 declares no norm before attention",
+        ),
+    ];
+    let dir = std::env::temp_dir().join(format!("pathc-codegen-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, (name, (from, to), says)) in cases.into_iter().enumerate() {
+        let f = ArchFixture::load(name);
+        let source = std::fs::read_to_string(&f.model).unwrap();
+        assert!(source.contains(from), "{name}: no `{from}`");
+        let model = dir.join(format!("edited_{i}_{name}.tf"));
+        std::fs::write(&model, source.replacen(from, to, 1)).unwrap();
+        let model = model.to_str().unwrap();
+        let module = generate_module_of(model, &format!("edited_{i}_{name}"), &[]);
+        let run = f.run_args();
+        let ours = Command::new(&python).arg(&module).arg(&f.weights).args(&run).output().unwrap();
+        let theirs = pathc(
+            &[&["paths", model, "--weights", &f.weights][..], &run.iter().map(String::as_str).collect::<Vec<_>>()]
+                .concat(),
+        );
+        assert!(!ours.status.success() && !theirs.status.success(), "{name} {to:?}");
+        let want = format!("error: {says}");
+        assert_eq!(error_line(&ours), want, "{name} {to:?}: the module");
+        assert_eq!(error_line(&theirs), want, "{name} {to:?}: pathc");
     }
 }

@@ -8,17 +8,24 @@
 //! per path family (template), read off the template's factors, whose docstring is the template
 //! in the paper's notation, and `FAMILIES`, the families in path order.
 //!
-//! Run as `python FILE WEIGHTS --tokens 3,7,1 [--pos last|N|all] [--attention-mask 1,1,0]`, the
-//! module prints the JSON of `pathc paths --format json` (same keys, same path order); with
-//! `--stats [--fold-ln]`, that of `pathc stats --format json`.
+//! Run as `python FILE WEIGHTS --tokens 3,7,1 [--pos last|N|all] [--attention-mask 1,1,0]` (and
+//! TransformerLens's weight processing: `--fold-ln`, `--center-writing-weights`,
+//! `--center-unembed`, `--fold-value-biases`, `--process-weights`, as pathc's, refused where
+//! pathc refuses them), the module prints the JSON of `pathc paths --format json` (same keys, same
+//! path order); with `--stats [--fold-ln]`, that of `pathc stats --format json`.
 //!
 //! Every architecture option of the model language is in `MODEL` and computed by the runtime as
 //! pathc's `eval` computes it: `d_vocab_out` (the shape of `W_U`, `b_U`; no OV copying score,
 //! said under `not_defined`), grouped-query attention (`_W_K`, `_W_V`, `_b_K`, `_b_V` kept per
 //! key/value head, read by the query head's group), bidirectional layers, key masks, other
 //! scales, rotary queries and keys, and shortformer positions (added to the query and key inputs
-//! through `W_Q`, `W_K` as stored, never to the stream). The logit paths need nothing more: the
-//! options change only the frozen patterns and which `W_V` a head reads.
+//! through `W_Q`, `W_K` as stored, never to the stream); and every block option: norms of every
+//! kind with their eps (which tensors each reads and refuses, how each folds: an RMSNorm's readers
+//! are not centred), gated MLPs (`W_gate`, and `b_gate`, `b_lin` holding a folded norm's bias),
+//! `solu_ln` with its inner norm, the other GELUs, and parallel layers with two norms or one shared
+//! (GPT-J: `ln1` folds into `W_in`, `W_gate` too). The logit paths need nothing more: the options
+//! change only the frozen patterns and scales, which `W_V` a head reads, and the MLP outputs,
+//! which are sources.
 
 use std::fmt::Write as _;
 
@@ -26,7 +33,7 @@ pub use super::Options;
 use super::{select, CodegenError, Family};
 use crate::emit::notation::{Heads, Notation};
 use crate::graph::NormSite;
-use crate::model::{Model, Rotary, Size};
+use crate::model::{MlpNorm, Model, Norm, NormKind, Rotary, Size, NORM_EPS};
 use crate::paths::{Factor, FactorKind, IndexVar, Side, Template};
 use crate::Expansion;
 
@@ -59,7 +66,13 @@ pub fn generate(expansion: &Expansion, options: &Options) -> Result<String, Code
          # stream) or \"shortformer\" (added to every layer's query and key inputs only). Per layer: `kv_heads`\n\
          # (query head h reads key/value head h // (heads // kv_heads)), `causal` (False: bidirectional),\n\
          # `scale` (what q·k is divided by; None: sqrt(d_head)), `rotary` (None, or the rotated dimensions,\n\
-         # base and pairing: \"neox\" pairs (i, i + dim/2), \"gptj\" (2i, 2i + 1)).\n",
+         # base and pairing: \"neox\" pairs (i, i + dim/2), \"gptj\" (2i, 2i + 1)), `parallel` (attention and\n\
+         # MLP read the same resid_pre), `shared_norm` (a parallel layer whose MLP reads ln1's output: GPT-J).\n\
+         # A norm (`ln1`, `ln2`, `ln_final`, an MLP's `inner_norm`) is None or {\"kind\", \"eps\"}, the kind as the\n\
+         # model file writes it: \"layernorm\" (TransformerLens LN: centre, divide by sqrt(var + eps), · w + b),\n\
+         # \"layernorm(pre)\" (LNPre: no w, b), \"rmsnorm\" (RMS: divide by sqrt(mean x² + eps), · w; no centring,\n\
+         # no b), \"rmsnorm(pre)\" (RMSPre). An MLP: `act`, `gated` ((act(x·W_gate) ⊙ x·W_in + b_in)·W_out),\n\
+         # `inner_norm` (solu_ln's norm over the neurons, weights `mlp.ln.w`, `mlp.ln.b`).\n",
     );
     out.push_str(&model_literal(&expansion.model));
     let _ = writeln!(
@@ -134,6 +147,18 @@ fn py_rotary(rotary: Option<&Rotary>) -> String {
     }
 }
 
+/// A norm as `MODEL` holds it: `None`, or its kind as the model file writes it and its eps.
+fn py_norm(kind: Option<NormKind>, eps: f64) -> String {
+    match kind {
+        None => "None".to_string(),
+        Some(kind) => format!("{{\"kind\": {}, \"eps\": {}}}", py_str(kind.syntax()), py_float(eps)),
+    }
+}
+
+fn py_declared_norm(norm: Option<&Norm>) -> String {
+    py_norm(norm.map(|n| n.kind), norm.map_or(NORM_EPS, |n| n.eps.0))
+}
+
 fn model_literal(model: &Model) -> String {
     let mut out = String::from("MODEL = {\n");
     let _ = writeln!(out, "    \"name\": {},", py_str(&model.name));
@@ -152,30 +177,41 @@ fn model_literal(model: &Model) -> String {
         let attn = &layer.attn;
         let mlp = match &layer.mlp {
             None => "None".to_string(),
-            Some(m) => format!(
-                "{{\"act\": {}, \"d_mlp\": {}, \"ln2\": {}, \"bias\": {}}}",
-                py_str(m.act.name()),
-                py_size(&m.d_mlp),
-                py_bool(m.ln.is_some()),
-                py_bool(m.bias)
-            ),
+            Some(m) => {
+                // The inner norm's eps is the MLP's own norm's, else the default (as pathc reads it).
+                let inner_eps = m.ln.map_or(NORM_EPS, |n| n.eps.0);
+                format!(
+                    "{{\"act\": {}, \"d_mlp\": {}, \"ln2\": {}, \"bias\": {}, \"gated\": {},\n                 \
+                     \"inner_norm\": {}}}",
+                    py_str(m.act.name()),
+                    py_size(&m.d_mlp),
+                    py_declared_norm(m.ln.as_ref()),
+                    py_bool(m.bias),
+                    py_bool(m.gated),
+                    py_norm(m.inner_norm, inner_eps),
+                )
+            }
         };
+        let shared_norm = matches!(layer.mlp_norm(), MlpNorm::Shared(_));
         let _ = writeln!(
             out,
-            "        {{\"heads\": {}, \"kv_heads\": {}, \"d_head\": {}, \"ln1\": {}, \"attn_bias\": {}, \"causal\": {},\n         \
-             \"scale\": {}, \"rotary\": {},\n         \"mlp\": {mlp}}},",
+            "        {{\"heads\": {}, \"kv_heads\": {}, \"d_head\": {}, \"ln1\": {}, \"attn_bias\": {},\n         \
+             \"causal\": {}, \"scale\": {}, \"rotary\": {}, \"parallel\": {}, \"shared_norm\": {},\n         \
+             \"mlp\": {mlp}}},",
             attn.n_heads,
             attn.kv_heads,
             py_size(&attn.d_head),
-            py_bool(attn.ln.is_some()),
+            py_declared_norm(attn.ln.as_ref()),
             py_bool(attn.bias),
             py_bool(attn.causal),
             attn.scale.map_or("None".to_string(), |s| py_float(s.0)),
             py_rotary(attn.rotary.as_ref()),
+            py_bool(layer.parallel),
+            py_bool(shared_norm),
         );
     }
     out.push_str("    ],\n");
-    let _ = writeln!(out, "    \"ln_final\": {},", py_bool(model.ln_final.is_some()));
+    let _ = writeln!(out, "    \"ln_final\": {},", py_declared_norm(model.ln_final.as_ref()));
     let _ = writeln!(out, "    \"unembed_bias\": {},", py_bool(model.unembed.bias));
     out.push_str("}\n");
     out
@@ -203,7 +239,8 @@ Generated by pathc {version} (`pathc codegen MODEL --lang python`): {families} p
 {paths} paths ({selection}); sources {sources}. Standalone: Python 3 and NumPy.
 
     python THIS_FILE WEIGHTS --tokens 3,7,1 [--pos last|N|all] [--attention-mask 1,1,0]
-                                              # as `pathc paths --format json`
+        [--fold-ln] [--center-writing-weights] [--center-unembed] [--fold-value-biases]
+        [--process-weights]                   # as `pathc paths --format json`
     python THIS_FILE WEIGHTS --stats [--fold-ln]   # as `pathc stats --format json`
 
 Conventions (Elhage et al. 2021, "A Mathematical Framework for Transformer Circuits"):
@@ -219,8 +256,16 @@ Conventions (Elhage et al. 2021, "A Mathematical Framework for Transformer Circu
   and key inputs (read through W_Q, W_K as stored, after the LayerNorm), never to the stream.
 - Grouped-query attention: query head h reads the keys and values of its group, W_K, W_V, b_K,
   b_V stored once per key/value head (TransformerLens's `_W_K`, `_W_V`, `_b_K`, `_b_V`).
-- LayerNorms are folded as TransformerLens's fold_ln: in a path, W_Q, W_K, W_V, W_in and W_U and
-  their biases are the folded ones (the LayerNorm keeps its centring and its scale N).
+- Norms of every kind (layernorm, layernorm(pre), rmsnorm, rmsnorm(pre): TransformerLens's LN,
+  LNPre, RMS, RMSPre, each with its eps) are folded as TransformerLens's fold_ln: in a path, W_Q,
+  W_K, W_V, W_U and their biases are the folded ones (a LayerNorm keeps its centring and its scale
+  N = diag(1/σ), an RMSNorm its scale diag(1/rms)). Gated MLPs (act(x·W_gate) ⊙ x·W_in + b_in,
+  b_in after the product), solu_ln with its inner norm, and parallel layers (attention and MLP
+  reading the same stream; GPT-J's one shared norm) change only the MLP outputs M^{{l}}, which are
+  sources: the paths are the same products.
+- --fold-ln, --center-writing-weights, --center-unembed, --fold-value-biases (--process-weights:
+  all four, TransformerLens's from_pretrained) process the weights before the forward pass, as
+  `pathc paths` does, refused where a step would compute another model.
 - Sources: E = W_E[tokens], P = W_pos[:n] (standard positions only), M^{{l}} = MLP l's output
   (without b_out), biases b_O, b_out, b_U at every position, and b_V through its own head. Path
   names: the source, then the heads in order of application (`E`, `P/L0H3`, `bV/L0H1/L1H2`,

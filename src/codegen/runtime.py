@@ -1,4 +1,23 @@
-LN_EPS = 1e-5  # TransformerLens's LayerNorm epsilon
+NORM_EPS = 1e-5  # TransformerLens's default norm epsilon (cfg.eps), the model file's default
+
+# The norms by the model file's names: whether each centres (LayerNorm) and which of a weight `w`
+# and a bias `b` it has (TransformerLens's LN, LNPre, RMS, RMSPre).
+NORM_KINDS = {
+    "layernorm": {"centres": True, "w": True, "b": True},
+    "layernorm(pre)": {"centres": True, "w": False, "b": False},
+    "rmsnorm": {"centres": False, "w": True, "b": False},
+    "rmsnorm(pre)": {"centres": False, "w": False, "b": False},
+}
+
+
+def centres(norm):
+    """Whether a norm of MODEL (None: no norm) subtracts the mean (a LayerNorm of either kind)."""
+    return norm is not None and NORM_KINDS[norm["kind"]]["centres"]
+
+
+def mlp_norm(layer):
+    """The norm a layer's MLP reads through: its own `ln2`, or `ln1` when shared (GPT-J)."""
+    return layer["ln1"] if layer["shared_norm"] else layer["mlp"]["ln2"]
 
 
 class WeightError(Exception):
@@ -60,7 +79,16 @@ def load_weights(path):
     Sizes the model file leaves symbolic are read from the weights (`d_model` and `d_vocab` from
     `embed.W_E`, `d_head` from `W_Q`, `d_mlp` from `W_in`, `d_vocab_out` from `W_U`); declared
     sizes must match. A bias the model does not declare is zero: absent, or present as zeros (a
-    nonzero one is refused, as pathc refuses it). LayerNorms appear as `{prefix}.w`, `{prefix}.b`.
+    nonzero one is refused, as pathc refuses it).
+
+    A norm `{prefix}` (`blocks.{l}.ln1`, `blocks.{l}.ln2`, `ln_final`, solu_ln's `blocks.{l}.mlp.ln`)
+    reads `{prefix}.w` when its kind has a weight (layernorm, rmsnorm) and `{prefix}.b` when it has
+    a bias (layernorm); a tensor its kind has not (an `ln1.b` for an rmsnorm, an `ln1.w` for a
+    layernorm(pre)) is refused, as is a `{prefix}.w` where the model declares no norm, since
+    ignoring it would compute another model. A gated MLP reads `W_gate` [d_model, d_mlp] (refused
+    on an MLP that is not gated) and gets `b_gate`, `b_lin`, zeros: the constants of its gate and
+    linear inputs, which hold a norm's bias once folded (TransformerLens's `b_in` is added after
+    the product).
 
     With grouped-query attention (kv_heads < heads) the file holds TransformerLens's `_W_K`,
     `_W_V` [kv_heads, d_model, d_head] and `_b_K`, `_b_V` [kv_heads, d_head]; they are kept once
@@ -86,6 +114,20 @@ def load_weights(path):
             raise WeightError(f"the weights have a nonzero `{name}` but the model declares no such bias")
         return np.zeros(shape)
 
+    def norm(prefix, declared, width, undeclared):
+        """Reads norm `prefix` as declared (None: none, and no `{prefix}.w` in the file)."""
+        if declared is None:
+            if prefix + ".w" in tensors:
+                raise WeightError(f"the weights have `{prefix}.w` but {undeclared}")
+            return
+        kind = NORM_KINDS[declared["kind"]]
+        for part, what in (("w", "weight"), ("b", "bias")):
+            name = f"{prefix}.{part}"
+            if kind[part]:
+                w[name] = need(name, [width])
+            elif name in tensors:
+                raise WeightError(f"the weights have `{name}` but this norm is `{declared['kind']}`, which has no {what}")
+
     d_vocab, d_model = need("embed.W_E", [MODEL["d_vocab"], MODEL["d_model"]]).shape
     w = {"embed.W_E": tensors["embed.W_E"]}
     if MODEL["pos_embed"]:
@@ -104,23 +146,27 @@ def load_weights(path):
         w[name + "b_O"] = bias(name + "b_O", [d_model], layer["attn_bias"])
         if MODEL["pos_embed"] == "shortformer":
             w[name + "W_Q_pos"], w[name + "W_K_pos"] = w[name + "W_Q"], w[name + "W_K"]
-        if layer["ln1"]:
-            w[f"blocks.{l}.ln1.w"] = need(f"blocks.{l}.ln1.w", [d_model])
-            w[f"blocks.{l}.ln1.b"] = need(f"blocks.{l}.ln1.b", [d_model])
+        norm(f"blocks.{l}.ln1", layer["ln1"], d_model, f"layer {l} declares no norm before attention")
         mlp = layer["mlp"]
-        if mlp is not None:
-            name = f"blocks.{l}.mlp."
-            d_mlp = need(name + "W_in", [d_model, mlp["d_mlp"]]).shape[1]
-            w[name + "W_in"] = tensors[name + "W_in"]
-            w[name + "W_out"] = need(name + "W_out", [d_mlp, d_model])
-            w[name + "b_in"] = bias(name + "b_in", [d_mlp], mlp["bias"])
-            w[name + "b_out"] = bias(name + "b_out", [d_model], mlp["bias"])
-            if mlp["ln2"]:
-                w[f"blocks.{l}.ln2.w"] = need(f"blocks.{l}.ln2.w", [d_model])
-                w[f"blocks.{l}.ln2.b"] = need(f"blocks.{l}.ln2.b", [d_model])
-    if MODEL["ln_final"]:
-        w["ln_final.w"] = need("ln_final.w", [d_model])
-        w["ln_final.b"] = need("ln_final.b", [d_model])
+        if mlp is None:
+            for extra in (f"blocks.{l}.mlp.W_in", f"blocks.{l}.ln2.w"):
+                if extra in tensors:
+                    raise WeightError(f"the weights have `{extra}` but layer {l} declares no MLP")
+            continue
+        norm(f"blocks.{l}.ln2", mlp["ln2"], d_model, f"layer {l} declares no norm before the MLP")
+        name = f"blocks.{l}.mlp."
+        d_mlp = need(name + "W_in", [d_model, mlp["d_mlp"]]).shape[1]
+        w[name + "W_in"] = tensors[name + "W_in"]
+        if mlp["gated"]:
+            w[name + "W_gate"] = need(name + "W_gate", [d_model, d_mlp])
+            w[name + "b_gate"], w[name + "b_lin"] = np.zeros(d_mlp), np.zeros(d_mlp)
+        elif name + "W_gate" in tensors:
+            raise WeightError(f"the weights have `{name}W_gate` but layer {l}'s MLP is not gated")
+        w[name + "W_out"] = need(name + "W_out", [d_mlp, d_model])
+        w[name + "b_in"] = bias(name + "b_in", [d_mlp], mlp["bias"])
+        w[name + "b_out"] = bias(name + "b_out", [d_model], mlp["bias"])
+        norm(name + "ln", mlp["inner_norm"], d_mlp, f"layer {l}'s MLP has no norm inside")
+    norm("ln_final", MODEL["ln_final"], d_model, "the model declares no final norm")
     d_vocab_out = d_vocab if MODEL["d_vocab_out"] == "d_vocab" else MODEL["d_vocab_out"]
     d_vocab_out = need("unembed.W_U", [d_model, d_vocab_out]).shape[1]
     w["unembed.W_U"] = tensors["unembed.W_U"]
@@ -137,37 +183,139 @@ def kv_group(layer, head):
     return head // (spec["heads"] // spec["kv_heads"])
 
 
-def _fold_into_reader(ln_w, ln_b, weight, bias):
-    """Folds LayerNorm `(ln_w, ln_b)` into a reader `x ↦ x·W + b` ([..., d_model, k] and [..., k]):
-    `b += ln_b·W`, then `W ← diag(ln_w)·W`, then W centred over its d_model rows."""
-    bias = bias + np.einsum("m,...mk->...k", ln_b, weight)
-    weight = ln_w[:, None] * weight
-    return weight - weight.mean(axis=-2, keepdims=True), bias
+def _fold_into_reader(norm, ln_w, ln_b, weight, bias):
+    """Folds a norm's weight and bias (None where its kind has none) into a reader `x ↦ x·W + b`
+    ([..., width, k] and [..., k]): `b += ln_b·W`, then `W ← diag(ln_w)·W`, then, for a norm that
+    centres (a LayerNorm of either kind), W centred over its `width` rows."""
+    if ln_b is not None:
+        bias = bias + np.einsum("m,...mk->...k", ln_b, weight)
+    if ln_w is not None:
+        weight = ln_w[:, None] * weight
+    if centres(norm):
+        weight = weight - weight.mean(axis=-2, keepdims=True)
+    return weight, bias
+
+
+def _mlp_readers(l, layer):
+    """The (matrix, constant) pairs that read an MLP's input: `W_in` with `b_in`; gated, `W_in`
+    with `b_lin` (TransformerLens's `b_in` comes after the product) and `W_gate` with `b_gate`."""
+    name = f"blocks.{l}.mlp."
+    if layer["mlp"]["gated"]:
+        return [(name + "W_in", name + "b_lin"), (name + "W_gate", name + "b_gate")]
+    return [(name + "W_in", name + "b_in")]
 
 
 def fold_layer_norm(w):
-    """TransformerLens's `fold_layer_norm(fold_biases=True, center_weights=True)`, exact.
+    """TransformerLens's `fold_layer_norm(fold_biases=True, center_weights=True)`, exact, for every
+    kind of norm (pathc's `Params::fold_layer_norm`).
 
-    Each LayerNorm's weight and bias move into the matrices that read its output (`W_Q`, `W_K`,
-    `W_V` after ln1, `W_in` after ln2, `W_U` after ln_final) and their biases, which are then
-    centred; the LayerNorm keeps only its centring and its scale `N = diag(1/σ)`, frozen per
-    position in a path. Folding twice is folding once.
+    Each norm's weight and bias move into the matrices that read its output and their biases
+    (`W_Q`, `W_K`, `W_V` after ln1; `W_in`, or a gated MLP's `W_in` and `W_gate` with `b_lin` and
+    `b_gate`, after ln2, or after ln1 when the layer's MLP shares it; `W_U` after ln_final); a
+    LayerNorm's readers (layernorm and layernorm(pre)) are then centred, an RMSNorm's are not. The
+    norm keeps only its centring (a LayerNorm) and its scale `N = diag(1/σ)`, frozen per position
+    in a path: its `.w`, `.b` are gone (layernorm → layernorm(pre), rmsnorm → rmsnorm(pre)).
+    solu_ln's norm inside the MLP reads no stream and is not folded. Folding twice is folding once.
     """
     w = dict(w)
-    d_model = w["embed.W_E"].shape[1]
-    ones, zeros = np.ones(d_model), np.zeros(d_model)
     readers = []
     for l, layer in enumerate(MODEL["layers"]):
-        if layer["ln1"]:
-            readers.append((f"blocks.{l}.ln1", [(f"blocks.{l}.attn.W_{m}", f"blocks.{l}.attn.b_{m}") for m in "QKV"]))
-        if layer["mlp"] is not None and layer["mlp"]["ln2"]:
-            readers.append((f"blocks.{l}.ln2", [(f"blocks.{l}.mlp.W_in", f"blocks.{l}.mlp.b_in")]))
-    if MODEL["ln_final"]:
-        readers.append(("ln_final", [("unembed.W_U", "unembed.b_U")]))
-    for ln, matrices in readers:
+        ln1 = [(f"blocks.{l}.attn.W_{m}", f"blocks.{l}.attn.b_{m}") for m in "QKV"]
+        if layer["mlp"] is not None and layer["shared_norm"]:
+            ln1 += _mlp_readers(l, layer)
+        readers.append((f"blocks.{l}.ln1", layer["ln1"], ln1))
+        if layer["mlp"] is not None:
+            readers.append((f"blocks.{l}.ln2", layer["mlp"]["ln2"], _mlp_readers(l, layer)))
+    readers.append(("ln_final", MODEL["ln_final"], [("unembed.W_U", "unembed.b_U")]))
+    for ln, norm, matrices in readers:
+        if norm is None:
+            continue
+        ln_w, ln_b = w.pop(ln + ".w", None), w.pop(ln + ".b", None)
         for weight, bias in matrices:
-            w[weight], w[bias] = _fold_into_reader(w[ln + ".w"], w[ln + ".b"], w[weight], w[bias])
-        w[ln + ".w"], w[ln + ".b"] = ones, zeros
+            w[weight], w[bias] = _fold_into_reader(norm, ln_w, ln_b, w[weight], w[bias])
+    return w
+
+
+# ---------------------------------------------------------------------------------------------
+# TransformerLens's weight processing (--fold-ln, --center-writing-weights, --center-unembed,
+# --fold-value-biases; --process-weights for all four, as from_pretrained)
+# ---------------------------------------------------------------------------------------------
+
+PROCESSING_STEPS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases")
+
+
+class ProcessingError(Exception):
+    """A processing step that would compute another model here (said as pathc says it)."""
+
+
+def center_writing_weights(w):
+    """TransformerLens's `center_writing_weights`: everything that writes the residual stream
+    (`W_E`, `W_pos`, `W_O`, `b_O`, `W_out`, `b_out`) loses its mean over d_model. Exact only when
+    every reader centres the stream first: refused unless a LayerNorm (layernorm or
+    layernorm(pre)) stands before every attention, every MLP and the unembedding, and refused for
+    shortformer positions, which join the queries and keys after the norm."""
+    layers = MODEL["layers"]
+    every_reader = centres(MODEL["ln_final"]) and all(
+        centres(layer["ln1"]) and (layer["mlp"] is None or centres(mlp_norm(layer))) for layer in layers
+    )
+    if not every_reader:
+        raise ProcessingError(
+            "center_writing_weights: it needs a LayerNorm (layernorm or layernorm(pre)) before every attention, "
+            "every MLP and the unembedding; only then does the mean of what is written cancel"
+        )
+    if MODEL["pos_embed"] == "shortformer":
+        raise ProcessingError(
+            "center_writing_weights: it would centre a shortformer's W_pos, which joins the queries and keys after "
+            "the LayerNorm, and so change the attention scores (TransformerLens does it; ACDC loads redwood_attn_2l "
+            "with center_writing_weights=False)"
+        )
+    w = dict(w)
+    writers = ["embed.W_E"] + (["pos_embed.W_pos"] if MODEL["pos_embed"] else [])
+    for l, layer in enumerate(layers):
+        writers += [f"blocks.{l}.attn.W_O", f"blocks.{l}.attn.b_O"]
+        if layer["mlp"] is not None:
+            writers += [f"blocks.{l}.mlp.W_out", f"blocks.{l}.mlp.b_out"]
+    for name in writers:
+        w[name] = w[name] - w[name].mean(axis=-1, keepdims=True)
+    return w
+
+
+def center_unembed(w):
+    """TransformerLens's `center_unembed`: `W_U` and `b_U` lose their mean over the outputs, which
+    shifts every position's logits by a constant (their mean) and changes no softmax."""
+    w = dict(w)
+    w["unembed.W_U"] = w["unembed.W_U"] - w["unembed.W_U"].mean(axis=1, keepdims=True)
+    w["unembed.b_U"] = w["unembed.b_U"] - w["unembed.b_U"].mean()
+    return w
+
+
+def fold_value_biases(w):
+    """TransformerLens's `fold_value_biases`: each head's `b_V·W_O` (its key/value group's `b_V`)
+    moves into `b_O`, exact because every attention row sums to 1; `b_V` becomes 0."""
+    w = dict(w)
+    for l, layer in enumerate(MODEL["layers"]):
+        attn = f"blocks.{l}.attn."
+        folded = np.zeros(w[attn + "b_O"].shape)
+        for h in range(layer["heads"]):
+            folded = folded + w[attn + "b_V"][kv_group(l, h)] @ w[attn + "W_O"][h]
+        w[attn + "b_O"] = w[attn + "b_O"] + folded
+        w[attn + "b_V"] = np.zeros(w[attn + "b_V"].shape)
+    return w
+
+
+def process_weights(w, steps):
+    """The weights after the processing `steps` (names from PROCESSING_STEPS), in TransformerLens's
+    order (`load_and_process_state_dict`: fold_ln, center_writing_weights, center_unembed,
+    fold_value_biases), each exact for the model it makes (pathc's `Params::process`); raises
+    ProcessingError where a step would compute another model."""
+    if "fold_ln" in steps:
+        w = fold_layer_norm(w)
+    if "center_writing_weights" in steps:
+        w = center_writing_weights(w)
+    if "center_unembed" in steps:
+        w = center_unembed(w)
+    if "fold_value_biases" in steps:
+        w = fold_value_biases(w)
     return w
 
 
@@ -176,11 +324,28 @@ def fold_layer_norm(w):
 # ---------------------------------------------------------------------------------------------
 
 
-def layer_norm(x, ln_w, ln_b):
-    """TransformerLens's LN on every row: `(x − mean x)/σ · w + b`, σ = sqrt(var + eps); and σ."""
-    centred = x - x.mean(axis=1, keepdims=True)
-    scale = np.sqrt((centred * centred).sum(axis=1) / x.shape[1] + LN_EPS)
-    return centred / scale[:, None] * ln_w + ln_b, scale
+def normalise(x, norm, ln_w=None, ln_b=None):
+    """A norm of MODEL (`{"kind", "eps"}`) on every row of x, as TransformerLens computes it, and
+    each row's scale σ (what a path freezes): a LayerNorm centres the row, every kind divides it
+    by σ = sqrt(mean of its squares + eps) (the variance for a LayerNorm, the mean square for an
+    RMSNorm), then `· ln_w` and `+ ln_b` where the norm has them (None: it has not, or they are
+    folded). x itself, and no scale, without a norm (None)."""
+    if norm is None:
+        return x, None
+    if centres(norm):
+        x = x - x.mean(axis=1, keepdims=True)
+    scale = np.sqrt((x * x).sum(axis=1) / x.shape[1] + norm["eps"])
+    out = x / scale[:, None]
+    if ln_w is not None:
+        out = out * ln_w
+    if ln_b is not None:
+        out = out + ln_b
+    return out, scale
+
+
+def apply_norm(w, prefix, norm, x):
+    """`normalise` with the norm's own tensors `{prefix}.w`, `{prefix}.b` from `w`, where present."""
+    return normalise(x, norm, w.get(prefix + ".w"), w.get(prefix + ".b"))
 
 
 class InputError(Exception):
@@ -238,24 +403,53 @@ def attn_scale(layer, d_head):
 
 
 def activation(name, x):
-    """The MLP nonlinearity as TransformerLens computes it (`gelu` exact, `gelu_new` tanh)."""
+    """An elementwise MLP nonlinearity as TransformerLens computes it: `gelu` exact
+    (0.5·x·(1 + erf(x/√2))), `gelu_new` and `gelu_pytorch_tanh` the tanh approximation
+    0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), `gelu_fast` 0.5·x·(1 + tanh(0.7978845608·x·(1 +
+    0.044715·x²))), `silu` x·sigmoid(x)."""
     if name == "relu":
         return np.maximum(x, 0.0)
     if name == "gelu":
         return 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
-    if name == "gelu_new":
+    if name in ("gelu_new", "gelu_pytorch_tanh"):
         return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+    if name == "gelu_fast":
+        return 0.5 * x * (1.0 + np.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
     if name == "silu":
         return x / (1.0 + np.exp(-x))
     raise ValueError(f"unknown activation {name}")
 
 
+def mlp_activation(w, l, mlp, pre):
+    """MLP l's activation on its pre-activation rows [n, d_mlp]: elementwise (`activation`), or
+    for `solu_ln` x ⊙ softmax(x) over each row's neurons, then the MLP's inner norm (weights
+    `blocks.{l}.mlp.ln.w`, `.b`; none for `ln = pre`)."""
+    if mlp["act"] != "solu_ln":
+        return activation(mlp["act"], pre)
+    e = np.exp(pre - pre.max(axis=1, keepdims=True))
+    solu = pre * (e / e.sum(axis=1, keepdims=True))
+    return apply_norm(w, f"blocks.{l}.mlp.ln", mlp["inner_norm"], solu)[0]
+
+
+def run_mlp(w, l, mlp, y):
+    """MLP l on its (normalised) input rows y: act(y·W_in + b_in)·W_out, or gated (TransformerLens's
+    GatedMLP) (act(y·W_gate + b_gate) ⊙ (y·W_in + b_lin) + b_in)·W_out; without b_out."""
+    name = f"blocks.{l}.mlp."
+    if not mlp["gated"]:
+        pre = y @ w[name + "W_in"] + w[name + "b_in"]
+        return mlp_activation(w, l, mlp, pre) @ w[name + "W_out"]
+    pre = y @ w[name + "W_gate"] + w[name + "b_gate"]
+    linear = y @ w[name + "W_in"] + w[name + "b_lin"]
+    return (mlp_activation(w, l, mlp, pre) * linear + w[name + "b_in"]) @ w[name + "W_out"]
+
+
 class Forward:
     """What a forward pass records: `tokens`, `attention_mask` (None without one), `logits`
     [n, d_vocab_out], `patterns[l]` [heads, n, n] (the frozen `A`), `scores[l]` [heads, n, n]
-    (q·kᵀ/scale before any mask), the LayerNorm scales σ per position (`scale_attn[l]` of ln1,
-    `scale_mlp[l]` of ln2, `scale_final`; None without that LayerNorm) and `mlp_out[l]`
-    [n, d_model] (the MLP's output without b_out, the source `M^{l}`; None without an MLP)."""
+    (q·kᵀ/scale before any mask), the norm scales σ per position (`scale_attn[l]` of ln1,
+    `scale_mlp[l]` of the norm the MLP reads, ln2 or the shared ln1, `scale_final`; None without
+    that norm) and `mlp_out[l]` [n, d_model] (the MLP's output without b_out, the source `M^{l}`;
+    None without an MLP)."""
 
     def __init__(self, tokens, attention_mask=None):
         self.tokens = np.asarray(tokens, dtype=np.int64)
@@ -269,12 +463,14 @@ def forward(w, tokens, attention_mask=None):
     """Runs the model on `tokens` as TransformerLens does (weights `w` as loaded, or folded).
 
     resid = W_E[tokens] + W_pos[:n] (no W_pos with shortformer positions); per layer
-    x = LN1(resid), q = x·W_Q + b_Q (k, v alike, by the head's key/value group; shortformer:
-    q += W_pos[:n]·W_Q as stored, k alike; rotary: q, k rotated by position), A = softmax of
-    q·kᵀ/scale over the keys each query may see (`attended`: causal or not, the attention mask),
-    resid += Σ_h A·v·W_O + b_O; with an MLP y = LN2(resid), resid += act(y·W_in + b_in)·W_out +
-    b_out; logits = LN_final(resid)·W_U + b_U. `attention_mask`: one 0 or 1 per token, a 0 key
-    attended to by no query (TransformerLens's attention_mask on the keys, positions unchanged).
+    x = N1(resid) (`normalise`: the norm's kind), q = x·W_Q + b_Q (k, v alike, by the head's
+    key/value group; shortformer: q += W_pos[:n]·W_Q as stored, k alike; rotary: q, k rotated by
+    position), A = softmax of q·kᵀ/scale over the keys each query may see (`attended`: causal or
+    not, the attention mask), resid += Σ_h A·v·W_O + b_O; with an MLP y = N2(resid) (a parallel
+    layer: N2 of the layer's input, or x itself when the MLP shares ln1), resid += MLP(y) + b_out
+    (`run_mlp`: gated or not, solu_ln's inner norm); logits = N_final(resid)·W_U + b_U.
+    `attention_mask`: one 0 or 1 per token, a 0 key attended to by no query (TransformerLens's
+    attention_mask on the keys, positions unchanged).
     """
     f = Forward(tokens, attention_mask)
     n = len(f.tokens)
@@ -285,9 +481,8 @@ def forward(w, tokens, attention_mask=None):
     if MODEL["pos_embed"] == "standard":
         resid = resid + positions
     for l, layer in enumerate(MODEL["layers"]):
-        x, scale = resid, None
-        if layer["ln1"]:
-            x, scale = layer_norm(resid, w[f"blocks.{l}.ln1.w"], w[f"blocks.{l}.ln1.b"])
+        resid_pre = resid
+        x, scale = apply_norm(w, f"blocks.{l}.ln1", layer["ln1"], resid)
         f.scale_attn.append(scale)
         attn = f"blocks.{l}.attn."
         keep = attended(n, layer["causal"], f.attention_mask)
@@ -312,16 +507,15 @@ def forward(w, tokens, attention_mask=None):
         resid = resid + w[attn + "b_O"]
         mlp, scale, out = layer["mlp"], None, None
         if mlp is not None:
-            y = resid
-            if mlp["ln2"]:
-                y, scale = layer_norm(resid, w[f"blocks.{l}.ln2.w"], w[f"blocks.{l}.ln2.b"])
-            pre = y @ w[f"blocks.{l}.mlp.W_in"] + w[f"blocks.{l}.mlp.b_in"]
-            out = activation(mlp["act"], pre) @ w[f"blocks.{l}.mlp.W_out"]
+            if layer["shared_norm"]:
+                y, scale = x, f.scale_attn[l]
+            else:
+                y, scale = apply_norm(w, f"blocks.{l}.ln2", mlp["ln2"], resid_pre if layer["parallel"] else resid)
+            out = run_mlp(w, l, mlp, y)
             resid = resid + out + w[f"blocks.{l}.mlp.b_out"]
         f.scale_mlp.append(scale)
         f.mlp_out.append(out)
-    if MODEL["ln_final"]:
-        resid, f.scale_final = layer_norm(resid, w["ln_final.w"], w["ln_final.b"])
+    resid, f.scale_final = apply_norm(w, "ln_final", MODEL["ln_final"], resid)
     f.logits = resid @ w["unembed.W_U"] + w["unembed.b_U"]
     return f
 
@@ -332,7 +526,8 @@ def forward(w, tokens, attention_mask=None):
 
 
 def scaled(x, scale):
-    """diag(1/σ)·x: a LayerNorm's frozen scale N on the position side (x itself without one)."""
+    """diag(1/σ)·x: a norm's frozen scale N on the position side (x itself without one); σ of a
+    LayerNorm, the RMS of an RMSNorm."""
     return x if scale is None else x / scale[:, None]
 
 
@@ -352,7 +547,9 @@ def position_rows(w, f):
 
 
 def mlp_output(f, layer):
-    """M^{layer}: the MLP's recorded output (without b_out), [n, d_model]."""
+    """M^{layer}: the MLP's recorded output (without b_out), [n, d_model]: an opaque source, gated
+    or not, in sequence or parallel (a parallel layer's MLP output enters after its heads, as a
+    sequential one's does)."""
     return f.mlp_out[layer]
 
 
@@ -374,7 +571,7 @@ def value_bias(w, f, layer, head):
 
 
 def unembed(w, f, x):
-    """N^{final} ⊗ W_U: x ↦ diag(1/σ_final) · x · W_U' (no N without a final LayerNorm)."""
+    """N^{final} ⊗ W_U: x ↦ diag(1/σ_final) · x · W_U' (no N without a final norm)."""
     return scaled(x, f.scale_final) @ w["unembed.W_U"]
 
 
@@ -570,9 +767,10 @@ def statistics(w, weight_processing):
 
     The statistics are of the weights alone, position-free: a rotary head's QK circuit is the one
     at offset 0 (the rotation is the identity there), TransformerLens's. A grouped-query head
-    reads its key/value group's W_K and W_V. A statistic that is not defined for these weights
-    is left out and its reason given under `not_defined` (`ov_copying` when d_vocab_out ≠
-    d_vocab).
+    reads its key/value group's W_K and W_V. `--fold-ln` folds as `fold_layer_norm` does, for
+    every kind of norm (an RMSNorm's readers are scaled, not centred). A statistic that is not
+    defined for these weights is left out and its reason given under `not_defined` (`ov_copying`
+    when d_vocab_out ≠ d_vocab).
     """
     shared = shared_products(w)
     sizes = [layer["heads"] for layer in MODEL["layers"]]
@@ -645,8 +843,32 @@ def main(argv=None):
         help="key mask, one 0 or 1 per token: no query attends to a 0 key; queries and positions are unchanged",
     )
     parser.add_argument("--stats", action="store_true", help="print the weights' statistics instead")
-    parser.add_argument("--fold-ln", action="store_true", help="with --stats: fold the LayerNorms first")
+    parser.add_argument(
+        "--fold-ln",
+        action="store_true",
+        help="fold every norm's weight and bias into what reads it (TransformerLens fold_ln); with --stats, before the statistics",
+    )
+    parser.add_argument(
+        "--center-writing-weights",
+        action="store_true",
+        help="subtract the mean over d_model from everything that writes the residual stream (TransformerLens center_writing_weights; needs LayerNorms everywhere)",
+    )
+    parser.add_argument(
+        "--center-unembed",
+        action="store_true",
+        help="subtract the mean over the outputs from W_U and b_U (TransformerLens center_unembed: every position's logits shift by a constant)",
+    )
+    parser.add_argument(
+        "--fold-value-biases", action="store_true", help="move every head's b_V·W_O into b_O (TransformerLens fold_value_biases)"
+    )
+    parser.add_argument(
+        "--process-weights", action="store_true", help="all four, as TransformerLens's from_pretrained does by default"
+    )
     args = parser.parse_args(argv)
+    steps = [step for step in PROCESSING_STEPS if args.process_weights or getattr(args, step)]
+    if args.stats and [step for step in steps if step != "fold_ln"]:
+        flag = "--process-weights" if args.process_weights else "--" + [s for s in steps if s != "fold_ln"][0].replace("_", "-")
+        sys.exit(f"error: {flag} processes the weights of the paths; --stats takes only --fold-ln (as `pathc stats`)")
     try:
         raw = load_weights(args.weights)
     except (OSError, WeightError) as e:
@@ -685,10 +907,14 @@ def main(argv=None):
     else:
         sys.exit(f"error: --pos takes a position below {n}, `last` or `all`, not `{args.pos}`")
     try:
-        f = forward(raw, tokens, mask)
+        processed = process_weights(raw, steps)
+    except ProcessingError as e:
+        sys.exit(f"error: cannot apply {e}")
+    try:
+        f = forward(processed, tokens, mask)
     except InputError as e:
         sys.exit(f"error: {e}")
-    w = fold_layer_norm(raw)
+    w = fold_layer_norm(processed)
     paths = []
     for name, order, logits in all_paths(w, f):
         rows = logits if position is None else logits[position]
