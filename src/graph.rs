@@ -411,6 +411,26 @@ impl TermGraph {
         }
     }
 
+    /// The term graph of the same model after TransformerLens's `fold_value_biases`, which moves
+    /// every head's `b_V·W_O` into its layer's `b_O`: a layer whose heads have value biases (its
+    /// own, or a LayerNorm's folded into them) but which declares no `b_O` gets one, where they
+    /// go (the value-bias paths stay, zero). Without it their share of the logits would be in no
+    /// path.
+    pub fn fold_value_biases(&mut self) {
+        for (i, block) in self.blocks.iter_mut().enumerate() {
+            if let Block::Attn { layer, head_bias: true, out_bias, .. } = block {
+                if !*out_bias {
+                    *out_bias = true;
+                    let after = self.resid[i + 1];
+                    let span = self.graph[after].span;
+                    let bias =
+                        self.graph.add_node(NodeData { node: Node::Bias { name: "b_O", layer: Some(*layer) }, span });
+                    self.graph.add_edge(bias, after, Edge::Write);
+                }
+            }
+        }
+    }
+
     /// Every source of the residual stream with the state it enters, in stream order.
     pub fn entries(&self) -> Vec<Entry> {
         let mut entries = vec![Entry { source: Source::E, step: 0 }];

@@ -564,3 +564,21 @@ fn norm_and_gate_tensors_must_match_the_declarations() {
     assert!(!stderr(&out).contains("panicked"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `fold_value_biases` on a model whose attention declares no bias but whose LayerNorm has one
+/// (GPT-J): the value biases land in a `b_O` the model does not declare, so the expansion gains a
+/// `b_O` term for them and the paths still sum to the processed logits (TransformerLens's default
+/// processing).
+#[test]
+fn folded_value_biases_keep_a_path() {
+    let tokens = "5,17,42,8,5,17";
+    for name in ["hf_gptj", "hf_gptj_shared"] {
+        let model = format!("tests/fixtures/{name}/model.tf");
+        let weights = format!("tests/fixtures/{name}/model.safetensors");
+        let out = pathc(&["check", &model, "--weights", &weights, "--tokens", tokens, "--process-weights"]);
+        assert_eq!(out.status.code(), Some(0), "{name}: {}{}", stdout(&out), stderr(&out));
+        let paths =
+            pathc(&["paths", &model, "--weights", &weights, "--tokens", tokens, "--fold-ln", "--fold-value-biases"]);
+        assert!(stdout(&paths).contains("bO0"), "{name}: a b_O path");
+    }
+}

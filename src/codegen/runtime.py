@@ -315,6 +315,14 @@ def process_weights(w, steps):
     if "center_unembed" in steps:
         w = center_unembed(w)
     if "fold_value_biases" in steps:
+        # pathc gives such a layer a b_O path (`pathc paths --fold-value-biases`); this module's
+        # paths were generated without one, so the folded value biases would be in no path.
+        for l, layer in enumerate(MODEL["layers"]):
+            value_biases = layer["attn_bias"] or (layer["ln1"] is not None and layer["ln1"]["kind"] == "layernorm")
+            if value_biases and not layer["attn_bias"]:
+                raise ProcessingError(
+                    f"cannot apply fold_value_biases: layer {l}'s value biases would move into a b_O this module has no path for (its attention declares no bias); use pathc paths --fold-value-biases, or leave this step out"
+                )
         w = fold_value_biases(w)
     return w
 
@@ -617,7 +625,7 @@ def ov_copying_undefined(w):
         return None
     return (
         f"the full OV circuit W_E·W_OV·W_U is d_vocab × d_vocab_out = {d_vocab} × {d_vocab_out}, "
-        "not square: it has no eigenvalues"
+        f"not square, so it has no eigenvalues (set by unembed(d_vocab_out = {d_vocab_out}))"
     )
 
 
@@ -817,6 +825,9 @@ def statistics(w, weight_processing):
     }
     if not_defined:
         out["not_defined"] = not_defined
+    if any(layer["rotary"] is not None for layer in MODEL["layers"]):
+        # As `pathc stats` says it: the QK statistics of a rotary model are at offset 0 (R = Id).
+        out["rotary_offset"] = 0
     return out
 
 
