@@ -24,11 +24,27 @@
 //! group's `W_K`, `W_V` (by reference, as TransformerLens's `repeat_interleave` expands them);
 //! a shortformer `W_pos` enters no circuit (as in TransformerLens).
 //!
-//! On full models these are statistics of the weight matrices as they are: LayerNorms, MLPs and
+//! On full models these are statistics of the weight matrices as they are: norms, MLPs and
 //! biases take no part, as in TransformerLens, which computes them from `model.OV` and `model.QK`
-//! of the loaded weights. Weights loaded without `fold_ln` give the raw matrices' statistics;
-//! pass [`Params::fold_layer_norm`]'s result for the folded ones (`W_Q`, `W_K`, `W_V` and `W_U`
-//! scaled by the LayerNorm weights and centred).
+//! of the loaded weights — so they depend on how the weights were processed when loaded.
+//! [`StatsOptions::processing`] applies TransformerLens's steps first ([`Params::process`],
+//! [`StatsParams::process`]; `from_pretrained` applies all four, [`Processing::TRANSFORMER_LENS`]):
+//!
+//! - `fold_ln`: each norm's weight scales the rows of `W_Q`, `W_K`, `W_V` (`ln1`) and `W_U`
+//!   (`ln_final`), whose columns are then centred over d_model after a LayerNorm (not after an
+//!   RMSNorm); a `layernorm(pre)` has no weight but still centres them; an `rmsnorm(pre)` changes
+//!   nothing. Every statistic may change.
+//! - `center_writing_weights`: `W_E`'s and every `W_O`'s rows lose their mean over d_model
+//!   (`W_pos` too, which no statistic reads). After `fold_ln` every reader is centred, so
+//!   `W_E C W_Q = W_E W_Q` and `W_O C W_U = W_O W_U` (`C` the centring projection): the full OV
+//!   and QK circuits do not change, but `‖W_V W_O‖`, a composition score's left norm, does, and so
+//!   do `comp_q`, `comp_k` and `comp_v`. Without `fold_ln` it changes every circuit it enters.
+//! - `center_unembed`: `W_U ← W_U − m 1ᵀ`, `m` its mean over the outputs: the full OV circuit
+//!   (`ov_copying`, `ov_frobenius`); nothing else reads `W_U`.
+//! - `fold_value_biases`: moves `b_V W_O` into `b_O`; no statistic reads a bias.
+//!
+//! Refused where [`Params::process`] refuses (`center_writing_weights` with a norm that does not
+//! centre, or shortformer positions): [`StatsError::Processing`].
 //!
 //! **No vocab × vocab matrix, and no d_model × d_model matrix per head or pair of heads, is ever
 //! built.** Two low-rank facts do all the work:
@@ -80,7 +96,7 @@ use std::collections::BTreeMap;
 
 use nalgebra::Complex;
 
-use crate::eval::{LayerParams, Params, StatsParams};
+use crate::eval::{EvalError, LayerParams, Params, Processing, StatsParams};
 pub use crate::linalg::{eigenvalues, SCHUR_MAX_ITER, SCHUR_RETRIES};
 use crate::linalg::{Matrix, NoConvergence, NonFinite};
 use crate::plan::exec::{ExecError, HeadWeights, VocabRows};
@@ -93,27 +109,41 @@ pub const BASELINE_SAMPLES: usize = 64;
 /// The seed of the baseline's generator (SplitMix64). The same for every mode and model.
 pub const BASELINE_SEED: u64 = 0x7061_7468_635f_6261; // "pathc_ba"
 
-/// Which weights the statistics are of.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WeightProcessing {
-    /// The matrices as loaded (TransformerLens's `HookedTransformer` without `fold_ln`).
-    #[default]
-    AsGiven,
-    /// LayerNorm weights folded into `W_Q`, `W_K`, `W_V`, `W_U` and those centred
-    /// ([`Params::fold_layer_norm`], TransformerLens's `fold_ln`).
-    FoldLn,
+/// How the JSON names the processing the statistics are of ([`Stats::weight_processing`]):
+/// `"as_given"` for none, else TransformerLens's names of the steps in its order, joined by `+`
+/// (`"fold_ln"`, `"fold_ln+center_writing_weights+center_unembed+fold_value_biases"`).
+pub fn processing_label(processing: Processing) -> String {
+    let names = processing.names();
+    if names.is_empty() {
+        "as_given".to_string()
+    } else {
+        names.join("+")
+    }
 }
 
-impl WeightProcessing {
-    pub fn describe(self) -> &'static str {
-        match self {
-            WeightProcessing::AsGiven => "weights as given, no LayerNorm folded, as TransformerLens without fold_ln",
-            WeightProcessing::FoldLn => {
-                "LayerNorm folded: W_Q, W_K, W_V and W_U times the LayerNorm weight, then centred, as TransformerLens's fold_ln"
-            }
-        }
+/// What `processing` did to the matrices the statistics read, in words (the first line of `pathc
+/// stats`' text, a line of the plots' titles).
+pub fn processing_description(processing: Processing) -> String {
+    if processing == Processing::NONE {
+        return "weights as given, no LayerNorm folded, as TransformerLens without fold_ln".to_string();
     }
+    if processing == Processing::FOLD_LN {
+        return "LayerNorm folded: W_Q, W_K, W_V and W_U times the LayerNorm weight, then centred, as TransformerLens's fold_ln".to_string();
+    }
+    let steps: Vec<&str> = [
+        (
+            processing.fold_ln,
+            "fold_ln: the norms' weights folded into W_Q, W_K, W_V and W_U (centred after a LayerNorm)",
+        ),
+        (processing.center_writing_weights, "center_writing_weights: W_E's and W_O's rows centred over d_model"),
+        (processing.center_unembed, "center_unembed: W_U less its mean over the outputs"),
+        (processing.fold_value_biases, "fold_value_biases: b_V moved into b_O, which no statistic reads"),
+    ]
+    .into_iter()
+    .filter_map(|(on, step)| on.then_some(step))
+    .collect();
+    let all = if processing == Processing::TRANSFORMER_LENS { " (all four, as from_pretrained)" } else { "" };
+    format!("weights processed as TransformerLens does{all}: {}", steps.join("; "))
 }
 
 /// Every statistic of every head, `[layer][head]` or `[layer_left][head_left][layer_right][head_right]`.
@@ -123,8 +153,9 @@ impl WeightProcessing {
 /// without that statistic's field.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stats {
-    /// The weights the statistics are of.
-    pub weight_processing: WeightProcessing,
+    /// The weights the statistics are of: the processing steps applied to them
+    /// ([`StatsOptions::processing`]); in the JSON its [`processing_label`].
+    pub weight_processing: Processing,
     /// For a model with a rotary layer: the offset `Δ` (query position − key position) its QK
     /// statistics are taken at ([`StatsOptions::rotary_offset`]; 0 unless asked). `None` for a
     /// model without rotary layers, whose QK circuits do not depend on positions.
@@ -167,7 +198,7 @@ impl serde::Serialize for Stats {
         use serde::ser::SerializeStruct;
         let defined = |field: &str| !self.not_defined.contains_key(field);
         let mut out = serializer.serialize_struct("Stats", 14)?;
-        out.serialize_field("weight_processing", &self.weight_processing)?;
+        out.serialize_field("weight_processing", &processing_label(self.weight_processing))?;
         match self.rotary_offset {
             Some(offset) => out.serialize_field("rotary_offset", &offset)?,
             None => out.skip_field("rotary_offset")?,
@@ -213,12 +244,14 @@ impl Stats {
     }
 }
 
-/// How [`stats_processed`] and [`stats_streamed`] compute the statistics. A [`WeightProcessing`]
+/// How [`stats_processed`] and [`stats_streamed`] compute the statistics. A [`Processing`]
 /// alone converts into the default options with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StatsOptions {
-    /// The weights the statistics are of.
-    pub processing: WeightProcessing,
+    /// The weights the statistics are of: TransformerLens's processing steps applied first
+    /// ([`Params::process`], [`StatsParams::process`]); [`Processing::NONE`] (the default) for the
+    /// weights as given, [`Processing::TRANSFORMER_LENS`] for what `from_pretrained` loads.
+    pub processing: Processing,
     /// The offset `Δ` (query position − key position) at which rotary layers' QK circuits are
     /// taken: `W_QK(Δ) = W_Q Rot(Δ) W_Kᵀ`, with `Rot` as [`crate::eval::rotary::rotation`] gives
     /// it (a negative `Δ` is a key after the query, which only a bidirectional layer attends to).
@@ -227,8 +260,8 @@ pub struct StatsOptions {
     pub rotary_offset: Option<i64>,
 }
 
-impl From<WeightProcessing> for StatsOptions {
-    fn from(processing: WeightProcessing) -> StatsOptions {
+impl From<Processing> for StatsOptions {
+    fn from(processing: Processing) -> StatsOptions {
         StatsOptions { processing, rotary_offset: None }
     }
 }
@@ -264,6 +297,11 @@ pub enum StatsError {
     /// A statistic the model does not define ([`Stats::not_defined`]), asked for directly.
     #[error("{statistic}: not defined: {reason}")]
     NotDefined { statistic: &'static str, reason: String },
+    /// The weight processing asked for failed: a step refused where it would compute another
+    /// model ([`EvalError::Processing`], as [`Params::process`] refuses it), or `center_unembed`'s
+    /// read of `W_U` failed.
+    #[error(transparent)]
+    Processing(EvalError),
 }
 
 impl From<NoConvergence> for StatsError {
@@ -284,20 +322,18 @@ impl From<WeightError> for StatsError {
     }
 }
 
-/// [`stats`] of the weights after `options.processing` and, in rotary layers, at the offset
-/// `options.rotary_offset` (see [`StatsOptions`]); the result records both. A
-/// [`WeightProcessing`] may stand for the options: `stats_processed(&params,
-/// WeightProcessing::FoldLn)`.
+/// [`stats`] of the weights after `options.processing` ([`Params::process`]) and, in rotary
+/// layers, at the offset `options.rotary_offset` (see [`StatsOptions`]); the result records both.
+/// A [`Processing`] may stand for the options: `stats_processed(&params, Processing::FOLD_LN)`.
 pub fn stats_processed(params: &Params, options: impl Into<StatsOptions>) -> Result<Stats, StatsError> {
     let options = options.into();
     let offset = rotary_offset(&params.layers, options.rotary_offset)?;
-    let folded;
-    let params = match options.processing {
-        WeightProcessing::AsGiven => params,
-        WeightProcessing::FoldLn => {
-            folded = params.fold_layer_norm();
-            &folded
-        }
+    let processed;
+    let params = if options.processing == Processing::NONE {
+        params
+    } else {
+        processed = params.process(options.processing).map_err(StatsError::Processing)?;
+        &processed
     };
     let plans = plans_for_vocab(&params.layers, params.d_vocab(), params.d_vocab_out(), params.w_e.ncols());
     let rotated = rotated_queries(&params.layers, offset);
@@ -308,12 +344,13 @@ pub fn stats_processed(params: &Params, options: impl Into<StatsOptions>) -> Res
 /// Computes every statistic of every head of `params`, as given, with the plan the e-graph
 /// chooses ([`crate::plan`]); rotary layers at offset 0.
 pub fn stats(params: &Params) -> Result<Stats, StatsError> {
-    stats_processed(params, WeightProcessing::AsGiven)
+    stats_processed(params, Processing::NONE)
 }
 
 /// [`stats_processed`] with `W_E` and `W_U` read from the weights file a chunk of the vocabulary
-/// at a time ([`StatsParams`]): the same numbers in about the memory of the attention weights.
-/// `progress` is told of every chunk and head done.
+/// at a time ([`StatsParams`], processed by [`StatsParams::process`]): the same numbers, bit for
+/// bit, in about the memory of the attention weights. `progress` is told of every chunk and head
+/// done (not of `center_unembed`'s first pass over `W_U`).
 pub fn stats_streamed(
     params: StatsParams<'_>,
     options: impl Into<StatsOptions>,
@@ -321,10 +358,7 @@ pub fn stats_streamed(
 ) -> Result<Stats, StatsError> {
     let options = options.into();
     let offset = rotary_offset(&params.layers, options.rotary_offset)?;
-    let params = match options.processing {
-        WeightProcessing::AsGiven => params,
-        WeightProcessing::FoldLn => params.fold_layer_norm(),
-    };
+    let params = params.process(options.processing).map_err(StatsError::Processing)?;
     let plans = plans_for_vocab(&params.layers, params.d_vocab(), params.d_vocab_out(), params.d_model());
     let rotated = rotated_queries(&params.layers, offset);
     let stats = stats_with_plan(&plans.chosen, &head_weights_at(&params.layers, &rotated), &params, progress)?;
@@ -412,8 +446,8 @@ impl VocabRows for Params {
     }
 }
 
-/// `W_E` and `W_U` read from the weights file a chunk at a time, `ln_final` folded into each
-/// chunk of `W_U` after [`StatsParams::fold_layer_norm`].
+/// `W_E` and `W_U` read from the weights file a chunk at a time, processed as they are read
+/// ([`StatsParams::embed_rows`], [`StatsParams::unembed_columns`]).
 impl VocabRows for StatsParams<'_> {
     fn d_vocab(&self) -> usize {
         StatsParams::d_vocab(self)
@@ -523,7 +557,7 @@ pub fn stats_with_plan(
     let comp_k_minus_baseline = minus(&comp_k);
     let comp_v_minus_baseline = minus(&comp_v);
     Ok(Stats {
-        weight_processing: WeightProcessing::AsGiven,
+        weight_processing: Processing::NONE,
         rotary_offset: None,
         not_defined,
         ov_copying,

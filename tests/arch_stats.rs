@@ -16,10 +16,10 @@
 use std::process::{Command, Output};
 
 use nalgebra::DMatrix;
-use pathc::eval::{AttnWeights, LayerParams, NameMap, Params, Row, StatsParams};
+use pathc::eval::{AttnWeights, LayerParams, NameMap, Params, Processing, Row, StatsParams};
 use pathc::model::{Real, Rotary, RotaryStyle};
 use pathc::progress::Silent;
-use pathc::stats::{self, Stats, StatsError, StatsOptions, WeightProcessing};
+use pathc::stats::{self, Stats, StatsError, StatsOptions};
 use pathc::weights::Weights;
 
 type Matrix = DMatrix<f64>;
@@ -63,7 +63,7 @@ fn error(ours: &[f64], expected: &[f64]) -> f64 {
 }
 
 fn with(offset: Option<i64>) -> StatsOptions {
-    StatsOptions { processing: WeightProcessing::AsGiven, rotary_offset: offset }
+    StatsOptions { processing: Processing::NONE, rotary_offset: offset }
 }
 
 /// Compares one statistic with its reference array, prints and returns the error.
@@ -334,7 +334,7 @@ fn statistics_streamed_from_the_file_equal_those_in_memory() {
         let weights = Weights::load(format!("{}/model.safetensors", dir(name)).as_ref()).unwrap();
         let p = params(name);
         let offsets: &[Option<i64>] = if ROTARY.contains(&name) { &[None, Some(3)] } else { &[None] };
-        for processing in [WeightProcessing::AsGiven, WeightProcessing::FoldLn] {
+        for processing in [Processing::NONE, Processing::FOLD_LN] {
             for &rotary_offset in offsets {
                 let options = StatsOptions { processing, rotary_offset };
                 let streamed = StatsParams::from_weights(&compiled.model, &weights, &NameMap::default()).unwrap();
@@ -380,9 +380,9 @@ fn folded_rotary_statistics_equal_explicit_circuits_of_hand_folded_rotated_weigh
         let mean = scaled.row_mean();
         Matrix::from_fn(m.nrows(), m.ncols(), |i, j| scaled[(i, j)] - mean[j])
     };
-    let options = StatsOptions { processing: WeightProcessing::FoldLn, rotary_offset: Some(3) };
+    let options = StatsOptions { processing: Processing::FOLD_LN, rotary_offset: Some(3) };
     let s = stats::stats_processed(&p, options).unwrap();
-    assert_eq!((s.weight_processing, s.rotary_offset), (WeightProcessing::FoldLn, Some(3)));
+    assert_eq!((s.weight_processing, s.rotary_offset), (Processing::FOLD_LN, Some(3)));
     let mut worst: f64 = 0.0;
     let qk = |l: usize, h: usize| {
         let attn = &p.layers[l].attn;

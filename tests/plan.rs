@@ -3,10 +3,11 @@
 //! fixtures and on random shapes; the statistics streamed from the file equal those computed in
 //! memory; GPT-2 small's plan is pinned (e-graph size, FLOPs, the shared products).
 
+use pathc::eval::Processing;
 use pathc::eval::{NameMap, Params, StatsParams};
 use pathc::plan::{self, Plan};
 use pathc::progress::Silent;
-use pathc::stats::{self, Stats, WeightProcessing};
+use pathc::stats::{self, Stats};
 use pathc::weights::Weights;
 use proptest::prelude::*;
 
@@ -82,7 +83,7 @@ fn statistics_streamed_from_the_file_equal_those_in_memory() {
         let source = std::fs::read_to_string(format!("examples/{name}.tf")).unwrap();
         let compiled = pathc::compile(&source).unwrap();
         let weights = Weights::load(format!("tests/fixtures/{name}/model.safetensors").as_ref()).unwrap();
-        for processing in [WeightProcessing::AsGiven, WeightProcessing::FoldLn] {
+        for processing in [Processing::NONE, Processing::FOLD_LN] {
             let streamed = StatsParams::from_weights(&compiled.model, &weights, &NameMap::default()).unwrap();
             let streamed = stats::stats_streamed(streamed, processing, &Silent).unwrap();
             let in_memory = stats::stats_processed(&fixture_params(name), processing).unwrap();

@@ -6,7 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use pathc::stats::WeightProcessing;
+use pathc::eval::Processing;
+use pathc::stats;
 
 const TOKENS: &str = "5,17,42,8,5,17,42,8,30,1,5,17";
 const MODELS: [&str; 2] = ["attn2", "full2"];
@@ -96,8 +97,8 @@ fn composition_heatmaps_hold_labels_title_scale_and_every_score() {
     for name in MODELS {
         for fold_ln in [false, true] {
             let stats = stats_json(name, fold_ln);
-            let processing = if fold_ln { WeightProcessing::FoldLn } else { WeightProcessing::AsGiven };
-            assert_eq!(stats["weight_processing"], serde_json::to_value(processing).unwrap());
+            let processing = if fold_ln { Processing::FOLD_LN } else { Processing::NONE };
+            assert_eq!(stats["weight_processing"], stats::processing_label(processing));
             let heads: Vec<(usize, usize)> = stats["ov_copying"]
                 .as_array()
                 .unwrap()
@@ -116,7 +117,7 @@ fn composition_heatmaps_hold_labels_title_scale_and_every_score() {
                 let t = texts(&plot(name, &args, &file));
                 let upper = mode.to_uppercase();
                 assert!(has(&t, &format!("{name}: {upper}-composition scores (comp_{mode})")), "{t:?}");
-                assert!(has(&t, processing.describe()), "{t:?}");
+                assert!(has(&t, &stats::processing_description(processing)), "{t:?}");
                 // Every head labels a row and a column: twice.
                 for (l, h) in &heads {
                     let label = format!("L{l}H{h}");
@@ -152,7 +153,7 @@ fn copying_heatmaps_hold_labels_title_scale_and_every_score() {
     for name in MODELS {
         for fold_ln in [false, true] {
             let stats = stats_json(name, fold_ln);
-            let processing = if fold_ln { WeightProcessing::FoldLn } else { WeightProcessing::AsGiven };
+            let processing = if fold_ln { Processing::FOLD_LN } else { Processing::NONE };
             for (what, key) in [("ov-copying", "ov_copying"), ("qk-copying", "qk_copying")] {
                 let file = dir.join(format!("{name}-{what}-{fold_ln}.svg"));
                 let mut args = vec!["--what", what];
@@ -162,7 +163,7 @@ fn copying_heatmaps_hold_labels_title_scale_and_every_score() {
                 let t = texts(&plot(name, &args, &file));
                 assert!(t.iter().any(|x| x.starts_with(&format!("{name}: copying scores of the full"))), "{t:?}");
                 assert!(t.iter().any(|x| x.ends_with(&format!("({key})"))), "{t:?}");
-                assert!(has(&t, processing.describe()), "{t:?}");
+                assert!(has(&t, &stats::processing_description(processing)), "{t:?}");
                 let labels: Vec<String> = ["L0", "L1", "H0", "H1", "H2", "H3"].map(String::from).to_vec();
                 assert!(find_run(&t, &labels).is_some(), "{labels:?} in {t:?}");
                 let expected: Vec<String> = stats[key]

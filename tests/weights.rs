@@ -916,3 +916,55 @@ fn non_seekable_weights_are_refused_at_once() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `rows` and `columns` read only blocks inside the tensor: a block past its end (or whose end
+/// overflows) is `WeightError::OutOfRange`, naming the tensor, the block and the shape, whatever
+/// the way the tensor is held — in memory (`from_bytes`), left in a safetensors file (where the
+/// bytes after it are another tensor's, which were once returned silently) or in an .npz
+/// archive; blocks inside read as before, the empty block at the end included.
+#[test]
+fn blocks_outside_a_tensor_are_refused_naming_tensor_range_and_shape() {
+    let a: Vec<f64> = (0..6).map(f64::from).collect();
+    let bytes = safetensors_bytes(&[
+        ("a", Dtype::F32, vec![2, 3], encode(Dtype::F32, &a)),
+        ("b", Dtype::F32, vec![4], encode(Dtype::F32, &[10.0, 11.0, 12.0, 13.0])),
+    ]);
+    let dir = std::env::temp_dir().join(format!("pathc-blocks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("w.safetensors");
+    std::fs::write(&file, &bytes).unwrap();
+    let data: Vec<u8> = a.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let npz = npz_bytes(&[("a.npy", npy_bytes("<f8", false, &[2, 3], &data, 1))], CompressionMethod::Stored);
+    let held = [
+        ("in memory", Weights::from_bytes(&bytes, "w.safetensors").unwrap()),
+        ("in the file", Weights::load(&file).unwrap()),
+        ("in an archive", Weights::from_bytes(&npz, "w.npz").unwrap()),
+    ];
+    for (how, w) in &held {
+        assert_eq!(w.rows("a", [2, 3], 1, 1).unwrap(), [3.0, 4.0, 5.0], "{how}");
+        assert_eq!(w.rows("a", [2, 3], 2, 0).unwrap(), Vec::<f64>::new(), "{how}");
+        assert_eq!(w.columns("a", [2, 3], 1, 2).unwrap(), [1.0, 2.0, 4.0, 5.0], "{how}");
+        assert_eq!(w.columns("a", [2, 3], 3, 0).unwrap(), Vec::<f64>::new(), "{how}");
+        let cases = [
+            (w.rows("a", [2, 3], 1, 2), "rows 1..3 are out of range (it has 2 rows)"),
+            (w.rows("a", [2, 3], 3, 0), "rows 3..3 are out of range (it has 2 rows)"),
+            (w.columns("a", [2, 3], 2, 2), "columns 2..4 are out of range (it has 3 columns)"),
+            (w.columns("a", [2, 3], 4, 0), "columns 4..4 are out of range (it has 3 columns)"),
+            (
+                w.rows("a", [2, 3], usize::MAX, 2),
+                "rows 18446744073709551615..18446744073709551617 are out of range (it has 2 rows)",
+            ),
+        ];
+        for (result, says) in cases {
+            match result {
+                Err(e @ WeightError::OutOfRange { .. }) => {
+                    assert_eq!(e.to_string(), format!("tensor `a` has shape [2, 3]: {says}"), "{how}")
+                }
+                other => panic!("{how}: {says}: {other:?}"),
+            }
+        }
+        // The shape is still checked first.
+        assert!(matches!(w.rows("a", [3, 2], 5, 1), Err(WeightError::Shape { .. })), "{how}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -7,19 +7,20 @@ use clap::ValueEnum;
 
 use pathc::emit::plot::StatsPlot;
 use pathc::eval::Target;
-use pathc::stats::{StatsOptions, WeightProcessing};
+use pathc::stats::{StatsError, StatsOptions};
 
 use super::failure::{read_model, render, Failure};
 use super::output;
 use super::parse::{check_rotary_offset, parse_position};
-use super::run::{evaluate, resolve_targets, RunArgs};
+use super::run::{evaluate, resolve_targets, ProcessingArgs, RunArgs};
 
 // (`//`, not `///`: see the module docs of `cli`.)
 //
 // `--weights`, `--tokens`, `--max-order`, `--limit` and `--name` repeat `RunArgs` rather than
 // flatten it: here `--tokens` is optional (the statistics plots take none), the help of four of
 // them says they apply to `--what paths` only, and `--what`, `--pos`, `--target`, `--top` and
-// `--fold-ln` stand between them in the help. Flattening would change the help text.
+// the processing options stand between them in the help. Flattening would change the help text.
+// The processing options are `stats`' (`ProcessingArgs`, flattened), for the statistics plots.
 #[derive(clap::Args)]
 pub struct Args {
     model: PathBuf,
@@ -45,9 +46,9 @@ pub struct Args {
     /// How many paths (`--what paths`; default 20).
     #[arg(long, value_name = "N")]
     top: Option<usize>,
-    /// Statistics of LayerNorm-folded weights (statistics plots; see `stats --help`).
-    #[arg(long)]
-    fold_ln: bool,
+    // TransformerLens's weight processing before the statistics (statistics plots; as `stats`).
+    #[command(flatten)]
+    processing: ProcessingArgs,
     /// Rotary models: the QK circuits at this offset (statistics plots; see `stats --help`).
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     rotary_offset: Option<i64>,
@@ -91,7 +92,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
         pos,
         target,
         top,
-        fold_ln,
+        processing,
         rotary_offset,
         max_order,
         limit,
@@ -126,10 +127,12 @@ pub fn run(args: Args) -> Result<(), Failure> {
         check_rotary_offset(&compiled.model, rotary_offset)?;
         let names = pathc::eval::NameMap::parse(&names).map_err(|e| fail(e.into()))?;
         let params = pathc::load_params(&compiled, &weights, &names).map_err(fail)?;
-        let processing = if fold_ln { WeightProcessing::FoldLn } else { WeightProcessing::AsGiven };
-        let options = StatsOptions { processing, rotary_offset };
-        let stats =
-            pathc::stats::stats_processed(&params, options).map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+        let options = StatsOptions { processing: processing.processing(), rotary_offset };
+        let stats = pathc::stats::stats_processed(&params, options).map_err(|e| match e {
+            // A refused step, as `stats` and `check` render it.
+            StatsError::Processing(e) => fail(e.into()),
+            e => Failure::BadInput(format!("error: {e}")),
+        })?;
         pathc::emit::plot::stats_heatmap(&compiled.model.name, &stats, plot)
     } else {
         if tokens.is_empty() {
@@ -138,10 +141,21 @@ pub fn run(args: Args) -> Result<(), Failure> {
                     .to_string(),
             ));
         }
-        if fold_ln {
+        if processing.fold_ln {
             return Err(Failure::BadInput(
                 "error: --fold-ln applies to the statistics plots; path contributions always use the folded weights with the LayerNorm scales frozen".to_string(),
             ));
+        }
+        let steps = [
+            (processing.center_writing_weights, "--center-writing-weights"),
+            (processing.center_unembed, "--center-unembed"),
+            (processing.fold_value_biases, "--fold-value-biases"),
+            (processing.process_weights, "--process-weights"),
+        ];
+        if let Some((_, flag)) = steps.iter().find(|(given, _)| *given) {
+            return Err(Failure::BadInput(format!(
+                "error: {flag} applies to the statistics plots here; for the path contributions of processed weights, see `pathc paths {flag}`"
+            )));
         }
         if rotary_offset.is_some() {
             return Err(Failure::BadInput(

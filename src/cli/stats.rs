@@ -5,12 +5,13 @@ use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 
 use pathc::emit::numbers;
-use pathc::stats::{StatsOptions, WeightProcessing};
+use pathc::stats::{StatsError, StatsOptions};
 
 use super::failure::{read_model, render, Failure};
 use super::output::{self, TextOrJson};
 use super::parse::check_rotary_offset;
 use super::progress::TerminalProgress;
+use super::run::ProcessingArgs;
 
 // (`//`, not `///`: see the module docs of `cli`.)
 #[derive(clap::Args)]
@@ -22,10 +23,10 @@ pub struct Args {
     /// Read a TransformerLens tensor under another name (see `check --help`).
     #[arg(long = "name", value_name = "TL=FILE")]
     names: Vec<String>,
-    /// Fold the LayerNorm weights into W_Q, W_K, W_V and W_U (and centre them) first, as
-    /// TransformerLens's `fold_ln` does; by default the weights are used as given.
-    #[arg(long)]
-    fold_ln: bool,
+    // TransformerLens's weight processing, before the statistics (by default the weights are
+    // used as given; `--process-weights` gives the statistics of what from_pretrained loads).
+    #[command(flatten)]
+    processing: ProcessingArgs,
     /// Rotary models: the QK statistics (qk_copying, qk_frobenius, comp_q, comp_k) at offset N =
     /// query position − key position, of W_QK(N) = W_Q·Rot(N)·W_Kᵀ. Default 0 (Rot(0) = Id:
     /// TransformerLens's position-free numbers). An error on a model without rotary layers.
@@ -36,7 +37,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<(), Failure> {
-    let Args { model, weights, names, fold_ln, rotary_offset, format } = args;
+    let Args { model, weights, names, processing, rotary_offset, format } = args;
     let source = read_model(&model)?;
     let fail = |e: pathc::Error| render(&model, &source, &e);
     let compiled = pathc::compile(&source).map_err(fail)?;
@@ -45,10 +46,12 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let weights = pathc::load_weights(&weights).map_err(fail)?;
     let params =
         pathc::eval::StatsParams::from_weights(&compiled.model, &weights, &names).map_err(|e| fail(e.into()))?;
-    let processing = if fold_ln { WeightProcessing::FoldLn } else { WeightProcessing::AsGiven };
-    let options = StatsOptions { processing, rotary_offset };
-    let stats = pathc::stats::stats_streamed(params, options, &TerminalProgress::new())
-        .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+    let options = StatsOptions { processing: processing.processing(), rotary_offset };
+    let stats = pathc::stats::stats_streamed(params, options, &TerminalProgress::new()).map_err(|e| match e {
+        // A refused step, as `check` renders it.
+        StatsError::Processing(e) => fail(e.into()),
+        e => Failure::BadInput(format!("error: {e}")),
+    })?;
     let mut out = BufWriter::new(io::stdout().lock());
     match format {
         TextOrJson::Json => output::write_json(&mut out, &stats)?,

@@ -879,7 +879,7 @@ def main(argv=None):
     steps = [step for step in PROCESSING_STEPS if args.process_weights or getattr(args, step)]
     if args.stats and [step for step in steps if step != "fold_ln"]:
         flag = "--process-weights" if args.process_weights else "--" + [s for s in steps if s != "fold_ln"][0].replace("_", "-")
-        sys.exit(f"error: {flag} processes the weights of the paths; --stats takes only --fold-ln (as `pathc stats`)")
+        sys.exit(f"error: {flag} processes the weights of the paths; --stats takes only --fold-ln (`pathc stats` takes every step)")
     try:
         raw = load_weights(args.weights)
     except (OSError, WeightError) as e:

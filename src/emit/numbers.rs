@@ -616,7 +616,11 @@ pub fn write_scores_json(
 /// rotary model a line after the first says at which offset the QK statistics are; a statistic
 /// the model does not define is a line `name: not defined: why` in place of its column.
 pub fn write_stats_text(out: &mut dyn Write, model: &str, stats: &crate::stats::Stats) -> io::Result<()> {
-    writeln!(out, "model {model}: per-head statistics of the full circuits ({})", stats.weight_processing.describe())?;
+    writeln!(
+        out,
+        "model {model}: per-head statistics of the full circuits ({})",
+        crate::stats::processing_description(stats.weight_processing)
+    )?;
     if let Some(rotary) = stats.rotary_description() {
         writeln!(out, "{rotary}")?;
     }

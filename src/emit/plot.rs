@@ -488,7 +488,7 @@ pub fn stats_heatmap(model: &str, stats: &crate::stats::Stats, what: StatsPlot) 
         }
         StatsPlot::CompV | StatsPlot::OvCopying => String::new(),
     };
-    let processing = stats.weight_processing.describe();
+    let processing = crate::stats::processing_description(stats.weight_processing);
     let b = &stats.comp_baseline;
     let composition = match what {
         StatsPlot::CompQ => Some(("Q", &stats.comp_q, b.q, "W_Q·W_Kᵀ")),

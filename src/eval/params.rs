@@ -137,6 +137,13 @@ pub struct Processing {
 }
 
 impl Processing {
+    /// No step: the weights as given.
+    pub const NONE: Processing =
+        Processing { fold_ln: false, center_writing_weights: false, center_unembed: false, fold_value_biases: false };
+
+    /// `fold_ln` alone.
+    pub const FOLD_LN: Processing = Processing { fold_ln: true, ..Processing::NONE };
+
     /// `HookedTransformer.from_pretrained`'s defaults.
     pub const TRANSFORMER_LENS: Processing =
         Processing { fold_ln: true, center_writing_weights: true, center_unembed: true, fold_value_biases: true };
@@ -585,6 +592,99 @@ pub(super) fn fold_into_reader(ln: &NormWeights, reader: &mut Matrix, bias: &mut
     }
 }
 
+/// Whether every norm that reads the residual stream centres it (a LayerNorm, `layernorm` or
+/// `layernorm(pre)`): before every attention, every MLP and the unembedding. A layer's `mlp` may
+/// be `None` for a layer without one.
+fn every_reader_centres(layers: &[LayerParams], ln_final: Option<&NormWeights>) -> bool {
+    let centres = |n: Option<&NormWeights>| n.is_some_and(|n| n.kind.centres());
+    centres(ln_final) && layers.iter().all(|l| centres(l.ln1.as_ref()) && (l.mlp.is_none() || centres(l.mlp_norm())))
+}
+
+/// Why `center_writing_weights` would compute another model, if it would: a norm that does not
+/// centre what it reads ([`every_reader_centres`] false), or shortformer positions.
+fn refuse_center_writing(every_reader_centres: bool, shortformer: bool) -> Result<(), EvalError> {
+    if !every_reader_centres {
+        return Err(EvalError::Processing(
+            "center_writing_weights: it needs a LayerNorm (layernorm or layernorm(pre)) before every attention, every MLP and the unembedding; only then does the mean of what is written cancel".to_string(),
+        ));
+    }
+    if shortformer {
+        return Err(EvalError::Processing(
+            "center_writing_weights: it would centre a shortformer's W_pos, which joins the queries and keys after the LayerNorm, and so change the attention scores (TransformerLens does it; ACDC loads redwood_attn_2l with center_writing_weights=False)".to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// Subtracts from every row of `m` its mean (over d_model, for a matrix that writes the stream).
+fn centre_rows(m: &mut Matrix) {
+    for mut row in m.row_iter_mut() {
+        let mean = row.mean();
+        row.add_scalar_mut(-mean);
+    }
+}
+
+fn centre_row(r: &mut Row) {
+    let mean = r.mean();
+    r.add_scalar_mut(-mean);
+}
+
+/// `center_writing_weights` of an attention layer: every head's `W_O` rows and `b_O`.
+fn centre_attention_writers(attn: &mut AttnWeights) {
+    attn.w_o.iter_mut().for_each(centre_rows);
+    centre_row(&mut attn.b_o);
+}
+
+/// TransformerLens's `fold_value_biases`: `b_O += Σ_h b_V^h W_O^h`, then `b_V = 0`.
+fn fold_value_biases(layers: &mut [LayerParams]) {
+    for layer in layers {
+        let attn = &mut layer.attn;
+        let folded: Row =
+            (0..attn.n_heads()).map(|h| attn.b_v(h) * &attn.w_o[h]).fold(Row::zeros(attn.b_o.len()), |a, b| a + b);
+        attn.b_o += folded;
+        for b in &mut attn.b_v_kv {
+            b.fill(0.0);
+        }
+    }
+}
+
+/// The mean of every row of a matrix given a block of its columns at a time (`center_unembed`'s
+/// means of `W_U` over the outputs): each row summed from 0 in column order and divided by the
+/// number of columns, so the bits do not depend on how the columns are split into blocks.
+struct RowMeans {
+    sums: Vec<f64>,
+    columns: usize,
+}
+
+impl RowMeans {
+    fn new(rows: usize) -> RowMeans {
+        RowMeans { sums: vec![0.0; rows], columns: 0 }
+    }
+
+    /// The next columns, in order.
+    fn add(&mut self, block: &Matrix) {
+        for column in block.column_iter() {
+            for (sum, x) in self.sums.iter_mut().zip(column.iter()) {
+                *sum += x;
+            }
+        }
+        self.columns += block.ncols();
+    }
+
+    fn means(&self) -> Vec<f64> {
+        self.sums.iter().map(|s| if self.columns == 0 { 0.0 } else { s / self.columns as f64 }).collect()
+    }
+}
+
+/// `m[i][j] −= means[i]` (`center_unembed` of a block of `W_U`'s columns).
+fn subtract_row_means(m: &mut Matrix, means: &[f64]) {
+    for mut column in m.column_iter_mut() {
+        for (x, mean) in column.iter_mut().zip(means) {
+            *x -= mean;
+        }
+    }
+}
+
 impl Params {
     /// Reads TransformerLens's names (`embed.W_E`, `blocks.{l}.attn.W_Q`, `blocks.{l}.ln1.w`,
     /// `blocks.{l}.mlp.W_in`, `unembed.b_U`, ...), renamed by `names`, and checks every shape
@@ -656,25 +756,13 @@ impl Params {
             p.center_writing_weights()?;
         }
         if processing.center_unembed {
-            let mean_of_columns = |m: &Matrix, i: usize| m.row(i).mean();
-            let means: Vec<f64> = (0..p.w_u.nrows()).map(|i| mean_of_columns(&p.w_u, i)).collect();
-            for (i, mean) in means.into_iter().enumerate() {
-                p.w_u.row_mut(i).add_scalar_mut(-mean);
-            }
-            let mean = p.b_u.mean();
-            p.b_u.add_scalar_mut(-mean);
+            let mut means = RowMeans::new(p.w_u.nrows());
+            means.add(&p.w_u);
+            subtract_row_means(&mut p.w_u, &means.means());
+            centre_row(&mut p.b_u);
         }
         if processing.fold_value_biases {
-            for layer in &mut p.layers {
-                let attn = &mut layer.attn;
-                let folded: Row = (0..attn.n_heads())
-                    .map(|h| attn.b_v(h) * &attn.w_o[h])
-                    .fold(Row::zeros(attn.b_o.len()), |a, b| a + b);
-                attn.b_o += folded;
-                for b in &mut attn.b_v_kv {
-                    b.fill(0.0);
-                }
-            }
+            fold_value_biases(&mut p.layers);
         }
         Ok(p)
     }
@@ -686,39 +774,13 @@ impl Params {
     /// shortformer positions, which join the queries and keys after the norm (TransformerLens
     /// centres them anyway, which changes the attention scores).
     fn center_writing_weights(&mut self) -> Result<(), EvalError> {
-        let centres = |n: &Option<NormWeights>| n.as_ref().is_some_and(|n| n.kind.centres());
-        let every_reader = centres(&self.ln_final)
-            && self
-                .layers
-                .iter()
-                .all(|l| centres(&l.ln1) && (l.mlp.is_none() || l.mlp_norm().is_some_and(|n| n.kind.centres())));
-        if !every_reader {
-            return Err(EvalError::Processing(
-                "center_writing_weights: it needs a LayerNorm (layernorm or layernorm(pre)) before every attention, every MLP and the unembedding; only then does the mean of what is written cancel".to_string(),
-            ));
-        }
-        if self.shortformer {
-            return Err(EvalError::Processing(
-                "center_writing_weights: it would centre a shortformer's W_pos, which joins the queries and keys after the LayerNorm, and so change the attention scores (TransformerLens does it; ACDC loads redwood_attn_2l with center_writing_weights=False)".to_string(),
-            ));
-        }
-        let centre_rows = |m: &mut Matrix| {
-            for mut row in m.row_iter_mut() {
-                let mean = row.mean();
-                row.add_scalar_mut(-mean);
-            }
-        };
-        let centre_row = |r: &mut Row| {
-            let mean = r.mean();
-            r.add_scalar_mut(-mean);
-        };
+        refuse_center_writing(every_reader_centres(&self.layers, self.ln_final.as_ref()), self.shortformer)?;
         centre_rows(&mut self.w_e);
         if let Some(w_pos) = &mut self.w_pos {
             centre_rows(w_pos);
         }
         for layer in &mut self.layers {
-            layer.attn.w_o.iter_mut().for_each(centre_rows);
-            centre_row(&mut layer.attn.b_o);
+            centre_attention_writers(&mut layer.attn);
             if let Some(mlp) = &mut layer.mlp {
                 centre_rows(&mut mlp.w_out);
                 centre_row(&mut mlp.b_out);
@@ -820,9 +882,30 @@ pub struct StatsParams<'w> {
     d_vocab: usize,
     d_vocab_out: usize,
     d_model: usize,
-    /// A final LayerNorm folded into `W_U`'s columns as they are read ([`StatsParams::fold_layer_norm`]).
-    unembed_fold: Option<NormWeights>,
+    /// Whether every norm of the model (the MLPs' included, which `layers` leaves out) centres
+    /// what it reads, and whether its positions are shortformer's: what `center_writing_weights`
+    /// needs ([`refuse_center_writing`]).
+    every_reader_centres: bool,
+    shortformer: bool,
+    /// How many times `W_E`'s rows are centred as they are read (`center_writing_weights`).
+    embed_centrings: usize,
+    /// What is done to `W_U`'s columns as they are read, in order: a final norm folded
+    /// ([`StatsParams::fold_layer_norm`]), their mean over the outputs subtracted
+    /// (`center_unembed`).
+    unembed_steps: Vec<UnembedStep>,
 }
+
+/// One step [`StatsParams::unembed_columns`] applies to every block of `W_U`'s columns.
+#[derive(Debug, Clone)]
+enum UnembedStep {
+    /// `ln_final` folded in ([`fold_into_reader`]).
+    Fold(NormWeights),
+    /// Row `i` less `means[i]`, `W_U`'s mean over all its columns as processed so far.
+    Centre(Vec<f64>),
+}
+
+/// How many of `W_U`'s columns `center_unembed`'s pass over them reads at a time.
+const UNEMBED_MEAN_BLOCK: usize = 1024;
 
 impl<'w> StatsParams<'w> {
     /// Checks every tensor the model declares as [`Params::from_weights`] does (names, shapes,
@@ -831,6 +914,7 @@ impl<'w> StatsParams<'w> {
     pub fn from_weights(model: &Model, weights: &'w Weights, names: &NameMap) -> Result<StatsParams<'w>, EvalError> {
         let params =
             Params::read(model, &Reader { weights, names, read_matrices: false, shortformer: model.shortformer() })?;
+        let every_reader_centres = every_reader_centres(&params.layers, params.ln_final.as_ref());
         let layers = params.layers.into_iter().map(|layer| LayerParams { mlp: None, ln2: None, ..layer }).collect();
         Ok(StatsParams {
             layers,
@@ -841,7 +925,10 @@ impl<'w> StatsParams<'w> {
             d_vocab: known("d_vocab", &model.d_vocab)?,
             d_vocab_out: known("d_vocab_out", model.d_vocab_out())?,
             d_model: known("d_model", &model.d_model)?,
-            unembed_fold: None,
+            every_reader_centres,
+            shortformer: params.shortformer,
+            embed_centrings: 0,
+            unembed_steps: Vec::new(),
         })
     }
 
@@ -853,9 +940,38 @@ impl<'w> StatsParams<'w> {
         }
         if let Some(ln) = self.ln_final.take() {
             self.ln_final = Some(ln.folded());
-            self.unembed_fold = Some(ln);
+            self.unembed_steps.push(UnembedStep::Fold(ln));
         }
         self
+    }
+
+    /// [`Params::process`] for what the statistics read, step for step the same numbers, refused
+    /// where it refuses, with its messages: `fold_ln` as [`StatsParams::fold_layer_norm`];
+    /// `center_writing_weights` centres every head's `W_O` (and `b_O`) now and `W_E`'s rows as
+    /// they are read; `center_unembed` reads `W_U`'s columns once now, a block at a time, for
+    /// their mean over the outputs (`d_model` numbers), then subtracts it from every block read
+    /// later; `fold_value_biases` moves `b_V W_O` into `b_O` (which no statistic reads). Memory
+    /// stays that of the attention weights; only `center_unembed` reads the file.
+    pub fn process(self, processing: Processing) -> Result<StatsParams<'w>, EvalError> {
+        let mut p = if processing.fold_ln { self.fold_layer_norm() } else { self };
+        if processing.center_writing_weights {
+            refuse_center_writing(p.every_reader_centres, p.shortformer)?;
+            p.embed_centrings += 1;
+            for layer in &mut p.layers {
+                centre_attention_writers(&mut layer.attn);
+            }
+        }
+        if processing.center_unembed {
+            let mut means = RowMeans::new(p.d_model);
+            for start in (0..p.d_vocab_out).step_by(UNEMBED_MEAN_BLOCK) {
+                means.add(&p.unembed_columns(start, UNEMBED_MEAN_BLOCK.min(p.d_vocab_out - start))?);
+            }
+            p.unembed_steps.push(UnembedStep::Centre(means.means()));
+        }
+        if processing.fold_value_biases {
+            fold_value_biases(&mut p.layers);
+        }
+        Ok(p)
     }
 
     pub fn d_vocab(&self) -> usize {
@@ -873,21 +989,32 @@ impl<'w> StatsParams<'w> {
 }
 
 impl StatsParams<'_> {
-    /// `W_E[start..start + n]`, read from the file (the statistics' vocabulary stream).
+    /// `W_E[start..start + n]`, read from the file (the statistics' vocabulary stream), each row
+    /// centred after `center_writing_weights` ([`StatsParams::process`]).
     pub fn embed_rows(&self, start: usize, n: usize) -> Result<Matrix, WeightError> {
         let data = self.weights.rows(&self.w_e, [self.d_vocab, self.d_model], start, n)?;
-        Ok(Matrix::from_row_slice(n, self.d_model, &data))
+        let mut rows = Matrix::from_row_slice(n, self.d_model, &data);
+        for _ in 0..self.embed_centrings {
+            centre_rows(&mut rows);
+        }
+        Ok(rows)
     }
 
     /// Columns `start..start + n` of `W_U`, read from the file, with `ln_final` folded in after
-    /// [`StatsParams::fold_layer_norm`].
+    /// [`StatsParams::fold_layer_norm`] and the mean over the outputs subtracted after
+    /// `center_unembed` ([`StatsParams::process`]).
     pub fn unembed_columns(&self, start: usize, n: usize) -> Result<Matrix, WeightError> {
         let data = self.weights.columns(&self.w_u, [self.d_model, self.d_vocab_out], start, n)?;
         let mut columns = Matrix::from_row_slice(self.d_model, n, &data);
-        if let Some(ln) = &self.unembed_fold {
-            // The bias `b_U` gains is not a statistic's concern.
-            let mut bias = Row::zeros(n);
-            fold_into_reader(ln, &mut columns, &mut bias);
+        for step in &self.unembed_steps {
+            match step {
+                UnembedStep::Fold(ln) => {
+                    // The bias `b_U` gains is not a statistic's concern.
+                    let mut bias = Row::zeros(n);
+                    fold_into_reader(ln, &mut columns, &mut bias);
+                }
+                UnembedStep::Centre(means) => subtract_row_means(&mut columns, means),
+            }
         }
         Ok(columns)
     }

@@ -123,6 +123,10 @@ pub enum WeightError {
     /// The tensor holds NaN or an infinity; `index` is the first such element, row-major.
     #[error("tensor `{name}` holds {value} at {index:?}")]
     NonFinite { name: String, index: Vec<usize>, value: f64 },
+    /// A block asked of [`Weights::rows`] or [`Weights::columns`] that does not lie inside the
+    /// tensor: `what` is `"rows"` or `"columns"`, the block `start .. start + n`.
+    #[error("tensor `{name}` has shape {shape:?}: {what} {start}..{} are out of range (it has {} {what})", *.start as u128 + *.n as u128, if *.what == "rows" { .shape[0] } else { .shape[1] })]
+    OutOfRange { name: String, what: &'static str, start: usize, n: usize, shape: [usize; 2] },
 }
 
 /// A summary (name, dtype, shape), not the data: a model's weights are too many to print.
@@ -147,6 +151,16 @@ impl fmt::Debug for Weights {
             }
         }
         f.debug_struct("Weights").field("origin", &self.origin).field("tensors", &Summaries(&self.entries)).finish()
+    }
+}
+
+/// `Ok` if `start .. start + n` lies inside dimension `what` (`"rows"`: 0, `"columns"`: 1) of
+/// `shape`, without overflow.
+fn in_range(name: &str, what: &'static str, shape: [usize; 2], start: usize, n: usize) -> Result<(), WeightError> {
+    let length = if what == "rows" { shape[0] } else { shape[1] };
+    match start.checked_add(n) {
+        Some(end) if end <= length => Ok(()),
+        _ => Err(WeightError::OutOfRange { name: name.to_string(), what, start, n, shape }),
     }
 }
 
@@ -285,10 +299,13 @@ impl Weights {
     }
 
     /// Rows `start .. start + n` of the float matrix `name` (shape `expected`, `[rows, cols]`),
-    /// row-major, read from the file for a tensor left there. NaN/Inf rejected, with their index.
+    /// row-major, read from the file for a tensor left there. NaN/Inf rejected, with their index;
+    /// a block not inside the matrix is [`WeightError::OutOfRange`].
     pub fn rows(&self, name: &str, expected: [usize; 2], start: usize, n: usize) -> Result<Vec<f64>, WeightError> {
         let [_, cols] = expected;
-        let data = match self.entry(name, &expected)? {
+        let entry = self.entry(name, &expected)?;
+        in_range(name, "rows", expected, start, n)?;
+        let data = match entry {
             Entry::Float { tensor, .. } => tensor.data[start * cols..(start + n) * cols].to_vec(),
             Entry::Stored { dtype, offset, .. } => {
                 let skip = (start * cols * dtype.size()) as u64;
@@ -305,7 +322,9 @@ impl Weights {
     /// as a row-major `[rows, n]` block; as [`Weights::rows`].
     pub fn columns(&self, name: &str, expected: [usize; 2], start: usize, n: usize) -> Result<Vec<f64>, WeightError> {
         let [rows, cols] = expected;
-        let data = match self.entry(name, &expected)? {
+        let entry = self.entry(name, &expected)?;
+        in_range(name, "columns", expected, start, n)?;
+        let data = match entry {
             Entry::Float { tensor, .. } => {
                 (0..rows).flat_map(|r| tensor.data[r * cols + start..r * cols + start + n].iter().copied()).collect()
             }
