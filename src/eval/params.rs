@@ -790,11 +790,12 @@ impl Params {
     }
 
     /// TransformerLens's `fold_layer_norm(state_dict, fold_biases=True, center_weights=True)`.
-    /// Every LayerNorm `(w, b)` is folded into each matrix that reads its output (`W_Q`, `W_K`,
-    /// `W_V` of every head after `ln1`, `W_in` after `ln2`, `W_U` after `ln_final`): the reader's
-    /// bias gains `b · W`, then `W ← diag(w) · W`, then `W` is centred over its d_model rows. The
-    /// LayerNorm stays, as `w = 1, b = 0` ([`NormWeights::identity`]): it still centres and
-    /// divides by σ, like TransformerLens's `LNPre`.
+    /// Every norm `(w, b)` is folded into each matrix that reads its output (`W_Q`, `W_K`, `W_V`
+    /// of every head after `ln1`, `W_in` and `W_gate` after `ln2` (or a shared `ln1`), `W_U` after
+    /// `ln_final`): the reader's bias gains `b · W`, then `W ← diag(w) · W`, then, after a
+    /// LayerNorm, `W` is centred over its d_model rows. The norm stays, folded
+    /// ([`NormWeights::folded`]): it still divides by its scale (and a LayerNorm still centres),
+    /// like TransformerLens's `LNPre` and `RMSPre`.
     ///
     /// Exact, not an approximation: with `C` the centring projection (symmetric, `C² = C`),
     /// `LN(x) · W + c = (x C / σ) · diag(w) W + (b W + c)`, and σ depends only on the residual
