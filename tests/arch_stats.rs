@@ -22,6 +22,9 @@ use pathc::progress::Silent;
 use pathc::stats::{self, Stats, StatsError, StatsOptions};
 use pathc::weights::Weights;
 
+mod common;
+use common::{compiled, dir, error, flat2, flat4, params, pathc, reference, stderr, stdout};
+
 type Matrix = DMatrix<f64>;
 
 const TOL: f64 = 1e-9;
@@ -29,38 +32,6 @@ const TOL: f64 = 1e-9;
 const FIXTURES: [&str; 8] =
     ["vocab_out", "bidir_mask", "rotary_neox", "rotary_gptj", "rotary_gqa", "hf_neox", "scale", "shortformer"];
 const ROTARY: [&str; 4] = ["rotary_neox", "rotary_gptj", "rotary_gqa", "hf_neox"];
-
-fn dir(name: &str) -> String {
-    format!("tests/fixtures/{name}")
-}
-
-fn compiled(name: &str) -> pathc::Compiled {
-    pathc::compile(&std::fs::read_to_string(format!("{}/model.tf", dir(name))).unwrap()).unwrap()
-}
-
-fn params(name: &str) -> Params {
-    pathc::load_params(&compiled(name), format!("{}/model.safetensors", dir(name)).as_ref(), &NameMap::default())
-        .unwrap()
-}
-
-fn reference(name: &str) -> Weights {
-    Weights::load(format!("{}/reference.safetensors", dir(name)).as_ref()).unwrap()
-}
-
-fn flat2(x: &[Vec<f64>]) -> Vec<f64> {
-    x.iter().flatten().copied().collect()
-}
-
-fn flat4(x: &[Vec<Vec<Vec<f64>>>]) -> Vec<f64> {
-    x.iter().flatten().flatten().flatten().copied().collect()
-}
-
-/// The largest difference, relative to the larger of 1 and the reference's magnitude (the norms
-/// grow with the weights; scores lie in [-1, 1], so for them this is absolute).
-fn error(ours: &[f64], expected: &[f64]) -> f64 {
-    assert_eq!(ours.len(), expected.len());
-    ours.iter().zip(expected).fold(0.0f64, |m, (x, y)| m.max((x - y).abs() / y.abs().max(1.0)))
-}
 
 fn with(offset: Option<i64>) -> StatsOptions {
     StatsOptions { processing: Processing::NONE, rotary_offset: offset }
@@ -585,18 +556,6 @@ fn random_shapes_with_another_output_vocabulary_and_rotary_layers_equal_the_expl
 
 // ---------------------------------------------------------------------------------------------
 // The command line.
-
-fn pathc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pathc")).args(args).output().expect("pathc runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8(o.stdout.clone()).expect("UTF-8")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8(o.stderr.clone()).expect("UTF-8")
-}
 
 fn fixture_args(name: &str) -> [String; 3] {
     [format!("{}/model.tf", dir(name)), "--weights".to_string(), format!("{}/model.safetensors", dir(name))]

@@ -30,6 +30,9 @@ use pathc::progress::Silent;
 use pathc::stats::{self, Stats, StatsError, StatsOptions};
 use pathc::weights::Weights;
 
+mod common;
+use common::{compiled, dir, error, flat2, flat4, params, pathc, reference, stderr, stdout};
+
 type Matrix = DMatrix<f64>;
 
 const TOL: f64 = 1e-9;
@@ -61,23 +64,6 @@ const NOT_CENTRING: [&str; 3] = ["rms", "rmspre_attn", "hf_llama"];
 const OTHERS: [&str; 8] =
     ["rotary_neox", "rotary_gptj", "rotary_gqa", "hf_neox", "scale", "shortformer", "causal_mask", "act_gelu_fast"];
 
-fn dir(name: &str) -> String {
-    format!("tests/fixtures/{name}")
-}
-
-fn compiled(name: &str) -> pathc::Compiled {
-    pathc::compile(&std::fs::read_to_string(format!("{}/model.tf", dir(name))).unwrap()).unwrap()
-}
-
-fn params(name: &str) -> Params {
-    pathc::load_params(&compiled(name), format!("{}/model.safetensors", dir(name)).as_ref(), &NameMap::default())
-        .unwrap()
-}
-
-fn reference(name: &str) -> Weights {
-    Weights::load(format!("{}/reference.safetensors", dir(name)).as_ref()).unwrap()
-}
-
 /// Every combination of the four steps, the empty one first.
 fn every_processing() -> Vec<Processing> {
     (0..16u8)
@@ -88,14 +74,6 @@ fn every_processing() -> Vec<Processing> {
             fold_value_biases: bits & 8 != 0,
         })
         .collect()
-}
-
-fn flat2(x: &[Vec<f64>]) -> Vec<f64> {
-    x.iter().flatten().copied().collect()
-}
-
-fn flat4(x: &[Vec<Vec<Vec<f64>>>]) -> Vec<f64> {
-    x.iter().flatten().flatten().flatten().copied().collect()
 }
 
 /// Every statistic TransformerLens's references hold, by name, flattened.
@@ -109,13 +87,6 @@ fn statistics(s: &Stats) -> Vec<(&'static str, Vec<f64>)> {
         ("comp_k", flat4(&s.comp_k)),
         ("comp_v", flat4(&s.comp_v)),
     ]
-}
-
-/// The largest difference, relative to the larger of 1 and the expected value's magnitude (the
-/// norms grow with the weights; scores lie in [-1, 1], so for them this is absolute).
-fn error(ours: &[f64], expected: &[f64]) -> f64 {
-    assert_eq!(ours.len(), expected.len());
-    ours.iter().zip(expected).fold(0.0f64, |m, (x, y)| m.max((x - y).abs() / y.abs().max(1.0)))
 }
 
 /// The largest [`error`] over every statistic, and which.
@@ -470,18 +441,6 @@ fn processing_with_another_output_vocabulary_and_a_rotary_offset() {
 
 // ---------------------------------------------------------------------------------------------
 // The command line.
-
-fn pathc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pathc")).args(args).output().expect("pathc runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8(o.stdout.clone()).expect("UTF-8")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8(o.stderr.clone()).expect("UTF-8")
-}
 
 fn run(command: &str, name: &str, extra: &[&str]) -> Output {
     let (model, weights) = (format!("{}/model.tf", dir(name)), format!("{}/model.safetensors", dir(name)));
