@@ -159,6 +159,17 @@ pub struct Compiled {
 }
 
 impl Compiled {
+    /// The compiled model for weights processed by `processing` ([`eval::Params::process`]):
+    /// with `fold_value_biases`, every layer whose heads have value biases gets a `b_O` term,
+    /// where they go ([`graph::TermGraph::fold_value_biases`]); the other steps change no term.
+    /// Expand this, not the model as written, when evaluating processed weights.
+    pub fn processed(mut self, processing: eval::Processing) -> Compiled {
+        if processing.fold_value_biases {
+            self.graph.fold_value_biases();
+        }
+        self
+    }
+
     /// Every count at once (logit paths, MLP inputs, with `qk` score terms), from the
     /// architecture alone in one pass: quadratic in the number of layers, never enumerating.
     pub fn counts(&self, max_order: Option<u32>, qk: bool) -> TermCounts {

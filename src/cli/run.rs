@@ -74,15 +74,12 @@ impl ProcessingArgs {
 pub fn evaluate(model: &Path, run: &RunArgs, qk: bool) -> Result<Evaluation, Failure> {
     let source = read_model(model)?;
     let fail = |e: pathc::Error| render(model, &source, &e);
-    let mut compiled = pathc::compile(&source).map_err(fail)?;
+    let compiled = pathc::compile(&source).map_err(fail)?;
     let names = pathc::eval::NameMap::parse(&run.names).map_err(|e| fail(e.into()))?;
     let params = pathc::load_params(&compiled, &run.weights, &names).map_err(fail)?;
     let processing = run.processing.processing();
     let params = params.process(processing).map_err(|e| fail(e.into()))?;
-    if processing.fold_value_biases {
-        // The value biases land in `b_O`: the expansion needs a `b_O` term wherever they exist.
-        compiled.graph.fold_value_biases();
-    }
+    let compiled = compiled.processed(processing);
     let forward =
         pathc::eval::forward_masked(&params, &run.tokens, run.attention_mask.as_deref()).map_err(|e| fail(e.into()))?;
     let options = ExpandOptions { max_order: run.max_order, limit: run.limit, qk, ..ExpandOptions::default() };
