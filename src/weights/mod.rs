@@ -62,9 +62,9 @@ pub struct Weights {
     origin: String,
     /// Sorted by name, so that `names` and error messages are deterministic.
     entries: BTreeMap<String, Entry>,
-    /// The open file of a safetensors file loaded with [`Weights::load`], whose tensors stay in
-    /// it until asked for ([`Entry::Stored`]).
-    file: Option<Arc<Mutex<File>>>,
+    /// The open files whose tensors stay in them until asked for ([`Entry::Stored`], which names
+    /// its file by index): a safetensors file loaded with [`Weights::load`].
+    files: Vec<Arc<Mutex<File>>>,
     /// The open archive of an .npz, whose members stay in it until asked for ([`Entry::Member`]).
     archive: Option<Arc<Mutex<npz::Archive>>>,
 }
@@ -80,16 +80,27 @@ enum Entry {
         /// found once at load so that `get` stays cheap.
         non_finite: Option<(usize, f64)>,
     },
-    /// A float tensor left in the open file: converted on the first [`Weights::get`] (then
+    /// A float tensor left in an open file: converted on the first [`Weights::get`] (then
     /// kept), or read a few rows or columns at a time ([`Weights::rows`], [`Weights::columns`])
     /// without ever being held whole.
-    Stored { dtype: Float, shape: Vec<usize>, offset: u64, loaded: OnceLock<Result<Loaded, String>> },
+    Stored { dtype: Float, shape: Vec<usize>, at: At, loaded: OnceLock<Result<Loaded, String>> },
     /// A float member of an .npz archive, left compressed in it: decompressed and converted on
     /// the first [`Weights::get`] (then kept), never beyond the bytes its header's shape implies.
     Member { dtype: Float, shape: Vec<usize>, index: usize, loaded: OnceLock<Result<Loaded, String>> },
     /// A dtype we do not convert (BOOL, integers, complex, ...): kept so it is listed and so
     /// that asking for it as floats names its dtype instead of calling it missing.
     Other { dtype: String, shape: Vec<usize> },
+}
+
+/// Where a stored tensor's elements are: in file `file` of [`Weights::files`], element `i`
+/// (a multi-index) at byte `offset + Σ i_k·strides[k]·size`; `strides` in elements, `None` for
+/// row-major (contiguous). The format module that listed it has checked that every element lies
+/// inside the bytes it owns.
+#[derive(Debug, Clone)]
+struct At {
+    file: usize,
+    offset: u64,
+    strides: Option<Vec<usize>>,
 }
 
 /// A converted tensor and its first non-finite element.
@@ -201,7 +212,7 @@ impl Weights {
         match detect(&prefix, &origin) {
             Ok(Kind::Safetensors) if len >= 9 => {
                 safetensors::list_file(&mut file, prefix, len, &origin, &mut listing)?;
-                Ok(Weights { origin, entries: listing.entries, file: Some(Arc::new(Mutex::new(file))), archive: None })
+                Ok(Weights { origin, entries: listing.entries, files: vec![Arc::new(Mutex::new(file))], archive: None })
             }
             Ok(Kind::Npz) => {
                 file.seek(SeekFrom::Start(0)).map_err(io)?;
@@ -210,7 +221,7 @@ impl Weights {
                 Ok(Weights {
                     origin,
                     entries: listing.entries,
-                    file: None,
+                    files: Vec::new(),
                     archive: Some(Arc::new(Mutex::new(archive))),
                 })
             }
@@ -235,7 +246,7 @@ impl Weights {
                 Some(Arc::new(Mutex::new(archive)))
             }
         };
-        Ok(Weights { origin: origin.to_string(), entries: listing.entries, file: None, archive })
+        Ok(Weights { origin: origin.to_string(), entries: listing.entries, files: Vec::new(), archive })
     }
 
     /// Every tensor's name, floats and others, sorted.
@@ -307,10 +318,11 @@ impl Weights {
         in_range(name, "rows", expected, start, n)?;
         let data = match entry {
             Entry::Float { tensor, .. } => tensor.data[start * cols..(start + n) * cols].to_vec(),
-            Entry::Stored { dtype, offset, .. } => {
+            Entry::Stored { dtype, at: at @ At { strides: None, .. }, .. } => {
                 let skip = (start * cols * dtype.size()) as u64;
-                self.read_elements(*dtype, offset + skip, n * cols)?
+                self.read_elements(at.file, *dtype, at.offset + skip, n * cols)?
             }
+            Entry::Stored { dtype, at, .. } => self.gather(*dtype, at, &[start, 0], &[n, cols])?,
             Entry::Member { .. } => self.get(name, &expected)?.data[start * cols..(start + n) * cols].to_vec(),
             Entry::Other { .. } => unreachable!("`entry` refuses non-float tensors"),
         };
@@ -328,14 +340,15 @@ impl Weights {
             Entry::Float { tensor, .. } => {
                 (0..rows).flat_map(|r| tensor.data[r * cols + start..r * cols + start + n].iter().copied()).collect()
             }
-            Entry::Stored { dtype, offset, .. } => {
+            Entry::Stored { dtype, at: at @ At { strides: None, .. }, .. } => {
                 let mut data = Vec::with_capacity(rows * n);
                 for r in 0..rows {
                     let skip = ((r * cols + start) * dtype.size()) as u64;
-                    data.extend(self.read_elements(*dtype, offset + skip, n)?);
+                    data.extend(self.read_elements(at.file, *dtype, at.offset + skip, n)?);
                 }
                 data
             }
+            Entry::Stored { dtype, at, .. } => self.gather(*dtype, at, &[0, start], &[rows, n])?,
             Entry::Member { .. } => {
                 let tensor = self.get(name, &expected)?;
                 (0..rows).flat_map(|r| tensor.data[r * cols + start..r * cols + start + n].iter().copied()).collect()
@@ -375,7 +388,10 @@ impl Weights {
     /// kept.
     fn read_left(&self, name: &str, shape: &[usize]) -> Result<Vec<f64>, WeightError> {
         match self.entries.get(name) {
-            Some(Entry::Stored { dtype, offset, .. }) => self.read_elements(*dtype, *offset, shape.iter().product()),
+            Some(Entry::Stored { dtype, at: at @ At { strides: None, .. }, .. }) => {
+                self.read_elements(at.file, *dtype, at.offset, shape.iter().product())
+            }
+            Some(Entry::Stored { dtype, at, .. }) => self.gather(*dtype, at, &vec![0; shape.len()], shape),
             Some(Entry::Member { dtype, index, .. }) => {
                 let archive = self.archive.as_ref().expect("members come with their archive");
                 let mut archive = archive.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -385,15 +401,50 @@ impl Weights {
         }
     }
 
-    /// `count` elements of `dtype` at byte `offset` of the file, converted.
-    fn read_elements(&self, dtype: Float, offset: u64, count: usize) -> Result<Vec<f64>, WeightError> {
+    /// `count` elements of `dtype` at byte `offset` of file `file`, converted.
+    fn read_elements(&self, file: usize, dtype: Float, offset: u64, count: usize) -> Result<Vec<f64>, WeightError> {
+        Ok(convert::to_f64(dtype, &self.read_bytes(file, offset, count * dtype.size())?))
+    }
+
+    /// `len` bytes at byte `offset` of file `file`.
+    fn read_bytes(&self, file: usize, offset: u64, len: usize) -> Result<Vec<u8>, WeightError> {
         let io = io_error(&self.origin);
-        let file = self.file.as_ref().expect("stored tensors come with their file");
-        let mut bytes = vec![0u8; count * dtype.size()];
-        {
-            let mut file = file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            file.seek(SeekFrom::Start(offset)).map_err(io)?;
-            file.read_exact(&mut bytes).map_err(io)?;
+        let file = self.files.get(file).expect("stored tensors come with their file");
+        let mut bytes = vec![0u8; len];
+        let mut file = file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        file.seek(SeekFrom::Start(offset)).map_err(io)?;
+        file.read_exact(&mut bytes).map_err(io)?;
+        Ok(bytes)
+    }
+
+    /// The block `starts[k] .. starts[k] + lens[k]` (in every dimension `k`) of a strided stored
+    /// tensor, row-major, converted: the bytes the block spans are read at once (a view's block
+    /// spans little more than itself: a transposed matrix's column block is its rows), then its
+    /// elements gathered. The caller has checked the block against the shape.
+    fn gather(&self, dtype: Float, at: &At, starts: &[usize], lens: &[usize]) -> Result<Vec<f64>, WeightError> {
+        let strides = at.strides.as_deref().expect("only strided tensors are gathered");
+        let count: usize = lens.iter().product();
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        // In range of the listed (checked) span, so no overflow.
+        let first: usize = starts.iter().zip(strides).map(|(s, t)| s * t).sum();
+        let last: usize = first + lens.iter().zip(strides).map(|(n, t)| (n - 1) * t).sum::<usize>();
+        let size = dtype.size();
+        let span = self.read_bytes(at.file, at.offset + (first * size) as u64, (last - first + 1) * size)?;
+        let mut bytes = Vec::with_capacity(count * size);
+        let mut index = vec![0usize; lens.len()];
+        'odometer: loop {
+            let e: usize = index.iter().zip(strides).map(|(i, t)| i * t).sum();
+            bytes.extend_from_slice(&span[e * size..(e + 1) * size]);
+            for k in (0..index.len()).rev() {
+                index[k] += 1;
+                if index[k] < lens[k] {
+                    continue 'odometer;
+                }
+                index[k] = 0;
+            }
+            break;
         }
         Ok(convert::to_f64(dtype, &bytes))
     }
@@ -427,6 +478,10 @@ enum Bytes<'a> {
     Memory(Cow<'a, [u8]>),
     /// In the open file passed to the format module, from this byte offset on; read when asked for.
     File(u64),
+    /// In the open file, element `i` (a multi-index) at byte `offset + Σ i_k·strides[k]·size`
+    /// (strides in elements): a view of a storage, as a `torch.save` checkpoint holds them. The
+    /// format module has checked that every element lies inside the storage's bytes.
+    Strided { offset: u64, strides: Vec<usize> },
     /// In member `i` of the open .npz archive; decompressed when asked for.
     Member(usize),
 }
@@ -436,6 +491,9 @@ enum Bytes<'a> {
 #[derive(Default)]
 struct Listing {
     entries: BTreeMap<String, Entry>,
+    /// The index in [`Weights::files`] of the file the format module is listing: what its
+    /// `Bytes::File` and `Bytes::Strided` offsets are in.
+    file: usize,
 }
 
 impl Listing {
@@ -450,7 +508,12 @@ impl Listing {
                 Entry::Float { dtype, tensor: Tensor { shape, data }, non_finite }
             }
             (DType::Float(dtype), Bytes::File(offset)) => {
-                Entry::Stored { dtype, shape, offset, loaded: OnceLock::new() }
+                Entry::Stored { dtype, shape, at: At { file: self.file, offset, strides: None }, loaded: OnceLock::new() }
+            }
+            (DType::Float(dtype), Bytes::Strided { offset, strides }) => {
+                // A view that is row-major after all is read as one.
+                let strides = (!is_row_major(&shape, &strides)).then_some(strides);
+                Entry::Stored { dtype, shape, at: At { file: self.file, offset, strides }, loaded: OnceLock::new() }
             }
             (DType::Float(dtype), Bytes::Member(index)) => {
                 Entry::Member { dtype, shape, index, loaded: OnceLock::new() }
@@ -459,6 +522,30 @@ impl Listing {
         };
         self.entries.insert(name, entry).is_none()
     }
+}
+
+/// Whether a view of `shape` with `strides` (in elements) is the row-major layout: every
+/// dimension longer than 1 has the stride of the product of the lengths after it (a dimension of
+/// length 1 may have any stride, as PyTorch gives them).
+fn is_row_major(shape: &[usize], strides: &[usize]) -> bool {
+    let mut expected = 1usize;
+    for (&n, &t) in shape.iter().zip(strides).rev() {
+        if n > 1 && t != expected {
+            return false;
+        }
+        expected = expected.saturating_mul(n);
+    }
+    true
+}
+
+/// How many elements a view of `shape` with `strides` spans from its first element to its
+/// last, inclusive (0 for an empty view); `None` on overflow. A format module checks that
+/// `offset + span` elements lie inside the storage before listing a `Bytes::Strided`.
+fn view_span(shape: &[usize], strides: &[usize]) -> Option<usize> {
+    if shape.contains(&0) {
+        return Some(0);
+    }
+    shape.iter().zip(strides).try_fold(1usize, |span, (&n, &t)| span.checked_add((n - 1).checked_mul(t)?))
 }
 
 // ---------------------------------------------------------------------------------------------
