@@ -266,11 +266,11 @@ fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     })
 }
 
-/// Reads at most `limit` bytes of `path`, or `None` when it does not exist.
-fn read_capped(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, TextError> {
+/// Reads at most `limit` bytes of `path`, or `None` when it does not exist and is `optional`.
+fn read_capped(path: &Path, limit: u64, optional: bool) -> Result<Option<Vec<u8>>, TextError> {
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(TextError::Read { path: path.to_path_buf(), source }),
     };
     let mut bytes = Vec::new();
@@ -285,7 +285,7 @@ fn read_capped(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, TextError> {
 
 /// A JSON object file beside the tokenizer, if there is one.
 fn read_json(path: &Path) -> Result<Option<serde_json::Map<String, serde_json::Value>>, TextError> {
-    let Some(bytes) = read_capped(path, MAX_CONFIG_BYTES)? else { return Ok(None) };
+    let Some(bytes) = read_capped(path, MAX_CONFIG_BYTES, true)? else { return Ok(None) };
     let config = |message: String| TextError::Config { path: path.to_path_buf(), message };
     match serde_json::from_slice::<serde_json::Value>(&bytes) {
         Ok(serde_json::Value::Object(map)) => Ok(Some(map)),
@@ -318,10 +318,7 @@ impl Tokenizer {
     /// Loads a `tokenizer.json`, and the `tokenizer_config.json` and `config.json` beside it if
     /// there are any (which BOS, which architecture: see the module documentation).
     pub fn load(path: &Path) -> Result<Tokenizer, TextError> {
-        let bytes = read_capped(path, MAX_TOKENIZER_BYTES)?.ok_or_else(|| TextError::Read {
-            path: path.to_path_buf(),
-            source: std::io::Error::from(std::io::ErrorKind::NotFound),
-        })?;
+        let bytes = read_capped(path, MAX_TOKENIZER_BYTES, false)?.unwrap_or_default();
         let dir = path.parent().unwrap_or(Path::new("."));
         let tokenizer_config = dir.join("tokenizer_config.json");
         let model_config = dir.join("config.json");
