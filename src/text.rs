@@ -48,7 +48,8 @@ use thiserror::Error;
 
 /// The architectures (`config.json`'s `architectures`) for which TransformerLens's
 /// `default_prepend_bos` is false (its `loading_from_pretrained.py`); true for every other.
-pub const NO_BOS_ARCHITECTURES: &[&str] = &["BloomForCausalLM", "QWenLMHeadModel", "Qwen2ForCausalLM", "Qwen3ForCausalLM"];
+pub const NO_BOS_ARCHITECTURES: &[&str] =
+    &["BloomForCausalLM", "QWenLMHeadModel", "Qwen2ForCausalLM", "Qwen3ForCausalLM"];
 
 /// The largest `tokenizer.json` read (Llama 3's is 9 MB, Gemma 3's 33 MB); only this much is read.
 pub const MAX_TOKENIZER_BYTES: u64 = 256 << 20;
@@ -296,7 +297,11 @@ fn read_json(path: &Path) -> Result<Option<serde_json::Map<String, serde_json::V
 
 /// A token named in `tokenizer_config.json`: a string, or an added-token object with `content`;
 /// `null` is none.
-fn named_token(config: &Path, map: &serde_json::Map<String, serde_json::Value>, key: &str) -> Result<Option<String>, TextError> {
+fn named_token(
+    config: &Path,
+    map: &serde_json::Map<String, serde_json::Value>,
+    key: &str,
+) -> Result<Option<String>, TextError> {
     match map.get(key) {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
@@ -342,9 +347,8 @@ impl Tokenizer {
         // The tokenizers crate panics on some malformed files (a truncated decoder, for one): the
         // JSON is checked first, and a panic left is an error too.
         serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(|e| parse(format!("not valid JSON: {e}")))?;
-        let inner = guarded(|| tokenizers::Tokenizer::from_bytes(bytes))
-            .map_err(parse)?
-            .map_err(|e| parse(e.to_string()))?;
+        let inner =
+            guarded(|| tokenizers::Tokenizer::from_bytes(bytes)).map_err(parse)?.map_err(|e| parse(e.to_string()))?;
         let size = inner.get_vocab_size(true);
         let empty = guarded(|| inner.encode("", true))
             .map_err(parse)?
@@ -448,9 +452,8 @@ impl Tokenizer {
 
     /// [`Tokenizer::find`], where a tokenizer is needed: [`TextError::NoTokenizer`] when there is none.
     pub fn require(explicit: Option<&Path>, weights: Option<&Path>) -> Result<Tokenizer, TextError> {
-        Tokenizer::find(explicit, weights)?.ok_or_else(|| TextError::NoTokenizer {
-            weights: weights.filter(|w| w.is_dir()).map(Path::to_path_buf),
-        })
+        Tokenizer::find(explicit, weights)?
+            .ok_or_else(|| TextError::NoTokenizer { weights: weights.filter(|w| w.is_dir()).map(Path::to_path_buf) })
     }
 
     /// The file it was loaded from.
@@ -585,7 +588,8 @@ mod tests {
     fn prepend_bos_says_why() {
         let given = PrependBos { value: false, why: PrependBosWhy::Given };
         assert_eq!(given.to_string(), "false (--prepend-bos)");
-        let qwen = PrependBos { value: false, why: PrependBosWhy::TransformerLensDefaultFor("Qwen2ForCausalLM".into()) };
+        let qwen =
+            PrependBos { value: false, why: PrependBosWhy::TransformerLensDefaultFor("Qwen2ForCausalLM".into()) };
         assert_eq!(qwen.to_string(), "false (TransformerLens's default for Qwen2ForCausalLM)");
     }
 }

@@ -649,7 +649,8 @@ fn text_runs_as_transformer_lens_s_tokens_of_it() {
         let tokens = [&TOKENIZER[..], &["--tokens", &ids]].concat();
         let bare: &[&str] = &["--tokens", &ids];
         let json = |bytes: Vec<u8>| serde_json::from_slice::<serde_json::Value>(&bytes).unwrap();
-        let (from_text, from_tokens, from_bare) = (json(run(&text, "json")), json(run(&tokens, "json")), json(run(bare, "json")));
+        let (from_text, from_tokens, from_bare) =
+            (json(run(&text, "json")), json(run(&tokens, "json")), json(run(bare, "json")));
         assert_eq!(from_text["str_tokens"], str_tokens, "{command:?}");
         assert_eq!(from_text["text"], IOI);
         assert_eq!(from_text["prepend_bos"], true);
@@ -667,15 +668,28 @@ fn text_runs_as_transformer_lens_s_tokens_of_it() {
         }
         assert_eq!(stripped, from_bare, "{command:?}: a tokenizer only adds strings");
 
-        let (text_out, tokens_out) = (String::from_utf8(run(&text, "text")).unwrap(), String::from_utf8(run(&tokens, "text")).unwrap());
+        let (text_out, tokens_out) =
+            (String::from_utf8(run(&text, "text")).unwrap(), String::from_utf8(run(&tokens, "text")).unwrap());
         let text_line = format!("text: \"{IOI}\", prepend_bos: true (TransformerLens's default)");
         assert!(text_out.lines().any(|l| l == text_line), "{command:?}: {text_out}");
-        let strings: Vec<String> = str_tokens.as_array().unwrap().iter().enumerate().map(|(p, s)| format!("{p}:{s}")).collect();
+        let strings: Vec<String> =
+            str_tokens.as_array().unwrap().iter().enumerate().map(|(p, s)| format!("{p}:{s}")).collect();
         let tokens_line = format!("tokens: {}", strings.join(" "));
         assert!(text_out.lines().any(|l| l == tokens_line), "{command:?}: {text_out}");
         let without: Vec<&str> = text_out.lines().filter(|l| *l != text_line).collect();
         assert_eq!(without, tokens_out.lines().collect::<Vec<_>>(), "{command:?}");
     }
+}
+
+/// The README's quick-start text example prints what it shows.
+#[test]
+fn readme_text_example_runs() {
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let args = [&["paths"][..], &TEXT_MODEL, &TOKENIZER, &["--text", IOI, "--target", " Mary", "--top", "3"]].concat();
+    let out = pathc(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let shown = format!("```text\n{}```", stdout(&out));
+    assert!(readme.contains(&shown), "README's example differs from:\n{shown}");
 }
 
 /// The text outputs with a tokenizer, for review.
@@ -693,7 +707,14 @@ fn text_outputs_show_token_strings() {
         let args = [&[*name][..], &TEXT_MODEL, &TOKENIZER, rest].concat();
         let out = pathc(&args);
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-        text += &format!("$ pathc {}\n{}\n", args.iter().map(|a| if a.contains([' ', '\n', '\t']) { format!("{a:?}") } else { a.to_string() }).collect::<Vec<_>>().join(" "), stdout(&out));
+        text += &format!(
+            "$ pathc {}\n{}\n",
+            args.iter()
+                .map(|a| if a.contains([' ', '\n', '\t']) { format!("{a:?}") } else { a.to_string() })
+                .collect::<Vec<_>>()
+                .join(" "),
+            stdout(&out)
+        );
     }
     insta::assert_snapshot!("text_outputs", text);
 }
@@ -704,7 +725,10 @@ fn text_outputs_show_token_strings() {
 fn text_targets_are_their_token_ids() {
     let singles = text_fixture("encodings.json")["single_tokens"].clone();
     let run = |target: &str| {
-        ok_json(&[&["paths"][..], &TEXT_MODEL, &TOKENIZER, &["--text", IOI, "--target", target, "--format", "json"]].concat())
+        ok_json(
+            &[&["paths"][..], &TEXT_MODEL, &TOKENIZER, &["--text", IOI, "--target", target, "--format", "json"]]
+                .concat(),
+        )
     };
     for (text, id) in singles.as_object().unwrap() {
         let by_id = run(&id.to_string());
@@ -727,7 +751,13 @@ fn text_targets_are_their_token_ids() {
     std::fs::create_dir_all(&dir).unwrap();
     let plot = |target: &str, file: &str| {
         let path = dir.join(file);
-        let args = [&["plot"][..], &TEXT_MODEL, &TOKENIZER, &["--what", "paths", "--text", IOI, "--target", target, "-o", path.to_str().unwrap()]].concat();
+        let args = [
+            &["plot"][..],
+            &TEXT_MODEL,
+            &TOKENIZER,
+            &["--what", "paths", "--text", IOI, "--target", target, "-o", path.to_str().unwrap()],
+        ]
+        .concat();
         let out = pathc(&args);
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
         std::fs::read_to_string(path).unwrap()
@@ -738,7 +768,10 @@ fn text_targets_are_their_token_ids() {
     let texts: Vec<&str> = doc.descendants().filter_map(|n| n.text()).map(str::trim).collect();
     assert!(texts.iter().any(|t| t.contains("at position 21 (token 261 \" to\")")), "{texts:?}");
     assert!(texts.iter().any(|t| t.starts_with("target token 373 \" Mary\" given by --target")), "{texts:?}");
-    assert!(texts.iter().any(|t| *t == format!("text \"{IOI}\", prepend_bos: true (TransformerLens's default)")), "{texts:?}");
+    assert!(
+        texts.iter().any(|t| *t == format!("text \"{IOI}\", prepend_bos: true (TransformerLens's default)")),
+        "{texts:?}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -751,7 +784,13 @@ fn prepend_bos_default_and_both_values() {
         [(false, "tests/fixtures/text/tokenizer.json"), (true, "tests/fixtures/text/bos_template/tokenizer.json")]
     {
         let run = |extra: &[&str]| {
-            let args = [&["paths"][..], &TEXT_MODEL, &["--tokenizer", tokenizer, "--text", sentence, "--format", "json"], extra].concat();
+            let args = [
+                &["paths"][..],
+                &TEXT_MODEL,
+                &["--tokenizer", tokenizer, "--text", sentence, "--format", "json"],
+                extra,
+            ]
+            .concat();
             ok_json(&args)
         };
         let ids = |key: &str| -> serde_json::Value {
@@ -759,7 +798,10 @@ fn prepend_bos_default_and_both_values() {
         };
         let default = run(&[]);
         assert_eq!(default["tokens"], ids("to_tokens_bos"), "{tokenizer}");
-        assert_eq!((&default["prepend_bos"], &default["prepend_bos_source"]), (&true.into(), &"TransformerLens's default".into()));
+        assert_eq!(
+            (&default["prepend_bos"], &default["prepend_bos_source"]),
+            (&true.into(), &"TransformerLens's default".into())
+        );
         let yes = run(&["--prepend-bos", "true"]);
         assert_eq!(yes["tokens"], ids("to_tokens_bos"), "{tokenizer}");
         assert_eq!((&yes["prepend_bos"], &yes["prepend_bos_source"]), (&true.into(), &"--prepend-bos".into()));
@@ -782,7 +824,8 @@ fn text_errors_exit_2() {
     let empty_folder = dir.join("empty");
     std::fs::create_dir_all(&empty_folder).unwrap();
     std::fs::copy("tests/fixtures/text/tokenizer.json", folder.join("tokenizer.json")).unwrap();
-    std::fs::write(dir.join("broken.json"), &std::fs::read("tests/fixtures/text/tokenizer.json").unwrap()[..5000]).unwrap();
+    std::fs::write(dir.join("broken.json"), &std::fs::read("tests/fixtures/text/tokenizer.json").unwrap()[..5000])
+        .unwrap();
     let (folder, empty_folder, broken) = (
         folder.to_str().unwrap().to_string(),
         empty_folder.to_str().unwrap().to_string(),
@@ -794,22 +837,143 @@ fn text_errors_exit_2() {
         ("no tokenizer", vec!["paths", model, "--weights", weights, "--text", IOI]),
         ("a weights folder without tokenizer.json", vec!["paths", model, "--weights", &empty_folder, "--text", IOI]),
         // The folder's tokenizer is used: the target is resolved with it before the weights are read.
-        ("the weights folder's tokenizer", vec!["paths", model, "--weights", &folder, "--text", IOI, "--target", " Mary Ann"]),
-        ("a multi-token target", vec!["paths", model, "--weights", weights, TOKENIZER[0], TOKENIZER[1], "--text", IOI, "--target", " xylophone"]),
-        ("an emoji target", vec!["plot", model, "--weights", weights, TOKENIZER[0], TOKENIZER[1], "--what", "paths", "--text", IOI, "--target", "🎉", "-o", "/dev/null"]),
-        ("an empty target", vec!["paths", model, "--weights", weights, TOKENIZER[0], TOKENIZER[1], "--text", IOI, "--target", ""]),
-        ("a bad quoted target", vec!["paths", model, "--weights", weights, TOKENIZER[0], TOKENIZER[1], "--text", IOI, "--target", "\"\\q\""]),
-        ("a text target without a tokenizer", vec!["paths", model, "--weights", weights, "--tokens", "1,2", "--target", " Mary"]),
-        ("both --text and --tokens", vec!["check", model, "--weights", weights, TOKENIZER[0], TOKENIZER[1], "--text", IOI, "--tokens", "1,2"]),
+        (
+            "the weights folder's tokenizer",
+            vec!["paths", model, "--weights", &folder, "--text", IOI, "--target", " Mary Ann"],
+        ),
+        (
+            "a multi-token target",
+            vec![
+                "paths",
+                model,
+                "--weights",
+                weights,
+                TOKENIZER[0],
+                TOKENIZER[1],
+                "--text",
+                IOI,
+                "--target",
+                " xylophone",
+            ],
+        ),
+        (
+            "an emoji target",
+            vec![
+                "plot",
+                model,
+                "--weights",
+                weights,
+                TOKENIZER[0],
+                TOKENIZER[1],
+                "--what",
+                "paths",
+                "--text",
+                IOI,
+                "--target",
+                "🎉",
+                "-o",
+                "/dev/null",
+            ],
+        ),
+        (
+            "an empty target",
+            vec!["paths", model, "--weights", weights, TOKENIZER[0], TOKENIZER[1], "--text", IOI, "--target", ""],
+        ),
+        (
+            "a bad quoted target",
+            vec![
+                "paths",
+                model,
+                "--weights",
+                weights,
+                TOKENIZER[0],
+                TOKENIZER[1],
+                "--text",
+                IOI,
+                "--target",
+                "\"\\q\"",
+            ],
+        ),
+        (
+            "a text target without a tokenizer",
+            vec!["paths", model, "--weights", weights, "--tokens", "1,2", "--target", " Mary"],
+        ),
+        (
+            "both --text and --tokens",
+            vec!["check", model, "--weights", weights, TOKENIZER[0], TOKENIZER[1], "--text", IOI, "--tokens", "1,2"],
+        ),
         ("neither --text nor --tokens", vec!["check", model, "--weights", weights, TOKENIZER[0], TOKENIZER[1]]),
-        ("--prepend-bos without --text", vec!["check", model, "--weights", weights, "--tokens", "1,2", "--prepend-bos", "true"]),
-        ("--prepend-bos maybe", vec!["check", model, "--weights", weights, TOKENIZER[0], TOKENIZER[1], "--text", IOI, "--prepend-bos", "maybe"]),
-        ("no BOS", vec!["scores", model, "--weights", weights, "--tokenizer", "tests/fixtures/text/two_specials/tokenizer.json", "--text", IOI, "--head", "L0H0"]),
-        ("nothing to run", vec!["check", model, "--weights", weights, TOKENIZER[0], TOKENIZER[1], "--text", "", "--prepend-bos", "false"]),
-        ("a missing tokenizer", vec!["check", model, "--weights", weights, "--tokenizer", "no/such/tokenizer.json", "--text", IOI]),
+        (
+            "--prepend-bos without --text",
+            vec!["check", model, "--weights", weights, "--tokens", "1,2", "--prepend-bos", "true"],
+        ),
+        (
+            "--prepend-bos maybe",
+            vec![
+                "check",
+                model,
+                "--weights",
+                weights,
+                TOKENIZER[0],
+                TOKENIZER[1],
+                "--text",
+                IOI,
+                "--prepend-bos",
+                "maybe",
+            ],
+        ),
+        (
+            "no BOS",
+            vec![
+                "scores",
+                model,
+                "--weights",
+                weights,
+                "--tokenizer",
+                "tests/fixtures/text/two_specials/tokenizer.json",
+                "--text",
+                IOI,
+                "--head",
+                "L0H0",
+            ],
+        ),
+        (
+            "nothing to run",
+            vec![
+                "check",
+                model,
+                "--weights",
+                weights,
+                TOKENIZER[0],
+                TOKENIZER[1],
+                "--text",
+                "",
+                "--prepend-bos",
+                "false",
+            ],
+        ),
+        (
+            "a missing tokenizer",
+            vec!["check", model, "--weights", weights, "--tokenizer", "no/such/tokenizer.json", "--text", IOI],
+        ),
         ("a broken tokenizer", vec!["check", model, "--weights", weights, "--tokenizer", &broken, "--text", IOI]),
-        ("text on a statistics plot", vec!["plot", model, "--weights", weights, "--what", "comp-q", "--text", IOI, "-o", "/dev/null"]),
-        ("ids beyond d_vocab", vec!["check", model, "--weights", weights, "--tokenizer", "tests/fixtures/text/bos_template/tokenizer.json", "--tokens", "402"]),
+        (
+            "text on a statistics plot",
+            vec!["plot", model, "--weights", weights, "--what", "comp-q", "--text", IOI, "-o", "/dev/null"],
+        ),
+        (
+            "ids beyond d_vocab",
+            vec![
+                "check",
+                model,
+                "--weights",
+                weights,
+                "--tokenizer",
+                "tests/fixtures/text/bos_template/tokenizer.json",
+                "--tokens",
+                "402",
+            ],
+        ),
     ];
     let mut messages = String::new();
     for (what, args) in cases {

@@ -104,14 +104,16 @@ fn bos_from_each_place_in_order() {
     assert_eq!(t.bos().unwrap().from, BosSource::OnlySpecialToken);
     assert_eq!(t.bos().unwrap().id, 0);
 
-    std::fs::write(alone.join("config.json"), r#"{"architectures": ["GPTNeoXForCausalLM"], "bos_token_id": 12}"#).unwrap();
+    std::fs::write(alone.join("config.json"), r#"{"architectures": ["GPTNeoXForCausalLM"], "bos_token_id": 12}"#)
+        .unwrap();
     let t = Tokenizer::load(&alone.join("tokenizer.json")).unwrap();
     assert_eq!(t.bos().unwrap().from, BosSource::ModelConfig(alone.join("config.json")));
     assert_eq!((t.bos().unwrap().id, t.bos().unwrap().token.as_str()), (12, ","));
     assert_eq!(t.encode(" Mary", true).unwrap(), [12, 373]);
     assert!(t.default_prepend_bos().value);
 
-    std::fs::write(alone.join("config.json"), r#"{"architectures": ["Qwen2ForCausalLM"], "bos_token_id": null}"#).unwrap();
+    std::fs::write(alone.join("config.json"), r#"{"architectures": ["Qwen2ForCausalLM"], "bos_token_id": null}"#)
+        .unwrap();
     let t = Tokenizer::load(&alone.join("tokenizer.json")).unwrap();
     let default = t.default_prepend_bos();
     assert_eq!(default.to_string(), "false (TransformerLens's default for Qwen2ForCausalLM)");
@@ -119,15 +121,22 @@ fn bos_from_each_place_in_order() {
     assert_eq!(prompt.ids, [373]);
 
     // A tokenizer_config.json without a BOS: its EOS, as TransformerLens's set_tokenizer.
-    std::fs::write(alone.join("tokenizer_config.json"), r#"{"bos_token": null, "eos_token": {"content": "<|endoftext|>"}}"#)
-        .unwrap();
+    std::fs::write(
+        alone.join("tokenizer_config.json"),
+        r#"{"bos_token": null, "eos_token": {"content": "<|endoftext|>"}}"#,
+    )
+    .unwrap();
     let t = Tokenizer::load(&alone.join("tokenizer.json")).unwrap();
     assert_eq!(t.bos().unwrap().from, BosSource::TokenizerConfig(alone.join("tokenizer_config.json")));
 
     std::fs::write(alone.join("tokenizer_config.json"), r#"{"bos_token": "<s>"}"#).unwrap();
     let err = Tokenizer::load(&alone.join("tokenizer.json")).unwrap_err();
     assert!(matches!(err, TextError::UnknownBos { .. }), "{err}");
-    assert!(err.to_string().ends_with(&format!("the BOS token \"<s>\" is not a token of {}", alone.join("tokenizer.json").display())), "{err}");
+    assert!(
+        err.to_string()
+            .ends_with(&format!("the BOS token \"<s>\" is not a token of {}", alone.join("tokenizer.json").display())),
+        "{err}"
+    );
     std::fs::write(alone.join("tokenizer_config.json"), "{").unwrap();
     let err = Tokenizer::load(&alone.join("tokenizer.json")).unwrap_err();
     assert!(err.to_string().contains("tokenizer_config.json: not valid JSON"), "{err}");
@@ -170,7 +179,10 @@ fn single_tokens_and_the_pieces_of_the_others() {
             other => panic!("{text:?}: {other}"),
         }
     }
-    assert_eq!(base.single_token("").unwrap_err().to_string(), "\"\" is no token at all: the tokenizer encodes it as nothing");
+    assert_eq!(
+        base.single_token("").unwrap_err().to_string(),
+        "\"\" is no token at all: the tokenizer encodes it as nothing"
+    );
     // Ids the tokenizer does not have (the model's d_vocab is larger) have no string.
     assert_eq!(base.str_token(401), None);
     assert_eq!(base.str_token(usize::MAX), None);
@@ -186,7 +198,8 @@ fn the_model_on_a_text_gives_transformer_lens_s_logits() {
     assert_eq!(prompt.ids, ids(&meta["tokens"]));
     assert_eq!(prompt.str_tokens, strings(&meta["str_tokens"]));
     let compiled = pathc::compile(&std::fs::read_to_string(format!("{DIR}/model.tf")).unwrap()).unwrap();
-    let params = pathc::load_params(&compiled, format!("{DIR}/model.safetensors").as_ref(), &Default::default()).unwrap();
+    let params =
+        pathc::load_params(&compiled, format!("{DIR}/model.safetensors").as_ref(), &Default::default()).unwrap();
     let forward = pathc::eval::forward(&params, &prompt.ids).unwrap();
     let reference = pathc::weights::Weights::load(format!("{DIR}/reference.safetensors").as_ref()).unwrap();
     let n = prompt.ids.len();

@@ -40,8 +40,12 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let report = numbers::score_table(&evaluation, layer, head, position, top)?;
     let mut out = BufWriter::new(io::stdout().lock());
     match format {
-        TextOrJson::Json => numbers::write_scores_json(&mut out, &evaluation, (layer, head), position, &report, labels)?,
-        TextOrJson::Text => numbers::write_scores_text(&mut out, &evaluation, (layer, head), position, &report, labels)?,
+        TextOrJson::Json => {
+            numbers::write_scores_json(&mut out, &evaluation, (layer, head), position, &report, labels)?
+        }
+        TextOrJson::Text => {
+            numbers::write_scores_text(&mut out, &evaluation, (layer, head), position, &report, labels)?
+        }
     }
     Ok(out.flush()?)
 }

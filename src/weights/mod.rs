@@ -507,9 +507,12 @@ impl Listing {
                 let non_finite = check::first_non_finite(&data);
                 Entry::Float { dtype, tensor: Tensor { shape, data }, non_finite }
             }
-            (DType::Float(dtype), Bytes::File(offset)) => {
-                Entry::Stored { dtype, shape, at: At { file: self.file, offset, strides: None }, loaded: OnceLock::new() }
-            }
+            (DType::Float(dtype), Bytes::File(offset)) => Entry::Stored {
+                dtype,
+                shape,
+                at: At { file: self.file, offset, strides: None },
+                loaded: OnceLock::new(),
+            },
             (DType::Float(dtype), Bytes::Strided { offset, strides }) => {
                 // A view that is row-major after all is read as one.
                 let strides = (!is_row_major(&shape, &strides)).then_some(strides);
