@@ -58,6 +58,7 @@ pub mod progress;
 pub mod rewrite;
 pub mod stats;
 pub mod syntax;
+pub mod text;
 pub mod weights;
 
 use num_bigint::BigUint;

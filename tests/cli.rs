@@ -582,3 +582,409 @@ fn folded_value_biases_keep_a_path() {
         assert!(stdout(&paths).contains("bO0"), "{name}: a b_O path");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// `--text`, `--tokenizer`, `--prepend-bos`, text targets (tests/fixtures/text: a byte-level BPE
+// tokenizer trained with the Python tokenizers library, TransformerLens's encodings of it in
+// encodings.json and meta.json).
+
+const TEXT_MODEL: [&str; 3] = ["tests/fixtures/text/model.tf", "--weights", "tests/fixtures/text/model.safetensors"];
+const TOKENIZER: [&str; 2] = ["--tokenizer", "tests/fixtures/text/tokenizer.json"];
+const IOI: &str = "When Mary and John went to the store, John gave a drink to";
+
+fn text_fixture(file: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(format!("tests/fixtures/text/{file}")).unwrap()).unwrap()
+}
+
+/// TransformerLens's `to_tokens` of a fixture sentence (`key`: `to_tokens_bos` or `to_tokens_no_bos`),
+/// comma-separated for `--tokens`.
+fn tl_tokens(text: &str, template: bool, key: &str) -> String {
+    let e = text_fixture("encodings.json");
+    let s = e["sentences"].as_array().unwrap().iter().find(|s| s["text"] == text).expect("a fixture sentence");
+    let tl = if template { &s["bos_template"]["tl"] } else { &s["tl"] };
+    tl[key].as_array().unwrap().iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
+}
+
+fn ok_json(args: &[&str]) -> serde_json::Value {
+    let out = pathc(args);
+    assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).expect("valid JSON")
+}
+
+/// A JSON report without what only `--text` adds (the text and whether a BOS was prepended).
+fn without_text_fields(mut v: serde_json::Value) -> serde_json::Value {
+    for key in ["text", "prepend_bos", "prepend_bos_source"] {
+        v.as_object_mut().unwrap().remove(key);
+    }
+    v
+}
+
+/// Every numeric command with `--text` gives what it gives with TransformerLens's ids of the text
+/// as `--tokens` (and the tokenizer for the strings), which without a tokenizer is the same
+/// numbers without the strings; the strings are TransformerLens's `to_str_tokens`.
+#[test]
+fn text_runs_as_transformer_lens_s_tokens_of_it() {
+    let meta = text_fixture("meta.json");
+    let str_tokens = meta["str_tokens"].clone();
+    let ids = tl_tokens(IOI, false, "to_tokens_bos");
+    assert_eq!(ids, meta["tokens"].as_array().unwrap().iter().map(|x| x.to_string()).collect::<Vec<_>>().join(","));
+    let commands: [&[&str]; 6] = [
+        &["paths"],
+        &["paths", "--target", "next", "--top", "5"],
+        &["paths", "--target", "373", "--group", "head"],
+        &["paths", "--pos", "all", "--top", "3"],
+        &["scores", "--head", "L1H2", "--top", "4"],
+        &["check"],
+    ];
+    for command in commands {
+        let (name, rest) = command.split_first().unwrap();
+        let run = |input: &[&str], format: &str| {
+            let args = [&[*name][..], &TEXT_MODEL, input, rest, &["--format", format]].concat();
+            let out = pathc(&args);
+            assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+            assert_eq!(out.stdout, pathc(&args).stdout, "{args:?}: output differs between runs");
+            out.stdout
+        };
+        let text = [&TOKENIZER[..], &["--text", IOI]].concat();
+        let tokens = [&TOKENIZER[..], &["--tokens", &ids]].concat();
+        let bare: &[&str] = &["--tokens", &ids];
+        let json = |bytes: Vec<u8>| serde_json::from_slice::<serde_json::Value>(&bytes).unwrap();
+        let (from_text, from_tokens, from_bare) =
+            (json(run(&text, "json")), json(run(&tokens, "json")), json(run(bare, "json")));
+        assert_eq!(from_text["str_tokens"], str_tokens, "{command:?}");
+        assert_eq!(from_text["text"], IOI);
+        assert_eq!(from_text["prepend_bos"], true);
+        assert_eq!(from_text["prepend_bos_source"], "TransformerLens's default");
+        assert_eq!(from_text["tokens"].to_string().trim_matches(['[', ']']), ids, "{command:?}");
+        assert_eq!(without_text_fields(from_text.clone()), from_tokens, "{command:?}");
+        assert!(from_tokens.get("prepend_bos").is_none());
+        let mut stripped = from_tokens.clone();
+        for key in ["str_tokens", "target_str_tokens"] {
+            stripped.as_object_mut().unwrap().remove(key);
+        }
+        if *name == "check" {
+            // check's JSON gains the tokens only beside their strings.
+            stripped.as_object_mut().unwrap().remove("tokens");
+        }
+        assert_eq!(stripped, from_bare, "{command:?}: a tokenizer only adds strings");
+
+        let (text_out, tokens_out) =
+            (String::from_utf8(run(&text, "text")).unwrap(), String::from_utf8(run(&tokens, "text")).unwrap());
+        let text_line = format!("text: \"{IOI}\", prepend_bos: true (TransformerLens's default)");
+        assert!(text_out.lines().any(|l| l == text_line), "{command:?}: {text_out}");
+        let strings: Vec<String> =
+            str_tokens.as_array().unwrap().iter().enumerate().map(|(p, s)| format!("{p}:{s}")).collect();
+        let tokens_line = format!("tokens: {}", strings.join(" "));
+        assert!(text_out.lines().any(|l| l == tokens_line), "{command:?}: {text_out}");
+        let without: Vec<&str> = text_out.lines().filter(|l| *l != text_line).collect();
+        assert_eq!(without, tokens_out.lines().collect::<Vec<_>>(), "{command:?}");
+    }
+}
+
+/// The README's quick-start text example prints what it shows.
+#[test]
+fn readme_text_example_runs() {
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let args = [&["paths"][..], &TEXT_MODEL, &TOKENIZER, &["--text", IOI, "--target", " Mary", "--top", "3"]].concat();
+    let out = pathc(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let shown = format!("```text\n{}```", stdout(&out));
+    assert!(readme.contains(&shown), "README's example differs from:\n{shown}");
+}
+
+/// The text outputs with a tokenizer, for review.
+#[test]
+fn text_outputs_show_token_strings() {
+    let mut text = String::new();
+    for extra in [
+        &["paths", "--text", IOI, "--target", " Mary", "--top", "3"][..],
+        &["paths", "--text", IOI, "--top", "3"],
+        &["paths", "--text", "a\tb\n🎉", "--target", "next", "--top", "2"],
+        &["scores", "--text", IOI, "--head", "L1H0", "--top", "3"],
+        &["check", "--text", IOI, "--prepend-bos", "false"],
+    ] {
+        let (name, rest) = extra.split_first().unwrap();
+        let args = [&[*name][..], &TEXT_MODEL, &TOKENIZER, rest].concat();
+        let out = pathc(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        text += &format!(
+            "$ pathc {}\n{}\n",
+            args.iter()
+                .map(|a| if a.contains([' ', '\n', '\t']) { format!("{a:?}") } else { a.to_string() })
+                .collect::<Vec<_>>()
+                .join(" "),
+            stdout(&out)
+        );
+    }
+    insta::assert_snapshot!("text_outputs", text);
+}
+
+/// `--target " Mary"` is `--target <its id>` (TransformerLens's to_single_token), digits are an
+/// id and a JSON string in double quotes is a text.
+#[test]
+fn text_targets_are_their_token_ids() {
+    let singles = text_fixture("encodings.json")["single_tokens"].clone();
+    let run = |target: &str| {
+        ok_json(
+            &[&["paths"][..], &TEXT_MODEL, &TOKENIZER, &["--text", IOI, "--target", target, "--format", "json"]]
+                .concat(),
+        )
+    };
+    for (text, id) in singles.as_object().unwrap() {
+        let by_id = run(&id.to_string());
+        // Only digits would be an id: such a text goes in double quotes.
+        let given = if text.bytes().all(|b| b.is_ascii_digit()) { format!("{text:?}") } else { text.clone() };
+        assert_eq!(run(&given), by_id, "{text:?}");
+        assert_eq!(by_id["target"], *id);
+        assert_eq!(by_id["target_str_tokens"][0], *text, "{text:?}");
+    }
+    assert_eq!(run("\"4\""), run(&singles["4"].to_string()));
+    assert_eq!(run("4")["target_tokens"][0], 4);
+    assert_eq!(run("\"\\n\""), run("\n"));
+    // `next` stays the next token; the word itself in quotes.
+    assert_eq!(run("next")["target"], "next");
+    let out = pathc(&[&["paths"][..], &TEXT_MODEL, &TOKENIZER, &["--text", IOI, "--target", "\"next\""]].concat());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("\"next\" is not one token: it splits into"), "{}", stderr(&out));
+    // Plot's --target too: the same bar chart.
+    let dir = std::env::temp_dir().join(format!("pathc-text-plot-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let plot = |target: &str, file: &str| {
+        let path = dir.join(file);
+        let args = [
+            &["plot"][..],
+            &TEXT_MODEL,
+            &TOKENIZER,
+            &["--what", "paths", "--text", IOI, "--target", target, "-o", path.to_str().unwrap()],
+        ]
+        .concat();
+        let out = pathc(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        std::fs::read_to_string(path).unwrap()
+    };
+    let svg = plot(" Mary", "mary.svg");
+    assert_eq!(svg, plot(&singles[" Mary"].to_string(), "373.svg"));
+    let doc = roxmltree::Document::parse(&svg).unwrap();
+    let texts: Vec<&str> = doc.descendants().filter_map(|n| n.text()).map(str::trim).collect();
+    assert!(texts.iter().any(|t| t.contains("at position 21 (token 261 \" to\")")), "{texts:?}");
+    assert!(texts.iter().any(|t| t.starts_with("target token 373 \" Mary\" given by --target")), "{texts:?}");
+    assert!(
+        texts.iter().any(|t| *t == format!("text \"{IOI}\", prepend_bos: true (TransformerLens's default)")),
+        "{texts:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `--prepend-bos`: TransformerLens's default (true), true, false; with a tokenizer that
+/// prepends its BOS itself, never a second one.
+#[test]
+fn prepend_bos_default_and_both_values() {
+    let sentence = " Mary";
+    for (template, tokenizer) in
+        [(false, "tests/fixtures/text/tokenizer.json"), (true, "tests/fixtures/text/bos_template/tokenizer.json")]
+    {
+        let run = |extra: &[&str]| {
+            let args = [
+                &["paths"][..],
+                &TEXT_MODEL,
+                &["--tokenizer", tokenizer, "--text", sentence, "--format", "json"],
+                extra,
+            ]
+            .concat();
+            ok_json(&args)
+        };
+        let ids = |key: &str| -> serde_json::Value {
+            serde_json::from_str(&format!("[{}]", tl_tokens(sentence, template, key))).unwrap()
+        };
+        let default = run(&[]);
+        assert_eq!(default["tokens"], ids("to_tokens_bos"), "{tokenizer}");
+        assert_eq!(
+            (&default["prepend_bos"], &default["prepend_bos_source"]),
+            (&true.into(), &"TransformerLens's default".into())
+        );
+        let yes = run(&["--prepend-bos", "true"]);
+        assert_eq!(yes["tokens"], ids("to_tokens_bos"), "{tokenizer}");
+        assert_eq!((&yes["prepend_bos"], &yes["prepend_bos_source"]), (&true.into(), &"--prepend-bos".into()));
+        let no = run(&["--prepend-bos", "false"]);
+        assert_eq!(no["tokens"], ids("to_tokens_no_bos"), "{tokenizer}");
+        assert_eq!(no["prepend_bos"], false);
+        assert_eq!(yes["tokens"].as_array().unwrap().len(), 2, "one BOS, then \" Mary\"");
+    }
+    let out = pathc(&[&["check"][..], &TEXT_MODEL, &TOKENIZER, &["--text", IOI, "--prepend-bos", "false"]].concat());
+    assert!(stdout(&out).contains(&format!("text: \"{IOI}\", prepend_bos: false (--prepend-bos)")), "{}", stdout(&out));
+}
+
+/// Every way `--text` and its options can be wrong exits 2 with a message, nothing on standard
+/// output and no panic.
+#[test]
+fn text_errors_exit_2() {
+    let dir = std::env::temp_dir().join(format!("pathc-text-errors-{}", std::process::id()));
+    let folder = dir.join("model");
+    std::fs::create_dir_all(&folder).unwrap();
+    let empty_folder = dir.join("empty");
+    std::fs::create_dir_all(&empty_folder).unwrap();
+    std::fs::copy("tests/fixtures/text/tokenizer.json", folder.join("tokenizer.json")).unwrap();
+    std::fs::write(dir.join("broken.json"), &std::fs::read("tests/fixtures/text/tokenizer.json").unwrap()[..5000])
+        .unwrap();
+    let (folder, empty_folder, broken) = (
+        folder.to_str().unwrap().to_string(),
+        empty_folder.to_str().unwrap().to_string(),
+        dir.join("broken.json").to_str().unwrap().to_string(),
+    );
+    let model = TEXT_MODEL[0];
+    let weights = TEXT_MODEL[2];
+    let cases: Vec<(&str, Vec<&str>)> = vec![
+        ("no tokenizer", vec!["paths", model, "--weights", weights, "--text", IOI]),
+        ("a weights folder without tokenizer.json", vec!["paths", model, "--weights", &empty_folder, "--text", IOI]),
+        // The folder's tokenizer is used: the target is resolved with it before the weights are read.
+        (
+            "the weights folder's tokenizer",
+            vec!["paths", model, "--weights", &folder, "--text", IOI, "--target", " Mary Ann"],
+        ),
+        (
+            "a multi-token target",
+            vec![
+                "paths",
+                model,
+                "--weights",
+                weights,
+                TOKENIZER[0],
+                TOKENIZER[1],
+                "--text",
+                IOI,
+                "--target",
+                " xylophone",
+            ],
+        ),
+        (
+            "an emoji target",
+            vec![
+                "plot",
+                model,
+                "--weights",
+                weights,
+                TOKENIZER[0],
+                TOKENIZER[1],
+                "--what",
+                "paths",
+                "--text",
+                IOI,
+                "--target",
+                "🎉",
+                "-o",
+                "/dev/null",
+            ],
+        ),
+        (
+            "an empty target",
+            vec!["paths", model, "--weights", weights, TOKENIZER[0], TOKENIZER[1], "--text", IOI, "--target", ""],
+        ),
+        (
+            "a bad quoted target",
+            vec![
+                "paths",
+                model,
+                "--weights",
+                weights,
+                TOKENIZER[0],
+                TOKENIZER[1],
+                "--text",
+                IOI,
+                "--target",
+                "\"\\q\"",
+            ],
+        ),
+        (
+            "a text target without a tokenizer",
+            vec!["paths", model, "--weights", weights, "--tokens", "1,2", "--target", " Mary"],
+        ),
+        (
+            "both --text and --tokens",
+            vec!["check", model, "--weights", weights, TOKENIZER[0], TOKENIZER[1], "--text", IOI, "--tokens", "1,2"],
+        ),
+        ("neither --text nor --tokens", vec!["check", model, "--weights", weights, TOKENIZER[0], TOKENIZER[1]]),
+        (
+            "--prepend-bos without --text",
+            vec!["check", model, "--weights", weights, "--tokens", "1,2", "--prepend-bos", "true"],
+        ),
+        (
+            "--prepend-bos maybe",
+            vec![
+                "check",
+                model,
+                "--weights",
+                weights,
+                TOKENIZER[0],
+                TOKENIZER[1],
+                "--text",
+                IOI,
+                "--prepend-bos",
+                "maybe",
+            ],
+        ),
+        (
+            "no BOS",
+            vec![
+                "scores",
+                model,
+                "--weights",
+                weights,
+                "--tokenizer",
+                "tests/fixtures/text/two_specials/tokenizer.json",
+                "--text",
+                IOI,
+                "--head",
+                "L0H0",
+            ],
+        ),
+        (
+            "nothing to run",
+            vec![
+                "check",
+                model,
+                "--weights",
+                weights,
+                TOKENIZER[0],
+                TOKENIZER[1],
+                "--text",
+                "",
+                "--prepend-bos",
+                "false",
+            ],
+        ),
+        (
+            "a missing tokenizer",
+            vec!["check", model, "--weights", weights, "--tokenizer", "no/such/tokenizer.json", "--text", IOI],
+        ),
+        ("a broken tokenizer", vec!["check", model, "--weights", weights, "--tokenizer", &broken, "--text", IOI]),
+        (
+            "text on a statistics plot",
+            vec!["plot", model, "--weights", weights, "--what", "comp-q", "--text", IOI, "-o", "/dev/null"],
+        ),
+        (
+            "ids beyond d_vocab",
+            vec![
+                "check",
+                model,
+                "--weights",
+                weights,
+                "--tokenizer",
+                "tests/fixtures/text/bos_template/tokenizer.json",
+                "--tokens",
+                "402",
+            ],
+        ),
+    ];
+    let mut messages = String::new();
+    for (what, args) in cases {
+        let out = pathc(&args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{what}: {err}");
+        assert!(out.stdout.is_empty(), "{what}: nothing on stdout");
+        assert!(!err.contains("panicked"), "{what}: {err}");
+        let err = err.replace(&dir.display().to_string(), "$TMP");
+        messages += &format!("{what}:\n{err}\n");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    insta::assert_snapshot!("text_errors", messages);
+}

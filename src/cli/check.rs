@@ -22,18 +22,30 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<(), Failure> {
     let Args { model, run, tol, format } = args;
-    let evaluation = evaluate(&model, &run, false)?;
+    let input = run.input()?;
+    let evaluation = evaluate(&model, &run, input.ids(), false)?;
+    let labels = input.labels();
     let report = pathc::eval::check(&evaluation.expansion, &evaluation.params, &evaluation.forward)
         .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
     let mut out = io::stdout().lock();
     match format {
-        TextOrJson::Json => writeln!(out, "{}", serde_json::to_string_pretty(&report).expect("plain data"))?,
+        TextOrJson::Json => {
+            // With a tokenizer, the tokens, their strings and the text (`numbers::input_json`).
+            let mut value = serde_json::to_value(&report).expect("plain data");
+            let fields = pathc::emit::numbers::input_json(labels);
+            if let (serde_json::Value::Object(map), false) = (&mut value, fields.is_empty()) {
+                map.insert("tokens".to_string(), serde_json::json!(input.ids()));
+                map.extend(fields);
+            }
+            writeln!(out, "{}", serde_json::to_string_pretty(&value).expect("plain data"))?
+        }
         TextOrJson::Text => {
             let scope = match report.max_order {
                 Some(k) => format!("{} paths of order ≤ {k}", report.paths),
                 None => format!("{} paths (every order)", report.paths),
             };
-            writeln!(out, "model {}, {} tokens, {scope}", evaluation.expansion.model.name, run.tokens.len())?;
+            writeln!(out, "model {}, {} tokens, {scope}", evaluation.expansion.model.name, input.ids().len())?;
+            pathc::emit::numbers::write_input_text(&mut out, labels)?;
             if report.max_order.is_some() {
                 writeln!(
                     out,

@@ -1,4 +1,4 @@
-//! Parsing the positions (`--pos`) and heads (`--head`, `--through`) given on the command line,
+//! Parsing the positions (`--pos`), heads (`--head`, `--through`) and targets (`--target`) given on the command line,
 //! and checking `--rotary-offset` against the model.
 
 use super::failure::Failure;
@@ -14,6 +14,32 @@ pub fn parse_position(pos: &str, n: usize) -> Result<Option<usize>, Failure> {
             Err(_) => Err(Failure::BadInput(format!("error: --pos takes a number, `last` or `all`, not `{p}`"))),
         },
     }
+}
+
+/// `--target` as given: a token id, `next`, or a text that must be one token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetArg {
+    Id(usize),
+    Next,
+    Text(String),
+}
+
+/// `--target`: only digits are a token id (`42`), `next` the next token, anything else a text
+/// that must be one token (`' Mary'`); a text in double quotes is a JSON string, which is how to
+/// give the text `42` (`'"42"'`), the word `next` (`'"next"'`) or escapes (`'"\n"'`).
+pub fn parse_target(text: &str) -> Result<TargetArg, String> {
+    if text == "next" {
+        return Ok(TargetArg::Next);
+    }
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse().map(TargetArg::Id).map_err(|_| format!("the token id {text} is too large"));
+    }
+    if text.len() >= 2 && text.starts_with('"') && text.ends_with('"') {
+        return serde_json::from_str::<String>(text)
+            .map(TargetArg::Text)
+            .map_err(|e| format!("a --target in double quotes is a JSON string: {e}"));
+    }
+    Ok(TargetArg::Text(text.to_string()))
 }
 
 /// One entry of `--attention-mask`: `1` keeps a key, `0` masks it.

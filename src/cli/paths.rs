@@ -11,9 +11,9 @@ use pathc::eval::Target;
 
 use super::failure::Failure;
 use super::output::TextOrJson;
-use super::parse::parse_position;
+use super::parse::{parse_position, parse_target, TargetArg};
 use super::progress::TerminalProgress;
-use super::run::{evaluate, resolve_targets, RunArgs};
+use super::run::{evaluate, resolve_target, resolve_targets, RunArgs};
 
 // (`//`, not `///`: see the module docs of `cli`.)
 #[derive(clap::Args)]
@@ -30,9 +30,10 @@ pub struct Args {
     /// Report each path's contribution to the logit of this token only (direct logit
     /// attribution), or with `next` to the logit of the next token of the sequence at each
     /// position (the last position has none and is left out); ranked by its size. Without it,
-    /// every path's whole logit row, ranked by its norm.
-    #[arg(long, value_name = "TOKEN|next")]
-    target: Option<Target>,
+    /// every path's whole logit row, ranked by its norm. A token is an id (only digits), or a text
+    /// that is one token with the tokenizer (`' Mary'`; in double quotes a JSON string: `'"42"'`).
+    #[arg(long, value_name = "TOKEN|next", value_parser = parse_target, allow_hyphen_values = true)]
+    target: Option<TargetArg>,
     /// Sum the paths by group: the last head they pass (`head`), the residual component they
     /// end in (`component`, TransformerLens's decompose_resid labels), `source` or `order`.
     #[arg(long, value_enum)]
@@ -62,10 +63,13 @@ impl From<GroupArg> for numbers::Grouping {
 
 pub fn run(args: Args) -> Result<(), Failure> {
     let Args { model, run, pos, top, target, group, format } = args;
-    let evaluation = evaluate(&model, &run, false)?;
+    let input = run.input()?;
+    let target = target.map(|t| resolve_target(&t, &input)).transpose()?;
+    let evaluation = evaluate(&model, &run, input.ids(), false)?;
+    let labels = input.labels();
     // The next token's logit is asked at every position by default: the last has none.
     let pos = pos.as_deref().unwrap_or(if target == Some(Target::Next) { "all" } else { "last" });
-    let position = parse_position(pos, run.tokens.len())?;
+    let position = parse_position(pos, input.ids().len())?;
     // The text table ranks paths; JSON keeps path order unless asked to rank.
     let rank = matches!(format, TextOrJson::Text) || top.is_some() || target.is_some();
     if let Some(target) = target {
@@ -73,8 +77,12 @@ pub fn run(args: Args) -> Result<(), Failure> {
         let table = numbers::target_table(&evaluation, &targets, group.map(Into::into), top, rank)?;
         let mut out = BufWriter::new(io::stdout().lock());
         match format {
-            TextOrJson::Json => numbers::write_target_json(&mut out, &evaluation, target, &targets, position, &table)?,
-            TextOrJson::Text => numbers::write_target_text(&mut out, &evaluation, target, &targets, position, &table)?,
+            TextOrJson::Json => {
+                numbers::write_target_json(&mut out, &evaluation, target, &targets, position, &table, labels)?
+            }
+            TextOrJson::Text => {
+                numbers::write_target_text(&mut out, &evaluation, target, &targets, position, &table, labels)?
+            }
         }
         return Ok(out.flush()?);
     }
@@ -86,8 +94,8 @@ pub fn run(args: Args) -> Result<(), Failure> {
     }?;
     let mut out = BufWriter::new(io::stdout().lock());
     match format {
-        TextOrJson::Json => numbers::write_paths_json(&mut out, &evaluation, position, &table)?,
-        TextOrJson::Text => numbers::write_paths_text(&mut out, &evaluation, position, None, &table)?,
+        TextOrJson::Json => numbers::write_paths_json(&mut out, &evaluation, position, &table, labels)?,
+        TextOrJson::Text => numbers::write_paths_text(&mut out, &evaluation, position, None, &table, labels)?,
     }
     Ok(out.flush()?)
 }

@@ -11,14 +11,14 @@ use pathc::stats::{StatsError, StatsOptions};
 
 use super::failure::{read_model, render, Failure};
 use super::output;
-use super::parse::{check_rotary_offset, parse_position};
-use super::run::{evaluate, resolve_targets, ProcessingArgs, RunArgs};
+use super::parse::{check_rotary_offset, parse_position, parse_target, TargetArg};
+use super::run::{evaluate, input, resolve_target, resolve_targets, ProcessingArgs, RunArgs};
 
 // (`//`, not `///`: see the module docs of `cli`.)
 //
-// `--weights`, `--tokens`, `--max-order`, `--limit` and `--name` repeat `RunArgs` rather than
-// flatten it: here `--tokens` is optional (the statistics plots take none), the help of four of
-// them says they apply to `--what paths` only, and `--what`, `--pos`, `--target`, `--top` and
+// `--weights`, `--tokens`, `--text`, `--tokenizer`, `--prepend-bos`, `--max-order`, `--limit` and
+// `--name` repeat `RunArgs` rather than flatten it: here `--tokens` or `--text` is optional (the
+// statistics plots take none), the help of most of them says they apply to `--what paths` only, and `--what`, `--pos`, `--target`, `--top` and
 // the processing options stand between them in the help. Flattening would change the help text.
 // The processing options are `stats`' (`ProcessingArgs`, flattened), for the statistics plots.
 #[derive(clap::Args)]
@@ -30,19 +30,30 @@ pub struct Args {
     /// What to plot.
     #[arg(long, value_enum)]
     what: PlotWhat,
-    /// Token ids, comma-separated (`--what paths` only, where they are required).
-    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    /// Token ids, comma-separated (`--what paths` only, where they or `--text` are required).
+    #[arg(long, value_delimiter = ',', num_args = 1.., conflicts_with = "text")]
     tokens: Vec<usize>,
+    /// The text to run the model on (`--what paths`; see `paths --help`).
+    #[arg(long, value_name = "TEXT")]
+    text: Option<String>,
+    /// A HuggingFace tokenizer.json for `--text` and the token strings (`--what paths`; default:
+    /// the tokenizer.json of a --weights folder).
+    #[arg(long, value_name = "FILE")]
+    tokenizer: Option<PathBuf>,
+    /// Put the BOS token before `--text` (`--what paths`; see `paths --help`).
+    #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
+    prepend_bos: Option<bool>,
     /// Key mask, one 0 or 1 per token (`--what paths`; see `check --help`).
     #[arg(long, value_name = "0,1,...", value_delimiter = ',', num_args = 1.., value_parser = super::parse::parse_mask_bit)]
     attention_mask: Option<Vec<bool>>,
     /// The position (`--what paths`): a number or `last` (the default).
     #[arg(long)]
     pos: Option<String>,
-    /// The token whose logit the paths are ranked by (`--what paths`): a token id, or `next` for
-    /// the token after the position (default: the model's top prediction at the position).
-    #[arg(long, value_name = "TOKEN|next")]
-    target: Option<Target>,
+    /// The token whose logit the paths are ranked by (`--what paths`): a token id, `next` for
+    /// the token after the position, or a text that is one token (see `paths --help`; default:
+    /// the model's top prediction at the position).
+    #[arg(long, value_name = "TOKEN|next", value_parser = parse_target, allow_hyphen_values = true)]
+    target: Option<TargetArg>,
     /// How many paths (`--what paths`; default 20).
     #[arg(long, value_name = "N")]
     top: Option<usize>,
@@ -88,6 +99,9 @@ pub fn run(args: Args) -> Result<(), Failure> {
         weights,
         what,
         tokens,
+        text,
+        tokenizer,
+        prepend_bos,
         attention_mask,
         pos,
         target,
@@ -110,6 +124,9 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let svg = if let Some(plot) = stats_plot {
         let misplaced = [
             (!tokens.is_empty(), "--tokens"),
+            (text.is_some(), "--text"),
+            (tokenizer.is_some(), "--tokenizer"),
+            (prepend_bos.is_some(), "--prepend-bos"),
             (attention_mask.is_some(), "--attention-mask"),
             (pos.is_some(), "--pos"),
             (target.is_some(), "--target"),
@@ -135,9 +152,9 @@ pub fn run(args: Args) -> Result<(), Failure> {
         })?;
         pathc::emit::plot::stats_heatmap(&compiled.model.name, &stats, plot)
     } else {
-        if tokens.is_empty() {
+        if tokens.is_empty() && text.is_none() {
             return Err(Failure::BadInput(
-                "error: --what paths needs --tokens (the token ids to run the model on, e.g. --tokens 3,7,1)"
+                "error: --what paths needs --tokens (the token ids to run the model on, e.g. --tokens 3,7,1) or --text"
                     .to_string(),
             ));
         }
@@ -162,9 +179,22 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 "error: --rotary-offset applies to the statistics plots; path contributions use every score at its own positions".to_string(),
             ));
         }
-        let run = RunArgs { weights, tokens, attention_mask, max_order, limit, names, processing: Default::default() };
-        let evaluation = evaluate(&model, &run, false)?;
-        let position = match parse_position(pos.as_deref().unwrap_or("last"), run.tokens.len())? {
+        let input = input(&tokens, text.as_deref(), tokenizer.as_deref(), prepend_bos, &weights)?;
+        let target = target.map(|t| resolve_target(&t, &input)).transpose()?;
+        let run = RunArgs {
+            weights,
+            tokens,
+            text,
+            tokenizer,
+            prepend_bos,
+            attention_mask,
+            max_order,
+            limit,
+            names,
+            processing: Default::default(),
+        };
+        let evaluation = evaluate(&model, &run, input.ids(), false)?;
+        let position = match parse_position(pos.as_deref().unwrap_or("last"), input.ids().len())? {
             Some(p) => p,
             None => {
                 return Err(Failure::BadInput(
@@ -184,7 +214,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 (best, "= the model's top prediction there")
             }
         };
-        pathc::emit::plot::paths_chart(&evaluation, position, target, chosen, top.unwrap_or(20))
+        pathc::emit::plot::paths_chart(&evaluation, position, target, chosen, top.unwrap_or(20), input.labels())
     };
     let svg = svg.map_err(|e| Failure::BadInput(format!("error: {e}")))?;
     output::write(Some(&output), svg.as_bytes())

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use pathc::eval::{EvalError, Evaluation, Target, Targets};
+use pathc::text::{Labels, TokenText, Tokenizer};
 use pathc::ExpandOptions;
 
 use super::failure::{read_model, render, Failure};
@@ -11,13 +12,26 @@ use super::failure::{read_model, render, Failure};
 // What every numeric command needs: weights, tokens, and the expansion's options. (A `//`
 // comment: see the module docs of `cli`.)
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["tokens", "text"])))]
 pub struct RunArgs {
     /// A TransformerLens state_dict: safetensors (f16, bf16, f32, f64) or npz.
     #[arg(long, value_name = "FILE")]
     pub weights: PathBuf,
-    /// Token ids, comma-separated: `--tokens 3,7,1`.
-    #[arg(long, value_delimiter = ',', required = true, num_args = 1..)]
+    /// Token ids, comma-separated: `--tokens 3,7,1` (or `--text`).
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
     pub tokens: Vec<usize>,
+    /// The text to run the model on, tokenized as TransformerLens's to_tokens does (or `--tokens`).
+    #[arg(long, value_name = "TEXT")]
+    pub text: Option<String>,
+    /// A HuggingFace tokenizer.json for `--text` and the token strings (default: the
+    /// tokenizer.json of a --weights folder); its folder's tokenizer_config.json and config.json
+    /// say which token is the BOS.
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+    /// Put the BOS token before `--text` (default: TransformerLens's default_prepend_bos for the
+    /// model, true but for Bloom and Qwen; never twice when the tokenizer adds one itself).
+    #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
+    pub prepend_bos: Option<bool>,
     /// Key mask, one 0 or 1 per token (TransformerLens's attention_mask): no query attends to a 0
     /// key; queries and positions are unchanged.
     #[arg(long, value_name = "0,1,...", value_delimiter = ',', num_args = 1.., value_parser = super::parse::parse_mask_bit)]
@@ -70,8 +84,91 @@ impl ProcessingArgs {
     }
 }
 
-/// Expands the model, loads its weights and runs the forward pass on the tokens.
-pub fn evaluate(model: &Path, run: &RunArgs, qk: bool) -> Result<Evaluation, Failure> {
+/// The tokens to run the model on and, when a tokenizer is known (`--tokenizer`, or the
+/// tokenizer.json of a --weights folder), their strings: `--text` tokenized, or `--tokens`.
+pub struct Input {
+    pub tokens: TokenText,
+    pub tokenizer: Option<Tokenizer>,
+}
+
+impl Input {
+    /// The token strings for the reports, if there is a tokenizer.
+    pub fn labels(&self) -> Option<Labels<'_>> {
+        self.tokenizer.as_ref().map(|tokenizer| Labels { tokenizer, input: &self.tokens })
+    }
+
+    pub fn ids(&self) -> &[usize] {
+        &self.tokens.ids
+    }
+}
+
+/// `--text` (tokenized) or `--tokens`, with the tokenizer if there is one.
+pub fn input(
+    tokens: &[usize],
+    text: Option<&str>,
+    tokenizer: Option<&Path>,
+    prepend_bos: Option<bool>,
+    weights: &Path,
+) -> Result<Input, Failure> {
+    let fail = |e: pathc::text::TextError| Failure::BadInput(format!("error: {e}"));
+    if let (Some(value), None) = (prepend_bos, text) {
+        return Err(Failure::BadInput(format!(
+            "error: --prepend-bos {value} applies to --text: the ids of --tokens are used as they are"
+        )));
+    }
+    match text {
+        Some(text) => {
+            let tokenizer = Tokenizer::require(tokenizer, Some(weights)).map_err(fail)?;
+            let tokens = tokenizer.tokenize(text, prepend_bos).map_err(fail)?;
+            if tokens.ids.is_empty() {
+                return Err(Failure::BadInput(format!(
+                    "error: --text {} is no token at all{}",
+                    pathc::text::quote(text),
+                    if prepend_bos == Some(false) { " (and --prepend-bos false adds no BOS)" } else { "" }
+                )));
+            }
+            Ok(Input { tokens, tokenizer: Some(tokenizer) })
+        }
+        None => {
+            let tokenizer = Tokenizer::find(tokenizer, Some(weights)).map_err(fail)?;
+            let tokens = match &tokenizer {
+                Some(t) => t.label(tokens),
+                None => TokenText { ids: tokens.to_vec(), str_tokens: Vec::new(), text: None, prepend_bos: None },
+            };
+            Ok(Input { tokens, tokenizer })
+        }
+    }
+}
+
+impl RunArgs {
+    /// [`input`] of these arguments.
+    pub fn input(&self) -> Result<Input, Failure> {
+        input(&self.tokens, self.text.as_deref(), self.tokenizer.as_deref(), self.prepend_bos, &self.weights)
+    }
+}
+
+/// `--target`: a token id, `next`, or a text that is one token (`" Mary"`), resolved with the
+/// tokenizer (an error without one, or when the text is several tokens).
+pub fn resolve_target(target: &super::parse::TargetArg, input: &Input) -> Result<Target, Failure> {
+    use super::parse::TargetArg;
+    match target {
+        TargetArg::Id(t) => Ok(Target::Token(*t)),
+        TargetArg::Next => Ok(Target::Next),
+        TargetArg::Text(text) => match &input.tokenizer {
+            Some(tokenizer) => tokenizer
+                .single_token(text)
+                .map(Target::Token)
+                .map_err(|e| Failure::BadInput(format!("error: --target {}: {e}", pathc::text::quote(text)))),
+            None => Err(Failure::BadInput(format!(
+                "error: --target {}: expected a token id or `next`, not `{text}` (a text target needs a tokenizer: --tokenizer tokenizer.json)",
+                pathc::text::quote(text)
+            ))),
+        },
+    }
+}
+
+/// Expands the model, loads its weights and runs the forward pass on `tokens`.
+pub fn evaluate(model: &Path, run: &RunArgs, tokens: &[usize], qk: bool) -> Result<Evaluation, Failure> {
     let source = read_model(model)?;
     let fail = |e: pathc::Error| render(model, &source, &e);
     let compiled = pathc::compile(&source).map_err(fail)?;
@@ -81,7 +178,7 @@ pub fn evaluate(model: &Path, run: &RunArgs, qk: bool) -> Result<Evaluation, Fai
     let params = params.process(processing).map_err(|e| fail(e.into()))?;
     let compiled = compiled.processed(processing);
     let forward =
-        pathc::eval::forward_masked(&params, &run.tokens, run.attention_mask.as_deref()).map_err(|e| fail(e.into()))?;
+        pathc::eval::forward_masked(&params, tokens, run.attention_mask.as_deref()).map_err(|e| fail(e.into()))?;
     let options = ExpandOptions { max_order: run.max_order, limit: run.limit, qk, ..ExpandOptions::default() };
     let expansion = pathc::expand_compiled(compiled, &options).map_err(fail)?;
     Ok(Evaluation { expansion, params, forward })

@@ -31,15 +31,21 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<(), Failure> {
     let Args { model, run, head, pos, top, format } = args;
-    let evaluation = evaluate(&model, &run, true)?;
-    let position = parse_position(&pos, run.tokens.len())?;
+    let input = run.input()?;
+    let evaluation = evaluate(&model, &run, input.ids(), true)?;
+    let labels = input.labels();
+    let position = parse_position(&pos, input.ids().len())?;
     let heads = evaluation.expansion.heads_per_layer();
     let (layer, head) = parse_head_of(&head, "head", &heads)?;
     let report = numbers::score_table(&evaluation, layer, head, position, top)?;
     let mut out = BufWriter::new(io::stdout().lock());
     match format {
-        TextOrJson::Json => numbers::write_scores_json(&mut out, &evaluation, (layer, head), position, &report)?,
-        TextOrJson::Text => numbers::write_scores_text(&mut out, &evaluation, (layer, head), position, &report)?,
+        TextOrJson::Json => {
+            numbers::write_scores_json(&mut out, &evaluation, (layer, head), position, &report, labels)?
+        }
+        TextOrJson::Text => {
+            numbers::write_scores_text(&mut out, &evaluation, (layer, head), position, &report, labels)?
+        }
     }
     Ok(out.flush()?)
 }

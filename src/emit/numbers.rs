@@ -8,6 +8,62 @@ use crate::eval::{Evaluation, Matrix, PathEvaluator, Row, Target, TargetEvaluato
 use crate::linalg::{finite, finite_values, max_abs, NonFinite};
 use crate::paths::{self, Path};
 use crate::progress::Progress;
+use crate::text::Labels;
+
+/// Token `id` as the reports show it: `373 " Mary"` with a tokenizer, `373` without.
+fn token(labels: Option<Labels<'_>>, id: usize) -> String {
+    labels.map_or_else(|| id.to_string(), |l| l.id(id))
+}
+
+/// The lines a text report has after its first when a tokenizer is known: the text and whether a
+/// BOS was prepended to it (`text: "…", prepend_bos: true (TransformerLens's default)`), and every
+/// position's token string (`tokens: 0:"<|endoftext|>" 1:"When" …`). Nothing without a tokenizer.
+pub fn write_input_text(out: &mut dyn Write, labels: Option<Labels<'_>>) -> io::Result<()> {
+    let Some(labels) = labels else { return Ok(()) };
+    if let Some(text) = &labels.input.text {
+        write!(out, "text: {}", crate::text::quote(text))?;
+        if let Some(prepend) = &labels.input.prepend_bos {
+            write!(out, ", prepend_bos: {prepend}")?;
+        }
+        writeln!(out)?;
+    }
+    writeln!(out, "tokens: {}", labels.positions())
+}
+
+/// The fields a JSON report has when a tokenizer is known: `str_tokens` (each token's string,
+/// `null` for an id the tokenizer does not have) and, for a text, `text`, `prepend_bos` and
+/// `prepend_bos_source` (why: `"TransformerLens's default"`, `"--prepend-bos"`, ...).
+pub fn input_json(labels: Option<Labels<'_>>) -> serde_json::Map<String, serde_json::Value> {
+    let mut map = serde_json::Map::new();
+    let Some(labels) = labels else { return map };
+    map.insert("str_tokens".to_string(), serde_json::json!(labels.input.str_tokens));
+    if let Some(text) = &labels.input.text {
+        map.insert("text".to_string(), serde_json::json!(text));
+    }
+    if let Some(prepend) = &labels.input.prepend_bos {
+        map.insert("prepend_bos".to_string(), serde_json::json!(prepend.value));
+        map.insert("prepend_bos_source".to_string(), serde_json::json!(prepend.why.to_string()));
+    }
+    map
+}
+
+/// `value` (an object) with `fields` added.
+fn with_fields(mut value: serde_json::Value, fields: serde_json::Map<String, serde_json::Value>) -> serde_json::Value {
+    if let serde_json::Value::Object(map) = &mut value {
+        map.extend(fields);
+    }
+    value
+}
+
+/// A table cell of at most 11 characters: longer strings end in `…`.
+fn cell(s: String) -> String {
+    if s.chars().count() <= 11 {
+        return s;
+    }
+    let mut cut: String = s.chars().take(10).collect();
+    cut.push('…');
+    cut
+}
 
 /// One row of `pathc paths`: a path (or a group of paths) and its logits (one row, or every
 /// position).
@@ -282,9 +338,9 @@ pub fn target_table(
 }
 
 /// What the target logit of a table is, in words: `logit of token 42`, `logit of the next token`.
-fn target_words(target: Target) -> String {
+fn target_words(target: Target, labels: Option<Labels<'_>>) -> String {
     match target {
-        Target::Token(t) => format!("logit of token {t}"),
+        Target::Token(t) => format!("logit of token {}", token(labels, t)),
         Target::Next => "logit of the next token".to_string(),
     }
 }
@@ -300,6 +356,7 @@ pub fn write_target_text(
     targets: &Targets,
     position: Option<usize>,
     rows: &[TargetRow],
+    labels: Option<Labels<'_>>,
 ) -> io::Result<()> {
     let tokens = &evaluation.forward.tokens;
     let model = &evaluation.expansion.model.name;
@@ -312,10 +369,12 @@ pub fn write_target_text(
         let next = if target == Target::Next { " (the next token)" } else { "" };
         writeln!(
             out,
-            "model {model}, position {p} (token {}): {} {what}, ranked by |logit of token {t}|{next}",
-            tokens[p],
-            rows.len()
+            "model {model}, position {p} (token {}): {} {what}, ranked by |logit of token {}|{next}",
+            token(labels, tokens[p]),
+            rows.len(),
+            token(labels, *t)
         )?;
+        write_input_text(out, labels)?;
         writeln!(out, "forward pass: logit[{t}] = {:.6} (the sum of every path of every order)", forward[0])?;
         writeln!(out, "{head:<width$}  {column:>5}  {:>12}  {:>12}", "size", format!("logit[{t}]"))?;
         for row in rows {
@@ -337,9 +396,10 @@ pub fn write_target_text(
     writeln!(
         out,
         "model {model}, {} at {span}{left_out}: {} {what}, ranked by the largest |contribution|",
-        target_words(target),
+        target_words(target, labels),
         rows.len()
     )?;
+    write_input_text(out, labels)?;
     // The label column spans the name, order and size columns.
     let label = width + 2 + 5 + 2 + 12;
     let line = |out: &mut dyn Write, name: &str, cells: &mut dyn Iterator<Item = String>| -> io::Result<()> {
@@ -351,7 +411,13 @@ pub fn write_target_text(
     };
     line(out, "position", &mut targets.positions.iter().map(|p| p.to_string()))?;
     line(out, "token", &mut targets.positions.iter().map(|&p| tokens[p].to_string()))?;
+    if let Some(l) = labels {
+        line(out, "token string", &mut targets.positions.iter().map(|&p| cell(l.string(tokens[p]))))?;
+    }
     line(out, "target", &mut targets.tokens.iter().map(|t| t.to_string()))?;
+    if let Some(l) = labels {
+        line(out, "target string", &mut targets.tokens.iter().map(|&t| cell(l.string(t))))?;
+    }
     line(out, "forward pass logit", &mut forward.iter().map(|v| format!("{v:.6}")))?;
     writeln!(out, "{head:<width$}  {column:>5}  {:>12}", "max |c|")?;
     for row in rows {
@@ -370,7 +436,8 @@ pub fn write_target_text(
 /// token or `"next"`, `positions` the positions reported (with `"next"`, every requested one but
 /// the last), `target_tokens` the target at each, `forward_target_logits` the forward pass's
 /// logit of it, and each path's `target_logits` its contribution at each; grouped, entries are
-/// `{"name", "paths", "target_logits"}`.
+/// `{"name", "paths", "target_logits"}`. With a tokenizer, also [`input_json`]'s fields and
+/// `target_str_tokens`, the string of each target token.
 pub fn write_target_json(
     out: &mut dyn Write,
     evaluation: &Evaluation,
@@ -378,6 +445,7 @@ pub fn write_target_json(
     targets: &Targets,
     position: Option<usize>,
     rows: &[TargetRow],
+    labels: Option<Labels<'_>>,
 ) -> io::Result<()> {
     let paths: Vec<serde_json::Value> = rows
         .iter()
@@ -400,6 +468,12 @@ pub fn write_target_json(
         "forward_target_logits": targets.forward_logits(&evaluation.forward),
         "paths": paths,
     });
+    let mut fields = input_json(labels);
+    if let Some(l) = labels {
+        let strings: Vec<Option<String>> = targets.tokens.iter().map(|&t| l.tokenizer.str_token(t)).collect();
+        fields.insert("target_str_tokens".to_string(), serde_json::json!(strings));
+    }
+    let value = with_fields(value, fields);
     serde_json::to_writer(&mut *out, &value)?;
     writeln!(out)
 }
@@ -411,20 +485,22 @@ pub fn write_paths_text(
     position: Option<usize>,
     target: Option<usize>,
     rows: &[PathRow],
+    labels: Option<Labels<'_>>,
 ) -> io::Result<()> {
     let tokens = &evaluation.forward.tokens;
     let at = match position {
-        Some(p) => format!("position {p} (token {})", tokens[p]),
+        Some(p) => format!("position {p} (token {})", token(labels, tokens[p])),
         None => "every position".to_string(),
     };
     let by = match target {
-        Some(t) => format!("|logit of token {t}|"),
+        Some(t) => format!("|logit of token {}|", token(labels, t)),
         None => "norm of the logit row".to_string(),
     };
     let grouped = rows.first().is_some_and(|r| r.order.is_none());
     let (what, column) = if grouped { ("groups", "paths") } else { ("paths", "order") };
     let head = if grouped { "group" } else { "path" };
     writeln!(out, "model {}, {at}: {} {what}, ranked by {by}", evaluation.expansion.model.name, rows.len())?;
+    write_input_text(out, labels)?;
     let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(5).max(5);
     match target {
         Some(t) => writeln!(out, "{head:<width$}  {column:>5}  {:>12}  {:>12}", "size", format!("logit[{t}]"))?,
@@ -444,6 +520,7 @@ pub fn write_paths_text(
                     .iter()
                     .enumerate()
                     .fold((0, f64::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best });
+                let arg = token(labels, arg);
                 writeln!(out, "{:<width$}  {:>5}  {:>12.6}  {arg} ({value:.4})", row.name, order, row.size)?
             }
         }
@@ -452,12 +529,14 @@ pub fn write_paths_text(
 }
 
 /// `{"model", "tokens", "position", "max_order", "paths": [{"name", "order", "logits"}]}`; grouped,
-/// each entry is `{"name", "paths", "logits"}` (the group, how many paths it sums).
+/// each entry is `{"name", "paths", "logits"}` (the group, how many paths it sums). With a
+/// tokenizer, also [`input_json`]'s fields.
 pub fn write_paths_json(
     out: &mut dyn Write,
     evaluation: &Evaluation,
     position: Option<usize>,
     rows: &[PathRow],
+    labels: Option<Labels<'_>>,
 ) -> io::Result<()> {
     let paths: Vec<serde_json::Value> = rows
         .iter()
@@ -481,6 +560,7 @@ pub fn write_paths_json(
         "max_order": evaluation.expansion.max_order,
         "paths": paths,
     });
+    let value = with_fields(value, input_json(labels));
     serde_json::to_writer(&mut *out, &value)?;
     writeln!(out)
 }
@@ -550,9 +630,10 @@ pub fn write_scores_text(
     (layer, head): (usize, usize),
     position: Option<usize>,
     report: &ScoreReport,
+    labels: Option<Labels<'_>>,
 ) -> io::Result<()> {
     let at = match position {
-        Some(q) => format!("query position {q} (token {})", evaluation.forward.tokens[q]),
+        Some(q) => format!("query position {q} (token {})", token(labels, evaluation.forward.tokens[q])),
         None => "every query position".to_string(),
     };
     writeln!(
@@ -560,6 +641,7 @@ pub fn write_scores_text(
         "model {}, head L{layer}H{head}, {at}: {} terms, largest first",
         evaluation.expansion.model.name, report.terms
     )?;
+    write_input_text(out, labels)?;
     writeln!(out, "max |Σ terms − scores| = {:.3e} (scores before the causal mask and softmax)", report.max_abs_error)?;
     let width = report.rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
     writeln!(out, "{:<width$}  order  {:>12}  top key (score)", "term", "norm")?;
@@ -575,19 +657,24 @@ pub fn write_scores_text(
             }
         });
         let order = row.order.unwrap_or(row.paths);
+        let key = match labels.and_then(|l| l.input.quoted(key)) {
+            Some(s) => format!("{key} {s}"),
+            None => key.to_string(),
+        };
         writeln!(out, "{:<width$}  {:>5}  {:>12.6}  {key} ({value:.4})", row.name, order, row.size)?;
     }
     Ok(())
 }
 
 /// `{"model", "head", "tokens", "position", "max_order", "max_abs_error", "terms": [{"name",
-/// "order", "scores"}]}`.
+/// "order", "scores"}]}`. With a tokenizer, also [`input_json`]'s fields.
 pub fn write_scores_json(
     out: &mut dyn Write,
     evaluation: &Evaluation,
     (layer, head): (usize, usize),
     position: Option<usize>,
     report: &ScoreReport,
+    labels: Option<Labels<'_>>,
 ) -> io::Result<()> {
     let terms: Vec<serde_json::Value> = report
         .rows
@@ -608,6 +695,7 @@ pub fn write_scores_json(
         "max_abs_error": report.max_abs_error,
         "terms": terms,
     });
+    let value = with_fields(value, input_json(labels));
     serde_json::to_writer(&mut *out, &value)?;
     writeln!(out)
 }

@@ -553,13 +553,15 @@ pub fn stats_heatmap(model: &str, stats: &crate::stats::Stats, what: StatsPlot) 
 /// The bar chart of `pathc plot --what paths`: the `top` paths with the largest contributions
 /// (by absolute value, signed bars) to the logit of token `target` at `position`, largest first,
 /// as `pathc paths --target T --top N` ranks them. `chosen` says how `target` was picked (for
-/// the title), e.g. "given by --target".
+/// the title), e.g. "given by --target". With a tokenizer (`strings`), the title gives the tokens'
+/// strings and a fourth line the text and whether a BOS was prepended to it.
 pub fn paths_chart(
     evaluation: &crate::eval::Evaluation,
     position: usize,
     target: usize,
     chosen: &str,
     top: usize,
+    strings: Option<crate::text::Labels<'_>>,
 ) -> Result<String, PlotError> {
     // One target column of the unembedding, not every path's vocabulary row.
     let forward = &evaluation.forward;
@@ -579,13 +581,21 @@ pub fn paths_chart(
         Some(k) => format!("paths through at most {k} heads"),
         None => "paths of every order".to_string(),
     };
-    let title = format!(
-        "{}: the {} largest paths into logit[{target}] at position {position} (token {})\ntarget token {target} {chosen}; logit[{target}] = {:.4} in the forward pass; {scope}, ranked by |contribution|\n{processing}",
+    let token = |id: usize| strings.map_or_else(|| id.to_string(), |l| l.id(id));
+    let mut title = format!(
+        "{}: the {} largest paths into logit[{target}] at position {position} (token {})\ntarget token {} {chosen}; logit[{target}] = {:.4} in the forward pass; {scope}, ranked by |contribution|\n{processing}",
         expansion.model.name,
         rows.len(),
-        forward.tokens[position],
+        token(forward.tokens[position]),
+        token(target),
         forward.logits[(position, target)],
     );
+    if let Some(text) = strings.and_then(|l| l.input.text.as_ref()) {
+        title += &format!("\ntext {}", crate::text::quote(text));
+        if let Some(prepend) = strings.and_then(|l| l.input.prepend_bos.as_ref()) {
+            title += &format!(", prepend_bos: {prepend}");
+        }
+    }
     bar_chart(&BarChart {
         title: &title,
         labels: &labels,
