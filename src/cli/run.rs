@@ -12,7 +12,8 @@ use super::failure::{read_model, render, Failure};
 // comment: see the module docs of `cli`.)
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// A TransformerLens state_dict: safetensors (f16, bf16, f32, f64) or npz.
+    /// A TransformerLens state_dict: safetensors (f16, bf16, f32, f64) or npz; or a HuggingFace
+    /// model folder (config.json with model.safetensors, shards or pytorch_model.bin).
     #[arg(long, value_name = "FILE")]
     pub weights: PathBuf,
     /// Token ids, comma-separated: `--tokens 3,7,1`.

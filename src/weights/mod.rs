@@ -12,6 +12,10 @@
 //!   `numpy.savez_compressed` (deflated) write them, each one `.npy` array (`npy.rs`, whose
 //!   header, a Python dict literal, is read by the `py_literal` crate).
 //!
+//! A directory with a `config.json` is a HuggingFace model folder (`hf.rs`): its
+//! `model.safetensors`, sharded safetensors or `pytorch_model.bin` are each opened as above and
+//! their tensors presented under TransformerLens's names, each a strided view of HF's tensor.
+//!
 //! A format module only lists the tensors: for each its name, shape, dtype and where its bytes
 //! are (in memory, or at an offset of the open file). Everything else is shared and done here, in
 //! one place, whatever the format: the conversion of F16, BF16, F32 and F64 to `f64`
@@ -32,6 +36,7 @@
 
 mod check;
 mod convert;
+pub mod hf;
 mod npy;
 mod npz;
 mod safetensors;
@@ -138,6 +143,14 @@ pub enum WeightError {
     /// tensor: `what` is `"rows"` or `"columns"`, the block `start .. start + n`.
     #[error("tensor `{name}` has shape {shape:?}: {what} {start}..{} are out of range (it has {} {what})", *.start as u128 + *.n as u128, if *.what == "rows" { .shape[0] } else { .shape[1] })]
     OutOfRange { name: String, what: &'static str, start: usize, n: usize, shape: [usize; 2] },
+    /// A HuggingFace folder's `config.json` cannot be read, or describes a model pathc does not
+    /// compute exactly (`hf::config`).
+    #[error(transparent)]
+    Config(#[from] hf::config::ConfigError),
+    /// A HuggingFace folder holds a tensor the family's mapping does not use (and HF does not
+    /// ignore): leaving it out would compute another model.
+    #[error("{origin} holds tensor `{name}`, which a `{family}` model does not have: leaving it out would compute another model")]
+    Unexpected { name: String, origin: String, family: &'static str },
 }
 
 /// A summary (name, dtype, shape), not the data: a model's weights are too many to print.
@@ -184,7 +197,9 @@ fn similar_hint(similar: &[String]) -> String {
 }
 
 impl Weights {
-    /// Opens a safetensors or .npz file (see the module documentation). A safetensors file's
+    /// Opens a safetensors or .npz file (see the module documentation), or a HuggingFace model
+    /// folder (a directory with a `config.json`: [`hf`]), whose tensors it presents under
+    /// TransformerLens's names and layouts, each a view of HF's tensor in its file. A safetensors file's
     /// header is read and checked now, against the file's length; its tensors stay in the file
     /// until [`Weights::get`] converts one (or [`Weights::rows`] / [`Weights::columns`] read part of
     /// one), so loading costs nothing for the tensors a command does not use. An .npz archive is
@@ -196,7 +211,12 @@ impl Weights {
         // pipe or FIFO cannot be, and is refused before it is opened (opening a FIFO waits).
         let meta = std::fs::metadata(path).map_err(io)?;
         if meta.is_dir() {
-            return Err(io(std::io::Error::other("it is a directory")));
+            if hf::is_model_folder(path) {
+                return hf::load(path);
+            }
+            return Err(io(std::io::Error::other(
+                "it is a directory without a config.json (a HuggingFace model folder has one)",
+            )));
         }
         if !meta.is_file() {
             return Err(format_error(
@@ -507,9 +527,12 @@ impl Listing {
                 let non_finite = check::first_non_finite(&data);
                 Entry::Float { dtype, tensor: Tensor { shape, data }, non_finite }
             }
-            (DType::Float(dtype), Bytes::File(offset)) => {
-                Entry::Stored { dtype, shape, at: At { file: self.file, offset, strides: None }, loaded: OnceLock::new() }
-            }
+            (DType::Float(dtype), Bytes::File(offset)) => Entry::Stored {
+                dtype,
+                shape,
+                at: At { file: self.file, offset, strides: None },
+                loaded: OnceLock::new(),
+            },
             (DType::Float(dtype), Bytes::Strided { offset, strides }) => {
                 // A view that is row-major after all is read as one.
                 let strides = (!is_row_major(&shape, &strides)).then_some(strides);
