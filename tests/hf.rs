@@ -399,3 +399,42 @@ fn tied_and_untied_unembeddings() {
     assert!((0..16).all(|m| (0..27).all(|v| u.data[m * 27 + v] == lm.data[v * 16 + m])));
     assert_ne!(lm.data, e.data);
 }
+
+/// Malformed configs are errors, never panics: every prefix of a real one, wrong types, sizes
+/// too large to address.
+#[test]
+fn malformed_configs_are_errors() {
+    use pathc::weights::hf::config::parse;
+    let text = std::fs::read_to_string(dir("llama_sharded").join("config.json")).unwrap();
+    for end in (0..text.len()).filter(|&i| text.is_char_boundary(i)) {
+        let _ = parse(&text[..end], "config.json");
+    }
+    assert!(parse(&text, "config.json").is_ok());
+    for (bad, needle) in [
+        ("not json", "is not valid JSON"),
+        ("[1, 2]", "is not a JSON object"),
+        (r#"{"model_type": 3}"#, "`model_type` is 3, expected a string"),
+        (r#"{"model_type": "gpt2", "n_embd": "16"}"#, "`n_embd` is \"16\", expected a positive whole number"),
+        (r#"{"model_type": "gpt2", "n_embd": 16.5}"#, "`n_embd` is 16.5"),
+        (
+            r#"{"model_type": "gpt2", "layer_norm_epsilon": -1}"#,
+            "`layer_norm_epsilon` is -1, expected a positive number",
+        ),
+        (
+            r#"{"model_type": "gpt2", "tie_word_embeddings": "yes"}"#,
+            "`tie_word_embeddings` is \"yes\", expected true or false",
+        ),
+        (
+            r#"{"model_type": "llama", "vocab_size": 4294967296, "hidden_size": 4294967296}"#,
+            "`vocab_size` is 4294967296, expected sizes whose tensors fit",
+        ),
+        (
+            r#"{"model_type": "gpt_neox", "hidden_size": 16, "num_attention_heads": 4, "rotary_pct": 0.3}"#,
+            "`rotary_pct` is 0.3",
+        ),
+        (r#"{"model_type": "gptj", "n_embd": 16, "n_head": 4, "rotary_dim": 6}"#, "`rotary_dim` is 6"),
+    ] {
+        let e = parse(bad, "config.json").unwrap_err().to_string();
+        assert!(e.contains(needle), "{bad}: {e}");
+    }
+}

@@ -7,7 +7,7 @@
 //! Q, K, V; NeoX's `query_key_value` interleaved per head), a head reshape, a transpose (`nn.Linear`
 //! is `[out, in]`, TransformerLens `[in, out]`; `W_U` is `lm_head.weight` or, tied, the token
 //! embedding transposed) — an offset and strides into the HF tensor's bytes, nothing copied at
-//! load: a tensor left in its file stays there (a strided [`At`]) until asked for, so `stats`
+//! load: a tensor left in its file stays there (a strided `At`) until asked for, so `stats`
 //! still streams `W_E`/`W_U` (a column block of `W_U` is a row block of `lm_head.weight`, one
 //! span). A view of a tensor already in memory (a format that converts at load) is gathered into
 //! memory. Biases TransformerLens sets to zero where HF has none are zero rows here only where

@@ -440,7 +440,9 @@ impl Weights {
     /// The block `starts[k] .. starts[k] + lens[k]` (in every dimension `k`) of a strided stored
     /// tensor, row-major, converted: the bytes the block spans are read at once (a view's block
     /// spans little more than itself: a transposed matrix's column block is its rows), then its
-    /// elements gathered. The caller has checked the block against the shape.
+    /// elements gathered and converted one slab of the first dimension at a time, so that at most
+    /// the span and the converted block are held. The caller has checked the block against the
+    /// shape.
     fn gather(&self, dtype: Float, at: &At, starts: &[usize], lens: &[usize]) -> Result<Vec<f64>, WeightError> {
         let strides = at.strides.as_deref().expect("only strided tensors are gathered");
         let count: usize = lens.iter().product();
@@ -452,7 +454,9 @@ impl Weights {
         let last: usize = first + lens.iter().zip(strides).map(|(n, t)| (n - 1) * t).sum::<usize>();
         let size = dtype.size();
         let span = self.read_bytes(at.file, at.offset + (first * size) as u64, (last - first + 1) * size)?;
-        let mut bytes = Vec::with_capacity(count * size);
+        let mut out = Vec::with_capacity(count);
+        let slab = count / lens.first().copied().unwrap_or(1);
+        let mut bytes = Vec::with_capacity(slab * size);
         let mut index = vec![0usize; lens.len()];
         'odometer: loop {
             let e: usize = index.iter().zip(strides).map(|(i, t)| i * t).sum();
@@ -460,13 +464,18 @@ impl Weights {
             for k in (0..index.len()).rev() {
                 index[k] += 1;
                 if index[k] < lens[k] {
+                    if k == 0 {
+                        out.extend(convert::to_f64(dtype, &bytes));
+                        bytes.clear();
+                    }
                     continue 'odometer;
                 }
                 index[k] = 0;
             }
             break;
         }
-        Ok(convert::to_f64(dtype, &bytes))
+        out.extend(convert::to_f64(dtype, &bytes));
+        Ok(out)
     }
 }
 
