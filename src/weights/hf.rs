@@ -25,11 +25,10 @@ pub mod config;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use self::config::{Family, HfConfig, HfNorm};
 use super::convert::{Float, FloatFormat};
-use super::{check, format_error, is_row_major, At, Entry, Tensor, WeightError, Weights};
+use super::{check, format_error, view_span, Bytes, DType, Entry, Listed, Listing, Tensor, WeightError, Weights};
 
 /// Whether `dir` is a HuggingFace model folder (it holds a `config.json`).
 pub fn is_model_folder(dir: &Path) -> bool {
@@ -41,24 +40,18 @@ pub fn is_model_folder(dir: &Path) -> bool {
 /// the index assigns it (all of them for a single file).
 fn weight_files(dir: &Path, origin: &str) -> Result<Vec<(PathBuf, Option<Vec<String>>)>, WeightError> {
     for single in ["model.safetensors", "pytorch_model.bin"] {
-        let index = dir.join(format!("{single}.index.json"));
-        if single == "pytorch_model.bin" && dir.join("model.safetensors.index.json").is_file() {
-            break;
-        }
         if dir.join(single).is_file() {
             return Ok(vec![(dir.join(single), None)]);
         }
+        let index = dir.join(format!("{single}.index.json"));
         if index.is_file() {
             return shards(dir, &index, origin);
         }
     }
-    if dir.join("model.safetensors.index.json").is_file() {
-        return shards(dir, &dir.join("model.safetensors.index.json"), origin);
-    }
     Err(format_error(
         origin,
         "the folder has a config.json but no weights: expected model.safetensors, model.safetensors.index.json \
-         (with its shards) or pytorch_model.bin",
+         (with its shards), pytorch_model.bin or pytorch_model.bin.index.json",
     ))
 }
 
@@ -134,21 +127,27 @@ pub fn load(dir: &Path) -> Result<Weights, WeightError> {
             // Older checkpoints, saved from the base model, leave out its prefix.
             let name = canonical(&name, config.family);
             if source.entries.insert(name.clone(), entry).is_some() {
-                return Err(format_error(&origin, format!("tensor `{name}` is in two of the folder's files")));
+                return Err(format_error(
+                    &origin,
+                    format!(
+                        "tensor `{name}` is in the folder twice (in two files, or with and without the `{}` prefix)",
+                        config.family.prefix()
+                    ),
+                ));
             }
         }
     }
     let mapping = mapping(&config);
     check_tensors(&source, &mapping, &config, &origin)?;
-    let mut entries = BTreeMap::new();
+    let mut listing = Listing::default();
     for view in &mapping.views {
-        entries.insert(view.tl.clone(), resolve(&source, view)?);
+        resolve(&source, view, &mut listing)?;
     }
     for (tl, shape) in &mapping.zeros {
         let n = shape.iter().product();
-        entries.insert(tl.clone(), float_entry(Float::little(FloatFormat::F32), shape.clone(), vec![0.0; n]));
+        listing.entries.insert(tl.clone(), float_entry(Float::little(FloatFormat::F32), shape.clone(), vec![0.0; n]));
     }
-    Ok(Weights { origin, entries, files: source.files, archive: None })
+    Ok(Weights { origin, entries: listing.entries, files: source.files, archive: None })
 }
 
 /// Reads the folder's `config.json` (for `pathc import`).
@@ -297,23 +296,22 @@ fn row_major_strides(shape: &[usize]) -> Vec<usize> {
     strides
 }
 
-/// The TransformerLens entry a view makes of its HF tensor: strided into the file for a tensor
-/// left there, gathered for one in memory.
-fn resolve(source: &Weights, view: &View) -> Result<Entry, WeightError> {
+/// Lists the TransformerLens tensor a view makes of its HF tensor: a strided `Bytes::Strided`
+/// into the file for a tensor left there (through `Listing::add`, which reads a view that is
+/// row-major after all as one), gathered for one in memory.
+fn resolve(source: &Weights, view: &View, listing: &mut Listing) -> Result<(), WeightError> {
     let entry = source.entries.get(&view.hf).expect("check_tensors found every mapped tensor");
     let src_shape = shape_of(entry).to_vec();
-    if !view.inside(&src_shape) {
-        return Err(format_error(
-            &source.origin,
-            format!(
-                "tensor `{}` of shape {src_shape:?} cannot hold `{}` of shape {:?}",
-                view.hf,
-                view.tl,
-                view.shape()
-            ),
-        ));
-    }
     let shape = view.shape();
+    let outside = || {
+        format_error(
+            &source.origin,
+            format!("tensor `{}` of shape {src_shape:?} cannot hold `{}` of shape {shape:?}", view.hf, view.tl),
+        )
+    };
+    if !view.inside(&src_shape) {
+        return Err(outside());
+    }
     let strides_in = |src_strides: &[usize]| -> (usize, Vec<usize>) {
         let first: usize = view.base.iter().zip(src_strides).map(|(b, s)| b * s).sum();
         let strides =
@@ -324,22 +322,32 @@ fn resolve(source: &Weights, view: &View) -> Result<Entry, WeightError> {
         Entry::Stored { dtype, at, .. } => {
             let src_strides = at.strides.clone().unwrap_or_else(|| row_major_strides(&src_shape));
             let (first, strides) = strides_in(&src_strides);
+            // Inside the HF tensor's elements, so inside the bytes its format module checked.
+            let (Some(span), Some(src_span)) = (view_span(&shape, &strides), view_span(&src_shape, &src_strides))
+            else {
+                return Err(outside());
+            };
+            if first.checked_add(span).is_none_or(|end| end > src_span) {
+                return Err(outside());
+            }
+            listing.file = at.file;
             let offset = at.offset + (first * dtype.size()) as u64;
-            let strides = (!is_row_major(&shape, &strides)).then_some(strides);
-            Ok(Entry::Stored {
-                dtype: *dtype,
+            listing.add(Listed {
+                name: view.tl.clone(),
                 shape,
-                at: At { file: at.file, offset, strides },
-                loaded: OnceLock::new(),
-            })
+                dtype: DType::Float(*dtype),
+                bytes: Bytes::Strided { offset, strides },
+            });
         }
         Entry::Float { dtype, tensor, .. } => {
             let (first, strides) = strides_in(&row_major_strides(&src_shape));
-            Ok(float_entry(*dtype, shape.clone(), gather_memory(&tensor.data, first, &strides, &shape)))
+            let data = gather_memory(&tensor.data, first, &strides, &shape);
+            listing.entries.insert(view.tl.clone(), float_entry(*dtype, shape, data));
         }
         Entry::Member { .. } => unreachable!("members are converted as the folder is listed"),
-        Entry::Other { dtype, .. } => Err(WeightError::DType { name: view.hf.clone(), found: dtype.clone() }),
+        Entry::Other { dtype, .. } => return Err(WeightError::DType { name: view.hf.clone(), found: dtype.clone() }),
     }
+    Ok(())
 }
 
 fn gather_memory(data: &[f64], first: usize, strides: &[usize], shape: &[usize]) -> Vec<f64> {
