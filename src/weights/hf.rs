@@ -35,10 +35,13 @@ pub fn is_model_folder(dir: &Path) -> bool {
     dir.join("config.json").is_file()
 }
 
+/// A weights file of a folder and, for a shard, the tensors its index assigns it.
+type WeightFile = (PathBuf, Option<Vec<String>>);
+
 /// The weights files of a folder, in HF's order of preference: `model.safetensors`, the sharded
 /// safetensors index, `pytorch_model.bin`, the sharded `.bin` index. Each file with the tensors
 /// the index assigns it (all of them for a single file).
-fn weight_files(dir: &Path, origin: &str) -> Result<Vec<(PathBuf, Option<Vec<String>>)>, WeightError> {
+fn weight_files(dir: &Path, origin: &str) -> Result<Vec<WeightFile>, WeightError> {
     for single in ["model.safetensors", "pytorch_model.bin"] {
         if dir.join(single).is_file() {
             return Ok(vec![(dir.join(single), None)]);
@@ -56,7 +59,7 @@ fn weight_files(dir: &Path, origin: &str) -> Result<Vec<(PathBuf, Option<Vec<Str
 }
 
 /// The shards an index's `weight_map` names, each with its tensors.
-fn shards(dir: &Path, index: &Path, origin: &str) -> Result<Vec<(PathBuf, Option<Vec<String>>)>, WeightError> {
+fn shards(dir: &Path, index: &Path, origin: &str) -> Result<Vec<WeightFile>, WeightError> {
     let name = index.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let bad = |detail: String| format_error(origin, format!("{name}: {detail}"));
     let meta =
