@@ -580,6 +580,43 @@ fn every_truncation_of_an_npz_file_is_an_error() {
     }
 }
 
+/// Loads, then asks for every tensor by a shape none has, returning the first error that is not
+/// about the shape: an .npz member's header is read only when its tensor is asked for.
+fn load_and_ask(bytes: &[u8], origin: &str) -> Result<Weights, WeightError> {
+    let weights = Weights::from_bytes(bytes, origin)?;
+    let names: Vec<String> = weights.names().map(String::from).collect();
+    for name in names {
+        match weights.check(&name, &[usize::MAX]) {
+            Err(e @ (WeightError::Format { .. } | WeightError::Truncated { .. })) => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(weights)
+}
+
+/// Issue 17: an .npz member's header is read only when its tensor is asked for, so members the
+/// model does not use cost nothing, however slow their headers would be to read (the worst the
+/// header's guards let through, a thousand times) or however broken.
+#[test]
+fn npz_headers_are_read_only_for_the_tensors_asked_for() {
+    let data: Vec<u8> = [1.5f32, 2.5].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let deep = format!("{}1{}", "{".repeat(4), "}".repeat(4));
+    let slow = format!("{{'descr': [{}], 'fortran_order': False, 'shape': (), }}", vec![deep; 100].join(", "));
+    let mut members = vec![("w.npy".to_string(), npy_bytes("<f4", false, &[2], &data, 1))];
+    for i in 0..1000 {
+        members.push((format!("slow{i:04}.npy"), npy_with_header(&slow, &[], 1)));
+    }
+    members.push(("broken.npy".to_string(), b"\x93NUMPZ".to_vec()));
+    let members: Vec<(&str, Vec<u8>)> = members.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
+    let weights = Weights::from_bytes(&npz_bytes(&members, CompressionMethod::Stored), "many.npz").unwrap();
+    assert_eq!(weights.names().count(), 1002);
+    assert_eq!(weights.get("w", &[2]).unwrap().data, vec![1.5, 2.5]);
+    let summary = format!("{weights:?}");
+    assert_eq!(summary.matches("header not read yet").count(), 1001, "{summary}");
+    let err = weights.check("broken", &[2]).unwrap_err().to_string();
+    assert!(err.contains("member `broken.npy`"), "{err}");
+}
+
 #[test]
 fn truncated_npy_members_say_how_short() {
     let data: Vec<u8> = EXACT.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -587,7 +624,7 @@ fn truncated_npy_members_say_how_short() {
     let header_end = full.len() - 96;
     for cut in 0..full.len() {
         let npz = npz_bytes(&[("w.npy", full[..cut].to_vec())], CompressionMethod::Stored);
-        let err = Weights::from_bytes(&npz, "t.npz").unwrap_err();
+        let err = load_and_ask(&npz, "t.npz").unwrap_err();
         assert!(matches!(err, WeightError::Truncated { .. }), "{cut}: {err:?}");
         let message = err.to_string();
         assert!(message.starts_with("t.npz is truncated: member `w.npy` ends inside "), "{message}");
@@ -806,7 +843,7 @@ fn corrupt_files_are_format_errors_that_say_what_is_wrong() {
         assert!(err.contains(word), "{what}: {err}");
     }
     for (what, bytes, origin, words) in cases {
-        let err = match Weights::from_bytes(&bytes, origin) {
+        let err = match load_and_ask(&bytes, origin) {
             Ok(_) => panic!("{what}: loaded"),
             Err(err) => err,
         };

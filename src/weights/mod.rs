@@ -89,9 +89,15 @@ enum Entry {
     /// kept), or read a few rows or columns at a time ([`Weights::rows`], [`Weights::columns`])
     /// without ever being held whole.
     Stored { dtype: Float, shape: Vec<usize>, at: At, loaded: OnceLock<Result<Loaded, String>> },
-    /// A float member of an .npz archive, left compressed in it: decompressed and converted on
-    /// the first [`Weights::get`] (then kept), never beyond the bytes its header's shape implies.
-    Member { dtype: Float, shape: Vec<usize>, index: usize, loaded: OnceLock<Result<Loaded, String>> },
+    /// A member of an .npz archive, left compressed in it: its `.npy` header is read when the
+    /// tensor is first asked for (so a member the model does not use costs nothing, however
+    /// hostile its header), its data decompressed and converted on the first [`Weights::get`]
+    /// (then kept), never beyond the bytes its header's shape implies.
+    Member {
+        index: usize,
+        header: OnceLock<Result<MemberHeader, (bool, String)>>,
+        loaded: OnceLock<Result<Loaded, String>>,
+    },
     /// A dtype we do not convert (BOOL, integers, complex, ...): kept so it is listed and so
     /// that asking for it as floats names its dtype instead of calling it missing.
     Other { dtype: String, shape: Vec<usize> },
@@ -106,6 +112,14 @@ struct At {
     file: usize,
     offset: u64,
     strides: Option<Vec<usize>>,
+}
+
+/// What an .npz member's `.npy` header says, read when the tensor is first asked for; its error
+/// kept as whether the member is truncated, and the detail.
+#[derive(Debug, Clone)]
+struct MemberHeader {
+    dtype: DType,
+    shape: Vec<usize>,
 }
 
 /// A converted tensor and its first non-finite element.
@@ -161,9 +175,13 @@ impl fmt::Debug for Weights {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 match self.0 {
                     Entry::Float { dtype, tensor, .. } => write!(f, "{dtype} {:?}", tensor.shape),
-                    Entry::Stored { dtype, shape, .. } | Entry::Member { dtype, shape, .. } => {
-                        write!(f, "{dtype} {shape:?}")
-                    }
+                    Entry::Stored { dtype, shape, .. } => write!(f, "{dtype} {shape:?}"),
+                    Entry::Member { header, .. } => match header.get() {
+                        Some(Ok(MemberHeader { dtype: DType::Float(dtype), shape })) => write!(f, "{dtype} {shape:?}"),
+                        Some(Ok(MemberHeader { dtype: DType::Other(dtype), shape })) => write!(f, "{dtype} {shape:?}"),
+                        Some(Err(_)) => write!(f, "an .npz member with a bad header"),
+                        None => write!(f, "an .npz member (header not read yet)"),
+                    },
                     Entry::Other { dtype, shape } => write!(f, "{dtype} {shape:?}"),
                 }
             }
@@ -286,11 +304,11 @@ impl Weights {
     pub fn get(&self, name: &str, expected: &[usize]) -> Result<&Tensor, WeightError> {
         let loaded = match self.entry(name, expected)? {
             Entry::Float { tensor, non_finite, .. } => (tensor, *non_finite),
-            Entry::Stored { shape, loaded, .. } | Entry::Member { shape, loaded, .. } => {
+            Entry::Stored { loaded, .. } | Entry::Member { loaded, .. } => {
                 let loaded = loaded.get_or_init(|| {
-                    let data = self.read_left(name, shape).map_err(|e| e.to_string())?;
+                    let data = self.read_left(name, expected).map_err(|e| e.to_string())?;
                     let non_finite = check::first_non_finite(&data);
-                    Ok(Loaded { tensor: Tensor { shape: shape.clone(), data }, non_finite })
+                    Ok(Loaded { tensor: Tensor { shape: expected.to_vec(), data }, non_finite })
                 });
                 let loaded = loaded.as_ref().map_err(|detail| WeightError::Io {
                     path: self.origin.clone(),
@@ -387,12 +405,15 @@ impl Weights {
             origin: self.origin.clone(),
             similar: check::similar_names(name, self.names()),
         })?;
+        let dtype_error = |found: &String| WeightError::DType { name: name.to_string(), found: found.clone() };
         let shape = match entry {
-            Entry::Other { dtype, .. } => {
-                return Err(WeightError::DType { name: name.to_string(), found: dtype.clone() });
-            }
+            Entry::Other { dtype, .. } => return Err(dtype_error(dtype)),
             Entry::Float { tensor, .. } => &tensor.shape,
-            Entry::Stored { shape, .. } | Entry::Member { shape, .. } => shape,
+            Entry::Stored { shape, .. } => shape,
+            Entry::Member { index, header, .. } => match self.member_header(*index, header)? {
+                MemberHeader { dtype: DType::Other(dtype), .. } => return Err(dtype_error(dtype)),
+                MemberHeader { shape, .. } => shape,
+            },
         };
         if shape != expected {
             return Err(WeightError::Shape {
@@ -412,12 +433,39 @@ impl Weights {
                 self.read_elements(at.file, *dtype, at.offset, shape.iter().product())
             }
             Some(Entry::Stored { dtype, at, .. }) => self.gather(*dtype, at, &vec![0; shape.len()], shape),
-            Some(Entry::Member { dtype, index, .. }) => {
+            Some(Entry::Member { index, header, .. }) => {
+                let Ok(MemberHeader { dtype: DType::Float(dtype), .. }) = self.member_header(*index, header) else {
+                    unreachable!("`entry` has read the header of a float member")
+                };
                 let archive = self.archive.as_ref().expect("members come with their archive");
                 let mut archive = archive.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 Ok(convert::to_f64(*dtype, &npz::read_member(&mut archive, *index, &self.origin)?))
             }
             _ => unreachable!("only tensors left in the file or archive are read from it"),
+        }
+    }
+
+    /// The header of .npz member `index`, read (and checked against the member's size) on the
+    /// first call, the result kept.
+    fn member_header<'a>(
+        &self,
+        index: usize,
+        header: &'a OnceLock<Result<MemberHeader, (bool, String)>>,
+    ) -> Result<&'a MemberHeader, WeightError> {
+        let read = header.get_or_init(|| {
+            let archive = self.archive.as_ref().expect("members come with their archive");
+            let mut archive = archive.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            match npz::read_header(&mut archive, index, &self.origin) {
+                Ok((dtype, shape)) => Ok(MemberHeader { dtype, shape }),
+                Err(WeightError::Truncated { detail, .. }) => Err((true, detail)),
+                Err(WeightError::Format { detail, .. }) => Err((false, detail)),
+                Err(other) => Err((false, other.to_string())),
+            }
+        });
+        match read {
+            Ok(header) => Ok(header),
+            Err((true, detail)) => Err(truncated(&self.origin, detail.clone())),
+            Err((false, detail)) => Err(format_error(&self.origin, detail.clone())),
         }
     }
 
@@ -493,7 +541,7 @@ struct Listed<'a> {
 }
 
 /// A tensor's element type.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 enum DType {
     /// One we convert to `f64`.
     Float(Float),
@@ -511,7 +559,8 @@ enum Bytes<'a> {
     /// (strides in elements): a view of a storage, as a `torch.save` checkpoint holds them. The
     /// format module has checked that every element lies inside the storage's bytes.
     Strided { offset: u64, strides: Vec<usize> },
-    /// In member `i` of the open .npz archive; decompressed when asked for.
+    /// Member `i` of the open .npz archive, whose header is read, and data decompressed, when
+    /// asked for (its shape and dtype are not known until then).
     Member(usize),
 }
 
@@ -547,9 +596,7 @@ impl Listing {
                 let strides = (!is_row_major(&shape, &strides)).then_some(strides);
                 Entry::Stored { dtype, shape, at: At { file: self.file, offset, strides }, loaded: OnceLock::new() }
             }
-            (DType::Float(dtype), Bytes::Member(index)) => {
-                Entry::Member { dtype, shape, index, loaded: OnceLock::new() }
-            }
+            (_, Bytes::Member(index)) => Entry::Member { index, header: OnceLock::new(), loaded: OnceLock::new() },
             (DType::Other(dtype), _) => Entry::Other { dtype, shape },
         };
         self.entries.insert(name, entry).is_none()

@@ -2,11 +2,12 @@
 //! `numpy.savez_compressed` (deflated) write them, read by the `zip` crate (which checks each
 //! member's size and CRC as it is read); each member is one `.npy` array (`npy.rs`).
 //!
-//! Listing reads the archive's directory and, of each member, only its `.npy` header (at most
-//! [`npy::MAX_HEADER_BYTES`] decompressed): the member's declared size must be exactly what its
-//! header calls for. A float member's data is decompressed only when the tensor is asked for
-//! ([`read_member`]), and then no more than that size: a member the model does not use costs its
-//! header, however large it claims to be or inflates to.
+//! Listing reads the archive's directory only. A member's `.npy` header is read when its tensor
+//! is first asked for ([`read_header`]: at most [`npy::MAX_HEADER_BYTES`] decompressed, and the
+//! member's declared size must be exactly what the header calls for), its data when the tensor's
+//! numbers are ([`read_member`]), and then no more than that size: a member the model does not
+//! use costs nothing, however large it claims to be, whatever it inflates to, however slow its
+//! header would be to read.
 
 use std::io::{Read, Seek};
 
@@ -36,43 +37,58 @@ fn npy_error(origin: &str, member: &str, e: npy::NpyError) -> WeightError {
     }
 }
 
-/// Lists every member of the archive, one tensor each, from its header alone.
+/// Lists every member of the archive, one tensor each, by name alone: its header is read when
+/// the tensor is asked for ([`read_header`]).
 pub(super) fn list(archive: &mut Archive, origin: &str, listing: &mut Listing) -> Result<(), WeightError> {
     for i in 0..archive.len() {
-        let mut member = archive
-            .by_index(i)
-            .map_err(|e| format_error(origin, format!("cannot open member #{i} of the zip archive: {e}")))?;
-        if member.is_dir() {
+        let Some(member_name) = archive.name_for_index(i) else { continue };
+        if member_name.ends_with('/') {
             continue;
         }
-        let member_name = member.name().to_string();
         let Some(name) = member_name.strip_suffix(".npy") else {
             return Err(format_error(
                 origin,
                 format!("member `{member_name}` is not a .npy array (numpy.savez names each array NAME.npy)"),
             ));
         };
-        let size = member.size();
-        let mut prefix = Vec::new();
-        member
-            .by_ref()
-            .take(size.min(npy::MAX_HEADER_BYTES as u64))
-            .read_to_end(&mut prefix)
-            .map_err(|e| format_error(origin, format!("member `{member_name}` is corrupt: {e}")))?;
-        let header = npy::header(&prefix).map_err(|e| npy_error(origin, &member_name, e))?;
-        // The declared size, not the bytes inflated: nothing past the header is read here.
-        let data_len = usize::try_from(size).unwrap_or(usize::MAX).saturating_sub(header.end);
-        header.check_data_len(data_len).map_err(|e| npy_error(origin, &member_name, e))?;
-        let dtype = header.dtype();
-        let bytes = match dtype {
-            DType::Float(_) => Bytes::Member(i),
-            DType::Other(_) => Bytes::Memory(Vec::new().into()),
+        // Shape and dtype are the header's, read later: `Listing::add` ignores these for a member.
+        let listed = Listed {
+            name: name.to_string(),
+            shape: Vec::new(),
+            dtype: DType::Other(String::new()),
+            bytes: Bytes::Member(i),
         };
-        if !listing.add(Listed { name: name.to_string(), shape: header.shape, dtype, bytes }) {
+        if !listing.add(listed) {
             return Err(format_error(origin, format!("the archive holds `{member_name}` twice")));
         }
     }
     Ok(())
+}
+
+/// The dtype and shape of member `index`, from its `.npy` header alone (at most
+/// [`npy::MAX_HEADER_BYTES`] decompressed): the member's declared size must be exactly what its
+/// header calls for.
+pub(super) fn read_header(
+    archive: &mut Archive,
+    index: usize,
+    origin: &str,
+) -> Result<(DType, Vec<usize>), WeightError> {
+    let mut member = archive
+        .by_index(index)
+        .map_err(|e| format_error(origin, format!("cannot open member #{index} of the zip archive: {e}")))?;
+    let member_name = member.name().to_string();
+    let size = member.size();
+    let mut prefix = Vec::new();
+    member
+        .by_ref()
+        .take(size.min(npy::MAX_HEADER_BYTES as u64))
+        .read_to_end(&mut prefix)
+        .map_err(|e| format_error(origin, format!("member `{member_name}` is corrupt: {e}")))?;
+    let header = npy::header(&prefix).map_err(|e| npy_error(origin, &member_name, e))?;
+    // The declared size, not the bytes inflated: nothing past the header is read here.
+    let data_len = usize::try_from(size).unwrap_or(usize::MAX).saturating_sub(header.end);
+    header.check_data_len(data_len).map_err(|e| npy_error(origin, &member_name, e))?;
+    Ok((header.dtype(), header.shape))
 }
 
 /// The float tensor in member `index` (`name`), row-major, as raw bytes in its dtype's order:
