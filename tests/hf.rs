@@ -97,6 +97,17 @@ fn every_safetensors_folder_matches_huggingface() {
     }
 }
 
+/// `pathc import` reads only config.json: the `pytorch_model.bin` folders import (snapshotted)
+/// and compile whatever reads their weights.
+#[test]
+fn pytorch_model_bin_folders_import() {
+    for name in BIN {
+        let text = pathc::import::import(&dir(name)).unwrap();
+        insta::assert_snapshot!(format!("import_{name}"), text);
+        pathc::compile(&text).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+    }
+}
+
 #[test]
 #[ignore = "needs the torch.save reader (branch torch)"]
 fn every_pytorch_model_bin_folder_matches_huggingface() {

@@ -120,12 +120,13 @@ pub fn load(dir: &Path) -> Result<Weights, WeightError> {
             if let Entry::Stored { at, .. } = &mut entry {
                 at.file += base;
             }
-            // A member of an .npz (not an HF format, but `Weights::load` reads whatever it finds)
-            // is converted through its own archive, which goes with `shard`.
+            // `Weights::load` reads whatever it finds by content: an .npz under a HF file name is
+            // not a HuggingFace checkpoint.
             if let Entry::Member { .. } = entry {
-                let shape = shape_of(&entry).to_vec();
-                let data = shard.read(&name, &shape)?.into_owned();
-                entry = float_entry(Float::little(FloatFormat::F64), shape, data);
+                return Err(format_error(
+                    &origin,
+                    format!("{file_name} is an .npz archive, not a HuggingFace checkpoint (safetensors or torch.save)"),
+                ));
             }
             // Older checkpoints, saved from the base model, leave out its prefix.
             let name = canonical(&name, config.family);
@@ -170,7 +171,9 @@ fn canonical(name: &str, family: Family) -> String {
 fn shape_of(entry: &Entry) -> &[usize] {
     match entry {
         Entry::Float { tensor, .. } => &tensor.shape,
-        Entry::Stored { shape, .. } | Entry::Member { shape, .. } | Entry::Other { shape, .. } => shape,
+        Entry::Stored { shape, .. } | Entry::Other { shape, .. } => shape,
+        // Refused as a folder's files are listed: never in its tensors.
+        Entry::Member { .. } => &[],
     }
 }
 
@@ -347,7 +350,7 @@ fn resolve(source: &Weights, view: &View, listing: &mut Listing) -> Result<(), W
             let data = gather_memory(&tensor.data, first, &strides, &shape);
             listing.entries.insert(view.tl.clone(), float_entry(*dtype, shape, data));
         }
-        Entry::Member { .. } => unreachable!("members are converted as the folder is listed"),
+        Entry::Member { .. } => return Err(outside()),
         Entry::Other { dtype, .. } => return Err(WeightError::DType { name: view.hf.clone(), found: dtype.clone() }),
     }
     Ok(())

@@ -215,9 +215,7 @@ fn similar_hint(similar: &[String]) -> String {
 }
 
 impl Weights {
-    /// Opens a safetensors or .npz file (see the module documentation), or a HuggingFace model
-    /// folder (a directory with a `config.json`: [`hf`]), whose tensors it presents under
-    /// TransformerLens's names and layouts, each a view of HF's tensor in its file. A safetensors file's
+    /// Opens a safetensors or .npz file (see the module documentation). A safetensors file's
     /// header is read and checked now, against the file's length; its tensors stay in the file
     /// until [`Weights::get`] converts one (or [`Weights::rows`] / [`Weights::columns`] read part of
     /// one), so loading costs nothing for the tensors a command does not use. An .npz archive is
@@ -229,6 +227,8 @@ impl Weights {
         // pipe or FIFO cannot be, and is refused before it is opened (opening a FIFO waits).
         let meta = std::fs::metadata(path).map_err(io)?;
         if meta.is_dir() {
+            // A HuggingFace model folder (a `config.json` beside its weights files): its tensors
+            // under TransformerLens's names and layouts, each a view of HF's tensor in its file.
             if hf::is_model_folder(path) {
                 return hf::load(path);
             }
@@ -488,9 +488,7 @@ impl Weights {
     /// The block `starts[k] .. starts[k] + lens[k]` (in every dimension `k`) of a strided stored
     /// tensor, row-major, converted: the bytes the block spans are read at once (a view's block
     /// spans little more than itself: a transposed matrix's column block is its rows), then its
-    /// elements gathered and converted one slab of the first dimension at a time, so that at most
-    /// the span and the converted block are held. The caller has checked the block against the
-    /// shape.
+    /// elements gathered. The caller has checked the block against the shape.
     fn gather(&self, dtype: Float, at: &At, starts: &[usize], lens: &[usize]) -> Result<Vec<f64>, WeightError> {
         let strides = at.strides.as_deref().expect("only strided tensors are gathered");
         let count: usize = lens.iter().product();
@@ -502,9 +500,7 @@ impl Weights {
         let last: usize = first + lens.iter().zip(strides).map(|(n, t)| (n - 1) * t).sum::<usize>();
         let size = dtype.size();
         let span = self.read_bytes(at.file, at.offset + (first * size) as u64, (last - first + 1) * size)?;
-        let mut out = Vec::with_capacity(count);
-        let slab = count / lens.first().copied().unwrap_or(1);
-        let mut bytes = Vec::with_capacity(slab * size);
+        let mut bytes = Vec::with_capacity(count * size);
         let mut index = vec![0usize; lens.len()];
         'odometer: loop {
             let e: usize = index.iter().zip(strides).map(|(i, t)| i * t).sum();
@@ -512,18 +508,13 @@ impl Weights {
             for k in (0..index.len()).rev() {
                 index[k] += 1;
                 if index[k] < lens[k] {
-                    if k == 0 {
-                        out.extend(convert::to_f64(dtype, &bytes));
-                        bytes.clear();
-                    }
                     continue 'odometer;
                 }
                 index[k] = 0;
             }
             break;
         }
-        out.extend(convert::to_f64(dtype, &bytes));
-        Ok(out)
+        Ok(convert::to_f64(dtype, &bytes))
     }
 }
 
