@@ -23,7 +23,7 @@
 
 pub mod config;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use self::config::{Family, HfConfig, HfNorm};
@@ -98,6 +98,7 @@ pub fn load(dir: &Path) -> Result<Weights, WeightError> {
         let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let mut shard = Weights::load(&path)?;
         if let Some(expected) = &expected {
+            let mapped: BTreeSet<&String> = expected.iter().collect();
             for tensor in expected {
                 if !shard.entries.contains_key(tensor) {
                     return Err(format_error(
@@ -106,7 +107,7 @@ pub fn load(dir: &Path) -> Result<Weights, WeightError> {
                     ));
                 }
             }
-            if let Some(extra) = shard.entries.keys().find(|k| !expected.contains(k)) {
+            if let Some(extra) = shard.entries.keys().find(|k| !mapped.contains(k)) {
                 return Err(format_error(
                     &origin,
                     format!("{file_name} holds tensor `{extra}`, which the index does not map to it"),
