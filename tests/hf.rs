@@ -217,6 +217,14 @@ fn refused(folder: &Path, needle: &str) {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains(needle), "{}", stderr(&o));
     assert!(o.stdout.is_empty());
+    // `-o` is left as it was, and no temporary file stays behind.
+    let out = folder.join("existing.tf");
+    std::fs::write(&out, "kept\n").unwrap();
+    let before = std::fs::read_dir(folder).unwrap().count();
+    let o = pathc(&["import", folder.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "kept\n");
+    assert_eq!(std::fs::read_dir(folder).unwrap().count(), before);
     weights_refused(folder, needle);
 }
 
