@@ -49,6 +49,7 @@ pub mod diag;
 pub mod emit;
 pub mod eval;
 pub mod graph;
+pub mod import;
 pub mod linalg;
 pub mod model;
 pub mod parallel;

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use cli::failure::Failure;
-use cli::{check, codegen, count, expand, paths, plan, plot, scores, stats};
+use cli::{check, codegen, count, expand, import, paths, plan, plot, scores, stats};
 
 #[derive(Parser)]
 #[command(name = "pathc", version, about = "Symbolic path expansion of transformers (Elhage et al. 2021)")]
@@ -41,6 +41,9 @@ enum Command {
     Plot(plot::Args),
     /// Count paths by order without enumerating them (exact at any size).
     Count(count::Args),
+    /// Write the model file of a HuggingFace model folder (config.json), as TransformerLens
+    /// converts it; use the folder itself as --weights.
+    Import(import::Args),
 }
 
 /// Exit codes: 0 success, 1 a check that failed, 2 bad input.
@@ -77,5 +80,6 @@ fn run(command: Command) -> Result<(), Failure> {
         Command::Codegen(args) => codegen::run(args),
         Command::Plot(args) => plot::run(args),
         Command::Count(args) => count::run(args),
+        Command::Import(args) => import::run(args),
     }
 }

@@ -586,9 +586,10 @@ fn load_and_ask(bytes: &[u8], origin: &str) -> Result<Weights, WeightError> {
     let weights = Weights::from_bytes(bytes, origin)?;
     let names: Vec<String> = weights.names().map(String::from).collect();
     for name in names {
-        match weights.check(&name, &[usize::MAX]) {
-            Err(e @ (WeightError::Format { .. } | WeightError::Truncated { .. })) => return Err(e),
-            _ => {}
+        if let Err(e @ (WeightError::Format { .. } | WeightError::Truncated { .. })) =
+            weights.check(&name, &[usize::MAX])
+        {
+            return Err(e);
         }
     }
     Ok(weights)

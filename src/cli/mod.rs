@@ -18,6 +18,7 @@ pub mod check;
 pub mod codegen;
 pub mod count;
 pub mod expand;
+pub mod import;
 pub mod paths;
 pub mod plan;
 pub mod plot;

@@ -10,7 +10,8 @@ use super::output::{self, TextOrJson};
 #[derive(clap::Args)]
 pub struct Args {
     model: PathBuf,
-    /// Take the sizes from these weights (needed when the model file leaves one symbolic).
+    /// Take the sizes from these weights (a file or a HuggingFace folder; needed when the model
+    /// file leaves one symbolic).
     #[arg(long, value_name = "FILE")]
     weights: Option<PathBuf>,
     #[arg(long = "name", value_name = "TL=FILE")]

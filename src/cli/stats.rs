@@ -17,7 +17,8 @@ use super::run::ProcessingArgs;
 #[derive(clap::Args)]
 pub struct Args {
     model: PathBuf,
-    /// A TransformerLens state_dict: safetensors (f16, bf16, f32, f64) or npz.
+    /// A TransformerLens state_dict: safetensors (f16, bf16, f32, f64) or npz; or a HuggingFace
+    /// model folder (config.json with model.safetensors, shards or pytorch_model.bin).
     #[arg(long, value_name = "FILE")]
     weights: PathBuf,
     /// Read a TransformerLens tensor under another name (see `check --help`).

@@ -12,6 +12,10 @@
 //!   `numpy.savez_compressed` (deflated) write them, each one `.npy` array (`npy.rs`, whose
 //!   header, a Python dict literal, is read by the `py_literal` crate).
 //!
+//! A directory with a `config.json` is a HuggingFace model folder (`hf.rs`): its
+//! `model.safetensors`, sharded safetensors or `pytorch_model.bin` are each opened as above and
+//! their tensors presented under TransformerLens's names, each a strided view of HF's tensor.
+//!
 //! A format module only lists the tensors: for each its name, shape, dtype and where its bytes
 //! are (in memory, or at an offset of the open file). Everything else is shared and done here, in
 //! one place, whatever the format: the conversion of F16, BF16, F32 and F64 to `f64`
@@ -32,6 +36,7 @@
 
 mod check;
 mod convert;
+pub mod hf;
 mod npy;
 mod npz;
 mod safetensors;
@@ -152,6 +157,14 @@ pub enum WeightError {
     /// tensor: `what` is `"rows"` or `"columns"`, the block `start .. start + n`.
     #[error("tensor `{name}` has shape {shape:?}: {what} {start}..{} are out of range (it has {} {what})", *.start as u128 + *.n as u128, if *.what == "rows" { .shape[0] } else { .shape[1] })]
     OutOfRange { name: String, what: &'static str, start: usize, n: usize, shape: [usize; 2] },
+    /// A HuggingFace folder's `config.json` cannot be read, or describes a model pathc does not
+    /// compute exactly (`hf::config`).
+    #[error(transparent)]
+    Config(#[from] hf::config::ConfigError),
+    /// A HuggingFace folder holds a tensor the family's mapping does not use (and HF does not
+    /// ignore): leaving it out would compute another model.
+    #[error("{origin} holds tensor `{name}`, which a `{family}` model does not have: leaving it out would compute another model")]
+    Unexpected { name: String, origin: String, family: &'static str },
 }
 
 /// A summary (name, dtype, shape), not the data: a model's weights are too many to print.
@@ -214,7 +227,14 @@ impl Weights {
         // pipe or FIFO cannot be, and is refused before it is opened (opening a FIFO waits).
         let meta = std::fs::metadata(path).map_err(io)?;
         if meta.is_dir() {
-            return Err(io(std::io::Error::other("it is a directory")));
+            // A HuggingFace model folder (a `config.json` beside its weights files): its tensors
+            // under TransformerLens's names and layouts, each a view of HF's tensor in its file.
+            if hf::is_model_folder(path) {
+                return hf::load(path);
+            }
+            return Err(io(std::io::Error::other(
+                "it is a directory without a config.json (a HuggingFace model folder has one)",
+            )));
         }
         if !meta.is_file() {
             return Err(format_error(
