@@ -34,7 +34,9 @@ mod check;
 mod convert;
 mod npy;
 mod npz;
+mod pickle;
 mod safetensors;
+mod torch;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -214,7 +216,21 @@ impl Weights {
                 safetensors::list_file(&mut file, prefix, len, &origin, &mut listing)?;
                 Ok(Weights { origin, entries: listing.entries, files: vec![Arc::new(Mutex::new(file))], archive: None })
             }
-            Ok(Kind::Npz) => {
+            Ok(Kind::Zip) => {
+                file.seek(SeekFrom::Start(0)).map_err(io)?;
+                let mut archive = zip::ZipArchive::new(file).map_err(|e| npz::zip_error(&origin, e))?;
+                if torch::is_torch(&archive) {
+                    let found = torch::index(&mut archive, len, &origin)?;
+                    torch::list_file(found, &mut listing);
+                    let file = archive.into_inner();
+                    return Ok(Weights {
+                        origin,
+                        entries: listing.entries,
+                        files: vec![Arc::new(Mutex::new(file))],
+                        archive: None,
+                    });
+                }
+                let mut file = archive.into_inner();
                 file.seek(SeekFrom::Start(0)).map_err(io)?;
                 let mut archive = npz::open(Box::new(file), &origin)?;
                 npz::list(&mut archive, &origin, &mut listing)?;
@@ -240,10 +256,18 @@ impl Weights {
                 safetensors::list(bytes, origin, &mut listing)?;
                 None
             }
-            Kind::Npz => {
-                let mut archive = npz::open(Box::new(std::io::Cursor::new(bytes.to_vec())), origin)?;
-                npz::list(&mut archive, origin, &mut listing)?;
-                Some(Arc::new(Mutex::new(archive)))
+            Kind::Zip => {
+                let mut torch_archive =
+                    zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|e| npz::zip_error(origin, e))?;
+                if torch::is_torch(&torch_archive) {
+                    let found = torch::index(&mut torch_archive, bytes.len() as u64, origin)?;
+                    torch::list_memory(found, bytes, &mut listing);
+                    None
+                } else {
+                    let mut archive = npz::open(Box::new(std::io::Cursor::new(bytes.to_vec())), origin)?;
+                    npz::list(&mut archive, origin, &mut listing)?;
+                    Some(Arc::new(Mutex::new(archive)))
+                }
             }
         };
         Ok(Weights { origin: origin.to_string(), entries: listing.entries, files: Vec::new(), archive })
@@ -432,20 +456,7 @@ impl Weights {
         let last: usize = first + lens.iter().zip(strides).map(|(n, t)| (n - 1) * t).sum::<usize>();
         let size = dtype.size();
         let span = self.read_bytes(at.file, at.offset + (first * size) as u64, (last - first + 1) * size)?;
-        let mut bytes = Vec::with_capacity(count * size);
-        let mut index = vec![0usize; lens.len()];
-        'odometer: loop {
-            let e: usize = index.iter().zip(strides).map(|(i, t)| i * t).sum();
-            bytes.extend_from_slice(&span[e * size..(e + 1) * size]);
-            for k in (0..index.len()).rev() {
-                index[k] += 1;
-                if index[k] < lens[k] {
-                    continue 'odometer;
-                }
-                index[k] = 0;
-            }
-            break;
-        }
+        let bytes = gather_span(&span, size, strides, lens);
         Ok(convert::to_f64(dtype, &bytes))
     }
 }
@@ -507,9 +518,12 @@ impl Listing {
                 let non_finite = check::first_non_finite(&data);
                 Entry::Float { dtype, tensor: Tensor { shape, data }, non_finite }
             }
-            (DType::Float(dtype), Bytes::File(offset)) => {
-                Entry::Stored { dtype, shape, at: At { file: self.file, offset, strides: None }, loaded: OnceLock::new() }
-            }
+            (DType::Float(dtype), Bytes::File(offset)) => Entry::Stored {
+                dtype,
+                shape,
+                at: At { file: self.file, offset, strides: None },
+                loaded: OnceLock::new(),
+            },
             (DType::Float(dtype), Bytes::Strided { offset, strides }) => {
                 // A view that is row-major after all is read as one.
                 let strides = (!is_row_major(&shape, &strides)).then_some(strides);
@@ -538,6 +552,29 @@ fn is_row_major(shape: &[usize], strides: &[usize]) -> bool {
     true
 }
 
+/// The elements of a view of `lens` with `strides` (in elements) of `size` bytes each, row-major:
+/// `span` holds the bytes from the view's first element to its last (see [`view_span`]).
+fn gather_span(span: &[u8], size: usize, strides: &[usize], lens: &[usize]) -> Vec<u8> {
+    let count: usize = lens.iter().product();
+    let mut bytes = Vec::with_capacity(count * size);
+    if count == 0 {
+        return bytes;
+    }
+    let mut index = vec![0usize; lens.len()];
+    'odometer: loop {
+        let e: usize = index.iter().zip(strides).map(|(i, t)| i * t).sum();
+        bytes.extend_from_slice(&span[e * size..(e + 1) * size]);
+        for k in (0..index.len()).rev() {
+            index[k] += 1;
+            if index[k] < lens[k] {
+                continue 'odometer;
+            }
+            index[k] = 0;
+        }
+        return bytes;
+    }
+}
+
 /// How many elements a view of `shape` with `strides` spans from its first element to its
 /// last, inclusive (0 for an empty view); `None` on overflow. A format module checks that
 /// `offset + span` elements lie inside the storage before listing a `Bytes::Strided`.
@@ -553,7 +590,8 @@ fn view_span(shape: &[usize], strides: &[usize]) -> Option<usize> {
 
 enum Kind {
     Safetensors,
-    Npz,
+    /// An .npz, or a `torch.save` checkpoint: told apart by their members.
+    Zip,
 }
 
 fn io_error(origin: &str) -> impl Fn(std::io::Error) -> WeightError + Copy + '_ {
@@ -572,7 +610,7 @@ fn truncated(origin: &str, detail: impl Into<String>) -> WeightError {
 /// bytes to decide, so that a cut-off file is reported as truncated rather than as unknown.
 fn detect(bytes: &[u8], origin: &str) -> Result<Kind, WeightError> {
     if bytes.starts_with(npz::ZIP_LOCAL) || bytes.starts_with(npz::ZIP_EMPTY) {
-        return Ok(Kind::Npz);
+        return Ok(Kind::Zip);
     }
     if bytes.get(8) == Some(&b'{') {
         return Ok(Kind::Safetensors);
@@ -586,10 +624,26 @@ fn detect(bytes: &[u8], origin: &str) -> Result<Kind, WeightError> {
             "this is a single .npy array; save the weights with numpy.savez (an .npz archive) or as safetensors",
         ));
     }
+    if bytes.len() >= 9 && torch::LEGACY_MAGIC.starts_with(&bytes[..bytes.len().min(torch::LEGACY_MAGIC.len())]) {
+        return Err(format_error(
+            origin,
+            "this is a torch.save checkpoint in the legacy format (PyTorch < 1.6, or \
+             _use_new_zipfile_serialization=False), which pathc does not read: load it and save it again with a \
+             current PyTorch (`torch.save(torch.load(path), path)`, a zip archive), or convert it to safetensors \
+             (`safetensors.torch.save_file(state_dict, \"model.safetensors\")`)",
+        ));
+    }
+    if bytes.len() >= 2 && bytes[0] == 0x80 && bytes[1] <= 5 {
+        return Err(format_error(
+            origin,
+            "this is a bare pickle, not a torch.save zip archive: save the state dict with torch.save (PyTorch ≥ 1.6) \
+             or as safetensors",
+        ));
+    }
     let extension = Path::new(origin).extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
     match extension.as_deref() {
         Some("safetensors") if bytes.len() <= 8 => return Ok(Kind::Safetensors),
-        Some("npz") if npz::ZIP_LOCAL.starts_with(bytes) => {
+        Some("npz" | "pt" | "pth" | "bin") if npz::ZIP_LOCAL.starts_with(bytes) => {
             return Err(truncated(
                 origin,
                 format!("expected a zip archive, found only {} byte(s) of its signature", bytes.len()),
@@ -602,7 +656,8 @@ fn detect(bytes: &[u8], origin: &str) -> Result<Kind, WeightError> {
         origin,
         format!(
             "unknown format: neither safetensors (an 8-byte header length, then a JSON header starting with `{{`) \
-             nor .npz (a zip archive, starting with `PK\\x03\\x04`); the file starts with bytes {}",
+             nor .npz or a torch.save checkpoint (zip archives, starting with `PK\\x03\\x04`); the file starts with \
+             bytes {}",
             head.join(" ")
         ),
     ))
