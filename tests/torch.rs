@@ -126,6 +126,23 @@ fn a_state_dict_without_buffers_lists_only_its_parameters() {
     assert_eq!(expected.len(), 38);
 }
 
+/// Parameters (`_rebuild_parameter`), and dtypes listed but not converted, as torch writes them:
+/// int64 by a `LongStorage`, uint16 and float8 by `_rebuild_tensor_v3` of an `UntypedStorage`.
+#[test]
+fn parameters_and_other_dtypes_as_torch_writes_them() {
+    let weights = Weights::load(&fixture("extras.pt")).unwrap();
+    assert_eq!(weights.names().collect::<Vec<_>>(), ["f8", "i64", "param", "param.T", "u16"]);
+    let values: Vec<f64> = (0..6).map(|i| i as f64 * 0.5).collect();
+    assert_eq!(weights.get("param", &[2, 3]).unwrap().data, values);
+    assert_eq!(weights.get("param.T", &[3, 2]).unwrap().data, [0.0, 1.5, 0.5, 2.0, 1.0, 2.5]);
+    for (name, dtype) in [("f8", "F8_E4M3"), ("i64", "I64"), ("u16", "U16")] {
+        let err = weights.get(name, &[]).unwrap_err();
+        assert!(matches!(&err, WeightError::DType { found, .. } if found == dtype), "{name}: {err}");
+    }
+    let debug = format!("{weights:?}");
+    assert!(debug.contains("\"u16\": U16 [4]") && debug.contains("\"f8\": F8_E4M3 [3]"), "{debug}");
+}
+
 /// `pathc check`, `paths` and `stats` print the same on a checkpoint and on its safetensors twin.
 #[test]
 fn the_command_line_gives_the_same_output_for_pt_and_safetensors() {
@@ -256,6 +273,57 @@ fn a_checkpoint_written_here_reads_right() {
     // Elements 1 + 1·i + 3·j.
     let b: Vec<f64> = [1, 4, 2, 5, 3, 6].iter().map(|&k| TWELVE[k] as f64).collect();
     assert_eq!(weights.get("b", &[3, 2]).unwrap().data, b);
+}
+
+/// `_rebuild_tensor_v3` of an untyped storage (numel in bytes) with a dtype, and storages in
+/// big-endian order (`byteorder` says `big`), are read as torch reads them.
+#[test]
+fn untyped_storages_and_big_endian_archives_read_right() {
+    let halves: Vec<u8> = [1.5f32, -2.0, 0.25].iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect();
+    let pickle = Pickle::state_dict()
+        .str("h")
+        .global("torch._utils", "_rebuild_tensor_v3")
+        .op(b"((")
+        .str("storage")
+        .global("torch.storage", "UntypedStorage")
+        .str("0")
+        .str("cpu")
+        .int(6)
+        .op(b"tQ")
+        .int(1)
+        .ints(&[2])
+        .ints(&[1])
+        .op(b"\x89")
+        .global("collections", "OrderedDict")
+        .op(b")R")
+        .global("torch", "float16")
+        .op(b"tR")
+        .end();
+    let bytes = checkpoint(&pickle, &[("0", halves, CompressionMethod::Stored)]);
+    assert_eq!(Weights::from_bytes(&bytes, "v3.pt").unwrap().get("h", &[2]).unwrap().data, [-2.0, 0.25]);
+
+    let pickle = Pickle::state_dict().str("w").tensor("DoubleStorage", "0", 2, 0, &[2], &[1]).end();
+    let big: Vec<u8> = [3.5f64, -1.0].iter().flat_map(|v| v.to_be_bytes()).collect();
+    let little = checkpoint(&pickle, &[("0", big, CompressionMethod::Stored)]);
+    let with_order = |order: &[u8]| {
+        let mut archive = zip::ZipArchive::new(Cursor::new(&little)).unwrap();
+        let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        for i in 0..archive.len() {
+            let mut member = archive.by_index(i).unwrap();
+            let mut content = Vec::new();
+            member.read_to_end(&mut content).unwrap();
+            let name = member.name().to_string();
+            zip.start_file(&name, SimpleFileOptions::default().compression_method(CompressionMethod::Stored)).unwrap();
+            zip.write_all(if name.ends_with("byteorder") { order } else { &content }).unwrap();
+        }
+        zip.finish().unwrap().into_inner()
+    };
+    let big = with_order(b"big");
+    assert_eq!(Weights::from_bytes(&big, "big.pt").unwrap().get("w", &[2]).unwrap().data, [3.5, -1.0]);
+    // Read as little-endian, the same bytes are other numbers.
+    assert_ne!(Weights::from_bytes(&little, "little.pt").unwrap().get("w", &[2]).unwrap().data, [3.5, -1.0]);
+    let message = refusal(&with_order(b"middle"));
+    assert!(message.contains("member `archive/byteorder` says \"middle\", not `little` or `big`"), "{message}");
 }
 
 /// What `Weights::from_bytes` says about `bytes`, which it must refuse.

@@ -624,6 +624,17 @@ fn detect(bytes: &[u8], origin: &str) -> Result<Kind, WeightError> {
             "this is a single .npy array; save the weights with numpy.savez (an .npz archive) or as safetensors",
         ));
     }
+    let extension = Path::new(origin).extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    match extension.as_deref() {
+        Some("safetensors") if bytes.len() <= 8 => return Ok(Kind::Safetensors),
+        Some("npz" | "pt" | "pth" | "bin") if npz::ZIP_LOCAL.starts_with(bytes) => {
+            return Err(truncated(
+                origin,
+                format!("expected a zip archive, found only {} byte(s) of its signature", bytes.len()),
+            ))
+        }
+        _ => {}
+    }
     if bytes.len() >= 9 && torch::LEGACY_MAGIC.starts_with(&bytes[..bytes.len().min(torch::LEGACY_MAGIC.len())]) {
         return Err(format_error(
             origin,
@@ -639,17 +650,6 @@ fn detect(bytes: &[u8], origin: &str) -> Result<Kind, WeightError> {
             "this is a bare pickle, not a torch.save zip archive: save the state dict with torch.save (PyTorch ≥ 1.6) \
              or as safetensors",
         ));
-    }
-    let extension = Path::new(origin).extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
-    match extension.as_deref() {
-        Some("safetensors") if bytes.len() <= 8 => return Ok(Kind::Safetensors),
-        Some("npz" | "pt" | "pth" | "bin") if npz::ZIP_LOCAL.starts_with(bytes) => {
-            return Err(truncated(
-                origin,
-                format!("expected a zip archive, found only {} byte(s) of its signature", bytes.len()),
-            ))
-        }
-        _ => {}
     }
     let head: Vec<String> = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
     Err(format_error(

@@ -40,7 +40,7 @@ const MAX_STACK: usize = 1 << 22;
 /// The most open marks: a state dict nests three.
 const MAX_MARKS: usize = 256;
 /// The most memo entries.
-const MAX_MEMO: usize = 1 << 22;
+const MAX_MEMO: usize = 1 << 21;
 /// The deepest nesting of containers: a state dict's is four.
 const MAX_DEPTH: u32 = 64;
 /// The most values copied when a shared container is extended (a memoised list appended to,

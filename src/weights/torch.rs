@@ -262,7 +262,8 @@ fn read_small<R: Read + Seek>(
             format!("member `{name}` claims {size} bytes, more than the {max} pathc reads"),
         ));
     }
-    let mut content = Vec::with_capacity(size as usize);
+    // Grown as bytes arrive, not reserved as declared: a member may claim more than it holds.
+    let mut content = Vec::with_capacity(size.min(1 << 20) as usize);
     // One byte past the declared size: reading to the end makes the zip crate check the CRC, and
     // a member longer than declared is caught.
     member
