@@ -24,7 +24,8 @@ use super::run::{evaluate, resolve_targets, ProcessingArgs, RunArgs};
 #[derive(clap::Args)]
 pub struct Args {
     model: PathBuf,
-    /// A TransformerLens state_dict: safetensors (f16, bf16, f32, f64) or npz.
+    /// A TransformerLens state_dict (f16, bf16, f32, f64): safetensors, npz, or a torch.save checkpoint
+    /// (.pt/.pth/.bin, PyTorch >= 1.6; read without running its pickle).
     #[arg(long, value_name = "FILE")]
     weights: PathBuf,
     /// What to plot.

@@ -12,7 +12,8 @@ use super::failure::{read_model, render, Failure};
 // comment: see the module docs of `cli`.)
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// A TransformerLens state_dict: safetensors (f16, bf16, f32, f64) or npz.
+    /// A TransformerLens state_dict (f16, bf16, f32, f64): safetensors, npz, or a torch.save checkpoint
+    /// (.pt/.pth/.bin, PyTorch >= 1.6; read without running its pickle).
     #[arg(long, value_name = "FILE")]
     pub weights: PathBuf,
     /// Token ids, comma-separated: `--tokens 3,7,1`.

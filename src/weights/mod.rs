@@ -1,6 +1,6 @@
 //! Model weights from a file: named `f64` tensors, row-major.
 //!
-//! Two formats, told apart by their first bytes rather than by the file's extension (a renamed
+//! Three formats, told apart by their first bytes rather than by the file's extension (a renamed
 //! file is still read, and a mislabelled one is reported for what it is), each read by its own
 //! module:
 //!
@@ -11,20 +11,26 @@
 //! - **.npz** (`npz.rs`): a zip of `NAME.npy` members, as `numpy.savez` (stored) and
 //!   `numpy.savez_compressed` (deflated) write them, each one `.npy` array (`npy.rs`, whose
 //!   header, a Python dict literal, is read by the `py_literal` crate).
+//! - **`torch.save` checkpoints** (`torch.rs`, PyTorch ≥ 1.6): a zip with a `data.pkl` member
+//!   (which tells it from an .npz), a pickle of the state dict run by a restricted machine
+//!   (`pickle.rs`) that rebuilds tensors and dicts and refuses every other opcode and global by
+//!   name, never running anything; each tensor a view of a storage member. The legacy format (not
+//!   a zip) and bare pickles are refused with how to re-save them.
 //!
 //! A format module only lists the tensors: for each its name, shape, dtype and where its bytes
-//! are (in memory, or at an offset of the open file). Everything else is shared and done here, in
-//! one place, whatever the format: the conversion of F16, BF16, F32 and F64 to `f64`
-//! (`convert.rs`), the shape check, the search for NaN and ±inf with its index, and the similar
-//! names a missing tensor's message suggests (`check.rs`).
+//! are (in memory, or at an offset of the open file, possibly strided). Everything else is shared
+//! and done here, in one place, whatever the format: the conversion of F16, BF16, F32 and F64 to
+//! `f64` (`convert.rs`), the shape check, the search for NaN and ±inf with its index, and the
+//! similar names a missing tensor's message suggests (`check.rs`).
 //!
-//! A safetensors file opened with [`Weights::load`] keeps its tensors in the file until they are
-//! asked for: [`Weights::get`] converts one (once, then kept), [`Weights::read`] converts one
-//! without keeping it, [`Weights::rows`] and [`Weights::columns`] read a block. An .npz archive,
-//! and any file given to [`Weights::from_bytes`], is converted whole at load. Other dtypes
-//! (TransformerLens keeps BOOL causal masks and integer buffers in its state dicts) are listed
-//! with their shape and dtype but hold no data: loading never fails because of them, asking for
-//! one as floats does. NaN and ±inf are reported only for the tensor that is used:
+//! A safetensors file or a torch checkpoint opened with [`Weights::load`] keeps its tensors in the
+//! file until they are asked for: [`Weights::get`] converts one (once, then kept),
+//! [`Weights::read`] converts one without keeping it, [`Weights::rows`] and [`Weights::columns`]
+//! read a block (of a strided view, the bytes the block spans, once). An .npz archive keeps its
+//! members compressed until asked for; a safetensors file or a checkpoint given to
+//! [`Weights::from_bytes`] is converted whole at load. Other dtypes (TransformerLens keeps BOOL causal masks and integer buffers in its state
+//! dicts) are listed with their shape and dtype but hold no data: loading never fails because of
+//! them, asking for one as floats does. NaN and ±inf are reported only for the tensor that is used:
 //! TransformerLens's `IGNORE` buffer, for one, may legitimately be `-inf`.
 //!
 //! Nothing here panics on a bad file: every length is computed with checked arithmetic and
@@ -65,7 +71,8 @@ pub struct Weights {
     /// Sorted by name, so that `names` and error messages are deterministic.
     entries: BTreeMap<String, Entry>,
     /// The open files whose tensors stay in them until asked for ([`Entry::Stored`], which names
-    /// its file by index): a safetensors file loaded with [`Weights::load`].
+    /// its file by index): a safetensors file or a `torch.save` checkpoint loaded with
+    /// [`Weights::load`].
     files: Vec<Arc<Mutex<File>>>,
     /// The open archive of an .npz, whose members stay in it until asked for ([`Entry::Member`]).
     archive: Option<Arc<Mutex<npz::Archive>>>,
@@ -186,11 +193,12 @@ fn similar_hint(similar: &[String]) -> String {
 }
 
 impl Weights {
-    /// Opens a safetensors or .npz file (see the module documentation). A safetensors file's
-    /// header is read and checked now, against the file's length; its tensors stay in the file
-    /// until [`Weights::get`] converts one (or [`Weights::rows`] / [`Weights::columns`] read part of
-    /// one), so loading costs nothing for the tensors a command does not use. An .npz archive is
-    /// read and converted whole.
+    /// Opens a safetensors file, an .npz or a `torch.save` checkpoint (see the module
+    /// documentation). A safetensors file's header, or a checkpoint's pickle and zip directory, is
+    /// read and checked now, against the file's length; the tensors stay in the file until
+    /// [`Weights::get`] converts one (or [`Weights::rows`] / [`Weights::columns`] read part of one),
+    /// so loading costs nothing for the tensors a command does not use. An .npz archive's members
+    /// are decompressed when their tensor is asked for.
     pub fn load(path: &Path) -> Result<Weights, WeightError> {
         let origin = path.display().to_string();
         let io = io_error(&origin);
@@ -246,7 +254,8 @@ impl Weights {
         }
     }
 
-    /// Parses the bytes of a safetensors or .npz file, converting every float tensor. `origin` (a
+    /// Parses the bytes of a safetensors file, an .npz or a `torch.save` checkpoint, converting
+    /// every float tensor (a checkpoint's strided views gathered row-major). `origin` (a
     /// file name) is used only in messages, and as a hint when the bytes are too few to tell the
     /// format by content.
     pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Weights, WeightError> {
