@@ -250,6 +250,16 @@ fn checkpoint(pickle: &[u8], storages: &[(&str, Vec<u8>, CompressionMethod)]) ->
     zip.finish().unwrap().into_inner()
 }
 
+/// A zip of these members, stored.
+fn zip_of(members: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
+    for (name, bytes) in members {
+        zip.start_file(*name, SimpleFileOptions::default().compression_method(CompressionMethod::Stored)).unwrap();
+        zip.write_all(bytes).unwrap();
+    }
+    zip.finish().unwrap().into_inner()
+}
+
 fn f32_bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
@@ -494,6 +504,21 @@ fn hostile_cases(canary: &Path) -> Vec<(&'static str, Vec<u8>, String)> {
             "a nested checkpoint",
             with_pickle(Pickle::state_dict().str("model").op(b"}").end()),
             "entry `model` is a dict, not a tensor".into(),
+        ),
+        (
+            "two checkpoints in one archive",
+            zip_of(&[("a/data.pkl", &valid().end()), ("b/data.pkl", &valid().end())]),
+            "the archive holds several pickles (`a/data.pkl`, `b/data.pkl`)".into(),
+        ),
+        (
+            "a pickle that is not a checkpoint's (an .npz member)",
+            zip_of(&[("xdata.pkl", &valid().end())]),
+            "member `xdata.pkl` is not a .npy array".into(),
+        ),
+        (
+            "a pickle two folders down (an .npz member)",
+            zip_of(&[("a/b/data.pkl", &valid().end())]),
+            "member `a/b/data.pkl` is not a .npy array".into(),
         ),
         (
             "a name set twice",

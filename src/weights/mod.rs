@@ -229,6 +229,8 @@ impl Weights {
                 let mut archive = zip::ZipArchive::new(file).map_err(|e| npz::zip_error(&origin, e))?;
                 if torch::is_torch(&archive) {
                     let found = torch::index(&mut archive, len, &origin)?;
+                    // The archive's file is the one open file: `Weights::files[0]`.
+                    listing.file = 0;
                     torch::list_file(found, &mut listing);
                     let file = archive.into_inner();
                     return Ok(Weights {

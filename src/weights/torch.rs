@@ -44,16 +44,19 @@ pub(super) struct Found {
     strides: Vec<usize>,
 }
 
-/// The member prefix (`archive/`, or empty) if the archive is a torch checkpoint: it has a
-/// `data.pkl` at its top or one folder down.
+/// Whether the archive is a torch checkpoint: it has a `data.pkl` at its top or one folder down
+/// (anything else is an .npz).
 pub(super) fn is_torch<R: Read + Seek>(archive: &zip::ZipArchive<R>) -> bool {
     archive.file_names().any(|name| pickle_prefix(name).is_some())
 }
 
+/// `archive/` for a member `archive/data.pkl`, the empty prefix for `data.pkl`; `None` for any
+/// other name (`xdata.pkl`, `a/b/data.pkl`).
 fn pickle_prefix(name: &str) -> Option<&str> {
     let prefix = name.strip_suffix("data.pkl")?;
-    let folder = prefix.strip_suffix('/').unwrap_or(prefix);
-    (prefix.is_empty() || (!folder.is_empty() && !folder.contains('/'))).then_some(prefix)
+    let top = prefix.is_empty();
+    let one_folder = prefix.strip_suffix('/').is_some_and(|folder| !folder.is_empty() && !folder.contains('/'));
+    (top || one_folder).then_some(prefix)
 }
 
 /// Reads the archive's pickle and checks every tensor against the members; `len` is the
