@@ -1,4 +1,5 @@
-//! `pathc::weights`: loading safetensors and .npz files into named f64 tensors.
+//! `pathc::weights`: loading safetensors and .npz files into named f64 tensors (`torch.save`
+//! checkpoints: tests/torch.rs, and every truncation of one here).
 //!
 //! The fixtures (TransformerLens state dicts) are checked element by element against a small
 //! independent reader written here; the other files are built in the test, with the safetensors
@@ -616,6 +617,34 @@ fn npz_headers_are_read_only_for_the_tensors_asked_for() {
     assert_eq!(summary.matches("header not read yet").count(), 1001, "{summary}");
     let err = weights.check("broken", &[2]).unwrap_err().to_string();
     assert!(err.contains("member `broken.npy`"), "{err}");
+}
+
+/// Every prefix of a real `torch.save` checkpoint (tests/fixtures/torch, TransformerLens's state
+/// dict, and views of shared storages) is refused as truncated or corrupt, never read, never a
+/// panic; from memory and from the file.
+#[test]
+fn every_truncation_of_a_torch_checkpoint_is_an_error() {
+    let dir = std::env::temp_dir().join(format!("pathc-torch-cut-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["model_f32.pt", "views.pt"] {
+        let full = std::fs::read(fixture("torch").join(name)).unwrap();
+        assert!(Weights::from_bytes(&full, name).is_ok());
+        for cut in 0..full.len() {
+            match Weights::from_bytes(&full[..cut], name) {
+                Err(WeightError::Format { .. } | WeightError::Truncated { .. }) => {}
+                other => panic!("{name} cut at {cut}: {other:?}"),
+            }
+            if cut % 97 == 0 {
+                let file = dir.join(name);
+                std::fs::write(&file, &full[..cut]).unwrap();
+                match Weights::load(&file) {
+                    Err(WeightError::Format { .. } | WeightError::Truncated { .. }) => {}
+                    other => panic!("{name} cut at {cut}, from the file: {other:?}"),
+                }
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

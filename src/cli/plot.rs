@@ -24,8 +24,9 @@ use super::run::{evaluate, input, resolve_target, resolve_targets, ProcessingArg
 #[derive(clap::Args)]
 pub struct Args {
     model: PathBuf,
-    /// A TransformerLens state_dict: safetensors (f16, bf16, f32, f64) or npz; or a HuggingFace
-    /// model folder (config.json with model.safetensors, shards or pytorch_model.bin).
+    /// A TransformerLens state_dict (f16, bf16, f32, f64): safetensors, npz, or a torch.save
+    /// checkpoint (.pt/.pth/.bin, PyTorch >= 1.6; read without running its pickle); or a
+    /// HuggingFace model folder (config.json with model.safetensors, shards or pytorch_model.bin).
     #[arg(long, value_name = "FILE")]
     weights: PathBuf,
     /// What to plot.

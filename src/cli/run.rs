@@ -14,8 +14,9 @@ use super::failure::{read_model, render, Failure};
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("input").required(true).args(["tokens", "text"])))]
 pub struct RunArgs {
-    /// A TransformerLens state_dict: safetensors (f16, bf16, f32, f64) or npz; or a HuggingFace
-    /// model folder (config.json with model.safetensors, shards or pytorch_model.bin).
+    /// A TransformerLens state_dict (f16, bf16, f32, f64): safetensors, npz, or a torch.save
+    /// checkpoint (.pt/.pth/.bin, PyTorch >= 1.6; read without running its pickle); or a
+    /// HuggingFace model folder (config.json with model.safetensors, shards or pytorch_model.bin).
     #[arg(long, value_name = "FILE")]
     pub weights: PathBuf,
     /// Token ids, comma-separated: `--tokens 3,7,1` (or `--text`).

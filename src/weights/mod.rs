@@ -1,6 +1,6 @@
 //! Model weights from a file: named `f64` tensors, row-major.
 //!
-//! Two formats, told apart by their first bytes rather than by the file's extension (a renamed
+//! Three formats, told apart by their first bytes rather than by the file's extension (a renamed
 //! file is still read, and a mislabelled one is reported for what it is), each read by its own
 //! module:
 //!
@@ -11,24 +11,30 @@
 //! - **.npz** (`npz.rs`): a zip of `NAME.npy` members, as `numpy.savez` (stored) and
 //!   `numpy.savez_compressed` (deflated) write them, each one `.npy` array (`npy.rs`, whose
 //!   header, a Python dict literal, is read by the `py_literal` crate).
+//! - **`torch.save` checkpoints** (`torch.rs`, PyTorch ≥ 1.6): a zip with a `data.pkl` member
+//!   (which tells it from an .npz), a pickle of the state dict run by a restricted machine
+//!   (`pickle.rs`) that rebuilds tensors and dicts and refuses every other opcode and global by
+//!   name, never running anything; each tensor a view of a storage member. The legacy format (not
+//!   a zip) and bare pickles are refused with how to re-save them.
 //!
 //! A directory with a `config.json` is a HuggingFace model folder (`hf.rs`): its
 //! `model.safetensors`, sharded safetensors or `pytorch_model.bin` are each opened as above and
 //! their tensors presented under TransformerLens's names, each a strided view of HF's tensor.
 //!
 //! A format module only lists the tensors: for each its name, shape, dtype and where its bytes
-//! are (in memory, or at an offset of the open file). Everything else is shared and done here, in
-//! one place, whatever the format: the conversion of F16, BF16, F32 and F64 to `f64`
-//! (`convert.rs`), the shape check, the search for NaN and ±inf with its index, and the similar
-//! names a missing tensor's message suggests (`check.rs`).
+//! are (in memory, or at an offset of the open file, possibly strided). Everything else is shared
+//! and done here, in one place, whatever the format: the conversion of F16, BF16, F32 and F64 to
+//! `f64` (`convert.rs`), the shape check, the search for NaN and ±inf with its index, and the
+//! similar names a missing tensor's message suggests (`check.rs`).
 //!
-//! A safetensors file opened with [`Weights::load`] keeps its tensors in the file until they are
-//! asked for: [`Weights::get`] converts one (once, then kept), [`Weights::read`] converts one
-//! without keeping it, [`Weights::rows`] and [`Weights::columns`] read a block. An .npz archive,
-//! and any file given to [`Weights::from_bytes`], is converted whole at load. Other dtypes
-//! (TransformerLens keeps BOOL causal masks and integer buffers in its state dicts) are listed
-//! with their shape and dtype but hold no data: loading never fails because of them, asking for
-//! one as floats does. NaN and ±inf are reported only for the tensor that is used:
+//! A safetensors file or a torch checkpoint opened with [`Weights::load`] keeps its tensors in the
+//! file until they are asked for: [`Weights::get`] converts one (once, then kept),
+//! [`Weights::read`] converts one without keeping it, [`Weights::rows`] and [`Weights::columns`]
+//! read a block (of a strided view, the bytes the block spans, once). An .npz archive keeps its
+//! members compressed until asked for; a safetensors file or a checkpoint given to
+//! [`Weights::from_bytes`] is converted whole at load. Other dtypes (TransformerLens keeps BOOL causal masks and integer buffers in its state
+//! dicts) are listed with their shape and dtype but hold no data: loading never fails because of
+//! them, asking for one as floats does. NaN and ±inf are reported only for the tensor that is used:
 //! TransformerLens's `IGNORE` buffer, for one, may legitimately be `-inf`.
 //!
 //! Nothing here panics on a bad file: every length is computed with checked arithmetic and
@@ -39,7 +45,9 @@ mod convert;
 pub mod hf;
 mod npy;
 mod npz;
+mod pickle;
 mod safetensors;
+mod torch;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -68,7 +76,8 @@ pub struct Weights {
     /// Sorted by name, so that `names` and error messages are deterministic.
     entries: BTreeMap<String, Entry>,
     /// The open files whose tensors stay in them until asked for ([`Entry::Stored`], which names
-    /// its file by index): a safetensors file loaded with [`Weights::load`].
+    /// its file by index): a safetensors file or a `torch.save` checkpoint loaded with
+    /// [`Weights::load`].
     files: Vec<Arc<Mutex<File>>>,
     /// The open archive of an .npz, whose members stay in it until asked for ([`Entry::Member`]).
     archive: Option<Arc<Mutex<npz::Archive>>>,
@@ -215,11 +224,12 @@ fn similar_hint(similar: &[String]) -> String {
 }
 
 impl Weights {
-    /// Opens a safetensors or .npz file (see the module documentation). A safetensors file's
-    /// header is read and checked now, against the file's length; its tensors stay in the file
-    /// until [`Weights::get`] converts one (or [`Weights::rows`] / [`Weights::columns`] read part of
-    /// one), so loading costs nothing for the tensors a command does not use. An .npz archive is
-    /// read and converted whole.
+    /// Opens a safetensors file, an .npz or a `torch.save` checkpoint (see the module
+    /// documentation). A safetensors file's header, or a checkpoint's pickle and zip directory, is
+    /// read and checked now, against the file's length; the tensors stay in the file until
+    /// [`Weights::get`] converts one (or [`Weights::rows`] / [`Weights::columns`] read part of one),
+    /// so loading costs nothing for the tensors a command does not use. An .npz archive's members
+    /// are decompressed when their tensor is asked for.
     pub fn load(path: &Path) -> Result<Weights, WeightError> {
         let origin = path.display().to_string();
         let io = io_error(&origin);
@@ -252,7 +262,23 @@ impl Weights {
                 safetensors::list_file(&mut file, prefix, len, &origin, &mut listing)?;
                 Ok(Weights { origin, entries: listing.entries, files: vec![Arc::new(Mutex::new(file))], archive: None })
             }
-            Ok(Kind::Npz) => {
+            Ok(Kind::Zip) => {
+                file.seek(SeekFrom::Start(0)).map_err(io)?;
+                let mut archive = zip::ZipArchive::new(file).map_err(|e| npz::zip_error(&origin, e))?;
+                if torch::is_torch(&archive) {
+                    let found = torch::index(&mut archive, len, &origin)?;
+                    // The archive's file is the one open file: `Weights::files[0]`.
+                    listing.file = 0;
+                    torch::list_file(found, &mut listing);
+                    let file = archive.into_inner();
+                    return Ok(Weights {
+                        origin,
+                        entries: listing.entries,
+                        files: vec![Arc::new(Mutex::new(file))],
+                        archive: None,
+                    });
+                }
+                let mut file = archive.into_inner();
                 file.seek(SeekFrom::Start(0)).map_err(io)?;
                 let mut archive = npz::open(Box::new(file), &origin)?;
                 npz::list(&mut archive, &origin, &mut listing)?;
@@ -268,7 +294,8 @@ impl Weights {
         }
     }
 
-    /// Parses the bytes of a safetensors or .npz file, converting every float tensor. `origin` (a
+    /// Parses the bytes of a safetensors file, an .npz or a `torch.save` checkpoint, converting
+    /// every float tensor (a checkpoint's strided views gathered row-major). `origin` (a
     /// file name) is used only in messages, and as a hint when the bytes are too few to tell the
     /// format by content.
     pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Weights, WeightError> {
@@ -278,10 +305,18 @@ impl Weights {
                 safetensors::list(bytes, origin, &mut listing)?;
                 None
             }
-            Kind::Npz => {
-                let mut archive = npz::open(Box::new(std::io::Cursor::new(bytes.to_vec())), origin)?;
-                npz::list(&mut archive, origin, &mut listing)?;
-                Some(Arc::new(Mutex::new(archive)))
+            Kind::Zip => {
+                let mut torch_archive =
+                    zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|e| npz::zip_error(origin, e))?;
+                if torch::is_torch(&torch_archive) {
+                    let found = torch::index(&mut torch_archive, bytes.len() as u64, origin)?;
+                    torch::list_memory(found, bytes, &mut listing);
+                    None
+                } else {
+                    let mut archive = npz::open(Box::new(std::io::Cursor::new(bytes.to_vec())), origin)?;
+                    npz::list(&mut archive, origin, &mut listing)?;
+                    Some(Arc::new(Mutex::new(archive)))
+                }
             }
         };
         Ok(Weights { origin: origin.to_string(), entries: listing.entries, files: Vec::new(), archive })
@@ -500,20 +535,7 @@ impl Weights {
         let last: usize = first + lens.iter().zip(strides).map(|(n, t)| (n - 1) * t).sum::<usize>();
         let size = dtype.size();
         let span = self.read_bytes(at.file, at.offset + (first * size) as u64, (last - first + 1) * size)?;
-        let mut bytes = Vec::with_capacity(count * size);
-        let mut index = vec![0usize; lens.len()];
-        'odometer: loop {
-            let e: usize = index.iter().zip(strides).map(|(i, t)| i * t).sum();
-            bytes.extend_from_slice(&span[e * size..(e + 1) * size]);
-            for k in (0..index.len()).rev() {
-                index[k] += 1;
-                if index[k] < lens[k] {
-                    continue 'odometer;
-                }
-                index[k] = 0;
-            }
-            break;
-        }
+        let bytes = gather_span(&span, size, strides, lens);
         Ok(convert::to_f64(dtype, &bytes))
     }
 }
@@ -608,6 +630,29 @@ fn is_row_major(shape: &[usize], strides: &[usize]) -> bool {
     true
 }
 
+/// The elements of a view of `lens` with `strides` (in elements) of `size` bytes each, row-major:
+/// `span` holds the bytes from the view's first element to its last (see [`view_span`]).
+fn gather_span(span: &[u8], size: usize, strides: &[usize], lens: &[usize]) -> Vec<u8> {
+    let count: usize = lens.iter().product();
+    let mut bytes = Vec::with_capacity(count * size);
+    if count == 0 {
+        return bytes;
+    }
+    let mut index = vec![0usize; lens.len()];
+    'odometer: loop {
+        let e: usize = index.iter().zip(strides).map(|(i, t)| i * t).sum();
+        bytes.extend_from_slice(&span[e * size..(e + 1) * size]);
+        for k in (0..index.len()).rev() {
+            index[k] += 1;
+            if index[k] < lens[k] {
+                continue 'odometer;
+            }
+            index[k] = 0;
+        }
+        return bytes;
+    }
+}
+
 /// How many elements a view of `shape` with `strides` spans from its first element to its
 /// last, inclusive (0 for an empty view); `None` on overflow. A format module checks that
 /// `offset + span` elements lie inside the storage before listing a `Bytes::Strided`.
@@ -623,7 +668,8 @@ fn view_span(shape: &[usize], strides: &[usize]) -> Option<usize> {
 
 enum Kind {
     Safetensors,
-    Npz,
+    /// An .npz, or a `torch.save` checkpoint: told apart by their members.
+    Zip,
 }
 
 fn io_error(origin: &str) -> impl Fn(std::io::Error) -> WeightError + Copy + '_ {
@@ -642,7 +688,7 @@ fn truncated(origin: &str, detail: impl Into<String>) -> WeightError {
 /// bytes to decide, so that a cut-off file is reported as truncated rather than as unknown.
 fn detect(bytes: &[u8], origin: &str) -> Result<Kind, WeightError> {
     if bytes.starts_with(npz::ZIP_LOCAL) || bytes.starts_with(npz::ZIP_EMPTY) {
-        return Ok(Kind::Npz);
+        return Ok(Kind::Zip);
     }
     if bytes.get(8) == Some(&b'{') {
         return Ok(Kind::Safetensors);
@@ -659,7 +705,7 @@ fn detect(bytes: &[u8], origin: &str) -> Result<Kind, WeightError> {
     let extension = Path::new(origin).extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
     match extension.as_deref() {
         Some("safetensors") if bytes.len() <= 8 => return Ok(Kind::Safetensors),
-        Some("npz") if npz::ZIP_LOCAL.starts_with(bytes) => {
+        Some("npz" | "pt" | "pth" | "bin") if npz::ZIP_LOCAL.starts_with(bytes) => {
             return Err(truncated(
                 origin,
                 format!("expected a zip archive, found only {} byte(s) of its signature", bytes.len()),
@@ -667,12 +713,29 @@ fn detect(bytes: &[u8], origin: &str) -> Result<Kind, WeightError> {
         }
         _ => {}
     }
+    if bytes.len() >= 9 && torch::LEGACY_MAGIC.starts_with(&bytes[..bytes.len().min(torch::LEGACY_MAGIC.len())]) {
+        return Err(format_error(
+            origin,
+            "this is a torch.save checkpoint in the legacy format (PyTorch < 1.6, or \
+             _use_new_zipfile_serialization=False), which pathc does not read: load it and save it again with a \
+             current PyTorch (`torch.save(torch.load(path), path)`, a zip archive), or convert it to safetensors \
+             (`safetensors.torch.save_file(state_dict, \"model.safetensors\")`)",
+        ));
+    }
+    if bytes.len() >= 2 && bytes[0] == 0x80 && bytes[1] <= 5 {
+        return Err(format_error(
+            origin,
+            "this is a bare pickle, not a torch.save zip archive: save the state dict with torch.save (PyTorch ≥ 1.6) \
+             or as safetensors",
+        ));
+    }
     let head: Vec<String> = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
     Err(format_error(
         origin,
         format!(
             "unknown format: neither safetensors (an 8-byte header length, then a JSON header starting with `{{`) \
-             nor .npz (a zip archive, starting with `PK\\x03\\x04`); the file starts with bytes {}",
+             nor .npz or a torch.save checkpoint (zip archives, starting with `PK\\x03\\x04`); the file starts with \
+             bytes {}",
             head.join(" ")
         ),
     ))

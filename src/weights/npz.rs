@@ -26,8 +26,12 @@ pub(super) type Archive = zip::ZipArchive<Box<dyn Source>>;
 
 /// Opens the archive (its central directory).
 pub(super) fn open(source: Box<dyn Source>, origin: &str) -> Result<Archive, WeightError> {
-    zip::ZipArchive::new(source)
-        .map_err(|e| format_error(origin, format!("not a readable zip archive (truncated or corrupt?): {e}")))
+    zip::ZipArchive::new(source).map_err(|e| zip_error(origin, e))
+}
+
+/// A zip archive (an .npz or a torch checkpoint) whose directory cannot be read.
+pub(super) fn zip_error(origin: &str, e: zip::result::ZipError) -> WeightError {
+    format_error(origin, format!("not a readable zip archive (truncated or corrupt?): {e}"))
 }
 
 fn npy_error(origin: &str, member: &str, e: npy::NpyError) -> WeightError {
