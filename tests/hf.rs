@@ -109,7 +109,6 @@ fn pytorch_model_bin_folders_import() {
 }
 
 #[test]
-#[ignore = "needs the torch.save reader (branch torch)"]
 fn every_pytorch_model_bin_folder_matches_huggingface() {
     for name in BIN {
         against_hf(name);
