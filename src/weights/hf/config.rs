@@ -420,13 +420,17 @@ fn base_config(family: Family) -> HfConfig {
     }
 }
 
-fn gpt2(k: &Keys<'_>) -> Result<HfConfig, ConfigError> {
-    let mut c = base_config(Family::Gpt2);
-    c.d_vocab = k.size("vocab_size", 50257)?;
-    c.n_ctx = k.size("n_positions", 1024)?;
-    c.d_model = k.size("n_embd", 768)?;
-    c.n_layers = k.size("n_layer", 12)?;
-    c.n_heads = k.size("n_head", 12)?;
+/// What GPT-2 and GPT-J's configs share, under the same keys: the sizes (defaults `[vocab_size,
+/// n_positions, n_embd, n_layer, n_head]`, each class's own), `n_inner`, `layer_norm_epsilon` and
+/// `activation_function`.
+fn gpt_sizes(k: &Keys<'_>, family: Family, defaults: [usize; 5]) -> Result<HfConfig, ConfigError> {
+    let [vocab, positions, embd, layers, heads] = defaults;
+    let mut c = base_config(family);
+    c.d_vocab = k.size("vocab_size", vocab)?;
+    c.n_ctx = k.size("n_positions", positions)?;
+    c.d_model = k.size("n_embd", embd)?;
+    c.n_layers = k.size("n_layer", layers)?;
+    c.n_heads = k.size("n_head", heads)?;
     c.kv_heads = c.n_heads;
     c.d_head = head_size(k, c.d_model, c.n_heads, "n_head")?;
     c.d_mlp = k.size_or("n_inner", None)?.unwrap_or(4 * c.d_model);
@@ -440,6 +444,11 @@ fn gpt2(k: &Keys<'_>) -> Result<HfConfig, ConfigError> {
         fmt_real(c.eps)
     ));
     c.act = k.activation("activation_function", "gelu_new", &mut c.choices)?;
+    Ok(c)
+}
+
+fn gpt2(k: &Keys<'_>) -> Result<HfConfig, ConfigError> {
+    let mut c = gpt_sizes(k, Family::Gpt2, [50257, 1024, 768, 12, 12])?;
     c.learned_positions = true;
     c.choices.push(format!("n_positions {} → pos_embed (wpe), n_ctx = {}", c.n_ctx, c.n_ctx));
     c.qkv_bias = true;
@@ -534,25 +543,7 @@ fn neox(k: &Keys<'_>) -> Result<HfConfig, ConfigError> {
 }
 
 fn gptj(k: &Keys<'_>) -> Result<HfConfig, ConfigError> {
-    let mut c = base_config(Family::Gptj);
-    c.d_vocab = k.size("vocab_size", 50400)?;
-    c.n_ctx = k.size("n_positions", 2048)?;
-    c.d_model = k.size("n_embd", 4096)?;
-    c.n_layers = k.size("n_layer", 28)?;
-    c.n_heads = k.size("n_head", 16)?;
-    c.kv_heads = c.n_heads;
-    c.d_head = head_size(k, c.d_model, c.n_heads, "n_head")?;
-    c.d_mlp = k.size_or("n_inner", None)?.unwrap_or(4 * c.d_model);
-    if k.get("n_inner").is_none() {
-        c.choices.push(format!("n_inner null → d_mlp = 4 · n_embd = {}", c.d_mlp));
-    }
-    c.eps = k.positive("layer_norm_epsilon", 1e-5)?;
-    c.choices.push(format!(
-        "layer_norm_epsilon {} → layernorm(eps = {})",
-        k.shown("layer_norm_epsilon", "1e-5"),
-        fmt_real(c.eps)
-    ));
-    c.act = k.activation("activation_function", "gelu_new", &mut c.choices)?;
+    let mut c = gpt_sizes(k, Family::Gptj, [50400, 2048, 4096, 28, 16])?;
     // `rotary_dim: null` rotates the whole head.
     let dim = match k.map.get("rotary_dim") {
         Some(Value::Null) => c.d_head,
