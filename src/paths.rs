@@ -668,3 +668,48 @@ mod tests {
         assert_eq!(total, BigUint::from(97u32).pow(96));
     }
 }
+
+/// How `pathc paths --group` sums paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grouping {
+    /// By the last head a path passes (TransformerLens's per-head result, `head_logits`); a path
+    /// through no head by its source.
+    Head,
+    /// By the residual-stream component a path ends in (TransformerLens's `decompose_resid`
+    /// labels: `embed`, `pos_embed`, `{l}_attn_out` incl. `b_O`, `{l}_mlp_out` incl. `b_out`),
+    /// and `constant` for `b_U`.
+    Component,
+    Source,
+    Order,
+}
+
+impl Grouping {
+    /// The group of a path, and where the group sorts.
+    pub fn of(self, p: &Path<'_>) -> (String, (usize, usize, usize)) {
+        use crate::graph::Source;
+        let source = p.template.source().expect("a logit path has a source");
+        let last = p.heads(Side::Head).last().copied();
+        match self {
+            Grouping::Head => match last {
+                Some(h) => (h.to_string(), (1, h.layer, h.head)),
+                None => (source.name(), (0, 0, 0)),
+            },
+            Grouping::Component => match (last, source.component()) {
+                (Some(h), _) => (format!("{}_attn_out", h.layer), (1, h.layer, 0)),
+                (None, Some(component)) => {
+                    let key = match source {
+                        Source::E => (0, 0, 0),
+                        Source::P => (0, 0, 1),
+                        Source::Mlp(l) | Source::BiasOut(l) => (1, l, 1),
+                        Source::BiasO(l) | Source::BiasV(l) => (1, l, 0),
+                        _ => (2, 0, 0),
+                    };
+                    (component, key)
+                }
+                (None, None) => ("constant".to_string(), (2, 0, 0)),
+            },
+            Grouping::Source => (source.name(), (0, 0, 0)),
+            Grouping::Order => (format!("order {}", p.template.order()), (p.template.order(), 0, 0)),
+        }
+    }
+}

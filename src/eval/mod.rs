@@ -11,12 +11,17 @@
 //! common prefixes, so each prefix is computed once.
 
 mod forward;
+mod metric;
 mod params;
 mod paths;
 pub mod rotary;
 mod target;
 
 pub use forward::{activate, activation, forward, forward_masked, Forward};
+pub use metric::{
+    score_attribution, score_params, Metric, MetricEvaluator, ScoreAttribution, ScoreDifference, ScoreDifferenceError,
+    TermEffect,
+};
 pub use params::{
     AttnWeights, Gate, LayerParams, MlpWeights, NameMap, NormWeights, Params, Processing, StatsParams, LN_EPS,
 };

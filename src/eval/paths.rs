@@ -17,7 +17,7 @@ use crate::paths::{FactorKind, Path, Side};
 
 /// The parameters with every LayerNorm folded into the weights that read it: path terms use
 /// folded weights (centring included), so a model with a LayerNorm is folded once here.
-fn folded(params: &Params) -> Cow<'_, Params> {
+pub(super) fn folded(params: &Params) -> Cow<'_, Params> {
     let has_norm = params.ln_final.is_some() || params.layers.iter().any(|l| l.ln1.is_some() || l.ln2.is_some());
     if has_norm {
         Cow::Owned(params.fold_layer_norm())
@@ -92,6 +92,7 @@ pub(super) struct Stream<'p> {
 
 /// One layer's value weights and biases with its `ln1` folded in, per key/value head: what a
 /// path through its heads reads, without folding (and copying) the rest of the parameters.
+#[derive(Clone)]
 pub(super) struct FoldedValues {
     pub w_v: Vec<Matrix>,
     pub b_v: Vec<Row>,
@@ -455,6 +456,17 @@ pub struct ScoreEvaluator<'a> {
 impl<'a> ScoreEvaluator<'a> {
     pub fn new(params: &'a Params, forward: &'a Forward) -> ScoreEvaluator<'a> {
         ScoreEvaluator { params: folded(params), forward, query: PrefixStack::default(), key: PrefixStack::default() }
+    }
+
+    /// An evaluator on parameters already folded ([`folded`]'s result, made once for many
+    /// prompts): `folded` must be what [`ScoreEvaluator::new`] would fold `forward`'s parameters to.
+    pub(super) fn prefolded(folded: &'a Params, forward: &'a Forward) -> ScoreEvaluator<'a> {
+        ScoreEvaluator {
+            params: Cow::Borrowed(folded),
+            forward,
+            query: PrefixStack::default(),
+            key: PrefixStack::default(),
+        }
     }
 
     /// The contribution of one score term of the head `(layer, head)`.

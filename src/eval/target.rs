@@ -14,6 +14,8 @@
 //! the heads before the last) comes from the same prefix stack as [`PathEvaluator`](super::PathEvaluator)'s,
 //! computed once for all the paths that share it.
 
+use std::borrow::Cow;
+
 use super::paths::{head_values, heads_of, FoldedValues, Origin, PrefixStack, Stream};
 use super::{EvalError, Forward, Matrix, Params, Row};
 use crate::graph::Source;
@@ -140,7 +142,7 @@ pub struct TargetEvaluator<'a> {
     params: &'a Params,
     forward: &'a Forward,
     /// `W_V'`, `b_V'` per layer (ln1 folded): all the stream needs folded.
-    values: Vec<FoldedValues>,
+    values: Cow<'a, [FoldedValues]>,
     /// Each target's position, and its column in `unembed`.
     positions: Vec<usize>,
     columns: Vec<usize>,
@@ -158,6 +160,26 @@ pub struct TargetEvaluator<'a> {
 impl<'a> TargetEvaluator<'a> {
     /// `targets` must be resolved on `forward`'s tokens ([`Targets::resolve`]).
     pub fn new(params: &'a Params, forward: &'a Forward, targets: &Targets) -> TargetEvaluator<'a> {
+        TargetEvaluator::with(params, Cow::Owned(FoldedValues::of(params)), forward, targets)
+    }
+
+    /// [`TargetEvaluator::new`] with the value weights folded once for many prompts (`values` is
+    /// `FoldedValues::of(params)`).
+    pub(super) fn with_values(
+        params: &'a Params,
+        values: &'a [FoldedValues],
+        forward: &'a Forward,
+        targets: &Targets,
+    ) -> TargetEvaluator<'a> {
+        TargetEvaluator::with(params, Cow::Borrowed(values), forward, targets)
+    }
+
+    fn with(
+        params: &'a Params,
+        values: Cow<'a, [FoldedValues]>,
+        forward: &'a Forward,
+        targets: &Targets,
+    ) -> TargetEvaluator<'a> {
         let mut distinct: Vec<usize> = targets.tokens.clone();
         distinct.sort_unstable();
         distinct.dedup();
@@ -177,7 +199,7 @@ impl<'a> TargetEvaluator<'a> {
         TargetEvaluator {
             params,
             forward,
-            values: FoldedValues::of(params),
+            values,
             positions: targets.positions.clone(),
             columns,
             unembed,
