@@ -44,7 +44,9 @@
 //! assert!((total - &forward.logits).amax() < 1e-9); // the 50 paths are the logits
 //! ```
 
+pub mod aggregate;
 pub mod codegen;
+pub mod dataset;
 pub mod diag;
 pub mod emit;
 pub mod eval;

@@ -5,6 +5,7 @@
 //! paths written.
 
 pub mod count;
+pub mod dataset;
 pub mod dot;
 pub mod json;
 pub mod latex;
