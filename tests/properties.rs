@@ -3,7 +3,10 @@
 //! standard, shortformer or rotary positions of either style, an output vocabulary of its own,
 //! and a key mask) and random weights, the sum of all paths is the forward pass, each head's
 //! paths sum to that head's output, each MLP's input terms to its pre-activation, and each head's
-//! score terms sum to its scores.
+//! score terms sum to its scores. Over a dataset of random prompts (`pathc::aggregate`): each
+//! path's dataset mean is the mean of its contributions computed one prompt at a time, the paths
+//! sum to the metric of every prompt, a head's score terms to its score difference, and each
+//! term's first-order probability effect is the softmax's derivative (by finite differences).
 
 use pathc::eval::{
     self, AttnWeights, Gate, LayerParams, Matrix, MlpWeights, NormWeights, Params, PathEvaluator, Row, ScoreEvaluator,
@@ -435,6 +438,116 @@ proptest! {
                 let scale = 1.0 + expected.iter().fold(0.0f64, |m, x| m.max(x.abs()));
                 prop_assert!(max_diff(&total, expected) <= 1e-9 * scale, "scores of L{}H{}", layer, head);
             }
+        }
+    }
+
+    #[test]
+    fn dataset_aggregates_are_the_per_prompt_numbers(a in arch()) {
+        use pathc::aggregate::{self, Inputs, LogitQuestion, Position};
+        use pathc::eval::{Target, Targets};
+        let (expansion, params) = build(&a);
+        let mut rng = Rng(a.seed ^ 0x5eed);
+        let prompts: Vec<Vec<usize>> = (0..5)
+            .map(|_| {
+                let n = 1 + ((rng.next() + 1.0) / 2.0 * a.n_ctx as f64) as usize % a.n_ctx;
+                (0..n).map(|_| ((rng.next() + 1.0) / 2.0 * a.d_vocab as f64) as usize % a.d_vocab).collect()
+            })
+            .collect();
+        let dir = std::env::temp_dir().join(format!("pathc-prop-dataset-{}-{}", std::process::id(), a.seed));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("prompts.jsonl");
+        let lines: Vec<String> = prompts.iter().map(|t| format!("{{\"tokens\": {t:?}}}")).collect();
+        std::fs::write(&file, lines.join("\n")).unwrap();
+        // The logit of output 0 minus that of the last output, at every position (a mean).
+        let outputs = a.outputs();
+        let against = (outputs > 1).then_some(Target::Token(outputs - 1));
+        let question = LogitQuestion { target: Some(Target::Token(0)), against, position: Some(Position::All) };
+        let mut per_prompt: Vec<(f64, Vec<f64>)> = Vec::new();
+        let result = aggregate::dataset_paths(&expansion, &params, &file, Inputs::default(), question, None, &pathc::progress::Silent, |p| {
+            per_prompt.push((p.metric, p.values.to_vec()));
+            Ok(())
+        });
+        std::fs::remove_dir_all(&dir).unwrap();
+        let result = result.expect("a valid dataset");
+        prop_assert_eq!(result.prompts, prompts.len());
+        let rows = result.rows.len();
+        let mut sums = vec![0.0; rows];
+        for (tokens, (metric, values)) in prompts.iter().zip(&per_prompt) {
+            // One prompt at a time, by direct logit attribution of each target and the metric's
+            // weights applied here.
+            let forward = eval::forward(&params, tokens).expect("valid tokens");
+            let plus = Targets::resolve(Target::Token(0), tokens, outputs, None).unwrap();
+            let dla = eval::target_logits(&expansion, &params, &forward, &plus).unwrap();
+            let minus = against.map(|u| {
+                let t = Targets::resolve(u, tokens, outputs, None).unwrap();
+                eval::target_logits(&expansion, &params, &forward, &t).unwrap()
+            });
+            let n = tokens.len() as f64;
+            let logits = &forward.logits;
+            let expected_metric: f64 = (0..tokens.len())
+                .map(|p| logits[(p, 0)] - if outputs > 1 { logits[(p, outputs - 1)] } else { 0.0 })
+                .sum::<f64>() / n;
+            let scale = 1.0 + logits.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+            prop_assert!((metric - expected_metric).abs() <= 1e-12 * scale);
+            prop_assert!((values.iter().sum::<f64>() - metric).abs() <= 1e-9 * scale, "paths sum to the metric");
+            for (r, value) in values.iter().enumerate() {
+                let mut expected = dla.values.row(r).sum() / n;
+                if let Some(minus) = &minus {
+                    expected -= minus.values.row(r).sum() / n;
+                }
+                prop_assert!((value - expected).abs() <= 1e-12 * scale, "path {} of a prompt", dla.names[r]);
+                sums[r] += value;
+            }
+        }
+        for (row, sum) in result.rows.iter().zip(&sums) {
+            let mean = sum / prompts.len() as f64;
+            prop_assert!((row.contribution.mean - mean).abs() <= 1e-12 * (1.0 + mean.abs()), "mean of {}", row.name);
+        }
+    }
+
+    #[test]
+    fn score_differences_over_a_dataset(a in arch()) {
+        use pathc::eval::{score_attribution, score_params, ScoreDifference};
+        let (expansion, params) = build(&a);
+        prop_assume!(!a.layers.is_empty() && a.tokens.len() >= 2);
+        let forward = eval::forward(&params, &a.tokens).expect("valid tokens");
+        let folded = score_params(&params);
+        let heads = expansion.heads_per_layer();
+        let n = a.tokens.len();
+        let mut evaluator = ScoreEvaluator::new(&params, &forward);
+        for (layer, templates) in expansion.scores.as_ref().expect("qk").iter().enumerate() {
+            let causal = params.layers[layer].attn.causal;
+            let diff = ScoreDifference { layer, head: heads[layer] - 1, query: n - 1, key: 0, against_key: n - 1 };
+            diff.check(n, causal).expect("valid positions");
+            let got = score_attribution(&expansion, &folded, &forward, diff).expect("finite");
+            let scores = &forward.scores[layer][diff.head];
+            prop_assert!((got.difference - (scores[(n - 1, 0)] - scores[(n - 1, n - 1)])).abs() <= 1e-12 * (1.0 + got.difference.abs()));
+            let total: f64 = got.terms.iter().map(|t| t.difference).sum();
+            prop_assert!((total - got.difference).abs() <= 1e-9 * (1.0 + scores.iter().fold(0.0f64, |m, x| m.max(x.abs()))));
+            // Each term's first-order effect on p[q, key] against a central finite difference of
+            // the real softmax (every key attends: no mask here, all keys ≤ the last query).
+            let fixed = (IndexVar { side: Side::Head, layer }, diff.head);
+            let row: Vec<f64> = (0..n).map(|j| scores[(n - 1, j)]).collect();
+            let softmax0 = |s: &[f64]| {
+                let max = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let total: f64 = s.iter().map(|x| (x - max).exp()).sum();
+                (s[0] - max).exp() / total
+            };
+            let mut i = 0;
+            paths::for_each_path(templates, &heads, Some(fixed), |p| {
+                let t = evaluator.scores(&p, layer, diff.head);
+                let h = 1e-5;
+                let plus: Vec<f64> = (0..n).map(|j| row[j] + h * t[(n - 1, j)]).collect();
+                let minus: Vec<f64> = (0..n).map(|j| row[j] - h * t[(n - 1, j)]).collect();
+                let numeric = (softmax0(&plus) - softmax0(&minus)) / (2.0 * h);
+                let linear = got.terms[i].prob_linear;
+                let size = 1.0 + t.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+                assert!((linear - numeric).abs() <= 1e-6 * size * size, "{}: {linear} vs {numeric}", p.name());
+                let removed: Vec<f64> = (0..n).map(|j| row[j] - t[(n - 1, j)]).collect();
+                assert!((got.terms[i].prob_removed - (softmax0(&row) - softmax0(&removed))).abs() <= 1e-12);
+                i += 1;
+            });
+            prop_assert_eq!(i, got.terms.len());
         }
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use super::failure::Failure;
 use super::output::TextOrJson;
-use super::run::{evaluate, RunArgs};
+use super::run::{dataset_failure, evaluate, load, RunArgs};
 
 // (`//`, not `///`: see the module docs of `cli`.)
 #[derive(clap::Args)]
@@ -22,6 +22,29 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<(), Failure> {
     let Args { model, run, tol, format } = args;
+    if let Some(dataset) = run.dataset_input()? {
+        let (expansion, params) = load(&model, &run, false)?;
+        let result = pathc::aggregate::dataset_check(
+            &expansion,
+            &params,
+            &dataset.path,
+            dataset.inputs(),
+            &super::progress::TerminalProgress::new(),
+        )
+        .map_err(dataset_failure)?;
+        let mut out = io::stdout().lock();
+        match format {
+            TextOrJson::Json => {
+                let mut value = serde_json::to_value(&result).expect("plain data");
+                value["dataset"] = serde_json::json!(dataset.path.display().to_string());
+                writeln!(out, "{}", serde_json::to_string_pretty(&value).expect("plain data"))?
+            }
+            TextOrJson::Text => {
+                pathc::emit::dataset::write_check_text(&mut out, &expansion.model.name, &dataset.path, &result)?
+            }
+        }
+        return finish(&mut out, result.max_abs_error, tol, format);
+    }
     let input = run.input()?;
     let evaluation = evaluate(&model, &run, input.ids(), false)?;
     let labels = input.labels();
@@ -60,7 +83,12 @@ pub fn run(args: Args) -> Result<(), Failure> {
             )?;
         }
     }
-    if report.max_abs_error.is_nan() || report.max_abs_error > tol {
+    finish(&mut out, report.max_abs_error, tol, format)
+}
+
+/// The verdict: exit 1 above the tolerance (or on NaN), else `ok` in text.
+fn finish(out: &mut dyn Write, max_abs_error: f64, tol: f64, format: TextOrJson) -> Result<(), Failure> {
+    if max_abs_error.is_nan() || max_abs_error > tol {
         writeln!(out, "FAILED: above --tol {tol:e}")?;
         out.flush()?;
         return Err(Failure::Check);

@@ -25,6 +25,49 @@ pub enum TextOrJson {
     Json,
 }
 
+/// `--format` of the commands that also write CSV over a dataset (`paths`, `scores`).
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TextJsonCsv {
+    Text,
+    Json,
+    /// Comma-separated values, for pandas (with `--dataset` only).
+    Csv,
+}
+
+impl TextJsonCsv {
+    /// The text-or-JSON choice of a one-prompt report; CSV is refused there.
+    pub fn single(self) -> Result<TextOrJson, Failure> {
+        match self {
+            TextJsonCsv::Text => Ok(TextOrJson::Text),
+            TextJsonCsv::Json => Ok(TextOrJson::Json),
+            TextJsonCsv::Csv => Err(Failure::BadInput(
+                "error: --format csv is the table of a --dataset run; one prompt's report is text or json".to_string(),
+            )),
+        }
+    }
+}
+
+/// `--rank` of a dataset table.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum RankArg {
+    /// By |mean contribution| (the default).
+    Mean,
+    /// By the mean of |contribution|.
+    Abs,
+    /// By the standard deviation over the prompts.
+    Std,
+}
+
+impl From<RankArg> for pathc::emit::dataset::Rank {
+    fn from(rank: RankArg) -> pathc::emit::dataset::Rank {
+        match rank {
+            RankArg::Mean => pathc::emit::dataset::Rank::Mean,
+            RankArg::Abs => pathc::emit::dataset::Rank::Abs,
+            RankArg::Std => pathc::emit::dataset::Rank::Std,
+        }
+    }
+}
+
 fn cannot_write(path: &Path, e: io::Error) -> Failure {
     Failure::BadInput(format!("error: cannot write {}: {e}", path.display()))
 }

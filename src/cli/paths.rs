@@ -10,10 +10,10 @@ use pathc::emit::numbers;
 use pathc::eval::Target;
 
 use super::failure::Failure;
-use super::output::TextOrJson;
+use super::output::{RankArg, TextJsonCsv, TextOrJson};
 use super::parse::{parse_position, parse_target, TargetArg};
 use super::progress::TerminalProgress;
-use super::run::{evaluate, resolve_target, resolve_targets, RunArgs};
+use super::run::{dataset_failure, evaluate, load, resolve_target, resolve_target_with, resolve_targets, RunArgs};
 
 // (`//`, not `///`: see the module docs of `cli`.)
 #[derive(clap::Args)]
@@ -38,8 +38,20 @@ pub struct Args {
     /// end in (`component`, TransformerLens's decompose_resid labels), `source` or `order`.
     #[arg(long, value_enum)]
     group: Option<GroupArg>,
-    #[arg(long, value_enum, default_value_t = TextOrJson::Text)]
-    format: TextOrJson,
+    /// With --dataset: subtract this token's logit (the logit difference `--target T --against U`,
+    /// the IOI metric); a prompt's own "against" field overrides it.
+    #[arg(long, value_name = "TOKEN", value_parser = parse_target, allow_hyphen_values = true)]
+    against: Option<TargetArg>,
+    /// With --dataset: rank by |mean| (default), the mean |contribution| (`abs`) or `std`.
+    #[arg(long, value_enum)]
+    rank: Option<RankArg>,
+    /// With --dataset: every prompt's contributions too (JSON Lines with --format json: a header,
+    /// one line a prompt, the summary last; CSV: one row per path × prompt).
+    #[arg(long)]
+    per_prompt: bool,
+    /// `text`, `json`, or with --dataset `csv`.
+    #[arg(long, value_enum, default_value_t = TextJsonCsv::Text)]
+    format: TextJsonCsv,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -62,7 +74,18 @@ impl From<GroupArg> for numbers::Grouping {
 }
 
 pub fn run(args: Args) -> Result<(), Failure> {
-    let Args { model, run, pos, top, target, group, format } = args;
+    if run_dataset(&args)? {
+        return Ok(());
+    }
+    let Args { model, run, pos, top, target, group, format, against, rank, per_prompt } = args;
+    for (given, flag) in [(against.is_some(), "--against"), (rank.is_some(), "--rank"), (per_prompt, "--per-prompt")] {
+        if given {
+            return Err(Failure::BadInput(format!(
+                "error: {flag} applies to --dataset (a dataset of one prompt is a one-line .jsonl file)"
+            )));
+        }
+    }
+    let format = format.single()?;
     let input = run.input()?;
     let target = target.map(|t| resolve_target(&t, &input)).transpose()?;
     let evaluation = evaluate(&model, &run, input.ids(), false)?;
@@ -98,4 +121,97 @@ pub fn run(args: Args) -> Result<(), Failure> {
         TextOrJson::Text => numbers::write_paths_text(&mut out, &evaluation, position, None, &table, labels)?,
     }
     Ok(out.flush()?)
+}
+
+/// `paths --dataset`: each path's (or group's) contribution to the metric over the prompts. Returns
+/// whether there was a dataset.
+fn run_dataset(args: &Args) -> Result<bool, Failure> {
+    use pathc::aggregate::{self, LogitQuestion, Position};
+    use pathc::emit::dataset as report;
+    let Some(dataset) = args.run.dataset_input()? else { return Ok(false) };
+    let tokenizer = dataset.tokenizer.as_ref();
+    let target = args.target.as_ref().map(|t| resolve_target_with(t, tokenizer, "--target")).transpose()?;
+    let against = args.against.as_ref().map(|t| resolve_target_with(t, tokenizer, "--against")).transpose()?;
+    if against == Some(Target::Next) {
+        return Err(Failure::BadInput("error: --against takes a token: `next` is a target".to_string()));
+    }
+    let position = match args.pos.as_deref() {
+        None => None,
+        Some("last") => Some(Position::Last),
+        Some("all") => Some(Position::All),
+        Some(p) => Some(Position::At(
+            p.parse()
+                .map_err(|_| Failure::BadInput(format!("error: --pos takes a number, `last` or `all`, not `{p}`")))?,
+        )),
+    };
+    let question = LogitQuestion { target, against, position };
+    let (expansion, params) = load(&args.model, &args.run, false)?;
+    let grouping = args.group.map(Into::into);
+    let model = expansion.model.name.clone();
+    let (names, orders) = aggregate::path_rows(&expansion, grouping);
+    let mut out = BufWriter::new(io::stdout().lock());
+    let per_prompt = args.per_prompt;
+    // The per-prompt rows are written as they come; the first pass has checked every prompt.
+    let mut header = false;
+    let result = aggregate::dataset_paths(
+        &expansion,
+        &params,
+        &dataset.path,
+        dataset.inputs(),
+        question,
+        grouping,
+        &TerminalProgress::new(),
+        |prompt| {
+            if !per_prompt {
+                return Ok(());
+            }
+            match args.format {
+                TextJsonCsv::Csv => {
+                    if !std::mem::replace(&mut header, true) {
+                        report::write_prompt_paths_csv_header(&mut out)?;
+                    }
+                    report::write_prompt_paths_csv(&mut out, &names, &orders, prompt)
+                }
+                TextJsonCsv::Json => {
+                    if !std::mem::replace(&mut header, true) {
+                        report::write_prompt_paths_jsonl_header(&mut out, &names, &orders)?;
+                    }
+                    report::write_prompt_paths_jsonl(&mut out, prompt)
+                }
+                TextJsonCsv::Text => {
+                    if !std::mem::replace(&mut header, true) {
+                        writeln!(out, "line\tmetric\t{}", names.join("\t"))?;
+                    }
+                    let values: Vec<String> = prompt.values.iter().map(|v| format!("{v:.6}")).collect();
+                    writeln!(out, "{}\t{:.6}\t{}", prompt.line, prompt.metric, values.join("\t"))
+                }
+            }
+        },
+    )
+    .map_err(dataset_failure)?;
+    // Text ranks (by |mean| unless asked); JSON and CSV keep path order unless asked to rank.
+    let rank = match (args.rank, args.format, args.top) {
+        (Some(r), _, _) => Some(r.into()),
+        (None, TextJsonCsv::Text, _) | (None, _, Some(_)) => Some(report::Rank::Mean),
+        (None, _, None) => None,
+    };
+    let rows = report::ranked_paths(&result.rows, rank, args.top);
+    match (args.format, per_prompt) {
+        (TextJsonCsv::Csv, true) => {}
+        (TextJsonCsv::Csv, false) => report::write_paths_csv(&mut out, &rows)?,
+        (TextJsonCsv::Json, true) => {
+            report::write_paths_jsonl_summary(&mut out, &model, &dataset.path, &question, &result, &rows)?
+        }
+        (TextJsonCsv::Json, false) => {
+            report::write_paths_json(&mut out, &model, &dataset.path, &question, &result, &rows)?
+        }
+        (TextJsonCsv::Text, _) => {
+            if per_prompt {
+                writeln!(out)?;
+            }
+            report::write_paths_text(&mut out, &model, &dataset.path, &question, &result, &rows, rank)?
+        }
+    }
+    out.flush()?;
+    Ok(true)
 }

@@ -187,6 +187,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
             weights,
             tokens,
             text,
+            dataset: None,
             tokenizer,
             prepend_bos,
             attention_mask,

@@ -12,7 +12,7 @@ use super::failure::{read_model, render, Failure};
 // What every numeric command needs: weights, tokens, and the expansion's options. (A `//`
 // comment: see the module docs of `cli`.)
 #[derive(clap::Args)]
-#[command(group(clap::ArgGroup::new("input").required(true).args(["tokens", "text"])))]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["tokens", "text", "dataset"])))]
 pub struct RunArgs {
     /// A TransformerLens state_dict (f16, bf16, f32, f64): safetensors, npz, or a torch.save
     /// checkpoint (.pt/.pth/.bin, PyTorch >= 1.6; read without running its pickle); or a
@@ -25,6 +25,12 @@ pub struct RunArgs {
     /// The text to run the model on, tokenized as TransformerLens's to_tokens does (or `--tokens`).
     #[arg(long, value_name = "TEXT")]
     pub text: Option<String>,
+    /// A dataset of prompts (`paths`, `scores` and `check`; or `--tokens`, `--text`): JSON Lines
+    /// (.jsonl), one `{"tokens": [...]}` or `{"text": "..."}` a line with optional per-prompt
+    /// `"target"`, `"against"`, `"position"`, `"key"`, `"against_key"`, or a text file with one
+    /// prompt a line. Each prompt is its own forward pass; the report aggregates over them.
+    #[arg(long, value_name = "FILE")]
+    pub dataset: Option<PathBuf>,
     /// A HuggingFace tokenizer.json for `--text` and the token strings (default: the
     /// tokenizer.json of a --weights folder); its folder's tokenizer_config.json and config.json
     /// say which token is the BOS.
@@ -152,17 +158,26 @@ impl RunArgs {
 /// `--target`: a token id, `next`, or a text that is one token (`" Mary"`), resolved with the
 /// tokenizer (an error without one, or when the text is several tokens).
 pub fn resolve_target(target: &super::parse::TargetArg, input: &Input) -> Result<Target, Failure> {
+    resolve_target_with(target, input.tokenizer.as_ref(), "--target")
+}
+
+/// [`resolve_target`] with the tokenizer there is (`flag` names the option in messages).
+pub fn resolve_target_with(
+    target: &super::parse::TargetArg,
+    tokenizer: Option<&Tokenizer>,
+    flag: &str,
+) -> Result<Target, Failure> {
     use super::parse::TargetArg;
     match target {
         TargetArg::Id(t) => Ok(Target::Token(*t)),
         TargetArg::Next => Ok(Target::Next),
-        TargetArg::Text(text) => match &input.tokenizer {
+        TargetArg::Text(text) => match tokenizer {
             Some(tokenizer) => tokenizer
                 .single_token(text)
                 .map(Target::Token)
-                .map_err(|e| Failure::BadInput(format!("error: --target {}: {e}", pathc::text::quote(text)))),
+                .map_err(|e| Failure::BadInput(format!("error: {flag} {}: {e}", pathc::text::quote(text)))),
             None => Err(Failure::BadInput(format!(
-                "error: --target {}: expected a token id or `next`, not `{text}` (a text target needs a tokenizer: --tokenizer tokenizer.json)",
+                "error: {flag} {}: expected a token id or `next`, not `{text}` (a text target needs a tokenizer: --tokenizer tokenizer.json)",
                 pathc::text::quote(text)
             ))),
         },
@@ -171,6 +186,52 @@ pub fn resolve_target(target: &super::parse::TargetArg, input: &Input) -> Result
 
 /// Expands the model, loads its weights and runs the forward pass on `tokens`.
 pub fn evaluate(model: &Path, run: &RunArgs, tokens: &[usize], qk: bool) -> Result<Evaluation, Failure> {
+    let (expansion, params) = load(model, run, qk)?;
+    let forward = pathc::eval::forward_masked(&params, tokens, run.attention_mask.as_deref())
+        .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+    Ok(Evaluation { expansion, params, forward })
+}
+
+/// A `--dataset` run's inputs: the dataset, and the tokenizer (`--tokenizer`, or a --weights
+/// folder's) with `--prepend-bos` for its texts. `--attention-mask` is refused: it is one
+/// prompt's.
+pub struct DatasetInput {
+    pub path: PathBuf,
+    pub tokenizer: Option<Tokenizer>,
+    pub prepend_bos: Option<bool>,
+}
+
+impl DatasetInput {
+    pub fn inputs(&self) -> pathc::aggregate::Inputs<'_> {
+        pathc::aggregate::Inputs { tokenizer: self.tokenizer.as_ref(), prepend_bos: self.prepend_bos }
+    }
+}
+
+impl RunArgs {
+    /// `--dataset` with its tokenizer, if given.
+    pub fn dataset_input(&self) -> Result<Option<DatasetInput>, Failure> {
+        let Some(path) = &self.dataset else { return Ok(None) };
+        if self.attention_mask.is_some() {
+            return Err(Failure::BadInput(
+                "error: --attention-mask is one prompt's key mask: it does not apply to --dataset".to_string(),
+            ));
+        }
+        let tokenizer = Tokenizer::find(self.tokenizer.as_deref(), Some(&self.weights))
+            .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+        Ok(Some(DatasetInput { path: path.clone(), tokenizer, prepend_bos: self.prepend_bos }))
+    }
+}
+
+/// A dataset error (a prompt's line, the file) as the terminal shows it.
+pub fn dataset_failure(e: pathc::aggregate::AggregateError) -> Failure {
+    match e {
+        pathc::aggregate::AggregateError::Output(e) => Failure::Io(e),
+        other => Failure::BadInput(format!("error: {other}")),
+    }
+}
+
+/// Expands the model and loads its weights (processed as asked): all but the forward pass.
+pub fn load(model: &Path, run: &RunArgs, qk: bool) -> Result<(pathc::Expansion, pathc::eval::Params), Failure> {
     let source = read_model(model)?;
     let fail = |e: pathc::Error| render(model, &source, &e);
     let compiled = pathc::compile(&source).map_err(fail)?;
@@ -179,11 +240,9 @@ pub fn evaluate(model: &Path, run: &RunArgs, tokens: &[usize], qk: bool) -> Resu
     let processing = run.processing.processing();
     let params = params.process(processing).map_err(|e| fail(e.into()))?;
     let compiled = compiled.processed(processing);
-    let forward =
-        pathc::eval::forward_masked(&params, tokens, run.attention_mask.as_deref()).map_err(|e| fail(e.into()))?;
     let options = ExpandOptions { max_order: run.max_order, limit: run.limit, qk, ..ExpandOptions::default() };
     let expansion = pathc::expand_compiled(compiled, &options).map_err(fail)?;
-    Ok(Evaluation { expansion, params, forward })
+    Ok((expansion, params))
 }
 
 /// `--target TOKEN|next` at `position` (every position when `None`) of the evaluated tokens, or
