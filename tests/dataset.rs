@@ -390,3 +390,45 @@ fn text_prompts_and_text_targets() {
         close(*metric, forward.logits[(tokens.len() - 1, target)], text);
     }
 }
+
+/// `plot --what paths --dataset`: the largest mean contributions, each labelled `mean ± std` as
+/// the JSON report gives them, with whiskers.
+#[test]
+fn plot_draws_means_with_error_bars() {
+    let model = format!("{DIR}/model.tf");
+    let weights = format!("{DIR}/model.safetensors");
+    let data = format!("{DIR}/dataset.jsonl");
+    let svg = std::env::temp_dir().join(format!("pathc-dataset-plot-{}.svg", std::process::id()));
+    let svg_path = svg.to_string_lossy().to_string();
+    let out = pathc(&[
+        "plot",
+        &model,
+        "--weights",
+        &weights,
+        "--what",
+        "paths",
+        "--dataset",
+        &data,
+        "--top",
+        "5",
+        "-o",
+        &svg_path,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = std::fs::read_to_string(&svg).unwrap();
+    std::fs::remove_file(&svg).unwrap();
+    let json: Value = serde_json::from_str(&run_json(
+        &["paths", &model, "--weights", &weights, "--dataset", &data, "--format", "json", "--top", "5"],
+        "2",
+    ))
+    .unwrap();
+    for row in json["rows"].as_array().unwrap() {
+        let label = format!("{:.4} ± {:.4}", row["mean"].as_f64().unwrap(), row["std"].as_f64().unwrap());
+        assert!(text.contains(&format!("\n{}\n", row["name"].as_str().unwrap())), "{}", row["name"]);
+        assert!(text.contains(&label), "{label}");
+    }
+    // Three strokes a whisker (the bar and its two caps), plus the zero line and the axis and
+    // its ticks.
+    let strokes = text.matches("<polyline").count();
+    assert!(strokes >= 5 * 3 + 2, "{strokes}");
+}

@@ -12,7 +12,10 @@ use pathc::stats::{StatsError, StatsOptions};
 use super::failure::{read_model, render, Failure};
 use super::output;
 use super::parse::{check_rotary_offset, parse_position, parse_target, TargetArg};
-use super::run::{evaluate, input, resolve_target, resolve_targets, ProcessingArgs, RunArgs};
+use super::run::{
+    dataset_failure, evaluate, input, load, resolve_target, resolve_target_with, resolve_targets, ProcessingArgs,
+    RunArgs,
+};
 
 // (`//`, not `///`: see the module docs of `cli`.)
 //
@@ -35,6 +38,13 @@ pub struct Args {
     /// Token ids, comma-separated (`--what paths` only, where they or `--text` are required).
     #[arg(long, value_delimiter = ',', num_args = 1.., conflicts_with = "text")]
     tokens: Vec<usize>,
+    /// A dataset of prompts (`--what paths`; see `paths --help`): the mean contribution of each path
+    /// to the metric over the prompts, with the standard deviation as error bars.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["tokens", "text", "attention_mask"])]
+    dataset: Option<PathBuf>,
+    /// With --dataset: subtract this token's logit (the logit difference; see `paths --help`).
+    #[arg(long, value_name = "TOKEN", value_parser = parse_target, allow_hyphen_values = true)]
+    against: Option<TargetArg>,
     /// The text to run the model on (`--what paths`; see `paths --help`).
     #[arg(long, value_name = "TEXT")]
     text: Option<String>,
@@ -101,6 +111,8 @@ pub fn run(args: Args) -> Result<(), Failure> {
         weights,
         what,
         tokens,
+        dataset,
+        against,
         text,
         tokenizer,
         prepend_bos,
@@ -126,6 +138,8 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let svg = if let Some(plot) = stats_plot {
         let misplaced = [
             (!tokens.is_empty(), "--tokens"),
+            (dataset.is_some(), "--dataset"),
+            (against.is_some(), "--against"),
             (text.is_some(), "--text"),
             (tokenizer.is_some(), "--tokenizer"),
             (prepend_bos.is_some(), "--prepend-bos"),
@@ -154,11 +168,14 @@ pub fn run(args: Args) -> Result<(), Failure> {
         })?;
         pathc::emit::plot::stats_heatmap(&compiled.model.name, &stats, plot)
     } else {
-        if tokens.is_empty() && text.is_none() {
+        if tokens.is_empty() && text.is_none() && dataset.is_none() {
             return Err(Failure::BadInput(
-                "error: --what paths needs --tokens (the token ids to run the model on, e.g. --tokens 3,7,1) or --text"
+                "error: --what paths needs --tokens (the token ids to run the model on, e.g. --tokens 3,7,1), --text or --dataset"
                     .to_string(),
             ));
+        }
+        if against.is_some() && dataset.is_none() {
+            return Err(Failure::BadInput("error: --against applies to --dataset".to_string()));
         }
         if processing.fold_ln {
             return Err(Failure::BadInput(
@@ -180,6 +197,23 @@ pub fn run(args: Args) -> Result<(), Failure> {
             return Err(Failure::BadInput(
                 "error: --rotary-offset applies to the statistics plots; path contributions use every score at its own positions".to_string(),
             ));
+        }
+        if let Some(dataset) = dataset {
+            let run = RunArgs {
+                weights,
+                tokens,
+                text,
+                dataset: Some(dataset),
+                tokenizer,
+                prepend_bos,
+                attention_mask,
+                max_order,
+                limit,
+                names,
+                processing: Default::default(),
+            };
+            let svg = dataset_chart(&model, &run, pos.as_deref(), target.as_ref(), against.as_ref(), top)?;
+            return output::write(Some(&output), svg.as_bytes());
         }
         let input = input(&tokens, text.as_deref(), tokenizer.as_deref(), prepend_bos, &weights)?;
         let target = target.map(|t| resolve_target(&t, &input)).transpose()?;
@@ -221,4 +255,46 @@ pub fn run(args: Args) -> Result<(), Failure> {
     };
     let svg = svg.map_err(|e| Failure::BadInput(format!("error: {e}")))?;
     output::write(Some(&output), svg.as_bytes())
+}
+
+/// `--what paths --dataset`: the largest mean contributions with their standard deviations.
+fn dataset_chart(
+    model: &std::path::Path,
+    run: &RunArgs,
+    pos: Option<&str>,
+    target: Option<&TargetArg>,
+    against: Option<&TargetArg>,
+    top: Option<usize>,
+) -> Result<String, Failure> {
+    use pathc::aggregate::{LogitQuestion, Position};
+    let dataset = run.dataset_input()?.expect("a dataset");
+    let tokenizer = dataset.tokenizer.as_ref();
+    let target = target.map(|t| resolve_target_with(t, tokenizer, "--target")).transpose()?;
+    let against = against.map(|t| resolve_target_with(t, tokenizer, "--against")).transpose()?;
+    let position = match pos {
+        None => None,
+        Some("last") => Some(Position::Last),
+        Some("all") => Some(Position::All),
+        Some(p) => Some(Position::At(
+            p.parse()
+                .map_err(|_| Failure::BadInput(format!("error: --pos takes a number, `last` or `all`, not `{p}`")))?,
+        )),
+    };
+    let question = LogitQuestion { target, against, position };
+    let (expansion, params) = load(model, run, false)?;
+    let result = pathc::aggregate::dataset_paths(
+        &expansion,
+        &params,
+        &dataset.path,
+        dataset.inputs(),
+        question,
+        None,
+        &super::progress::TerminalProgress::new(),
+        |_| Ok(()),
+    )
+    .map_err(dataset_failure)?;
+    let metric = pathc::emit::dataset::describe_logit_question(&question);
+    let metric = metric.split(';').next().unwrap_or_default();
+    pathc::emit::plot::dataset_paths_chart(&expansion.model.name, &dataset.path, metric, &result, top.unwrap_or(20))
+        .map_err(|e| Failure::BadInput(format!("error: {e}")))
 }

@@ -347,6 +347,8 @@ pub struct BarChart<'a> {
     pub title: &'a str,
     pub labels: &'a [String],
     pub values: &'a [f64],
+    /// Error bars: each value ± its error (a dataset's standard deviation), drawn as whiskers.
+    pub errors: Option<&'a [f64]>,
     /// What the values are (the x axis's name).
     pub value_label: &'a str,
 }
@@ -378,13 +380,24 @@ pub fn bar_chart(chart: &BarChart<'_>) -> Result<String, PlotError> {
     if chart.values.iter().any(|v| !v.is_finite()) {
         return Err(PlotError::Shape("a bar chart's values must be finite".to_string()));
     }
+    if let Some(errors) = chart.errors {
+        if errors.len() != n || errors.iter().any(|e| !e.is_finite() || *e < 0.0) {
+            return Err(PlotError::Shape(format!("a bar chart with {n} bars needs {n} finite errors ≥ 0")));
+        }
+    }
+    let error = |i: usize| chart.errors.map_or(0.0, |e| e[i]);
     const ROW: i32 = 22;
     const BAR: i32 = 14;
     const PLOT_W: i32 = 480;
     let title = title_lines(chart.title);
     let title_height =
         title.iter().enumerate().map(|(i, _)| if i == 0 { TITLE_SIZE + 6 } else { LABEL_SIZE + 6 }).sum::<i32>();
-    let value_texts: Vec<String> = chart.values.iter().map(|&v| format_bar_value(v)).collect();
+    let value_texts: Vec<String> = (chart.values.iter().enumerate())
+        .map(|(i, &v)| match chart.errors {
+            Some(_) => format!("{} ± {}", format_bar_value(v), format_bar_value(error(i))),
+            None => format_bar_value(v),
+        })
+        .collect();
     let label_w = chart.labels.iter().map(|l| text_width(l, LABEL_SIZE)).max().unwrap_or(0);
     let value_w = value_texts.iter().map(|t| text_width(t, LABEL_SIZE)).max().unwrap_or(0);
 
@@ -394,8 +407,8 @@ pub fn bar_chart(chart: &BarChart<'_>) -> Result<String, PlotError> {
     let width = (plot_x + PLOT_W + 12 + value_w + MARGIN).max(MARGIN * 2 + title_width(&title));
     let height = plot_y + plot_h + 8 + LABEL_SIZE + 8 + LABEL_SIZE + 12 + MARGIN;
 
-    let mut lo = chart.values.iter().copied().fold(0.0f64, f64::min);
-    let mut hi = chart.values.iter().copied().fold(0.0f64, f64::max);
+    let mut lo = (0..n).map(|i| chart.values[i] - error(i)).fold(0.0f64, f64::min);
+    let mut hi = (0..n).map(|i| chart.values[i] + error(i)).fold(0.0f64, f64::max);
     if hi - lo <= 0.0 {
         (lo, hi) = (if lo < 0.0 { lo } else { 0.0 }, if hi > 0.0 { hi } else { 1.0 });
     }
@@ -420,6 +433,14 @@ pub fn bar_chart(chart: &BarChart<'_>) -> Result<String, PlotError> {
             let (x0, x1) = if x < zero { (x, zero) } else { (zero, x) };
             area.draw(&Rectangle::new([(x0, mid - BAR / 2), (x1.max(x0 + 1), mid + BAR / 2)], colour.filled()))
                 .map_err(draw_err)?;
+            if chart.errors.is_some() {
+                let (a, b) = (x_of(v - error(i)), x_of(v + error(i)));
+                let whisker = BLACK.stroke_width(1);
+                area.draw(&PathElement::new(vec![(a, mid), (b, mid)], whisker)).map_err(draw_err)?;
+                for x in [a, b] {
+                    area.draw(&PathElement::new(vec![(x, mid - 4), (x, mid + 4)], whisker)).map_err(draw_err)?;
+                }
+            }
             area.draw_text(label, &label_style, (plot_x - 10, mid)).map_err(draw_err)?;
             area.draw_text(&value_texts[i], &value_style, (plot_x + PLOT_W + 12 + value_w, mid)).map_err(draw_err)?;
         }
@@ -600,7 +621,38 @@ pub fn paths_chart(
         title: &title,
         labels: &labels,
         values: &values,
+        errors: None,
         value_label: &format!("contribution to logit[{target}] at position {position}"),
+    })
+}
+
+/// `pathc plot --what paths --dataset`: the `top` paths by |mean| contribution to the metric over
+/// a dataset, each bar the mean with the standard deviation over the prompts as error bars.
+pub fn dataset_paths_chart(
+    model: &str,
+    dataset: &std::path::Path,
+    metric: &str,
+    result: &crate::aggregate::DatasetPaths,
+    top: usize,
+) -> Result<String, PlotError> {
+    let rows = crate::emit::dataset::ranked_paths(&result.rows, Some(crate::emit::dataset::Rank::Mean), Some(top));
+    let labels: Vec<String> = rows.iter().map(|r| r.name.clone()).collect();
+    let values: Vec<f64> = rows.iter().map(|r| r.contribution.mean).collect();
+    let errors: Vec<f64> = rows.iter().map(|r| r.contribution.std).collect();
+    let title = format!(
+        "{model}: the {} largest mean path contributions over {} ({} prompts), ± std\nmetric: {metric}\nmean metric {:.4} ± {:.4}",
+        rows.len(),
+        dataset.display(),
+        result.prompts,
+        result.metric.mean,
+        result.metric.std
+    );
+    bar_chart(&BarChart {
+        title: &title,
+        labels: &labels,
+        values: &values,
+        errors: Some(&errors),
+        value_label: "mean contribution to the metric",
     })
 }
 
@@ -646,7 +698,7 @@ mod tests {
             missing_label: "",
         };
         assert!(matches!(heatmap(&h), Err(PlotError::Shape(_))));
-        let b = BarChart { title: "t", labels: &labels, values: &[], value_label: "" };
+        let b = BarChart { title: "t", labels: &labels, values: &[], errors: None, value_label: "" };
         assert!(matches!(bar_chart(&b), Err(PlotError::Shape(_))));
     }
 }
