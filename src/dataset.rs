@@ -317,7 +317,7 @@ mod tests {
             ("{\"tokens\": []}\n", ":1: \"tokens\" is empty"),
             ("{\"tokens\": [1], \"text\": \"a\"}\n", ":1: give \"tokens\" or \"text\", not both"),
             ("{\"target\": 1}\n", ":1: the prompt has neither"),
-            ("{\"tokens\": [1]\n", ":1:15: EOF while parsing an object"),
+            ("{\"tokens\": [1]\n", ":1:14: EOF while parsing an object"),
         ] {
             let got = read("c.jsonl", text);
             let message = got.last().unwrap().as_ref().unwrap_err();
