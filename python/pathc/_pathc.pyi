@@ -1,0 +1,67 @@
+"""Type stubs of pathc's native module (see python/src/lib.rs)."""
+
+from os import PathLike
+from typing import Dict, List, Literal, Optional, Tuple, TypedDict, Union
+
+import numpy as np
+import numpy.typing as npt
+
+class PathcError(Exception):
+    """A pathc error; its text is what the command line prints (diagnostics with file:line:col)."""
+
+class Path:
+    """One logit path of an expansion."""
+
+    name: str
+    order: int
+    source: str
+    heads: List[Tuple[int, int]]
+    formula: str
+    latex: str
+    def _repr_latex_(self) -> str: ...
+
+class Weights:
+    """Tensors in TransformerLens's names."""
+
+    @staticmethod
+    def from_file(path: Union[str, PathLike]) -> "Weights":
+        """A safetensors, npz or torch.save file, or a HuggingFace model folder."""
+    @staticmethod
+    def from_dict(arrays: Dict[str, npt.ArrayLike]) -> "Weights":
+        """Numpy arrays of floats in TransformerLens's names and layouts."""
+    def names(self) -> List[str]: ...
+
+class PathsTable(TypedDict):
+    names: List[str]
+    orders: List[Optional[int]]
+    paths: List[int]
+    positions: List[int]
+    target_tokens: List[int]
+    values: npt.NDArray[np.float64]
+    forward_target_logits: npt.NDArray[np.float64]
+
+class Model:
+    """A compiled model file."""
+
+    @staticmethod
+    def from_file(path: Union[str, PathLike]) -> "Model": ...
+    @staticmethod
+    def from_source(text: str, name: str = "<source>") -> "Model": ...
+    @property
+    def name(self) -> str: ...
+    def count(self, max_order: Optional[int] = None, qk: bool = False) -> Dict[str, List[int]]:
+        """Exact counts by order: {"logits": [...]} and with qk {"scores": [...]}."""
+    def expand(self, max_order: Optional[int] = None) -> List[Path]:
+        """Every logit path, in path order."""
+    def paths(
+        self,
+        weights: Weights,
+        tokens: List[int],
+        target: Union[int, Literal["next"]],
+        pos: Union[None, int, Literal["last", "all"]] = None,
+        group: Optional[Literal["head", "component", "source", "order"]] = None,
+        max_order: Optional[int] = None,
+    ) -> PathsTable:
+        """Each path's (or group's) contribution to the target logit(s), as `pathc paths --target`."""
+    def check(self, weights: Weights, tokens: List[int], max_order: Optional[int] = None) -> Dict[str, object]:
+        """`pathc check`: Σ paths against the forward pass."""

@@ -1,0 +1,319 @@
+//! `pathc._pathc`: the library's jobs as Python calls (pyo3), numbers as numpy arrays. The Python
+//! package (`python/pathc/__init__.py`) re-exports these and adds what needs Python objects only
+//! (`from_hooked_transformer`, `to_pandas`).
+//!
+//! Errors are `pathc.PathcError` carrying the same text the command line prints (diagnostics with
+//! `file:line:col` and a caret). The computations run with the GIL released.
+
+use std::path::PathBuf;
+
+use numpy::{PyArray1, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use pyo3::create_exception;
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+
+use pathc::emit::notation::{Heads, Notation};
+use pathc::eval::{Evaluation, Target, Targets};
+use pathc::paths::{Grouping, Side};
+
+create_exception!(_pathc, PathcError, PyException, "A pathc error, with the text the command line prints.");
+
+fn error(text: impl Into<String>) -> PyErr {
+    PathcError::new_err(text.into())
+}
+
+/// A compiled model file.
+#[pyclass(module = "pathc._pathc", frozen)]
+struct Model {
+    file: String,
+    source: String,
+    compiled: pathc::Compiled,
+}
+
+/// A library error rendered as the command line renders it.
+fn render(file: &str, source: &str, e: &pathc::Error) -> PyErr {
+    let diagnostics = e.diagnostics();
+    if diagnostics.is_empty() {
+        error(format!("error: {e}"))
+    } else {
+        error(pathc::diag::render(file, source, diagnostics))
+    }
+}
+
+/// One logit path of an expansion.
+#[pyclass(module = "pathc._pathc", frozen, get_all)]
+#[derive(Clone)]
+struct Path {
+    name: String,
+    order: usize,
+    source: String,
+    /// `(layer, head)` of each head it passes, earliest first.
+    heads: Vec<(usize, usize)>,
+    /// The term in the paper's notation (Unicode).
+    formula: String,
+    /// The same in LaTeX.
+    latex: String,
+}
+
+#[pymethods]
+impl Path {
+    fn _repr_latex_(&self) -> String {
+        format!("${}$", self.latex)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Path({:?}, order={}, formula={:?})", self.name, self.order, self.formula)
+    }
+}
+
+/// Tensors in TransformerLens's names: a file or folder the CLI reads, or numpy arrays.
+#[pyclass(module = "pathc._pathc", frozen)]
+struct Weights {
+    inner: pathc::weights::Weights,
+}
+
+#[pymethods]
+impl Weights {
+    /// A safetensors, npz or torch.save file, or a HuggingFace model folder.
+    #[staticmethod]
+    fn from_file(path: PathBuf) -> PyResult<Weights> {
+        let inner = pathc::weights::Weights::load(&path).map_err(|e| error(format!("error: {e}")))?;
+        Ok(Weights { inner })
+    }
+
+    /// A dict of numpy arrays (float16/32/64) in TransformerLens's names and layouts.
+    #[staticmethod]
+    fn from_dict(arrays: &Bound<'_, PyDict>) -> PyResult<Weights> {
+        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        for (key, value) in arrays.iter() {
+            let name: String = key.extract()?;
+            let array = value.call_method1("astype", ("float64",))?;
+            let array: PyReadonlyArrayDyn<'_, f64> = array.extract().map_err(|_| {
+                error(format!("error: tensor {name}: expected a numpy array of floats, got {}", value.get_type()))
+            })?;
+            let shape = array.shape().to_vec();
+            let bytes: Vec<u8> = array.as_array().iter().flat_map(|x| x.to_le_bytes()).collect();
+            tensors.push((name, shape, bytes));
+        }
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+            .iter()
+            .map(|(name, shape, bytes)| {
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F64, shape.clone(), bytes)
+                    .map(|v| (name.clone(), v))
+                    .map_err(|e| error(format!("error: tensor {name}: {e}")))
+            })
+            .collect::<PyResult<_>>()?;
+        let bytes = safetensors::tensor::serialize(views, None).map_err(|e| error(format!("error: {e}")))?;
+        let inner = pathc::weights::Weights::from_bytes(&bytes, "the dict of arrays")
+            .map_err(|e| error(format!("error: {e}")))?;
+        Ok(Weights { inner })
+    }
+
+    /// The tensor names, sorted.
+    fn names(&self) -> Vec<String> {
+        self.inner.names().map(str::to_string).collect()
+    }
+}
+
+/// `None`, a token id, `"next"`.
+fn target_of(target: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Target>> {
+    let Some(target) = target else { return Ok(None) };
+    if let Ok(id) = target.extract::<usize>() {
+        return Ok(Some(Target::Token(id)));
+    }
+    match target.extract::<String>().as_deref() {
+        Ok("next") => Ok(Some(Target::Next)),
+        _ => Err(error(format!("error: target: expected a token id or \"next\", not {target}"))),
+    }
+}
+
+/// `None` (the last), `"last"`, `"all"` or a position.
+fn position_of(pos: Option<&Bound<'_, PyAny>>, n: usize, default_all: bool) -> PyResult<Option<usize>> {
+    let Some(pos) = pos else { return Ok(if default_all { None } else { Some(n - 1) }) };
+    if let Ok(p) = pos.extract::<usize>() {
+        return if p < n {
+            Ok(Some(p))
+        } else {
+            Err(error(format!("error: position {p} is out of range for {n} tokens")))
+        };
+    }
+    match pos.extract::<String>().as_deref() {
+        Ok("last") => Ok(Some(n - 1)),
+        Ok("all") => Ok(None),
+        _ => Err(error(format!("error: pos takes a number, \"last\" or \"all\", not {pos}"))),
+    }
+}
+
+fn grouping_of(group: Option<&str>) -> PyResult<Option<Grouping>> {
+    match group {
+        None => Ok(None),
+        Some("head") => Ok(Some(Grouping::Head)),
+        Some("component") => Ok(Some(Grouping::Component)),
+        Some("source") => Ok(Some(Grouping::Source)),
+        Some("order") => Ok(Some(Grouping::Order)),
+        Some(other) => {
+            Err(error(format!("error: group is one of \"head\", \"component\", \"source\", \"order\", not {other:?}")))
+        }
+    }
+}
+
+fn counts(py: Python<'_>, counts: &pathc::paths::Counts) -> PyResult<PyObject> {
+    let list = PyList::empty(py);
+    for c in &counts.by_order {
+        // Exact: a Python int from its decimal digits (counts exceed 64 bits).
+        list.append(py.import("builtins")?.getattr("int")?.call1((c.to_string(),))?)?;
+    }
+    Ok(list.into_any().unbind())
+}
+
+impl Model {
+    fn expansion(&self, max_order: Option<u32>, qk: bool) -> PyResult<pathc::Expansion> {
+        let options = pathc::ExpandOptions { max_order, qk, ..pathc::ExpandOptions::default() };
+        pathc::expand_compiled(self.compiled.clone(), &options).map_err(|e| render(&self.file, &self.source, &e))
+    }
+
+    fn evaluate(&self, weights: &Weights, tokens: &[usize], max_order: Option<u32>, qk: bool) -> PyResult<Evaluation> {
+        let fail = |e: pathc::Error| render(&self.file, &self.source, &e);
+        let params =
+            pathc::eval::Params::from_weights(&self.compiled.model, &weights.inner, &pathc::eval::NameMap::default())
+                .map_err(|e| fail(e.into()))?;
+        let forward = pathc::eval::forward(&params, tokens).map_err(|e| error(format!("error: {e}")))?;
+        Ok(Evaluation { expansion: self.expansion(max_order, qk)?, params, forward })
+    }
+}
+
+#[pymethods]
+impl Model {
+    /// Reads and compiles a model file (`.tf`).
+    #[staticmethod]
+    fn from_file(path: PathBuf) -> PyResult<Model> {
+        let file = path.display().to_string();
+        let source = pathc::syntax::read_source(&path).map_err(|e| error(e.render(&file)))?;
+        Model::compile(source, file)
+    }
+
+    /// Compiles a model from its text (`name` is the file name its diagnostics show).
+    #[staticmethod]
+    #[pyo3(signature = (text, name = "<source>".to_string()))]
+    fn from_source(text: String, name: String) -> PyResult<Model> {
+        Model::compile(text, name)
+    }
+
+    #[getter]
+    fn name(&self) -> String {
+        self.compiled.model.name.clone()
+    }
+
+    /// Exact counts by order: `{"logits": [...], "scores": [...] (with qk)}`, Python ints.
+    #[pyo3(signature = (max_order = None, qk = false))]
+    fn count(&self, py: Python<'_>, max_order: Option<u32>, qk: bool) -> PyResult<PyObject> {
+        let all = self.compiled.counts(max_order, qk);
+        let out = PyDict::new(py);
+        out.set_item("logits", counts(py, &all.logits)?)?;
+        if let Some(scores) = &all.scores {
+            out.set_item("scores", counts(py, scores)?)?;
+        }
+        Ok(out.into_any().unbind())
+    }
+
+    /// Every logit path, in path order.
+    #[pyo3(signature = (max_order = None))]
+    fn expand(&self, py: Python<'_>, max_order: Option<u32>) -> PyResult<Vec<Path>> {
+        let expansion = py.allow_threads(|| self.expansion(max_order, false))?;
+        let mut out = Vec::new();
+        pathc::paths::for_each_path(&expansion.logits, &expansion.heads_per_layer(), None, |p| {
+            let term =
+                |notation: Notation| notation.term(&p.template.position, &p.template.weights, Heads::Concrete(&p));
+            out.push(Path {
+                name: p.name(),
+                order: p.template.order(),
+                source: p.template.source().map(|s| s.name()).unwrap_or_default(),
+                heads: p.heads(Side::Head).iter().map(|h| (h.layer, h.head)).collect(),
+                formula: term(Notation::Text),
+                latex: term(Notation::Latex),
+            })
+        });
+        Ok(out)
+    }
+
+    /// Each path's (or group's) contribution to the logit of `target` (a token id, or `"next"`)
+    /// at `pos` (a position, `"last"` or `"all"`; default the last, every position for `"next"`),
+    /// as `pathc paths --target` computes it: `{"names", "orders", "paths", "positions",
+    /// "target_tokens", "values" [rows × targets], "forward_target_logits"}`, rows in path (or
+    /// group) order.
+    #[pyo3(signature = (weights, tokens, target, pos = None, group = None, max_order = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn paths(
+        &self,
+        py: Python<'_>,
+        weights: &Weights,
+        tokens: Vec<usize>,
+        target: &Bound<'_, PyAny>,
+        pos: Option<&Bound<'_, PyAny>>,
+        group: Option<&str>,
+        max_order: Option<u32>,
+    ) -> PyResult<PyObject> {
+        let target = target_of(Some(target))?.expect("given");
+        if tokens.is_empty() {
+            return Err(error("error: no tokens given"));
+        }
+        let position = position_of(pos, tokens.len(), target == Target::Next)?;
+        let grouping = grouping_of(group)?;
+        let (targets, rows, forward_logits) = py.allow_threads(|| -> PyResult<_> {
+            let evaluation = self.evaluate(weights, &tokens, max_order, false)?;
+            let targets = Targets::for_params(target, &tokens, &evaluation.params, position)
+                .map_err(|e| error(format!("error: --target {target}: {e}")))?;
+            let rows = pathc::emit::numbers::target_table(&evaluation, &targets, grouping, None, false)
+                .map_err(|e| error(format!("error: {e}")))?;
+            let forward_logits = targets.forward_logits(&evaluation.forward);
+            Ok((targets, rows, forward_logits))
+        })?;
+        let out = PyDict::new(py);
+        out.set_item("names", rows.iter().map(|r| r.name.clone()).collect::<Vec<_>>())?;
+        out.set_item("orders", rows.iter().map(|r| r.order).collect::<Vec<_>>())?;
+        out.set_item("paths", rows.iter().map(|r| r.paths).collect::<Vec<_>>())?;
+        out.set_item("positions", targets.positions.clone())?;
+        out.set_item("target_tokens", targets.tokens.clone())?;
+        let flat: Vec<f64> = rows.iter().flat_map(|r| r.values.iter().copied()).collect();
+        let values = PyArray1::from_vec(py, flat).reshape([rows.len(), targets.len()])?;
+        out.set_item("values", values)?;
+        out.set_item("forward_target_logits", PyArray1::from_vec(py, forward_logits))?;
+        Ok(out.into_any().unbind())
+    }
+
+    /// `pathc check`: the sum of every path against the forward pass, as a dict.
+    #[pyo3(signature = (weights, tokens, max_order = None))]
+    fn check(
+        &self,
+        py: Python<'_>,
+        weights: &Weights,
+        tokens: Vec<usize>,
+        max_order: Option<u32>,
+    ) -> PyResult<PyObject> {
+        let report = py.allow_threads(|| -> PyResult<_> {
+            let evaluation = self.evaluate(weights, &tokens, max_order, false)?;
+            pathc::eval::check(&evaluation.expansion, &evaluation.params, &evaluation.forward)
+                .map_err(|e| error(format!("error: {e}")))
+        })?;
+        let json = serde_json::to_string(&report).expect("plain data");
+        Ok(py.import("json")?.call_method1("loads", (json,))?.unbind())
+    }
+}
+
+impl Model {
+    fn compile(source: String, file: String) -> PyResult<Model> {
+        let compiled = pathc::compile(&source).map_err(|e| render(&file, &source, &e))?;
+        Ok(Model { file, source, compiled })
+    }
+}
+
+#[pymodule]
+fn _pathc(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Model>()?;
+    m.add_class::<Path>()?;
+    m.add_class::<Weights>()?;
+    m.add("PathcError", m.py().get_type::<PathcError>())?;
+    Ok(())
+}

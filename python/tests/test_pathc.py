@@ -1,0 +1,154 @@
+"""The Python package against the command line's JSON on the fixtures, bit for bit (JSON floats
+round-trip exactly); weights from a dict of numpy arrays and from a duck-typed stand-in for a
+TransformerLens HookedTransformer against the file; errors with the command line's text.
+
+Run from the repository root with the package installed (`pip install ./python`) and
+`PATHC_BIN` the built `pathc` binary (default `target/debug/pathc`)."""
+
+import json
+import os
+import struct
+import subprocess
+import types
+
+import numpy as np
+import pytest
+
+import pathc
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.environ.get("PATHC_BIN", os.path.join(ROOT, "target", "debug", "pathc"))
+ATTN2 = (os.path.join(ROOT, "examples", "attn2.tf"), os.path.join(ROOT, "tests", "fixtures", "attn2", "model.safetensors"))
+FULL2 = (os.path.join(ROOT, "examples", "full2.tf"), os.path.join(ROOT, "tests", "fixtures", "full2", "model.safetensors"))
+TOKENS = [5, 17, 42, 8, 5, 17, 42, 8, 30, 1, 5, 17]
+
+
+def cli(*args):
+    out = subprocess.run([BIN, *args], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def read_safetensors(path):
+    """A safetensors file's tensors as numpy arrays (the format is an 8-byte header length, a JSON
+    header and the raw data): no safetensors package needed."""
+    data = open(path, "rb").read()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    dtypes = {"F32": np.float32, "F64": np.float64, "F16": np.float16, "BOOL": np.bool_}
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        buf = data[8 + n + start : 8 + n + end]
+        out[name] = np.frombuffer(buf, dtype=dtypes[info["dtype"]]).reshape(info["shape"])
+    return out
+
+
+def test_the_binary_and_the_package_are_there():
+    assert os.path.exists(BIN), f"no pathc binary at {BIN}: build it (cargo build) or set PATHC_BIN"
+    assert hasattr(pathc, "Model")
+
+
+def test_count_and_expand_match_the_cli():
+    model = pathc.Model.from_file(ATTN2[0])
+    expected = cli("count", ATTN2[0], "--qk", "--format", "json")
+    got = model.count(qk=True)
+    assert [str(c) for c in got["logits"]] == expected["paths"]["by_order"]
+    assert [str(c) for c in got["scores"]] == expected["qk"]["by_order"]
+    paths = model.expand()
+    assert len(paths) == int(expected["paths"]["total"])
+    names = [p.name for p in paths]
+    assert names[:3] == ["E", "P", "E/L0H0"]
+    p = paths[names.index("E/L0H1/L1H2")]
+    assert (p.order, p.source, p.heads) == (2, "E", [(0, 1), (1, 2)])
+    assert p.formula == "(A^{1.2}·A^{0.1}) ⊗ (W_U·W_OV^{1.2}·W_OV^{0.1}·W_E)"
+    assert p._repr_latex_().startswith("$") and "W_{OV}" in p.latex
+
+
+def table_by_name(rows):
+    return {r["name"]: r["target_logits"] for r in rows}
+
+
+@pytest.mark.parametrize("fixture", [ATTN2, FULL2])
+@pytest.mark.parametrize("target,group", [(42, None), ("next", None), (42, "head"), ("next", "component")])
+def test_paths_match_the_cli_bit_for_bit(fixture, target, group):
+    model_file, weights_file = fixture
+    model = pathc.Model.from_file(model_file)
+    weights = pathc.Weights.from_file(weights_file)
+    got = model.paths(weights, TOKENS, target=target, group=group)
+    args = ["paths", model_file, "--weights", weights_file, "--tokens", ",".join(map(str, TOKENS))]
+    args += ["--target", str(target), "--format", "json"] + (["--group", group] if group else [])
+    expected = cli(*args)
+    assert got["positions"] == expected["positions"]
+    assert got["target_tokens"] == expected["target_tokens"]
+    assert got["forward_target_logits"].tolist() == expected["forward_target_logits"]
+    rows = table_by_name(expected["paths"])
+    assert sorted(got["names"]) == sorted(rows)
+    for name, values in zip(got["names"], got["values"]):
+        assert values.tolist() == rows[name], name
+
+
+def test_check_matches_the_cli():
+    model = pathc.Model.from_file(FULL2[0])
+    got = model.check(pathc.Weights.from_file(FULL2[1]), TOKENS)
+    expected = cli("check", FULL2[0], "--weights", FULL2[1], "--tokens", ",".join(map(str, TOKENS)), "--format", "json")
+    assert got == expected
+    assert got["max_abs_error"] < 1e-9
+
+
+def test_a_dict_of_arrays_gives_the_numbers_of_the_file():
+    model = pathc.Model.from_file(FULL2[0])
+    arrays = {k: v for k, v in read_safetensors(FULL2[1]).items() if v.dtype != np.bool_}
+    from_file = model.paths(pathc.Weights.from_file(FULL2[1]), TOKENS, target="next")
+    from_dict = model.paths(pathc.Weights.from_dict(arrays), TOKENS, target="next")
+    assert from_dict["names"] == from_file["names"]
+    assert np.array_equal(from_dict["values"], from_file["values"])
+
+
+class _Tensor:
+    """What torch tensors offer that from_hooked_transformer uses."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def detach(self):
+        return self
+
+    def cpu(self):
+        return self
+
+    def numpy(self):
+        return self.array
+
+
+def test_a_duck_typed_hooked_transformer():
+    meta = json.load(open(os.path.join(ROOT, "tests", "fixtures", "attn2", "meta.json")))
+    cfg = types.SimpleNamespace(**meta["config"], eps=1e-5, d_vocab_out=-1, parallel_attn_mlp=False, gated_mlp=False)
+    arrays = read_safetensors(ATTN2[1])
+    stand_in = types.SimpleNamespace(cfg=cfg, state_dict=lambda: {k: _Tensor(v) for k, v in arrays.items()})
+    model, weights = pathc.from_hooked_transformer(stand_in, name="attn2")
+    assert "attn(heads = 4)" in pathc.model_source(cfg, "attn2", attn_bias=False)
+    got = model.paths(weights, TOKENS, target=42)
+    expected = pathc.Model.from_file(ATTN2[0]).paths(pathc.Weights.from_file(ATTN2[1]), TOKENS, target=42)
+    assert got["names"] == expected["names"]  # zero biases are not declared: the same 50 paths
+    assert np.array_equal(got["values"], expected["values"])
+
+
+def test_errors_carry_the_cli_diagnostics():
+    with pytest.raises(pathc.PathcError) as e:
+        pathc.Model.from_source("model x\ndim d_model = 4\nembed\nunembd\n", "bad.tf")
+    assert "bad.tf:4:1" in str(e.value) and "^^^^^^" in str(e.value)
+    model = pathc.Model.from_file(ATTN2[0])
+    weights = pathc.Weights.from_file(ATTN2[1])
+    with pytest.raises(pathc.PathcError, match="token 99 at position 0 is out of range: d_vocab is 50"):
+        model.paths(weights, [99], target=1)
+    with pytest.raises(pathc.PathcError, match="no tensor|missing|not found"):
+        pathc.Model.from_file(FULL2[0]).paths(weights, TOKENS, target=1)
+
+
+def test_to_pandas():
+    pd = pytest.importorskip("pandas")
+    model = pathc.Model.from_file(ATTN2[0])
+    frame = pathc.to_pandas(model.paths(pathc.Weights.from_file(ATTN2[1]), TOKENS, target=42))
+    assert isinstance(frame, pd.DataFrame) and frame.shape == (50, 3)
