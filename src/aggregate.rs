@@ -32,6 +32,49 @@ use crate::progress::Progress;
 use crate::text::Tokenizer;
 use crate::Expansion;
 
+/// Where a dataset's prompts come from: a file (`--dataset`), or prompts already in memory (the
+/// Python package's lists), each `Prompt::line` then its 1-based index, and `name` what errors
+/// call the list.
+#[derive(Debug, Clone, Copy)]
+pub enum Dataset<'a> {
+    File(&'a Path),
+    Prompts { name: &'a str, prompts: &'a [Prompt] },
+}
+
+impl<'a> From<&'a Path> for Dataset<'a> {
+    fn from(path: &'a Path) -> Dataset<'a> {
+        Dataset::File(path)
+    }
+}
+
+impl<'a> From<&'a PathBuf> for Dataset<'a> {
+    fn from(path: &'a PathBuf) -> Dataset<'a> {
+        Dataset::File(path)
+    }
+}
+
+type PromptStream<'a> = Box<dyn Iterator<Item = Result<Prompt, DatasetError>> + 'a>;
+
+impl<'a> Dataset<'a> {
+    /// What errors name: the file, or the list's name.
+    fn path(self) -> PathBuf {
+        match self {
+            Dataset::File(path) => path.to_path_buf(),
+            Dataset::Prompts { name, .. } => PathBuf::from(name),
+        }
+    }
+
+    fn prompts(self) -> Result<PromptStream<'a>, DatasetError> {
+        match self {
+            Dataset::File(path) => Ok(Box::new(DatasetReader::open(path)?)),
+            Dataset::Prompts { name, prompts: [] } => {
+                Err(DatasetError::Empty { path: PathBuf::from(name) })
+            }
+            Dataset::Prompts { prompts, .. } => Ok(Box::new(prompts.iter().cloned().map(Ok))),
+        }
+    }
+}
+
 /// How many prompts are read, computed (in parallel) and folded at a time.
 pub const CHUNK: usize = 64;
 
@@ -199,7 +242,7 @@ fn tokens_of(prompt: &Prompt, inputs: Inputs<'_>, params: &Params) -> Result<Vec
 /// chunks on the worker threads, handing each result to `fold` in prompt order (the second pass).
 /// Returns the number of prompts.
 fn run<P: Prepare, R: Send>(
-    dataset: &Path,
+    dataset: Dataset<'_>,
     inputs: Inputs<'_>,
     params: &Params,
     prepare: &P,
@@ -207,10 +250,12 @@ fn run<P: Prepare, R: Send>(
     mut fold: impl FnMut(usize, &Ready<P::Question>, R) -> Result<(), AggregateError>,
     progress: &dyn Progress,
 ) -> Result<usize, AggregateError> {
+    let path = dataset.path();
     let at = |line: usize| {
+        let path = path.clone();
         move |failed: Failed| match failed {
-            Failed::Message(message) => AggregateError::Prompt { path: dataset.to_path_buf(), line, message },
-            Failed::NonFinite(source) => AggregateError::NonFinite { path: dataset.to_path_buf(), line, source },
+            Failed::Message(message) => AggregateError::Prompt { path, line, message },
+            Failed::NonFinite(source) => AggregateError::NonFinite { path, line, source },
         }
     };
     let ready = |prompt: Prompt| -> Result<Ready<P::Question>, AggregateError> {
@@ -220,12 +265,12 @@ fn run<P: Prepare, R: Send>(
         Ok(Ready { line, tokens, question })
     };
     let mut total = 0u64;
-    for prompt in DatasetReader::open(dataset)? {
+    for prompt in dataset.prompts()? {
         ready(prompt?)?;
         total += 1;
     }
     progress.start("prompts", total);
-    let mut reader = DatasetReader::open(dataset)?;
+    let mut reader = dataset.prompts()?;
     let mut index = 0;
     loop {
         let chunk: Vec<Ready<P::Question>> =
@@ -428,10 +473,10 @@ fn is_complete(expansion: &Expansion) -> bool {
 /// every prompt of `dataset`: their means, standard deviations and mean absolute values, and each
 /// prompt's numbers to `per_prompt` as they come (in prompt order).
 #[allow(clippy::too_many_arguments)]
-pub fn dataset_paths(
+pub fn dataset_paths<'d>(
     expansion: &Expansion,
     params: &Params,
-    dataset: &Path,
+    dataset: impl Into<Dataset<'d>>,
     inputs: Inputs<'_>,
     question: LogitQuestion,
     grouping: Option<Grouping>,
@@ -452,7 +497,7 @@ pub fn dataset_paths(
         Ok((prompt.question.value(&forward), values))
     };
     let prompts = run(
-        dataset,
+        dataset.into(),
         inputs,
         params,
         &prepare,
@@ -568,10 +613,10 @@ pub struct DatasetScores {
 /// Each score term's part in head `question.head`'s score difference between two keys, at a query,
 /// on every prompt of `dataset`: the exact difference, and the first-order and real effects on the
 /// attention probability of the first key. `expansion` must be expanded with `qk`.
-pub fn dataset_scores(
+pub fn dataset_scores<'d>(
     expansion: &Expansion,
     params: &Params,
-    dataset: &Path,
+    dataset: impl Into<Dataset<'d>>,
     inputs: Inputs<'_>,
     question: ScoreQuestion,
     progress: &dyn Progress,
@@ -593,7 +638,7 @@ pub fn dataset_scores(
         Ok(score_attribution(expansion, &folded, &forward, prompt.question)?)
     };
     let prompts = run(
-        dataset,
+        dataset.into(),
         inputs,
         params,
         &prepare,
@@ -679,10 +724,10 @@ pub struct DatasetCheck {
 }
 
 /// [`eval::check`] on every prompt of `dataset`.
-pub fn dataset_check(
+pub fn dataset_check<'d>(
     expansion: &Expansion,
     params: &Params,
-    dataset: &Path,
+    dataset: impl Into<Dataset<'d>>,
     inputs: Inputs<'_>,
     progress: &dyn Progress,
 ) -> Result<DatasetCheck, AggregateError> {
@@ -700,7 +745,7 @@ pub fn dataset_check(
         Ok(eval::check(expansion, params, &forward)?)
     };
     out.prompts = run(
-        dataset,
+        dataset.into(),
         inputs,
         params,
         &CheckPrepare,

@@ -65,3 +65,36 @@ class Model:
         """Each path's (or group's) contribution to the target logit(s), as `pathc paths --target`."""
     def check(self, weights: Weights, tokens: List[int], max_order: Optional[int] = None) -> Dict[str, object]:
         """`pathc check`: Σ paths against the forward pass."""
+    def scores(
+        self,
+        weights: Weights,
+        tokens: List[int],
+        head: str,
+        pos: Union[None, int, Literal["last", "all"]] = None,
+        max_order: Optional[int] = None,
+    ) -> Dict[str, object]:
+        """`pathc scores --format json`, each term's "scores" a numpy array."""
+    def stats(
+        self,
+        weights: Weights,
+        process_weights: bool = False,
+        fold_ln: bool = False,
+        center_writing_weights: bool = False,
+        center_unembed: bool = False,
+        fold_value_biases: bool = False,
+        rotary_offset: Optional[int] = None,
+    ) -> Dict[str, object]:
+        """`pathc stats --format json`, each per-head statistic a numpy array."""
+    def dataset_paths(
+        self,
+        weights: Weights,
+        prompts: List[Union[List[int], Dict[str, object]]],
+        target: Union[None, int, Literal["next"]] = None,
+        against: Optional[int] = None,
+        pos: Union[None, int, Literal["last", "all"]] = None,
+        group: Optional[Literal["head", "component", "source", "order"]] = None,
+        max_order: Optional[int] = None,
+        per_prompt: bool = False,
+    ) -> Dict[str, object]:
+        """`pathc paths --dataset`: mean, std, mean_abs per path (numpy); with per_prompt the
+        [prompts × rows] values and each prompt's metric."""

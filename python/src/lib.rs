@@ -283,6 +283,185 @@ impl Model {
         Ok(out.into_any().unbind())
     }
 
+    /// Every (query path, key path) term's contribution to head `head`'s (`"L1H2"`) attention
+    /// scores at query `pos` (a position, `"last"` (default) or `"all"`), as `pathc scores --format
+    /// json` gives them: `{"head", "tokens", "position", "max_abs_error", "terms": [{"name",
+    /// "order", "scores"}]}`, each `scores` a numpy array (the keys' row, or queries × keys).
+    #[pyo3(signature = (weights, tokens, head, pos = None, max_order = None))]
+    fn scores(
+        &self,
+        py: Python<'_>,
+        weights: &Weights,
+        tokens: Vec<usize>,
+        head: &str,
+        pos: Option<&Bound<'_, PyAny>>,
+        max_order: Option<u32>,
+    ) -> PyResult<PyObject> {
+        if tokens.is_empty() {
+            return Err(error("error: no tokens given"));
+        }
+        let position = position_of(pos, tokens.len(), false)?;
+        let heads = self.compiled.model.heads_per_layer();
+        let (layer, index) = parse_head(head, &heads)?;
+        let json = py.allow_threads(|| -> PyResult<Vec<u8>> {
+            let evaluation = self.evaluate(weights, &tokens, max_order, true)?;
+            let report = pathc::emit::numbers::score_table(&evaluation, layer, index, position, None)
+                .map_err(|e| error(format!("error: {e}")))?;
+            let mut out = Vec::new();
+            pathc::emit::numbers::write_scores_json(&mut out, &evaluation, (layer, index), position, &report, None)
+                .expect("writes to memory");
+            Ok(out)
+        })?;
+        let value = loads(py, &json)?;
+        let asarray = py.import("numpy")?.getattr("asarray")?;
+        for term in value.get_item("terms")?.try_iter()? {
+            let term = term?;
+            term.set_item("scores", asarray.call1((term.get_item("scores")?,))?)?;
+        }
+        Ok(value.unbind())
+    }
+
+    /// The circuit statistics (`pathc stats --format json`: copying scores, norms, composition
+    /// scores with their baseline) of the weights, processed as asked (TransformerLens's steps;
+    /// `process_weights` is all four), each per-head statistic a numpy array.
+    #[pyo3(signature = (weights, process_weights = false, fold_ln = false, center_writing_weights = false,
+        center_unembed = false, fold_value_biases = false, rotary_offset = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn stats(
+        &self,
+        py: Python<'_>,
+        weights: &Weights,
+        process_weights: bool,
+        fold_ln: bool,
+        center_writing_weights: bool,
+        center_unembed: bool,
+        fold_value_biases: bool,
+        rotary_offset: Option<i64>,
+    ) -> PyResult<PyObject> {
+        let processing = pathc::eval::Processing {
+            fold_ln: process_weights || fold_ln,
+            center_writing_weights: process_weights || center_writing_weights,
+            center_unembed: process_weights || center_unembed,
+            fold_value_biases: process_weights || fold_value_biases,
+        };
+        let json = py.allow_threads(|| -> PyResult<String> {
+            let fail = |e: pathc::Error| render(&self.file, &self.source, &e);
+            let params = pathc::eval::StatsParams::from_weights(
+                &self.compiled.model,
+                &weights.inner,
+                &pathc::eval::NameMap::default(),
+            )
+            .map_err(|e| fail(e.into()))?;
+            let options = pathc::stats::StatsOptions { processing, rotary_offset };
+            let stats =
+                pathc::stats::stats_streamed(params, options, &pathc::progress::Silent).map_err(|e| match e {
+                    pathc::stats::StatsError::Processing(e) => fail(e.into()),
+                    e => error(format!("error: {e}")),
+                })?;
+            Ok(serde_json::to_string(&stats).expect("plain data"))
+        })?;
+        let value = loads(py, json.as_bytes())?;
+        let asarray = py.import("numpy")?.getattr("asarray")?;
+        let dict = value.downcast::<PyDict>()?;
+        for (key, item) in dict.iter() {
+            if item.is_instance_of::<PyList>() {
+                dict.set_item(key, asarray.call1((item,))?)?;
+            }
+        }
+        Ok(value.unbind())
+    }
+
+    /// Each path's (or group's) contribution to a logit metric over a dataset, as `pathc paths
+    /// --dataset` computes it: `prompts` is a list of token lists, or of dicts with `"tokens"` and
+    /// the optional per-prompt `"target"`, `"against"` (token ids, or `"next"` for the target) and
+    /// `"position"`, which override `target`, `against` and `pos`. Returns `{"prompts", "names",
+    /// "orders", "paths", "mean", "std", "mean_abs"` (numpy, rows in path or group order),
+    /// `"metric"`, `"complete"`, `"max_abs_rest"}`, and with `per_prompt` also `"values"`
+    /// ([prompts × rows]) and `"metrics"`. An error names the prompt by its 1-based index.
+    #[pyo3(signature = (weights, prompts, target = None, against = None, pos = None, group = None,
+        max_order = None, per_prompt = false))]
+    #[allow(clippy::too_many_arguments)]
+    fn dataset_paths(
+        &self,
+        py: Python<'_>,
+        weights: &Weights,
+        prompts: &Bound<'_, PyList>,
+        target: Option<&Bound<'_, PyAny>>,
+        against: Option<&Bound<'_, PyAny>>,
+        pos: Option<&Bound<'_, PyAny>>,
+        group: Option<&str>,
+        max_order: Option<u32>,
+        per_prompt: bool,
+    ) -> PyResult<PyObject> {
+        use pathc::aggregate::{self, Dataset, LogitQuestion, Position};
+        let prompts = prompts_of(prompts)?;
+        let position = match pos {
+            None => None,
+            Some(p) => Some(match p.extract::<usize>() {
+                Ok(n) => Position::At(n),
+                Err(_) => match p.extract::<String>().as_deref() {
+                    Ok("last") => Position::Last,
+                    Ok("all") => Position::All,
+                    _ => return Err(error(format!("error: pos takes a number, \"last\" or \"all\", not {p}"))),
+                },
+            }),
+        };
+        let question = LogitQuestion { target: target_of(target)?, against: target_of(against)?, position };
+        let grouping = grouping_of(group)?;
+        let (result, values, metrics) = py.allow_threads(|| -> PyResult<_> {
+            let fail = |e: pathc::Error| render(&self.file, &self.source, &e);
+            let params = pathc::eval::Params::from_weights(
+                &self.compiled.model,
+                &weights.inner,
+                &pathc::eval::NameMap::default(),
+            )
+            .map_err(|e| fail(e.into()))?;
+            let expansion = self.expansion(max_order, false)?;
+            let (mut values, mut metrics) = (Vec::new(), Vec::new());
+            let dataset = Dataset::Prompts { name: "prompts", prompts: &prompts };
+            let inputs = aggregate::Inputs::default();
+            let result = aggregate::dataset_paths(
+                &expansion,
+                &params,
+                dataset,
+                inputs,
+                question,
+                grouping,
+                &pathc::progress::Silent,
+                |p| {
+                    if per_prompt {
+                        values.extend_from_slice(p.values);
+                        metrics.push(p.metric);
+                    }
+                    Ok(())
+                },
+            )
+            .map_err(|e| error(format!("error: {e}")))?;
+            Ok((result, values, metrics))
+        })?;
+        let out = PyDict::new(py);
+        let rows = &result.rows;
+        out.set_item("prompts", result.prompts)?;
+        out.set_item("names", rows.iter().map(|r| r.name.clone()).collect::<Vec<_>>())?;
+        out.set_item("orders", rows.iter().map(|r| r.order).collect::<Vec<_>>())?;
+        out.set_item("paths", rows.iter().map(|r| r.paths).collect::<Vec<_>>())?;
+        out.set_item("mean", PyArray1::from_vec(py, rows.iter().map(|r| r.contribution.mean).collect()))?;
+        out.set_item("std", PyArray1::from_vec(py, rows.iter().map(|r| r.contribution.std).collect()))?;
+        out.set_item("mean_abs", PyArray1::from_vec(py, rows.iter().map(|r| r.contribution.mean_abs).collect()))?;
+        let metric = PyDict::new(py);
+        metric.set_item("mean", result.metric.mean)?;
+        metric.set_item("std", result.metric.std)?;
+        metric.set_item("mean_abs", result.metric.mean_abs)?;
+        out.set_item("metric", metric)?;
+        out.set_item("complete", result.complete)?;
+        out.set_item("max_abs_rest", result.max_abs_rest)?;
+        if per_prompt {
+            out.set_item("values", PyArray1::from_vec(py, values).reshape([result.prompts, rows.len()])?)?;
+            out.set_item("metrics", PyArray1::from_vec(py, metrics))?;
+        }
+        Ok(out.into_any().unbind())
+    }
+
     /// `pathc check`: the sum of every path against the forward pass, as a dict.
     #[pyo3(signature = (weights, tokens, max_order = None))]
     fn check(
@@ -299,6 +478,83 @@ impl Model {
         })?;
         let json = serde_json::to_string(&report).expect("plain data");
         Ok(py.import("json")?.call_method1("loads", (json,))?.unbind())
+    }
+}
+
+/// A Python list of prompts (token lists, or dicts with "tokens" and per-prompt fields), each
+/// `line` its 1-based index.
+fn prompts_of(list: &Bound<'_, PyList>) -> PyResult<Vec<pathc::dataset::Prompt>> {
+    use pathc::dataset::{Prompt, PromptInput, TokenField};
+    let token_field = |d: &Bound<'_, PyDict>, key: &str, i: usize| -> PyResult<Option<TokenField>> {
+        match d.get_item(key)? {
+            None => Ok(None),
+            Some(v) if v.is_none() => Ok(None),
+            Some(v) => match v.extract::<usize>() {
+                Ok(id) => Ok(Some(TokenField::Id(id))),
+                Err(_) => v
+                    .extract::<String>()
+                    .map(|t| Some(TokenField::Text(t)))
+                    .map_err(|_| error(format!("error: prompts:{i}: \"{key}\" is a token id or a text, not {v}"))),
+            },
+        }
+    };
+    let position = |d: &Bound<'_, PyDict>, key: &str| -> PyResult<Option<usize>> {
+        d.get_item(key)?.filter(|v| !v.is_none()).map(|v| v.extract::<usize>()).transpose()
+    };
+    let mut prompts = Vec::new();
+    for (index, item) in list.iter().enumerate() {
+        let line = index + 1;
+        let prompt = if let Ok(d) = item.downcast::<PyDict>() {
+            let tokens: Vec<usize> = d
+                .get_item("tokens")?
+                .ok_or_else(|| error(format!("error: prompts:{line}: the prompt has no \"tokens\"")))?
+                .extract()?;
+            Prompt {
+                line,
+                input: PromptInput::Tokens(tokens),
+                target: token_field(d, "target", line)?,
+                against: token_field(d, "against", line)?,
+                position: position(d, "position")?,
+                key: position(d, "key")?,
+                against_key: position(d, "against_key")?,
+            }
+        } else {
+            let tokens: Vec<usize> = item.extract().map_err(|_| {
+                error(format!("error: prompts:{line}: a prompt is a list of token ids or a dict, not {item}"))
+            })?;
+            Prompt {
+                line,
+                input: PromptInput::Tokens(tokens),
+                target: None,
+                against: None,
+                position: None,
+                key: None,
+                against_key: None,
+            }
+        };
+        if matches!(&prompt.input, PromptInput::Tokens(t) if t.is_empty()) {
+            return Err(error(format!("error: prompts:{line}: a prompt needs at least one token")));
+        }
+        prompts.push(prompt);
+    }
+    Ok(prompts)
+}
+
+/// `json.loads` of bytes the library wrote.
+fn loads<'py>(py: Python<'py>, json: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    py.import("json")?.call_method1("loads", (std::str::from_utf8(json).expect("JSON is UTF-8"),))
+}
+
+/// `"L1H2"` → `(1, 2)`, checked against the model's heads.
+fn parse_head(text: &str, heads: &[usize]) -> PyResult<(usize, usize)> {
+    let parsed = text
+        .strip_prefix('L')
+        .and_then(|rest| rest.split_once('H'))
+        .and_then(|(l, h)| Some((l.parse::<usize>().ok()?, h.parse::<usize>().ok()?)));
+    match parsed {
+        Some((l, h)) if l < heads.len() && h < heads[l] => Ok((l, h)),
+        Some(_) => Err(error(format!("error: {text} is not a head of this model (heads per layer: {heads:?})"))),
+        None => Err(error(format!("error: a head is written L<layer>H<head>, as L1H2, not {text:?}"))),
     }
 }
 

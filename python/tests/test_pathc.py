@@ -152,3 +152,58 @@ def test_to_pandas():
     model = pathc.Model.from_file(ATTN2[0])
     frame = pathc.to_pandas(model.paths(pathc.Weights.from_file(ATTN2[1]), TOKENS, target=42))
     assert isinstance(frame, pd.DataFrame) and frame.shape == (50, 3)
+
+
+@pytest.mark.parametrize("pos", [None, 3, "all"])
+def test_scores_match_the_cli_bit_for_bit(pos):
+    model = pathc.Model.from_file(FULL2[0])
+    got = model.scores(pathc.Weights.from_file(FULL2[1]), TOKENS, "L1H2", pos=pos)
+    args = ["scores", FULL2[0], "--weights", FULL2[1], "--tokens", ",".join(map(str, TOKENS)), "--head", "L1H2"]
+    expected = cli(*args, "--format", "json", *(["--pos", str(pos)] if pos is not None else []))
+    assert got["max_abs_error"] == expected["max_abs_error"] and got["max_abs_error"] < 1e-9
+    rows = {t["name"]: t["scores"] for t in expected["terms"]}
+    assert sorted(t["name"] for t in got["terms"]) == sorted(rows)
+    for term in got["terms"]:
+        assert isinstance(term["scores"], np.ndarray)
+        assert term["scores"].tolist() == rows[term["name"]], term["name"]
+    with pytest.raises(pathc.PathcError, match="L5H0 is not a head"):
+        model.scores(pathc.Weights.from_file(FULL2[1]), TOKENS, "L5H0")
+
+
+@pytest.mark.parametrize("flags", [{}, {"process_weights": True}])
+def test_stats_match_the_cli_bit_for_bit(flags):
+    model = pathc.Model.from_file(FULL2[0])
+    got = model.stats(pathc.Weights.from_file(FULL2[1]), **flags)
+    expected = cli("stats", FULL2[0], "--weights", FULL2[1], "--format", "json", *(["--process-weights"] if flags else []))
+    assert sorted(got) == sorted(expected)
+    for key, value in expected.items():
+        if isinstance(value, list):
+            assert isinstance(got[key], np.ndarray), key
+            assert got[key].tolist() == value, key
+        else:
+            assert got[key] == value, key
+
+
+def test_a_dataset_matches_the_cli_bit_for_bit(tmp_path):
+    model_file = os.path.join(ROOT, "tests", "fixtures", "induction", "model.tf")
+    weights_file = os.path.join(ROOT, "tests", "fixtures", "induction", "model.safetensors")
+    data = os.path.join(ROOT, "tests", "fixtures", "induction", "dataset.jsonl")
+    prompts = [json.loads(line) for line in open(data)]
+    model = pathc.Model.from_file(model_file)
+    weights = pathc.Weights.from_file(weights_file)
+    got = model.dataset_paths(weights, prompts, group="head", per_prompt=True)
+    expected = cli("paths", model_file, "--weights", weights_file, "--dataset", data, "--group", "head", "--format", "json")
+    assert got["prompts"] == expected["prompts"] == 100
+    assert got["metric"] == expected["metric"]
+    assert got["names"] == [r["name"] for r in expected["rows"]]
+    for key in ("mean", "std", "mean_abs"):
+        assert got[key].tolist() == [r[key] for r in expected["rows"]], key
+    assert got["values"].shape == (100, len(got["names"]))
+    assert np.allclose(got["values"].sum(axis=1), got["metrics"], rtol=0, atol=1e-9)
+    # Token lists with the metric given as arguments: the next token's logit.
+    plain = model.dataset_paths(weights, [p["tokens"] for p in prompts[:5]], target="next")
+    assert plain["prompts"] == 5 and plain["complete"] and plain["max_abs_rest"] < 1e-9
+    with pytest.raises(pathc.PathcError, match="prompts:2: token 99 at position 0"):
+        model.dataset_paths(weights, [[1, 2], [99]], target=1)
+    with pytest.raises(pathc.PathcError, match="has no prompt"):
+        model.dataset_paths(weights, [], target=1)
