@@ -67,9 +67,7 @@ impl<'a> Dataset<'a> {
     fn prompts(self) -> Result<PromptStream<'a>, DatasetError> {
         match self {
             Dataset::File(path) => Ok(Box::new(DatasetReader::open(path)?)),
-            Dataset::Prompts { name, prompts: [] } => {
-                Err(DatasetError::Empty { path: PathBuf::from(name) })
-            }
+            Dataset::Prompts { name, prompts: [] } => Err(DatasetError::Empty { path: PathBuf::from(name) }),
             Dataset::Prompts { prompts, .. } => Ok(Box::new(prompts.iter().cloned().map(Ok))),
         }
     }
@@ -140,6 +138,9 @@ pub enum AggregateError {
     /// The question itself, before any prompt (a head the model does not have, no score terms).
     #[error("{0}")]
     Question(String),
+    /// The caller asked the run to stop ([`Progress::cancelled`]), after `prompts` prompts.
+    #[error("interrupted after {prompts} prompts")]
+    Cancelled { prompts: usize },
     /// Writing the per-prompt rows failed.
     #[error("writing the per-prompt rows: {0}")]
     Output(#[source] std::io::Error),
@@ -284,6 +285,10 @@ fn run<P: Prepare, R: Send>(
             index += 1;
         }
         progress.advance(chunk.len() as u64);
+        if progress.cancelled() {
+            progress.finish();
+            return Err(AggregateError::Cancelled { prompts: index });
+        }
     }
     progress.finish();
     Ok(index)
