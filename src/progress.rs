@@ -7,6 +7,11 @@ pub trait Progress: Sync {
     fn start(&self, what: &str, total: u64);
     fn advance(&self, units: u64);
     fn finish(&self);
+    /// Whether the caller wants the job stopped (an interrupt in the Python package): a job that
+    /// can stop between its units of work asks after each, and ends with an error saying so.
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
 
 /// Reports nothing.

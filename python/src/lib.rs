@@ -420,23 +420,16 @@ impl Model {
             let (mut values, mut metrics) = (Vec::new(), Vec::new());
             let dataset = Dataset::Prompts { name: "prompts", prompts: &prompts };
             let inputs = aggregate::Inputs::default();
-            let result = aggregate::dataset_paths(
-                &expansion,
-                &params,
-                dataset,
-                inputs,
-                question,
-                grouping,
-                &pathc::progress::Silent,
-                |p| {
+            let interrupt = Interrupt::default();
+            let result =
+                aggregate::dataset_paths(&expansion, &params, dataset, inputs, question, grouping, &interrupt, |p| {
                     if per_prompt {
                         values.extend_from_slice(p.values);
                         metrics.push(p.metric);
                     }
                     Ok(())
-                },
-            )
-            .map_err(|e| error(format!("error: {e}")))?;
+                })
+                .map_err(|e| interrupt.error(e))?;
             Ok((result, values, metrics))
         })?;
         let out = PyDict::new(py);
@@ -458,6 +451,99 @@ impl Model {
         if per_prompt {
             out.set_item("values", PyArray1::from_vec(py, values).reshape([result.prompts, rows.len()])?)?;
             out.set_item("metrics", PyArray1::from_vec(py, metrics))?;
+        }
+        Ok(out.into_any().unbind())
+    }
+
+    /// Each score term's part in head `head`'s score difference `s[q, key] − s[q, against_key]`
+    /// over a dataset, as `pathc scores --dataset` computes it: `prompts` as for
+    /// `dataset_paths`, a dict's `"position"` (the query), `"key"` and `"against_key"` overriding
+    /// `query`, `key` and `against_key`. Returns `{"prompts", "names", "orders", "difference_mean",
+    /// "difference_std", "difference_mean_abs", "prob_linear_mean" (first order: a
+    /// linearisation), "prob_removed_mean" (the real change), "difference", "prob_key",
+    /// "prob_against_key" (summaries), "max_sum_error", "max_linear_error"}` and with
+    /// `per_prompt` the [prompts × terms] arrays `"values"`, `"prob_linear"`, `"prob_removed"`.
+    #[pyo3(signature = (weights, prompts, head, query = None, key = None, against_key = None, max_order = None,
+        per_prompt = false))]
+    #[allow(clippy::too_many_arguments)]
+    fn dataset_scores(
+        &self,
+        py: Python<'_>,
+        weights: &Weights,
+        prompts: &Bound<'_, PyList>,
+        head: &str,
+        query: Option<usize>,
+        key: Option<usize>,
+        against_key: Option<usize>,
+        max_order: Option<u32>,
+        per_prompt: bool,
+    ) -> PyResult<PyObject> {
+        use pathc::aggregate::{self, Dataset, ScoreQuestion};
+        let prompts = prompts_of(prompts)?;
+        let (layer, index) = parse_head(head, &self.compiled.model.heads_per_layer())?;
+        let question = ScoreQuestion { head: pathc::paths::HeadRef { layer, head: index }, query, key, against_key };
+        let (result, per) = py.allow_threads(|| -> PyResult<_> {
+            let fail = |e: pathc::Error| render(&self.file, &self.source, &e);
+            let params = pathc::eval::Params::from_weights(
+                &self.compiled.model,
+                &weights.inner,
+                &pathc::eval::NameMap::default(),
+            )
+            .map_err(|e| fail(e.into()))?;
+            let expansion = self.expansion(max_order, true)?;
+            let mut per: [Vec<f64>; 3] = Default::default();
+            let interrupt = Interrupt::default();
+            let result = aggregate::dataset_scores(
+                &expansion,
+                &params,
+                Dataset::Prompts { name: "prompts", prompts: &prompts },
+                aggregate::Inputs::default(),
+                question,
+                &interrupt,
+                |p| {
+                    if per_prompt {
+                        per[0].extend(p.terms.iter().map(|t| t.difference));
+                        per[1].extend(p.terms.iter().map(|t| t.prob_linear));
+                        per[2].extend(p.terms.iter().map(|t| t.prob_removed));
+                    }
+                    Ok(())
+                },
+            )
+            .map_err(|e| interrupt.error(e))?;
+            Ok((result, per))
+        })?;
+        let out = PyDict::new(py);
+        let terms = &result.terms;
+        out.set_item("prompts", result.prompts)?;
+        out.set_item("head", result.head.to_string())?;
+        out.set_item("names", terms.iter().map(|t| t.name.clone()).collect::<Vec<_>>())?;
+        out.set_item("orders", terms.iter().map(|t| t.order).collect::<Vec<_>>())?;
+        let column =
+            |f: &dyn Fn(&pathc::aggregate::TermSummary) -> f64| PyArray1::from_vec(py, terms.iter().map(f).collect());
+        out.set_item("difference_mean", column(&|t| t.difference.mean))?;
+        out.set_item("difference_std", column(&|t| t.difference.std))?;
+        out.set_item("difference_mean_abs", column(&|t| t.difference.mean_abs))?;
+        out.set_item("prob_linear_mean", column(&|t| t.prob_linear.mean))?;
+        out.set_item("prob_removed_mean", column(&|t| t.prob_removed.mean))?;
+        for (name, s) in [
+            ("difference", &result.difference),
+            ("prob_key", &result.prob_key),
+            ("prob_against_key", &result.prob_against_key),
+        ] {
+            let d = PyDict::new(py);
+            d.set_item("mean", s.mean)?;
+            d.set_item("std", s.std)?;
+            d.set_item("mean_abs", s.mean_abs)?;
+            out.set_item(name, d)?;
+        }
+        out.set_item("max_sum_error", result.max_sum_error)?;
+        out.set_item("max_linear_error", result.max_linear_error)?;
+        if per_prompt {
+            let [values, linear, removed] = per;
+            let shape = [result.prompts, terms.len()];
+            out.set_item("values", PyArray1::from_vec(py, values).reshape(shape)?)?;
+            out.set_item("prob_linear", PyArray1::from_vec(py, linear).reshape(shape)?)?;
+            out.set_item("prob_removed", PyArray1::from_vec(py, removed).reshape(shape)?)?;
         }
         Ok(out.into_any().unbind())
     }
@@ -538,6 +624,33 @@ fn prompts_of(list: &Bound<'_, PyList>) -> PyResult<Vec<pathc::dataset::Prompt>>
         prompts.push(prompt);
     }
     Ok(prompts)
+}
+
+/// A dataset run's progress, which asks Python for pending signals (Ctrl-C) after every chunk of
+/// prompts and stops the run when one raised.
+#[derive(Default)]
+struct Interrupt {
+    raised: std::sync::Mutex<Option<PyErr>>,
+}
+
+impl pathc::progress::Progress for Interrupt {
+    fn start(&self, _: &str, _: u64) {}
+    fn advance(&self, _: u64) {
+        if let Err(e) = Python::with_gil(|py| py.check_signals()) {
+            self.raised.lock().expect("not poisoned").get_or_insert(e);
+        }
+    }
+    fn finish(&self) {}
+    fn cancelled(&self) -> bool {
+        self.raised.lock().expect("not poisoned").is_some()
+    }
+}
+
+impl Interrupt {
+    /// The Python error a signal raised (KeyboardInterrupt), else `e` as a PathcError.
+    fn error(&self, e: pathc::aggregate::AggregateError) -> PyErr {
+        self.raised.lock().expect("not poisoned").take().unwrap_or_else(|| error(format!("error: {e}")))
+    }
 }
 
 /// `json.loads` of bytes the library wrote.

@@ -207,3 +207,35 @@ def test_a_dataset_matches_the_cli_bit_for_bit(tmp_path):
         model.dataset_paths(weights, [[1, 2], [99]], target=1)
     with pytest.raises(pathc.PathcError, match="has no prompt"):
         model.dataset_paths(weights, [], target=1)
+
+
+def test_dataset_scores_match_the_cli():
+    model_file = os.path.join(ROOT, "tests", "fixtures", "induction", "model.tf")
+    weights_file = os.path.join(ROOT, "tests", "fixtures", "induction", "model.safetensors")
+    data = os.path.join(ROOT, "tests", "fixtures", "induction", "dataset.jsonl")
+    prompts = [json.loads(line) for line in open(data)]
+    model = pathc.Model.from_file(model_file)
+    got = model.dataset_scores(pathc.Weights.from_file(weights_file), prompts, "L1H1", per_prompt=True)
+    expected = cli("scores", model_file, "--weights", weights_file, "--dataset", data, "--head", "L1H1", "--format", "json")
+    assert got["names"] == [t["name"] for t in expected["terms"]]
+    assert got["difference_mean"].tolist() == [t["difference"]["mean"] for t in expected["terms"]]
+    assert got["prob_linear_mean"].tolist() == [t["prob_linear"]["mean"] for t in expected["terms"]]
+    assert got["difference"] == expected["difference"]
+    assert got["values"].shape == (100, len(got["names"]))
+    assert got["max_sum_error"] < 1e-9
+
+
+def test_a_long_dataset_run_stops_on_ctrl_c():
+    import signal
+    import threading
+    import time
+
+    model = pathc.Model.from_file(os.path.join(ROOT, "tests", "fixtures", "induction", "model.tf"))
+    weights = pathc.Weights.from_file(os.path.join(ROOT, "tests", "fixtures", "induction", "model.safetensors"))
+    prompts = [[0] + [(7 * i + p) % 63 + 1 for p in range(30)] for i in range(200_000)]  # about a minute
+    timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
+    start = time.monotonic()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        model.dataset_paths(weights, prompts, target="next")
+    assert time.monotonic() - start < 20
