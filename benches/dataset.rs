@@ -17,7 +17,8 @@
 //!   pattern and scale), on the same worker threads (`parallel::parallel_map`, in chunks of
 //!   `aggregate::CHUNK` as the dataset run uses them), the prompts already in memory.
 //! - `dataset_seconds`: `aggregate::dataset_paths` on the file, everything included (both passes
-//!   over the file, each prompt's forward pass, every path's contribution, the aggregation).
+//!   over the file, each prompt's forward pass — without the vocabulary-wide unembedding, which
+//!   the paths do not need — every path's contribution, the metric, the aggregation).
 //! - `ratio`: `dataset_seconds / forward_seconds`. Each is the median of 3 runs after a warm-up;
 //!   `max_abs_rest` is the largest `|Σ paths − metric|` over the prompts (every order is there:
 //!   a 2-layer model's paths have order ≤ 2).

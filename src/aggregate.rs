@@ -7,7 +7,9 @@
 //! vocabulary and the context length, resolves its metric — and stops at the first bad one, so
 //! nothing is computed (or printed) for a dataset that is not whole. The second pass reads it
 //! again [`CHUNK`] prompts at a time, computes a chunk's prompts on the worker threads
-//! ([`parallel_map`]), each prompt its own forward pass, and folds the results into the aggregates
+//! ([`parallel_map`]), each prompt its own forward pass (without the vocabulary-wide
+//! unembedding, [`eval::forward_without_logits`]: the metric reads its few logits from the final
+//! residual stream), and folds the results into the aggregates
 //! in prompt order: the numbers are the same for any thread count, and memory is one chunk's
 //! whatever the number of prompts.
 //!
@@ -294,8 +296,10 @@ fn run<P: Prepare, R: Send>(
     Ok(index)
 }
 
+/// A prompt's forward pass without the vocabulary-wide unembedding (the metric reads a few
+/// logits, [`Metric::value_in`]).
 fn forward(params: &Params, tokens: &[usize]) -> Result<Forward, Failed> {
-    Ok(eval::forward(params, tokens)?)
+    Ok(eval::forward_without_logits(params, tokens)?)
 }
 
 /// A per-prompt token field, or the command line's default.
@@ -499,7 +503,9 @@ pub fn dataset_paths<'d>(
         let forward = forward(params, &prompt.tokens)?;
         let mut values = vec![0.0; n_rows];
         evaluator.contributions(expansion, &forward, &prompt.question, |i, c| values[rows.row_of[i]] += c)?;
-        Ok((prompt.question.value(&forward), values))
+        let metric = prompt.question.value_in(params, &forward);
+        crate::linalg::finite_values(&[metric], |_| "the metric".to_string())?;
+        Ok((metric, values))
     };
     let prompts = run(
         dataset.into(),
@@ -746,7 +752,7 @@ pub fn dataset_check<'d>(
         omitted_max_abs: 0.0,
     };
     let compute = |prompt: &Ready<()>| -> Result<CheckReport, Failed> {
-        let forward = forward(params, &prompt.tokens)?;
+        let forward = eval::forward(params, &prompt.tokens)?;
         Ok(eval::check(expansion, params, &forward)?)
     };
     out.prompts = run(

@@ -198,6 +198,33 @@ pub fn forward(params: &Params, tokens: &[usize]) -> Result<Forward, EvalError> 
 /// `false` gets no attention from any query; queries and positions are unaffected. Its length
 /// must be the number of tokens, and every query must keep a key.
 pub fn forward_masked(params: &Params, tokens: &[usize], mask: Option<&[bool]>) -> Result<Forward, EvalError> {
+    run(params, tokens, mask, true)
+}
+
+/// [`forward`] without the unembedding: every record the paths and score terms are evaluated
+/// with (patterns, scores, norm scales, MLP outputs, the residual streams), and `logits` left
+/// empty (`0 × 0`), since `[n, d_vocab]` is most of a forward pass at a real vocabulary and a
+/// metric reads a few entries of it ([`Forward::logit`]). What a dataset run computes per prompt.
+pub fn forward_without_logits(params: &Params, tokens: &[usize]) -> Result<Forward, EvalError> {
+    run(params, tokens, None, false)
+}
+
+impl Forward {
+    /// The logit of token `t` at position `p`: from `logits`, or for a pass without them
+    /// ([`forward_without_logits`]) from the final residual stream, normalised by `ln_final` as
+    /// the forward pass normalises it, times `W_U`'s column `t`, plus `b_U[t]` (the same number up
+    /// to the order of the sums).
+    pub fn logit(&self, params: &Params, p: usize, t: usize) -> f64 {
+        if self.logits.ncols() > 0 {
+            return self.logits[(p, t)];
+        }
+        let row = Matrix::from_fn(1, self.resid_final.ncols(), |_, j| self.resid_final[(p, j)]);
+        let (normalised, _) = normalise(&row, params.ln_final.as_ref());
+        normalised.row(0).iter().zip(params.w_u.column(t).iter()).map(|(x, w)| x * w).sum::<f64>() + params.b_u[t]
+    }
+}
+
+fn run(params: &Params, tokens: &[usize], mask: Option<&[bool]>, with_logits: bool) -> Result<Forward, EvalError> {
     params.check_tokens(tokens)?;
     if let Some(mask) = mask {
         check_mask(params, tokens.len(), mask)?;
@@ -296,8 +323,14 @@ pub fn forward_masked(params: &Params, tokens: &[usize], mask: Option<&[bool]>) 
         head_results.push(results);
     }
     let (normalised, scale_final) = normalise(&resid, params.ln_final.as_ref());
-    let logits = plus_row(&normalised * &params.w_u, &params.b_u);
-    finite(&logits, |p, t| format!("the logits at position {p}, token {t}"))?;
+    let logits = if with_logits {
+        let logits = plus_row(&normalised * &params.w_u, &params.b_u);
+        finite(&logits, |p, t| format!("the logits at position {p}, token {t}"))?;
+        logits
+    } else {
+        at_positions(&normalised, || "the final residual stream, normalised".to_string())?;
+        Matrix::zeros(0, 0)
+    };
     Ok(Forward {
         tokens: tokens.to_vec(),
         attention_mask: mask.map(<[bool]>::to_vec),

@@ -57,6 +57,14 @@ impl Metric {
         let logits = self.targets.forward_logits(forward);
         logits.iter().zip(&self.weights).map(|(l, w)| l * w).sum()
     }
+
+    /// [`Metric::value`] of any forward pass, one without its logits too
+    /// ([`forward_without_logits`](super::forward_without_logits)): each target logit by
+    /// [`Forward::logit`].
+    pub fn value_in(&self, params: &Params, forward: &Forward) -> f64 {
+        let targets = self.targets.positions.iter().zip(&self.targets.tokens);
+        targets.zip(&self.weights).map(|((&p, &t), w)| forward.logit(params, p, t) * w).sum()
+    }
 }
 
 /// Evaluates every logit path's contribution to a [`Metric`], prompt after prompt, with what does
