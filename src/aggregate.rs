@@ -547,13 +547,12 @@ pub fn dataset_paths<'d>(
     })
 }
 
-struct ScorePrepare<'a> {
+struct ScorePrepare {
     question: ScoreQuestion,
     causal: bool,
-    _params: &'a Params,
 }
 
-impl Prepare for ScorePrepare<'_> {
+impl Prepare for ScorePrepare {
     type Question = ScoreDifference;
 
     fn prepare(&self, prompt: &Prompt, tokens: &[usize]) -> Result<ScoreDifference, Failed> {
@@ -636,7 +635,7 @@ pub fn dataset_scores<'d>(
     let layer = question.head.layer;
     let (names, orders) = score_terms(expansion, question.head)?;
     let folded = eval::score_params(params);
-    let prepare = ScorePrepare { question, causal: params.layers[layer].attn.causal, _params: params };
+    let prepare = ScorePrepare { question, causal: params.layers[layer].attn.causal };
     let mut diff = vec![Accumulator::default(); names.len()];
     let mut linear = diff.clone();
     let mut removed = diff.clone();

@@ -31,6 +31,16 @@ class Weights:
         """Numpy arrays of floats in TransformerLens's names and layouts."""
     def names(self) -> List[str]: ...
 
+class Tokenizer:
+    """A HuggingFace tokenizer.json, as `--tokenizer` reads it."""
+
+    @staticmethod
+    def from_file(path: Union[str, PathLike]) -> "Tokenizer": ...
+    def to_tokens(self, text: str, prepend_bos: Optional[bool] = None) -> List[int]:
+        """As TransformerLens's to_tokens (and `--text`)."""
+    def to_str_tokens(self, ids: List[int]) -> List[Optional[str]]: ...
+    def to_single_token(self, text: str) -> int: ...
+
 class PathsTable(TypedDict):
     names: List[str]
     orders: List[Optional[int]]
@@ -95,6 +105,22 @@ class Model:
         group: Optional[Literal["head", "component", "source", "order"]] = None,
         max_order: Optional[int] = None,
         per_prompt: bool = False,
+        tokenizer: Optional[Tokenizer] = None,
+        prepend_bos: Optional[bool] = None,
     ) -> Dict[str, object]:
-        """`pathc paths --dataset`: mean, std, mean_abs per path (numpy); with per_prompt the
+        """`pathc paths --dataset` (prompts may be texts, or dicts with "text", with a tokenizer): mean, std, mean_abs per path (numpy); with per_prompt the
         [prompts × rows] values and each prompt's metric."""
+    def dataset_scores(
+        self,
+        weights: Weights,
+        prompts: List[Union[List[int], str, Dict[str, object]]],
+        head: str,
+        query: Optional[int] = None,
+        key: Optional[int] = None,
+        against_key: Optional[int] = None,
+        max_order: Optional[int] = None,
+        per_prompt: bool = False,
+        tokenizer: Optional[Tokenizer] = None,
+        prepend_bos: Optional[bool] = None,
+    ) -> Dict[str, object]:
+        """`pathc scores --dataset`: each score term's part in a score difference over the prompts."""

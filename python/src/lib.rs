@@ -117,6 +117,40 @@ impl Weights {
     }
 }
 
+/// A HuggingFace `tokenizer.json`, as `--tokenizer` reads it (its folder's
+/// `tokenizer_config.json` and `config.json` say which token is the BOS).
+#[pyclass(module = "pathc._pathc", frozen)]
+struct Tokenizer {
+    inner: pathc::text::Tokenizer,
+}
+
+#[pymethods]
+impl Tokenizer {
+    #[staticmethod]
+    fn from_file(path: PathBuf) -> PyResult<Tokenizer> {
+        let inner = pathc::text::Tokenizer::load(&path).map_err(|e| error(format!("error: {e}")))?;
+        Ok(Tokenizer { inner })
+    }
+
+    /// `text` as token ids, as TransformerLens's `to_tokens` (and `--text`) does; `prepend_bos`
+    /// `None` is TransformerLens's default for the model.
+    #[pyo3(signature = (text, prepend_bos = None))]
+    fn to_tokens(&self, text: &str, prepend_bos: Option<bool>) -> PyResult<Vec<usize>> {
+        Ok(self.inner.tokenize(text, prepend_bos).map_err(|e| error(format!("error: {e}")))?.ids)
+    }
+
+    /// Each id's string (`None` for an id the tokenizer does not have), as `to_str_tokens`.
+    fn to_str_tokens(&self, ids: Vec<usize>) -> Vec<Option<String>> {
+        self.inner.str_tokens(&ids)
+    }
+
+    /// The one token `text` is (TransformerLens's `to_single_token`), or an error listing its
+    /// tokens.
+    fn to_single_token(&self, text: &str) -> PyResult<usize> {
+        self.inner.single_token(text).map_err(|e| error(format!("error: {e}")))
+    }
+}
+
 /// `None`, a token id, `"next"`.
 fn target_of(target: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Target>> {
     let Some(target) = target else { return Ok(None) };
@@ -379,7 +413,7 @@ impl Model {
     /// `"metric"`, `"complete"`, `"max_abs_rest"}`, and with `per_prompt` also `"values"`
     /// ([prompts × rows]) and `"metrics"`. An error names the prompt by its 1-based index.
     #[pyo3(signature = (weights, prompts, target = None, against = None, pos = None, group = None,
-        max_order = None, per_prompt = false))]
+        max_order = None, per_prompt = false, tokenizer = None, prepend_bos = None))]
     #[allow(clippy::too_many_arguments)]
     fn dataset_paths(
         &self,
@@ -392,6 +426,8 @@ impl Model {
         group: Option<&str>,
         max_order: Option<u32>,
         per_prompt: bool,
+        tokenizer: Option<&Tokenizer>,
+        prepend_bos: Option<bool>,
     ) -> PyResult<PyObject> {
         use pathc::aggregate::{self, Dataset, LogitQuestion, Position};
         let prompts = prompts_of(prompts)?;
@@ -419,7 +455,7 @@ impl Model {
             let expansion = self.expansion(max_order, false)?;
             let (mut values, mut metrics) = (Vec::new(), Vec::new());
             let dataset = Dataset::Prompts { name: "prompts", prompts: &prompts };
-            let inputs = aggregate::Inputs::default();
+            let inputs = aggregate::Inputs { tokenizer: tokenizer.map(|t| &t.inner), prepend_bos };
             let interrupt = Interrupt::default();
             let result =
                 aggregate::dataset_paths(&expansion, &params, dataset, inputs, question, grouping, &interrupt, |p| {
@@ -464,7 +500,7 @@ impl Model {
     /// "prob_against_key" (summaries), "max_sum_error", "max_linear_error"}` and with
     /// `per_prompt` the [prompts × terms] arrays `"values"`, `"prob_linear"`, `"prob_removed"`.
     #[pyo3(signature = (weights, prompts, head, query = None, key = None, against_key = None, max_order = None,
-        per_prompt = false))]
+        per_prompt = false, tokenizer = None, prepend_bos = None))]
     #[allow(clippy::too_many_arguments)]
     fn dataset_scores(
         &self,
@@ -477,6 +513,8 @@ impl Model {
         against_key: Option<usize>,
         max_order: Option<u32>,
         per_prompt: bool,
+        tokenizer: Option<&Tokenizer>,
+        prepend_bos: Option<bool>,
     ) -> PyResult<PyObject> {
         use pathc::aggregate::{self, Dataset, ScoreQuestion};
         let prompts = prompts_of(prompts)?;
@@ -497,7 +535,7 @@ impl Model {
                 &expansion,
                 &params,
                 Dataset::Prompts { name: "prompts", prompts: &prompts },
-                aggregate::Inputs::default(),
+                aggregate::Inputs { tokenizer: tokenizer.map(|t| &t.inner), prepend_bos },
                 question,
                 &interrupt,
                 |p| {
@@ -591,22 +629,38 @@ fn prompts_of(list: &Bound<'_, PyList>) -> PyResult<Vec<pathc::dataset::Prompt>>
     for (index, item) in list.iter().enumerate() {
         let line = index + 1;
         let prompt = if let Ok(d) = item.downcast::<PyDict>() {
-            let tokens: Vec<usize> = d
-                .get_item("tokens")?
-                .ok_or_else(|| error(format!("error: prompts:{line}: the prompt has no \"tokens\"")))?
-                .extract()?;
+            let input = match (d.get_item("tokens")?, d.get_item("text")?) {
+                (Some(tokens), None) => PromptInput::Tokens(tokens.extract()?),
+                (None, Some(text)) => PromptInput::Text(text.extract()?),
+                (Some(_), Some(_)) => {
+                    return Err(error(format!("error: prompts:{line}: give \"tokens\" or \"text\", not both")))
+                }
+                (None, None) => {
+                    return Err(error(format!("error: prompts:{line}: the prompt has neither \"tokens\" nor \"text\"")))
+                }
+            };
             Prompt {
                 line,
-                input: PromptInput::Tokens(tokens),
+                input,
                 target: token_field(d, "target", line)?,
                 against: token_field(d, "against", line)?,
                 position: position(d, "position")?,
                 key: position(d, "key")?,
                 against_key: position(d, "against_key")?,
             }
+        } else if let Ok(text) = item.extract::<String>() {
+            Prompt {
+                line,
+                input: PromptInput::Text(text),
+                target: None,
+                against: None,
+                position: None,
+                key: None,
+                against_key: None,
+            }
         } else {
             let tokens: Vec<usize> = item.extract().map_err(|_| {
-                error(format!("error: prompts:{line}: a prompt is a list of token ids or a dict, not {item}"))
+                error(format!("error: prompts:{line}: a prompt is a list of token ids, a text or a dict, not {item}"))
             })?;
             Prompt {
                 line,
@@ -683,6 +737,7 @@ fn _pathc(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Model>()?;
     m.add_class::<Path>()?;
     m.add_class::<Weights>()?;
+    m.add_class::<Tokenizer>()?;
     m.add("PathcError", m.py().get_type::<PathcError>())?;
     Ok(())
 }

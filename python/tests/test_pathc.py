@@ -239,3 +239,37 @@ def test_a_long_dataset_run_stops_on_ctrl_c():
     with pytest.raises(KeyboardInterrupt):
         model.dataset_paths(weights, prompts, target="next")
     assert time.monotonic() - start < 20
+
+
+def test_text_through_the_tokenizer_matches_the_cli(tmp_path):
+    fixture = os.path.join(ROOT, "tests", "fixtures", "text")
+    model_file, weights_file = os.path.join(fixture, "model.tf"), os.path.join(fixture, "model.safetensors")
+    tokenizer_file = os.path.join(fixture, "tokenizer.json")
+    tokenizer = pathc.Tokenizer.from_file(tokenizer_file)
+    text = "When Mary and John went to the store, John gave a drink to"
+    tokens = tokenizer.to_tokens(text)
+    mary = tokenizer.to_single_token(" Mary")
+    expected = cli("paths", model_file, "--weights", weights_file, "--tokenizer", tokenizer_file, "--text", text,
+                   "--target", " Mary", "--format", "json")
+    assert tokens == expected["tokens"]
+    assert tokenizer.to_str_tokens(tokens) == expected["str_tokens"]
+    assert [mary] == expected["target_tokens"]
+    model = pathc.Model.from_file(model_file)
+    weights = pathc.Weights.from_file(weights_file)
+    got = model.paths(weights, tokens, target=mary)
+    rows = table_by_name(expected["paths"])
+    for name, values in zip(got["names"], got["values"]):
+        assert values.tolist() == rows[name], name
+    with pytest.raises(pathc.PathcError, match="is not one token"):
+        tokenizer.to_single_token(" Mary and John")
+    # A dataset of texts, with text targets, as the CLI reads the same file.
+    prompts = [{"text": text, "target": " Mary", "against": " John"}, {"text": "John and Mary", "target": " went"}]
+    data = tmp_path / "texts.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    got = model.dataset_paths(weights, prompts, tokenizer=tokenizer, group="head")
+    expected = cli("paths", model_file, "--weights", weights_file, "--tokenizer", tokenizer_file, "--dataset", str(data),
+                   "--group", "head", "--format", "json")
+    assert got["mean"].tolist() == [r["mean"] for r in expected["rows"]]
+    assert got["metric"] == expected["metric"]
+    with pytest.raises(pathc.PathcError, match="needs a tokenizer"):
+        model.dataset_paths(weights, ["John and Mary"], target=5)
