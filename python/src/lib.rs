@@ -477,11 +477,7 @@ impl Model {
         out.set_item("mean", PyArray1::from_vec(py, rows.iter().map(|r| r.contribution.mean).collect()))?;
         out.set_item("std", PyArray1::from_vec(py, rows.iter().map(|r| r.contribution.std).collect()))?;
         out.set_item("mean_abs", PyArray1::from_vec(py, rows.iter().map(|r| r.contribution.mean_abs).collect()))?;
-        let metric = PyDict::new(py);
-        metric.set_item("mean", result.metric.mean)?;
-        metric.set_item("std", result.metric.std)?;
-        metric.set_item("mean_abs", result.metric.mean_abs)?;
-        out.set_item("metric", metric)?;
+        out.set_item("metric", summary(py, &result.metric)?)?;
         out.set_item("complete", result.complete)?;
         out.set_item("max_abs_rest", result.max_abs_rest)?;
         if per_prompt {
@@ -568,11 +564,7 @@ impl Model {
             ("prob_key", &result.prob_key),
             ("prob_against_key", &result.prob_against_key),
         ] {
-            let d = PyDict::new(py);
-            d.set_item("mean", s.mean)?;
-            d.set_item("std", s.std)?;
-            d.set_item("mean_abs", s.mean_abs)?;
-            out.set_item(name, d)?;
+            out.set_item(name, summary(py, s)?)?;
         }
         out.set_item("max_sum_error", result.max_sum_error)?;
         out.set_item("max_linear_error", result.max_linear_error)?;
@@ -705,6 +697,15 @@ impl Interrupt {
     fn error(&self, e: pathc::aggregate::AggregateError) -> PyErr {
         self.raised.lock().expect("not poisoned").take().unwrap_or_else(|| error(format!("error: {e}")))
     }
+}
+
+/// A dataset summary as `{"mean", "std", "mean_abs"}`, as the CLI's JSON writes it.
+fn summary<'py>(py: Python<'py>, s: &pathc::aggregate::Summary) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("mean", s.mean)?;
+    d.set_item("std", s.std)?;
+    d.set_item("mean_abs", s.mean_abs)?;
+    Ok(d)
 }
 
 /// `json.loads` of bytes the library wrote.

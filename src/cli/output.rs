@@ -68,6 +68,20 @@ impl From<RankArg> for pathc::emit::dataset::Rank {
     }
 }
 
+/// What a dataset table is ranked by: `--rank` if given; else text ranks by |mean|, and JSON and
+/// CSV keep path order unless `--top` asks for the largest.
+pub fn dataset_rank(
+    rank: Option<RankArg>,
+    format: TextJsonCsv,
+    top: Option<usize>,
+) -> Option<pathc::emit::dataset::Rank> {
+    match (rank, format, top) {
+        (Some(r), _, _) => Some(r.into()),
+        (None, TextJsonCsv::Text, _) | (None, _, Some(_)) => Some(pathc::emit::dataset::Rank::Mean),
+        (None, _, None) => None,
+    }
+}
+
 fn cannot_write(path: &Path, e: io::Error) -> Failure {
     Failure::BadInput(format!("error: cannot write {}: {e}", path.display()))
 }

@@ -10,10 +10,10 @@ use pathc::emit::numbers;
 use pathc::eval::Target;
 
 use super::failure::Failure;
-use super::output::{RankArg, TextJsonCsv, TextOrJson};
+use super::output::{dataset_rank, RankArg, TextJsonCsv, TextOrJson};
 use super::parse::{parse_position, parse_target, TargetArg};
 use super::progress::TerminalProgress;
-use super::run::{dataset_failure, evaluate, load, resolve_target, resolve_target_with, resolve_targets, RunArgs};
+use super::run::{dataset_failure, evaluate, load, logit_question, resolve_target, resolve_targets, RunArgs};
 
 // (`//`, not `///`: see the module docs of `cli`.)
 #[derive(clap::Args)]
@@ -126,25 +126,11 @@ pub fn run(args: Args) -> Result<(), Failure> {
 /// `paths --dataset`: each path's (or group's) contribution to the metric over the prompts. Returns
 /// whether there was a dataset.
 fn run_dataset(args: &Args) -> Result<bool, Failure> {
-    use pathc::aggregate::{self, LogitQuestion, Position};
+    use pathc::aggregate;
     use pathc::emit::dataset as report;
     let Some(dataset) = args.run.dataset_input()? else { return Ok(false) };
-    let tokenizer = dataset.tokenizer.as_ref();
-    let target = args.target.as_ref().map(|t| resolve_target_with(t, tokenizer, "--target")).transpose()?;
-    let against = args.against.as_ref().map(|t| resolve_target_with(t, tokenizer, "--against")).transpose()?;
-    if against == Some(Target::Next) {
-        return Err(Failure::BadInput("error: --against takes a token: `next` is a target".to_string()));
-    }
-    let position = match args.pos.as_deref() {
-        None => None,
-        Some("last") => Some(Position::Last),
-        Some("all") => Some(Position::All),
-        Some(p) => Some(Position::At(
-            p.parse()
-                .map_err(|_| Failure::BadInput(format!("error: --pos takes a number, `last` or `all`, not `{p}`")))?,
-        )),
-    };
-    let question = LogitQuestion { target, against, position };
+    let question =
+        logit_question(args.target.as_ref(), args.against.as_ref(), args.pos.as_deref(), dataset.tokenizer.as_ref())?;
     let (expansion, params) = load(&args.model, &args.run, false)?;
     let grouping = args.group.map(Into::into);
     let model = expansion.model.name.clone();
@@ -189,12 +175,7 @@ fn run_dataset(args: &Args) -> Result<bool, Failure> {
         },
     )
     .map_err(dataset_failure)?;
-    // Text ranks (by |mean| unless asked); JSON and CSV keep path order unless asked to rank.
-    let rank = match (args.rank, args.format, args.top) {
-        (Some(r), _, _) => Some(r.into()),
-        (None, TextJsonCsv::Text, _) | (None, _, Some(_)) => Some(report::Rank::Mean),
-        (None, _, None) => None,
-    };
+    let rank = dataset_rank(args.rank, args.format, args.top);
     let rows = report::ranked_paths(&result.rows, rank, args.top);
     match (args.format, per_prompt) {
         (TextJsonCsv::Csv, true) => {}

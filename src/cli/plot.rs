@@ -13,8 +13,7 @@ use super::failure::{read_model, render, Failure};
 use super::output;
 use super::parse::{check_rotary_offset, parse_position, parse_target, TargetArg};
 use super::run::{
-    dataset_failure, evaluate, input, load, resolve_target, resolve_target_with, resolve_targets, ProcessingArgs,
-    RunArgs,
+    dataset_failure, evaluate, input, load, logit_question, resolve_target, resolve_targets, ProcessingArgs, RunArgs,
 };
 
 // (`//`, not `///`: see the module docs of `cli`.)
@@ -266,21 +265,8 @@ fn dataset_chart(
     against: Option<&TargetArg>,
     top: Option<usize>,
 ) -> Result<String, Failure> {
-    use pathc::aggregate::{LogitQuestion, Position};
     let dataset = run.dataset_input()?.expect("a dataset");
-    let tokenizer = dataset.tokenizer.as_ref();
-    let target = target.map(|t| resolve_target_with(t, tokenizer, "--target")).transpose()?;
-    let against = against.map(|t| resolve_target_with(t, tokenizer, "--against")).transpose()?;
-    let position = match pos {
-        None => None,
-        Some("last") => Some(Position::Last),
-        Some("all") => Some(Position::All),
-        Some(p) => Some(Position::At(
-            p.parse()
-                .map_err(|_| Failure::BadInput(format!("error: --pos takes a number, `last` or `all`, not `{p}`")))?,
-        )),
-    };
-    let question = LogitQuestion { target, against, position };
+    let question = logit_question(target, against, pos, dataset.tokenizer.as_ref())?;
     let (expansion, params) = load(model, run, false)?;
     let result = pathc::aggregate::dataset_paths(
         &expansion,

@@ -222,6 +222,33 @@ impl RunArgs {
     }
 }
 
+/// The logit question of a `--dataset` run (`paths`, `plot --what paths`): `--target`,
+/// `--against` (a token, never `next`) and `--pos` (a number, `last` or `all`), the defaults a
+/// prompt's own fields override.
+pub fn logit_question(
+    target: Option<&super::parse::TargetArg>,
+    against: Option<&super::parse::TargetArg>,
+    pos: Option<&str>,
+    tokenizer: Option<&Tokenizer>,
+) -> Result<pathc::aggregate::LogitQuestion, Failure> {
+    use pathc::aggregate::{LogitQuestion, Position};
+    let target = target.map(|t| resolve_target_with(t, tokenizer, "--target")).transpose()?;
+    let against = against.map(|t| resolve_target_with(t, tokenizer, "--against")).transpose()?;
+    if against == Some(Target::Next) {
+        return Err(Failure::BadInput("error: --against takes a token: `next` is a target".to_string()));
+    }
+    let position = match pos {
+        None => None,
+        Some("last") => Some(Position::Last),
+        Some("all") => Some(Position::All),
+        Some(p) => Some(Position::At(
+            p.parse()
+                .map_err(|_| Failure::BadInput(format!("error: --pos takes a number, `last` or `all`, not `{p}`")))?,
+        )),
+    };
+    Ok(LogitQuestion { target, against, position })
+}
+
 /// A dataset error (a prompt's line, the file) as the terminal shows it.
 pub fn dataset_failure(e: pathc::aggregate::AggregateError) -> Failure {
     match e {

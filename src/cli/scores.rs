@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use pathc::emit::numbers;
 
 use super::failure::Failure;
-use super::output::{RankArg, TextJsonCsv, TextOrJson};
+use super::output::{dataset_rank, RankArg, TextJsonCsv, TextOrJson};
 use super::parse::{parse_head_of, parse_position};
 use super::progress::TerminalProgress;
 use super::run::{dataset_failure, evaluate, load, RunArgs};
@@ -155,11 +155,7 @@ fn run_dataset(args: &Args) -> Result<bool, Failure> {
         },
     )
     .map_err(dataset_failure)?;
-    let rank = match (args.rank, args.format, args.top) {
-        (Some(r), _, _) => Some(r.into()),
-        (None, TextJsonCsv::Text, _) | (None, _, Some(_)) => Some(report::Rank::Mean),
-        (None, _, None) => None,
-    };
+    let rank = dataset_rank(args.rank, args.format, args.top);
     let terms = report::ranked_terms(&result.terms, rank, args.top);
     match (args.format, per_prompt) {
         (TextJsonCsv::Csv, true) => {}
