@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use cli::failure::Failure;
-use cli::{check, codegen, count, expand, import, paths, plan, plot, scores, stats};
+use cli::{check, codegen, count, expand, import, paths, plan, plot, report, scores, stats};
 
 #[derive(Parser)]
 #[command(name = "pathc", version, about = "Symbolic path expansion of transformers (Elhage et al. 2021)")]
@@ -39,6 +39,9 @@ enum Command {
     Codegen(codegen::Args),
     /// Plot statistics (heatmaps) or path contributions (a bar chart) as SVG.
     Plot(plot::Args),
+    /// One self-contained HTML page to explore a prompt: its paths as a tree, each head's
+    /// attention with the score terms of a selected cell, the circuit statistics and the check.
+    Report(report::Args),
     /// Count paths by order without enumerating them (exact at any size).
     Count(count::Args),
     /// Write the model file of a HuggingFace model folder (config.json), as TransformerLens
@@ -79,6 +82,7 @@ fn run(command: Command) -> Result<(), Failure> {
         Command::Plan(args) => plan::run(args),
         Command::Codegen(args) => codegen::run(args),
         Command::Plot(args) => plot::run(args),
+        Command::Report(args) => report::run(args),
         Command::Count(args) => count::run(args),
         Command::Import(args) => import::run(args),
     }

@@ -22,5 +22,6 @@ pub mod import;
 pub mod paths;
 pub mod plan;
 pub mod plot;
+pub mod report;
 pub mod scores;
 pub mod stats;

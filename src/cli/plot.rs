@@ -6,14 +6,13 @@ use std::path::PathBuf;
 use clap::ValueEnum;
 
 use pathc::emit::plot::StatsPlot;
-use pathc::eval::Target;
 use pathc::stats::{StatsError, StatsOptions};
 
 use super::failure::{read_model, render, Failure};
 use super::output;
 use super::parse::{check_rotary_offset, parse_position, parse_target, TargetArg};
 use super::run::{
-    dataset_failure, evaluate, input, load, logit_question, resolve_target, resolve_targets, ProcessingArgs, RunArgs,
+    dataset_failure, evaluate, input, load, logit_question, resolve_target, target_at, ProcessingArgs, RunArgs,
 };
 
 // (`//`, not `///`: see the module docs of `cli`.)
@@ -238,18 +237,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 ))
             }
         };
-        let (target, chosen) = match target {
-            Some(target) => {
-                let token = resolve_targets(&evaluation, target, Some(position), false)?.tokens[0];
-                (token, if target == Target::Next { "= the next token there" } else { "given by --target" })
-            }
-            None => {
-                let row = evaluation.forward.logits.row(position);
-                // The first of equal maxima, as argmax.
-                let best = (0..row.len()).fold(0, |b, i| if row[i] > row[b] { i } else { b });
-                (best, "= the model's top prediction there")
-            }
-        };
+        let (target, chosen) = target_at(&evaluation, target, position)?;
         pathc::emit::plot::paths_chart(&evaluation, position, target, chosen, top.unwrap_or(20), input.labels())
     };
     let svg = svg.map_err(|e| Failure::BadInput(format!("error: {e}")))?;

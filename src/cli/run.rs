@@ -302,3 +302,24 @@ pub fn resolve_targets(
         })
     })
 }
+
+/// The token whose logit a one-position report explains: `--target` at `position` (a token, or
+/// the next token there), else the model's top prediction there; with why, in words.
+pub fn target_at(
+    evaluation: &Evaluation,
+    target: Option<Target>,
+    position: usize,
+) -> Result<(usize, &'static str), Failure> {
+    Ok(match target {
+        Some(target) => {
+            let token = resolve_targets(evaluation, target, Some(position), false)?.tokens[0];
+            (token, if target == Target::Next { "= the next token there" } else { "given by --target" })
+        }
+        None => {
+            let row = evaluation.forward.logits.row(position);
+            // The first of equal maxima, as argmax.
+            let best = (0..row.len()).fold(0, |b, i| if row[i] > row[b] { i } else { b });
+            (best, "= the model's top prediction there")
+        }
+    })
+}

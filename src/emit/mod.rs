@@ -12,6 +12,7 @@ pub mod latex;
 pub mod notation;
 pub mod numbers;
 pub mod plot;
+pub mod report;
 pub mod text;
 
 use crate::paths::{self, HeadRef, IndexVar, Path, Side, Template};

@@ -17,6 +17,7 @@ mod paths;
 pub mod rotary;
 mod target;
 
+pub(crate) use forward::attended;
 pub use forward::{activate, activation, forward, forward_masked, forward_without_logits, Forward};
 pub use metric::{
     score_attribution, score_params, Metric, MetricEvaluator, ScoreAttribution, ScoreDifference, ScoreDifferenceError,
