@@ -10,9 +10,9 @@ path against real weights, with the numbers pathc's command line prints.
 Errors raise :class:`PathcError` with the command line's text (``file:line:col`` and a caret).
 """
 
-from ._pathc import Model, Path, PathcError, Tokenizer, Weights
+from ._pathc import Model, Path, PathcError, Report, Tokenizer, Weights
 
-__all__ = ["Model", "Path", "PathcError", "Tokenizer", "Weights", "from_hooked_transformer", "to_pandas", "model_source"]
+__all__ = ["Model", "Path", "PathcError", "Report", "Tokenizer", "Weights", "from_hooked_transformer", "to_pandas", "model_source"]
 
 
 def to_pandas(table):

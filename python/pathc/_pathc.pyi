@@ -50,6 +50,15 @@ class PathsTable(TypedDict):
     values: npt.NDArray[np.float64]
     forward_target_logits: npt.NDArray[np.float64]
 
+class Report:
+    """A `pathc report` page; renders inline in Jupyter (an iframe)."""
+    @property
+    def html(self) -> str:
+        """The page, as `pathc report -o FILE` writes it."""
+    def save(self, path: Union[str, PathLike]) -> None:
+        """Writes the page to `path` (replaced only once written in full)."""
+    def _repr_html_(self) -> str: ...
+
 class Model:
     """A compiled model file."""
 
@@ -73,6 +82,20 @@ class Model:
         max_order: Optional[int] = None,
     ) -> PathsTable:
         """Each path's (or group's) contribution to the target logit(s), as `pathc paths --target`."""
+    def report(
+        self,
+        weights: Weights,
+        tokens: List[int],
+        target: Union[None, int, Literal["next"]] = None,
+        pos: Union[None, int, Literal["last"]] = None,
+        max_order: Optional[int] = None,
+        top: int = 40,
+        top_terms: int = 8,
+        stats: bool = True,
+        max_bytes: int = 16_000_000,
+    ) -> Report:
+        """`pathc report`: the HTML page of the paths of the logit of `target` (default: the top
+        prediction) at `pos`, each head's attention with its score terms, the statistics, the check."""
     def check(self, weights: Weights, tokens: List[int], max_order: Optional[int] = None) -> Dict[str, object]:
         """`pathc check`: Σ paths against the forward pass."""
     def scores(

@@ -218,6 +218,56 @@ impl Model {
     }
 }
 
+/// A `pathc report` page: `.html` is the file `pathc report` writes; in a notebook it renders
+/// inline (`_repr_html_`, in an iframe so its script and styles stay its own).
+#[pyclass(module = "pathc._pathc", frozen)]
+struct Report {
+    html: String,
+}
+
+#[pymethods]
+impl Report {
+    /// The page, as `pathc report -o FILE` writes it.
+    #[getter]
+    fn html(&self) -> &str {
+        &self.html
+    }
+
+    /// Writes the page to `path` (replaced only once written in full: a temporary file renamed).
+    fn save(&self, path: PathBuf) -> PyResult<()> {
+        let name = path.file_name().ok_or_else(|| error(format!("error: {}: not a file name", path.display())))?;
+        let mut temp_name = std::ffi::OsString::from(".");
+        temp_name.push(name);
+        temp_name.push(format!(".pathc-{}.tmp", std::process::id()));
+        let temp = path.with_file_name(temp_name);
+        let cannot = |e: std::io::Error| error(format!("error: cannot write {}: {e}", path.display()));
+        std::fs::write(&temp, self.html.as_bytes()).map_err(cannot)?;
+        std::fs::rename(&temp, &path).map_err(|e| {
+            let _ = std::fs::remove_file(&temp);
+            cannot(e)
+        })
+    }
+
+    /// The page inside an iframe (`srcdoc`), for Jupyter.
+    fn _repr_html_(&self) -> String {
+        let mut escaped = String::with_capacity(self.html.len() + self.html.len() / 8);
+        for c in self.html.chars() {
+            match c {
+                '&' => escaped.push_str("&amp;"),
+                '"' => escaped.push_str("&quot;"),
+                c => escaped.push(c),
+            }
+        }
+        format!(
+            "<iframe class=\"pathc-report\" srcdoc=\"{escaped}\" style=\"width: 100%; height: 900px; border: 1px solid #ddd;\" sandbox=\"allow-scripts\"></iframe>"
+        )
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Report({} bytes of HTML)", self.html.len())
+    }
+}
+
 #[pymethods]
 impl Model {
     /// Reads and compiles a model file (`.tf`).
@@ -595,6 +645,49 @@ impl Model {
         let json = serde_json::to_string(&report).expect("plain data");
         Ok(py.import("json")?.call_method1("loads", (json,))?.unbind())
     }
+
+    /// `pathc report`: the self-contained HTML page of `tokens` (paths of the logit of `target`
+    /// at `pos` as a tree, each head's attention with its score terms, the circuit statistics,
+    /// the check). `target` is a token id, `"next"`, or `None` for the top prediction.
+    #[pyo3(signature = (weights, tokens, target = None, pos = None, max_order = None, top = 40, top_terms = 8, stats = true, max_bytes = 16_000_000))]
+    #[allow(clippy::too_many_arguments)]
+    fn report(
+        &self,
+        py: Python<'_>,
+        weights: &Weights,
+        tokens: Vec<usize>,
+        target: Option<&Bound<'_, PyAny>>,
+        pos: Option<&Bound<'_, PyAny>>,
+        max_order: Option<u32>,
+        top: usize,
+        top_terms: usize,
+        stats: bool,
+        max_bytes: usize,
+    ) -> PyResult<Report> {
+        use pathc::emit::report::{self, ReportOptions};
+        if tokens.is_empty() {
+            return Err(error("error: no tokens given"));
+        }
+        let target = target_of(target)?;
+        let position = position_of(pos, tokens.len(), false)?
+            .ok_or_else(|| error("error: pos \"all\": a report explains one position (a number or \"last\")"))?;
+        let html = py.allow_threads(|| -> PyResult<String> {
+            let fail = |e: report::ReportError| error(format!("error: {e}"));
+            let evaluation = self.evaluate(weights, &tokens, max_order, true)?;
+            let (target, why) = report::target_token(&evaluation, target, position)
+                .map_err(|e| error(format!("error: target: {e}")))?;
+            let stats = if stats {
+                Ok(pathc::stats::stats(&evaluation.params).map_err(|e| error(format!("error: {e}")))?)
+            } else {
+                Err("left out (--no-stats)".to_string())
+            };
+            let options =
+                ReportOptions { position, target, target_why: why.to_string(), top_paths: top, top_terms, max_bytes };
+            let data = report::report(&evaluation, stats, None, &options).map_err(fail)?;
+            report::html(&data, max_bytes, top_terms).map_err(fail)
+        })?;
+        Ok(Report { html })
+    }
 }
 
 /// A Python list of prompts (token lists, or dicts with "tokens" and per-prompt fields), each
@@ -739,6 +832,7 @@ fn _pathc(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Path>()?;
     m.add_class::<Weights>()?;
     m.add_class::<Tokenizer>()?;
+    m.add_class::<Report>()?;
     m.add("PathcError", m.py().get_type::<PathcError>())?;
     Ok(())
 }

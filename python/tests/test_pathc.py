@@ -273,3 +273,36 @@ def test_text_through_the_tokenizer_matches_the_cli(tmp_path):
     assert got["metric"] == expected["metric"]
     with pytest.raises(pathc.PathcError, match="needs a tokenizer"):
         model.dataset_paths(weights, ["John and Mary"], target=5)
+
+
+def test_the_report_is_the_cli_page_and_renders_inline(tmp_path):
+    import html as html_module
+    import re
+
+    fixture = os.path.join(ROOT, "tests", "fixtures", "induction")
+    model_file, weights_file = os.path.join(fixture, "model.tf"), os.path.join(fixture, "model.safetensors")
+    tokens = [0, 5, 9, 3, 7, 12, 5, 9, 3, 7]
+    out = tmp_path / "report.html"
+    subprocess.run(
+        [BIN, "report", model_file, "--weights", weights_file, "--tokens", ",".join(map(str, tokens)),
+         "--pos", "7", "--target", "next", "-o", str(out)],
+        check=True,
+    )
+    model = pathc.Model.from_file(model_file)
+    report = model.report(pathc.Weights.from_file(weights_file), tokens, target="next", pos=7)
+    assert report.html == out.read_text(encoding="utf-8")
+    frame = report._repr_html_()
+    srcdoc = re.fullmatch(r'<iframe class="pathc-report" srcdoc="([^"]*)" .*></iframe>', frame, re.S)
+    assert srcdoc and html_module.unescape(srcdoc.group(1)) == report.html
+    saved = tmp_path / "saved.html"
+    report.save(saved)
+    assert saved.read_text(encoding="utf-8") == report.html
+    # The top prediction by default; the same page as the CLI's without --target.
+    default = tmp_path / "default.html"
+    subprocess.run(
+        [BIN, "report", model_file, "--weights", weights_file, "--tokens", ",".join(map(str, tokens)), "-o", str(default)],
+        check=True,
+    )
+    assert model.report(pathc.Weights.from_file(weights_file), tokens).html == default.read_text(encoding="utf-8")
+    with pytest.raises(pathc.PathcError, match="a report explains one position"):
+        model.report(pathc.Weights.from_file(weights_file), tokens, pos="all")

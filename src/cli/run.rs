@@ -315,11 +315,6 @@ pub fn target_at(
             let token = resolve_targets(evaluation, target, Some(position), false)?.tokens[0];
             (token, if target == Target::Next { "= the next token there" } else { "given by --target" })
         }
-        None => {
-            let row = evaluation.forward.logits.row(position);
-            // The first of equal maxima, as argmax.
-            let best = (0..row.len()).fold(0, |b, i| if row[i] > row[b] { i } else { b });
-            (best, "= the model's top prediction there")
-        }
+        None => (pathc::emit::report::top_prediction(evaluation, position), "= the model's top prediction there"),
     })
 }

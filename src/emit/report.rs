@@ -2,7 +2,7 @@
 //!
 //! [`report`] gathers what the page shows, as numbers pathc already reports elsewhere (every value
 //! is the one `pathc paths --target`, `pathc scores` or `pathc stats --format json` prints, so the
-//! page can be checked against them); [`write_html`] puts it, with the page's script and styles
+//! page can be checked against them); [`html`] puts it, with the page's script and styles
 //! (`report/`), into one file that needs no network.
 //!
 //! Size: the fixed part (script, styles, page) is under 40 kB ([`FIXED_BUDGET`]); the data grows
@@ -413,6 +413,29 @@ fn head_section(
         terms: names,
         max_abs_error,
         cells,
+    })
+}
+
+/// The model's top prediction at `position` (the first of equal maxima, as argmax): the default
+/// target of a report.
+pub fn top_prediction(evaluation: &Evaluation, position: usize) -> usize {
+    let row = evaluation.forward.logits.row(position);
+    (0..row.len()).fold(0, |b, i| if row[i] > row[b] { i } else { b })
+}
+
+/// The target token of a report: `target` at `position` (a token, or the next token there), else
+/// the [`top_prediction`]; with why, in words.
+pub fn target_token(
+    evaluation: &Evaluation,
+    target: Option<Target>,
+    position: usize,
+) -> Result<(usize, &'static str), EvalError> {
+    Ok(match target {
+        Some(target) => {
+            let targets = Targets::for_params(target, &evaluation.forward.tokens, &evaluation.params, Some(position))?;
+            (targets.tokens[0], if target == Target::Next { "= the next token there" } else { "given by --target" })
+        }
+        None => (top_prediction(evaluation, position), "= the model's top prediction there"),
     })
 }
 
