@@ -250,14 +250,7 @@ impl Report {
 
     /// The page inside an iframe (`srcdoc`), for Jupyter.
     fn _repr_html_(&self) -> String {
-        let mut escaped = String::with_capacity(self.html.len() + self.html.len() / 8);
-        for c in self.html.chars() {
-            match c {
-                '&' => escaped.push_str("&amp;"),
-                '"' => escaped.push_str("&quot;"),
-                c => escaped.push(c),
-            }
-        }
+        let escaped = pathc::emit::report::escape_html(&self.html);
         format!(
             "<iframe class=\"pathc-report\" srcdoc=\"{escaped}\" style=\"width: 100%; height: 900px; border: 1px solid #ddd;\" sandbox=\"allow-scripts\"></iframe>"
         )

@@ -310,11 +310,10 @@ pub fn target_at(
     target: Option<Target>,
     position: usize,
 ) -> Result<(usize, &'static str), Failure> {
-    Ok(match target {
-        Some(target) => {
-            let token = resolve_targets(evaluation, target, Some(position), false)?.tokens[0];
-            (token, if target == Target::Next { "= the next token there" } else { "given by --target" })
-        }
-        None => (pathc::emit::report::top_prediction(evaluation, position), "= the model's top prediction there"),
-    })
+    if let Some(target) = target {
+        // The command line's messages for a target out of range or without a next token.
+        resolve_targets(evaluation, target, Some(position), false)?;
+    }
+    pathc::emit::report::target_token(evaluation, target, position)
+        .map_err(|e| Failure::BadInput(format!("error: {e}")))
 }

@@ -529,15 +529,17 @@ pub struct ScoreReport {
     pub max_abs_error: f64,
 }
 
-/// Every score term of head `(layer, head)`, ranked by size, with how far their sum is from the
-/// head's scores (before the causal mask and the softmax).
-pub fn score_table(
-    evaluation: &Evaluation,
-    layer: usize,
-    head: usize,
-    position: Option<usize>,
-    top: Option<usize>,
-) -> Result<ScoreReport, NonFinite> {
+/// Every score term of head `(layer, head)` in path order, its `[n, n]` scores, and how far their
+/// sum is from the head's scores (before the causal mask and the softmax).
+pub struct ScoreTerms {
+    pub names: Vec<String>,
+    pub orders: Vec<usize>,
+    pub scores: Vec<crate::eval::Matrix>,
+    pub max_abs_error: f64,
+}
+
+/// [`ScoreTerms`] of head `(layer, head)`; the first non-finite score an error naming its term.
+pub fn score_terms(evaluation: &Evaluation, layer: usize, head: usize) -> Result<ScoreTerms, NonFinite> {
     let expansion = &evaluation.expansion;
     let templates = &expansion.scores.as_ref().expect("expanded with qk")[layer];
     let target = crate::paths::HeadRef { layer, head };
@@ -545,7 +547,7 @@ pub fn score_table(
     let mut evaluator = crate::eval::ScoreEvaluator::new(&evaluation.params, &evaluation.forward);
     let expected = &evaluation.forward.scores[layer][head];
     let mut total = crate::eval::Matrix::zeros(expected.nrows(), expected.ncols());
-    let mut rows = Vec::new();
+    let mut terms = ScoreTerms { names: Vec::new(), orders: Vec::new(), scores: Vec::new(), max_abs_error: 0.0 };
     let mut non_finite = None;
     crate::paths::for_each_path(templates, &expansion.heads_per_layer(), Some(fixed), |p| {
         let scores = evaluator.scores(&p, layer, head);
@@ -556,28 +558,42 @@ pub fn score_table(
             non_finite = finite(&scores, at).err();
         }
         total += &scores;
-        let shown = match position {
-            Some(q) => scores.rows(q, 1).into_owned(),
-            None => scores,
-        };
-        rows.push(PathRow {
-            name: p.score_name(target),
-            order: Some(p.template.order()),
-            paths: 1,
-            size: shown.norm(),
-            logits: shown,
-        });
+        terms.names.push(p.score_name(target));
+        terms.orders.push(p.template.order());
+        terms.scores.push(scores);
     });
     if let Some(e) = non_finite {
         return Err(e);
     }
+    terms.max_abs_error = max_abs((&total - expected).iter());
+    Ok(terms)
+}
+
+/// Every score term of head `(layer, head)`, ranked by size, with how far their sum is from the
+/// head's scores (before the causal mask and the softmax).
+pub fn score_table(
+    evaluation: &Evaluation,
+    layer: usize,
+    head: usize,
+    position: Option<usize>,
+    top: Option<usize>,
+) -> Result<ScoreReport, NonFinite> {
+    let all = score_terms(evaluation, layer, head)?;
+    let mut rows: Vec<PathRow> = (all.names.into_iter().zip(all.orders).zip(all.scores))
+        .map(|((name, order), scores)| {
+            let shown = match position {
+                Some(q) => scores.rows(q, 1).into_owned(),
+                None => scores,
+            };
+            PathRow { name, order: Some(order), paths: 1, size: shown.norm(), logits: shown }
+        })
+        .collect();
     let terms = rows.len();
     rows.sort_by(|a, b| b.size.total_cmp(&a.size));
     if let Some(n) = top {
         rows.truncate(n);
     }
-    let max_abs_error = max_abs((&total - expected).iter());
-    Ok(ScoreReport { rows, terms, max_abs_error })
+    Ok(ScoreReport { rows, terms, max_abs_error: all.max_abs_error })
 }
 
 /// The `pathc scores` table.

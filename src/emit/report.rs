@@ -15,8 +15,8 @@ use thiserror::Error;
 
 use crate::emit::notation::{Heads, Notation};
 use crate::eval::{CheckReport, EvalError, Evaluation, Target, TargetEvaluator, Targets};
-use crate::linalg::{finite, finite_values, NonFinite};
-use crate::paths::{self, Side};
+use crate::linalg::{finite_values, NonFinite};
+use crate::paths;
 use crate::stats::Stats;
 use crate::text::Labels;
 
@@ -356,36 +356,13 @@ fn head_section(
     head: usize,
     top_terms: usize,
 ) -> Result<HeadSection, ReportError> {
-    let expansion = &evaluation.expansion;
+    if evaluation.expansion.scores.is_none() {
+        return Err(ReportError::NoScores);
+    }
     let forward = &evaluation.forward;
-    let templates = &expansion.scores.as_ref().ok_or(ReportError::NoScores)?[layer];
-    let target = paths::HeadRef { layer, head };
-    let fixed = (paths::IndexVar { side: Side::Head, layer }, head);
-    let mut evaluator = crate::eval::ScoreEvaluator::new(&evaluation.params, forward);
-    let expected = &forward.scores[layer][head];
-    let n = expected.nrows();
-    let mut names = Vec::new();
-    let mut terms = Vec::new();
-    let mut non_finite = None;
-    paths::for_each_path(templates, &expansion.heads_per_layer(), Some(fixed), |p| {
-        let scores = evaluator.scores(&p, layer, head);
-        if non_finite.is_none() {
-            let at = |q: usize, k: usize| {
-                format!("the score term {} at query position {q}, key position {k}", p.score_name(target))
-            };
-            non_finite = finite(&scores, at).err();
-        }
-        names.push(p.score_name(target));
-        terms.push(scores);
-    });
-    if let Some(e) = non_finite {
-        return Err(e.into());
-    }
-    let mut total = crate::eval::Matrix::zeros(n, n);
-    for t in &terms {
-        total += t;
-    }
-    let max_abs_error = crate::linalg::max_abs((&total - expected).iter());
+    let crate::emit::numbers::ScoreTerms { names, scores: terms, max_abs_error, .. } =
+        crate::emit::numbers::score_terms(evaluation, layer, head)?;
+    let n = forward.tokens.len();
     let causal = evaluation.params.layers[layer].attn.causal;
     let mut cells = Vec::new();
     for q in 0..n {
@@ -405,11 +382,11 @@ fn head_section(
     }
     let rows = |m: &crate::eval::Matrix| (0..n).map(|i| m.row(i).iter().copied().collect()).collect();
     Ok(HeadSection {
-        name: target.to_string(),
+        name: paths::HeadRef { layer, head }.to_string(),
         layer,
         head,
         pattern: rows(&forward.patterns[layer][head]),
-        scores: rows(expected),
+        scores: rows(&forward.scores[layer][head]),
         terms: names,
         max_abs_error,
         cells,
@@ -465,7 +442,8 @@ pub fn fixed_size() -> usize {
     PAGE.len() + STYLE.len() + SCRIPT.len()
 }
 
-fn escape_html(s: &str) -> String {
+/// `s` with `&`, `<`, `>`, `"` and `'` escaped: text for HTML and its quoted attributes.
+pub fn escape_html(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
