@@ -752,7 +752,7 @@ pub fn dataset_check<'d>(
     };
     let compute = |prompt: &Ready<()>| -> Result<CheckReport, Failed> {
         let forward = eval::forward(params, &prompt.tokens)?;
-        Ok(eval::check(expansion, params, &forward)?)
+        Ok(eval::check(expansion, params, &forward, &crate::progress::OnlyCancel(progress))?)
     };
     out.prompts = run(
         dataset.into(),

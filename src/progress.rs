@@ -12,6 +12,32 @@ pub trait Progress: Sync {
     fn cancelled(&self) -> bool {
         false
     }
+    /// [`Progress::cancelled`] as an error, for `?` between units of work.
+    fn check(&self) -> Result<(), Cancelled> {
+        if self.cancelled() {
+            Err(Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// A job stopped because its caller asked ([`Progress::cancelled`]): it has no result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("interrupted")]
+pub struct Cancelled;
+
+/// Passes on only whether to stop, for a job run inside another whose progress is counted
+/// already (a prompt's check inside a dataset run).
+pub struct OnlyCancel<'a>(pub &'a dyn Progress);
+
+impl Progress for OnlyCancel<'_> {
+    fn start(&self, _: &str, _: u64) {}
+    fn advance(&self, _: u64) {}
+    fn finish(&self) {}
+    fn cancelled(&self) -> bool {
+        self.0.cancelled()
+    }
 }
 
 /// Reports nothing.

@@ -326,6 +326,16 @@ impl From<WeightError> for StatsError {
 /// layers, at the offset `options.rotary_offset` (see [`StatsOptions`]); the result records both.
 /// A [`Processing`] may stand for the options: `stats_processed(&params, Processing::FOLD_LN)`.
 pub fn stats_processed(params: &Params, options: impl Into<StatsOptions>) -> Result<Stats, StatsError> {
+    stats_processed_with_progress(params, options, &Silent)
+}
+
+/// [`stats_processed`], telling `progress` of every chunk of the vocabulary and head done, and
+/// asking it between them whether to stop.
+pub fn stats_processed_with_progress(
+    params: &Params,
+    options: impl Into<StatsOptions>,
+    progress: &dyn Progress,
+) -> Result<Stats, StatsError> {
     let options = options.into();
     let offset = rotary_offset(&params.layers, options.rotary_offset)?;
     let processed;
@@ -337,7 +347,7 @@ pub fn stats_processed(params: &Params, options: impl Into<StatsOptions>) -> Res
     };
     let plans = plans_for_vocab(&params.layers, params.d_vocab(), params.d_vocab_out(), params.w_e.ncols());
     let rotated = rotated_queries(&params.layers, offset);
-    let stats = stats_with_plan(&plans.chosen, &head_weights_at(&params.layers, &rotated), params, &Silent)?;
+    let stats = stats_with_plan(&plans.chosen, &head_weights_at(&params.layers, &rotated), params, progress)?;
     Ok(Stats { weight_processing: options.processing, rotary_offset: offset, ..stats })
 }
 

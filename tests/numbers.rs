@@ -234,7 +234,7 @@ fn sum_of_paths_reconstructs_the_logits_at_every_order() {
         let f = fixture(name);
         for max_order in [None, Some(0), Some(1), Some(2)] {
             let expansion = pathc::expand(&f.source, &ExpandOptions { max_order, ..ExpandOptions::default() }).unwrap();
-            let report = eval::check(&expansion, &f.params, &f.forward).unwrap();
+            let report = eval::check(&expansion, &f.params, &f.forward, &pathc::progress::Silent).unwrap();
             assert!(report.max_abs_error <= TOL, "{name} order ≤ {max_order:?}: {report:?}");
             let complete = max_order.is_none_or(|k| k as usize >= f.expansion.heads_per_layer().len());
             assert_eq!(report.omitted_max_abs == 0.0, complete, "{name} order ≤ {max_order:?}: {report:?}");

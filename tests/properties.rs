@@ -417,7 +417,7 @@ proptest! {
         for max_order in [None, Some(0), Some(1)] {
             let options = ExpandOptions { max_order, ..ExpandOptions::default() };
             let truncated = pathc::expand_compiled(pathc::compile(&model_source(&a)).unwrap(), &options).unwrap();
-            let report = eval::check(&truncated, &params, &forward).unwrap();
+            let report = eval::check(&truncated, &params, &forward, &pathc::progress::Silent).unwrap();
             prop_assert!(report.max_abs_error <= 1e-9 * scale, "check at order ≤ {:?}: {:?}", max_order, report);
         }
     }

@@ -170,7 +170,7 @@ fn weights_of_any_magnitude_give_numbers_or_an_error() {
             };
             assert!(finite(forward.logits.iter().copied()), "{what}: forward");
             let expansion = pathc::expand_compiled(compiled, &pathc::ExpandOptions::default()).unwrap();
-            match eval::check(&expansion, &params, &forward) {
+            match eval::check(&expansion, &params, &forward, &pathc::progress::Silent) {
                 Ok(report) => assert!(report.max_abs_error.is_finite() && report.max_abs_logit.is_finite(), "{what}"),
                 Err(e) => assert!(e.to_string().contains("arose in"), "{what}: {e}"),
             }

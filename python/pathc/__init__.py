@@ -7,7 +7,8 @@ path against real weights, with the numbers pathc's command line prints.
     >>> table = model.paths(weights, [5, 17, 42, 8], target=42)
     >>> pathc.to_pandas(table).head()
 
-Errors raise :class:`PathcError` with the command line's text (``file:line:col`` and a caret).
+Errors raise :class:`PathcError` with the command line's text (``file:line:col`` and a caret);
+long calls release the GIL and stop on Ctrl-C (``KeyboardInterrupt``).
 """
 
 from ._pathc import Model, Path, PathcError, Report, Tokenizer, Weights

@@ -60,7 +60,8 @@ class Report:
     def _repr_html_(self) -> str: ...
 
 class Model:
-    """A compiled model file."""
+    """A compiled model file. Its long calls release the GIL and stop on Ctrl-C
+    (KeyboardInterrupt)."""
 
     @staticmethod
     def from_file(path: Union[str, PathLike]) -> "Model": ...

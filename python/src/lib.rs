@@ -23,7 +23,7 @@ fn error(text: impl Into<String>) -> PyErr {
     PathcError::new_err(text.into())
 }
 
-/// A compiled model file.
+/// A compiled model file. Its long calls release the GIL and stop on Ctrl-C (KeyboardInterrupt).
 #[pyclass(module = "pathc._pathc", frozen)]
 struct Model {
     file: String,
@@ -203,18 +203,26 @@ fn counts(py: Python<'_>, counts: &pathc::paths::Counts) -> PyResult<PyObject> {
 }
 
 impl Model {
-    fn expansion(&self, max_order: Option<u32>, qk: bool) -> PyResult<pathc::Expansion> {
+    fn expansion(&self, max_order: Option<u32>, qk: bool, interrupt: &Interrupt) -> PyResult<pathc::Expansion> {
         let options = pathc::ExpandOptions { max_order, qk, ..pathc::ExpandOptions::default() };
-        pathc::expand_compiled(self.compiled.clone(), &options).map_err(|e| render(&self.file, &self.source, &e))
+        pathc::expand_with_progress(self.compiled.clone(), &options, interrupt)
+            .map_err(|e| render(&self.file, &self.source, &e))
     }
 
-    fn evaluate(&self, weights: &Weights, tokens: &[usize], max_order: Option<u32>, qk: bool) -> PyResult<Evaluation> {
+    fn evaluate(
+        &self,
+        weights: &Weights,
+        tokens: &[usize],
+        max_order: Option<u32>,
+        qk: bool,
+        interrupt: &Interrupt,
+    ) -> PyResult<Evaluation> {
         let fail = |e: pathc::Error| render(&self.file, &self.source, &e);
         let params =
             pathc::eval::Params::from_weights(&self.compiled.model, &weights.inner, &pathc::eval::NameMap::default())
                 .map_err(|e| fail(e.into()))?;
         let forward = pathc::eval::forward(&params, tokens).map_err(|e| error(format!("error: {e}")))?;
-        Ok(Evaluation { expansion: self.expansion(max_order, qk)?, params, forward })
+        Ok(Evaluation { expansion: self.expansion(max_order, qk, interrupt)?, params, forward })
     }
 }
 
@@ -298,9 +306,17 @@ impl Model {
     /// Every logit path, in path order.
     #[pyo3(signature = (max_order = None))]
     fn expand(&self, py: Python<'_>, max_order: Option<u32>) -> PyResult<Vec<Path>> {
-        let expansion = py.allow_threads(|| self.expansion(max_order, false))?;
+        let expansion = interruptible(py, |interrupt| self.expansion(max_order, false, interrupt))?;
         let mut out = Vec::new();
+        // The GIL is held here (the list is of Python objects): signals are asked for directly.
+        let mut raised = None;
         pathc::paths::for_each_path(&expansion.logits, &expansion.heads_per_layer(), None, |p| {
+            if raised.is_some() {
+                return;
+            }
+            if out.len() % 4096 == 4095 {
+                raised = py.check_signals().err();
+            }
             let term =
                 |notation: Notation| notation.term(&p.template.position, &p.template.weights, Heads::Concrete(&p));
             out.push(Path {
@@ -312,7 +328,10 @@ impl Model {
                 latex: term(Notation::Latex),
             })
         });
-        Ok(out)
+        match raised {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
     }
 
     /// Each path's (or group's) contribution to the logit of `target` (a token id, or `"next"`)
@@ -338,11 +357,11 @@ impl Model {
         }
         let position = position_of(pos, tokens.len(), target == Target::Next)?;
         let grouping = grouping_of(group)?;
-        let (targets, rows, forward_logits) = py.allow_threads(|| -> PyResult<_> {
-            let evaluation = self.evaluate(weights, &tokens, max_order, false)?;
+        let (targets, rows, forward_logits) = interruptible(py, |interrupt| -> PyResult<_> {
+            let evaluation = self.evaluate(weights, &tokens, max_order, false, interrupt)?;
             let targets = Targets::for_params(target, &tokens, &evaluation.params, position)
                 .map_err(|e| error(format!("error: --target {target}: {e}")))?;
-            let rows = pathc::emit::numbers::target_table(&evaluation, &targets, grouping, None, false)
+            let rows = pathc::emit::numbers::target_table(&evaluation, &targets, grouping, None, false, interrupt)
                 .map_err(|e| error(format!("error: {e}")))?;
             let forward_logits = targets.forward_logits(&evaluation.forward);
             Ok((targets, rows, forward_logits))
@@ -380,9 +399,9 @@ impl Model {
         let position = position_of(pos, tokens.len(), false)?;
         let heads = self.compiled.model.heads_per_layer();
         let (layer, index) = parse_head(head, &heads)?;
-        let json = py.allow_threads(|| -> PyResult<Vec<u8>> {
-            let evaluation = self.evaluate(weights, &tokens, max_order, true)?;
-            let report = pathc::emit::numbers::score_table(&evaluation, layer, index, position, None)
+        let json = interruptible(py, |interrupt| -> PyResult<Vec<u8>> {
+            let evaluation = self.evaluate(weights, &tokens, max_order, true, interrupt)?;
+            let report = pathc::emit::numbers::score_table(&evaluation, layer, index, position, None, interrupt)
                 .map_err(|e| error(format!("error: {e}")))?;
             let mut out = Vec::new();
             pathc::emit::numbers::write_scores_json(&mut out, &evaluation, (layer, index), position, &report, None)
@@ -421,7 +440,7 @@ impl Model {
             center_unembed: process_weights || center_unembed,
             fold_value_biases: process_weights || fold_value_biases,
         };
-        let json = py.allow_threads(|| -> PyResult<String> {
+        let json = interruptible(py, |interrupt| -> PyResult<String> {
             let fail = |e: pathc::Error| render(&self.file, &self.source, &e);
             let params = pathc::eval::StatsParams::from_weights(
                 &self.compiled.model,
@@ -430,11 +449,10 @@ impl Model {
             )
             .map_err(|e| fail(e.into()))?;
             let options = pathc::stats::StatsOptions { processing, rotary_offset };
-            let stats =
-                pathc::stats::stats_streamed(params, options, &pathc::progress::Silent).map_err(|e| match e {
-                    pathc::stats::StatsError::Processing(e) => fail(e.into()),
-                    e => error(format!("error: {e}")),
-                })?;
+            let stats = pathc::stats::stats_streamed(params, options, interrupt).map_err(|e| match e {
+                pathc::stats::StatsError::Processing(e) => fail(e.into()),
+                e => error(format!("error: {e}")),
+            })?;
             Ok(serde_json::to_string(&stats).expect("plain data"))
         })?;
         let value = loads(py, json.as_bytes())?;
@@ -487,7 +505,7 @@ impl Model {
         };
         let question = LogitQuestion { target: target_of(target)?, against: target_of(against)?, position };
         let grouping = grouping_of(group)?;
-        let (result, values, metrics) = py.allow_threads(|| -> PyResult<_> {
+        let (result, values, metrics) = interruptible(py, |interrupt| -> PyResult<_> {
             let fail = |e: pathc::Error| render(&self.file, &self.source, &e);
             let params = pathc::eval::Params::from_weights(
                 &self.compiled.model,
@@ -495,20 +513,19 @@ impl Model {
                 &pathc::eval::NameMap::default(),
             )
             .map_err(|e| fail(e.into()))?;
-            let expansion = self.expansion(max_order, false)?;
+            let expansion = self.expansion(max_order, false, interrupt)?;
             let (mut values, mut metrics) = (Vec::new(), Vec::new());
             let dataset = Dataset::Prompts { name: "prompts", prompts: &prompts };
             let inputs = aggregate::Inputs { tokenizer: tokenizer.map(|t| &t.inner), prepend_bos };
-            let interrupt = Interrupt::default();
             let result =
-                aggregate::dataset_paths(&expansion, &params, dataset, inputs, question, grouping, &interrupt, |p| {
+                aggregate::dataset_paths(&expansion, &params, dataset, inputs, question, grouping, interrupt, |p| {
                     if per_prompt {
                         values.extend_from_slice(p.values);
                         metrics.push(p.metric);
                     }
                     Ok(())
                 })
-                .map_err(|e| interrupt.error(e))?;
+                .map_err(|e| error(format!("error: {e}")))?;
             Ok((result, values, metrics))
         })?;
         let out = PyDict::new(py);
@@ -559,7 +576,7 @@ impl Model {
         let prompts = prompts_of(prompts)?;
         let (layer, index) = parse_head(head, &self.compiled.model.heads_per_layer())?;
         let question = ScoreQuestion { head: pathc::paths::HeadRef { layer, head: index }, query, key, against_key };
-        let (result, per) = py.allow_threads(|| -> PyResult<_> {
+        let (result, per) = interruptible(py, |interrupt| -> PyResult<_> {
             let fail = |e: pathc::Error| render(&self.file, &self.source, &e);
             let params = pathc::eval::Params::from_weights(
                 &self.compiled.model,
@@ -567,16 +584,15 @@ impl Model {
                 &pathc::eval::NameMap::default(),
             )
             .map_err(|e| fail(e.into()))?;
-            let expansion = self.expansion(max_order, true)?;
+            let expansion = self.expansion(max_order, true, interrupt)?;
             let mut per: [Vec<f64>; 3] = Default::default();
-            let interrupt = Interrupt::default();
             let result = aggregate::dataset_scores(
                 &expansion,
                 &params,
                 Dataset::Prompts { name: "prompts", prompts: &prompts },
                 aggregate::Inputs { tokenizer: tokenizer.map(|t| &t.inner), prepend_bos },
                 question,
-                &interrupt,
+                interrupt,
                 |p| {
                     if per_prompt {
                         per[0].extend(p.terms.iter().map(|t| t.difference));
@@ -586,7 +602,7 @@ impl Model {
                     Ok(())
                 },
             )
-            .map_err(|e| interrupt.error(e))?;
+            .map_err(|e| error(format!("error: {e}")))?;
             Ok((result, per))
         })?;
         let out = PyDict::new(py);
@@ -630,9 +646,9 @@ impl Model {
         tokens: Vec<usize>,
         max_order: Option<u32>,
     ) -> PyResult<PyObject> {
-        let report = py.allow_threads(|| -> PyResult<_> {
-            let evaluation = self.evaluate(weights, &tokens, max_order, false)?;
-            pathc::eval::check(&evaluation.expansion, &evaluation.params, &evaluation.forward)
+        let report = interruptible(py, |interrupt| -> PyResult<_> {
+            let evaluation = self.evaluate(weights, &tokens, max_order, false, interrupt)?;
+            pathc::eval::check(&evaluation.expansion, &evaluation.params, &evaluation.forward, interrupt)
                 .map_err(|e| error(format!("error: {e}")))
         })?;
         let json = serde_json::to_string(&report).expect("plain data");
@@ -664,19 +680,24 @@ impl Model {
         let target = target_of(target)?;
         let position = position_of(pos, tokens.len(), false)?
             .ok_or_else(|| error("error: pos \"all\": a report explains one position (a number or \"last\")"))?;
-        let html = py.allow_threads(|| -> PyResult<String> {
+        let html = interruptible(py, |interrupt| -> PyResult<String> {
             let fail = |e: report::ReportError| error(format!("error: {e}"));
-            let evaluation = self.evaluate(weights, &tokens, max_order, true)?;
+            let evaluation = self.evaluate(weights, &tokens, max_order, true, interrupt)?;
             let (target, why) = report::target_token(&evaluation, target, position)
                 .map_err(|e| error(format!("error: target: {e}")))?;
             let stats = if stats {
-                Ok(pathc::stats::stats(&evaluation.params).map_err(|e| error(format!("error: {e}")))?)
+                Ok(pathc::stats::stats_processed_with_progress(
+                    &evaluation.params,
+                    pathc::eval::Processing::NONE,
+                    interrupt,
+                )
+                .map_err(|e| error(format!("error: {e}")))?)
             } else {
                 Err("left out (--no-stats)".to_string())
             };
             let options =
                 ReportOptions { position, target, target_why: why.to_string(), top_paths: top, top_terms, max_bytes };
-            let data = report::report(&evaluation, stats, None, &options).map_err(fail)?;
+            let data = report::report(&evaluation, stats, None, &options, interrupt).map_err(fail)?;
             report::html(&data, max_bytes, top_terms).map_err(fail)
         })?;
         Ok(Report { html })
@@ -758,30 +779,58 @@ fn prompts_of(list: &Bound<'_, PyList>) -> PyResult<Vec<pathc::dataset::Prompt>>
     Ok(prompts)
 }
 
-/// A dataset run's progress, which asks Python for pending signals (Ctrl-C) after every chunk of
-/// prompts and stops the run when one raised.
+/// Whether Ctrl-C was pressed during a call: the progress the library's long jobs ask between
+/// their units of work (a saturation run, a path, a chunk of the vocabulary, a head, a prompt).
+/// [`interruptible`] sets it.
 #[derive(Default)]
 struct Interrupt {
     raised: std::sync::Mutex<Option<PyErr>>,
+    cancelled: std::sync::atomic::AtomicBool,
 }
 
 impl pathc::progress::Progress for Interrupt {
     fn start(&self, _: &str, _: u64) {}
-    fn advance(&self, _: u64) {
-        if let Err(e) = Python::with_gil(|py| py.check_signals()) {
-            self.raised.lock().expect("not poisoned").get_or_insert(e);
-        }
-    }
+    fn advance(&self, _: u64) {}
     fn finish(&self) {}
     fn cancelled(&self) -> bool {
-        self.raised.lock().expect("not poisoned").is_some()
+        self.cancelled.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
-impl Interrupt {
-    /// The Python error a signal raised (KeyboardInterrupt), else `e` as a PathcError.
-    fn error(&self, e: pathc::aggregate::AggregateError) -> PyErr {
-        self.raised.lock().expect("not poisoned").take().unwrap_or_else(|| error(format!("error: {e}")))
+/// Runs `work` on a worker thread, the GIL released, while the calling thread (Python's main
+/// thread, where signal handlers run) asks Python for pending signals every 50 ms. A handler
+/// that raises (Ctrl-C: KeyboardInterrupt) sets the [`Interrupt`] the worker's jobs ask; once
+/// the worker has stopped, the call raises that error, whatever the worker returned. A panic
+/// in the worker goes on as a panic (pyo3's PanicException).
+fn interruptible<T: Send>(py: Python<'_>, work: impl FnOnce(&Interrupt) -> PyResult<T> + Send) -> PyResult<T> {
+    use std::sync::mpsc::{channel, RecvTimeoutError};
+    let interrupt = Interrupt::default();
+    let joined = py.allow_threads(|| {
+        std::thread::scope(|scope| {
+            let (done, finished) = channel::<()>();
+            let interrupt = &interrupt;
+            let worker = scope.spawn(move || {
+                let result = work(interrupt);
+                let _ = done.send(());
+                result
+            });
+            while let Err(RecvTimeoutError::Timeout) = finished.recv_timeout(std::time::Duration::from_millis(50)) {
+                if pathc::progress::Progress::cancelled(interrupt) {
+                    continue;
+                }
+                if let Err(e) = Python::with_gil(|py| py.check_signals()) {
+                    interrupt.raised.lock().expect("not poisoned").get_or_insert(e);
+                    interrupt.cancelled.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            worker.join()
+        })
+    });
+    let result = joined.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    let raised = interrupt.raised.lock().expect("not poisoned").take();
+    match raised {
+        Some(e) => Err(e),
+        None => result,
     }
 }
 

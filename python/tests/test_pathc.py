@@ -241,6 +241,63 @@ def test_a_long_dataset_run_stops_on_ctrl_c():
     assert time.monotonic() - start < 20
 
 
+def random_attn_only(layers, heads, d_model, d_vocab, d_head, n_ctx=64, seed=0):
+    """An attention-only model of the given shape and random weights (a dict of numpy arrays)."""
+    source = (
+        f"model slow\ndim d_model = {d_model}\ndim d_vocab = {d_vocab}\ndim n_ctx = {n_ctx}\n"
+        f"dim d_head = {d_head}\nembed\npos_embed\nrepeat {layers} {{\n  layer {{ attn(heads = {heads}) }}\n}}\nunembed\n"
+    )
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "embed.W_E": rng.normal(0, 0.02, (d_vocab, d_model)),
+        "pos_embed.W_pos": rng.normal(0, 0.02, (n_ctx, d_model)),
+        "unembed.W_U": rng.normal(0, 0.02, (d_model, d_vocab)),
+    }
+    for layer in range(layers):
+        for name, shape in [("W_Q", (heads, d_model, d_head)), ("W_K", (heads, d_model, d_head)),
+                            ("W_V", (heads, d_model, d_head)), ("W_O", (heads, d_head, d_model))]:
+            arrays[f"blocks.{layer}.attn.{name}"] = rng.normal(0, 0.1, shape)
+    return pathc.Model.from_source(source), pathc.Weights.from_dict(arrays)
+
+
+# Calls that run for a long time uninterrupted, with how long each took on the project's machine
+# (2 cores) when these tests were written: Ctrl-C after 0.5 s must stop each within 5 s. A call
+# that got fast enough to finish before the signal fails the test (the KeyboardInterrupt then
+# arrives outside it): make its workload bigger.
+LONG_CALLS = {
+    # 14 s: 145,378 paths × 63 positions.
+    "paths": ((6, 8, 384, 30000, 32), lambda m, w: m.paths(w, list(range(1, 64)), target="next", max_order=4)),
+    # 77 s: 2,018 paths' [48, 30000] logits.
+    "check": ((6, 8, 384, 30000, 32), lambda m, w: m.check(w, list(range(1, 49)), max_order=2)),
+    # 9 s: 192 heads' statistics and their 16,896 composition pairs (three modes each).
+    "stats": ((12, 16, 768, 2000, 64), lambda m, w: m.stats(w)),
+    # 25 s: the statistics, 144 heads' score terms and the check.
+    "report": ((12, 12, 768, 2000, 64), lambda m, w: m.report(w, list(range(1, 17)), max_order=1, top_terms=2)),
+    # 9 s: the score terms up to order 2 (their expansion, then L8H0's).
+    "scores": ((9, 8, 384, 2000, 32), lambda m, w: m.scores(w, list(range(1, 64)), "L8H0", max_order=2)),
+}
+
+
+@pytest.mark.parametrize("call", sorted(LONG_CALLS))
+def test_a_long_call_stops_on_ctrl_c(call):
+    import signal
+    import threading
+    import time
+
+    shape, run = LONG_CALLS[call]
+    model, weights = random_attn_only(*shape)
+    timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
+    start = time.monotonic()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        run(model, weights)
+    elapsed = time.monotonic() - start
+    timer.join()
+    assert elapsed < 5, f"{call} stopped {elapsed:.1f} s after it started, Ctrl-C at 0.5 s"
+    # The model and weights are whole: the next call works.
+    assert model.check(weights, [1, 2, 3], max_order=0)["paths"] == 2
+
+
 def test_text_through_the_tokenizer_matches_the_cli(tmp_path):
     fixture = os.path.join(ROOT, "tests", "fixtures", "text")
     model_file, weights_file = os.path.join(fixture, "model.tf"), os.path.join(fixture, "model.safetensors")

@@ -48,8 +48,13 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let input = run.input()?;
     let evaluation = evaluate(&model, &run, input.ids(), false)?;
     let labels = input.labels();
-    let report = pathc::eval::check(&evaluation.expansion, &evaluation.params, &evaluation.forward)
-        .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+    let report = pathc::eval::check(
+        &evaluation.expansion,
+        &evaluation.params,
+        &evaluation.forward,
+        &super::progress::TerminalProgress::new(),
+    )
+    .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
     let mut out = io::stdout().lock();
     match format {
         TextOrJson::Json => {

@@ -31,6 +31,13 @@ impl From<pathc::linalg::NonFinite> for Failure {
     }
 }
 
+/// A path table's or a check's failure (a non-finite value) is bad input: exit 2.
+impl From<pathc::eval::EvalError> for Failure {
+    fn from(e: pathc::eval::EvalError) -> Failure {
+        Failure::BadInput(format!("error: {e}"))
+    }
+}
+
 pub fn read_model(path: &Path) -> Result<String, Failure> {
     pathc::syntax::read_source(path).map_err(|e| Failure::BadInput(e.render(&path.display().to_string())))
 }

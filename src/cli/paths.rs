@@ -97,7 +97,8 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let rank = matches!(format, TextOrJson::Text) || top.is_some() || target.is_some();
     if let Some(target) = target {
         let targets = resolve_targets(&evaluation, target, position, true)?;
-        let table = numbers::target_table(&evaluation, &targets, group.map(Into::into), top, rank)?;
+        let table =
+            numbers::target_table(&evaluation, &targets, group.map(Into::into), top, rank, &TerminalProgress::new())?;
         let mut out = BufWriter::new(io::stdout().lock());
         match format {
             TextOrJson::Json => {

@@ -63,13 +63,19 @@ pub fn run(args: Args) -> Result<(), Failure> {
         Err("left out (--no-stats)".to_string())
     } else {
         // The weights are processed already (`evaluate`); the statistics record how.
-        let stats = pathc::stats::stats_processed(&evaluation.params, Processing::NONE)
-            .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
+        let stats = pathc::stats::stats_processed_with_progress(
+            &evaluation.params,
+            Processing::NONE,
+            &super::progress::TerminalProgress::new(),
+        )
+        .map_err(|e| Failure::BadInput(format!("error: {e}")))?;
         Ok(pathc::stats::Stats { weight_processing: run.processing.processing(), ..stats })
     };
     let options = ReportOptions { position, target, target_why: why.to_string(), top_paths: top, top_terms, max_bytes };
     let fail = |e: report::ReportError| Failure::BadInput(format!("error: {e}"));
-    let report = report::report(&evaluation, stats, input.labels(), &options).map_err(fail)?;
+    let report =
+        report::report(&evaluation, stats, input.labels(), &options, &super::progress::TerminalProgress::new())
+            .map_err(fail)?;
     let page = report::html(&report, max_bytes, top_terms).map_err(fail)?;
     let mut file = OutputFile::open(&output)?;
     file.write_all(page.as_bytes())?;

@@ -70,7 +70,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let position = parse_position(&pos, input.ids().len())?;
     let heads = evaluation.expansion.heads_per_layer();
     let (layer, head) = parse_head_of(&head, "head", &heads)?;
-    let report = numbers::score_table(&evaluation, layer, head, position, top)?;
+    let report = numbers::score_table(&evaluation, layer, head, position, top, &TerminalProgress::new())?;
     let mut out = BufWriter::new(io::stdout().lock());
     match format {
         TextOrJson::Json => {

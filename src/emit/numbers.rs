@@ -4,10 +4,10 @@
 
 use std::io::{self, Write};
 
-use crate::eval::{Evaluation, Matrix, PathEvaluator, Row, Target, TargetEvaluator, Targets};
+use crate::eval::{EvalError, Evaluation, Matrix, PathEvaluator, Row, Target, TargetEvaluator, Targets};
 use crate::linalg::{finite, finite_values, max_abs, NonFinite};
 use crate::paths::{self, Path};
-use crate::progress::Progress;
+use crate::progress::{Cancelled, Progress};
 use crate::text::Labels;
 
 /// Token `id` as the reports show it: `373 " Mary"` with a tokenizer, `373` without.
@@ -249,11 +249,20 @@ pub fn target_table(
     grouping: Option<Grouping>,
     top: Option<usize>,
     rank: bool,
-) -> Result<Vec<TargetRow>, NonFinite> {
+    progress: &dyn Progress,
+) -> Result<Vec<TargetRow>, EvalError> {
     let mut evaluator = TargetEvaluator::new(&evaluation.params, &evaluation.forward, targets);
     let heads = evaluation.expansion.heads_per_layer();
     let mut rows: Vec<((usize, usize, usize), TargetRow)> = Vec::new();
+    let n_paths = u64::try_from(&evaluation.expansion.logit_counts.total()).unwrap_or(u64::MAX);
+    progress.start("paths", n_paths);
+    let mut cancelled = false;
     paths::for_each_path(&evaluation.expansion.logits, &heads, None, |p| {
+        if cancelled {
+            return;
+        }
+        progress.advance(1);
+        cancelled = progress.cancelled();
         let values = evaluator.contributions(&p);
         match grouping {
             None => rows.push((
@@ -273,6 +282,10 @@ pub fn target_table(
             }
         }
     });
+    progress.finish();
+    if cancelled {
+        return Err(Cancelled.into());
+    }
     rows.sort_by_key(|(key, _)| *key);
     let mut rows: Vec<TargetRow> = rows
         .into_iter()
@@ -539,7 +552,13 @@ pub struct ScoreTerms {
 }
 
 /// [`ScoreTerms`] of head `(layer, head)`; the first non-finite score an error naming its term.
-pub fn score_terms(evaluation: &Evaluation, layer: usize, head: usize) -> Result<ScoreTerms, NonFinite> {
+/// `progress` is asked after every term whether to stop ([`EvalError::Cancelled`]).
+pub fn score_terms(
+    evaluation: &Evaluation,
+    layer: usize,
+    head: usize,
+    progress: &dyn Progress,
+) -> Result<ScoreTerms, EvalError> {
     let expansion = &evaluation.expansion;
     let templates = &expansion.scores.as_ref().expect("expanded with qk")[layer];
     let target = crate::paths::HeadRef { layer, head };
@@ -549,7 +568,12 @@ pub fn score_terms(evaluation: &Evaluation, layer: usize, head: usize) -> Result
     let mut total = crate::eval::Matrix::zeros(expected.nrows(), expected.ncols());
     let mut terms = ScoreTerms { names: Vec::new(), orders: Vec::new(), scores: Vec::new(), max_abs_error: 0.0 };
     let mut non_finite = None;
+    let mut cancelled = false;
     crate::paths::for_each_path(templates, &expansion.heads_per_layer(), Some(fixed), |p| {
+        if cancelled {
+            return;
+        }
+        cancelled = progress.cancelled();
         let scores = evaluator.scores(&p, layer, head);
         if non_finite.is_none() {
             let at = |q: usize, k: usize| {
@@ -563,7 +587,10 @@ pub fn score_terms(evaluation: &Evaluation, layer: usize, head: usize) -> Result
         terms.scores.push(scores);
     });
     if let Some(e) = non_finite {
-        return Err(e);
+        return Err(e.into());
+    }
+    if cancelled {
+        return Err(Cancelled.into());
     }
     terms.max_abs_error = max_abs((&total - expected).iter());
     Ok(terms)
@@ -577,8 +604,9 @@ pub fn score_table(
     head: usize,
     position: Option<usize>,
     top: Option<usize>,
-) -> Result<ScoreReport, NonFinite> {
-    let all = score_terms(evaluation, layer, head)?;
+    progress: &dyn Progress,
+) -> Result<ScoreReport, EvalError> {
+    let all = score_terms(evaluation, layer, head, progress)?;
     let mut rows: Vec<PathRow> = (all.names.into_iter().zip(all.orders).zip(all.scores))
         .map(|((name, order), scores)| {
             let shown = match position {

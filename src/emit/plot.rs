@@ -46,6 +46,8 @@ pub enum PlotError {
     /// A value to plot is not finite: where it arose.
     #[error(transparent)]
     NonFinite(#[from] crate::linalg::NonFinite),
+    #[error(transparent)]
+    Eval(#[from] crate::eval::EvalError),
     /// The statistic asked for is not defined for the model: `name: not defined: why`.
     #[error("{0}")]
     NotDefined(String),
@@ -587,7 +589,8 @@ pub fn paths_chart(
     // One target column of the unembedding, not every path's vocabulary row.
     let forward = &evaluation.forward;
     let targets = crate::eval::Targets { positions: vec![position], tokens: vec![target] };
-    let rows = crate::emit::numbers::target_table(evaluation, &targets, None, Some(top), true)?;
+    let rows =
+        crate::emit::numbers::target_table(evaluation, &targets, None, Some(top), true, &crate::progress::Silent)?;
     let labels: Vec<String> = rows.iter().map(|r| r.name.clone()).collect();
     let values: Vec<f64> = rows.iter().map(|r| r.values[0]).collect();
     let layer_norm =

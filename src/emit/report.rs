@@ -17,6 +17,7 @@ use crate::emit::notation::{Heads, Notation};
 use crate::eval::{CheckReport, EvalError, Evaluation, Target, TargetEvaluator, Targets};
 use crate::linalg::{finite_values, NonFinite};
 use crate::paths;
+use crate::progress::{Cancelled, Progress};
 use crate::stats::Stats;
 use crate::text::Labels;
 
@@ -187,12 +188,15 @@ pub struct CheckSection {
 }
 
 /// Gathers the page's numbers from a forward pass expanded with score terms (`qk`), and the
-/// statistics if there are any (`stats_missing` says why not otherwise).
+/// statistics if there are any (`stats_missing` says why not otherwise). `progress` is told of
+/// the heads and the check, and asked between them whether to stop ([`ReportError::Eval`] with
+/// [`EvalError::Cancelled`]).
 pub fn report(
     evaluation: &Evaluation,
     stats: Result<Stats, String>,
     labels: Option<Labels<'_>>,
     options: &ReportOptions,
+    progress: &dyn Progress,
 ) -> Result<Report, ReportError> {
     let expansion = &evaluation.expansion;
     let forward = &evaluation.forward;
@@ -208,7 +212,12 @@ pub fn report(
     let mut evaluator = TargetEvaluator::new(&evaluation.params, forward, &targets);
     let mut all: Vec<(String, usize, f64, String)> = Vec::new();
     let mut non_finite = None;
+    let mut cancelled = false;
     paths::for_each_path(&expansion.logits, &heads_per_layer, None, |p| {
+        if cancelled {
+            return;
+        }
+        cancelled = progress.cancelled();
         let value = evaluator.contributions(&p)[0];
         let name = p.name();
         if non_finite.is_none() {
@@ -219,6 +228,9 @@ pub fn report(
     });
     if let Some(e) = non_finite {
         return Err(e.into());
+    }
+    if cancelled {
+        return Err(EvalError::Cancelled(Cancelled).into());
     }
     let sum: f64 = all.iter().map(|p| p.2).sum();
     let forward_logit = targets.forward_logits(forward)[0];
@@ -242,13 +254,16 @@ pub fn report(
     let tree = tree(&all, &shown_index);
 
     let mut heads = Vec::new();
+    progress.start("the heads' score terms", heads_per_layer.iter().sum::<usize>() as u64);
     for (layer, &n_heads) in heads_per_layer.iter().enumerate() {
         for head in 0..n_heads {
-            heads.push(head_section(evaluation, layer, head, options.top_terms)?);
+            heads.push(head_section(evaluation, layer, head, options.top_terms, progress)?);
+            progress.advance(1);
         }
     }
+    progress.finish();
 
-    let logits = crate::eval::check(expansion, &evaluation.params, forward)?;
+    let logits = crate::eval::check(expansion, &evaluation.params, forward, progress)?;
     let (stats, stats_missing) = match stats {
         Ok(s) => (Some(s), None),
         Err(why) => (None, Some(why)),
@@ -355,13 +370,14 @@ fn head_section(
     layer: usize,
     head: usize,
     top_terms: usize,
+    progress: &dyn Progress,
 ) -> Result<HeadSection, ReportError> {
     if evaluation.expansion.scores.is_none() {
         return Err(ReportError::NoScores);
     }
     let forward = &evaluation.forward;
     let crate::emit::numbers::ScoreTerms { names, scores: terms, max_abs_error, .. } =
-        crate::emit::numbers::score_terms(evaluation, layer, head)?;
+        crate::emit::numbers::score_terms(evaluation, layer, head, progress)?;
     let n = forward.tokens.len();
     let causal = evaluation.params.layers[layer].attn.causal;
     let mut cells = Vec::new();

@@ -78,6 +78,9 @@ pub enum EvalError {
     /// where it arose, never printed as a number.
     #[error(transparent)]
     NonFinite(#[from] NonFinite),
+    /// The caller asked the job to stop ([`crate::progress::Progress::cancelled`]).
+    #[error(transparent)]
+    Cancelled(#[from] crate::progress::Cancelled),
 }
 
 /// A model expanded, its weights loaded, and a forward pass run: what every numeric report needs.

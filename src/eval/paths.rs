@@ -14,6 +14,7 @@ use super::{EvalError, Forward, Matrix, Params, Row};
 use crate::graph::Source;
 use crate::linalg::{finite, max_abs};
 use crate::paths::{FactorKind, Path, Side};
+use crate::progress::Progress;
 
 /// The parameters with every LayerNorm folded into the weights that read it: path terms use
 /// folded weights (centring included), so a model with a LayerNorm is folded once here.
@@ -398,24 +399,38 @@ pub struct CheckReport {
 
 /// Sums every path of the expansion and compares with the forward pass. A path whose logits are
 /// not finite is an error naming it (the sum could not be compared with anything).
-pub fn check(expansion: &crate::Expansion, params: &Params, forward: &Forward) -> Result<CheckReport, EvalError> {
+///
+/// `progress` is told of every path, and asked after each whether to stop
+/// ([`EvalError::Cancelled`]).
+pub fn check(
+    expansion: &crate::Expansion,
+    params: &Params,
+    forward: &Forward,
+    progress: &dyn Progress,
+) -> Result<CheckReport, EvalError> {
     let mut total = Matrix::zeros(forward.logits.nrows(), forward.logits.ncols());
     let mut evaluator = PathEvaluator::new(params, forward);
     let mut paths = 0u64;
-    let mut non_finite = None;
+    let mut stopped: Option<EvalError> = None;
+    progress.start("checking the paths", u64::try_from(&expansion.logit_counts.total()).unwrap_or(u64::MAX));
     crate::paths::for_each_path(&expansion.logits, &expansion.heads_per_layer(), None, |p| {
-        if non_finite.is_some() {
+        if stopped.is_some() {
             return;
         }
         let logits = evaluator.logits(&p);
         match finite(&logits, |q, t| format!("the logits of path {} at position {q}, token {t}", p.name())) {
             Ok(()) => total += logits,
-            Err(e) => non_finite = Some(e),
+            Err(e) => stopped = Some(e.into()),
         }
         paths += 1;
+        progress.advance(1);
+        if let Err(e) = progress.check() {
+            stopped.get_or_insert(e.into());
+        }
     });
-    if let Some(e) = non_finite {
-        return Err(e.into());
+    progress.finish();
+    if let Some(e) = stopped {
+        return Err(e);
     }
     // The evaluator's parameters are folded already: folding copies W_E and W_U.
     let by_order = logits_by_order_folded(evaluator.cache.params(), forward);

@@ -40,6 +40,9 @@ pub enum ExecError {
     /// A vocabulary-sized weight read chunk by chunk failed.
     #[error(transparent)]
     Weights(#[from] WeightError),
+    /// The caller asked the run to stop ([`Progress::cancelled`]).
+    #[error(transparent)]
+    Cancelled(#[from] crate::progress::Cancelled),
 }
 
 /// The vocabulary is summed over in this many fixed groups.
@@ -233,7 +236,7 @@ fn streamed_products(
     vocab: &dyn VocabRows,
     products: &[(VocabMatrix, VocabMatrix)],
     progress: &dyn Progress,
-) -> Result<Vec<Matrix>, WeightError> {
+) -> Result<Vec<Matrix>, ExecError> {
     let mut results: Vec<Option<Matrix>> = vec![None; products.len()];
     for length in pass_lengths(vocab, products) {
         let of_pass: Vec<usize> =
@@ -252,9 +255,9 @@ fn streamed_pass(
     length: usize,
     products: &[(VocabMatrix, VocabMatrix)],
     progress: &dyn Progress,
-) -> Result<Vec<Matrix>, WeightError> {
+) -> Result<Vec<Matrix>, ExecError> {
     let uses = |m: VocabMatrix| products.iter().any(|&(x, y)| x == m || y == m);
-    let parts = parallel_map(&vocab_groups(length), |&(start, end)| -> Result<Vec<Option<Matrix>>, WeightError> {
+    let parts = parallel_map(&vocab_groups(length), |&(start, end)| -> Result<Vec<Option<Matrix>>, ExecError> {
         let mut sums: Vec<Option<Matrix>> = vec![None; products.len()];
         for s in (start..end).step_by(VOCAB_CHUNK) {
             let n = VOCAB_CHUNK.min(end - s);
@@ -282,6 +285,7 @@ fn streamed_pass(
                 }
             }
             progress.advance(1);
+            progress.check()?;
         }
         Ok(sums)
     });
@@ -341,6 +345,7 @@ pub fn run(plan: &EvalPlan, inputs: &Inputs<'_>) -> Result<Results, ExecError> {
                 local[usize::from(step)] = Some(value);
             }
             inputs.progress.advance(1);
+            inputs.progress.check()?;
             for (i, slot) in local.iter_mut().enumerate() {
                 // Weights are borrowed, not copied: keeping them costs nothing.
                 if !(read_by_pairs[i] || is_root(Id::from(i)) || plan.is_weight(Id::from(i))) {
@@ -411,6 +416,7 @@ pub fn run(plan: &EvalPlan, inputs: &Inputs<'_>) -> Result<Results, ExecError> {
             })
             .collect();
         inputs.progress.advance(1);
+        inputs.progress.check()?;
         Ok::<_, ExecError>(values)
     });
     inputs.progress.finish();

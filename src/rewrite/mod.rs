@@ -251,6 +251,8 @@ pub enum RewriteError {
     Limit { reason: String, iterations: usize, e_nodes: usize },
     #[error("internal error: the extracted expansion has {0}")]
     Internal(String),
+    #[error(transparent)]
+    Cancelled(#[from] crate::progress::Cancelled),
 }
 
 /// The symbolic expansion of the logits and of every MLP's input.
@@ -301,6 +303,7 @@ pub fn expand_logits(
                 builder.mlp_input(block, weight, read);
                 let input = saturate(builder.finish(), limits, &mut stats)?;
                 progress.advance(1);
+                progress.check()?;
                 extract::read_templates(&input).map_err(RewriteError::Internal)
             };
             mlp_inputs[*layer] = Some(input(build::MlpReader::In)?);
@@ -321,6 +324,7 @@ pub fn expand_logits(
         }
         stream = saturate(builder.finish(), limits, &mut stats)?;
         progress.advance(1);
+        progress.check()?;
     }
     progress.finish();
     let logits = extract::read_templates(&stream).map_err(RewriteError::Internal)?;
@@ -347,6 +351,7 @@ pub fn expand_scores(
             builder.scores(block, &query, &key);
             let scores = saturate(builder.finish(), limits, &mut stats)?;
             progress.advance(1);
+            progress.check()?;
             per_layer.push(extract::read_templates(&scores).map_err(RewriteError::Internal)?);
         }
         // The streams are needed up to the last attention block's input only.
@@ -357,6 +362,7 @@ pub fn expand_scores(
                 builder.block(block, side, embedded);
                 *stream = saturate(builder.finish(), limits, &mut stats)?;
                 progress.advance(1);
+                progress.check()?;
             }
         }
     }
