@@ -181,6 +181,11 @@ proptest! {
         let plans = plans_for(&params);
         let (naive, chosen) = (run(&plans.naive, &params), run(&plans.chosen, &params));
         let (error, stat) = largest_difference(&naive, &chosen);
-        prop_assert!(error < 1e-9, "{} differs by {:e}", stat, error);
+        // A copying score is Σλ/Σ|λ| of a rank-d_head circuit, the naive plan's d_vocab × d_vocab:
+        // its other eigenvalues come out as rounding noise (~1e-16 of the matrix's norm), which
+        // moves the score by that over Σ|λ|, large when Σ|λ| is small (1.3e-9 measured at d_head 1,
+        // in the regression file). Plans that differ give differences of order 1.
+        let tolerance = if stat.ends_with("copying") { 1e-7 } else { 1e-9 };
+        prop_assert!(error < tolerance, "{} differs by {:e}", stat, error);
     }
 }
