@@ -64,7 +64,7 @@ fn predicted_e_graphs_bound_the_runs() {
                         let slot = match kind {
                             RunKind::Stream => 0,
                             RunKind::MlpInput => 1,
-                            RunKind::Scores => 2,
+                            RunKind::ScoreSide => 2,
                         };
                         let ratio = nodes.saturating_sub(RUN_BASE_E_NODES as usize) as f64 / templates as f64;
                         worst[slot] = worst[slot].max(ratio);
@@ -77,7 +77,7 @@ fn predicted_e_graphs_bound_the_runs() {
             }
         }
     }
-    eprintln!("worst e-nodes per template (stream, MLP input, scores): {worst:?}");
+    eprintln!("worst e-nodes per template (stream, MLP input, score side): {worst:?}");
 }
 
 fn binomial(n: u64, k: u64) -> BigUint {

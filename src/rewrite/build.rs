@@ -46,13 +46,6 @@ impl TermBuilder {
         self.add(Tensor::Mul([a, b]))
     }
 
-    fn truncate(&mut self, term: Id) -> Id {
-        match self.max_order {
-            Some(k) => self.truncate_to(term, k as i64),
-            None => term,
-        }
-    }
-
     fn truncate_to(&mut self, term: Id, k: i64) -> Id {
         let k = self.add(Tensor::Num(k));
         self.add(Tensor::Trunc([k, term]))
@@ -231,42 +224,30 @@ impl TermBuilder {
         self.sum(&terms)
     }
 
-    /// The attention scores of layer `layer`'s heads as one symbolic head `h{layer}`:
-    /// `trunc_K(bilin(q, Id⊗Id, k))` with `q = (Id⊗W_Q^h)·(N⊗Id)·x_q + Id⊗b_Q^h` and `k` alike,
-    /// from the expanded query-side and key-side residual streams (independent head indices).
-    /// `W_Q^hᵀ·W_K^h` fuses into `W_QK^h` wherever no bias stands between them.
-    pub fn scores(&mut self, block: &Block, query: &RecExpr<Tensor>, key: &RecExpr<Tensor>) -> Id {
+    /// One side of the attention scores of layer `layer`'s heads, `h{layer}` the symbolic head:
+    /// `(Id⊗W_Q^h)·(N⊗Id)·stream + Id⊗b_Q^h` on the query side (`W_K`, `b_K` on the key side),
+    /// shortformer's `Id⊗W_P` added to what `W_Q` reads. The stream is truncated already and
+    /// the side adds order 0: no truncation here. `pair.rs` pairs the two sides.
+    pub fn score_side(&mut self, block: &Block, side: Side, stream: Id) -> Id {
         let Block::Attn { layer, norm, head_bias, positions, .. } = *block else {
-            unreachable!("scores are called on attention blocks")
+            unreachable!("score sides are read by attention blocks")
         };
         let index = self.add(Tensor::Index(IndexVar { side: Side::Head, layer }));
-        let site = norm.then_some(NormSite::Attn(layer));
-        let mut side = |stream: &RecExpr<Tensor>, weight: Tensor, bias: Tensor| {
-            let stream = self.embed(stream);
-            let mut read = self.normalised(site, stream);
-            if positions == QkPositions::Shortformer {
-                // Shortformer: `W_P` joins the query and key inputs after the LayerNorm.
-                let pos = self.residual(Tensor::PosEmbed);
-                read = self.add(Tensor::Add([read, pos]));
-            }
-            let weight = self.residual(weight);
-            let mut terms = vec![self.mul(weight, read)];
-            if head_bias {
-                terms.push(self.residual(bias));
-            }
-            self.sum(&terms)
+        let (weight, bias) = match side {
+            Side::Key => (Tensor::WK(index), Tensor::BiasK(index)),
+            Side::Query | Side::Head => (Tensor::WQ(index), Tensor::BiasQ(index)),
         };
-        let query = side(query, Tensor::WQ(index), Tensor::BiasQ(index));
-        let key = side(key, Tensor::WK(index), Tensor::BiasK(index));
-        // Rotary: the relative rotation between the query's and the key's position.
-        let form = match positions {
-            QkPositions::Rotary => {
-                let layer = self.layer_number(layer);
-                self.residual(Tensor::Rot(layer))
-            }
-            _ => self.residual(Tensor::Identity),
-        };
-        let bilinear = self.add(Tensor::Bilin([query, form, key]));
-        self.truncate(bilinear)
+        let mut read = self.normalised(norm.then_some(NormSite::Attn(layer)), stream);
+        if positions == QkPositions::Shortformer {
+            // Shortformer: `W_P` joins the query and key inputs after the LayerNorm.
+            let pos = self.residual(Tensor::PosEmbed);
+            read = self.add(Tensor::Add([read, pos]));
+        }
+        let weight = self.residual(weight);
+        let mut terms = vec![self.mul(weight, read)];
+        if head_bias {
+            terms.push(self.residual(bias));
+        }
+        self.sum(&terms)
     }
 }

@@ -19,8 +19,8 @@ enum Top {
 }
 
 /// `(unexpanded, size)`, compared in that order. `unexpanded` counts the nodes that a normal
-/// form must not contain: a product of sums, a pending mixed product, a left-nested product, a
-/// truncation, a bilinear form or a transposed product.
+/// form must not contain: a product of sums, a pending mixed product, a left-nested product or a
+/// truncation.
 #[derive(Debug, Clone)]
 pub struct Cost {
     unexpanded: u64,
@@ -67,11 +67,7 @@ impl CostFunction<Tensor> for ExpandedForm {
                 unexpanded += u64::from(children.iter().any(is_sum));
                 Top::Kron
             }
-            Tensor::Transpose(_) => {
-                unexpanded += u64::from(children[0].top != Top::Atom);
-                Top::Atom
-            }
-            Tensor::Trunc(_) | Tensor::Bilin(_) | Tensor::TMul(_) => {
+            Tensor::Trunc(_) => {
                 unexpanded += 1;
                 Top::Other
             }
@@ -128,7 +124,6 @@ fn chain(expr: &RecExpr<Tensor>, id: Id) -> Result<Vec<Factor>, String> {
                 stack.push(*a);
             }
             Tensor::Identity => {}
-            Tensor::Transpose(a) => out.push(atom(expr, *a)?.transposed()),
             _ => out.push(atom(expr, id)?),
         }
     }
@@ -148,9 +143,6 @@ fn atom(expr: &RecExpr<Tensor>, id: Id) -> Result<Factor, String> {
     Ok(match &expr[id] {
         Tensor::Pattern(i) => indexed(FactorKind::Pattern, i)?,
         Tensor::WOV(i) => indexed(FactorKind::OV, i)?,
-        Tensor::WQK(i) => indexed(FactorKind::QK, i)?,
-        Tensor::WQKRot(i) => indexed(FactorKind::QKRot, i)?,
-        Tensor::Rot(l) => Factor::plain(FactorKind::Rot(layer(l)?)),
         Tensor::WO(i) => indexed(FactorKind::O, i)?,
         Tensor::WQ(i) => indexed(FactorKind::Q, i)?,
         Tensor::WK(i) => indexed(FactorKind::K, i)?,

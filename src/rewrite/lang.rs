@@ -21,13 +21,6 @@ define_language! {
         "*" = Mul([Id; 2]),
         // Tensor product: position side ⊗ residual side.
         "kron" = Kron([Id; 2]),
-        "T" = Transpose(Id),
-        // `(tmul m r)` = mᵀ·r, the transpose of a product folded onto what follows it, so that
-        // transposing a chain never builds left-nested products.
-        "tmul" = TMul([Id; 2]),
-        // `(bilin x w y)`: the bilinear form xᵀ·w·y of an attention score, x and y expansions of
-        // the residual stream on the query and key side.
-        "bilin" = Bilin([Id; 3]),
         // `(trunc k x)`: the terms of x of order at most k.
         "trunc" = Trunc([Id; 2]),
         // Attention pattern of the head `i` (a symbolic head index: summed over, see above).
@@ -39,13 +32,6 @@ define_language! {
         "OV" = WOV(Id),
         "Q" = WQ(Id),
         "K" = WK(Id),
-        "QK" = WQK(Id),
-        // Rotary attention: `(R l)` is layer l's relative rotation `R_Δ` between a score's query
-        // and key position (residual side; Δ is fixed by the score's two outer positions, so it
-        // commutes with everything the rules do inside the form), and `(QKR i)` the fused
-        // `W_QK(Δ) = W_Qᵀ R_Δ W_K` of head i.
-        "R" = Rot(Id),
-        "QKR" = WQKRot(Id),
         // A layer's MLP: its input weight, and its output as an opaque source.
         "W_in" = WIn(Id),
         "W_gate" = WGate(Id),
@@ -76,8 +62,6 @@ pub struct Facts {
     /// Bounds `(min, max)` on the order (number of attention patterns) of the class's terms;
     /// `None` when the class is the zero tensor. Truncation by order is decided on these.
     pub order: Option<(i64, i64)>,
-    /// The class is a single weight or pattern symbol (what `tmul-atom` may transpose).
-    pub atom: bool,
     /// The value of a `Num` leaf.
     pub num: Option<i64>,
 }
@@ -102,13 +86,10 @@ impl Analysis<Tensor> for TensorAnalysis {
     fn make(egraph: &mut EGraph<Tensor, Self>, enode: &Tensor, _id: Id) -> Facts {
         let facts = |id: &Id| &egraph[*id].data;
         let order = |id: &Id| facts(id).order;
-        let mut atom = false;
         let mut num = None;
         let order = match enode {
             Tensor::Add([a, b]) => hull(order(a), order(b)),
-            Tensor::Mul([a, b]) | Tensor::Kron([a, b]) | Tensor::TMul([a, b]) => product(&[order(a), order(b)]),
-            Tensor::Bilin([x, w, y]) => product(&[order(x), order(w), order(y)]),
-            Tensor::Transpose(a) => order(a),
+            Tensor::Mul([a, b]) | Tensor::Kron([a, b]) => product(&[order(a), order(b)]),
             Tensor::Trunc([k, body]) => {
                 let k = facts(k).num.unwrap_or(i64::MAX);
                 match order(body) {
@@ -116,18 +97,12 @@ impl Analysis<Tensor> for TensorAnalysis {
                     _ => None,
                 }
             }
-            Tensor::Pattern(_) => {
-                atom = true;
-                Some((1, 1))
-            }
+            Tensor::Pattern(_) => Some((1, 1)),
             Tensor::WO(_)
             | Tensor::WV(_)
             | Tensor::WOV(_)
             | Tensor::WQ(_)
             | Tensor::WK(_)
-            | Tensor::WQK(_)
-            | Tensor::Rot(_)
-            | Tensor::WQKRot(_)
             | Tensor::Scale(_)
             | Tensor::WIn(_)
             | Tensor::WGate(_)
@@ -138,14 +113,8 @@ impl Analysis<Tensor> for TensorAnalysis {
             | Tensor::BiasK(_)
             | Tensor::BiasO(_)
             | Tensor::BiasIn(_)
-            | Tensor::BiasOut(_) => {
-                atom = true;
-                Some((0, 0))
-            }
-            Tensor::Embed | Tensor::PosEmbed | Tensor::Unembed | Tensor::BiasU | Tensor::Identity => {
-                atom = true;
-                Some((0, 0))
-            }
+            | Tensor::BiasOut(_) => Some((0, 0)),
+            Tensor::Embed | Tensor::PosEmbed | Tensor::Unembed | Tensor::BiasU | Tensor::Identity => Some((0, 0)),
             Tensor::Zero => None,
             Tensor::Num(n) => {
                 num = Some(*n);
@@ -153,7 +122,7 @@ impl Analysis<Tensor> for TensorAnalysis {
             }
             Tensor::Index(_) | Tensor::Site(_) => Some((0, 0)),
         };
-        Facts { order, atom, num }
+        Facts { order, num }
     }
 
     fn merge(&mut self, to: &mut Facts, from: Facts) -> DidMerge {
@@ -162,7 +131,7 @@ impl Analysis<Tensor> for TensorAnalysis {
             (Some((a0, a1)), Some((b0, b1))) if a0.max(b0) <= a1.min(b1) => Some((a0.max(b0), a1.min(b1))),
             _ => None,
         };
-        let merged = Facts { order, atom: to.atom || from.atom, num: to.num.or(from.num) };
+        let merged = Facts { order, num: to.num.or(from.num) };
         let changed_to = merged != *to;
         let changed_from = merged != from;
         *to = merged;

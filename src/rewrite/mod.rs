@@ -15,6 +15,7 @@
 mod build;
 mod extract;
 pub mod lang;
+mod pair;
 pub mod rules;
 
 use std::time::Duration;
@@ -82,8 +83,9 @@ pub enum RunKind {
     Stream,
     /// An MLP's input.
     MlpInput,
-    /// A layer's attention scores: (query term, key term) pairs of a bilinear form.
-    Scores,
+    /// One side of a layer's attention scores, its query or its key input (`W_Q` or `W_K`
+    /// reading the stream, as an MLP's input); the sides' pairs are formed outside the e-graph.
+    ScoreSide,
 }
 
 impl RunKind {
@@ -91,11 +93,10 @@ impl RunKind {
     /// [`RUN_BASE_E_NODES`]), with a margin of more than 2 over what was measured on every mix of
     /// biases, LayerNorms and MLPs at every truncation (`tests/limits.rs`,
     /// `predicted_e_graphs_bound_the_runs`, which fails if a run exceeds it): at most 10.2
-    /// e-nodes a template in stream and MLP-input runs, 41 in scores runs.
+    /// e-nodes a template in stream and MLP-input runs, 5.6 in score-side runs.
     pub fn e_nodes_per_template(self) -> u64 {
         match self {
-            RunKind::Stream | RunKind::MlpInput => 24,
-            RunKind::Scores => 96,
+            RunKind::Stream | RunKind::MlpInput | RunKind::ScoreSide => 24,
         }
     }
 }
@@ -109,13 +110,12 @@ pub const RUN_BASE_E_NODES: u64 = 400;
 pub fn for_each_run(graph: &TermGraph, max_order: Option<u32>, qk: bool, mut visit: impl FnMut(RunKind, &[BigUint])) {
     let mut counter = StreamCounter::new(graph, max_order, Unit::Templates, false);
     let n_blocks = graph.blocks.len();
-    let with_constant = |by_order: &[BigUint], constant: bool| {
+    let with_constants = |by_order: &[BigUint], constants: u64| {
         let mut out = by_order.to_vec();
-        if constant {
-            out[0] += 1u32;
-        }
+        out[0] += constants;
         out
     };
+    let with_constant = |by_order: &[BigUint], constant: bool| with_constants(by_order, u64::from(constant));
     if n_blocks == 0 {
         visit(RunKind::Stream, &with_constant(counter.stream(), graph.logit_bias));
     }
@@ -141,11 +141,13 @@ pub fn for_each_run(graph: &TermGraph, max_order: Option<u32>, qk: bool, mut vis
     if !qk {
         return;
     }
-    let mut counter = StreamCounter::new(graph, max_order, Unit::Templates, true);
+    let mut counter = StreamCounter::new(graph, max_order, Unit::Templates, false);
     let last_attn = graph.blocks.iter().rposition(|b| matches!(b, Block::Attn { .. }));
     for (step, block) in graph.blocks.iter().enumerate() {
         if let Block::Attn { .. } = *block {
-            visit(RunKind::Scores, &counter.side_squared(block.score_side_constants()));
+            let side = with_constants(counter.stream(), block.score_side_constants());
+            visit(RunKind::ScoreSide, &side);
+            visit(RunKind::ScoreSide, &side);
         }
         counter.advance(block);
         if last_attn.is_some_and(|last| step < last) {
@@ -332,7 +334,8 @@ pub fn expand_logits(
 }
 
 /// For each layer, the expansion of its heads' attention scores into (query path, key path)
-/// terms, with the head as the free index `h{layer}`.
+/// terms, with the head as the free index `h{layer}`: each side saturated on its own, then
+/// paired (`pair.rs`).
 pub fn expand_scores(
     graph: &TermGraph,
     max_order: Option<u32>,
@@ -342,17 +345,23 @@ pub fn expand_scores(
     let mut stats = RunStats::default();
     let last_attn = graph.blocks.iter().rposition(|b| matches!(b, Block::Attn { .. }));
     let n_attn = graph.blocks.iter().filter(|b| matches!(b, Block::Attn { .. })).count();
-    progress.start("expanding the attention scores", (n_attn + 2 * last_attn.unwrap_or(0)) as u64);
+    progress.start("expanding the attention scores", (2 * n_attn + 2 * last_attn.unwrap_or(0)) as u64);
     let (mut query, mut key) = (sources(graph), sources(graph));
     let mut per_layer = Vec::with_capacity(graph.heads.len());
     for (step, block) in graph.blocks.iter().enumerate() {
-        if let Block::Attn { .. } = block {
-            let mut builder = TermBuilder::new(max_order);
-            builder.scores(block, &query, &key);
-            let scores = saturate(builder.finish(), limits, &mut stats)?;
-            progress.advance(1);
-            progress.check()?;
-            per_layer.push(extract::read_templates(&scores).map_err(RewriteError::Internal)?);
+        if let Block::Attn { layer, positions, .. } = *block {
+            let mut side = |stream: &RecExpr<Tensor>, side: Side| -> Result<Vec<Template>, RewriteError> {
+                let mut builder = TermBuilder::new(max_order);
+                let read = builder.embed(stream);
+                builder.score_side(block, side, read);
+                let terms = saturate(builder.finish(), limits, &mut stats)?;
+                progress.advance(1);
+                progress.check()?;
+                extract::read_templates(&terms).map_err(RewriteError::Internal)
+            };
+            let (query_side, key_side) = (side(&query, Side::Query)?, side(&key, Side::Key)?);
+            let rotary = (positions == crate::graph::QkPositions::Rotary).then_some(layer);
+            per_layer.push(pair::pair(&query_side, &key_side, rotary, max_order));
         }
         // The streams are needed up to the last attention block's input only.
         if graph.blocks[step + 1..].iter().any(|b| matches!(b, Block::Attn { .. })) {
