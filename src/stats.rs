@@ -99,6 +99,7 @@ use nalgebra::Complex;
 use crate::eval::{EvalError, LayerParams, Params, Processing, StatsParams};
 pub use crate::linalg::{eigenvalues, SCHUR_MAX_ITER, SCHUR_RETRIES};
 use crate::linalg::{Matrix, NoConvergence, NonFinite};
+pub use crate::plan::exec::Precision;
 use crate::plan::exec::{ExecError, HeadWeights, VocabRows};
 use crate::plan::{self, Mode, Stat};
 use crate::progress::{Progress, Silent};
@@ -160,6 +161,8 @@ pub struct Stats {
     /// statistics are taken at ([`StatsOptions::rotary_offset`]; 0 unless asked). `None` for a
     /// model without rotary layers, whose QK circuits do not depend on positions.
     pub rotary_offset: Option<i64>,
+    /// The precision the plan's products ran in ([`StatsOptions::precision`]).
+    pub precision: Precision,
     /// The statistics this model does not define, by field name, and why: `"ov_copying"` when
     /// `d_vocab_out ≠ d_vocab`. Such a field is empty (no layers) and absent from the JSON.
     pub not_defined: BTreeMap<String, String>,
@@ -197,8 +200,9 @@ impl serde::Serialize for Stats {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let defined = |field: &str| !self.not_defined.contains_key(field);
-        let mut out = serializer.serialize_struct("Stats", 14)?;
+        let mut out = serializer.serialize_struct("Stats", 15)?;
         out.serialize_field("weight_processing", &processing_label(self.weight_processing))?;
+        out.serialize_field("precision", &self.precision)?;
         match self.rotary_offset {
             Some(offset) => out.serialize_field("rotary_offset", &offset)?,
             None => out.skip_field("rotary_offset")?,
@@ -258,11 +262,14 @@ pub struct StatsOptions {
     /// `None` is 0 for a model with a rotary layer; `Some` on a model without one is
     /// [`StatsError::NotRotary`]. Layers without rotary are unaffected.
     pub rotary_offset: Option<i64>,
+    /// The precision of the plan's matrix products ([`Precision`]): f64 unless asked (the
+    /// command line and the Python package ask for f32 unless told `--precision f64`).
+    pub precision: Precision,
 }
 
 impl From<Processing> for StatsOptions {
     fn from(processing: Processing) -> StatsOptions {
-        StatsOptions { processing, rotary_offset: None }
+        StatsOptions { processing, ..StatsOptions::default() }
     }
 }
 
@@ -347,7 +354,13 @@ pub fn stats_processed_with_progress(
     };
     let plans = plans_for_vocab(&params.layers, params.d_vocab(), params.d_vocab_out(), params.w_e.ncols());
     let rotated = rotated_queries(&params.layers, offset);
-    let stats = stats_with_plan(&plans.chosen, &head_weights_at(&params.layers, &rotated), params, progress)?;
+    let stats = stats_with_plan(
+        &plans.chosen,
+        &head_weights_at(&params.layers, &rotated),
+        params,
+        progress,
+        options.precision,
+    )?;
     Ok(Stats { weight_processing: options.processing, rotary_offset: offset, ..stats })
 }
 
@@ -371,7 +384,13 @@ pub fn stats_streamed(
     let params = params.process(options.processing).map_err(StatsError::Processing)?;
     let plans = plans_for_vocab(&params.layers, params.d_vocab(), params.d_vocab_out(), params.d_model());
     let rotated = rotated_queries(&params.layers, offset);
-    let stats = stats_with_plan(&plans.chosen, &head_weights_at(&params.layers, &rotated), &params, progress)?;
+    let stats = stats_with_plan(
+        &plans.chosen,
+        &head_weights_at(&params.layers, &rotated),
+        &params,
+        progress,
+        options.precision,
+    )?;
     Ok(Stats { weight_processing: options.processing, rotary_offset: offset, ..stats })
 }
 
@@ -486,8 +505,9 @@ pub fn stats_with_plan(
     heads: &[Vec<HeadWeights<'_>>],
     vocab: &dyn VocabRows,
     progress: &dyn Progress,
+    precision: Precision,
 ) -> Result<Stats, StatsError> {
-    let inputs = plan::exec::Inputs { heads: heads.to_vec(), vocab, progress };
+    let inputs = plan::exec::Inputs { heads: heads.to_vec(), vocab, progress, precision };
     let mut not_defined = BTreeMap::new();
     for stat in Stat::ALL {
         if let Some(reason) = stat.not_defined(plan.dims) {
@@ -569,6 +589,7 @@ pub fn stats_with_plan(
     Ok(Stats {
         weight_processing: Processing::NONE,
         rotary_offset: None,
+        precision,
         not_defined,
         ov_copying,
         qk_copying,

@@ -34,7 +34,7 @@ const FIXTURES: [&str; 8] =
 const ROTARY: [&str; 4] = ["rotary_neox", "rotary_gptj", "rotary_gqa", "hf_neox"];
 
 fn with(offset: Option<i64>) -> StatsOptions {
-    StatsOptions { processing: Processing::NONE, rotary_offset: offset }
+    StatsOptions { processing: Processing::NONE, rotary_offset: offset, ..StatsOptions::default() }
 }
 
 /// Compares one statistic with its reference array, prints and returns the error.
@@ -264,8 +264,8 @@ fn plans_of_a_non_square_ov_circuit_have_the_right_shapes_and_equal_the_naive_pl
         let p = params(name);
         let plans = stats::plans_for_vocab(&p.layers, p.d_vocab(), p.d_vocab_out(), p.w_e.ncols());
         let heads = stats::head_weights(&p.layers);
-        let naive = stats::stats_with_plan(&plans.naive, &heads, &p, &Silent).unwrap();
-        let chosen = stats::stats_with_plan(&plans.chosen, &heads, &p, &Silent).unwrap();
+        let naive = stats::stats_with_plan(&plans.naive, &heads, &p, &Silent, stats::Precision::F64).unwrap();
+        let chosen = stats::stats_with_plan(&plans.chosen, &heads, &p, &Silent, stats::Precision::F64).unwrap();
         let (err, stat) = largest_difference(&naive, &chosen);
         eprintln!("{name:<12} chosen vs naive plan, largest difference {err:.1e} ({stat})");
         assert!(err < TOL, "{name}: {stat} {err:e}");
@@ -307,7 +307,7 @@ fn statistics_streamed_from_the_file_equal_those_in_memory() {
         let offsets: &[Option<i64>] = if ROTARY.contains(&name) { &[None, Some(3)] } else { &[None] };
         for processing in [Processing::NONE, Processing::FOLD_LN] {
             for &rotary_offset in offsets {
-                let options = StatsOptions { processing, rotary_offset };
+                let options = StatsOptions { processing, rotary_offset, ..StatsOptions::default() };
                 let streamed = StatsParams::from_weights(&compiled.model, &weights, &NameMap::default()).unwrap();
                 let streamed = stats::stats_streamed(streamed, options, &Silent).unwrap();
                 let in_memory = stats::stats_processed(&p, options).unwrap();
@@ -351,7 +351,7 @@ fn folded_rotary_statistics_equal_explicit_circuits_of_hand_folded_rotated_weigh
         let mean = scaled.row_mean();
         Matrix::from_fn(m.nrows(), m.ncols(), |i, j| scaled[(i, j)] - mean[j])
     };
-    let options = StatsOptions { processing: Processing::FOLD_LN, rotary_offset: Some(3) };
+    let options = StatsOptions { processing: Processing::FOLD_LN, rotary_offset: Some(3), ..StatsOptions::default() };
     let s = stats::stats_processed(&p, options).unwrap();
     assert_eq!((s.weight_processing, s.rotary_offset), (Processing::FOLD_LN, Some(3)));
     let mut worst: f64 = 0.0;
@@ -546,8 +546,8 @@ fn random_shapes_with_another_output_vocabulary_and_rotary_layers_equal_the_expl
         let plans = stats::plans_for_vocab(&p.layers, d_vocab, d_vocab_out, d_model);
         let rotated = stats::rotated_queries(&p.layers, offset);
         let heads = stats::head_weights_at(&p.layers, &rotated);
-        let naive = stats::stats_with_plan(&plans.naive, &heads, &p, &Silent).unwrap();
-        let chosen = stats::stats_with_plan(&plans.chosen, &heads, &p, &Silent).unwrap();
+        let naive = stats::stats_with_plan(&plans.naive, &heads, &p, &Silent, stats::Precision::F64).unwrap();
+        let chosen = stats::stats_with_plan(&plans.chosen, &heads, &p, &Silent, stats::Precision::F64).unwrap();
         let (err, stat) = largest_difference(&naive, &chosen);
         assert!(err < TOL, "{at}: {stat} differs by {err:e}");
         assert_eq!(chosen.qk_frobenius, s.qk_frobenius, "{at}");
@@ -623,7 +623,8 @@ fn stats_refuses_the_ov_copying_score_of_a_non_square_circuit_in_words() {
 
 #[test]
 fn stats_and_plots_say_which_rotary_offset_they_used() {
-    let out = run("stats", "rotary_neox", &["--rotary-offset", "3", "--format", "json"]);
+    // f64 products: compared with the reference at TOL.
+    let out = run("stats", "rotary_neox", &["--rotary-offset", "3", "--format", "json", "--precision", "f64"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["rotary_offset"], 3);

@@ -237,6 +237,7 @@ fn explicit(c: &Circuits) -> Stats {
     Stats {
         weight_processing: Processing::NONE,
         rotary_offset: None,
+        precision: pathc::stats::Precision::F64,
         not_defined: Default::default(),
         ov_copying: per_head(&|l, h| copying(&ov(l, h))),
         qk_copying: per_head(&|l, h| copying(&qk(l, h))),
@@ -424,7 +425,8 @@ fn processing_with_another_output_vocabulary_and_a_rotary_offset() {
     // steps is Δ = 3 of the processed weights, whose V-composition and OV statistics do not
     // depend on Δ.
     let p = params("parallel");
-    let options = StatsOptions { processing: Processing::TRANSFORMER_LENS, rotary_offset: Some(3) };
+    let options =
+        StatsOptions { processing: Processing::TRANSFORMER_LENS, rotary_offset: Some(3), ..StatsOptions::default() };
     let at3 = stats::stats_processed(&p, options).unwrap();
     let at0 = stats::stats_processed(&p, Processing::TRANSFORMER_LENS).unwrap();
     assert_eq!((at3.weight_processing, at3.rotary_offset), (Processing::TRANSFORMER_LENS, Some(3)));
@@ -455,14 +457,23 @@ fn run(command: &str, name: &str, extra: &[&str]) -> Output {
 /// each; the flags one by one add up to `--process-weights`; `--fold-ln` is still `fold_ln`.
 #[test]
 fn stats_records_the_processing_in_json_and_text() {
-    let out = run("stats", "unprocessed", &["--process-weights", "--format", "json"]);
+    // f64 products, as the library's default.
+    let out = run("stats", "unprocessed", &["--process-weights", "--format", "json", "--precision", "f64"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(json["weight_processing"], "fold_ln+center_writing_weights+center_unembed+fold_value_biases");
     let library = stats::stats_processed(&params("unprocessed"), Processing::TRANSFORMER_LENS).unwrap();
     assert_eq!(stdout(&out), serde_json::to_string_pretty(&library).unwrap() + "\n");
-    let steps =
-        ["--fold-ln", "--center-writing-weights", "--center-unembed", "--fold-value-biases", "--format", "json"];
+    let steps = [
+        "--fold-ln",
+        "--center-writing-weights",
+        "--center-unembed",
+        "--fold-value-biases",
+        "--format",
+        "json",
+        "--precision",
+        "f64",
+    ];
     assert_eq!(stdout(&run("stats", "unprocessed", &steps)), stdout(&out));
 
     let out = run("stats", "unprocessed", &["--center-unembed", "--format", "json"]);

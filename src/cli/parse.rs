@@ -94,3 +94,20 @@ pub fn check_rotary_offset(model: &pathc::model::Model, offset: Option<i64>) -> 
         _ => Ok(()),
     }
 }
+
+/// `--precision`: what the statistics' matrix products run in (sums over the vocabulary, norms
+/// and eigenvalues are f64 either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PrecisionArg {
+    F32,
+    F64,
+}
+
+impl From<PrecisionArg> for pathc::stats::Precision {
+    fn from(p: PrecisionArg) -> pathc::stats::Precision {
+        match p {
+            PrecisionArg::F32 => pathc::stats::Precision::F32,
+            PrecisionArg::F64 => pathc::stats::Precision::F64,
+        }
+    }
+}

@@ -10,7 +10,7 @@ use pathc::stats::{StatsError, StatsOptions};
 
 use super::failure::{read_model, render, Failure};
 use super::output;
-use super::parse::{check_rotary_offset, parse_position, parse_target, TargetArg};
+use super::parse::{check_rotary_offset, parse_position, parse_target, PrecisionArg, TargetArg};
 use super::run::{
     dataset_failure, evaluate, input, load, logit_question, resolve_target, target_at, ProcessingArgs, RunArgs,
 };
@@ -73,6 +73,9 @@ pub struct Args {
     /// Rotary models: the QK circuits at this offset (statistics plots; see `stats --help`).
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     rotary_offset: Option<i64>,
+    /// The precision of the statistics' matrix products (statistics plots; see `stats --help`).
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    precision: PrecisionArg,
     /// Keep only paths through at most K heads (`--what paths`).
     #[arg(long, value_name = "K")]
     max_order: Option<u32>,
@@ -118,6 +121,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
         pos,
         target,
         top,
+        precision,
         processing,
         rotary_offset,
         max_order,
@@ -158,7 +162,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
         check_rotary_offset(&compiled.model, rotary_offset)?;
         let names = pathc::eval::NameMap::parse(&names).map_err(|e| fail(e.into()))?;
         let params = pathc::load_params(&compiled, &weights, &names).map_err(fail)?;
-        let options = StatsOptions { processing: processing.processing(), rotary_offset };
+        let options = StatsOptions { processing: processing.processing(), rotary_offset, precision: precision.into() };
         let stats = pathc::stats::stats_processed(&params, options).map_err(|e| match e {
             // A refused step, as `stats` and `check` render it.
             StatsError::Processing(e) => fail(e.into()),

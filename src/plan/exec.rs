@@ -45,6 +45,138 @@ pub enum ExecError {
     Cancelled(#[from] crate::progress::Cancelled),
 }
 
+/// The precision of a plan's matrix products; everything else (sums over the vocabulary's
+/// chunks, traces, norms, eigenvalues) is f64 either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Each product's operands rounded to f32 and multiplied by the f32 kernel (twice the f64
+    /// rate), its result widened to f64; a product over the vocabulary is summed in f64 chunk by
+    /// chunk ([`VOCAB_CHUNK`] rows of f32 sums each).
+    F32,
+    /// Every product in f64.
+    #[default]
+    F64,
+}
+
+impl Precision {
+    /// `a · b`.
+    pub fn product(self, a: &Matrix, b: &Matrix) -> Matrix {
+        self.operand(a).product(&self.operand(b))
+    }
+
+    /// `m` as an operand of this precision's products: borrowed in f64, rounded to f32 once.
+    fn operand(self, m: &Matrix) -> Operand<'_> {
+        match self {
+            Precision::F64 => Operand::F64(Cow::Borrowed(m)),
+            Precision::F32 => {
+                let scale = power_of_two_scale(m);
+                {
+                    let inverse = 1.0 / scale;
+                    Operand::F32(Cow::Owned(m.map(|x| (x * inverse) as f32)), scale)
+                }
+            }
+        }
+    }
+}
+
+/// The power of two at or above a matrix's largest magnitude (1 for a zero or non-finite one):
+/// dividing by it is exact, and puts the entries in [-1, 1], so that rounding them to f32 and
+/// multiplying neither overflows nor underflows where f64 would not (f32's range ends at 3.4e38;
+/// an entry below 1e-38 of the largest is flushed, which changes no sum by more than that).
+fn power_of_two_scale(m: &Matrix) -> f64 {
+    power_of_two_above(m.amax())
+}
+
+fn power_of_two_above(largest: f64) -> f64 {
+    if largest > 0.0 && largest.is_finite() {
+        2f64.powi((largest.log2().ceil() as i32).clamp(-1000, 1000))
+    } else {
+        1.0
+    }
+}
+
+/// A product's operand in the precision it is multiplied in (made once where several products
+/// read it: a vocabulary chunk, a head-independent matrix); in f32 with the power of two it was
+/// divided by ([`power_of_two_scale`]).
+#[derive(Debug, Clone)]
+enum Operand<'m> {
+    F64(Cow<'m, Matrix>),
+    F32(Cow<'m, nalgebra::DMatrix<f32>>, f64),
+}
+
+impl Operand<'_> {
+    fn into_owned(self) -> Operand<'static> {
+        match self {
+            Operand::F64(m) => Operand::F64(Cow::Owned(m.into_owned())),
+            Operand::F32(m, scale) => Operand::F32(Cow::Owned(m.into_owned()), scale),
+        }
+    }
+
+    /// `self · b`, in f64.
+    fn product(&self, b: &Operand<'_>) -> Matrix {
+        match (self, b) {
+            (Operand::F64(a), Operand::F64(b)) => &**a * &**b,
+            (Operand::F32(a, sa), Operand::F32(b, sb)) => (&**a * &**b).map(|x| f64::from(x) * sa * sb),
+            _ => unreachable!("both operands of a product are made by one precision"),
+        }
+    }
+
+    /// `self · b` where `self = bᵀ` (a Gram matrix, symmetric), only its blocks on and above
+    /// the diagonal, [`GRAM_BLOCK`] rows at a time: 58 % of the product's work at d_model 768.
+    /// The rest is zero until [`mirror_upper`] fills it in.
+    fn gram_upper(&self, b: &Operand<'_>) -> Matrix {
+        fn blocks<
+            T: nalgebra::Scalar
+                + num_traits::Zero
+                + num_traits::One
+                + nalgebra::ClosedAddAssign
+                + nalgebra::ClosedMulAssign
+                + Copy,
+        >(
+            a: &nalgebra::DMatrix<T>,
+            b: &nalgebra::DMatrix<T>,
+            widen: impl Fn(T) -> f64 + Copy,
+        ) -> Matrix {
+            let n = a.nrows();
+            let mut out = Matrix::zeros(n, n);
+            for i in (0..n).step_by(GRAM_BLOCK) {
+                let rows = GRAM_BLOCK.min(n - i);
+                let block = a.rows(i, rows) * b.columns(i, n - i);
+                out.view_mut((i, i), (rows, n - i)).zip_apply(&block, |o, x| *o = widen(x));
+            }
+            out
+        }
+        match (self, b) {
+            (Operand::F64(a), Operand::F64(b)) => blocks(a, b, |x| x),
+            (Operand::F32(a, sa), Operand::F32(b, sb)) => blocks(a, b, |x| f64::from(x) * sa * sb),
+            _ => unreachable!("both operands of a product are made by one precision"),
+        }
+    }
+}
+
+/// Products of at most this many multiply-adds run in f64 whatever the precision: rounding
+/// their operands to f32 would cost about as much as they do (d_head × d_head × d_head ones).
+pub const SMALL_PRODUCT: usize = 128 * 128 * 128;
+
+/// The rows of a Gram matrix computed by one product in [`Precision::gram_upper`].
+pub const GRAM_BLOCK: usize = 128;
+
+/// Copies a square matrix's upper triangle onto its lower one.
+fn mirror_upper(m: &mut Matrix) {
+    for c in 0..m.ncols() {
+        for r in c + 1..m.nrows() {
+            m[(r, c)] = m[(c, r)];
+        }
+    }
+}
+
+/// A head's index in the list of all heads, and its (layer, head).
+type IndexedHead = (usize, (usize, usize));
+
+/// A pair statistic's value: left (layer, head), right (layer, head), value.
+type PairValue = (usize, usize, usize, usize, f64);
+
 /// The vocabulary is summed over in this many fixed groups.
 pub const VOCAB_GROUPS: usize = 4;
 
@@ -77,6 +209,7 @@ pub struct Inputs<'a> {
     pub vocab: &'a dyn VocabRows,
     /// Told of every vocabulary chunk, head and left head done.
     pub progress: &'a dyn Progress,
+    pub precision: Precision,
 }
 
 /// Every statistic's value: per head `[layer][head]`, per pair `[layer][head][layer'][head']`
@@ -121,12 +254,24 @@ struct Env<'e, 'a> {
     right_frame: Option<&'e Frame<'a>>,
     head: (usize, usize),
     right: (usize, usize),
+    /// The head-independent matrices as operands of the precision, made once for the stages
+    /// after the first.
+    shared_operands: Option<&'e [Option<Operand<'static>>]>,
 }
 
 impl<'e, 'a> Env<'e, 'a> {
     /// No head bound and no per-head frames: the head-independent stage.
     fn new(plan: &'e EvalPlan, inputs: &'e Inputs<'a>, shared: &'e Frame<'a>) -> Env<'e, 'a> {
-        Env { plan, inputs, shared, head_frame: None, right_frame: None, head: (0, 0), right: (0, 0) }
+        Env {
+            plan,
+            inputs,
+            shared,
+            head_frame: None,
+            right_frame: None,
+            head: (0, 0),
+            right: (0, 0),
+            shared_operands: None,
+        }
     }
 
     fn get<'f>(&'f self, local: &'f Frame<'a>, id: Id) -> &'f Value<'a> {
@@ -139,6 +284,15 @@ impl<'e, 'a> Env<'e, 'a> {
         match frame[usize::from(id)].as_ref() {
             Some(value) => value,
             None => unreachable!("step %{id} is evaluated before the steps that read it"),
+        }
+    }
+
+    /// A step's value as a product's operand: a head-independent one made once ([`Env::shared_operands`]).
+    fn operand<'f>(&'f self, local: &'f Frame<'a>, id: Id) -> Operand<'f> {
+        match self.shared_operands.and_then(|ops| ops[usize::from(id)].as_ref()) {
+            Some(Operand::F32(m, scale)) => Operand::F32(Cow::Borrowed(&**m), *scale),
+            Some(Operand::F64(m)) => Operand::F64(Cow::Borrowed(&**m)),
+            None => self.inputs.precision.operand(self.get(local, id).matrix()),
         }
     }
 
@@ -175,7 +329,19 @@ impl<'e, 'a> Env<'e, 'a> {
                     }))
                 }
             },
-            Plan::Mul([a, b]) => Value::Matrix(Cow::Owned(get(*a).matrix() * get(*b).matrix())),
+            Plan::Mul([a, b]) if plan.is_gram(step) => {
+                let mut gram = self.operand(local, *a).gram_upper(&self.operand(local, *b));
+                mirror_upper(&mut gram);
+                Value::Matrix(Cow::Owned(gram))
+            }
+            Plan::Mul([a, b]) => {
+                let (x, y) = (get(*a).matrix(), get(*b).matrix());
+                if x.nrows() * x.ncols() * y.ncols() <= SMALL_PRODUCT {
+                    Value::Matrix(Cow::Owned(x * y))
+                } else {
+                    Value::Matrix(Cow::Owned(self.operand(local, *a).product(&self.operand(local, *b))))
+                }
+            }
             Plan::Transpose(a) => Value::Matrix(Cow::Owned(get(*a).matrix().transpose())),
             Plan::Trace(a) => Value::Scalar(get(*a).matrix().trace()),
             Plan::Dot([a, b]) => Value::Scalar(get(*a).matrix().dot(get(*b).matrix())),
@@ -236,17 +402,26 @@ fn streamed_products(
     vocab: &dyn VocabRows,
     products: &[(VocabMatrix, VocabMatrix)],
     progress: &dyn Progress,
+    precision: Precision,
 ) -> Result<Vec<Matrix>, ExecError> {
     let mut results: Vec<Option<Matrix>> = vec![None; products.len()];
     for length in pass_lengths(vocab, products) {
         let of_pass: Vec<usize> =
             (0..products.len()).filter(|&i| vocab_length(vocab, products[i].0) == length).collect();
         let pass: Vec<(VocabMatrix, VocabMatrix)> = of_pass.iter().map(|&i| products[i]).collect();
-        for (i, product) in of_pass.into_iter().zip(streamed_pass(vocab, length, &pass, progress)?) {
+        for (i, product) in of_pass.into_iter().zip(streamed_pass(vocab, length, &pass, progress, precision)?) {
             results[i] = Some(product);
         }
     }
-    Ok(results.into_iter().map(|r| r.expect("every product is in the pass of its length")).collect())
+    // A Gram matrix's chunks made its upper triangle only.
+    let mut results: Vec<Matrix> =
+        results.into_iter().map(|r| r.expect("every product is in the pass of its length")).collect();
+    for (result, &(x, y)) in results.iter_mut().zip(products) {
+        if x == y {
+            mirror_upper(result);
+        }
+    }
+    Ok(results)
 }
 
 /// One pass of [`streamed_products`]: `products`, all of whose operands have `length` rows.
@@ -255,6 +430,7 @@ fn streamed_pass(
     length: usize,
     products: &[(VocabMatrix, VocabMatrix)],
     progress: &dyn Progress,
+    precision: Precision,
 ) -> Result<Vec<Matrix>, ExecError> {
     let uses = |m: VocabMatrix| products.iter().any(|&(x, y)| x == m || y == m);
     let parts = parallel_map(&vocab_groups(length), |&(start, end)| -> Result<Vec<Option<Matrix>>, ExecError> {
@@ -269,6 +445,8 @@ fn streamed_pass(
                 e.as_ref().filter(|_| products.iter().any(|&(x, _)| x == VocabMatrix::Embed)).map(|e| e.transpose());
             let u_t =
                 u.as_ref().filter(|_| products.iter().any(|&(_, y)| y == VocabMatrix::UnembedT)).map(|u| u.transpose());
+            // Each in the products' precision, once.
+            let [e, u, e_t, u_t] = [&e, &u, &e_t, &u_t].map(|m| m.as_ref().map(|m| precision.operand(m)));
             for (sum, &(x, y)) in sums.iter_mut().zip(products) {
                 let left = match x {
                     VocabMatrix::Embed => e_t.as_ref(),
@@ -279,9 +457,11 @@ fn streamed_pass(
                     VocabMatrix::UnembedT => u_t.as_ref(),
                 };
                 let (Some(left), Some(right)) = (left, right) else { unreachable!("read above: it is used") };
+                // `W_Eᵀ W_E` and `W_U W_Uᵀ` are symmetric: their upper triangle only.
+                let part = if x == y { left.gram_upper(right) } else { left.product(right) };
                 match sum {
-                    Some(acc) => acc.gemm(1.0, left, right, 1.0),
-                    None => *sum = Some(left * right),
+                    Some(acc) => *acc += part,
+                    None => *sum = Some(part),
                 }
             }
             progress.advance(1);
@@ -322,11 +502,14 @@ pub fn run(plan: &EvalPlan, inputs: &Inputs<'_>) -> Result<Results, ExecError> {
         .flat_map(vocab_groups)
         .map(|(s, e)| (e - s).div_ceil(VOCAB_CHUNK))
         .sum();
-    inputs.progress.start("statistics", (chunks + 3 * heads.len()) as u64);
+    let n_layers = inputs.heads.len();
+    inputs.progress.start("statistics", (chunks + 2 * heads.len() + n_layers * n_layers.saturating_sub(1) / 2) as u64);
 
     // 1. Once: the products over the vocabulary in one pass (a pass per length), then the rest.
     let mut shared: Frame<'_> = vec![None; n];
-    for ((step, _), product) in streamed.iter().zip(streamed_products(inputs.vocab, &products, inputs.progress)?) {
+    for ((step, _), product) in
+        streamed.iter().zip(streamed_products(inputs.vocab, &products, inputs.progress, inputs.precision)?)
+    {
         shared[usize::from(*step)] = Some(Value::Matrix(Cow::Owned(product)));
     }
     for step in stage(Deps::NONE).into_iter().filter(|&s| plan.streamed(s).is_none()) {
@@ -334,12 +517,24 @@ pub fn run(plan: &EvalPlan, inputs: &Inputs<'_>) -> Result<Results, ExecError> {
         shared[usize::from(step)] = Some(value);
     }
 
+    // The head-independent matrices rounded to f32 once, not once a head.
+    let shared_operands: Option<Vec<Option<Operand<'static>>>> = (inputs.precision == Precision::F32).then(|| {
+        shared
+            .iter()
+            .map(|value| match value {
+                Some(Value::Matrix(m)) => Some(Precision::F32.operand(m).into_owned()),
+                _ => None,
+            })
+            .collect()
+    });
+    let shared_operands = shared_operands.as_deref();
+
     // 2, 3. Per head, then per right head: keep what pairs and statistics read.
     let per_head_stage = |deps: Deps| -> Result<Vec<Frame<'_>>, ExecError> {
         let steps = stage(deps);
         parallel_map(&heads, |&bound| {
             let mut local: Frame<'_> = vec![None; n];
-            let env = Env { head: bound, right: bound, ..Env::new(plan, inputs, &shared) };
+            let env = Env { head: bound, right: bound, shared_operands, ..Env::new(plan, inputs, &shared) };
             for &step in &steps {
                 let value = env.eval(&local, step)?;
                 local[usize::from(step)] = Some(value);
@@ -375,42 +570,52 @@ pub fn run(plan: &EvalPlan, inputs: &Inputs<'_>) -> Result<Results, ExecError> {
         results.per_head.insert(stat, values);
     }
 
-    // 4. Per pair, by left head.
+    // 4. Per pair, by (left layer, right layer): a batched step is one product of the left
+    // layer's operands stacked by the right layer's (a GEMM of layer-sized sides), the rest pair
+    // by pair.
     let pair_steps = stage(Deps::PAIR);
     let pair_roots: Vec<(Stat, Id)> =
         plan.roots.iter().copied().filter(|&(_, root)| plan.shape(root).deps == Deps::PAIR).collect();
-    let per_left = parallel_map(&heads.iter().copied().enumerate().collect::<Vec<_>>(), |&(i, (l, h))| {
-        let rights: Vec<(usize, (usize, usize))> =
-            heads.iter().copied().enumerate().filter(|&(_, (rl, _))| rl > l).collect();
-        let mut locals: Vec<Frame<'_>> = vec![vec![None; n]; rights.len()];
+    let of_layer = |layer: usize| -> Vec<IndexedHead> {
+        heads.iter().copied().enumerate().filter(|&(_, (l, _))| l == layer).collect()
+    };
+    let layer_pairs: Vec<(usize, usize)> = (0..inputs.heads.len())
+        .flat_map(|l| (l + 1..inputs.heads.len()).map(move |r| (l, r)))
+        .filter(|&(l, r)| !inputs.heads[l].is_empty() && !inputs.heads[r].is_empty())
+        .collect();
+    let per_layer_pair = parallel_map(&layer_pairs, |&(left_layer, right_layer)| {
+        let (lefts, rights) = (of_layer(left_layer), of_layer(right_layer));
+        let pairs: Vec<(IndexedHead, IndexedHead)> =
+            lefts.iter().flat_map(|&left| rights.iter().map(move |&right| (left, right))).collect();
+        let mut locals: Vec<Frame<'_>> = vec![vec![None; n]; pairs.len()];
         for &step in &pair_steps {
-            let env = Env { head_frame: Some(&head_frames[i]), head: (l, h), ..Env::new(plan, inputs, &shared) };
-            if let Some(parts) = batched_pair_product(&env, step, &head_frames[i], &right_frames, &rights) {
+            let env = Env::new(plan, inputs, &shared);
+            if let Some(parts) = batched_pair_product(&env, step, &head_frames, &right_frames, &lefts, &rights) {
                 for (local, part) in locals.iter_mut().zip(parts) {
                     local[usize::from(step)] = Some(Value::Matrix(Cow::Owned(part)));
                 }
                 continue;
             }
-            for (local, &(j, bound)) in locals.iter_mut().zip(&rights) {
+            for (local, &((i, head), (j, right))) in locals.iter_mut().zip(&pairs) {
                 let env = Env {
                     head_frame: Some(&head_frames[i]),
                     right_frame: Some(&right_frames[j]),
-                    head: (l, h),
-                    right: bound,
+                    head,
+                    right,
                     ..Env::new(plan, inputs, &shared)
                 };
                 let value = env.eval(local, step)?;
                 local[usize::from(step)] = Some(value);
             }
         }
-        let values: Vec<Vec<(usize, usize, f64)>> = pair_roots
+        let values: Vec<Vec<PairValue>> = pair_roots
             .iter()
             .map(|&(_, root)| {
-                rights
+                pairs
                     .iter()
                     .zip(&locals)
-                    .map(|(&(_, (rl, rh)), local)| {
-                        (rl, rh, local[usize::from(root)].as_ref().map_or(0.0, Value::scalar))
+                    .map(|(&((_, (l, h)), (_, (rl, rh))), local)| {
+                        (l, h, rl, rh, local[usize::from(root)].as_ref().map_or(0.0, Value::scalar))
                     })
                     .collect()
             })
@@ -424,10 +629,10 @@ pub fn run(plan: &EvalPlan, inputs: &Inputs<'_>) -> Result<Results, ExecError> {
     for &(stat, _) in &pair_roots {
         results.per_pair.insert(stat, empty_pairs.clone());
     }
-    for (&(l, h), values) in heads.iter().zip(per_left) {
-        for ((stat, _), per_right) in pair_roots.iter().zip(values?) {
+    for values in per_layer_pair {
+        for ((stat, _), per_pair) in pair_roots.iter().zip(values?) {
             let out = results.per_pair.get_mut(stat).expect("inserted above");
-            for (rl, rh, v) in per_right {
+            for (l, h, rl, rh, v) in per_pair {
                 out[l][h][rl][rh] = v;
             }
         }
@@ -435,24 +640,26 @@ pub fn run(plan: &EvalPlan, inputs: &Inputs<'_>) -> Result<Results, ExecError> {
     Ok(results)
 }
 
-/// A batched pair step ([`EvalPlan::batched`]) for one left head and all its right heads: one
-/// product per right layer with its heads' operands side by side (or stacked), cut into one
-/// block per pair.
-/// An operand that is a weight or a weight's transpose is read from the weights (transposed as it
-/// is stacked), not from a kept value. `None` for any other step.
+/// A batched pair step ([`EvalPlan::batched`]) for every pair of a left layer's heads
+/// (`lefts`) and a right layer's (`rights`): one product of the left heads' operands stacked (by
+/// rows, or by columns when the left operand is on the right) and the right heads' stacked the
+/// other way, cut into one block per pair, in `lefts`-major order. An operand that is a weight or
+/// a weight's transpose is read from the weights (transposed as it is stacked), not from a kept
+/// value. `None` for any other step.
 fn batched_pair_product<'f, 'a: 'f>(
     env: &Env<'_, 'a>,
     step: Id,
-    head_frame: &'f Frame<'a>,
+    head_frames: &'f [Frame<'a>],
     right_frames: &'f [Frame<'a>],
-    rights: &[(usize, (usize, usize))],
+    lefts: &[IndexedHead],
+    rights: &[IndexedHead],
 ) -> Option<Vec<Matrix>> {
     fn kept<'f>(frame: &'f Frame<'_>, id: Id) -> &'f Matrix {
         frame[usize::from(id)].as_ref().map(Value::matrix).expect("kept: a pair step reads it")
     }
     let plan = env.plan;
     let (head_operand, right_operand) = plan.batched(step)?;
-    if rights.is_empty() {
+    if rights.is_empty() || lefts.is_empty() {
         return None;
     }
     // Weights and kept values are borrowed; only a weight's transpose is made here.
@@ -466,51 +673,71 @@ fn batched_pair_product<'f, 'a: 'f>(
             _ => Cow::Borrowed(kept(frame, id)),
         }
     };
-    let head_value = operand(head_operand, head_frame, env.head);
+    let left_blocks: Vec<Cow<'_, Matrix>> =
+        lefts.iter().map(|&(i, bound)| operand(head_operand, &head_frames[i], bound)).collect();
+    let right_blocks: Vec<Cow<'_, Matrix>> =
+        rights.iter().map(|&(j, bound)| operand(right_operand, &right_frames[j], bound)).collect();
     let head_first = matches!(plan.node(step), Plan::Mul([a, _]) if *a == head_operand);
-    // One product per right layer: GEMMs of a useful size, and stacked operands of one layer's
-    // heads at a time (all later heads' at once are 52 MB per thread at GPT-2 size).
-    let mut parts = Vec::with_capacity(rights.len());
-    for group in rights.chunk_by(|a, b| a.1 .0 == b.1 .0) {
-        let blocks: Vec<Cow<'_, Matrix>> =
-            group.iter().map(|&(j, bound)| operand(right_operand, &right_frames[j], bound)).collect();
-        if head_first {
-            let product = &*head_value * stack_columns(&blocks);
+    let precision = env.inputs.precision;
+    let mut parts = Vec::with_capacity(lefts.len() * rights.len());
+    if head_first {
+        // [left heads' rows] · [right heads' columns].
+        let product = stacked(precision, &left_blocks, true).product(&stacked(precision, &right_blocks, false));
+        let mut row = 0;
+        for l in &left_blocks {
             let mut col = 0;
-            for block in &blocks {
-                parts.push(product.columns(col, block.ncols()).into_owned());
-                col += block.ncols();
+            for r in &right_blocks {
+                parts.push(product.view((row, col), (l.nrows(), r.ncols())).into_owned());
+                col += r.ncols();
             }
-        } else {
-            let product = stack_rows(&blocks) * &*head_value;
-            let mut row = 0;
-            for block in &blocks {
-                parts.push(product.rows(row, block.nrows()).into_owned());
-                row += block.nrows();
-            }
+            row += l.nrows();
         }
+    } else {
+        // [right heads' rows] · [left heads' columns].
+        let product = stacked(precision, &right_blocks, true).product(&stacked(precision, &left_blocks, false));
+        let mut col = 0;
+        let mut blocks = vec![Vec::new(); left_blocks.len()];
+        for (a, l) in left_blocks.iter().enumerate() {
+            let mut row = 0;
+            for r in &right_blocks {
+                blocks[a].push(product.view((row, col), (r.nrows(), l.ncols())).into_owned());
+                row += r.nrows();
+            }
+            col += l.ncols();
+        }
+        parts.extend(blocks.into_iter().flatten());
     }
     Some(parts)
 }
 
-fn stack_rows(blocks: &[Cow<'_, Matrix>]) -> Matrix {
-    let cols = blocks.first().map_or(0, |b| b.ncols());
-    let mut out = Matrix::zeros(blocks.iter().map(|b| b.nrows()).sum(), cols);
-    let mut row = 0;
-    for b in blocks {
-        out.view_mut((row, 0), b.shape()).copy_from(b);
-        row += b.nrows();
+/// `blocks` side by side (`by_rows`: one above the other) as an operand of `precision`, each
+/// entry rounded as it is copied.
+fn stacked(precision: Precision, blocks: &[Cow<'_, Matrix>], by_rows: bool) -> Operand<'static> {
+    fn stack<T: nalgebra::Scalar + num_traits::Zero + Copy>(
+        blocks: &[Cow<'_, Matrix>],
+        by_rows: bool,
+        round: impl Fn(f64) -> T,
+    ) -> nalgebra::DMatrix<T> {
+        let (rows, cols) = match blocks.first() {
+            None => (0, 0),
+            Some(b) if by_rows => (blocks.iter().map(|b| b.nrows()).sum(), b.ncols()),
+            Some(b) => (b.nrows(), blocks.iter().map(|b| b.ncols()).sum()),
+        };
+        let mut out = nalgebra::DMatrix::<T>::zeros(rows, cols);
+        let mut at = 0;
+        for b in blocks {
+            let (corner, size) = if by_rows { ((at, 0), b.shape()) } else { ((0, at), b.shape()) };
+            out.view_mut(corner, size).zip_apply(&**b, |o, x| *o = round(x));
+            at += if by_rows { b.nrows() } else { b.ncols() };
+        }
+        out
     }
-    out
-}
-
-fn stack_columns(blocks: &[Cow<'_, Matrix>]) -> Matrix {
-    let rows = blocks.first().map_or(0, |b| b.nrows());
-    let mut out = Matrix::zeros(rows, blocks.iter().map(|b| b.ncols()).sum());
-    let mut col = 0;
-    for b in blocks {
-        out.view_mut((0, col), b.shape()).copy_from(b);
-        col += b.ncols();
+    match precision {
+        Precision::F64 => Operand::F64(Cow::Owned(stack(blocks, by_rows, |x| x))),
+        Precision::F32 => {
+            let scale = power_of_two_above(blocks.iter().map(|b| b.amax()).fold(0.0, f64::max));
+            let inverse = 1.0 / scale;
+            Operand::F32(Cow::Owned(stack(blocks, by_rows, |x| (x * inverse) as f32)), scale)
+        }
     }
-    out
 }

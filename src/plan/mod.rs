@@ -257,11 +257,16 @@ fn make_plans(dims: Dims, counts: Counts) -> Plans {
     Plans { chosen, naive }
 }
 
-/// Multiply-adds count 2; an eigenvalue computation (Hessenberg reduction and shifted QR) about
+/// Multiply-adds count 2; a Gram product (`gram`: `xᵀ·x` or `x·xᵀ`) only its upper triangle,
+/// `n (n + 1) / 2` entries; an eigenvalue computation (Hessenberg reduction and shifted QR) about
 /// `10 n³`; a transpose of a weight is a view (0), of a computed matrix a copy.
-pub fn step_flops(node: &Plan, shape_of: impl Fn(Id) -> Shape, is_weight: impl Fn(Id) -> bool) -> f64 {
+pub fn step_flops(node: &Plan, shape_of: impl Fn(Id) -> Shape, is_weight: impl Fn(Id) -> bool, gram: bool) -> f64 {
     let f = |x: usize| x as f64;
     match node {
+        Plan::Mul([a, _]) if gram => {
+            let a = shape_of(*a);
+            f(a.rows) * (f(a.rows) + 1.0) * f(a.cols)
+        }
         Plan::Mul([a, b]) => {
             let (a, b) = (shape_of(*a), shape_of(*b));
             2.0 * f(a.rows) * f(a.cols) * f(b.cols)
@@ -286,7 +291,9 @@ fn node_price(egraph: &EGraph<Plan, ShapeAnalysis>, counts: Counts, enode: &Plan
     if deps == Deps::PAIR && enode.children().iter().any(|&c| !is_weight(c) && !kept_at_rank(shape_of(c))) {
         return f64::INFINITY;
     }
-    step_flops(enode, shape_of, is_weight) * counts.instances(deps)
+    let transpose_of = |t: Id, x: Id| egraph[t].nodes.iter().any(|n| *n == Plan::Transpose(egraph.find(x)));
+    let gram = matches!(enode, Plan::Mul([a, b]) if transpose_of(*a, *b) || transpose_of(*b, *a));
+    step_flops(enode, shape_of, is_weight, gram) * counts.instances(deps)
 }
 
 /// How many candidate sub-plans each class keeps during extraction.
@@ -453,6 +460,15 @@ impl EvalPlan {
         matches!(self.node(step), Plan::Weight(_))
     }
 
+    /// Whether the step is a Gram product `xᵀ·x` or `x·xᵀ` (symmetric: computed and priced as
+    /// its upper triangle).
+    pub fn is_gram(&self, step: Id) -> bool {
+        match self.node(step) {
+            Plan::Mul([a, b]) => self.node(*a) == &Plan::Transpose(*b) || self.node(*b) == &Plan::Transpose(*a),
+            _ => false,
+        }
+    }
+
     /// The vocabulary-side weight a step reads as `Xᵀ` / `Y` of a streamed product `Σ_c X_cᵀ Y_c`
     /// over chunks of vocabulary rows, if it is one: `W_E` or `W_Uᵀ` (as `X` on the left of the
     /// product when the step is `(T W_E)` or `W_U`, as `Y` on the right when it is `W_E` or
@@ -511,7 +527,7 @@ impl EvalPlan {
 
     /// FLOPs of one step over all its instances.
     pub fn step_cost(&self, step: Id) -> f64 {
-        step_flops(self.node(step), |id| self.shape(id), |id| self.is_weight(id))
+        step_flops(self.node(step), |id| self.shape(id), |id| self.is_weight(id), self.is_gram(step))
             * self.counts.instances(self.shape(step).deps)
     }
 
