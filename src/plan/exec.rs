@@ -50,9 +50,11 @@ pub enum ExecError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
-    /// Each product's operands rounded to f32 and multiplied by the f32 kernel (twice the f64
-    /// rate), its result widened to f64; a product over the vocabulary is summed in f64 chunk by
-    /// chunk ([`VOCAB_CHUNK`] rows of f32 sums each).
+    /// Each product's operands divided by a power of two (`power_of_two_scale`), rounded to
+    /// f32 and multiplied by the f32 kernel (twice the f64 rate), the result widened to f64 and
+    /// scaled back; a product over the vocabulary is summed in f64 chunk by chunk
+    /// ([`VOCAB_CHUNK`] rows of f32 sums each); products of at most [`SMALL_PRODUCT`]
+    /// multiply-adds stay f64.
     F32,
     /// Every product in f64.
     #[default]
@@ -60,21 +62,14 @@ pub enum Precision {
 }
 
 impl Precision {
-    /// `a · b`.
-    pub fn product(self, a: &Matrix, b: &Matrix) -> Matrix {
-        self.operand(a).product(&self.operand(b))
-    }
-
     /// `m` as an operand of this precision's products: borrowed in f64, rounded to f32 once.
     fn operand(self, m: &Matrix) -> Operand<'_> {
         match self {
             Precision::F64 => Operand::F64(Cow::Borrowed(m)),
             Precision::F32 => {
                 let scale = power_of_two_scale(m);
-                {
-                    let inverse = 1.0 / scale;
-                    Operand::F32(Cow::Owned(m.map(|x| (x * inverse) as f32)), scale)
-                }
+                let inverse = 1.0 / scale;
+                Operand::F32(Cow::Owned(m.map(|x| (x * inverse) as f32)), scale)
             }
         }
     }
@@ -159,7 +154,7 @@ impl Operand<'_> {
 /// their operands to f32 would cost about as much as they do (d_head × d_head × d_head ones).
 pub const SMALL_PRODUCT: usize = 128 * 128 * 128;
 
-/// The rows of a Gram matrix computed by one product in [`Precision::gram_upper`].
+/// The rows of a Gram matrix computed by one product (`Operand::gram_upper`).
 pub const GRAM_BLOCK: usize = 128;
 
 /// Copies a square matrix's upper triangle onto its lower one.
