@@ -93,7 +93,7 @@ fn path_tables_and_score_terms_stop() {
 }
 
 #[test]
-fn the_statistics_stop_between_heads() {
+fn the_statistics_stop_between_vocabulary_chunks() {
     let params = common::params("induction");
     let result = pathc::stats::stats_processed_with_progress(&params, eval::Processing::NONE, &StopAfter::new(1));
     assert!(matches!(result, Err(StatsError::Exec(ExecError::Cancelled(Cancelled)))), "{:?}", result.err());

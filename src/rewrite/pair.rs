@@ -20,10 +20,10 @@ use crate::paths::{Factor, FactorKind, Template};
 /// layer's number when its scores rotate (`R_Δ` between the sides), `None` otherwise.
 pub fn pair(query: &[Template], key: &[Template], rotary: Option<usize>, max_order: Option<u32>) -> Vec<Template> {
     let key_orders: Vec<usize> = key.iter().map(Template::order).collect();
+    let budget = max_order.map(|k| k as usize);
     let mut out = Vec::new();
     for q in query {
         let q_order = q.order();
-        let budget = max_order.map(|k| k as usize);
         if budget.is_some_and(|k| q_order > k) {
             continue;
         }
