@@ -345,7 +345,10 @@ fn generated_statistics_match_pathc_and_the_fixtures() {
         for fold in [&[][..], &["--fold-ln"]] {
             let ours = run_python(&python, &module, &[&[&f.weights[..], "--stats"][..], fold].concat());
             let theirs = json(
-                pathc(&[&["stats", &model, "--weights", &f.weights, "--format", "json"][..], fold].concat()),
+                pathc(
+                    &[&["stats", &model, "--weights", &f.weights, "--format", "json", "--precision", "f64"][..], fold]
+                        .concat(),
+                ),
                 "pathc stats",
             );
             let d = json_diff(&ours, &theirs, name);
@@ -720,7 +723,13 @@ fn generated_statistics_match_the_architecture_fixtures() {
         for fold in [&[][..], &["--fold-ln"]] {
             let mut ours = run_python(&python, &module, &[&[&f.weights[..], "--stats"][..], fold].concat());
             let mut theirs = json(
-                pathc(&[&["stats", &f.model, "--weights", &f.weights, "--format", "json"][..], fold].concat()),
+                pathc(
+                    &[
+                        &["stats", &f.model, "--weights", &f.weights, "--format", "json", "--precision", "f64"][..],
+                        fold,
+                    ]
+                    .concat(),
+                ),
                 "pathc stats",
             );
             if !square {

@@ -814,6 +814,8 @@ def statistics(w, weight_processing):
 
     out = {
         "weight_processing": weight_processing,
+        # NumPy's float64 products throughout: `pathc stats --precision f64`.
+        "precision": "f64",
         **per_head,
         "comp_q": comp["Q"],
         "comp_k": comp["K"],
