@@ -204,9 +204,15 @@ impl TermBuilder {
             MlpReader::In => (Tensor::WIn(number), Tensor::BiasIn(number), in_bias),
             MlpReader::Gate => (Tensor::WGate(number), Tensor::BiasGate(number), gate == Some(true)),
         };
+        self.read_by(weight, read, constant.then_some(bias))
+    }
+
+    /// `(Id⊗weight)·read + Id⊗bias`: what a weight reading the stream makes (an MLP's input, a
+    /// score side, the logits).
+    fn read_by(&mut self, weight: Tensor, read: Id, bias: Option<Tensor>) -> Id {
         let weight = self.residual(weight);
         let mut terms = vec![self.mul(weight, read)];
-        if constant {
+        if let Some(bias) = bias {
             terms.push(self.residual(bias));
         }
         self.sum(&terms)
@@ -215,13 +221,8 @@ impl TermBuilder {
     /// The logits from the last residual state: `(Id⊗W_U)·(N⊗Id)·stream + Id⊗b_U`.
     pub fn logits(&mut self, graph: &TermGraph, stream: Id) -> Id {
         let read = self.normalised(graph.final_norm.then_some(NormSite::Final), stream);
-        let w_u = self.residual(Tensor::Unembed);
         // The stream is already truncated and W_U has order 0: no truncation needed here.
-        let mut terms = vec![self.mul(w_u, read)];
-        if graph.logit_bias {
-            terms.push(self.residual(Tensor::BiasU));
-        }
-        self.sum(&terms)
+        self.read_by(Tensor::Unembed, read, graph.logit_bias.then_some(Tensor::BiasU))
     }
 
     /// One side of the attention scores of layer `layer`'s heads, `h{layer}` the symbolic head:
@@ -243,11 +244,6 @@ impl TermBuilder {
             let pos = self.residual(Tensor::PosEmbed);
             read = self.add(Tensor::Add([read, pos]));
         }
-        let weight = self.residual(weight);
-        let mut terms = vec![self.mul(weight, read)];
-        if head_bias {
-            terms.push(self.residual(bias));
-        }
-        self.sum(&terms)
+        self.read_by(weight, read, head_bias.then_some(bias))
     }
 }

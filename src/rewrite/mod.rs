@@ -303,9 +303,7 @@ pub fn expand_logits(
                 let mut builder = TermBuilder::new(max_order);
                 let read = builder.embed(read_from);
                 builder.mlp_input(block, weight, read);
-                let input = saturate(builder.finish(), limits, &mut stats)?;
-                progress.advance(1);
-                progress.check()?;
+                let input = run(builder, limits, &mut stats, progress)?;
                 extract::read_templates(&input).map_err(RewriteError::Internal)
             };
             mlp_inputs[*layer] = Some(input(build::MlpReader::In)?);
@@ -324,9 +322,7 @@ pub fn expand_logits(
         if step + 1 == n_blocks.max(1) {
             builder.logits(graph, top);
         }
-        stream = saturate(builder.finish(), limits, &mut stats)?;
-        progress.advance(1);
-        progress.check()?;
+        stream = run(builder, limits, &mut stats, progress)?;
     }
     progress.finish();
     let logits = extract::read_templates(&stream).map_err(RewriteError::Internal)?;
@@ -354,9 +350,7 @@ pub fn expand_scores(
                 let mut builder = TermBuilder::new(max_order);
                 let read = builder.embed(stream);
                 builder.score_side(block, side, read);
-                let terms = saturate(builder.finish(), limits, &mut stats)?;
-                progress.advance(1);
-                progress.check()?;
+                let terms = run(builder, limits, &mut stats, progress)?;
                 extract::read_templates(&terms).map_err(RewriteError::Internal)
             };
             let (query_side, key_side) = (side(&query, Side::Query)?, side(&key, Side::Key)?);
@@ -369,9 +363,7 @@ pub fn expand_scores(
                 let mut builder = TermBuilder::new(max_order);
                 let embedded = builder.embed(stream);
                 builder.block(block, side, embedded);
-                *stream = saturate(builder.finish(), limits, &mut stats)?;
-                progress.advance(1);
-                progress.check()?;
+                *stream = run(builder, limits, &mut stats, progress)?;
             }
         }
     }
@@ -386,6 +378,19 @@ fn sources(graph: &TermGraph) -> RecExpr<Tensor> {
 }
 
 /// Saturates one term and extracts its expanded form.
+/// One saturation run of a built term, told to `progress`, which is then asked whether to stop.
+fn run(
+    builder: TermBuilder,
+    limits: Limits,
+    stats: &mut RunStats,
+    progress: &dyn Progress,
+) -> Result<RecExpr<Tensor>, RewriteError> {
+    let expanded = saturate(builder.finish(), limits, stats)?;
+    progress.advance(1);
+    progress.check()?;
+    Ok(expanded)
+}
+
 fn saturate(term: RecExpr<Tensor>, limits: Limits, stats: &mut RunStats) -> Result<RecExpr<Tensor>, RewriteError> {
     let runner: Runner<Tensor, TensorAnalysis> = Runner::default()
         .with_scheduler(SimpleScheduler)
