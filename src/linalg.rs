@@ -69,6 +69,26 @@ pub fn copying_score(m: Matrix) -> Option<f64> {
     Some(if abs == 0.0 { 0.0 } else { re / abs })
 }
 
+/// A square root `R` of a symmetric positive semi-definite matrix `g` (a Gram matrix `xᵀ x`):
+/// `Rᵀ R = g` up to rounding. Upper triangular, the transposed Cholesky factor, where `g` is
+/// positive definite; otherwise (a rank-deficient Gram, or one that rounding made slightly
+/// indefinite) `diag(√max(λ, 0)) Vᵀ` from its symmetric eigendecomposition `V diag(λ) Vᵀ`.
+/// `None` if that decomposition did not converge in [`SCHUR_MAX_ITER`] iterations. Only the
+/// upper triangle of `g` is read.
+pub fn gram_root(g: &Matrix) -> Option<Matrix> {
+    let mut upper = g.clone();
+    upper.fill_lower_triangle_with_upper_triangle();
+    if let Some(cholesky) = upper.clone().cholesky() {
+        return Some(cholesky.l().transpose());
+    }
+    let eigen = nalgebra::SymmetricEigen::try_new(upper, f64::EPSILON, SCHUR_MAX_ITER)?;
+    let mut root = eigen.eigenvectors.transpose();
+    for (mut row, &lambda) in root.row_iter_mut().zip(eigen.eigenvalues.iter()) {
+        row *= lambda.max(0.0).sqrt();
+    }
+    Some(root)
+}
+
 /// A value that is not finite (NaN or ±∞) where a computation produced it: the numbers overflow
 /// f64 there (or an operation on such a value made NaN), so there is no number to report. Every
 /// numeric stage checks what it computes and reports this instead of printing `inf` or `NaN`.
@@ -106,4 +126,32 @@ pub fn finite_values(values: &[f64], at: impl FnOnce(usize) -> String) -> Result
 /// folds with it can say "0 error" about NaN).
 pub fn max_abs<'a>(values: impl IntoIterator<Item = &'a f64>) -> f64 {
     values.into_iter().fold(0.0f64, |m, &x| if x.is_nan() || m.is_nan() { f64::NAN } else { m.max(x.abs()) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{gram_root, Matrix};
+
+    /// `Rᵀ R = xᵀ x` (the definition), for a full-rank `x` (Cholesky, `R` upper triangular) and
+    /// for rank-deficient ones (a zero column, and a repeated one), where Cholesky fails and the
+    /// eigendecomposition gives the root.
+    #[test]
+    fn a_gram_root_squares_to_the_gram() {
+        let full = Matrix::from_fn(7, 3, |i, j| ((i * 5 + j * 3) % 7) as f64 - 2.5 + (i == j) as u8 as f64);
+        let mut zero_column = full.clone();
+        zero_column.column_mut(1).fill(0.0);
+        let mut repeated = full.clone();
+        let first = repeated.column(0).into_owned();
+        repeated.set_column(2, &first);
+        for (name, x) in [("full rank", &full), ("a zero column", &zero_column), ("a repeated column", &repeated)] {
+            let g = x.transpose() * x;
+            let r = gram_root(&g).expect("converges");
+            let error = (r.transpose() * &r - &g).abs().max();
+            assert!(error < 1e-12 * g.abs().max(), "{name}: |RᵀR − G| = {error:e}");
+            assert_eq!(r.shape(), (3, 3), "{name}");
+        }
+        // Full rank: the Cholesky factor, upper triangular.
+        let r = gram_root(&(full.transpose() * &full)).unwrap();
+        assert!((0..3).all(|j| (j + 1..3).all(|i| r[(i, j)] == 0.0)), "{r}");
+    }
 }

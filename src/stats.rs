@@ -72,17 +72,17 @@
 //! `[layer_left, head_left, layer_right, head_right]`): `‖left · right‖_F / (‖left‖_F ‖right‖_F)`
 //! with `left = W_V W_O` of the left head and `right = W_Q W_Kᵀ` (Q), `W_K W_Qᵀ` (K) or
 //! `W_V W_O` (V) of the right head; zero unless `layer_left < layer_right`; no baseline
-//! subtracted. The Gram identity is applied with each Gram matrix carried as its triangular
-//! square root: for a thin QR factorisation `X = Q_X R_X`, `XᵀX = R_XᵀR_X` and `‖Y Xᵀ‖_F =
-//! ‖Y R_Xᵀ‖_F`, `‖X Y‖_F = ‖R_X Y‖_F`. So with `a = R(W_V) W_O` (d_head × d_model) per left head
-//! and `b = W_Q R(W_K)ᵀ`, `W_K R(W_Q)ᵀ` or `W_V R(W_Oᵀ)ᵀ` (d_model × d_head) per right head,
-//! `‖left‖ = ‖a‖`, `‖right‖ = ‖b‖` and `‖left · right‖ = ‖a b‖`, a d_head × d_head product. This
-//! is `tr(AᵀA · BBᵀ)` with both Grams factored: one d_head × d_model × d_head product per pair
-//! (against two and a d_head³ one with the Grams themselves), and the condition number is not
-//! squared. All pairs of one left layer with every later layer
-//! are one matrix product (the `a` of the layer's heads stacked, times the `b` of every later
-//! head side by side). A score whose denominator is zero (a head with `W_V W_O = 0`, say) is
-//! defined as 0 (TransformerLens would give NaN).
+//! subtracted. The Gram identity is applied with each Gram matrix carried as a square root
+//! (the plan's `root`, [`crate::linalg::gram_root`]: `G = RᵀR`, the Cholesky factor of the
+//! d_head × d_head Gram): `‖Y Xᵀ‖_F = ‖Y R_Xᵀ‖_F`, `‖X Y‖_F = ‖R_X Y‖_F` with `R_X = root(XᵀX)`.
+//! So with `a = W_Oᵀ R(W_V)ᵀ` (d_model × d_head) per left head and `b = R(W_K) W_Qᵀ`,
+//! `R(W_Q) W_Kᵀ` or `R(W_Oᵀ) W_Vᵀ` (d_head × d_model) per right head, `‖left · right‖ = ‖b a‖`, a d_head ×
+//! d_head product. This is `tr(AᵀA · BBᵀ)` with both Grams factored: one d_head × d_model ×
+//! d_head product per pair and nothing else of d_head³ (the e-graph finds it: rule
+//! `gram-root`, [`crate::plan`]). All pairs of one left layer with one later layer are one
+//! matrix product (the `b` of the right layer's heads stacked, times the `a` of the left
+//! layer's side by side), each layer's operands stacked once. A score whose denominator is
+//! zero (a head with `W_V W_O = 0`, say) is defined as 0 (TransformerLens would give NaN).
 //!
 //! **Baseline** ([`Baseline`], [`composition_baseline`]): the paper subtracts the score expected
 //! of random matrices of the same shapes. See [`composition_baseline`] for exactly how it is drawn.
@@ -493,6 +493,14 @@ impl VocabRows for StatsParams<'_> {
     fn unembed_columns(&self, start: usize, n: usize) -> Result<Matrix, WeightError> {
         self.unembed_columns(start, n)
     }
+
+    fn embed_rows_f32(&self, start: usize, n: usize) -> Result<Option<Vec<f32>>, WeightError> {
+        StatsParams::embed_rows_f32(self, start, n)
+    }
+
+    fn unembed_columns_f32(&self, start: usize, n: usize) -> Result<Option<Vec<f32>>, WeightError> {
+        StatsParams::unembed_columns_f32(self, start, n)
+    }
 }
 
 /// Runs `plan` (the chosen or the naive one, see [`crate::plan::plan`]) on the heads' weights and
@@ -703,19 +711,30 @@ pub fn composition_baseline(d_model: usize, d_left: usize, d_right: usize, sampl
     if samples == 0 {
         return 0.0;
     }
-    let mut normals = Normals::new(BASELINE_SEED);
-    let total: f64 = (0..samples)
+    // Each sample draws an even number of normals (whole polar pairs), so it starts where the
+    // last ended with no spare: one cheap pass of the acceptance test alone finds every
+    // sample's starting state, and the samples are drawn and scored on the threads. The sum is
+    // taken in order: the same bits as drawing them one after another.
+    let pairs = d_model * (d_left + d_right);
+    let mut rng = SplitMix64(BASELINE_SEED);
+    let starts: Vec<u64> = (0..samples)
         .map(|_| {
-            let v = normals.matrix(d_model, d_left);
-            let o = normals.matrix(d_left, d_model);
-            let a = normals.matrix(d_model, d_right);
-            let b = normals.matrix(d_right, d_model);
-            let left = left_factor(&v, &o);
-            let right = right_factor(&a, &b.transpose());
-            ratio((&left * &right).norm(), left.norm() * right.norm())
+            let start = rng.0;
+            Normals::skip_pairs(&mut rng, pairs);
+            start
         })
-        .sum();
-    total / samples as f64
+        .collect();
+    let scores = crate::parallel::parallel_map(&starts, |&start| {
+        let mut normals = Normals::new(start);
+        let v = normals.matrix(d_model, d_left);
+        let o = normals.matrix(d_left, d_model);
+        let a = normals.matrix(d_model, d_right);
+        let b = normals.matrix(d_right, d_model);
+        let left = left_factor(&v, &o);
+        let right = right_factor(&a, &b.transpose());
+        ratio((&left * &right).norm(), left.norm() * right.norm())
+    });
+    scores.iter().sum::<f64>() / samples as f64
 }
 
 /// SplitMix64 (Steele, Lea & Flood 2014): a 64-bit state advanced by the golden-ratio increment
@@ -761,6 +780,21 @@ impl Normals {
                 let f = (-2.0 * deterministic_ln(s) / s).sqrt();
                 self.spare = Some(v * f);
                 return u * f;
+            }
+        }
+    }
+
+    /// Advances `rng` past `pairs` accepted polar pairs, as [`Normals::next`] would draw them,
+    /// without computing the normals.
+    fn skip_pairs(rng: &mut SplitMix64, pairs: usize) {
+        for _ in 0..pairs {
+            loop {
+                let u = rng.next_signed_unit();
+                let v = rng.next_signed_unit();
+                let s = u * u + v * v;
+                if s > 0.0 && s < 1.0 {
+                    break;
+                }
             }
         }
     }

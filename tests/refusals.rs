@@ -265,7 +265,11 @@ fn plan_estimates_do_not_overflow() {
     let compiled = pathc::compile(&attention_model(1, 2, 1 << 32)).unwrap();
     let plans = pathc::plan_stats(&compiled.model).unwrap();
     // At least W_E and W_U whole, or the heads' four weights: 2 × 4 × 2^64 bytes.
-    assert!(plans.chosen.peak_bytes(1) >= 8.0 * 2f64.powi(64), "{}", plans.chosen.peak_bytes(1));
+    assert!(
+        plans.chosen.peak_bytes(1, pathc::plan::Precision::F32) >= 8.0 * 2f64.powi(64),
+        "{}",
+        plans.chosen.peak_bytes(1, pathc::plan::Precision::F32)
+    );
     assert!(plans.naive.flops() >= 2f64.powi(96));
 }
 

@@ -217,11 +217,23 @@ fn known(name: &str, size: &Size) -> Result<usize, EvalError> {
 ///
 /// A mapping must be used: once a model's tensors are read ([`Params::from_weights`]), one that
 /// matched no name the model reads is an error, as is a name mapped twice.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct NameMap {
     renames: Vec<(String, String)>,
     /// Whether `renames[i]` matched a name [`NameMap::resolve`] was asked for.
-    used: Vec<std::cell::Cell<bool>>,
+    /// Atomic, so that the layers may be read on the threads.
+    used: Vec<std::sync::atomic::AtomicBool>,
+}
+
+impl Clone for NameMap {
+    fn clone(&self) -> NameMap {
+        let used = self
+            .used
+            .iter()
+            .map(|u| std::sync::atomic::AtomicBool::new(u.load(std::sync::atomic::Ordering::Relaxed)))
+            .collect();
+        NameMap { renames: self.renames.clone(), used }
+    }
 }
 
 impl NameMap {
@@ -241,13 +253,17 @@ impl NameMap {
             }
             renames.push((from.to_string(), to.to_string()));
         }
-        let used = vec![std::cell::Cell::new(false); renames.len()];
+        let used = renames.iter().map(|_| std::sync::atomic::AtomicBool::new(false)).collect();
         Ok(NameMap { renames, used })
     }
 
     /// The first mapping no name was resolved through, if any.
     fn unused(&self) -> Option<&(String, String)> {
-        self.renames.iter().zip(&self.used).find(|(_, used)| !used.get()).map(|(pair, _)| pair)
+        self.renames
+            .iter()
+            .zip(&self.used)
+            .find(|(_, used)| !used.load(std::sync::atomic::Ordering::Relaxed))
+            .map(|(pair, _)| pair)
     }
 
     /// The file's name for the TransformerLens tensor `tl`.
@@ -255,14 +271,14 @@ impl NameMap {
         for ((from, to), used) in self.renames.iter().zip(&self.used) {
             match from.split_once("{l}") {
                 None if from == tl => {
-                    used.set(true);
+                    used.store(true, std::sync::atomic::Ordering::Relaxed);
                     return to.clone();
                 }
                 None => {}
                 Some((prefix, suffix)) => {
                     let layer = tl.strip_prefix(prefix).and_then(|rest| rest.strip_suffix(suffix));
                     if let Some(layer) = layer.filter(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit())) {
-                        used.set(true);
+                        used.store(true, std::sync::atomic::Ordering::Relaxed);
                         return to.replace("{l}", layer);
                     }
                 }
@@ -717,11 +733,11 @@ impl Params {
                 None
             }
         };
-        let layers = model
-            .layers
-            .iter()
-            .enumerate()
-            .map(|(l, layer)| read.layer(l, layer, d_model))
+        // The layers on the threads (their tensors converted and checked side by side); the
+        // first error in layer order is the one reported, as one after another would.
+        let numbered: Vec<(usize, &crate::model::Layer)> = model.layers.iter().enumerate().collect();
+        let layers = crate::parallel::parallel_map(&numbered, |&(l, layer)| read.layer(l, layer, d_model))
+            .into_iter()
             .collect::<Result<_, _>>()?;
         read.no_layers_beyond(model)?;
         let unembed = model.unembed.span;
@@ -999,6 +1015,26 @@ impl StatsParams<'_> {
             centre_rows(&mut rows);
         }
         Ok(rows)
+    }
+
+    /// [`StatsParams::embed_rows`] as stored, row-major `[n, d_model]` `f32`, where that is
+    /// exact: `W_E` stored as F32, F16 or BF16 and not centred ([`Weights::rows_f32`]); `None`
+    /// otherwise.
+    pub fn embed_rows_f32(&self, start: usize, n: usize) -> Result<Option<Vec<f32>>, WeightError> {
+        if self.embed_centrings > 0 {
+            return Ok(None);
+        }
+        self.weights.rows_f32(&self.w_e, [self.d_vocab, self.d_model], start, n)
+    }
+
+    /// [`StatsParams::unembed_columns`] as stored, row-major `[d_model, n]` `f32`, where that is
+    /// exact: `W_U` stored as F32, F16 or BF16 with nothing folded in or subtracted; `None`
+    /// otherwise.
+    pub fn unembed_columns_f32(&self, start: usize, n: usize) -> Result<Option<Vec<f32>>, WeightError> {
+        if !self.unembed_steps.is_empty() {
+            return Ok(None);
+        }
+        self.weights.columns_f32(&self.w_u, [self.d_model, self.d_vocab_out], start, n)
     }
 
     /// Columns `start..start + n` of `W_U`, read from the file, with `ln_final` folded in after

@@ -8,12 +8,15 @@
 //!    on the threads and added in order, so the bits do not depend on the thread count. Each
 //!    matrix is read over its own rows: when `d_vocab_out ≠ d_vocab` the products of `W_E` are
 //!    one pass over `d_vocab` rows and those of `W_U` another over `d_vocab_out` (no product
-//!    then reads both).
-//! 2. **per head**, every head on the threads: the steps of `h`.
+//!    then reads both). In f32 a chunk is read as stored where it is f32 (or narrower), and both
+//!    operands of a product are strided views of it: no f64 copy and no transposed copy.
+//! 2. **per head**, every head on the threads: the steps of `h`; each weight rounded to the
+//!    precision once however many products read it.
 //! 3. **per right head**: the steps of `r` (the right head of a composition score).
-//! 4. **per pair**, per left head on the threads: a product of a per-head and a per-right-head
-//!    matrix is one GEMM against every later head's matrices side by side; the rest pair by
-//!    pair.
+//! 4. **per pair**, per (left layer, right layer) on the threads: a product of a per-head and a
+//!    per-right-head matrix ([`EvalPlan::batched`]) is one GEMM of the two layers' operands,
+//!    each layer's stacked once ([`Stacks`]) from values the head stages rounded as they made
+//!    them; the rest pair by pair.
 //!
 //! Per-head values are kept only if a pair step or a statistic reads them. Every result is
 //! computed by the same sequence of operations whatever the scheduling, so runs are
@@ -24,7 +27,7 @@ use std::borrow::Cow;
 use egg::Id;
 
 use super::{Deps, EvalPlan, Plan, Stat, VocabMatrix, VOCAB_CHUNK};
-use crate::linalg::{copying_score, finite, Matrix, NoConvergence, NonFinite};
+use crate::linalg::{copying_score, finite, gram_root, Matrix, NoConvergence, NonFinite};
 use crate::parallel::parallel_map;
 use crate::progress::Progress;
 use crate::weights::WeightError;
@@ -45,21 +48,7 @@ pub enum ExecError {
     Cancelled(#[from] crate::progress::Cancelled),
 }
 
-/// The precision of a plan's matrix products; everything else (sums over the vocabulary's
-/// chunks, traces, norms, eigenvalues) is f64 either way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    /// Each product's operands divided by a power of two (`power_of_two_scale`), rounded to
-    /// f32 and multiplied by the f32 kernel (twice the f64 rate), the result widened to f64 and
-    /// scaled back; a product over the vocabulary is summed in f64 chunk by chunk
-    /// ([`VOCAB_CHUNK`] rows of f32 sums each); products of at most [`SMALL_PRODUCT`]
-    /// multiply-adds stay f64.
-    F32,
-    /// Every product in f64.
-    #[default]
-    F64,
-}
+pub use super::Precision;
 
 impl Precision {
     /// `m` as an operand of this precision's products: borrowed in f64, rounded to f32 once.
@@ -166,6 +155,13 @@ fn mirror_upper(m: &mut Matrix) {
     }
 }
 
+/// A head's values that only batched pair steps read, rounded to the precision's operands,
+/// waiting to be stacked ([`Stacks::build`]).
+type Rounded = Vec<(Id, Operand<'static>)>;
+
+/// A stack's key: the operand, and whether its blocks go one above the other.
+type StackKey = (Id, bool);
+
 /// A head's index in the list of all heads, and its (layer, head).
 type IndexedHead = (usize, (usize, usize));
 
@@ -195,6 +191,143 @@ pub trait VocabRows: Sync {
     fn embed_rows(&self, start: usize, n: usize) -> Result<Matrix, WeightError>;
     /// Columns `start .. start + n` of `W_U`, `[d_model, n]` (`start + n ≤ d_vocab_out`).
     fn unembed_columns(&self, start: usize, n: usize) -> Result<Matrix, WeightError>;
+    /// [`VocabRows::embed_rows`] as row-major `f32` (`[n, d_model]`), if the rows are `f32` (or
+    /// narrower) as stored, read without a detour through f64: the f32 products' fast path.
+    /// `None` (the default) reads `embed_rows` and rounds.
+    fn embed_rows_f32(&self, _start: usize, _n: usize) -> Result<Option<Vec<f32>>, WeightError> {
+        Ok(None)
+    }
+    /// [`VocabRows::unembed_columns`] as row-major `f32` (`[d_model, n]`), as
+    /// [`VocabRows::embed_rows_f32`].
+    fn unembed_columns_f32(&self, _start: usize, _n: usize) -> Result<Option<Vec<f32>>, WeightError> {
+        Ok(None)
+    }
+}
+
+/// A chunk of `n` vocabulary rows (`[n, d_model]`: `W_E`'s rows or `W_U`'s columns) in f32,
+/// laid out as it was read (row stride `rs`, column stride `cs`), and the power of two it was
+/// divided by. Both `X_cᵀ` and `Y_c` of a product are views of it, so no transposed copy is made
+/// (matrixmultiply reads any strides).
+struct RowsF32 {
+    data: Vec<f32>,
+    n: usize,
+    d: usize,
+    rs: usize,
+    cs: usize,
+    scale: f64,
+}
+
+/// An f32 matrix in a slice: entry (i, j) at `offset + i · rs + j · cs`, checked to lie in the
+/// slice when it is made, so that [`sgemm_into`] may hand it to the kernel.
+#[derive(Clone, Copy)]
+struct Strided<'a> {
+    data: &'a [f32],
+    offset: usize,
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> Strided<'a> {
+    fn new(data: &'a [f32], offset: usize, (rows, cols): (usize, usize), (rs, cs): (usize, usize)) -> Strided<'a> {
+        if rows > 0 && cols > 0 {
+            assert!(offset + (rows - 1) * rs + (cols - 1) * cs < data.len(), "a strided matrix outside its slice");
+        }
+        Strided { data, offset, rows, cols, rs, cs }
+    }
+
+    fn rows(self, start: usize, n: usize) -> Strided<'a> {
+        assert!(start + n <= self.rows);
+        Strided::new(self.data, self.offset + start * self.rs, (n, self.cols), (self.rs, self.cs))
+    }
+
+    fn columns(self, start: usize, n: usize) -> Strided<'a> {
+        assert!(start + n <= self.cols);
+        Strided::new(self.data, self.offset + start * self.cs, (self.rows, n), (self.rs, self.cs))
+    }
+}
+
+/// The block of `out` at `corner` (`a.rows × b.cols`) set to `a · b`, by matrixmultiply's
+/// kernel, which reads any strides.
+fn sgemm_into(out: &mut nalgebra::DMatrix<f32>, corner: (usize, usize), a: Strided<'_>, b: Strided<'_>) {
+    let (r0, c0) = corner;
+    assert!(a.cols == b.rows && r0 + a.rows <= out.nrows() && c0 + b.cols <= out.ncols(), "mismatched shapes");
+    if a.rows == 0 || b.cols == 0 {
+        return;
+    }
+    if a.cols == 0 {
+        out.view_mut(corner, (a.rows, b.cols)).fill(0.0);
+        return;
+    }
+    let ld = out.nrows();
+    let c = out.as_mut_slice()[r0 + c0 * ld..].as_mut_ptr();
+    // SAFETY: `a` and `b` lie in their slices (checked by `Strided::new`) and the block of `out`
+    // lies in `out` (checked above, column-major with leading dimension `ld`); the kernel reads
+    // `a` and `b` and writes only that block, which does not overlap them.
+    unsafe {
+        matrixmultiply::sgemm(
+            a.rows,
+            a.cols,
+            b.cols,
+            1.0,
+            a.data.as_ptr().add(a.offset),
+            a.rs as isize,
+            a.cs as isize,
+            b.data.as_ptr().add(b.offset),
+            b.rs as isize,
+            b.cs as isize,
+            0.0,
+            c,
+            1,
+            ld as isize,
+        );
+    }
+}
+
+/// Entries whose largest magnitude lies within `2^±RANGE` are multiplied as they are: a
+/// chunk's products of [`VOCAB_CHUNK`] terms then stay far inside f32's range (and its normal
+/// numbers) without a scaling pass.
+const UNSCALED_RANGE: i32 = 20;
+
+impl RowsF32 {
+    /// `data` laid out with strides `(rs, cs)`, divided by a power of two only if its largest
+    /// entry is outside `2^±UNSCALED_RANGE` (exact: [`power_of_two_scale`]).
+    fn new(mut data: Vec<f32>, n: usize, d: usize, rs: usize, cs: usize) -> RowsF32 {
+        let largest = data.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        let range = 2f32.powi(UNSCALED_RANGE);
+        let scale = if largest == 0.0 || (largest <= range && largest >= 1.0 / range) {
+            1.0
+        } else {
+            power_of_two_above(f64::from(largest))
+        };
+        if scale != 1.0 {
+            let inverse = (1.0 / scale) as f32;
+            data.iter_mut().for_each(|x| *x *= inverse);
+        }
+        RowsF32 { data, n, d, rs, cs, scale }
+    }
+
+    /// `m` (`n × d` f64), rounded after dividing by its power of two.
+    fn from_matrix(m: &Matrix, transposed: bool) -> RowsF32 {
+        let scale = power_of_two_scale(m);
+        let inverse = 1.0 / scale;
+        let data: Vec<f32> = m.iter().map(|&x| (x * inverse) as f32).collect();
+        // Column-major: `m[(i, j)]` at `i + j · rows`.
+        let (n, d, rs, cs) =
+            if transposed { (m.ncols(), m.nrows(), m.nrows(), 1) } else { (m.nrows(), m.ncols(), 1, m.nrows()) };
+        RowsF32 { data, n, d, rs, cs, scale }
+    }
+
+    /// The chunk as `Y_c`, `n × d`.
+    fn rows(&self) -> Strided<'_> {
+        Strided::new(&self.data, 0, (self.n, self.d), (self.rs, self.cs))
+    }
+
+    /// The chunk as `X_cᵀ`, `d × n`.
+    fn transposed(&self) -> Strided<'_> {
+        Strided::new(&self.data, 0, (self.d, self.n), (self.cs, self.rs))
+    }
 }
 
 /// What a plan runs on.
@@ -239,6 +372,18 @@ impl Value<'_> {
 
 type Frame<'a> = Vec<Option<Value<'a>>>;
 
+/// The weight `name` (`W_Q[h]`, ...) of head `(layer, head)`.
+fn weight_of<'a>(inputs: &Inputs<'a>, name: &str, (layer, head): (usize, usize)) -> &'a Matrix {
+    let (matrix, _) = name.split_once('[').unwrap_or((name, ""));
+    let w = inputs.heads[layer][head];
+    match matrix {
+        "W_Q" => w.w_q,
+        "W_K" => w.w_k,
+        "W_V" => w.w_v,
+        _ => w.w_o,
+    }
+}
+
 /// Where a step's operands are: the frame of each stage (`None`: the stage running now, whose
 /// values are in `local`), and the heads bound to `h` and `r`.
 struct Env<'e, 'a> {
@@ -252,6 +397,9 @@ struct Env<'e, 'a> {
     /// The head-independent matrices as operands of the precision, made once for the stages
     /// after the first.
     shared_operands: Option<&'e [Option<Operand<'static>>]>,
+    /// A head's weights (and their transposes) as operands of the precision, each made the
+    /// first time a product reads it: several products read one weight.
+    weight_operands: Option<&'e [std::cell::OnceCell<Operand<'static>>]>,
 }
 
 impl<'e, 'a> Env<'e, 'a> {
@@ -266,6 +414,7 @@ impl<'e, 'a> Env<'e, 'a> {
             head: (0, 0),
             right: (0, 0),
             shared_operands: None,
+            weight_operands: None,
         }
     }
 
@@ -287,7 +436,21 @@ impl<'e, 'a> Env<'e, 'a> {
         match self.shared_operands.and_then(|ops| ops[usize::from(id)].as_ref()) {
             Some(Operand::F32(m, scale)) => Operand::F32(Cow::Borrowed(&**m), *scale),
             Some(Operand::F64(m)) => Operand::F64(Cow::Borrowed(&**m)),
-            None => self.inputs.precision.operand(self.get(local, id).matrix()),
+            None => {
+                let plan = self.plan;
+                let weight = plan.is_weight(id) || matches!(plan.node(id), Plan::Transpose(w) if plan.is_weight(*w));
+                match self.weight_operands.filter(|_| weight) {
+                    Some(cache) => {
+                        match cache[usize::from(id)]
+                            .get_or_init(|| self.inputs.precision.operand(self.get(local, id).matrix()).into_owned())
+                        {
+                            Operand::F32(m, scale) => Operand::F32(Cow::Borrowed(&**m), *scale),
+                            Operand::F64(m) => Operand::F64(Cow::Borrowed(&**m)),
+                        }
+                    }
+                    None => self.inputs.precision.operand(self.get(local, id).matrix()),
+                }
+            }
         }
     }
 
@@ -295,15 +458,8 @@ impl<'e, 'a> Env<'e, 'a> {
         Value::Matrix(Cow::Borrowed(self.weight_matrix(name, bound)))
     }
 
-    fn weight_matrix(&self, name: &str, (layer, head): (usize, usize)) -> &'a Matrix {
-        let (matrix, _) = name.split_once('[').unwrap_or((name, ""));
-        let w = self.inputs.heads[layer][head];
-        match matrix {
-            "W_Q" => w.w_q,
-            "W_K" => w.w_k,
-            "W_V" => w.w_v,
-            _ => w.w_o,
-        }
+    fn weight_matrix(&self, name: &str, bound: (usize, usize)) -> &'a Matrix {
+        weight_of(self.inputs, name, bound)
     }
 
     /// Evaluates one step (not a streamed product), its operands in `local` or the stage frames.
@@ -344,6 +500,17 @@ impl<'e, 'a> Env<'e, 'a> {
             // rounding cannot make it NaN.
             Plan::Sqrt(a) => Value::Scalar(get(*a).scalar().max(0.0).sqrt()),
             Plan::Frobenius(a) => Value::Scalar(get(*a).matrix().norm()),
+            Plan::GramRoot(a) => {
+                let g = get(*a).matrix();
+                let head = if plan.shape(step).deps == Deps::RIGHT { self.right } else { self.head };
+                let (l, h) = head;
+                finite(g, |i, j| {
+                    format!("the Gram matrix of a composition score's factor of head L{l}H{h} (entry {i}, {j})")
+                })?;
+                Value::Matrix(Cow::Owned(
+                    gram_root(g).ok_or(NoConvergence::of("a Gram matrix of a composition score's factor", head))?,
+                ))
+            }
             Plan::Copying(a) => {
                 let m = get(*a).matrix().clone();
                 let circuit = match plan.roots.iter().find(|&&(_, root)| root == step) {
@@ -404,7 +571,10 @@ fn streamed_products(
         let of_pass: Vec<usize> =
             (0..products.len()).filter(|&i| vocab_length(vocab, products[i].0) == length).collect();
         let pass: Vec<(VocabMatrix, VocabMatrix)> = of_pass.iter().map(|&i| products[i]).collect();
-        for (i, product) in of_pass.into_iter().zip(streamed_pass(vocab, length, &pass, progress, precision)?) {
+        for (i, product) in of_pass.into_iter().zip(match precision {
+            Precision::F32 => streamed_pass_f32(vocab, length, &pass, progress)?,
+            Precision::F64 => streamed_pass(vocab, length, &pass, progress)?,
+        }) {
             results[i] = Some(product);
         }
     }
@@ -419,14 +589,99 @@ fn streamed_products(
     Ok(results)
 }
 
-/// One pass of [`streamed_products`]: `products`, all of whose operands have `length` rows.
+/// [`streamed_pass`] in f32: each chunk read as f32 ([`VocabRows::embed_rows_f32`], else
+/// rounded from f64), both operands of every product views of it, each product into one f32
+/// buffer per product and group, added in f64 to the group's sum (the upper triangle's blocks of
+/// a Gram, [`GRAM_BLOCK`] rows at a time).
+fn streamed_pass_f32(
+    vocab: &dyn VocabRows,
+    length: usize,
+    products: &[(VocabMatrix, VocabMatrix)],
+    progress: &dyn Progress,
+) -> Result<Vec<Matrix>, ExecError> {
+    let uses = |m: VocabMatrix| products.iter().any(|&(x, y)| x == m || y == m);
+    let parts = parallel_map(&vocab_groups(length), |&(start, end)| -> Result<Vec<Option<Matrix>>, ExecError> {
+        let mut sums: Vec<Option<Matrix>> = vec![None; products.len()];
+        let mut buffers: Vec<nalgebra::DMatrix<f32>> = Vec::new();
+        for s in (start..end).step_by(VOCAB_CHUNK) {
+            let n = VOCAB_CHUNK.min(end - s);
+            let e = if uses(VocabMatrix::Embed) {
+                Some(match vocab.embed_rows_f32(s, n)? {
+                    Some(data) => {
+                        let d = data.len() / n.max(1);
+                        RowsF32::new(data, n, d, d, 1)
+                    }
+                    None => RowsF32::from_matrix(&vocab.embed_rows(s, n)?, false),
+                })
+            } else {
+                None
+            };
+            let u = if uses(VocabMatrix::UnembedT) {
+                Some(match vocab.unembed_columns_f32(s, n)? {
+                    // `[d_model, n]` row-major: `W_Uᵀ`'s rows (i, j) at `i + j · n`.
+                    Some(data) => {
+                        let d = data.len() / n.max(1);
+                        RowsF32::new(data, n, d, 1, n)
+                    }
+                    None => RowsF32::from_matrix(&vocab.unembed_columns(s, n)?, true),
+                })
+            } else {
+                None
+            };
+            for (k, (sum, &(x, y))) in sums.iter_mut().zip(products).enumerate() {
+                let chunk = |m: VocabMatrix| match m {
+                    VocabMatrix::Embed => e.as_ref(),
+                    VocabMatrix::UnembedT => u.as_ref(),
+                };
+                let (Some(left), Some(right)) = (chunk(x), chunk(y)) else { unreachable!("read above: it is used") };
+                let (xt, y_rows) = (left.transposed(), right.rows());
+                let d = xt.rows;
+                if buffers.len() <= k {
+                    buffers.push(nalgebra::DMatrix::zeros(d, y_rows.cols));
+                }
+                let buffer = &mut buffers[k];
+                let scale = left.scale * right.scale;
+                let acc = sum.get_or_insert_with(|| Matrix::zeros(d, y_rows.cols));
+                if x == y {
+                    // `W_Eᵀ W_E` and `W_U W_Uᵀ` are symmetric: their upper triangle only.
+                    for i in (0..d).step_by(GRAM_BLOCK) {
+                        let rows = GRAM_BLOCK.min(d - i);
+                        sgemm_into(buffer, (i, i), xt.rows(i, rows), y_rows.columns(i, d - i));
+                        acc.view_mut((i, i), (rows, d - i))
+                            .zip_apply(&buffer.view((i, i), (rows, d - i)), |a, b| *a += f64::from(b) * scale);
+                    }
+                } else {
+                    sgemm_into(buffer, (0, 0), xt, y_rows);
+                    acc.zip_apply(&*buffer, |a, b| *a += f64::from(b) * scale);
+                }
+            }
+            progress.advance(1);
+            progress.check()?;
+        }
+        Ok(sums)
+    });
+    let mut totals: Vec<Option<Matrix>> = vec![None; products.len()];
+    for part in parts {
+        for (total, sum) in totals.iter_mut().zip(part?) {
+            match (total.as_mut(), sum) {
+                (Some(t), Some(sum)) => *t += sum,
+                (None, sum) => *total = sum,
+                (Some(_), None) => {}
+            }
+        }
+    }
+    Ok(totals.into_iter().map(|t| t.unwrap_or_else(|| Matrix::zeros(0, 0))).collect())
+}
+
+/// One pass of [`streamed_products`] in f64: `products`, all of whose operands have `length`
+/// rows.
 fn streamed_pass(
     vocab: &dyn VocabRows,
     length: usize,
     products: &[(VocabMatrix, VocabMatrix)],
     progress: &dyn Progress,
-    precision: Precision,
 ) -> Result<Vec<Matrix>, ExecError> {
+    let precision = Precision::F64;
     let uses = |m: VocabMatrix| products.iter().any(|&(x, y)| x == m || y == m);
     let parts = parallel_map(&vocab_groups(length), |&(start, end)| -> Result<Vec<Option<Matrix>>, ExecError> {
         let mut sums: Vec<Option<Matrix>> = vec![None; products.len()];
@@ -524,31 +779,54 @@ pub fn run(plan: &EvalPlan, inputs: &Inputs<'_>) -> Result<Results, ExecError> {
     });
     let shared_operands = shared_operands.as_deref();
 
+    // The operands of the batched pair steps, each stacked layer by layer (`Stacks`); a value
+    // that only they read leaves its head's frame as soon as it is computed, rounded to the
+    // precision's operand.
+    let pair_steps = stage(Deps::PAIR);
+    let batched: Vec<Batched> = pair_steps.iter().filter_map(|&step| Batched::of(plan, step)).collect();
+    let read_unbatched = plan.read_by_unbatched_pairs();
+    let stacked_only = |id: Id| {
+        batched.iter().any(|b| b.reads(id)) && !read_unbatched[usize::from(id)] && !is_root(id) && !plan.is_weight(id)
+    };
+
     // 2, 3. Per head, then per right head: keep what pairs and statistics read.
-    let per_head_stage = |deps: Deps| -> Result<Vec<Frame<'_>>, ExecError> {
+    let per_head_stage = |deps: Deps| -> Result<Vec<(Frame<'_>, Rounded)>, ExecError> {
         let steps = stage(deps);
         parallel_map(&heads, |&bound| {
             let mut local: Frame<'_> = vec![None; n];
-            let env = Env { head: bound, right: bound, shared_operands, ..Env::new(plan, inputs, &shared) };
+            let weight_operands: Vec<std::cell::OnceCell<Operand<'static>>> = vec![std::cell::OnceCell::new(); n];
+            let env = Env {
+                head: bound,
+                right: bound,
+                shared_operands,
+                weight_operands: Some(&weight_operands),
+                ..Env::new(plan, inputs, &shared)
+            };
             for &step in &steps {
                 let value = env.eval(&local, step)?;
                 local[usize::from(step)] = Some(value);
             }
             inputs.progress.advance(1);
             inputs.progress.check()?;
+            let mut rounded = Vec::new();
             for (i, slot) in local.iter_mut().enumerate() {
-                // Weights are borrowed, not copied: keeping them costs nothing.
-                if !(read_by_pairs[i] || is_root(Id::from(i)) || plan.is_weight(Id::from(i))) {
+                let id = Id::from(i);
+                if stacked_only(id) && plan.shape(id).deps == deps {
+                    if let Some(value) = slot.take() {
+                        rounded.push((id, inputs.precision.operand(value.matrix()).into_owned()));
+                    }
+                } else if !(read_by_pairs[i] || is_root(id) || plan.is_weight(id)) {
+                    // Weights are borrowed, not copied: keeping them costs nothing.
                     *slot = None;
                 }
             }
-            Ok(local)
+            Ok((local, rounded))
         })
         .into_iter()
         .collect()
     };
-    let head_frames = per_head_stage(Deps::HEAD)?;
-    let right_frames = per_head_stage(Deps::RIGHT)?;
+    let (head_frames, mut head_rounded): (Vec<Frame<'_>>, Vec<_>) = per_head_stage(Deps::HEAD)?.into_iter().unzip();
+    let (right_frames, mut right_rounded): (Vec<Frame<'_>>, Vec<_>) = per_head_stage(Deps::RIGHT)?.into_iter().unzip();
 
     let mut results = Results::default();
     let zeros: Vec<Vec<f64>> = inputs.heads.iter().map(|layer| vec![0.0; layer.len()]).collect();
@@ -566,9 +844,8 @@ pub fn run(plan: &EvalPlan, inputs: &Inputs<'_>) -> Result<Results, ExecError> {
     }
 
     // 4. Per pair, by (left layer, right layer): a batched step is one product of the left
-    // layer's operands stacked by the right layer's (a GEMM of layer-sized sides), the rest pair
+    // layer's stacked operands and the right layer's (a GEMM of layer-sized sides), the rest pair
     // by pair.
-    let pair_steps = stage(Deps::PAIR);
     let pair_roots: Vec<(Stat, Id)> =
         plan.roots.iter().copied().filter(|&(_, root)| plan.shape(root).deps == Deps::PAIR).collect();
     let of_layer = |layer: usize| -> Vec<IndexedHead> {
@@ -578,15 +855,16 @@ pub fn run(plan: &EvalPlan, inputs: &Inputs<'_>) -> Result<Results, ExecError> {
         .flat_map(|l| (l + 1..inputs.heads.len()).map(move |r| (l, r)))
         .filter(|&(l, r)| !inputs.heads[l].is_empty() && !inputs.heads[r].is_empty())
         .collect();
+    let stacks = Stacks::build(plan, inputs, &batched, &heads, n_layers, &mut head_rounded, &mut right_rounded);
+    drop((head_rounded, right_rounded));
     let per_layer_pair = parallel_map(&layer_pairs, |&(left_layer, right_layer)| {
         let (lefts, rights) = (of_layer(left_layer), of_layer(right_layer));
         let pairs: Vec<(IndexedHead, IndexedHead)> =
             lefts.iter().flat_map(|&left| rights.iter().map(move |&right| (left, right))).collect();
         let mut locals: Vec<Frame<'_>> = vec![vec![None; n]; pairs.len()];
         for &step in &pair_steps {
-            let env = Env::new(plan, inputs, &shared);
-            if let Some(parts) = batched_pair_product(&env, step, &head_frames, &right_frames, &lefts, &rights) {
-                for (local, part) in locals.iter_mut().zip(parts) {
+            if let Some(b) = batched.iter().find(|b| b.step == step) {
+                for (local, part) in locals.iter_mut().zip(stacks.product(b, left_layer, right_layer)) {
                     local[usize::from(step)] = Some(Value::Matrix(Cow::Owned(part)));
                 }
                 continue;
@@ -635,104 +913,201 @@ pub fn run(plan: &EvalPlan, inputs: &Inputs<'_>) -> Result<Results, ExecError> {
     Ok(results)
 }
 
-/// A batched pair step ([`EvalPlan::batched`]) for every pair of a left layer's heads
-/// (`lefts`) and a right layer's (`rights`): one product of the left heads' operands stacked (by
-/// rows, or by columns when the left operand is on the right) and the right heads' stacked the
-/// other way, cut into one block per pair, in `lefts`-major order. An operand that is a weight or
-/// a weight's transpose is read from the weights (transposed as it is stacked), not from a kept
-/// value. `None` for any other step.
-fn batched_pair_product<'f, 'a: 'f>(
-    env: &Env<'_, 'a>,
+/// A batched pair step ([`EvalPlan::batched`]): a product of a per-head and a per-right-head
+/// matrix, computed for all pairs of a left layer's heads and a right layer's at once.
+struct Batched {
     step: Id,
-    head_frames: &'f [Frame<'a>],
-    right_frames: &'f [Frame<'a>],
-    lefts: &[IndexedHead],
-    rights: &[IndexedHead],
-) -> Option<Vec<Matrix>> {
-    fn kept<'f>(frame: &'f Frame<'_>, id: Id) -> &'f Matrix {
-        frame[usize::from(id)].as_ref().map(Value::matrix).expect("kept: a pair step reads it")
-    }
-    let plan = env.plan;
-    let (head_operand, right_operand) = plan.batched(step)?;
-    if rights.is_empty() || lefts.is_empty() {
-        return None;
-    }
-    // Weights and kept values are borrowed; only a weight's transpose is made here.
-    let operand = |id: Id, frame: &'f Frame<'a>, bound: (usize, usize)| -> Cow<'f, Matrix> {
-        match plan.node(id) {
-            Plan::Weight(name) => Cow::Borrowed(env.weight_matrix(name.as_str(), bound)),
-            Plan::Transpose(inner) => match plan.node(*inner) {
-                Plan::Weight(name) => Cow::Owned(env.weight_matrix(name.as_str(), bound).transpose()),
-                _ => Cow::Borrowed(kept(frame, id)),
-            },
-            _ => Cow::Borrowed(kept(frame, id)),
-        }
-    };
-    let left_blocks: Vec<Cow<'_, Matrix>> =
-        lefts.iter().map(|&(i, bound)| operand(head_operand, &head_frames[i], bound)).collect();
-    let right_blocks: Vec<Cow<'_, Matrix>> =
-        rights.iter().map(|&(j, bound)| operand(right_operand, &right_frames[j], bound)).collect();
-    let head_first = matches!(plan.node(step), Plan::Mul([a, _]) if *a == head_operand);
-    let precision = env.inputs.precision;
-    let mut parts = Vec::with_capacity(lefts.len() * rights.len());
-    if head_first {
-        // [left heads' rows] · [right heads' columns].
-        let product = stacked(precision, &left_blocks, true).product(&stacked(precision, &right_blocks, false));
-        let mut row = 0;
-        for l in &left_blocks {
-            let mut col = 0;
-            for r in &right_blocks {
-                parts.push(product.view((row, col), (l.nrows(), r.ncols())).into_owned());
-                col += r.ncols();
-            }
-            row += l.nrows();
-        }
-    } else {
-        // [right heads' rows] · [left heads' columns].
-        let product = stacked(precision, &right_blocks, true).product(&stacked(precision, &left_blocks, false));
-        let mut col = 0;
-        let mut blocks = vec![Vec::new(); left_blocks.len()];
-        for (a, l) in left_blocks.iter().enumerate() {
-            let mut row = 0;
-            for r in &right_blocks {
-                blocks[a].push(product.view((row, col), (r.nrows(), l.ncols())).into_owned());
-                row += r.nrows();
-            }
-            col += l.ncols();
-        }
-        parts.extend(blocks.into_iter().flatten());
-    }
-    Some(parts)
+    /// The per-head operand and the per-right-head one.
+    head: Id,
+    right: Id,
+    /// Whether the per-head operand is on the left of the product: then the left layer's
+    /// operands are stacked by rows and the right layer's by columns, else the other way.
+    head_first: bool,
 }
 
-/// `blocks` side by side (`by_rows`: one above the other) as an operand of `precision`, each
-/// entry rounded as it is copied.
-fn stacked(precision: Precision, blocks: &[Cow<'_, Matrix>], by_rows: bool) -> Operand<'static> {
-    fn stack<T: nalgebra::Scalar + num_traits::Zero + Copy>(
-        blocks: &[Cow<'_, Matrix>],
-        by_rows: bool,
-        round: impl Fn(f64) -> T,
-    ) -> nalgebra::DMatrix<T> {
-        let (rows, cols) = match blocks.first() {
-            None => (0, 0),
-            Some(b) if by_rows => (blocks.iter().map(|b| b.nrows()).sum(), b.ncols()),
-            Some(b) => (b.nrows(), blocks.iter().map(|b| b.ncols()).sum()),
+impl Batched {
+    fn of(plan: &EvalPlan, step: Id) -> Option<Batched> {
+        let (head, right) = plan.batched(step)?;
+        let head_first = matches!(plan.node(step), Plan::Mul([a, _]) if *a == head);
+        Some(Batched { step, head, right, head_first })
+    }
+
+    fn reads(&self, id: Id) -> bool {
+        self.head == id || self.right == id
+    }
+
+    /// The stacks it reads, `(operand, by rows)`: the per-head side's, then the right side's.
+    fn keys(&self) -> [StackKey; 2] {
+        [(self.head, self.head_first), (self.right, !self.head_first)]
+    }
+}
+
+/// One operand of the batched pair steps for every head of one layer, side by side (`by_rows`:
+/// one above the other), in the precision's type, each head's block with the power of two it was
+/// divided by (1 in f64): built once per layer, read by every product of that layer with another.
+struct Stack {
+    matrix: StackMatrix,
+    /// Each head's rows (stacked by rows) or columns (by columns).
+    sizes: Vec<usize>,
+    scales: Vec<f64>,
+}
+
+enum StackMatrix {
+    F64(Matrix),
+    F32(nalgebra::DMatrix<f32>),
+}
+
+/// The stacks of every batched operand, by `(operand, by rows)` and layer.
+struct Stacks {
+    stacks: std::collections::BTreeMap<(StackKey, usize), Stack>,
+}
+
+impl Stacks {
+    /// Stacks every operand the `batched` steps read, layer by layer: a value a head's stage
+    /// rounded (`head_rounded`, `right_rounded`, per head: taken as it is stacked), or a weight or
+    /// a weight's transpose, rounded here.
+    fn build(
+        plan: &EvalPlan,
+        inputs: &Inputs<'_>,
+        batched: &[Batched],
+        heads: &[(usize, usize)],
+        n_layers: usize,
+        head_rounded: &mut [Rounded],
+        right_rounded: &mut [Rounded],
+    ) -> Stacks {
+        let precision = inputs.precision;
+        let mut keys: Vec<(StackKey, bool)> = Vec::new();
+        for b in batched {
+            for (key, is_head) in b.keys().into_iter().zip([true, false]) {
+                if !keys.contains(&(key, is_head)) {
+                    keys.push((key, is_head));
+                }
+            }
+        }
+        // Each head's rounded values, taken by the one stack that reads them (copied where two
+        // stacks read one value, by rows and by columns).
+        let head_rounded: Vec<std::sync::Mutex<&mut Rounded>> =
+            head_rounded.iter_mut().map(std::sync::Mutex::new).collect();
+        let right_rounded: Vec<std::sync::Mutex<&mut Rounded>> =
+            right_rounded.iter_mut().map(std::sync::Mutex::new).collect();
+        let items: Vec<((StackKey, bool), usize)> =
+            keys.iter().flat_map(|&key| (0..n_layers).map(move |layer| (key, layer))).collect();
+        let built = parallel_map(&items, |&(((id, by_rows), is_head), layer)| {
+            let rounded = if is_head { &head_rounded } else { &right_rounded };
+            let shared = keys.iter().filter(|((other, _), h)| *other == id && *h == is_head).count() > 1;
+            let blocks: Vec<Operand<'static>> = heads
+                .iter()
+                .enumerate()
+                .filter(|&(_, &(l, _))| l == layer)
+                .map(|(i, &bound)| match plan.node(id) {
+                    Plan::Weight(name) => precision.operand(weight_of(inputs, name.as_str(), bound)).into_owned(),
+                    Plan::Transpose(inner) if plan.is_weight(*inner) => {
+                        let Plan::Weight(name) = plan.node(*inner) else { unreachable!("checked above") };
+                        precision.operand(&weight_of(inputs, name.as_str(), bound).transpose()).into_owned()
+                    }
+                    _ => {
+                        let mut values = rounded[i].lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                        let at = values.iter().position(|(k, _)| *k == id).expect("rounded by its head's stage");
+                        if shared {
+                            values[at].1.clone()
+                        } else {
+                            values.swap_remove(at).1
+                        }
+                    }
+                })
+                .collect();
+            (!blocks.is_empty()).then(|| Stack::of(&blocks, by_rows))
+        });
+        let stacks =
+            items.iter().zip(built).filter_map(|(&((key, _), layer), stack)| Some(((key, layer), stack?))).collect();
+        Stacks { stacks }
+    }
+
+    /// `b` for every pair of a head of `left_layer` and one of `right_layer`: one product of
+    /// their stacks, cut into one f64 block per pair (scaled back), left heads major.
+    fn product(&self, b: &Batched, left_layer: usize, right_layer: usize) -> Vec<Matrix> {
+        let [head_key, right_key] = b.keys();
+        let left = &self.stacks[&(head_key, left_layer)];
+        let right = &self.stacks[&(right_key, right_layer)];
+        let (first, second) = if b.head_first { (left, right) } else { (right, left) };
+        let offsets = |sizes: &[usize]| -> Vec<usize> {
+            sizes.iter().scan(0, |at, &n| Some(std::mem::replace(at, *at + n))).collect()
         };
-        let mut out = nalgebra::DMatrix::<T>::zeros(rows, cols);
-        let mut at = 0;
-        for b in blocks {
-            let (corner, size) = if by_rows { ((at, 0), b.shape()) } else { ((0, at), b.shape()) };
-            out.view_mut(corner, size).zip_apply(&**b, |o, x| *o = round(x));
-            at += if by_rows { b.nrows() } else { b.ncols() };
+        let (rows, cols) = (offsets(&first.sizes), offsets(&second.sizes));
+        let product = match (&first.matrix, &second.matrix) {
+            (StackMatrix::F64(x), StackMatrix::F64(y)) => StackMatrix::F64(x * y),
+            (StackMatrix::F32(x), StackMatrix::F32(y)) => StackMatrix::F32(x * y),
+            _ => unreachable!("every stack is made in the one precision"),
+        };
+        // Block (i, j) of the product: first's head i times second's head j, scaled back.
+        let block = |i: usize, j: usize| -> Matrix {
+            let (corner, size) = ((rows[i], cols[j]), (first.sizes[i], second.sizes[j]));
+            let scale = first.scales[i] * second.scales[j];
+            match &product {
+                StackMatrix::F64(p) => p.view(corner, size).map(|x| x * scale),
+                StackMatrix::F32(p) => p.view(corner, size).map(|x| f64::from(x) * scale),
+            }
+        };
+        let (n_first, n_second) = (first.sizes.len(), second.sizes.len());
+        let mut out = Vec::with_capacity(n_first * n_second);
+        if b.head_first {
+            for i in 0..n_first {
+                out.extend((0..n_second).map(|j| block(i, j)));
+            }
+        } else {
+            // The rows are the right heads: left heads first.
+            for j in 0..n_second {
+                out.extend((0..n_first).map(|i| block(i, j)));
+            }
         }
         out
     }
-    match precision {
-        Precision::F64 => Operand::F64(Cow::Owned(stack(blocks, by_rows, |x| x))),
-        Precision::F32 => {
-            let scale = power_of_two_above(blocks.iter().map(|b| b.amax()).fold(0.0, f64::max));
-            let inverse = 1.0 / scale;
-            Operand::F32(Cow::Owned(stack(blocks, by_rows, |x| (x * inverse) as f32)), scale)
+}
+
+impl Stack {
+    fn of(blocks: &[Operand<'static>], by_rows: bool) -> Stack {
+        fn stack<T: nalgebra::Scalar + num_traits::Zero + Copy>(
+            blocks: &[&nalgebra::DMatrix<T>],
+            by_rows: bool,
+        ) -> nalgebra::DMatrix<T> {
+            let (rows, cols) = match blocks.first() {
+                None => (0, 0),
+                Some(b) if by_rows => (blocks.iter().map(|b| b.nrows()).sum(), b.ncols()),
+                Some(b) => (b.nrows(), blocks.iter().map(|b| b.ncols()).sum()),
+            };
+            let mut out = nalgebra::DMatrix::<T>::zeros(rows, cols);
+            let mut at = 0;
+            for b in blocks {
+                let corner = if by_rows { (at, 0) } else { (0, at) };
+                out.view_mut(corner, b.shape()).copy_from(*b);
+                at += if by_rows { b.nrows() } else { b.ncols() };
+            }
+            out
         }
+        let size = |(rows, cols): (usize, usize)| if by_rows { rows } else { cols };
+        let mut sizes = Vec::with_capacity(blocks.len());
+        let mut scales = Vec::with_capacity(blocks.len());
+        let (mut f64s, mut f32s) = (Vec::new(), Vec::new());
+        for b in blocks {
+            match b {
+                Operand::F64(m) => {
+                    sizes.push(size(m.shape()));
+                    scales.push(1.0);
+                    f64s.push(&**m);
+                }
+                Operand::F32(m, scale) => {
+                    sizes.push(size(m.shape()));
+                    scales.push(*scale);
+                    f32s.push(&**m);
+                }
+            }
+        }
+        let matrix = if f32s.is_empty() {
+            StackMatrix::F64(stack(&f64s, by_rows))
+        } else {
+            assert!(f64s.is_empty(), "every operand is made in the one precision");
+            StackMatrix::F32(stack(&f32s, by_rows))
+        };
+        Stack { matrix, sizes, scales }
     }
 }

@@ -24,6 +24,9 @@ define_language! {
         "copying" = Copying(Id),
         // The Frobenius norm.
         "fro" = Frobenius(Id),
+        // A square root `R` of a symmetric positive semi-definite `G` (a Gram matrix): `Rᵀ R = G`,
+        // `R` upper triangular (Cholesky) where `G` is definite.
+        "root" = GramRoot(Id),
         Weight(Symbol),
     }
 }
@@ -151,6 +154,7 @@ impl Analysis<Plan> for ShapeAnalysis {
                 Shape { rows: a.cols, cols: a.rows, ..a }
             }
             Plan::Trace(a) | Plan::Sqrt(a) | Plan::Copying(a) | Plan::Frobenius(a) => Shape::scalar(shape(a).deps),
+            Plan::GramRoot(a) => shape(a),
             Plan::Dot([a, b]) => Shape::scalar(shape(a).deps.union(shape(b).deps)),
         }
     }
@@ -173,6 +177,13 @@ pub type Rule = Rewrite<Plan, ShapeAnalysis>;
 /// eigenvalue computation (`copying`: the nonzero eigenvalues of `AB` and `BA` agree, and zero
 /// eigenvalues change neither sum) or a trace. There is deliberately no rotation under `fro`:
 /// `‖AB‖_F ≠ ‖BA‖_F` in general; a norm reaches a trace only through `fro-gram`.
+///
+/// `gram-root` factors a per-head Gram matrix `xᵀ x` (x taller than wide, so the Gram is the
+/// smaller) as `Rᵀ R` with `R = root(xᵀ x)`; `gram-root-outer` does the same for `x xᵀ`. With
+/// the rotations, `⟨A, G₁ A G₂⟩ = ‖R₁ A R₂ᵀ‖²`: a composition score's trace becomes the
+/// squared norm of one product of per-head factors, with no d_head³ product per pair. The
+/// condition keeps the rule off the vocabulary-sized Grams (head-independent, streamed) and off
+/// a square `x` (`Rᵀ R` itself), where it would only repeat.
 pub fn rules() -> &'static [Rule] {
     static RULES: std::sync::OnceLock<Vec<Rule>> = std::sync::OnceLock::new();
     RULES.get_or_init(|| {
@@ -186,6 +197,26 @@ pub fn rules() -> &'static [Rule] {
             rw!("trace-dot"; "(tr (* ?a ?b))" => "(dot (T ?a) ?b)"),
             rw!("dot-commute"; "(dot ?a ?b)" => "(dot ?b ?a)"),
             rw!("fro-gram"; "(fro ?a)" => "(sqrt (tr (* (T ?a) ?a)))"),
+            rw!("gram-root"; "(* (T ?x) ?x)" => "(* (T (root (* (T ?x) ?x))) (root (* (T ?x) ?x)))" if tall_per_head("?x")),
+            rw!("gram-root-outer"; "(* ?x (T ?x))" => "(* (T (root (* ?x (T ?x)))) (root (* ?x (T ?x))))" if wide_per_head("?x")),
         ]
     })
+}
+
+/// `?x` depends on a head and has more rows than columns: its Gram `xᵀ x` is smaller than it.
+fn tall_per_head(var: &str) -> impl Fn(&mut EGraph<Plan, ShapeAnalysis>, Id, &egg::Subst) -> bool {
+    let var: egg::Var = var.parse().expect("a pattern variable");
+    move |egraph, _, subst| {
+        let shape = egraph[subst[var]].data;
+        shape.deps != Deps::NONE && !shape.scalar && shape.rows > shape.cols
+    }
+}
+
+/// `?x` depends on a head and has more columns than rows: its Gram `x xᵀ` is smaller than it.
+fn wide_per_head(var: &str) -> impl Fn(&mut EGraph<Plan, ShapeAnalysis>, Id, &egg::Subst) -> bool {
+    let var: egg::Var = var.parse().expect("a pattern variable");
+    move |egraph, _, subst| {
+        let shape = egraph[subst[var]].data;
+        shape.deps != Deps::NONE && !shape.scalar && shape.cols > shape.rows
+    }
 }

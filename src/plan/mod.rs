@@ -129,6 +129,22 @@ impl Stat {
     }
 }
 
+/// The precision of a plan's matrix products; everything else (sums over the vocabulary's
+/// chunks, traces, norms, eigenvalues) is f64 either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Each product's operands divided by a power of two (`exec`'s `power_of_two_scale`), rounded to
+    /// f32 and multiplied by the f32 kernel (twice the f64 rate), the result widened to f64 and
+    /// scaled back; a product over the vocabulary is summed in f64 chunk by chunk
+    /// ([`VOCAB_CHUNK`] rows of f32 sums each); products of at most [`exec::SMALL_PRODUCT`]
+    /// multiply-adds stay f64.
+    F32,
+    /// Every product in f64.
+    #[default]
+    F64,
+}
+
 /// How many instances a class of each kind has: the model's heads and composing pairs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Counts {
@@ -259,7 +275,7 @@ fn make_plans(dims: Dims, counts: Counts) -> Plans {
 
 /// Multiply-adds count 2; a Gram product (`gram`: `xᵀ·x` or `x·xᵀ`) only its upper triangle,
 /// `n (n + 1) / 2` entries; an eigenvalue computation (Hessenberg reduction and shifted QR) about
-/// `10 n³`; a transpose of a weight is a view (0), of a computed matrix a copy.
+/// `10 n³`; a Gram matrix's square root (Cholesky) `n³ / 3`; a transpose of a weight is a view (0), of a computed matrix a copy.
 pub fn step_flops(node: &Plan, shape_of: impl Fn(Id) -> Shape, is_weight: impl Fn(Id) -> bool, gram: bool) -> f64 {
     let f = |x: usize| x as f64;
     match node {
@@ -277,17 +293,24 @@ pub fn step_flops(node: &Plan, shape_of: impl Fn(Id) -> Shape, is_weight: impl F
         Plan::Dot([a, _]) | Plan::Frobenius(a) => 2.0 * shape_of(*a).size(),
         Plan::Sqrt(_) => 1.0,
         Plan::Copying(a) => 10.0 * f(shape_of(*a).rows).powi(3),
+        Plan::GramRoot(a) => f(shape_of(*a).rows).powi(3) / 3.0,
         Plan::Weight(_) => 0.0,
     }
 }
 
 /// The price of one node over all its instances: its FLOPs times the instances its class has
-/// (1 for a shared product, `n_heads` per head, `n_pairs` per pair); infinite for a pair step
-/// that would read a per-head matrix too large to keep for every head ([`kept_at_rank`]).
-fn node_price(egraph: &EGraph<Plan, ShapeAnalysis>, counts: Counts, enode: &Plan) -> f64 {
+/// (1 for a shared product, `n_heads` per head, `n_pairs` per pair); infinite for a per-head or
+/// per-pair matrix larger than its rank allows in factored form ([`kept_at_rank`]: a d_model ×
+/// d_model product of rank ≤ d_head, such as `W_Oᵀ W_Vᵀ W_V W_O`), so that the working memory
+/// of a head or a pair stays at the size of its weights and the per-head matrices the pair steps
+/// read can be kept for every head.
+fn node_price(egraph: &EGraph<Plan, ShapeAnalysis>, counts: Counts, enode: &Plan, shape: Shape) -> f64 {
     let shape_of = |id: Id| egraph[id].data;
     let is_weight = |id: Id| egraph[id].nodes.iter().any(|n| matches!(n, Plan::Weight(_)));
     let deps = enode.children().iter().fold(Deps::NONE, |d, &c| d.union(shape_of(c).deps));
+    if deps != Deps::NONE && !kept_at_rank(shape) {
+        return f64::INFINITY;
+    }
     if deps == Deps::PAIR && enode.children().iter().any(|&c| !is_weight(c) && !kept_at_rank(shape_of(c))) {
         return f64::INFINITY;
     }
@@ -324,7 +347,7 @@ fn dag_choice(egraph: &EGraph<Plan, ShapeAnalysis>, counts: Counts, roots: &[(St
         for &class in &classes {
             let mut found: Vec<Candidate> = best.get(&class).cloned().unwrap_or_default();
             for node in &egraph[class].nodes {
-                let price = node_price(egraph, counts, node);
+                let price = node_price(egraph, counts, node, egraph[class].data);
                 if !price.is_finite() {
                     continue;
                 }
@@ -537,13 +560,14 @@ impl EvalPlan {
         self.step_ids().filter(|s| needed[usize::from(*s)]).map(|s| self.step_cost(s)).sum()
     }
 
-    /// An estimate of the peak memory of running the plan with [`exec`] on `threads` threads, in
-    /// bytes of `f64`: every head's weights; the whole of `W_E` and `W_U` where a step reads one
+    /// An estimate of the peak memory of running the plan with [`exec`] on `threads` threads
+    /// with products in `precision`, in bytes (`f64` unless said): every head's weights; the whole of `W_E` and `W_U` where a step reads one
     /// other than streamed (else `threads` chunk buffers of each matrix a pass over the
     /// vocabulary reads: both when `d_vocab_out = d_vocab`, one pass per matrix otherwise); every
     /// head-independent matrix (kept to the end); per thread, one head's or one pair's
-    /// intermediate matrices; and the per-head matrices that pair steps read, for every head.
-    pub fn peak_bytes(&self, threads: usize) -> f64 {
+    /// intermediate matrices; and the per-head matrices that pair steps read, for every head
+    /// (those only batched products read, stacked, in the precision's type).
+    pub fn peak_bytes(&self, threads: usize, precision: Precision) -> f64 {
         let Dims { d_vocab, d_vocab_out, d_model, d_head } = self.dims;
         // In floats: sizes of 2^32 overflow a product of usizes.
         let bytes = |n: f64| 8.0 * n;
@@ -564,6 +588,11 @@ impl EvalPlan {
             total += threads as f64 * buffers_per_pass * bytes(VOCAB_CHUNK as f64 * d_model);
         }
         let read_by_pairs = self.read_by_pairs();
+        let read_unbatched = self.read_by_unbatched_pairs();
+        let operand_bytes = match precision {
+            Precision::F32 => 4.0,
+            Precision::F64 => 8.0,
+        };
         for step in self.step_ids().filter(|s| needed[usize::from(*s)] && !self.is_weight(*s)) {
             let shape = self.shape(step);
             if shape.scalar {
@@ -572,6 +601,10 @@ impl EvalPlan {
             total += match shape.deps {
                 Deps::NONE => bytes(shape.size()),
                 Deps::PAIR => threads as f64 * bytes(shape.size()) * self.pair_batch(step),
+                // Stacked for the batched products in the precision's type (`exec`'s `Stacks`).
+                _ if read_by_pairs[usize::from(step)] && !read_unbatched[usize::from(step)] => {
+                    heads * operand_bytes * shape.size()
+                }
                 _ if read_by_pairs[usize::from(step)] => heads * bytes(shape.size()),
                 _ => threads as f64 * bytes(shape.size()),
             };
@@ -590,6 +623,19 @@ impl EvalPlan {
                 let weight_view = self.is_weight(child)
                     || (batched && matches!(self.node(child), Plan::Transpose(inner) if self.is_weight(*inner)));
                 if self.shape(child).deps != Deps::PAIR && !weight_view {
+                    read[usize::from(child)] = true;
+                }
+            }
+        }
+        read
+    }
+
+    /// Per-head (or per-right-head) steps that a pair step other than a batched one reads.
+    pub fn read_by_unbatched_pairs(&self) -> Vec<bool> {
+        let mut read = vec![false; self.shapes.len()];
+        for step in self.step_ids().filter(|s| self.shape(*s).deps == Deps::PAIR && self.batched(*s).is_none()) {
+            for &child in self.node(step).children() {
+                if self.shape(child).deps != Deps::PAIR {
                     read[usize::from(child)] = true;
                 }
             }
@@ -637,6 +683,7 @@ impl EvalPlan {
             Plan::Sqrt(a) => format!("√{}", name(*a)),
             Plan::Copying(a) => format!("copying(eig {})", name(*a)),
             Plan::Frobenius(a) => format!("‖{}‖_F", name(*a)),
+            Plan::GramRoot(a) => format!("root {}", name(*a)),
             Plan::Weight(w) => w.to_string(),
         }
     }
@@ -739,7 +786,8 @@ impl EvalPlan {
             .collect();
         let mut json = serde_json::json!({
             "flops": self.flops(),
-            "peak_bytes": self.peak_bytes(threads),
+            "peak_bytes": self.peak_bytes(threads, Precision::F32),
+            "precision": Precision::F32,
             "threads": threads,
             "steps": steps,
             "statistics": roots,
@@ -805,15 +853,15 @@ impl Plans {
         }
         let _ = writeln!(
             out,
-            "chosen: {:>12}, peak memory ≈ {} ({threads} threads)",
+            "chosen: {:>12}, peak memory ≈ {} ({threads} threads, f32 products)",
             format_flops(c.flops()),
-            format_bytes(c.peak_bytes(threads))
+            format_bytes(c.peak_bytes(threads, Precision::F32))
         );
         let _ = writeln!(
             out,
             "naive:  {:>12}, peak memory ≈ {}  ({:.0}× the chosen plan's FLOPs)",
             format_flops(n.flops()),
-            format_bytes(n.peak_bytes(threads)),
+            format_bytes(n.peak_bytes(threads, Precision::F32)),
             n.flops() / c.flops().max(1.0)
         );
         let _ = writeln!(out, "\nchosen plan (h: a head; r: a head of a later layer):");

@@ -18,6 +18,18 @@ pub(super) fn check_finite(name: &str, data: &[f64], index: impl Fn(usize) -> Ve
     }
 }
 
+/// [`check_finite`] of `f32` elements.
+pub(super) fn check_finite_f32(
+    name: &str,
+    data: &[f32],
+    index: impl Fn(usize) -> Vec<usize>,
+) -> Result<(), WeightError> {
+    match data.iter().position(|v| !v.is_finite()) {
+        Some(i) => Err(WeightError::NonFinite { name: name.to_string(), index: index(i), value: f64::from(data[i]) }),
+        None => Ok(()),
+    }
+}
+
 /// The row-major multi-index of flat position `flat` in `shape`.
 pub(super) fn unravel(mut flat: usize, shape: &[usize]) -> Vec<usize> {
     let mut index = vec![0; shape.len()];

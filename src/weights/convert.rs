@@ -63,8 +63,33 @@ pub(super) fn to_f64(dtype: Float, data: &[u8]) -> Vec<f64> {
     }
 }
 
+/// Whether every element of `dtype` is an `f32` exactly (F32, F16, BF16; not F64).
+pub(super) fn to_f32_exact(dtype: Float) -> bool {
+    dtype.format != FloatFormat::F64
+}
+
+/// Elements of `dtype` as `f32`, exact for the dtypes [`to_f32_exact`] accepts (others are not
+/// passed here).
+pub(super) fn to_f32(dtype: Float, data: &[u8]) -> Vec<f32> {
+    use FloatFormat::{BF16, F16, F32, F64};
+    match (dtype.format, dtype.little_endian) {
+        (F16, true) => decode_as::<2, f32>(data, |b| f16::from_le_bytes(b).to_f32()),
+        (F16, false) => decode_as::<2, f32>(data, |b| f16::from_be_bytes(b).to_f32()),
+        (BF16, true) => decode_as::<2, f32>(data, |b| bf16::from_le_bytes(b).to_f32()),
+        (BF16, false) => decode_as::<2, f32>(data, |b| bf16::from_be_bytes(b).to_f32()),
+        (F32, true) => decode_as::<4, f32>(data, f32::from_le_bytes),
+        (F32, false) => decode_as::<4, f32>(data, f32::from_be_bytes),
+        (F64, _) => unreachable!("F64 is not read as f32 (to_f32_exact)"),
+    }
+}
+
 /// Decodes fixed-size elements.
 fn decode<const N: usize>(data: &[u8], convert: impl Fn([u8; N]) -> f64) -> Vec<f64> {
+    decode_as::<N, f64>(data, convert)
+}
+
+/// Decodes fixed-size elements into `T`.
+fn decode_as<const N: usize, T>(data: &[u8], convert: impl Fn([u8; N]) -> T) -> Vec<T> {
     data.chunks_exact(N)
         .map(|chunk| {
             let mut bytes = [0u8; N];

@@ -432,6 +432,61 @@ impl Weights {
         Ok(data)
     }
 
+    /// Rows `start .. start + n` of the float matrix `name` as [`Weights::rows`] does, but in
+    /// `f32` and only where that is exact and cheap: `Some` for a matrix stored contiguously in
+    /// the file as F32, F16 or BF16 (read as it is, each element widened at most); `None` for any
+    /// other (F64, strided, already converted), which [`Weights::rows`] reads.
+    pub fn rows_f32(
+        &self,
+        name: &str,
+        expected: [usize; 2],
+        start: usize,
+        n: usize,
+    ) -> Result<Option<Vec<f32>>, WeightError> {
+        let [_, cols] = expected;
+        let entry = self.entry(name, &expected)?;
+        in_range(name, "rows", expected, start, n)?;
+        let data = match entry {
+            Entry::Stored { dtype, at: at @ At { strides: None, .. }, .. } if convert::to_f32_exact(*dtype) => {
+                let skip = (start * cols * dtype.size()) as u64;
+                convert::to_f32(*dtype, &self.read_bytes(at.file, at.offset + skip, n * cols * dtype.size())?)
+            }
+            _ => return Ok(None),
+        };
+        check::check_finite_f32(name, &data, |i| vec![start + i / cols.max(1), i % cols.max(1)])?;
+        Ok(Some(data))
+    }
+
+    /// Columns `start .. start + n` of the float matrix `name`, row-major `[rows, n]`, as
+    /// [`Weights::columns`] does, in `f32` where [`Weights::rows_f32`] would be `Some`.
+    pub fn columns_f32(
+        &self,
+        name: &str,
+        expected: [usize; 2],
+        start: usize,
+        n: usize,
+    ) -> Result<Option<Vec<f32>>, WeightError> {
+        let [rows, cols] = expected;
+        let entry = self.entry(name, &expected)?;
+        in_range(name, "columns", expected, start, n)?;
+        let data = match entry {
+            Entry::Stored { dtype, at: at @ At { strides: None, .. }, .. } if convert::to_f32_exact(*dtype) => {
+                let mut data = Vec::with_capacity(rows * n);
+                for r in 0..rows {
+                    let skip = ((r * cols + start) * dtype.size()) as u64;
+                    data.extend(convert::to_f32(
+                        *dtype,
+                        &self.read_bytes(at.file, at.offset + skip, n * dtype.size())?,
+                    ));
+                }
+                data
+            }
+            _ => return Ok(None),
+        };
+        check::check_finite_f32(name, &data, |i| vec![i / n.max(1), start + i % n.max(1)])?;
+        Ok(Some(data))
+    }
+
     /// The float tensor `name` with shape `expected`, or why not: the one shape check, for every
     /// format and every way of reading.
     fn entry(&self, name: &str, expected: &[usize]) -> Result<&Entry, WeightError> {
