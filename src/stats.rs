@@ -660,10 +660,11 @@ fn finite_per_head(values: &[Vec<f64>], at: impl Fn(usize, usize) -> String) -> 
     Ok(())
 }
 
-/// `R` of a thin QR factorisation `X = Q R`: `XᵀX = RᵀR`, so `‖X Y‖_F = ‖R Y‖_F` and
-/// `‖Y Xᵀ‖_F = ‖Y Rᵀ‖_F` for any `Y`.
+/// A square root `R` of `XᵀX` (`XᵀX = RᵀR`, [`crate::linalg::gram_root`], as the plans' `root`),
+/// so `‖X Y‖_F = ‖R Y‖_F` and `‖Y Xᵀ‖_F = ‖Y Rᵀ‖_F` for any `Y`; the `R` of a thin QR
+/// factorisation if the Gram's eigendecomposition did not converge.
 fn r_factor(x: &Matrix) -> Matrix {
-    x.clone().qr().r()
+    crate::linalg::gram_root(&(x.transpose() * x)).unwrap_or_else(|| x.clone().qr().r())
 }
 
 /// `R(x) y` for the left matrix `x y` (`x` d_model × d_head, `y` d_head × d_model).
@@ -701,7 +702,7 @@ fn ratio(numerator: f64, denominator: f64) -> f64 {
 /// the logarithm it needs is computed here from `+ − × /` and bit operations
 /// ([`deterministic_ln`]) rather than the platform's libm, so the draws are bit-identical on
 /// every platform (the products after them use nalgebra's kernels, which may differ in the last
-/// bits between CPUs). The score of each draw is computed as for the heads (QR square roots of
+/// bits between CPUs). The score of each draw is computed as for the heads (square roots of
 /// the Grams).
 ///
 /// The three modes' factors have the same shapes, so the same draws serve all three (common

@@ -785,9 +785,10 @@ pub fn run(plan: &EvalPlan, inputs: &Inputs<'_>) -> Result<Results, ExecError> {
     let pair_steps = stage(Deps::PAIR);
     let batched: Vec<Batched> = pair_steps.iter().filter_map(|&step| Batched::of(plan, step)).collect();
     let read_unbatched = plan.read_by_unbatched_pairs();
-    let stacked_only = |id: Id| {
-        batched.iter().any(|b| b.reads(id)) && !read_unbatched[usize::from(id)] && !is_root(id) && !plan.is_weight(id)
-    };
+    // A weight or a weight's transpose is stacked from the weights themselves.
+    let weight_view = |id: Id| plan.is_weight(id) || matches!(plan.node(id), Plan::Transpose(w) if plan.is_weight(*w));
+    let stacked = |id: Id| batched.iter().any(|b| b.reads(id)) && !weight_view(id);
+    let stacked_only = |id: Id| stacked(id) && !read_unbatched[usize::from(id)] && !is_root(id);
 
     // 2, 3. Per head, then per right head: keep what pairs and statistics read.
     let per_head_stage = |deps: Deps| -> Result<Vec<(Frame<'_>, Rounded)>, ExecError> {
@@ -811,8 +812,10 @@ pub fn run(plan: &EvalPlan, inputs: &Inputs<'_>) -> Result<Results, ExecError> {
             let mut rounded = Vec::new();
             for (i, slot) in local.iter_mut().enumerate() {
                 let id = Id::from(i);
-                if stacked_only(id) && plan.shape(id).deps == deps {
-                    if let Some(value) = slot.take() {
+                if stacked(id) && plan.shape(id).deps == deps {
+                    // Rounded for its stack; kept as well if another pair step reads it.
+                    let value = if stacked_only(id) { slot.take() } else { slot.clone() };
+                    if let Some(value) = value {
                         rounded.push((id, inputs.precision.operand(value.matrix()).into_owned()));
                     }
                 } else if !(read_by_pairs[i] || is_root(id) || plan.is_weight(id)) {
