@@ -51,8 +51,14 @@ pub fn run(args: Args) -> Result<(), Failure> {
     check_rotary_offset(&compiled.model, rotary_offset)?;
     let names = pathc::eval::NameMap::parse(&names).map_err(|e| fail(e.into()))?;
     let weights = pathc::load_weights(&weights).map_err(fail)?;
-    let params =
-        pathc::eval::StatsParams::from_weights(&compiled.model, &weights, &names).map_err(|e| fail(e.into()))?;
+    // The plan depends on the sizes alone and is memoised per process: made on another thread
+    // while the attention weights are read, `stats_streamed` finds it made (a model whose sizes
+    // are symbolic is planned there, from the weights' sizes).
+    let params = std::thread::scope(|scope| {
+        scope.spawn(|| pathc::plan_stats(&compiled.model).ok());
+        pathc::eval::StatsParams::from_weights(&compiled.model, &weights, &names)
+    })
+    .map_err(|e| fail(e.into()))?;
     let options = StatsOptions { processing: processing.processing(), rotary_offset, precision: precision.into() };
     let stats = pathc::stats::stats_streamed(params, options, &TerminalProgress::new()).map_err(|e| match e {
         // A refused step, as `check` renders it.

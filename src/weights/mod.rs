@@ -78,7 +78,7 @@ pub struct Weights {
     /// The open files whose tensors stay in them until asked for ([`Entry::Stored`], which names
     /// its file by index): a safetensors file or a `torch.save` checkpoint loaded with
     /// [`Weights::load`].
-    files: Vec<Arc<Mutex<File>>>,
+    files: Vec<Arc<File>>,
     /// The open archive of an .npz, whose members stay in it until asked for ([`Entry::Member`]).
     archive: Option<Arc<Mutex<npz::Archive>>>,
 }
@@ -260,7 +260,7 @@ impl Weights {
         match detect(&prefix, &origin) {
             Ok(Kind::Safetensors) if len >= 9 => {
                 safetensors::list_file(&mut file, prefix, len, &origin, &mut listing)?;
-                Ok(Weights { origin, entries: listing.entries, files: vec![Arc::new(Mutex::new(file))], archive: None })
+                Ok(Weights { origin, entries: listing.entries, files: vec![Arc::new(file)], archive: None })
             }
             Ok(Kind::Zip) => {
                 file.seek(SeekFrom::Start(0)).map_err(io)?;
@@ -274,7 +274,7 @@ impl Weights {
                     return Ok(Weights {
                         origin,
                         entries: listing.entries,
-                        files: vec![Arc::new(Mutex::new(file))],
+                        files: vec![Arc::new(file)],
                         archive: None,
                     });
                 }
@@ -569,9 +569,7 @@ impl Weights {
         let io = io_error(&self.origin);
         let file = self.files.get(file).expect("stored tensors come with their file");
         let mut bytes = vec![0u8; len];
-        let mut file = file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        file.seek(SeekFrom::Start(offset)).map_err(io)?;
-        file.read_exact(&mut bytes).map_err(io)?;
+        read_exact_at(file, &mut bytes, offset).map_err(io)?;
         Ok(bytes)
     }
 
@@ -592,6 +590,29 @@ impl Weights {
         let span = self.read_bytes(at.file, at.offset + (first * size) as u64, (last - first + 1) * size)?;
         let bytes = gather_span(&span, size, strides, lens);
         Ok(convert::to_f64(dtype, &bytes))
+    }
+}
+
+/// `buf.len()` bytes at `offset` of `file`, by a positioned read that leaves the file's cursor
+/// alone, so that threads read one open file at once without a lock (the vocabulary's chunks,
+/// read on both cores, are hundreds of reads each).
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+    }
+    #[cfg(windows)]
+    {
+        let mut done = 0;
+        while done < buf.len() {
+            match std::os::windows::fs::FileExt::seek_read(file, &mut buf[done..], offset + done as u64) {
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 }
 
