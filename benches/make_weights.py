@@ -1,6 +1,12 @@
-"""Random GPT-2-shaped f32 weights for benches/gpt2.sh, written as safetensors.
+"""Random GPT-2-shaped f32 weights for benches/gpt2.sh and benches/big.sh, written as safetensors.
 
     python benches/make_weights.py OUT.safetensors --layers 12 [--seed 0]
+    python benches/make_weights.py OUT.safetensors --layers 48 --d-model 1600 --heads 25 \
+        --d-head 64 --d-vocab 50257 --attn-only
+
+`--attn-only` writes only what an attention-only model (`embed`, `layer { attn(heads = H) }`,
+`unembed`) reads: `embed.W_E`, each layer's `W_Q`, `W_K`, `W_V`, `W_O`, and `unembed.W_U` — what
+`pathc stats` reads of any model of those sizes.
 
 TransformerLens's names and shapes (as src/eval/params.rs reads them): `embed.W_E` [d_vocab, d_model],
 `pos_embed.W_pos` [n_ctx, d_model], per layer `blocks.{l}.attn.W_Q|W_K|W_V` [n_heads, d_model, d_head],
@@ -28,6 +34,16 @@ import numpy as np
 
 D_MODEL, D_VOCAB, N_CTX, D_HEAD, N_HEADS, D_MLP = 768, 50257, 1024, 64, 12, 3072
 INIT_STD = 0.02
+
+
+def attn_only_shapes(n_layers, d_model, d_vocab, n_heads, d_head):
+    """The tensors of an attention-only model without biases, in file order."""
+    out = [("embed.W_E", (d_vocab, d_model), "weight")]
+    for l in range(n_layers):
+        p = f"blocks.{l}.attn."
+        out += [(p + w, (n_heads, d_model, d_head), "weight") for w in ("W_Q", "W_K", "W_V")]
+        out += [(p + "W_O", (n_heads, d_head, d_model), "weight")]
+    return out + [("unembed.W_U", (d_model, d_vocab), "weight")]
 
 
 def shapes(n_layers):
@@ -67,10 +83,20 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--attn-only", action="store_true")
+    ap.add_argument("--d-model", type=int, default=D_MODEL)
+    ap.add_argument("--d-vocab", type=int, default=D_VOCAB)
+    ap.add_argument("--heads", type=int, default=N_HEADS)
+    ap.add_argument("--d-head", type=int, default=D_HEAD)
     args = ap.parse_args()
 
     rng = np.random.default_rng(args.seed)
-    tensors = shapes(args.layers)
+    if args.attn_only:
+        tensors = attn_only_shapes(args.layers, args.d_model, args.d_vocab, args.heads, args.d_head)
+    else:
+        assert (args.d_model, args.d_vocab, args.heads, args.d_head) == (D_MODEL, D_VOCAB, N_HEADS, D_HEAD), \
+            "other sizes only with --attn-only"
+        tensors = shapes(args.layers)
     header, offset = {}, 0
     for name, shape, _ in tensors:
         size = int(np.prod(shape)) * 4
