@@ -15,7 +15,7 @@
 //! 3. **per right head**: the steps of `r` (the right head of a composition score).
 //! 4. **per pair**, per (left layer, right layer) on the threads: a product of a per-head and a
 //!    per-right-head matrix ([`EvalPlan::batched`]) is one GEMM of the two layers' operands,
-//!    each layer's stacked once ([`Stacks`]) from values the head stages rounded as they made
+//!    each layer's stacked once (`Stacks`) from values the head stages rounded as they made
 //!    them; the rest pair by pair.
 //!
 //! Per-head values are kept only if a pair step or a statistic reads them. Every result is
