@@ -575,7 +575,7 @@ fn streamed_products(
         let pass: Vec<(VocabMatrix, VocabMatrix)> = of_pass.iter().map(|&i| products[i]).collect();
         for (i, product) in of_pass.into_iter().zip(match precision {
             Precision::F32 => streamed_pass_f32(vocab, length, &pass, progress)?,
-            Precision::F64 => streamed_pass(vocab, length, &pass, progress)?,
+            Precision::F64 => streamed_pass_f64(vocab, length, &pass, progress)?,
         }) {
             results[i] = Some(product);
         }
@@ -591,7 +591,7 @@ fn streamed_products(
     Ok(results)
 }
 
-/// [`streamed_pass`] in f32: each chunk read as f32 ([`VocabRows::embed_rows_f32`], else
+/// [`streamed_pass_f64`] in f32: each chunk read as f32 ([`VocabRows::embed_rows_f32`], else
 /// rounded from f64), both operands of every product views of it, each product into one f32
 /// buffer per product and group, added in f64 to the group's sum (the upper triangle's blocks of
 /// a Gram, [`GRAM_BLOCK`] rows at a time).
@@ -677,12 +677,13 @@ fn streamed_pass_f32(
 
 /// One pass of [`streamed_products`] in f64: `products`, all of whose operands have `length`
 /// rows.
-fn streamed_pass(
+fn streamed_pass_f64(
     vocab: &dyn VocabRows,
     length: usize,
     products: &[(VocabMatrix, VocabMatrix)],
     progress: &dyn Progress,
 ) -> Result<Vec<Matrix>, ExecError> {
+    // f64 operands are the chunks themselves, borrowed.
     let precision = Precision::F64;
     let uses = |m: VocabMatrix| products.iter().any(|&(x, y)| x == m || y == m);
     let parts = parallel_map(&vocab_groups(length), |&(start, end)| -> Result<Vec<Option<Matrix>>, ExecError> {
