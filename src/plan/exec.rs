@@ -438,21 +438,17 @@ impl<'e, 'a> Env<'e, 'a> {
         match self.shared_operands.and_then(|ops| ops[usize::from(id)].as_ref()) {
             Some(Operand::F32(m, scale)) => Operand::F32(Cow::Borrowed(&**m), *scale),
             Some(Operand::F64(m)) => Operand::F64(Cow::Borrowed(&**m)),
-            None => {
-                let plan = self.plan;
-                let weight = plan.is_weight(id) || matches!(plan.node(id), Plan::Transpose(w) if plan.is_weight(*w));
-                match self.weight_operands.filter(|_| weight) {
-                    Some(cache) => {
-                        match cache[usize::from(id)]
-                            .get_or_init(|| self.inputs.precision.operand(self.get(local, id).matrix()).into_owned())
-                        {
-                            Operand::F32(m, scale) => Operand::F32(Cow::Borrowed(&**m), *scale),
-                            Operand::F64(m) => Operand::F64(Cow::Borrowed(&**m)),
-                        }
+            None => match self.weight_operands.filter(|_| self.plan.is_weight_view(id)) {
+                Some(cache) => {
+                    match cache[usize::from(id)]
+                        .get_or_init(|| self.inputs.precision.operand(self.get(local, id).matrix()).into_owned())
+                    {
+                        Operand::F32(m, scale) => Operand::F32(Cow::Borrowed(&**m), *scale),
+                        Operand::F64(m) => Operand::F64(Cow::Borrowed(&**m)),
                     }
-                    None => self.inputs.precision.operand(self.get(local, id).matrix()),
                 }
-            }
+                None => self.inputs.precision.operand(self.get(local, id).matrix()),
+            },
         }
     }
 
@@ -662,7 +658,13 @@ fn streamed_pass_f32(
         }
         Ok(sums)
     });
-    let mut totals: Vec<Option<Matrix>> = vec![None; products.len()];
+    add_groups(parts, products.len())
+}
+
+/// The vocabulary groups' sums of each product added in group order (so the bits do not depend
+/// on the thread count); the first error, if a group failed.
+fn add_groups(parts: Vec<Result<Vec<Option<Matrix>>, ExecError>>, n: usize) -> Result<Vec<Matrix>, ExecError> {
+    let mut totals: Vec<Option<Matrix>> = vec![None; n];
     for part in parts {
         for (total, sum) in totals.iter_mut().zip(part?) {
             match (total.as_mut(), sum) {
@@ -722,17 +724,7 @@ fn streamed_pass_f64(
         }
         Ok(sums)
     });
-    let mut totals: Vec<Option<Matrix>> = vec![None; products.len()];
-    for part in parts {
-        for (total, sum) in totals.iter_mut().zip(part?) {
-            match (total.as_mut(), sum) {
-                (Some(t), Some(sum)) => *t += sum,
-                (None, sum) => *total = sum,
-                (Some(_), None) => {}
-            }
-        }
-    }
-    Ok(totals.into_iter().map(|t| t.unwrap_or_else(|| Matrix::zeros(0, 0))).collect())
+    add_groups(parts, products.len())
 }
 
 /// Runs `plan` on `inputs`: every statistic of every head and pair.
@@ -789,8 +781,7 @@ pub fn run(plan: &EvalPlan, inputs: &Inputs<'_>) -> Result<Results, ExecError> {
     let batched: Vec<Batched> = pair_steps.iter().filter_map(|&step| Batched::of(plan, step)).collect();
     let read_unbatched = plan.read_by_unbatched_pairs();
     // A weight or a weight's transpose is stacked from the weights themselves.
-    let weight_view = |id: Id| plan.is_weight(id) || matches!(plan.node(id), Plan::Transpose(w) if plan.is_weight(*w));
-    let stacked = |id: Id| batched.iter().any(|b| b.reads(id)) && !weight_view(id);
+    let stacked = |id: Id| batched.iter().any(|b| b.reads(id)) && !plan.is_weight_view(id);
     let stacked_only = |id: Id| stacked(id) && !read_unbatched[usize::from(id)] && !is_root(id);
 
     // 2, 3. Per head, then per right head: keep what pairs and statistics read.

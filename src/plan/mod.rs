@@ -483,6 +483,12 @@ impl EvalPlan {
         matches!(self.node(step), Plan::Weight(_))
     }
 
+    /// A weight or a weight's transpose: read from the weights where it is needed (a view),
+    /// never kept as a value.
+    pub fn is_weight_view(&self, step: Id) -> bool {
+        self.is_weight(step) || matches!(self.node(step), Plan::Transpose(inner) if self.is_weight(*inner))
+    }
+
     /// Whether the step is a Gram product `xᵀ·x` or `x·xᵀ` (symmetric: computed and priced as
     /// its upper triangle).
     pub fn is_gram(&self, step: Id) -> bool {
@@ -620,8 +626,7 @@ impl EvalPlan {
         for step in self.step_ids().filter(|s| self.shape(*s).deps == Deps::PAIR) {
             let batched = self.batched(step).is_some();
             for &child in self.node(step).children() {
-                let weight_view = self.is_weight(child)
-                    || (batched && matches!(self.node(child), Plan::Transpose(inner) if self.is_weight(*inner)));
+                let weight_view = self.is_weight(child) || (batched && self.is_weight_view(child));
                 if self.shape(child).deps != Deps::PAIR && !weight_view {
                     read[usize::from(child)] = true;
                 }
@@ -691,13 +696,7 @@ impl EvalPlan {
     /// Steps worth listing: needed, not a weight, not a weight's transpose (a view).
     pub fn listed_steps(&self) -> Vec<Id> {
         let needed = self.needed();
-        self.step_ids()
-            .filter(|&s| {
-                needed[usize::from(s)]
-                    && !self.is_weight(s)
-                    && !matches!(self.node(s), Plan::Transpose(inner) if self.is_weight(*inner))
-            })
-            .collect()
+        self.step_ids().filter(|&s| needed[usize::from(s)] && !self.is_weight(s) && !self.is_weight_view(s)).collect()
     }
 
     /// The plan as text: one step a line with its shape, rank bound, instances and FLOPs.

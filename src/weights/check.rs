@@ -4,28 +4,20 @@
 
 use super::WeightError;
 
-/// The first element that is NaN or infinite, and its value.
-pub(super) fn first_non_finite(data: &[f64]) -> Option<(usize, f64)> {
-    data.iter().position(|v| !v.is_finite()).and_then(|i| data.get(i).map(|&v| (i, v)))
+/// The first element (f64, or f32 read as stored) that is NaN or infinite, and its value.
+pub(super) fn first_non_finite<T: Copy + Into<f64>>(data: &[T]) -> Option<(usize, f64)> {
+    data.iter().map(|&v| v.into()).enumerate().find(|(_, v): &(usize, f64)| !v.is_finite())
 }
 
 /// Refuses a block holding NaN or an infinity, naming the tensor and the element's index
 /// (`index` maps a position in `data` to the tensor's multi-index).
-pub(super) fn check_finite(name: &str, data: &[f64], index: impl Fn(usize) -> Vec<usize>) -> Result<(), WeightError> {
-    match first_non_finite(data) {
-        Some((i, value)) => Err(WeightError::NonFinite { name: name.to_string(), index: index(i), value }),
-        None => Ok(()),
-    }
-}
-
-/// [`check_finite`] of `f32` elements.
-pub(super) fn check_finite_f32(
+pub(super) fn check_finite<T: Copy + Into<f64>>(
     name: &str,
-    data: &[f32],
+    data: &[T],
     index: impl Fn(usize) -> Vec<usize>,
 ) -> Result<(), WeightError> {
-    match data.iter().position(|v| !v.is_finite()) {
-        Some(i) => Err(WeightError::NonFinite { name: name.to_string(), index: index(i), value: f64::from(data[i]) }),
+    match first_non_finite(data) {
+        Some((i, value)) => Err(WeightError::NonFinite { name: name.to_string(), index: index(i), value }),
         None => Ok(()),
     }
 }

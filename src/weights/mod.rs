@@ -453,7 +453,7 @@ impl Weights {
             }
             _ => return Ok(None),
         };
-        check::check_finite_f32(name, &data, |i| vec![start + i / cols.max(1), i % cols.max(1)])?;
+        check::check_finite(name, &data, |i| vec![start + i / cols.max(1), i % cols.max(1)])?;
         Ok(Some(data))
     }
 
@@ -483,7 +483,7 @@ impl Weights {
             }
             _ => return Ok(None),
         };
-        check::check_finite_f32(name, &data, |i| vec![i / n.max(1), start + i % n.max(1)])?;
+        check::check_finite(name, &data, |i| vec![i / n.max(1), start + i % n.max(1)])?;
         Ok(Some(data))
     }
 
