@@ -99,6 +99,7 @@ use nalgebra::Complex;
 use crate::eval::{EvalError, LayerParams, Params, Processing, StatsParams};
 pub use crate::linalg::{eigenvalues, SCHUR_MAX_ITER, SCHUR_RETRIES};
 use crate::linalg::{Matrix, NoConvergence, NonFinite};
+pub use crate::plan::exec::HeadSource;
 pub use crate::plan::exec::Precision;
 use crate::plan::exec::{ExecError, HeadWeights, VocabRows};
 use crate::plan::{self, Mode, Stat};
@@ -344,7 +345,7 @@ pub fn stats_processed_with_progress(
     progress: &dyn Progress,
 ) -> Result<Stats, StatsError> {
     let options = options.into();
-    let offset = rotary_offset(&params.layers, options.rotary_offset)?;
+    let offset = rotary_offset(params.layers.iter().any(|l| l.attn.rotary.is_some()), options.rotary_offset)?;
     let processed;
     let params = if options.processing == Processing::NONE {
         params
@@ -380,24 +381,46 @@ pub fn stats_streamed(
     progress: &dyn Progress,
 ) -> Result<Stats, StatsError> {
     let options = options.into();
-    let offset = rotary_offset(&params.layers, options.rotary_offset)?;
+    let any_rotary = (0..params.layer_shapes().len()).any(|l| params.rotary(l).is_some());
+    let offset = rotary_offset(any_rotary, options.rotary_offset)?;
     let params = params.process(options.processing).map_err(StatsError::Processing)?;
-    let plans = plans_for_vocab(&params.layers, params.d_vocab(), params.d_vocab_out(), params.d_model());
-    let rotated = rotated_queries(&params.layers, offset);
-    let stats = stats_with_plan(
-        &plans.chosen,
-        &head_weights_at(&params.layers, &rotated),
-        &params,
-        progress,
-        options.precision,
-    )?;
+    let shapes = params.layer_shapes();
+    let plans = plans_for_shapes(&shapes, params.d_vocab(), params.d_vocab_out(), params.d_model());
+    let heads = StreamedHeads { params: &params, offset };
+    let stats = stats_with_plan(&plans.chosen, &heads, &params, progress, options.precision)?;
     Ok(Stats { weight_processing: options.processing, rotary_offset: offset, ..stats })
+}
+
+/// The heads of [`StatsParams`], a layer read from the file at a time ([`StatsParams::attention`]),
+/// `W_Q` rotated as [`rotated_queries`] does.
+struct StreamedHeads<'p, 'w> {
+    params: &'p StatsParams<'w>,
+    offset: Option<i64>,
+}
+
+impl HeadSource for StreamedHeads<'_, '_> {
+    fn layer_shapes(&self) -> Vec<(usize, usize)> {
+        self.params.layer_shapes()
+    }
+
+    fn with_layer(&self, layer: usize, f: &mut dyn FnMut(&[HeadWeights<'_>])) -> Result<(), WeightError> {
+        let a = self.params.attention(layer)?;
+        let rotated: Option<Vec<Matrix>> =
+            self.params.rotary(layer).zip(self.offset.filter(|&o| o != 0)).map(|(rotary, offset)| {
+                a.w_q.iter().map(|w_q| w_q * crate::eval::rotary::rotation(rotary, w_q.ncols(), offset)).collect()
+            });
+        let w_q = rotated.as_ref().unwrap_or(&a.w_q);
+        let heads: Vec<HeadWeights<'_>> = (0..a.w_q.len())
+            .map(|h| HeadWeights { w_q: &w_q[h], w_k: a.w_k(h), w_v: a.w_v(h), w_o: &a.w_o[h] })
+            .collect();
+        f(&heads);
+        Ok(())
+    }
 }
 
 /// The offset the statistics are taken at: `Some` (the one asked for, else 0) when a layer is
 /// rotary, `None` when none is (and an error if one was asked for).
-fn rotary_offset(layers: &[LayerParams], asked: Option<i64>) -> Result<Option<i64>, StatsError> {
-    let rotary = layers.iter().any(|layer| layer.attn.rotary.is_some());
+fn rotary_offset(rotary: bool, asked: Option<i64>) -> Result<Option<i64>, StatsError> {
     match (rotary, asked) {
         (true, asked) => Ok(Some(asked.unwrap_or(0))),
         (false, None) => Ok(None),
@@ -428,8 +451,15 @@ pub fn plans_for(layers: &[LayerParams], d_vocab: usize, d_model: usize) -> plan
 /// `d_model × d_vocab_out`. A plan is made for one d_head, the largest of any layer; the
 /// executor takes every head's own shapes.
 pub fn plans_for_vocab(layers: &[LayerParams], d_vocab: usize, d_vocab_out: usize, d_model: usize) -> plan::Plans {
-    let d_head = layers.iter().flat_map(|l| l.attn.w_q.iter().map(|w| w.ncols())).max().unwrap_or(0);
-    let heads_per_layer: Vec<usize> = layers.iter().map(|l| l.attn.w_q.len()).collect();
+    let shapes: Vec<(usize, usize)> =
+        layers.iter().map(|l| (l.attn.w_q.len(), l.attn.w_q.iter().map(|w| w.ncols()).max().unwrap_or(0))).collect();
+    plans_for_shapes(&shapes, d_vocab, d_vocab_out, d_model)
+}
+
+/// [`plans_for_vocab`] from each layer's number of heads and d_head.
+fn plans_for_shapes(shapes: &[(usize, usize)], d_vocab: usize, d_vocab_out: usize, d_model: usize) -> plan::Plans {
+    let d_head = shapes.iter().map(|&(_, d_head)| d_head).max().unwrap_or(0);
+    let heads_per_layer: Vec<usize> = shapes.iter().map(|&(h, _)| h).collect();
     let dims = plan::Dims { d_vocab, d_vocab_out, d_model, d_head };
     plan::plan(dims, plan::Counts::from_heads_per_layer(&heads_per_layer))
 }
@@ -510,12 +540,12 @@ impl VocabRows for StatsParams<'_> {
 /// what it did to the weights.
 pub fn stats_with_plan(
     plan: &plan::EvalPlan,
-    heads: &[Vec<HeadWeights<'_>>],
+    heads: &dyn HeadSource,
     vocab: &dyn VocabRows,
     progress: &dyn Progress,
     precision: Precision,
 ) -> Result<Stats, StatsError> {
-    let inputs = plan::exec::Inputs { heads: heads.to_vec(), vocab, progress, precision };
+    let inputs = plan::exec::Inputs { heads, vocab, progress, precision };
     let mut not_defined = BTreeMap::new();
     for stat in Stat::ALL {
         if let Some(reason) = stat.not_defined(plan.dims) {
@@ -568,7 +598,7 @@ pub fn stats_with_plan(
     let (comp_q, comp_k, comp_v) = (composition(Mode::Q), composition(Mode::K), composition(Mode::V));
 
     let d_model = plan.dims.d_model;
-    let d_heads: Vec<usize> = heads.iter().map(|layer| layer.first().map_or(0, |w| w.w_q.ncols())).collect();
+    let d_heads: Vec<usize> = heads.layer_shapes().into_iter().map(|(_, d_head)| d_head).collect();
     let mut baselines: Vec<((usize, usize), f64)> = Vec::new();
     let mut baseline_of = |d_left: usize, d_right: usize| -> f64 {
         if let Some(&(_, b)) = baselines.iter().find(|(shape, _)| *shape == (d_left, d_right)) {

@@ -292,11 +292,29 @@ impl NameMap {
 struct Reader<'a> {
     weights: &'a Weights,
     names: &'a NameMap,
-    /// Whether `matrix` reads its tensor; when not, it only checks the tensor's name, dtype and
-    /// shape ([`StatsParams`] leaves the vocabulary-sized and MLP matrices in the file).
+    /// Whether `matrix` and `per_head` read their tensor; when not, they only check the tensor's
+    /// name, dtype and shape ([`StatsParams`] leaves the vocabulary-sized, MLP and attention
+    /// matrices in the file, and reads the attention a layer at a time when asked).
     read_matrices: bool,
     /// The model's positions are shortformer ([`AttnWeights::pos_readers`] are kept).
     shortformer: bool,
+}
+
+/// TransformerLens's name of layer `l`'s attention tensor `w` (`W_Q`, `b_K`, ...): with
+/// grouped-query attention it keeps one key and value per group, under `_W_K`, `_W_V`, `_b_K`,
+/// `_b_V`.
+fn attention_tensor(l: usize, w: &str, grouped: bool) -> String {
+    let kv = matches!(w, "W_K" | "W_V" | "b_K" | "b_V");
+    if grouped && kv {
+        format!("blocks.{l}.attn._{w}")
+    } else {
+        format!("blocks.{l}.attn.{w}")
+    }
+}
+
+/// Row-major `[n_heads, rows, cols]` data as one matrix per head.
+fn per_head_matrices(data: &[f64], rows: usize, cols: usize) -> Vec<Matrix> {
+    data.chunks_exact(rows * cols).map(|chunk| Matrix::from_row_slice(rows, cols, chunk)).collect()
 }
 
 impl Reader<'_> {
@@ -315,10 +333,14 @@ impl Reader<'_> {
         Ok(Matrix::from_row_slice(rows, cols, &self.data(tl, &[rows, cols])?))
     }
 
-    /// `[n_heads, rows, cols]` as one matrix per head.
+    /// `[n_heads, rows, cols]` as one matrix per head, or when matrices are not read
+    /// ([`Reader::read_matrices`]) none, after checking that `tl` is there with this shape.
     fn per_head(&self, tl: &str, n_heads: usize, rows: usize, cols: usize) -> Result<Vec<Matrix>, EvalError> {
-        let data = self.data(tl, &[n_heads, rows, cols])?;
-        Ok(data.chunks_exact(rows * cols).map(|chunk| Matrix::from_row_slice(rows, cols, chunk)).collect())
+        if !self.read_matrices {
+            self.weights.check(&self.names.resolve(tl), &[n_heads, rows, cols])?;
+            return Ok(Vec::new());
+        }
+        Ok(per_head_matrices(&self.data(tl, &[n_heads, rows, cols])?, rows, cols))
     }
 
     fn row(&self, tl: &str, len: usize) -> Result<Row, EvalError> {
@@ -435,7 +457,8 @@ impl Reader<'_> {
                 .with_help("add `layernorm` before `attn(...)`")
         })?;
         let (h, d_head) = (attn.n_heads, known("d_head", &attn.d_head)?);
-        let name = |w: &str| format!("blocks.{l}.attn.{w}");
+        let (kv, grouped) = (attn.kv_heads, attn.kv_heads != attn.n_heads);
+        let name = |w: &str| attention_tensor(l, w, grouped);
         let no_attn_bias = |name: &str| {
             let message = format!("the weights have a nonzero `{name}` but layer {l}'s attention declares no bias");
             Diagnostic::new(attn.span, message, "no `bias` here")
@@ -445,23 +468,17 @@ impl Reader<'_> {
             let data = self.bias(&name(w), &[heads, d_head], attn.bias, no_attn_bias)?;
             Ok(data.chunks_exact(d_head).map(Row::from_row_slice).collect())
         };
-        // Grouped-query attention: TransformerLens keeps one key and value per group, under
-        // `_W_K`, `_W_V`, `_b_K`, `_b_V`.
-        let (kv, grouped) = (attn.kv_heads, attn.kv_heads != attn.n_heads);
-        let kv_name = |w: &str| if grouped { format!("_{w}") } else { w.to_string() };
-        let (w_q, w_k_kv) = (
-            self.per_head(&name("W_Q"), h, d_model, d_head)?,
-            self.per_head(&name(&kv_name("W_K")), kv, d_model, d_head)?,
-        );
+        let (w_q, w_k_kv) =
+            (self.per_head(&name("W_Q"), h, d_model, d_head)?, self.per_head(&name("W_K"), kv, d_model, d_head)?);
         let pos_readers = self.shortformer.then(|| (w_q.clone(), w_k_kv.clone()));
         let attn_weights = AttnWeights {
             w_q,
             w_k_kv,
-            w_v_kv: self.per_head(&name(&kv_name("W_V")), kv, d_model, d_head)?,
+            w_v_kv: self.per_head(&name("W_V"), kv, d_model, d_head)?,
             w_o: self.per_head(&name("W_O"), h, d_head, d_model)?,
             b_q: per_head_bias("b_Q", h)?,
-            b_k_kv: per_head_bias(&kv_name("b_K"), kv)?,
-            b_v_kv: per_head_bias(&kv_name("b_V"), kv)?,
+            b_k_kv: per_head_bias("b_K", kv)?,
+            b_v_kv: per_head_bias("b_V", kv)?,
             b_o: Row::from_vec(self.bias(&name("b_O"), &[d_model], attn.bias, no_attn_bias)?),
             attn_scale: attn.scale.map_or((d_head as f64).sqrt(), |s| s.0),
             causal: attn.causal,
@@ -885,15 +902,23 @@ impl Params {
     }
 }
 
-/// What the statistics read, with `W_E` and `W_U` left in the weights file: every head's weights
-/// and LayerNorms, and the two vocabulary-sized matrices read a chunk of the vocabulary at a
-/// time ([`StatsParams::embed_rows`], [`StatsParams::unembed_columns`]), so that the memory the statistics take is about that of the attention
-/// weights (GPT-2 small's `W_E` and `W_U` alone are 309 MB each in f64).
+/// What the statistics read, with the large matrices left in the weights file: the LayerNorms
+/// and biases held, every head's weights read a layer at a time when asked
+/// ([`StatsParams::attention`]), and the two vocabulary-sized matrices a chunk of the
+/// vocabulary at a time ([`StatsParams::embed_rows`], [`StatsParams::unembed_columns`]); every
+/// tensor's name, dtype and shape checked when made. So the memory the statistics take is far
+/// below that of the weights (GPT-2 small's `W_E` and `W_U` alone are 309 MB each in f64, its
+/// attention weights 226 MB).
 pub struct StatsParams<'w> {
-    /// The layers without their MLPs (checked, not read).
-    pub layers: Vec<LayerParams>,
+    /// The layers without their MLPs (checked, not read) and without their attention matrices
+    /// (`W_Q`, `W_K`, `W_V`, `W_O` empty: checked, read by [`StatsParams::attention`]), as in the
+    /// file: the processing is applied as the matrices are read.
+    layers: Vec<LayerParams>,
+    /// Per layer: heads, key/value heads, d_head.
+    heads: Vec<(usize, usize, usize)>,
     pub ln_final: Option<NormWeights>,
     weights: &'w Weights,
+    names: NameMap,
     w_e: String,
     w_u: String,
     d_vocab: usize,
@@ -904,8 +929,12 @@ pub struct StatsParams<'w> {
     /// needs ([`refuse_center_writing`]).
     every_reader_centres: bool,
     shortformer: bool,
-    /// How many times `W_E`'s rows are centred as they are read (`center_writing_weights`).
-    embed_centrings: usize,
+    /// Whether `ln1` is folded into each layer's `W_Q`, `W_K`, `W_V` as they are read
+    /// ([`StatsParams::fold_layer_norm`]).
+    fold_ln1: bool,
+    /// How many times each `W_O`'s rows and `W_E`'s rows are centred as they are read
+    /// (`center_writing_weights`).
+    writer_centrings: usize,
     /// What is done to `W_U`'s columns as they are read, in order: a final norm folded
     /// ([`StatsParams::fold_layer_norm`]), their mean over the outputs subtracted
     /// (`center_unembed`).
@@ -926,17 +955,23 @@ const UNEMBED_MEAN_BLOCK: usize = 1024;
 
 impl<'w> StatsParams<'w> {
     /// Checks every tensor the model declares as [`Params::from_weights`] does (names, shapes,
-    /// undeclared LayerNorms, MLPs and biases), reading only the attention weights, LayerNorms and
-    /// biases.
+    /// undeclared LayerNorms, MLPs and biases), reading only the LayerNorms and biases.
     pub fn from_weights(model: &Model, weights: &'w Weights, names: &NameMap) -> Result<StatsParams<'w>, EvalError> {
         let params =
             Params::read(model, &Reader { weights, names, read_matrices: false, shortformer: model.shortformer() })?;
         let every_reader_centres = every_reader_centres(&params.layers, params.ln_final.as_ref());
         let layers = params.layers.into_iter().map(|layer| LayerParams { mlp: None, ln2: None, ..layer }).collect();
+        let heads = model
+            .layers
+            .iter()
+            .map(|layer| Ok((layer.attn.n_heads, layer.attn.kv_heads, known("d_head", &layer.attn.d_head)?)))
+            .collect::<Result<_, EvalError>>()?;
         Ok(StatsParams {
             layers,
+            heads,
             ln_final: params.ln_final,
             weights,
+            names: names.clone(),
             w_e: names.resolve("embed.W_E"),
             w_u: names.resolve("unembed.W_U"),
             d_vocab: known("d_vocab", &model.d_vocab)?,
@@ -944,17 +979,16 @@ impl<'w> StatsParams<'w> {
             d_model: known("d_model", &model.d_model)?,
             every_reader_centres,
             shortformer: params.shortformer,
-            embed_centrings: 0,
+            fold_ln1: false,
+            writer_centrings: 0,
             unembed_steps: Vec::new(),
         })
     }
 
     /// [`Params::fold_layer_norm`] for what the statistics read: `ln1` into every head's `W_Q`,
-    /// `W_K`, `W_V` now, `ln_final` into `W_U` column by column as it is read.
+    /// `W_K`, `W_V` as a layer is read, `ln_final` into `W_U` column by column as it is read.
     pub fn fold_layer_norm(mut self) -> StatsParams<'w> {
-        for layer in &mut self.layers {
-            fold_ln1(layer);
-        }
+        self.fold_ln1 = true;
         if let Some(ln) = self.ln_final.take() {
             self.ln_final = Some(ln.folded());
             self.unembed_steps.push(UnembedStep::Fold(ln));
@@ -964,19 +998,16 @@ impl<'w> StatsParams<'w> {
 
     /// [`Params::process`] for what the statistics read, step for step the same numbers, refused
     /// where it refuses, with its messages: `fold_ln` as [`StatsParams::fold_layer_norm`];
-    /// `center_writing_weights` centres every head's `W_O` (and `b_O`) now and `W_E`'s rows as
-    /// they are read; `center_unembed` reads `W_U`'s columns once now, a block at a time, for
-    /// their mean over the outputs (`d_model` numbers), then subtracts it from every block read
-    /// later; `fold_value_biases` moves `b_V W_O` into `b_O` (which no statistic reads). Memory
-    /// stays that of the attention weights; only `center_unembed` reads the file.
+    /// `center_writing_weights` centres every head's `W_O` and `W_E`'s rows as they are read;
+    /// `center_unembed` reads `W_U`'s columns once now, a block at a time, for their mean over
+    /// the outputs (`d_model` numbers), then subtracts it from every block read later;
+    /// `fold_value_biases` only moves biases, which no statistic reads (nothing to do). Memory
+    /// stays that of a layer's attention weights; only `center_unembed` reads the file now.
     pub fn process(self, processing: Processing) -> Result<StatsParams<'w>, EvalError> {
         let mut p = if processing.fold_ln { self.fold_layer_norm() } else { self };
         if processing.center_writing_weights {
             refuse_center_writing(p.every_reader_centres, p.shortformer)?;
-            p.embed_centrings += 1;
-            for layer in &mut p.layers {
-                centre_attention_writers(&mut layer.attn);
-            }
+            p.writer_centrings += 1;
         }
         if processing.center_unembed {
             let mut means = RowMeans::new(p.d_model);
@@ -985,10 +1016,46 @@ impl<'w> StatsParams<'w> {
             }
             p.unembed_steps.push(UnembedStep::Centre(means.means()));
         }
-        if processing.fold_value_biases {
-            fold_value_biases(&mut p.layers);
-        }
         Ok(p)
+    }
+
+    /// Per layer: its number of (query) heads and their d_head.
+    pub fn layer_shapes(&self) -> Vec<(usize, usize)> {
+        self.heads.iter().map(|&(h, _, d_head)| (h, d_head)).collect()
+    }
+
+    /// Layer `l`'s rotary embedding, if it has one.
+    pub fn rotary(&self, l: usize) -> Option<&Rotary> {
+        self.layers[l].attn.rotary.as_ref()
+    }
+
+    /// Layer `l`'s attention weights, `W_Q`, `W_K`, `W_V`, `W_O` read from the file now (their
+    /// biases as read when checked), processed as [`StatsParams::process`] asked: the matrices
+    /// [`Params::from_weights`] then [`Params::process`] would hold, bit for bit. No
+    /// shortformer `pos_readers` (no statistic reads them).
+    pub fn attention(&self, l: usize) -> Result<AttnWeights, WeightError> {
+        let skeleton = &self.layers[l];
+        let ((h, kv, d_head), d) = (self.heads[l], self.d_model);
+        let read = |w: &str, n: usize, rows: usize, cols: usize| -> Result<Vec<Matrix>, WeightError> {
+            let data = self.weights.read(&self.names.resolve(&attention_tensor(l, w, kv != h)), &[n, rows, cols])?;
+            Ok(per_head_matrices(&data, rows, cols))
+        };
+        let attn = AttnWeights {
+            w_q: read("W_Q", h, d, d_head)?,
+            w_k_kv: read("W_K", kv, d, d_head)?,
+            w_v_kv: read("W_V", kv, d, d_head)?,
+            w_o: read("W_O", h, d_head, d)?,
+            pos_readers: None,
+            ..skeleton.attn.clone()
+        };
+        let mut layer = LayerParams { ln1: skeleton.ln1.clone(), attn, ln2: None, mlp: None, ..*skeleton };
+        if self.fold_ln1 {
+            fold_ln1(&mut layer);
+        }
+        for _ in 0..self.writer_centrings {
+            centre_attention_writers(&mut layer.attn);
+        }
+        Ok(layer.attn)
     }
 
     pub fn d_vocab(&self) -> usize {
@@ -1011,7 +1078,7 @@ impl StatsParams<'_> {
     pub fn embed_rows(&self, start: usize, n: usize) -> Result<Matrix, WeightError> {
         let data = self.weights.rows(&self.w_e, [self.d_vocab, self.d_model], start, n)?;
         let mut rows = Matrix::from_row_slice(n, self.d_model, &data);
-        for _ in 0..self.embed_centrings {
+        for _ in 0..self.writer_centrings {
             centre_rows(&mut rows);
         }
         Ok(rows)
@@ -1021,7 +1088,7 @@ impl StatsParams<'_> {
     /// exact: `W_E` stored as F32, F16 or BF16 and not centred ([`Weights::rows_f32`]); `None`
     /// otherwise.
     pub fn embed_rows_f32(&self, start: usize, n: usize) -> Result<Option<Vec<f32>>, WeightError> {
-        if self.embed_centrings > 0 {
+        if self.writer_centrings > 0 {
             return Ok(None);
         }
         self.weights.rows_f32(&self.w_e, [self.d_vocab, self.d_model], start, n)

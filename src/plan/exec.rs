@@ -164,9 +164,6 @@ type Rounded = Vec<(Id, Operand<'static>)>;
 /// A stack's key: the operand, and whether its blocks go one above the other.
 type StackKey = (Id, bool);
 
-/// A head's index in the list of all heads, and its (layer, head).
-type IndexedHead = (usize, (usize, usize));
-
 /// A pair statistic's value: left (layer, head), right (layer, head), value.
 type PairValue = (usize, usize, usize, usize, f64);
 
@@ -334,12 +331,34 @@ impl RowsF32 {
 
 /// What a plan runs on.
 pub struct Inputs<'a> {
-    /// `[layer][head]`.
-    pub heads: Vec<Vec<HeadWeights<'a>>>,
+    /// The heads' weights, a layer at a time.
+    pub heads: &'a dyn HeadSource,
     pub vocab: &'a dyn VocabRows,
     /// Told of every vocabulary chunk, head and left head done.
     pub progress: &'a dyn Progress,
     pub precision: Precision,
+}
+
+/// Where the heads' weights come from, a layer at a time: held in memory (`[layer][head]`, a
+/// `Vec<Vec<HeadWeights>>`), or read from a file when asked and dropped after, so that a large
+/// model's attention weights are never all in memory at once. [`run`] asks for each layer twice
+/// (its heads as left heads, then as right heads), at most one layer per thread at a time.
+pub trait HeadSource: Sync {
+    /// Per layer: its number of heads and their d_head.
+    fn layer_shapes(&self) -> Vec<(usize, usize)>;
+    /// Calls `f` once with layer `layer`'s heads' weights.
+    fn with_layer(&self, layer: usize, f: &mut dyn FnMut(&[HeadWeights<'_>])) -> Result<(), WeightError>;
+}
+
+impl HeadSource for Vec<Vec<HeadWeights<'_>>> {
+    fn layer_shapes(&self) -> Vec<(usize, usize)> {
+        self.iter().map(|heads| (heads.len(), heads.first().map_or(0, |w| w.w_q.ncols()))).collect()
+    }
+
+    fn with_layer(&self, layer: usize, f: &mut dyn FnMut(&[HeadWeights<'_>])) -> Result<(), WeightError> {
+        f(&self[layer]);
+        Ok(())
+    }
 }
 
 /// Every statistic's value: per head `[layer][head]`, per pair `[layer][head][layer'][head']`
@@ -357,6 +376,13 @@ enum Value<'a> {
 }
 
 impl Value<'_> {
+    fn into_owned(self) -> Value<'static> {
+        match self {
+            Value::Matrix(m) => Value::Matrix(Cow::Owned(m.into_owned())),
+            Value::Scalar(x) => Value::Scalar(x),
+        }
+    }
+
     fn matrix(&self) -> &Matrix {
         match self {
             Value::Matrix(m) => m,
@@ -374,10 +400,9 @@ impl Value<'_> {
 
 type Frame<'a> = Vec<Option<Value<'a>>>;
 
-/// The weight `name` (`W_Q[h]`, ...) of head `(layer, head)`.
-fn weight_of<'a>(inputs: &Inputs<'a>, name: &str, (layer, head): (usize, usize)) -> &'a Matrix {
+/// The weight `name` (`W_Q[h]`, ...) of one head.
+fn weight_of<'a>(w: &HeadWeights<'a>, name: &str) -> &'a Matrix {
     let (matrix, _) = name.split_once('[').unwrap_or((name, ""));
-    let w = inputs.heads[layer][head];
     match matrix {
         "W_Q" => w.w_q,
         "W_K" => w.w_k,
@@ -396,6 +421,8 @@ struct Env<'e, 'a> {
     right_frame: Option<&'e Frame<'a>>,
     head: (usize, usize),
     right: (usize, usize),
+    /// The weights of the layer whose heads a per-head stage runs (`head.1` indexes them).
+    layer: Option<&'e [HeadWeights<'a>]>,
     /// The head-independent matrices as operands of the precision, made once for the stages
     /// after the first.
     shared_operands: Option<&'e [Option<Operand<'static>>]>,
@@ -415,6 +442,7 @@ impl<'e, 'a> Env<'e, 'a> {
             right_frame: None,
             head: (0, 0),
             right: (0, 0),
+            layer: None,
             shared_operands: None,
             weight_operands: None,
         }
@@ -452,12 +480,10 @@ impl<'e, 'a> Env<'e, 'a> {
         }
     }
 
-    fn weight(&self, name: &str, bound: (usize, usize)) -> Value<'a> {
-        Value::Matrix(Cow::Borrowed(self.weight_matrix(name, bound)))
-    }
-
-    fn weight_matrix(&self, name: &str, bound: (usize, usize)) -> &'a Matrix {
-        weight_of(self.inputs, name, bound)
+    /// A weight of the head a per-head stage runs.
+    fn weight(&self, name: &str) -> Value<'a> {
+        let layer = self.layer.expect("a per-head weight is read in its layer's stage");
+        Value::Matrix(Cow::Borrowed(weight_of(&layer[self.head.1], name)))
     }
 
     /// Evaluates one step (not a streamed product), its operands in `local` or the stage frames.
@@ -466,8 +492,7 @@ impl<'e, 'a> Env<'e, 'a> {
         let get = |id: Id| self.get(local, id);
         Ok(match plan.node(step) {
             Plan::Weight(name) => match plan.shape(step).deps {
-                Deps::HEAD => self.weight(name.as_str(), self.head),
-                Deps::RIGHT => self.weight(name.as_str(), self.right),
+                Deps::HEAD | Deps::RIGHT => self.weight(name.as_str()),
                 _ => {
                     // Only a plan that multiplies a vocabulary-sized weight by something other
                     // than the other one (the naive plan) holds it whole.
@@ -730,25 +755,25 @@ fn streamed_pass_f64(
 /// Runs `plan` on `inputs`: every statistic of every head and pair.
 pub fn run(plan: &EvalPlan, inputs: &Inputs<'_>) -> Result<Results, ExecError> {
     let needed = plan.needed();
-    let read_by_pairs = plan.read_by_pairs();
-    let is_root = |id: Id| plan.roots.iter().any(|&(_, root)| root == id);
-    let stage = |deps: Deps| -> Vec<Id> {
-        plan.step_ids().filter(|&s| needed[usize::from(s)] && plan.shape(s).deps == deps).collect()
-    };
     let n = plan.shapes.len();
-    let heads: Vec<(usize, usize)> =
-        inputs.heads.iter().enumerate().flat_map(|(l, layer)| (0..layer.len()).map(move |h| (l, h))).collect();
+    let shapes = inputs.heads.layer_shapes();
+    let n_layers = shapes.len();
+    let layer_pairs = shapes
+        .iter()
+        .enumerate()
+        .filter(|(_, &(h, _))| h > 0)
+        .map(|(r, _)| shapes[..r].iter().filter(|&&(h, _)| h > 0).count());
+    let n_heads: usize = shapes.iter().map(|&(h, _)| h).sum();
 
     let streamed: Vec<(Id, (VocabMatrix, VocabMatrix))> =
-        stage(Deps::NONE).into_iter().filter_map(|s| Some((s, plan.streamed(s)?))).collect();
+        stage_steps(plan, &needed, Deps::NONE).into_iter().filter_map(|s| Some((s, plan.streamed(s)?))).collect();
     let products: Vec<(VocabMatrix, VocabMatrix)> = streamed.iter().map(|&(_, p)| p).collect();
     let chunks: usize = pass_lengths(inputs.vocab, &products)
         .into_iter()
         .flat_map(vocab_groups)
         .map(|(s, e)| (e - s).div_ceil(VOCAB_CHUNK))
         .sum();
-    let n_layers = inputs.heads.len();
-    inputs.progress.start("statistics", (chunks + 2 * heads.len() + n_layers * n_layers.saturating_sub(1) / 2) as u64);
+    inputs.progress.start("statistics", (chunks + 2 * n_heads + layer_pairs.sum::<usize>()) as u64);
 
     // 1. Once: the products over the vocabulary in one pass (a pass per length), then the rest.
     let mut shared: Frame<'_> = vec![None; n];
@@ -757,7 +782,7 @@ pub fn run(plan: &EvalPlan, inputs: &Inputs<'_>) -> Result<Results, ExecError> {
     {
         shared[usize::from(*step)] = Some(Value::Matrix(Cow::Owned(product)));
     }
-    for step in stage(Deps::NONE).into_iter().filter(|&s| plan.streamed(s).is_none()) {
+    for step in stage_steps(plan, &needed, Deps::NONE).into_iter().filter(|&s| plan.streamed(s).is_none()) {
         let value = Env::new(plan, inputs, &shared).eval(&shared, step)?;
         shared[usize::from(step)] = Some(value);
     }
@@ -772,142 +797,268 @@ pub fn run(plan: &EvalPlan, inputs: &Inputs<'_>) -> Result<Results, ExecError> {
             })
             .collect()
     });
-    let shared_operands = shared_operands.as_deref();
+    let stages = Stages::new(plan, inputs, &shared, shared_operands.as_deref(), &needed);
 
-    // The operands of the batched pair steps, each stacked layer by layer (`Stacks`); a value
-    // that only they read leaves its head's frame as soon as it is computed, rounded to the
-    // precision's operand.
-    let pair_steps = stage(Deps::PAIR);
-    let batched: Vec<Batched> = pair_steps.iter().filter_map(|&step| Batched::of(plan, step)).collect();
-    let read_unbatched = plan.read_by_unbatched_pairs();
-    // A weight or a weight's transpose is stacked from the weights themselves.
-    let stacked = |id: Id| batched.iter().any(|b| b.reads(id)) && !plan.is_weight_view(id);
-    let stacked_only = |id: Id| stacked(id) && !read_unbatched[usize::from(id)] && !is_root(id);
+    // 2. Per layer, layers on the threads: the per-head steps of its heads, and the stacks of
+    // the per-head operands of the batched pair steps.
+    let layers: Vec<usize> = (0..n_layers).collect();
+    let left: Vec<LayerStage> =
+        parallel_map(&layers, |&l| stages.layer(l, Deps::HEAD)).into_iter().collect::<Result<_, _>>()?;
 
-    // 2, 3. Per head, then per right head: keep what pairs and statistics read.
-    let per_head_stage = |deps: Deps| -> Result<Vec<(Frame<'_>, Rounded)>, ExecError> {
-        let steps = stage(deps);
-        parallel_map(&heads, |&bound| {
-            let mut local: Frame<'_> = vec![None; n];
-            let weight_operands: Vec<std::cell::OnceCell<Operand<'static>>> = vec![std::cell::OnceCell::new(); n];
-            let env = Env {
-                head: bound,
-                right: bound,
-                shared_operands,
-                weight_operands: Some(&weight_operands),
-                ..Env::new(plan, inputs, &shared)
-            };
-            for &step in &steps {
-                let value = env.eval(&local, step)?;
-                local[usize::from(step)] = Some(value);
-            }
-            inputs.progress.advance(1);
-            inputs.progress.check()?;
-            let mut rounded = Vec::new();
-            for (i, slot) in local.iter_mut().enumerate() {
-                let id = Id::from(i);
-                if stacked(id) && plan.shape(id).deps == deps {
-                    // Rounded for its stack; kept as well if another pair step reads it.
-                    let value = if stacked_only(id) { slot.take() } else { slot.clone() };
-                    if let Some(value) = value {
-                        rounded.push((id, inputs.precision.operand(value.matrix()).into_owned()));
+    // 3, 4. Per layer as the right layer, last layers (most pairs) first, on the threads: its
+    // per-right-head steps and stacks, then its pairs with every earlier layer; its weights and
+    // values dropped after.
+    let right_layers: Vec<usize> = (0..n_layers).rev().collect();
+    let per_right =
+        parallel_map(&right_layers, |&r| -> Result<(Vec<Frame<'static>>, Vec<Vec<PairValue>>), ExecError> {
+            let right = stages.layer(r, Deps::RIGHT)?;
+            let mut values: Vec<Vec<PairValue>> = vec![Vec::new(); stages.pair_roots.len()];
+            if !right.frames.is_empty() {
+                for (l, left) in left.iter().enumerate().take(r).filter(|(_, left)| !left.frames.is_empty()) {
+                    for (all, part) in values.iter_mut().zip(stages.pairs(left, l, &right, r)?) {
+                        all.extend(part);
                     }
-                } else if !(read_by_pairs[i] || is_root(id) || plan.is_weight(id)) {
-                    // Weights are borrowed, not copied: keeping them costs nothing.
-                    *slot = None;
+                    inputs.progress.advance(1);
+                    inputs.progress.check()?;
                 }
             }
-            Ok((local, rounded))
-        })
-        .into_iter()
-        .collect()
-    };
-    let (head_frames, mut head_rounded): (Vec<Frame<'_>>, Vec<_>) = per_head_stage(Deps::HEAD)?.into_iter().unzip();
-    let (right_frames, mut right_rounded): (Vec<Frame<'_>>, Vec<_>) = per_head_stage(Deps::RIGHT)?.into_iter().unzip();
+            Ok((right.frames, values))
+        });
+    inputs.progress.finish();
 
     let mut results = Results::default();
-    let zeros: Vec<Vec<f64>> = inputs.heads.iter().map(|layer| vec![0.0; layer.len()]).collect();
-    for &(stat, root) in &plan.roots {
-        let frames = match plan.shape(root).deps {
-            Deps::HEAD => &head_frames,
-            Deps::RIGHT => &right_frames,
-            _ => continue,
-        };
-        let mut values = zeros.clone();
-        for (&(l, h), frame) in heads.iter().zip(frames) {
-            values[l][h] = frame[usize::from(root)].as_ref().map_or(0.0, Value::scalar);
-        }
-        results.per_head.insert(stat, values);
-    }
-
-    // 4. Per pair, by (left layer, right layer): a batched step is one product of the left
-    // layer's stacked operands and the right layer's (a GEMM of layer-sized sides), the rest pair
-    // by pair.
-    let pair_roots: Vec<(Stat, Id)> =
-        plan.roots.iter().copied().filter(|&(_, root)| plan.shape(root).deps == Deps::PAIR).collect();
-    let of_layer = |layer: usize| -> Vec<IndexedHead> {
-        heads.iter().copied().enumerate().filter(|&(_, (l, _))| l == layer).collect()
-    };
-    let layer_pairs: Vec<(usize, usize)> = (0..inputs.heads.len())
-        .flat_map(|l| (l + 1..inputs.heads.len()).map(move |r| (l, r)))
-        .filter(|&(l, r)| !inputs.heads[l].is_empty() && !inputs.heads[r].is_empty())
-        .collect();
-    let stacks = Stacks::build(plan, inputs, &batched, &heads, n_layers, &mut head_rounded, &mut right_rounded);
-    drop((head_rounded, right_rounded));
-    let per_layer_pair = parallel_map(&layer_pairs, |&(left_layer, right_layer)| {
-        let (lefts, rights) = (of_layer(left_layer), of_layer(right_layer));
-        let pairs: Vec<(IndexedHead, IndexedHead)> =
-            lefts.iter().flat_map(|&left| rights.iter().map(move |&right| (left, right))).collect();
-        let mut locals: Vec<Frame<'_>> = vec![vec![None; n]; pairs.len()];
-        for &step in &pair_steps {
-            if let Some(b) = batched.iter().find(|b| b.step == step) {
-                for (local, part) in locals.iter_mut().zip(stacks.product(b, left_layer, right_layer)) {
-                    local[usize::from(step)] = Some(Value::Matrix(Cow::Owned(part)));
-                }
-                continue;
-            }
-            for (local, &((i, head), (j, right))) in locals.iter_mut().zip(&pairs) {
-                let env = Env {
-                    head_frame: Some(&head_frames[i]),
-                    right_frame: Some(&right_frames[j]),
-                    head,
-                    right,
-                    ..Env::new(plan, inputs, &shared)
-                };
-                let value = env.eval(local, step)?;
-                local[usize::from(step)] = Some(value);
-            }
-        }
-        let values: Vec<Vec<PairValue>> = pair_roots
-            .iter()
-            .map(|&(_, root)| {
-                pairs
-                    .iter()
-                    .zip(&locals)
-                    .map(|(&((_, (l, h)), (_, (rl, rh))), local)| {
-                        (l, h, rl, rh, local[usize::from(root)].as_ref().map_or(0.0, Value::scalar))
-                    })
-                    .collect()
-            })
-            .collect();
-        inputs.progress.advance(1);
-        inputs.progress.check()?;
-        Ok::<_, ExecError>(values)
-    });
-    inputs.progress.finish();
-    let empty_pairs: Vec<Vec<Vec<Vec<f64>>>> = zeros.iter().map(|row| vec![zeros.clone(); row.len()]).collect();
-    for &(stat, _) in &pair_roots {
+    let mut right_frames: Vec<Vec<Frame<'static>>> = vec![Vec::new(); n_layers];
+    let empty_pairs: Vec<Vec<Vec<Vec<f64>>>> =
+        shapes.iter().map(|&(h, _)| vec![shapes.iter().map(|&(g, _)| vec![0.0; g]).collect(); h]).collect();
+    for &(stat, _) in &stages.pair_roots {
         results.per_pair.insert(stat, empty_pairs.clone());
     }
-    for values in per_layer_pair {
-        for ((stat, _), per_pair) in pair_roots.iter().zip(values?) {
+    for (&r, computed) in right_layers.iter().zip(per_right) {
+        let (frames, values) = computed?;
+        right_frames[r] = frames;
+        for ((stat, _), per_pair) in stages.pair_roots.iter().zip(values) {
             let out = results.per_pair.get_mut(stat).expect("inserted above");
             for (l, h, rl, rh, v) in per_pair {
                 out[l][h][rl][rh] = v;
             }
         }
     }
+    for &(stat, root) in &plan.roots {
+        let frames = |l: usize| match plan.shape(root).deps {
+            Deps::HEAD => Some(&left[l].frames),
+            Deps::RIGHT => Some(&right_frames[l]),
+            _ => None,
+        };
+        if frames(0).is_none() && n_layers > 0 {
+            continue;
+        }
+        let values = (0..n_layers)
+            .map(|l| {
+                let frames = frames(l).expect("a per-head root");
+                frames.iter().map(|frame| frame[usize::from(root)].as_ref().map_or(0.0, Value::scalar)).collect()
+            })
+            .collect();
+        results.per_head.insert(stat, values);
+    }
     Ok(results)
+}
+
+/// The steps of one stage: those the plan needs whose indices are `deps`.
+fn stage_steps(plan: &EvalPlan, needed: &[bool], deps: Deps) -> Vec<Id> {
+    plan.step_ids().filter(|&s| needed[usize::from(s)] && plan.shape(s).deps == deps).collect()
+}
+
+/// What a layer's per-head (or per-right-head) stage leaves: each head's frame, holding only
+/// what pair steps and statistics read, owned; and the layer's stacks of the operands of the
+/// batched pair steps on that side.
+struct LayerStage {
+    frames: Vec<Frame<'static>>,
+    stacks: std::collections::BTreeMap<StackKey, Stack>,
+}
+
+/// What the per-head and per-pair stages share: the plan, what it reads, and which values are
+/// stacked.
+struct Stages<'e, 'a> {
+    plan: &'e EvalPlan,
+    inputs: &'e Inputs<'a>,
+    shared: &'e Frame<'a>,
+    shared_operands: Option<&'e [Option<Operand<'static>>]>,
+    head_steps: Vec<Id>,
+    right_steps: Vec<Id>,
+    pair_steps: Vec<Id>,
+    pair_roots: Vec<(Stat, Id)>,
+    batched: Vec<Batched>,
+    /// Per step: read by a pair step, read by a pair step that is not batched, a root.
+    read_by_pairs: Vec<bool>,
+    read_unbatched: Vec<bool>,
+    is_root: Vec<bool>,
+}
+
+impl<'e, 'a> Stages<'e, 'a> {
+    fn new(
+        plan: &'e EvalPlan,
+        inputs: &'e Inputs<'a>,
+        shared: &'e Frame<'a>,
+        shared_operands: Option<&'e [Option<Operand<'static>>]>,
+        needed: &[bool],
+    ) -> Stages<'e, 'a> {
+        let pair_steps = stage_steps(plan, needed, Deps::PAIR);
+        let mut is_root = vec![false; plan.shapes.len()];
+        for &(_, root) in &plan.roots {
+            is_root[usize::from(root)] = true;
+        }
+        Stages {
+            plan,
+            inputs,
+            shared,
+            shared_operands,
+            head_steps: stage_steps(plan, needed, Deps::HEAD),
+            right_steps: stage_steps(plan, needed, Deps::RIGHT),
+            batched: pair_steps.iter().filter_map(|&step| Batched::of(plan, step)).collect(),
+            pair_steps,
+            pair_roots: plan.roots.iter().copied().filter(|&(_, root)| plan.shape(root).deps == Deps::PAIR).collect(),
+            read_by_pairs: plan.read_by_pairs(),
+            read_unbatched: plan.read_by_unbatched_pairs(),
+            is_root,
+        }
+    }
+
+    /// The stacks the batched steps read of the per-head side (`Deps::HEAD`) or the
+    /// per-right-head side, `(operand, by rows)`.
+    fn stack_keys(&self, deps: Deps) -> Vec<StackKey> {
+        let mut keys = Vec::new();
+        for b in &self.batched {
+            let [head, right] = b.keys();
+            let key = if deps == Deps::HEAD { head } else { right };
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+        keys
+    }
+
+    /// Runs the `deps` stage (`Deps::HEAD` or `Deps::RIGHT`) on every head of `layer`, its
+    /// weights asked of [`Inputs::heads`] and dropped when done.
+    fn layer(&self, layer: usize, deps: Deps) -> Result<LayerStage, ExecError> {
+        let mut out = None;
+        self.inputs.heads.with_layer(layer, &mut |weights| out = Some(self.run_layer(layer, deps, weights)))?;
+        out.expect("with_layer calls its function")
+    }
+
+    fn run_layer(&self, layer: usize, deps: Deps, weights: &[HeadWeights<'_>]) -> Result<LayerStage, ExecError> {
+        let (plan, precision) = (self.plan, self.inputs.precision);
+        let n = plan.shapes.len();
+        let steps = if deps == Deps::HEAD { &self.head_steps } else { &self.right_steps };
+        let keys = self.stack_keys(deps);
+        // A weight or a weight's transpose is stacked from the weights themselves.
+        let stacked = |id: Id| keys.iter().any(|&(k, _)| k == id) && !plan.is_weight_view(id);
+        let mut frames = Vec::with_capacity(weights.len());
+        let mut rounded: Vec<Rounded> = Vec::with_capacity(weights.len());
+        for head in 0..weights.len() {
+            let mut local: Frame<'_> = vec![None; n];
+            let weight_operands: Vec<std::cell::OnceCell<Operand<'static>>> = vec![std::cell::OnceCell::new(); n];
+            let env = Env {
+                head: (layer, head),
+                right: (layer, head),
+                layer: Some(weights),
+                shared_operands: self.shared_operands,
+                weight_operands: Some(&weight_operands),
+                ..Env::new(plan, self.inputs, self.shared)
+            };
+            for &step in steps {
+                let value = env.eval(&local, step)?;
+                local[usize::from(step)] = Some(value);
+            }
+            self.inputs.progress.advance(1);
+            self.inputs.progress.check()?;
+            // Rounded for its stack (and kept as well if a pair step that is not batched reads
+            // it); kept, owned, if a pair step or a statistic reads it; else dropped.
+            let mut kept: Frame<'static> = vec![None; n];
+            let mut head_rounded = Vec::new();
+            for (i, slot) in local.into_iter().enumerate() {
+                let (id, Some(value)) = (Id::from(i), slot) else { continue };
+                if stacked(id) {
+                    head_rounded.push((id, precision.operand(value.matrix()).into_owned()));
+                    if !self.read_unbatched[i] && !self.is_root[i] {
+                        continue;
+                    }
+                }
+                if self.read_by_pairs[i] || self.is_root[i] {
+                    kept[i] = Some(value.into_owned());
+                }
+            }
+            frames.push(kept);
+            rounded.push(head_rounded);
+        }
+        let stacks = keys
+            .into_iter()
+            .filter(|_| !weights.is_empty())
+            .map(|(id, by_rows)| {
+                let blocks: Vec<Operand<'_>> = (0..weights.len())
+                    .map(|head| match plan.node(id) {
+                        Plan::Weight(name) => precision.operand(weight_of(&weights[head], name.as_str())),
+                        Plan::Transpose(inner) if plan.is_weight(*inner) => {
+                            let Plan::Weight(name) = plan.node(*inner) else { unreachable!("checked above") };
+                            precision.operand(&weight_of(&weights[head], name.as_str()).transpose()).into_owned()
+                        }
+                        _ => match rounded[head].iter().find(|(k, _)| *k == id) {
+                            Some((_, Operand::F32(m, scale))) => Operand::F32(Cow::Borrowed(&**m), *scale),
+                            Some((_, Operand::F64(m))) => Operand::F64(Cow::Borrowed(&**m)),
+                            None => unreachable!("rounded by its head's stage"),
+                        },
+                    })
+                    .collect();
+                ((id, by_rows), Stack::of(&blocks, by_rows))
+            })
+            .collect();
+        Ok(LayerStage { frames, stacks })
+    }
+
+    /// Every pair statistic of the pairs of a head of `left` (layer `l`) and one of `right`
+    /// (layer `r`), per pair root: a batched step is one product of the two layers' stacks, the
+    /// rest pair by pair.
+    fn pairs(
+        &self,
+        left: &LayerStage,
+        l: usize,
+        right: &LayerStage,
+        r: usize,
+    ) -> Result<Vec<Vec<PairValue>>, ExecError> {
+        let n = self.plan.shapes.len();
+        let pairs: Vec<(usize, usize)> =
+            (0..left.frames.len()).flat_map(|h| (0..right.frames.len()).map(move |g| (h, g))).collect();
+        let mut locals: Vec<Frame<'_>> = vec![vec![None; n]; pairs.len()];
+        for &step in &self.pair_steps {
+            if let Some(b) = self.batched.iter().find(|b| b.step == step) {
+                for (local, part) in locals.iter_mut().zip(b.product(&left.stacks, &right.stacks)) {
+                    local[usize::from(step)] = Some(Value::Matrix(Cow::Owned(part)));
+                }
+                continue;
+            }
+            for (local, &(h, g)) in locals.iter_mut().zip(&pairs) {
+                let env = Env {
+                    head_frame: Some(&left.frames[h]),
+                    right_frame: Some(&right.frames[g]),
+                    head: (l, h),
+                    right: (r, g),
+                    ..Env::new(self.plan, self.inputs, self.shared)
+                };
+                let value = env.eval(local, step)?;
+                local[usize::from(step)] = Some(value);
+            }
+        }
+        Ok(self
+            .pair_roots
+            .iter()
+            .map(|&(_, root)| {
+                pairs
+                    .iter()
+                    .zip(&locals)
+                    .map(|(&(h, g), local)| (l, h, r, g, local[usize::from(root)].as_ref().map_or(0.0, Value::scalar)))
+                    .collect()
+            })
+            .collect())
+    }
 }
 
 /// A batched pair step ([`EvalPlan::batched`]): a product of a per-head and a per-right-head
@@ -929,104 +1080,22 @@ impl Batched {
         Some(Batched { step, head, right, head_first })
     }
 
-    fn reads(&self, id: Id) -> bool {
-        self.head == id || self.right == id
-    }
-
     /// The stacks it reads, `(operand, by rows)`: the per-head side's, then the right side's.
     fn keys(&self) -> [StackKey; 2] {
         [(self.head, self.head_first), (self.right, !self.head_first)]
     }
-}
 
-/// One operand of the batched pair steps for every head of one layer, side by side (`by_rows`:
-/// one above the other), in the precision's type, each head's block with the power of two it was
-/// divided by (1 in f64): built once per layer, read by every product of that layer with another.
-struct Stack {
-    matrix: StackMatrix,
-    /// Each head's rows (stacked by rows) or columns (by columns).
-    sizes: Vec<usize>,
-    scales: Vec<f64>,
-}
-
-enum StackMatrix {
-    F64(Matrix),
-    F32(nalgebra::DMatrix<f32>),
-}
-
-/// The stacks of every batched operand, by `(operand, by rows)` and layer.
-struct Stacks {
-    stacks: std::collections::BTreeMap<(StackKey, usize), Stack>,
-}
-
-impl Stacks {
-    /// Stacks every operand the `batched` steps read, layer by layer: a value a head's stage
-    /// rounded (`head_rounded`, `right_rounded`, per head: taken as it is stacked), or a weight or
-    /// a weight's transpose, rounded here.
-    fn build(
-        plan: &EvalPlan,
-        inputs: &Inputs<'_>,
-        batched: &[Batched],
-        heads: &[(usize, usize)],
-        n_layers: usize,
-        head_rounded: &mut [Rounded],
-        right_rounded: &mut [Rounded],
-    ) -> Stacks {
-        let precision = inputs.precision;
-        let mut keys: Vec<(StackKey, bool)> = Vec::new();
-        for b in batched {
-            for (key, is_head) in b.keys().into_iter().zip([true, false]) {
-                if !keys.contains(&(key, is_head)) {
-                    keys.push((key, is_head));
-                }
-            }
-        }
-        // Each head's rounded values, taken by the one stack that reads them (copied where two
-        // stacks read one value, by rows and by columns).
-        let head_rounded: Vec<std::sync::Mutex<&mut Rounded>> =
-            head_rounded.iter_mut().map(std::sync::Mutex::new).collect();
-        let right_rounded: Vec<std::sync::Mutex<&mut Rounded>> =
-            right_rounded.iter_mut().map(std::sync::Mutex::new).collect();
-        let items: Vec<((StackKey, bool), usize)> =
-            keys.iter().flat_map(|&key| (0..n_layers).map(move |layer| (key, layer))).collect();
-        let built = parallel_map(&items, |&(((id, by_rows), is_head), layer)| {
-            let rounded = if is_head { &head_rounded } else { &right_rounded };
-            let shared = keys.iter().filter(|((other, _), h)| *other == id && *h == is_head).count() > 1;
-            let blocks: Vec<Operand<'static>> = heads
-                .iter()
-                .enumerate()
-                .filter(|&(_, &(l, _))| l == layer)
-                .map(|(i, &bound)| match plan.node(id) {
-                    Plan::Weight(name) => precision.operand(weight_of(inputs, name.as_str(), bound)).into_owned(),
-                    Plan::Transpose(inner) if plan.is_weight(*inner) => {
-                        let Plan::Weight(name) = plan.node(*inner) else { unreachable!("checked above") };
-                        precision.operand(&weight_of(inputs, name.as_str(), bound).transpose()).into_owned()
-                    }
-                    _ => {
-                        let mut values = rounded[i].lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                        let at = values.iter().position(|(k, _)| *k == id).expect("rounded by its head's stage");
-                        if shared {
-                            values[at].1.clone()
-                        } else {
-                            values.swap_remove(at).1
-                        }
-                    }
-                })
-                .collect();
-            (!blocks.is_empty()).then(|| Stack::of(&blocks, by_rows))
-        });
-        let stacks =
-            items.iter().zip(built).filter_map(|(&((key, _), layer), stack)| Some(((key, layer), stack?))).collect();
-        Stacks { stacks }
-    }
-
-    /// `b` for every pair of a head of `left_layer` and one of `right_layer`: one product of
-    /// their stacks, cut into one f64 block per pair (scaled back), left heads major.
-    fn product(&self, b: &Batched, left_layer: usize, right_layer: usize) -> Vec<Matrix> {
-        let [head_key, right_key] = b.keys();
-        let left = &self.stacks[&(head_key, left_layer)];
-        let right = &self.stacks[&(right_key, right_layer)];
-        let (first, second) = if b.head_first { (left, right) } else { (right, left) };
+    /// This step for every pair of a head of the left layer (its stacks `left`) and one of the
+    /// right layer (`right`): one product of their stacks, cut into one f64 block per pair
+    /// (scaled back), left heads major.
+    fn product(
+        &self,
+        left: &std::collections::BTreeMap<StackKey, Stack>,
+        right: &std::collections::BTreeMap<StackKey, Stack>,
+    ) -> Vec<Matrix> {
+        let [head_key, right_key] = self.keys();
+        let (left, right) = (&left[&head_key], &right[&right_key]);
+        let (first, second) = if self.head_first { (left, right) } else { (right, left) };
         let offsets = |sizes: &[usize]| -> Vec<usize> {
             sizes.iter().scan(0, |at, &n| Some(std::mem::replace(at, *at + n))).collect()
         };
@@ -1047,7 +1116,7 @@ impl Stacks {
         };
         let (n_first, n_second) = (first.sizes.len(), second.sizes.len());
         let mut out = Vec::with_capacity(n_first * n_second);
-        if b.head_first {
+        if self.head_first {
             for i in 0..n_first {
                 out.extend((0..n_second).map(|j| block(i, j)));
             }
@@ -1061,8 +1130,23 @@ impl Stacks {
     }
 }
 
+/// One operand of the batched pair steps for every head of one layer, side by side (`by_rows`:
+/// one above the other), in the precision's type, each head's block with the power of two it was
+/// divided by (1 in f64): built once per layer, read by every product of that layer with another.
+struct Stack {
+    matrix: StackMatrix,
+    /// Each head's rows (stacked by rows) or columns (by columns).
+    sizes: Vec<usize>,
+    scales: Vec<f64>,
+}
+
+enum StackMatrix {
+    F64(Matrix),
+    F32(nalgebra::DMatrix<f32>),
+}
+
 impl Stack {
-    fn of(blocks: &[Operand<'static>], by_rows: bool) -> Stack {
+    fn of(blocks: &[Operand<'_>], by_rows: bool) -> Stack {
         fn stack<T: nalgebra::Scalar + num_traits::Zero + Copy>(
             blocks: &[&nalgebra::DMatrix<T>],
             by_rows: bool,

@@ -618,15 +618,16 @@ impl EvalPlan {
         total
     }
 
-    /// Per-head (or per-right-head) steps that a pair step reads: kept for every head. Weights
-    /// are read where they are, and a weight's transpose that only a batched product reads is
-    /// transposed into that product's stacked operand: neither is kept.
+    /// Per-head (or per-right-head) steps that a pair step reads: kept for every head (a weight
+    /// too: [`exec`] reads a layer's weights only while it runs that layer's heads). A weight or
+    /// a weight's transpose that a batched product reads goes into that product's stacked
+    /// operand: it is not kept.
     pub fn read_by_pairs(&self) -> Vec<bool> {
         let mut read = vec![false; self.shapes.len()];
         for step in self.step_ids().filter(|s| self.shape(*s).deps == Deps::PAIR) {
             let batched = self.batched(step).is_some();
             for &child in self.node(step).children() {
-                let weight_view = self.is_weight(child) || (batched && self.is_weight_view(child));
+                let weight_view = batched && self.is_weight_view(child);
                 if self.shape(child).deps != Deps::PAIR && !weight_view {
                     read[usize::from(child)] = true;
                 }
