@@ -373,8 +373,11 @@ pub fn stats(params: &Params) -> Result<Stats, StatsError> {
 
 /// [`stats_processed`] with `W_E` and `W_U` read from the weights file a chunk of the vocabulary
 /// at a time ([`StatsParams`], processed by [`StatsParams::process`]): the same numbers, bit for
-/// bit, in about the memory of the attention weights. `progress` is told of every chunk and head
-/// done (not of `center_unembed`'s first pass over `W_U`).
+/// bit, with the heads' weights read a layer at a time as the plan's executor asks for them
+/// ([`StatsParams::attention`], [`HeadSource`]): in less memory than the weights themselves
+/// (measured by `benches/speed.sh` at GPT-2-XL shape in f32: 0.41× the weights' bytes).
+/// `progress` is told of every chunk and head done (not of `center_unembed`'s first pass over
+/// `W_U`).
 pub fn stats_streamed(
     params: StatsParams<'_>,
     options: impl Into<StatsOptions>,

@@ -52,7 +52,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let names = pathc::eval::NameMap::parse(&names).map_err(|e| fail(e.into()))?;
     let weights = pathc::load_weights(&weights).map_err(fail)?;
     // The plan depends on the sizes alone and is memoised per process: made on another thread
-    // while the attention weights are read, `stats_streamed` finds it made (a model whose sizes
+    // while the tensors are checked, `stats_streamed` finds it made (a model whose sizes
     // are symbolic is planned there, from the weights' sizes).
     let params = std::thread::scope(|scope| {
         scope.spawn(|| pathc::plan_stats(&compiled.model).ok());

@@ -10,14 +10,21 @@
 //!    one pass over `d_vocab` rows and those of `W_U` another over `d_vocab_out` (no product
 //!    then reads both). In f32 a chunk is read as stored where it is f32 (or narrower), and both
 //!    operands of a product are strided views of it: no f64 copy and no transposed copy.
-//! 2. **per head**, every head on the threads: the steps of `h`; each weight rounded to the
-//!    precision once however many products read it.
-//! 3. **per right head**: the steps of `r` (the right head of a composition score).
-//! 4. **per pair**, per (left layer, right layer) on the threads: a product of a per-head and a
-//!    per-right-head matrix ([`EvalPlan::batched`]) is one GEMM of the two layers' operands,
-//!    each layer's stacked once (`Stacks`) from values the head stages rounded as they made
-//!    them; the rest pair by pair.
+//! 2. **per head**, a layer at a time, layers on the threads: the steps of `h` for each of
+//!    the layer's heads (each weight rounded to the precision once however many products read
+//!    it), and the layer's stacks (`Stack`) of the per-head operands of the batched pair steps,
+//!    made from the values rounded as they are computed.
+//! 3. **per right head**, a layer at a time, last layers first (they pair with the most), on
+//!    the threads: the steps of `r` (the right head of a composition score) for the layer's
+//!    heads and its stacks of the per-right-head operands, then
+//! 4. **per pair**, with every earlier layer: a product of a per-head and a per-right-head
+//!    matrix ([`EvalPlan::batched`]) is one GEMM of the two layers' stacks; the rest pair by
+//!    pair. The right layer's values are dropped when its pairs are done.
 //!
+//! The heads' weights are asked of a [`HeadSource`] a layer at a time (twice: in stages 2 and
+//! 3) and dropped after: a source that reads them from a file keeps no more than one layer per
+//! thread in memory, so a run holds the left stacks, the vocabulary products and a few layers'
+//! weights, not the model's attention weights.
 //! Per-head values are kept only if a pair step or a statistic reads them. Every result is
 //! computed by the same sequence of operations whatever the scheduling, so runs are
 //! bit-identical.

@@ -151,6 +151,8 @@ pub struct Counts {
     pub n_heads: usize,
     /// Pairs `(h, r)` with `layer(h) < layer(r)`.
     pub n_pairs: usize,
+    /// The most heads of any one layer.
+    pub layer_heads: usize,
 }
 
 impl Counts {
@@ -162,7 +164,7 @@ impl Counts {
             later -= n;
             n_pairs += n * later;
         }
-        Counts { n_heads, n_pairs }
+        Counts { n_heads, n_pairs, layer_heads: heads_per_layer.iter().copied().max().unwrap_or(0) }
     }
 
     pub fn instances(self, deps: Deps) -> f64 {
@@ -567,12 +569,15 @@ impl EvalPlan {
     }
 
     /// An estimate of the peak memory of running the plan with [`exec`] on `threads` threads
-    /// with products in `precision`, in bytes (`f64` unless said): every head's weights; the whole of `W_E` and `W_U` where a step reads one
-    /// other than streamed (else `threads` chunk buffers of each matrix a pass over the
+    /// with products in `precision`, in bytes (`f64` unless said), as [`exec`] runs a layer at a
+    /// time on each thread: a layer's weights per thread (a source that holds every layer's, as
+    /// in-memory parameters do, holds them anyway); the whole of `W_E` and `W_U` where a step
+    /// reads one other than streamed (else `threads` chunk buffers of each matrix a pass over the
     /// vocabulary reads: both when `d_vocab_out = d_vocab`, one pass per matrix otherwise); every
-    /// head-independent matrix (kept to the end); per thread, one head's or one pair's
-    /// intermediate matrices; and the per-head matrices that pair steps read, for every head
-    /// (those only batched products read, stacked, in the precision's type).
+    /// head-independent matrix (kept to the end); per thread, one head's intermediate matrices
+    /// and one layer pair's pair values; the per-head matrices that pair steps read, for every
+    /// head (those only batched products read, stacked, in the precision's type), and the
+    /// per-right-head ones for a layer per thread.
     pub fn peak_bytes(&self, threads: usize, precision: Precision) -> f64 {
         let Dims { d_vocab, d_vocab_out, d_model, d_head } = self.dims;
         // In floats: sizes of 2^32 overflow a product of usizes.
@@ -581,8 +586,9 @@ impl EvalPlan {
         let (d_vocab, d_vocab_out, d_model, d_head) =
             (d_vocab as f64, d_vocab_out as f64, d_model as f64, d_head as f64);
         let needed = self.needed();
-        let heads = self.counts.n_heads as f64;
-        let mut total = heads * bytes(4.0 * d_model * d_head);
+        let (heads, threads) = (self.counts.n_heads as f64, threads as f64);
+        let layers_in_flight = threads * self.counts.layer_heads as f64;
+        let mut total = layers_in_flight * bytes(4.0 * d_model * d_head);
         let vocab_whole = self.step_ids().any(|s| {
             needed[usize::from(s)]
                 && matches!(self.node(s), Plan::Weight(n) if n.as_str() == "W_E" || n.as_str() == "W_U")
@@ -591,7 +597,7 @@ impl EvalPlan {
         if vocab_whole {
             total += bytes(d_vocab * d_model) + bytes(d_vocab_out * d_model);
         } else if streamed {
-            total += threads as f64 * buffers_per_pass * bytes(VOCAB_CHUNK as f64 * d_model);
+            total += threads * buffers_per_pass * bytes(VOCAB_CHUNK as f64 * d_model);
         }
         let read_by_pairs = self.read_by_pairs();
         let read_unbatched = self.read_by_unbatched_pairs();
@@ -599,20 +605,20 @@ impl EvalPlan {
             Precision::F32 => 4.0,
             Precision::F64 => 8.0,
         };
-        for step in self.step_ids().filter(|s| needed[usize::from(*s)] && !self.is_weight(*s)) {
-            let shape = self.shape(step);
-            if shape.scalar {
+        for step in self.step_ids().filter(|s| needed[usize::from(*s)]) {
+            let (shape, i) = (self.shape(step), usize::from(step));
+            if shape.scalar || (self.is_weight(step) && !read_by_pairs[i]) {
                 continue;
             }
+            // Kept for every head of every layer (left heads), or of a layer per thread.
+            let kept = if shape.deps == Deps::HEAD { heads } else { layers_in_flight };
             total += match shape.deps {
                 Deps::NONE => bytes(shape.size()),
-                Deps::PAIR => threads as f64 * bytes(shape.size()) * self.pair_batch(step),
-                // Stacked for the batched products in the precision's type (`exec`'s `Stacks`).
-                _ if read_by_pairs[usize::from(step)] && !read_unbatched[usize::from(step)] => {
-                    heads * operand_bytes * shape.size()
-                }
-                _ if read_by_pairs[usize::from(step)] => heads * bytes(shape.size()),
-                _ => threads as f64 * bytes(shape.size()),
+                Deps::PAIR => threads * bytes(shape.size()) * self.pair_batch(step),
+                // Stacked for the batched products in the precision's type (`exec`'s `Stack`).
+                _ if read_by_pairs[i] && !read_unbatched[i] => kept * operand_bytes * shape.size(),
+                _ if read_by_pairs[i] => kept * bytes(shape.size()),
+                _ => threads * bytes(shape.size()),
             };
         }
         total
@@ -667,10 +673,12 @@ impl EvalPlan {
     /// per-right-head matrix is one product per left head against every right head side by
     /// side; other pair steps one pair at a time.
     fn pair_batch(&self, step: Id) -> f64 {
+        // One value per pair of a left layer's heads and a right layer's, held together; a
+        // batched step's product besides (as large, for d_head-sized blocks).
+        let pairs = (self.counts.layer_heads * self.counts.layer_heads) as f64;
         match self.batched(step) {
-            // The product, and its stacked right-hand operand (as large, for d_head-sized blocks).
-            Some(_) => 2.0 * self.counts.n_pairs as f64 / self.counts.n_heads.max(1) as f64,
-            None => 1.0,
+            Some(_) => 2.0 * pairs,
+            None => pairs,
         }
     }
 
