@@ -1,4 +1,4 @@
-"""The baseline for `pathc stats` in benches/gpt2.sh: what TransformerLens does, in NumPy.
+"""The baseline for `pathc stats` in benches/speed.sh: what TransformerLens does, in NumPy.
 
     python benches/factored_baseline.py WEIGHTS.safetensors [--heads-only N] > baseline.json
 

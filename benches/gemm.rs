@@ -1,5 +1,5 @@
 //! This machine's matrix-product rate with the kernels pathc uses (nalgebra's, via the
-//! `matrixmultiply` crate), so that `benches/gpt2.sh` can put pathc's GFLOP/s against it.
+//! `matrixmultiply` crate), so that `benches/speed.sh` can put pathc's GFLOP/s against it.
 //!
 //! `cargo bench --bench gemm` prints one JSON line per case: `{"case", "dtype", "threads",
 //! "m", "k", "n", "seconds", "gflops"}`, a GFLOP being 10⁹ floating-point operations (a

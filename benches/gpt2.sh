@@ -1,30 +1,19 @@
 #!/usr/bin/env bash
-# Issue 5 at GPT-2 scale, measured in one run (~10 minutes on this machine):
+# Issue 5's path evaluation at GPT-2 scale, measured in one run (~2 minutes on this machine):
 #
 #   bash benches/gpt2.sh
 #
-# (a) `pathc stats` on GPT-2-small-shaped random f32 weights (144 heads) against a NumPy script
-#     doing what TransformerLens's FactoredMatrix does (benches/factored_baseline.py), with wall
-#     time, peak RSS, and a cross-check of their numbers;
-# (b) `pathc paths` (every path up to order 2) on a 2-layer, 12-head model of GPT-2 width against
-#     one forward pass (benches/forward.rs): each path's contribution to the next token's logit at
-#     every position (`--target next`), and the whole logit rows;
-# and this machine's matrix-product rate (benches/gemm.rs, and NumPy's) to put pathc's GFLOP/s
-# against. Weights, model files and NumPy live in a temporary directory removed on exit: nothing
-# is installed on the machine and nothing generated is committed. Not in .ci/run (too slow).
+# `pathc paths` (every path up to order 2) on a 2-layer, 12-head model of GPT-2 width against one
+# forward pass (benches/forward.rs): each path's contribution to the next token's logit at every
+# position (`--target next`), and the whole logit rows. (The statistics at GPT-2 scale, against
+# the NumPy FactoredMatrix baseline and this machine's GEMM rate: benches/speed.sh.) Weights, model
+# files and NumPy live in a temporary directory removed on exit: nothing is installed on the
+# machine and nothing generated is committed. Not in .ci/run (too slow).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-python3 -m venv "$tmp/venv"
-"$tmp/venv/bin/pip" install --quiet --disable-pip-version-check numpy
-py="$tmp/venv/bin/python"
-# GNU time: wall seconds and peak resident set size of the command, into a file (-o) so the
-# command's own output and exit status pass through untouched.
-peak() { /usr/bin/time -f "%e %M" -o "$tmp/time.txt" "$@"; }
-peak_of() { cat "$tmp/time.txt"; }
+source benches/common.sh
 
 echo "== build (release, benches)"
 cargo build --quiet --release
@@ -32,45 +21,11 @@ cargo bench --quiet --no-run
 pathc="$repo/target/release/pathc"
 
 echo "== weights (random f32, fixed seed; TransformerLens names and shapes)"
-"$py" benches/make_weights.py "$tmp/gpt2.safetensors" --layers 12
 "$py" benches/make_weights.py "$tmp/gpt2-2l.safetensors" --layers 2
 # examples/gpt2-small.tf declares `unembed` without a bias; these weights have a nonzero b_U.
-sed 's/^unembed$/unembed(bias)/' examples/gpt2-small.tf > "$tmp/gpt2.tf"
 sed 's/^unembed$/unembed(bias)/; s/^repeat 12 {/repeat 2 {/; s/^model gpt2_small$/model gpt2_2l/' \
   examples/gpt2-small.tf > "$tmp/gpt2-2l.tf"
-grep -q 'repeat 2 {' "$tmp/gpt2-2l.tf" && grep -q 'unembed(bias)' "$tmp/gpt2.tf"
-
-echo "== GEMM rate: nalgebra (pathc's kernels) and NumPy (OpenBLAS), same shapes"
-cargo bench --quiet --bench gemm | tee "$tmp/gemm.jsonl"
-"$py" - <<'PY' | tee -a "$tmp/gemm.jsonl"
-import json, time
-import numpy as np
-# NumPy's BLAS uses every core by itself: its rate is the machine's, not one thread's.
-for (m, k, n), repeat in [((768, 768, 768), 5), ((50257, 768, 768), 2)]:
-    for dtype in ["float64", "float32"]:
-        a = np.random.default_rng(0).standard_normal((m, k)).astype(dtype)
-        b = np.random.default_rng(1).standard_normal((k, n)).astype(dtype)
-        a @ b
-        best = min((lambda s: (a @ b, time.perf_counter() - s)[1])(time.perf_counter()) for _ in range(repeat))
-        print(json.dumps({"case": f"numpy {m}x{k}x{n}", "dtype": dtype.replace("float", "f"), "seconds": best,
-                          "gflops": round(2 * m * k * n / best / 1e9, 2)}))
-PY
-
-echo "== (a) pathc stats, 12 layers x 12 heads: f32 products (the default), then --precision f64"
-peak "$pathc" stats "$tmp/gpt2.tf" --weights "$tmp/gpt2.safetensors" --format json > "$tmp/stats.json"
-read -r stats_s stats_kib <<< "$(peak_of)"
-echo "pathc stats: $stats_s s, peak RSS $stats_kib KiB"
-peak "$pathc" stats "$tmp/gpt2.tf" --weights "$tmp/gpt2.safetensors" --format json --precision f64 > "$tmp/stats64.json"
-read -r stats64_s stats64_kib <<< "$(peak_of)"
-echo "pathc stats --precision f64: $stats64_s s, peak RSS $stats64_kib KiB"
-
-"$pathc" plan "$tmp/gpt2.tf" --format json > "$tmp/plan.json"
-"$pathc" plan "$tmp/gpt2.tf" | sed -n '1,4p'
-
-echo "== (a) NumPy FactoredMatrix baseline (benches/factored_baseline.py), ~4 minutes"
-peak "$py" benches/factored_baseline.py "$tmp/gpt2.safetensors" > "$tmp/baseline.json"
-read -r base_s base_kib <<< "$(peak_of)"
-echo "baseline: $base_s s, peak RSS $base_kib KiB"
+grep -q 'repeat 2 {' "$tmp/gpt2-2l.tf" && grep -q 'unembed(bias)' "$tmp/gpt2-2l.tf"
 
 echo "== (b) forward pass and path evaluation in-process (benches/forward.rs), 128 tokens"
 PATHC_BENCH_MODEL="$tmp/gpt2-2l.tf" PATHC_BENCH_WEIGHTS="$tmp/gpt2-2l.safetensors" PATHC_BENCH_TOKENS=128 \
@@ -99,67 +54,13 @@ read -r all_s all_kib <<< "$(peak_of)"
 echo "paths --pos all (2 tokens): $all_s s, peak RSS $all_kib KiB, $(cat "$tmp/all_bytes.txt") bytes of JSON"
 
 echo "== summary"
-"$py" - "$tmp" "$stats_s" "$stats_kib" "$base_s" "$base_kib" "$last_s" "$last_kib" "$all_s" "$all_kib" \
-  "$target_s" "$target_kib" "$stats64_s" "$stats64_kib" <<'PY'
-import json, pathlib, struct, sys
+"$py" - "$tmp" "$last_s" "$last_kib" "$all_s" "$all_kib" "$target_s" "$target_kib" <<'PY'
+import json, pathlib, sys
 import numpy as np
 tmp = pathlib.Path(sys.argv[1])
-(stats_s, stats_kib, base_s, base_kib, last_s, last_kib, all_s, all_kib, target_s, target_kib, stats64_s,
- stats64_kib) = map(float, sys.argv[2:])
-
-def tensor_bytes(path, keep=lambda name: True):
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-    return sum(e["data_offsets"][1] - e["data_offsets"][0] for k, e in header.items() if keep(k))
-
-w = tmp / "gpt2.safetensors"
-needed = tensor_bytes(w, lambda k: k in ("embed.W_E", "unembed.W_U") or ".attn.W_" in k)
-print(f"weights: file {w.stat().st_size / 1e6:.1f} MB; W_E, W_U and attention weights (what stats needs) "
-      f"{needed / 1e6:.1f} MB f32")
-
-# Cross-checks: pathc's f32 and f64 products against the f32 baseline and each other. Relative
-# difference for norms and composition scores (entries pathc gives as nonzero); absolute for the
-# copying scores, which sit near 0 on random weights, where a relative difference says nothing.
-p, p64 = json.loads((tmp / "stats.json").read_text()), json.loads((tmp / "stats64.json").read_text())
-b = json.loads((tmp / "baseline.json").read_text())
-assert p["precision"] == "f32" and p64["precision"] == "f64"
-for name, (first, second) in [("pathc f64 vs baseline", (p64, b)), ("pathc f32 vs f64", (p, p64))]:
-    for key in ["ov_frobenius", "qk_frobenius", "comp_q", "comp_k", "comp_v", "ov_copying", "qk_copying"]:
-        x, y = np.array(first[key]), np.array(second[key])
-        nz = x != 0
-        rel = (np.abs(x - y)[nz] / np.abs(x[nz])).max()
-        print(f"cross-check {name} {key:13s} ({nz.sum():5d} entries): max |difference| {np.abs(x - y).max():.2e}, "
-              f"max relative {rel:.2e}")
-
-gemm = [json.loads(line) for line in (tmp / "gemm.jsonl").read_text().splitlines()]
-def rate(case, dtype, threads=None):
-    return next(g["gflops"] for g in gemm if g["case"] == case and g["dtype"] == dtype and g.get("threads") == threads)
-nal64 = rate("50257x768x768", "f64", 2)
-nal32 = rate("50257x768x768", "f32", 2)
-numpy32 = rate("numpy 50257x768x768", "f32")
-for g in gemm:
-    print(f"GEMM {g['case']:22s} {g['dtype']} {('threads ' + str(g['threads'])) if 'threads' in g else 'all cores':10s} "
-          f"{g['gflops']:8.2f} GFLOP/s")
-
-# FLOPs of pathc stats' products: the chosen plan's own count (`pathc plan --format json`, a
-# multiply-add counting 2; eigenvalue computations estimated at 10 n^3).
-plan = json.loads((tmp / "plan.json").read_text())
-flops = plan["chosen"]["flops"]
-V = plan["d_vocab"]
-streamed = sum(s["flops"] for s in plan["chosen"]["steps"] if s["streamed"])
+last_s, last_kib, all_s, all_kib, target_s, target_kib = map(float, sys.argv[2:])
+V = 50257
 f = json.loads((tmp / "forward.json").read_text())
-print()
-print(f"(a) pathc stats (f32 products) {stats_s:.2f} s, --precision f64 {stats64_s:.2f} s, baseline {base_s:.2f} s: "
-      f"baseline / pathc = {base_s / stats_s:.1f}x f32, {base_s / stats64_s:.1f}x f64 (target >= 50x)")
-print(f"(a) pathc stats peak RSS {stats_kib * 1024 / 1e6:.0f} MB = {stats_kib * 1024 / needed:.2f}x the weights it needs "
-      f"(f64: {stats64_kib * 1024 / needed:.2f}x; target <= 1.2x); baseline peak RSS {base_kib * 1024 / 1e6:.0f} MB")
-print(f"(a) pathc stats: the chosen plan's {flops / 1e9:.0f} GFLOP ({streamed / 1e9:.0f} in the three products over the "
-      f"vocabulary, Grams at half; the naive plan's {plan['naive']['flops'] / 1e12:.0f} TFLOP) in {stats_s:.2f} s (wall, "
-      f"incl. loading) = {flops / stats_s / 1e9:.1f} GFLOP/s = {flops / stats_s / 1e9 / nal32 * 100:.0f} % of nalgebra f32 "
-      f"on 2 cores ({nal32:.1f} GFLOP/s), {flops / stats_s / 1e9 / numpy32 * 100:.0f} % of NumPy f32 ({numpy32:.1f}; "
-      f"target >= 70 %); f64: {flops / stats64_s / 1e9:.1f} GFLOP/s = {flops / stats64_s / 1e9 / nal64 * 100:.0f} % of "
-      f"nalgebra f64 ({nal64:.1f}); the plan's peak-memory estimate {plan['chosen']['peak_bytes'] / 1e6:.0f} MB")
 print(f"(b) forward pass (128 tokens, f64, in-process): {f['forward_seconds']:.3f} s; one [128,768]x[768,50257] "
       f"product {f['unembed_seconds']:.3f} s; load {f['load_seconds']:.2f} s")
 print(f"(b) {f['paths']} paths, contribution to the next token's logit at {f['target_positions']} positions "

@@ -1,4 +1,4 @@
-"""Random GPT-2-shaped f32 weights for benches/gpt2.sh and benches/big.sh, written as safetensors.
+"""Random GPT-2-shaped f32 weights for benches/speed.sh and benches/gpt2.sh, written as safetensors.
 
     python benches/make_weights.py OUT.safetensors --layers 12 [--seed 0]
     python benches/make_weights.py OUT.safetensors --layers 48 --d-model 1600 --heads 25 \

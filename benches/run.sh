@@ -28,9 +28,7 @@ for k in 1 2 3; do
 done
 echo "gpt2-small --max-order 2 --format json: $(peak ./target/release/pathc expand examples/gpt2-small.tf --max-order 2 --format json)"
 echo "attn-only-4l --format text:              $(peak ./target/release/pathc expand examples/attn-only-4l.tf)"
-# Attention scores (issue 15: target <= 0.5 s for the templates, <= 10 s for every term as JSON).
-echo "gpt2-small --qk --max-order 1 --templates: $(peak ./target/release/pathc expand examples/gpt2-small.tf --qk --max-order 1 --templates)"
-echo "gpt2-small --qk --max-order 1 --format json --limit 8000000 (7,128,861 score terms): $(peak ./target/release/pathc expand examples/gpt2-small.tf --qk --max-order 1 --format json --limit 8000000)"
+# Attention scores' expansions (issue 15's targets): benches/speed.sh.
 
 python3 - "$sympy_json" <<'PY'
 import json, pathlib, sys

@@ -65,7 +65,7 @@ fn run_in(plan: &plan::EvalPlan, params: &Params, precision: stats::Precision) -
 /// The f32 products (`Precision::F32`, what the command line runs unless `--precision f64`) give
 /// the f64 numbers within 1e-5: relative for the norms, absolute for the scores (which lie in
 /// [-1, 1]); the fixtures, as given and folded, and uniform random weights with a vocabulary
-/// wider than d_model (GPT-2 small's shape: `benches/gpt2.sh`, 3.1e-8 measured).
+/// wider than d_model (GPT-2 small's shape: `benches/speed.sh`, 6.8e-8 measured).
 #[test]
 fn f32_products_are_within_1e_5_of_f64() {
     let mut cases: Vec<(String, Params)> = Vec::new();
