@@ -11,7 +11,7 @@
 #    `pathc stats` (f32 products, then --precision f64) against a NumPy script doing what
 #    TransformerLens's FactoredMatrix does (benches/factored_baseline.py), with their numbers
 #    cross-checked; the chosen plan's FLOPs (`pathc plan --format json`) per second against this
-#    machine's f32 GEMM rate (benches/gemm.rs with pathc's kernels on both cores, and NumPy's
+#    machine's f32 GEMM rate (benches/gemm.rs: nalgebra and the gemm crate, a product per core; NumPy's
 #    OpenBLAS); peak RSS against the bytes of weights the statistics read.
 # 3. Bigger models: the same statistics on GPT-2-XL (48 x 25 heads, d_model 1600) and Pythia-1.4B
 #    (24 x 16 heads, d_model 2048, d_head 128, d_vocab 50304) shapes, as attention-only models
@@ -28,19 +28,19 @@ cargo build --quiet --release
 cargo bench --quiet --no-run
 pathc="$repo/target/release/pathc"
 
-echo "== GEMM rate: nalgebra (pathc's kernels) and NumPy (OpenBLAS)"
+echo "== GEMM rate: nalgebra (matrixmultiply: pathc's products), the gemm crate (faer's kernel) and NumPy (OpenBLAS)"
 cargo bench --quiet --bench gemm | tee "$tmp/gemm.jsonl"
 "$py" - <<'PY' | tee -a "$tmp/gemm.jsonl"
 import json, time
 import numpy as np
 # NumPy's BLAS uses every core by itself: its rate is the machine's, not one thread's.
-for (m, k, n), repeat in [((768, 768, 768), 5), ((50257, 768, 768), 2)]:
+for (m, k, n), repeat in [((768, 768, 768), 5), ((50257, 768, 768), 2), ((768, 1024, 768), 5)]:
     for dtype in ["float64", "float32"]:
         a = np.random.default_rng(0).standard_normal((m, k)).astype(dtype)
         b = np.random.default_rng(1).standard_normal((k, n)).astype(dtype)
         a @ b
         best = min((lambda s: (a @ b, time.perf_counter() - s)[1])(time.perf_counter()) for _ in range(repeat))
-        print(json.dumps({"case": f"numpy {m}x{k}x{n}", "dtype": dtype.replace("float", "f"), "seconds": best,
+        print(json.dumps({"case": f"{m}x{k}x{n}", "kernel": "numpy", "dtype": dtype.replace("float", "f"), "seconds": best,
                           "gflops": round(2 * m * k * n / best / 1e9, 2)}))
 PY
 
@@ -112,13 +112,14 @@ def mark(ok):
 
 gemm = [json.loads(line) for line in (tmp / "gemm.jsonl").read_text().splitlines()]
 for g in gemm:
-    print(f"GEMM {g['case']:22s} {g['dtype']} {('threads ' + str(g['threads'])) if 'threads' in g else 'all cores':10s} "
+    print(f"GEMM {g['case']:14s} {g['kernel']:8s} {g['dtype']} {('threads ' + str(g['threads'])) if 'threads' in g else 'all cores':10s} "
           f"{g['gflops']:8.2f} GFLOP/s")
-# This machine's f32 GEMM rate: the best of every f32 case using both cores (nalgebra with a product
-# per core, NumPy's own threading), the strictest limit to put pathc's rate against.
+# This machine's f32 GEMM rate: the best of every f32 case using both cores (nalgebra and the gemm
+# crate with a product per core, NumPy's own threading), the strictest limit to put pathc's rate
+# against.
 f32 = [g for g in gemm if g["dtype"] == "f32" and g.get("threads", 2) > 1]
 best = max(f32, key=lambda g: g["gflops"])
-limit, limit_case = best["gflops"], best["case"]
+limit, limit_case = best["gflops"], f"{best['kernel']} {best['case']}"
 f64 = max(g["gflops"] for g in gemm if g["dtype"] == "f64" and g.get("threads", 2) > 1)
 print(f"machine f32 GEMM rate: {limit:.1f} GFLOP/s ({limit_case}); f64 {f64:.1f}")
 print()
