@@ -4,8 +4,8 @@
 # written by save_pretrained as one model.safetensors of 498 MB) read by
 #
 #   pathc check  (every tensor converted to f64 once: the forward pass needs all of them), and
-#   pathc stats  (attention weights converted; W_E and W_U = wte transposed streamed from the
-#                 file in blocks, never held),
+#   pathc stats  (attention weights read a layer at a time; W_E and W_U = wte transposed
+#                 streamed from the file in blocks, never held),
 #
 # each command's peak RSS (GNU time) against the bytes of what it needs, and against the same
 # command on the same weights as a TransformerLens state_dict (transformer_lens's own
@@ -91,6 +91,7 @@ echo
 echo "model.safetensors: $(mb "$file_bytes") MB (f32, tied); every parameter as f64: $(mb "$all * 8") MB"
 echo "pathc check, folder:         ${check_s} s, peak RSS $((check_kb / 1000)) MB = $(ratio "$check_kb * 1000" "$all * 8") x the parameters in f64"
 echo "pathc check, converted file: ${tl_check_s} s, peak RSS $((tl_check_kb / 1000)) MB; folder / file $(ratio "$check_kb" "$tl_check_kb")"
-echo "pathc stats, folder:         ${stats_s} s, peak RSS $((stats_kb / 1000)) MB; needs attention weights f64 $(mb "$attn * 8") MB" \
-     "+ W_E/W_U streamed ($(mb "$wte * 4") MB f32 in the file): ratio $(ratio "$stats_kb * 1000" "$attn * 8 + $wte * 4")"
+echo "pathc stats, folder:         ${stats_s} s, peak RSS $((stats_kb / 1000)) MB; reads the attention weights" \
+     "($(mb "$attn * 4") MB f32, a layer at a time) and W_E/W_U streamed ($(mb "$wte * 4") MB f32, one tensor):" \
+     "ratio $(ratio "$stats_kb * 1000" "$attn * 4 + $wte * 4") x the weights read"
 echo "pathc stats, converted file: ${tl_stats_s} s, peak RSS $((tl_stats_kb / 1000)) MB; folder / file $(ratio "$stats_kb" "$tl_stats_kb")"
