@@ -187,6 +187,16 @@ pub struct HeadRef {
     pub head: usize,
 }
 
+impl HeadRef {
+    /// `L{layer}H{head}` into a caller's buffer.
+    pub fn write(self, out: &mut String) {
+        out.push('L');
+        push_usize(out, self.layer);
+        out.push('H');
+        push_usize(out, self.head);
+    }
+}
+
 impl fmt::Display for HeadRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "L{}H{}", self.layer, self.head)
@@ -244,34 +254,52 @@ impl Path<'_> {
     /// The name of an attention-score term: `L1H2[q=E/L0H1,k=P]`, the head whose score it is,
     /// then its query path and key path.
     pub fn score_name(&self, target: HeadRef) -> String {
-        let name = |s: Option<Source>| s.map_or("?".to_string(), Source::name);
-        let query = side_name(&name(self.template.query_source()), &self.heads(Side::Query));
-        let key = side_name(&name(self.template.source()), &self.heads(Side::Key));
-        format!("{target}[q={query},k={key}]")
+        let mut out = String::new();
+        self.write_score_name(target, &mut out);
+        out
     }
-}
 
-fn side_name(source: &str, heads: &[HeadRef]) -> String {
-    let mut name = source.to_string();
-    for h in heads {
-        name.push('/');
-        name.push_str(&h.to_string());
+    /// [`Path::score_name`] into a caller's buffer (the millions of score terms of a JSON
+    /// stream are named without an allocation each).
+    pub fn write_score_name(&self, target: HeadRef, out: &mut String) {
+        target.write(out);
+        out.push_str("[q=");
+        self.write_side_name(self.template.query_source(), Side::Query, out);
+        out.push_str(",k=");
+        self.write_side_name(self.template.source(), Side::Key, out);
+        out.push(']');
     }
-    name
+
+    /// `E/L0H1/L1H2`: a side's source, then its heads in order of application.
+    fn write_side_name(&self, source: Option<Source>, side: Side, out: &mut String) {
+        match source {
+            Some(source) => source.write_name(out),
+            None => out.push('?'),
+        }
+        for (b, &head) in self.template.binders.iter().zip(self.assignment) {
+            if b.side == side {
+                out.push('/');
+                HeadRef { layer: b.layer, head }.write(out);
+            }
+        }
+    }
 }
 
 /// How an attention-score term composes (Elhage et al.): through heads on neither side (direct),
 /// the query side, the key side, or both.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Composition {
-    #[serde(rename = "direct")]
     Direct,
-    #[serde(rename = "Q")]
     Query,
-    #[serde(rename = "K")]
     Key,
-    #[serde(rename = "QK")]
     Both,
+}
+
+/// As its [`Composition::name`].
+impl Serialize for Composition {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
 }
 
 impl Composition {
@@ -283,6 +311,16 @@ impl Composition {
             (true, false) => Composition::Query,
             (false, true) => Composition::Key,
             (true, true) => Composition::Both,
+        }
+    }
+
+    /// `direct`, `Q`, `K` or `QK`: its name in JSON and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Composition::Direct => "direct",
+            Composition::Query => "Q",
+            Composition::Key => "K",
+            Composition::Both => "QK",
         }
     }
 

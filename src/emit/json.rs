@@ -3,7 +3,6 @@
 //! Counts are decimal strings: they exceed 2^64 for large models and JSON numbers lose
 //! precision past 2^53.
 
-use std::fmt::Write as _;
 use std::io::{self, Write};
 
 use serde::Serialize;
@@ -125,10 +124,7 @@ fn push_path(out: &mut String, p: &Path<'_>) {
     out.push_str("\",\"order\":");
     push_usize(out, p.template.order());
     out.push_str(",\"source\":\"");
-    match p.template.source() {
-        Some(source) => source.write_name(out),
-        None => out.push('?'),
-    }
+    push_source(out, p.template.source());
     out.push_str("\",\"heads\":");
     push_heads(out, p, Side::Head);
     out.push_str(",\"position\":");
@@ -138,20 +134,25 @@ fn push_path(out: &mut String, p: &Path<'_>) {
     out.push('}');
 }
 
-/// One attention-score term as a JSON object on one line.
+/// One attention-score term as a JSON object on one line, written in place (millions of them).
 fn push_score_term(out: &mut String, target: HeadRef, p: &Path<'_>) {
-    let composition = serde_json::to_string(&Composition::of(p.template)).expect("an enum serialises");
-    let _ = write!(
-        out,
-        "{{\"name\":\"{}\",\"head\":[{},{}],\"order\":{},\"composition\":{composition},\"query\":{{\"source\":\"{}\",\"heads\":",
-        p.score_name(target),
-        target.layer,
-        target.head,
-        p.template.order(),
-        p.template.query_source().map_or("?".to_string(), |s| s.name()),
-    );
+    out.push_str("{\"name\":\"");
+    p.write_score_name(target, out);
+    out.push_str("\",\"head\":[");
+    push_usize(out, target.layer);
+    out.push(',');
+    push_usize(out, target.head);
+    out.push_str("],\"order\":");
+    push_usize(out, p.template.order());
+    out.push_str(",\"composition\":\"");
+    out.push_str(Composition::of(p.template).name());
+    out.push_str("\",\"query\":{\"source\":\"");
+    push_source(out, p.template.query_source());
+    out.push_str("\",\"heads\":");
     push_heads(out, p, Side::Query);
-    let _ = write!(out, "}},\"key\":{{\"source\":\"{}\",\"heads\":", source_name(p.template));
+    out.push_str("},\"key\":{\"source\":\"");
+    push_source(out, p.template.source());
+    out.push_str("\",\"heads\":");
     push_heads(out, p, Side::Key);
     out.push_str("},\"query_position\":");
     push_factors(out, &p.template.position[0], p);
@@ -160,6 +161,14 @@ fn push_score_term(out: &mut String, target: HeadRef, p: &Path<'_>) {
     out.push_str(",\"weights\":");
     push_factors(out, &p.template.weights, p);
     out.push('}');
+}
+
+/// A source's name, `?` for none.
+fn push_source(out: &mut String, source: Option<crate::graph::Source>) {
+    match source {
+        Some(source) => source.write_name(out),
+        None => out.push('?'),
+    }
 }
 
 fn source_name(t: &Template) -> String {

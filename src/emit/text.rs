@@ -65,7 +65,7 @@ pub fn write(exp: &Expansion, templates_only: bool, out: &mut dyn Write) -> io::
                         let _ = writeln!(buf, "  {target}");
                     }
                     buf.push_str("    ");
-                    buf.push_str(&p.score_name(target));
+                    p.write_score_name(target, buf);
                     buf.push_str("  ");
                     N.write_term(buf, &p.template.position, &p.template.weights, Heads::Concrete(&p));
                     let _ = writeln!(buf, "    [{}]", Composition::of(p.template).describe());
