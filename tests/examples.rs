@@ -147,6 +147,11 @@ fn runner_limits_are_errors() {
         assert!(message.starts_with("the e-graph stopped before saturating: "), "{message}");
         assert!(message.contains(named), "{message}");
         assert!(message.ends_with("the expansion would be incomplete"), "{message}");
+        // The attention scores' two chains of runs (query side, key side) stop the same way.
+        let graph = pathc::compile(&source).unwrap().graph;
+        let error = pathc::rewrite::expand_scores(&graph, None, limits, &pathc::progress::Silent)
+            .expect_err("a limit stops the scores' expansion");
+        assert!(error.to_string().contains(named), "{error}");
     }
 }
 

@@ -76,6 +76,20 @@ pub struct RunStats {
     pub run_e_nodes: Vec<usize>,
 }
 
+impl RunStats {
+    /// Adds another set of runs, after these.
+    fn add(&mut self, other: RunStats) {
+        self.runs += other.runs;
+        self.e_nodes += other.e_nodes;
+        self.max_e_nodes = self.max_e_nodes.max(other.max_e_nodes);
+        self.iterations += other.iterations;
+        for (rule, n) in other.rules_applied {
+            *self.rules_applied.entry(rule).or_default() += n;
+        }
+        self.run_e_nodes.extend(other.run_e_nodes);
+    }
+}
+
 /// What a saturation run builds, which sets how many e-nodes a template of its output costs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunKind {
@@ -332,43 +346,104 @@ pub fn expand_logits(
 /// For each layer, the expansion of its heads' attention scores into (query path, key path)
 /// terms, with the head as the free index `h{layer}`: each side saturated on its own, then
 /// paired (`pair.rs`).
+///
+/// The query side's stream and the key side's never meet before the pairing, so the two chains
+/// of runs go on two threads ([`parallel_map`](crate::parallel::parallel_map)); their runs'
+/// statistics, and the first error, are taken in the order one thread would have met them
+/// (per block: the query side, the key side, then the query stream, the key stream).
 pub fn expand_scores(
     graph: &TermGraph,
     max_order: Option<u32>,
     limits: Limits,
     progress: &dyn Progress,
 ) -> Result<(Vec<Vec<Template>>, RunStats), RewriteError> {
-    let mut stats = RunStats::default();
     let last_attn = graph.blocks.iter().rposition(|b| matches!(b, Block::Attn { .. }));
     let n_attn = graph.blocks.iter().filter(|b| matches!(b, Block::Attn { .. })).count();
     progress.start("expanding the attention scores", (2 * n_attn + 2 * last_attn.unwrap_or(0)) as u64);
-    let (mut query, mut key) = (sources(graph), sources(graph));
-    let mut per_layer = Vec::with_capacity(graph.heads.len());
+    let chains = crate::parallel::parallel_map(&[Side::Query, Side::Key], |&side| {
+        score_chain(graph, side, max_order, limits, progress)
+    });
+    let [mut query, mut key]: [ScoreChain; 2] =
+        chains.try_into().unwrap_or_else(|_| unreachable!("two sides, two chains"));
+    progress.finish();
+    // (block, 0 for its side's run or 1 for the stream's, 0 query or 1 key): one thread's order.
+    let at = |(block, phase): (usize, usize), chain: usize| (block, phase, chain);
+    if let Some((_, error)) = [(0, query.error.take()), (1, key.error.take())]
+        .into_iter()
+        .filter_map(|(chain, error)| error.map(|(run, e)| (at(run, chain), e)))
+        .min_by_key(|&(position, _)| position)
+    {
+        return Err(error);
+    }
+    let mut runs: Vec<((usize, usize, usize), RunStats)> = Vec::new();
+    for (chain, c) in [(0, &query), (1, &key)] {
+        runs.extend(c.runs.iter().map(|(run, stats)| (at(*run, chain), stats.clone())));
+    }
+    runs.sort_by_key(|&(position, _)| position);
+    let mut stats = RunStats::default();
+    for (_, run) in runs {
+        stats.add(run);
+    }
+    let per_layer = query
+        .sides
+        .iter()
+        .zip(&key.sides)
+        .map(|((query_side, rotary), (key_side, _))| pair::pair(query_side, key_side, *rotary, max_order))
+        .collect();
+    Ok((per_layer, stats))
+}
+
+/// One side's chain of runs for [`expand_scores`]: per attention block, its score side's
+/// templates (and the layer when its positions are rotary); each run's statistics with its
+/// (block, phase); the first error with its.
+struct ScoreChain {
+    sides: Vec<(Vec<Template>, Option<usize>)>,
+    runs: Vec<((usize, usize), RunStats)>,
+    error: Option<((usize, usize), RewriteError)>,
+}
+
+fn score_chain(
+    graph: &TermGraph,
+    side: Side,
+    max_order: Option<u32>,
+    limits: Limits,
+    progress: &dyn Progress,
+) -> ScoreChain {
+    let mut chain = ScoreChain { sides: Vec::new(), runs: Vec::new(), error: None };
+    let mut stream = sources(graph);
+    let run_at = |chain: &mut ScoreChain, position: (usize, usize), builder: TermBuilder| {
+        let mut stats = RunStats::default();
+        let out = run(builder, limits, &mut stats, progress);
+        chain.runs.push((position, stats));
+        out.map_err(|e| chain.error = Some((position, e))).ok()
+    };
     for (step, block) in graph.blocks.iter().enumerate() {
         if let Block::Attn { layer, positions, .. } = *block {
-            let mut side = |stream: &RecExpr<Tensor>, side: Side| -> Result<Vec<Template>, RewriteError> {
-                let mut builder = TermBuilder::new(max_order);
-                let read = builder.embed(stream);
-                builder.score_side(block, side, read);
-                let terms = run(builder, limits, &mut stats, progress)?;
-                extract::read_templates(&terms).map_err(RewriteError::Internal)
-            };
-            let (query_side, key_side) = (side(&query, Side::Query)?, side(&key, Side::Key)?);
-            let rotary = (positions == crate::graph::QkPositions::Rotary).then_some(layer);
-            per_layer.push(pair::pair(&query_side, &key_side, rotary, max_order));
-        }
-        // The streams are needed up to the last attention block's input only.
-        if graph.blocks[step + 1..].iter().any(|b| matches!(b, Block::Attn { .. })) {
-            for (side, stream) in [(Side::Query, &mut query), (Side::Key, &mut key)] {
-                let mut builder = TermBuilder::new(max_order);
-                let embedded = builder.embed(stream);
-                builder.block(block, side, embedded);
-                *stream = run(builder, limits, &mut stats, progress)?;
+            let mut builder = TermBuilder::new(max_order);
+            let read = builder.embed(&stream);
+            builder.score_side(block, side, read);
+            let Some(terms) = run_at(&mut chain, (step, 0), builder) else { return chain };
+            match extract::read_templates(&terms) {
+                Ok(templates) => {
+                    let rotary = (positions == crate::graph::QkPositions::Rotary).then_some(layer);
+                    chain.sides.push((templates, rotary));
+                }
+                Err(e) => {
+                    chain.error = Some(((step, 0), RewriteError::Internal(e)));
+                    return chain;
+                }
             }
         }
+        // The stream is needed up to the last attention block's input only.
+        if graph.blocks[step + 1..].iter().any(|b| matches!(b, Block::Attn { .. })) {
+            let mut builder = TermBuilder::new(max_order);
+            let embedded = builder.embed(&stream);
+            builder.block(block, side, embedded);
+            let Some(next) = run_at(&mut chain, (step, 1), builder) else { return chain };
+            stream = next;
+        }
     }
-    progress.finish();
-    Ok((per_layer, stats))
+    chain
 }
 
 fn sources(graph: &TermGraph) -> RecExpr<Tensor> {
