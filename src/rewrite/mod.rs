@@ -376,8 +376,8 @@ pub fn expand_scores(
         return Err(error);
     }
     let mut runs: Vec<((usize, usize, usize), RunStats)> = Vec::new();
-    for (chain, c) in [(0, &query), (1, &key)] {
-        runs.extend(c.runs.iter().map(|(run, stats)| (at(*run, chain), stats.clone())));
+    for (chain, c) in [(0, &mut query), (1, &mut key)] {
+        runs.extend(std::mem::take(&mut c.runs).into_iter().map(|(run, stats)| (at(run, chain), stats)));
     }
     runs.sort_by_key(|&(position, _)| position);
     let mut stats = RunStats::default();
