@@ -74,7 +74,7 @@ enum Kernel {
 /// own matrices), in seconds.
 fn time_product<T>(kernel: Kernel, (m, k, n): (usize, usize, usize), threads: usize, repeat: usize) -> f64
 where
-    T: Float + From<f32> + nalgebra::ClosedAddAssign + nalgebra::ClosedMulAssign + Zero + One + Send + Sync,
+    T: Float + From<f32> + nalgebra::ClosedAddAssign + nalgebra::ClosedMulAssign + Send + Sync,
 {
     let mut best = f64::INFINITY;
     let inputs: Vec<(DMatrix<T>, DMatrix<T>)> = (0..threads).map(|_| (filled(m, k), filled(k, n))).collect();
@@ -95,7 +95,7 @@ where
 
 fn report<T>(kernel: Kernel, dtype: &str, shape: (usize, usize, usize), threads: usize)
 where
-    T: Float + From<f32> + nalgebra::ClosedAddAssign + nalgebra::ClosedMulAssign + Zero + One + Send + Sync,
+    T: Float + From<f32> + nalgebra::ClosedAddAssign + nalgebra::ClosedMulAssign + Send + Sync,
 {
     let (m, k, n) = shape;
     // About a second per case, at least twice.

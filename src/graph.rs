@@ -94,6 +94,14 @@ impl Source {
         out
     }
 
+    /// [`Source::write_name`] of a source that may be unknown (`?`), as paths' names write it.
+    pub fn write_name_of(source: Option<Source>, out: &mut String) {
+        match source {
+            Some(source) => source.write_name(out),
+            None => out.push('?'),
+        }
+    }
+
     /// [`Source::name`] into a caller's buffer.
     pub fn write_name(self, out: &mut String) {
         let (base, layer) = match self {

@@ -237,18 +237,7 @@ impl Path<'_> {
 
     /// [`Path::name`] into a caller's buffer.
     pub fn write_name(&self, out: &mut String) {
-        match self.template.source() {
-            Some(source) => source.write_name(out),
-            None => out.push('?'),
-        }
-        for (b, &head) in self.template.binders.iter().zip(self.assignment) {
-            if b.side == Side::Head {
-                out.push_str("/L");
-                push_usize(out, b.layer);
-                out.push('H');
-                push_usize(out, head);
-            }
-        }
+        self.write_side_name(self.template.source(), Side::Head, out);
     }
 
     /// The name of an attention-score term: `L1H2[q=E/L0H1,k=P]`, the head whose score it is,
@@ -272,10 +261,7 @@ impl Path<'_> {
 
     /// `E/L0H1/L1H2`: a side's source, then its heads in order of application.
     fn write_side_name(&self, source: Option<Source>, side: Side, out: &mut String) {
-        match source {
-            Some(source) => source.write_name(out),
-            None => out.push('?'),
-        }
+        Source::write_name_of(source, out);
         for (b, &head) in self.template.binders.iter().zip(self.assignment) {
             if b.side == side {
                 out.push('/');

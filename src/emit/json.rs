@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::notation::{Heads, Notation};
 use super::{for_each_score_term, Buffered};
-use crate::graph::push_usize;
+use crate::graph::{push_usize, Source};
 use crate::paths::{self, Composition, Counts, HeadRef, IndexVar, Path, Side, Template};
 use crate::Expansion;
 
@@ -124,7 +124,7 @@ fn push_path(out: &mut String, p: &Path<'_>) {
     out.push_str("\",\"order\":");
     push_usize(out, p.template.order());
     out.push_str(",\"source\":\"");
-    push_source(out, p.template.source());
+    Source::write_name_of(p.template.source(), out);
     out.push_str("\",\"heads\":");
     push_heads(out, p, Side::Head);
     out.push_str(",\"position\":");
@@ -147,11 +147,11 @@ fn push_score_term(out: &mut String, target: HeadRef, p: &Path<'_>) {
     out.push_str(",\"composition\":\"");
     out.push_str(Composition::of(p.template).name());
     out.push_str("\",\"query\":{\"source\":\"");
-    push_source(out, p.template.query_source());
+    Source::write_name_of(p.template.query_source(), out);
     out.push_str("\",\"heads\":");
     push_heads(out, p, Side::Query);
     out.push_str("},\"key\":{\"source\":\"");
-    push_source(out, p.template.source());
+    Source::write_name_of(p.template.source(), out);
     out.push_str("\",\"heads\":");
     push_heads(out, p, Side::Key);
     out.push_str("},\"query_position\":");
@@ -161,14 +161,6 @@ fn push_score_term(out: &mut String, target: HeadRef, p: &Path<'_>) {
     out.push_str(",\"weights\":");
     push_factors(out, &p.template.weights, p);
     out.push('}');
-}
-
-/// A source's name, `?` for none.
-fn push_source(out: &mut String, source: Option<crate::graph::Source>) {
-    match source {
-        Some(source) => source.write_name(out),
-        None => out.push('?'),
-    }
 }
 
 fn source_name(t: &Template) -> String {
