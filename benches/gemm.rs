@@ -1,14 +1,14 @@
 //! This machine's matrix-product rate, so that `benches/speed.sh` can put pathc's GFLOP/s
-//! against it: nalgebra's own `a * b` (the `matrixmultiply` crate), which the statistics' plan
-//! runs on, and the `gemm` crate's kernel (faer's), on a square product, the shape of the
-//! vocabulary-wide products, and the shapes the plan's steps run at GPT-2 small's sizes.
+//! against it: the `gemm` crate's kernel (faer's), which the statistics' f32 products run on
+//! (`plan::exec::sgemm_into`), and nalgebra's own `a * b` (the `matrixmultiply` crate), which its
+//! f64 products run on, on a square product, the shape of the vocabulary-wide products, and the
+//! shapes the plan's steps run at GPT-2 small's sizes.
 //!
-//! gemm is the faster kernel here, yet pathc keeps matrixmultiply: gemm picks its kernel and
-//! blocking by the product's shape, so a small product (64 × 64 from 768-long sums, measured) is
-//! not the same bits as that block of a larger product (768 × 768), and pathc's
-//! executor relies on that identity: its statistics are the same bits whether the weights are in
-//! memory or streamed from the file, from a `.pt` or a `.safetensors`, on any number of threads
-//! (with gemm underneath, tests/plan.rs and tests/torch.rs caught differences of 1e-8).
+//! gemm picks its kernel and blocking by the product's shape and strides, so a small product (64 ×
+//! 64 from 768-long sums, measured) is not the same bits as that block of a larger product (768 ×
+//! 768): pathc's executor gives it the same shapes and strides whether the weights are in memory or
+//! streamed from the file, from a `.pt` or a `.safetensors`, on any number of threads, so that its
+//! statistics are the same bits in every case (tests/plan.rs, tests/torch.rs).
 //!
 //! `cargo bench --bench gemm` prints one JSON line per case: `{"case", "kernel", "dtype",
 //! "threads", "m", "k", "n", "seconds", "gflops"}`, a GFLOP being 10⁹ floating-point operations

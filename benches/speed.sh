@@ -11,7 +11,7 @@
 #    `pathc stats` (f32 products, then --precision f64) against a NumPy script doing what
 #    TransformerLens's FactoredMatrix does (benches/factored_baseline.py), with their numbers
 #    cross-checked; the chosen plan's FLOPs (`pathc plan --format json`) per second against this
-#    machine's f32 GEMM rate (benches/gemm.rs: nalgebra and the gemm crate, a product per core; NumPy's
+#    machine's f32 GEMM rate (benches/gemm.rs: the gemm crate, which pathc's f32 products run on, and nalgebra, a product per core; NumPy's
 #    OpenBLAS); peak RSS against the bytes of weights the statistics read.
 # 3. Bigger models: the same statistics on GPT-2-XL (48 x 25 heads, d_model 1600) and Pythia-1.4B
 #    (24 x 16 heads, d_model 2048, d_head 128, d_vocab 50304) shapes, as attention-only models
@@ -28,7 +28,7 @@ cargo build --quiet --release
 cargo bench --quiet --no-run
 pathc="$repo/target/release/pathc"
 
-echo "== GEMM rate: nalgebra (matrixmultiply: pathc's products), the gemm crate (faer's kernel) and NumPy (OpenBLAS)"
+echo "== GEMM rate: the gemm crate (faer's kernel: pathc's f32 products), nalgebra (matrixmultiply: its f64 products) and NumPy (OpenBLAS)"
 cargo bench --quiet --bench gemm | tee "$tmp/gemm.jsonl"
 "$py" - <<'PY' | tee -a "$tmp/gemm.jsonl"
 import json, time

@@ -110,7 +110,7 @@ impl Operand<'_> {
     fn product(&self, b: &Operand<'_>) -> Matrix {
         match (self, b) {
             (Operand::F64(a), Operand::F64(b)) => &**a * &**b,
-            (Operand::F32(a, sa), Operand::F32(b, sb)) => (&**a * &**b).map(|x| f64::from(x) * sa * sb),
+            (Operand::F32(a, sa), Operand::F32(b, sb)) => f32_product(a, b).map(|x| f64::from(x) * sa * sb),
             _ => unreachable!("both operands of a product are made by one precision"),
         }
     }
@@ -119,30 +119,24 @@ impl Operand<'_> {
     /// the diagonal, [`GRAM_BLOCK`] rows at a time: 58 % of the product's work at d_model 768.
     /// The rest is zero until [`mirror_upper`] fills it in.
     fn gram_upper(&self, b: &Operand<'_>) -> Matrix {
-        fn blocks<
-            T: nalgebra::Scalar
-                + num_traits::Zero
-                + num_traits::One
-                + nalgebra::ClosedAddAssign
-                + nalgebra::ClosedMulAssign
-                + Copy,
-        >(
-            a: &nalgebra::DMatrix<T>,
-            b: &nalgebra::DMatrix<T>,
-            widen: impl Fn(T) -> f64 + Copy,
-        ) -> Matrix {
-            let n = a.nrows();
-            let mut out = Matrix::zeros(n, n);
-            for i in (0..n).step_by(GRAM_BLOCK) {
-                let rows = GRAM_BLOCK.min(n - i);
-                let block = a.rows(i, rows) * b.columns(i, n - i);
-                out.view_mut((i, i), (rows, n - i)).zip_apply(&block, |o, x| *o = widen(x));
-            }
-            out
-        }
+        let blocks = |n: usize| (0..n).step_by(GRAM_BLOCK).map(move |i| (i, GRAM_BLOCK.min(n - i)));
         match (self, b) {
-            (Operand::F64(a), Operand::F64(b)) => blocks(a, b, |x| x),
-            (Operand::F32(a, sa), Operand::F32(b, sb)) => blocks(a, b, |x| f64::from(x) * sa * sb),
+            (Operand::F64(a), Operand::F64(b)) => {
+                let mut out = Matrix::zeros(a.nrows(), a.nrows());
+                for (i, rows) in blocks(a.nrows()) {
+                    let n = a.nrows() - i;
+                    out.view_mut((i, i), (rows, n)).copy_from(&(a.rows(i, rows) * b.columns(i, n)));
+                }
+                out
+            }
+            (Operand::F32(a, sa), Operand::F32(b, sb)) => {
+                let mut out = nalgebra::DMatrix::<f32>::zeros(a.nrows(), a.nrows());
+                for (i, rows) in blocks(a.nrows()) {
+                    let n = a.nrows() - i;
+                    sgemm_into(&mut out, (i, i), Strided::of(a).rows(i, rows), Strided::of(b).columns(i, n));
+                }
+                out.map(|x| f64::from(x) * sa * sb)
+            }
             _ => unreachable!("both operands of a product are made by one precision"),
         }
     }
@@ -213,7 +207,7 @@ pub trait VocabRows: Sync {
 /// A chunk of `n` vocabulary rows (`[n, d_model]`: `W_E`'s rows or `W_U`'s columns) in f32,
 /// laid out as it was read (row stride `rs`, column stride `cs`), and the power of two it was
 /// divided by. Both `X_cᵀ` and `Y_c` of a product are views of it, so no transposed copy is made
-/// (matrixmultiply reads any strides).
+/// (the kernel reads any strides).
 struct RowsF32 {
     data: Vec<f32>,
     n: usize,
@@ -243,6 +237,11 @@ impl<'a> Strided<'a> {
         Strided { data, offset, rows, cols, rs, cs }
     }
 
+    /// A column-major matrix: (i, j) at `i + j · rows`.
+    fn of(m: &'a nalgebra::DMatrix<f32>) -> Strided<'a> {
+        Strided::new(m.as_slice(), 0, m.shape(), (1, m.nrows()))
+    }
+
     fn rows(self, start: usize, n: usize) -> Strided<'a> {
         assert!(start + n <= self.rows);
         Strided::new(self.data, self.offset + start * self.rs, (n, self.cols), (self.rs, self.cs))
@@ -254,8 +253,13 @@ impl<'a> Strided<'a> {
     }
 }
 
-/// The block of `out` at `corner` (`a.rows × b.cols`) set to `a · b`, by matrixmultiply's
-/// kernel, which reads any strides.
+/// The block of `out` at `corner` (`a.rows × b.cols`) set to `a · b`, by the gemm crate's
+/// kernel (faer's), which reads any strides: every f32 product of the executor goes through here.
+/// It is the faster of the two kernels measured by `benches/gemm.rs` (nalgebra's matrixmultiply is
+/// the other) at every shape the plans use. Its sums depend on the product's shape and strides,
+/// not only on the entries: the executor gives it the same shapes and strides whichever way the
+/// weights came (in memory or read from a file, [`RowsF32::from_matrix`]) and whatever the thread
+/// count, so its results are the same bits either way.
 fn sgemm_into(out: &mut nalgebra::DMatrix<f32>, corner: (usize, usize), a: Strided<'_>, b: Strided<'_>) {
     let (r0, c0) = corner;
     assert!(a.cols == b.rows && r0 + a.rows <= out.nrows() && c0 + b.cols <= out.ncols(), "mismatched shapes");
@@ -270,25 +274,40 @@ fn sgemm_into(out: &mut nalgebra::DMatrix<f32>, corner: (usize, usize), a: Strid
     let c = out.as_mut_slice()[r0 + c0 * ld..].as_mut_ptr();
     // SAFETY: `a` and `b` lie in their slices (checked by `Strided::new`) and the block of `out`
     // lies in `out` (checked above, column-major with leading dimension `ld`); the kernel reads
-    // `a` and `b` and writes only that block, which does not overlap them.
+    // `a` and `b` and writes only that block, which does not overlap them. Its arguments: m, n, k;
+    // the output, its column and row strides, whether to read it; each operand and its column and
+    // row strides; the output's old value times 0 plus 1 times the product; no conjugation; on this
+    // thread (the executor's threads are the parallelism).
     unsafe {
-        matrixmultiply::sgemm(
+        gemm::gemm(
             a.rows,
-            a.cols,
             b.cols,
-            1.0,
-            a.data.as_ptr().add(a.offset),
-            a.rs as isize,
-            a.cs as isize,
-            b.data.as_ptr().add(b.offset),
-            b.rs as isize,
-            b.cs as isize,
-            0.0,
+            a.cols,
             c,
-            1,
             ld as isize,
+            1,
+            false,
+            a.data.as_ptr().add(a.offset),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr().add(b.offset),
+            b.cs as isize,
+            b.rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
         );
     }
+}
+
+/// `a · b` in f32 by [`sgemm_into`].
+fn f32_product(a: &nalgebra::DMatrix<f32>, b: &nalgebra::DMatrix<f32>) -> nalgebra::DMatrix<f32> {
+    let mut out = nalgebra::DMatrix::zeros(a.nrows(), b.ncols());
+    sgemm_into(&mut out, (0, 0), Strided::of(a), Strided::of(b));
+    out
 }
 
 /// Entries whose largest magnitude lies within `2^±RANGE` are multiplied as they are: a
@@ -314,14 +333,18 @@ impl RowsF32 {
         RowsF32 { data, n, d, rs, cs, scale }
     }
 
-    /// `m` (`n × d` f64), rounded after dividing by its power of two.
+    /// `m`, rounded after dividing by its power of two, laid out as a chunk read from an f32
+    /// file is: `m` row-major (an embedding chunk `n × d`, or `W_U`'s columns `d × n` when
+    /// `transposed`), so that both give the kernel the same strides, and so the same bits.
     fn from_matrix(m: &Matrix, transposed: bool) -> RowsF32 {
         let scale = power_of_two_scale(m);
         let inverse = 1.0 / scale;
-        let data: Vec<f32> = m.iter().map(|&x| (x * inverse) as f32).collect();
-        // Column-major: `m[(i, j)]` at `i + j · rows`.
+        let mut data: Vec<f32> = Vec::with_capacity(m.len());
+        for row in m.row_iter() {
+            data.extend(row.iter().map(|&x| (x * inverse) as f32));
+        }
         let (n, d, rs, cs) =
-            if transposed { (m.ncols(), m.nrows(), m.nrows(), 1) } else { (m.nrows(), m.ncols(), 1, m.nrows()) };
+            if transposed { (m.ncols(), m.nrows(), 1, m.ncols()) } else { (m.nrows(), m.ncols(), m.ncols(), 1) };
         RowsF32 { data, n, d, rs, cs, scale }
     }
 
@@ -1109,7 +1132,7 @@ impl Batched {
         let (rows, cols) = (offsets(&first.sizes), offsets(&second.sizes));
         let product = match (&first.matrix, &second.matrix) {
             (StackMatrix::F64(x), StackMatrix::F64(y)) => StackMatrix::F64(x * y),
-            (StackMatrix::F32(x), StackMatrix::F32(y)) => StackMatrix::F32(x * y),
+            (StackMatrix::F32(x), StackMatrix::F32(y)) => StackMatrix::F32(f32_product(x, y)),
             _ => unreachable!("every stack is made in the one precision"),
         };
         // Block (i, j) of the product: first's head i times second's head j, scaled back.
