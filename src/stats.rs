@@ -87,17 +87,17 @@
 //! **Baseline** ([`Baseline`], [`composition_baseline`]): the paper subtracts the score expected
 //! of random matrices of the same shapes. See [`composition_baseline`] for exactly how it is drawn.
 //!
-//! **Eigenvalues** come from `Schur::try_new(m, eps, SCHUR_MAX_ITER)` (see [`eigenvalues`] for the
-//! tolerances tried): nalgebra's unbounded `Schur::new` / `eigenvalues()` /
-//! `complex_eigenvalues()` on a matrix can loop forever (nalgebra issues #611, #764, #1291,
-//! #1528). Non-convergence is a [`StatsError`], never a hang.
+//! **Eigenvalues** come from a Hessenberg reduction and a Francis double-shift QR iteration of at
+//! most `SCHUR_MAX_ITER` steps (see [`eigenvalues`]): nalgebra's unbounded `Schur::new` /
+//! `eigenvalues()` / `complex_eigenvalues()` on a matrix can loop forever (nalgebra issues #611,
+//! #764, #1291, #1528). Non-convergence is a [`StatsError`], never a hang.
 
 use std::collections::BTreeMap;
 
 use nalgebra::Complex;
 
 use crate::eval::{EvalError, LayerParams, Params, Processing, StatsParams};
-pub use crate::linalg::{eigenvalues, SCHUR_MAX_ITER, SCHUR_RETRIES};
+pub use crate::linalg::{eigenvalues, SCHUR_MAX_ITER};
 use crate::linalg::{Matrix, NoConvergence, NonFinite};
 pub use crate::plan::exec::HeadSource;
 pub use crate::plan::exec::Precision;

@@ -34,7 +34,7 @@ use std::borrow::Cow;
 use egg::Id;
 
 use super::{Deps, EvalPlan, Plan, Stat, VocabMatrix, VOCAB_CHUNK};
-use crate::linalg::{copying_score, finite, gram_root, Matrix, NoConvergence, NonFinite};
+use crate::linalg::{copying_score, finite, gram_root, power_of_two_above, Matrix, NoConvergence, NonFinite};
 use crate::parallel::parallel_map;
 use crate::progress::Progress;
 use crate::weights::WeightError;
@@ -79,14 +79,6 @@ fn power_of_two_scale(m: &Matrix) -> f64 {
     // A plain fold over the storage: nalgebra's `amax` is several times slower. A NaN is
     // skipped (and left for the checks after the products to find).
     power_of_two_above(m.as_slice().iter().fold(0.0f64, |largest, x| largest.max(x.abs())))
-}
-
-fn power_of_two_above(largest: f64) -> f64 {
-    if largest > 0.0 && largest.is_finite() {
-        2f64.powi((largest.log2().ceil() as i32).clamp(-1000, 1000))
-    } else {
-        1.0
-    }
 }
 
 /// A product's operand in the precision it is multiplied in (made once where several products
