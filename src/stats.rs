@@ -849,7 +849,7 @@ impl Normals {
 
     /// A `rows × cols` matrix filled row by row.
     fn matrix(&mut self, rows: usize, cols: usize) -> Matrix {
-        Matrix::from_row_slice(rows, cols, &self.draw(rows * cols))
+        crate::linalg::from_row_major(rows, cols, &self.draw(rows * cols))
     }
 }
 

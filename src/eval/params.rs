@@ -11,6 +11,7 @@ use std::borrow::Cow;
 use super::{EvalError, Matrix, Row};
 use crate::diag::Diagnostic;
 use crate::graph::Source;
+use crate::linalg::from_row_major;
 use crate::model::{Activation, Layer, MlpNorm, Model, Norm, NormKind, Real, Rotary, Size};
 use crate::weights::{WeightError, Weights};
 
@@ -314,7 +315,7 @@ fn attention_tensor(l: usize, w: &str, grouped: bool) -> String {
 
 /// Row-major `[n_heads, rows, cols]` data as one matrix per head.
 fn per_head_matrices(data: &[f64], rows: usize, cols: usize) -> Vec<Matrix> {
-    data.chunks_exact(rows * cols).map(|chunk| Matrix::from_row_slice(rows, cols, chunk)).collect()
+    data.chunks_exact(rows * cols).map(|chunk| from_row_major(rows, cols, chunk)).collect()
 }
 
 impl Reader<'_> {
@@ -330,7 +331,7 @@ impl Reader<'_> {
             self.weights.check(&self.names.resolve(tl), &[rows, cols])?;
             return Ok(Matrix::zeros(0, 0));
         }
-        Ok(Matrix::from_row_slice(rows, cols, &self.data(tl, &[rows, cols])?))
+        Ok(from_row_major(rows, cols, &self.data(tl, &[rows, cols])?))
     }
 
     /// `[n_heads, rows, cols]` as one matrix per head, or when matrices are not read
@@ -1077,7 +1078,7 @@ impl StatsParams<'_> {
     /// centred after `center_writing_weights` ([`StatsParams::process`]).
     pub fn embed_rows(&self, start: usize, n: usize) -> Result<Matrix, WeightError> {
         let data = self.weights.rows(&self.w_e, [self.d_vocab, self.d_model], start, n)?;
-        let mut rows = Matrix::from_row_slice(n, self.d_model, &data);
+        let mut rows = from_row_major(n, self.d_model, &data);
         for _ in 0..self.writer_centrings {
             centre_rows(&mut rows);
         }
@@ -1109,7 +1110,7 @@ impl StatsParams<'_> {
     /// `center_unembed` ([`StatsParams::process`]).
     pub fn unembed_columns(&self, start: usize, n: usize) -> Result<Matrix, WeightError> {
         let data = self.weights.columns(&self.w_u, [self.d_model, self.d_vocab_out], start, n)?;
-        let mut columns = Matrix::from_row_slice(self.d_model, n, &data);
+        let mut columns = from_row_major(self.d_model, n, &data);
         for step in &self.unembed_steps {
             match step {
                 UnembedStep::Fold(ln) => {
