@@ -5,8 +5,18 @@
 use super::WeightError;
 
 /// The first element (f64, or f32 read as stored) that is NaN or infinite, and its value.
+/// Blocks are tested first with a fold that has no early exit, which the compiler vectorises
+/// (`find` goes element by element: about 1 % of `pathc stats`); only a block that fails is
+/// searched for its first such element.
 pub(super) fn first_non_finite<T: Copy + Into<f64>>(data: &[T]) -> Option<(usize, f64)> {
-    data.iter().map(|&v| v.into()).enumerate().find(|(_, v): &(usize, f64)| !v.is_finite())
+    const BLOCK: usize = 256;
+    data.chunks(BLOCK).enumerate().find_map(|(b, block)| {
+        if block.iter().fold(true, |finite, &v| finite & v.into().is_finite()) {
+            return None;
+        }
+        let (i, v) = block.iter().map(|&v| v.into()).enumerate().find(|(_, v): &(usize, f64)| !v.is_finite())?;
+        Some((b * BLOCK + i, v))
+    })
 }
 
 /// Refuses a block holding NaN or an infinity, naming the tensor and the element's index
@@ -69,4 +79,33 @@ fn edit_distance(a: &str, b: &str) -> usize {
         std::mem::swap(&mut previous, &mut current);
     }
     previous.last().copied().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_non_finite;
+
+    /// The first NaN or infinity wherever it falls against the blocks the check folds over
+    /// (256 elements), with a later one after it; none in a finite slice.
+    #[test]
+    fn first_non_finite_finds_the_first_across_blocks() {
+        for len in [0usize, 1, 255, 256, 257, 1000] {
+            let finite: Vec<f64> = (0..len).map(|i| i as f64 - 3.5).collect();
+            assert_eq!(first_non_finite(&finite), None);
+            for at in [0, 1, 254, 255, 256, 257, 511, 512, 999].into_iter().filter(|&at| at < len) {
+                for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+                    let mut data = finite.clone();
+                    data[at] = bad;
+                    if at + 300 < len {
+                        data[at + 300] = f64::NAN;
+                    }
+                    let (i, v) = first_non_finite(&data).expect("a non-finite element");
+                    assert_eq!(i, at);
+                    assert_eq!(v.to_bits(), bad.to_bits());
+                    let single: Vec<f32> = data.iter().map(|&x| x as f32).collect();
+                    assert_eq!(first_non_finite(&single).map(|(i, _)| i), Some(at));
+                }
+            }
+        }
+    }
 }
