@@ -245,14 +245,60 @@ impl<'a> Strided<'a> {
     }
 }
 
-/// The block of `out` at `corner` (`a.rows × b.cols`) set to `a · b`, by the gemm crate's
-/// kernel (faer's), which reads any strides: every f32 product of the executor goes through here.
-/// It is the faster of the two kernels measured by `benches/gemm.rs` (nalgebra's matrixmultiply is
-/// the other) at every shape the plans use. Its sums depend on the product's shape and strides,
-/// not only on the entries: the executor gives it the same shapes and strides whichever way the
-/// weights came (in memory or read from a file, [`RowsF32::from_matrix`]) and whatever the thread
-/// count, so its results are the same bits either way.
+/// The kernel of the statistics' f32 products ([`sgemm_into`]): both read any strides, and each
+/// is the faster on one kind of machine, as `benches/gemm.rs` measures (both are timed in every
+/// run of `benches/speed.sh`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum F32Kernel {
+    /// The `matrixmultiply` crate (nalgebra's own), where its AVX-512 kernel runs: measured at
+    /// 1.5–1.6× the gemm crate's rate on an AVX-512 machine (the gemm crate's AVX-512 kernels
+    /// need a nightly compiler).
+    MatrixMultiply,
+    /// The `gemm` crate (faer's kernel) elsewhere: faster than matrixmultiply's AVX2 kernel at
+    /// every shape the plans use on a machine without AVX-512.
+    Gemm,
+}
+
+impl F32Kernel {
+    /// The kernel for this machine: a function of its CPU's features only, so that a run's
+    /// results are the same bits on every run on that machine, whatever the thread count.
+    pub fn detect() -> F32Kernel {
+        static KERNEL: std::sync::OnceLock<F32Kernel> = std::sync::OnceLock::new();
+        *KERNEL.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return F32Kernel::MatrixMultiply;
+            }
+            F32Kernel::Gemm
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            F32Kernel::MatrixMultiply => "matrixmultiply",
+            F32Kernel::Gemm => "gemm",
+        }
+    }
+}
+
+/// The block of `out` at `corner` (`a.rows × b.cols`) set to `a · b`, by this machine's kernel
+/// ([`F32Kernel::detect`]): every f32 product of the executor goes through here. A kernel's sums
+/// may depend on the product's shape and strides, not only on the entries: the executor gives it
+/// the same shapes and strides whichever way the weights came (in memory or read from a file,
+/// [`RowsF32::from_matrix`]) and whatever the thread count, so its results are the same bits
+/// either way.
 fn sgemm_into(out: &mut nalgebra::DMatrix<f32>, corner: (usize, usize), a: Strided<'_>, b: Strided<'_>) {
+    sgemm_with(F32Kernel::detect(), out, corner, a, b)
+}
+
+/// [`sgemm_into`] by `kernel`.
+fn sgemm_with(
+    kernel: F32Kernel,
+    out: &mut nalgebra::DMatrix<f32>,
+    corner: (usize, usize),
+    a: Strided<'_>,
+    b: Strided<'_>,
+) {
     let (r0, c0) = corner;
     assert!(a.cols == b.rows && r0 + a.rows <= out.nrows() && c0 + b.cols <= out.ncols(), "mismatched shapes");
     if a.rows == 0 || b.cols == 0 {
@@ -264,34 +310,59 @@ fn sgemm_into(out: &mut nalgebra::DMatrix<f32>, corner: (usize, usize), a: Strid
     }
     let ld = out.nrows();
     let c = out.as_mut_slice()[r0 + c0 * ld..].as_mut_ptr();
+    let (pa, pb) = (a.data[a.offset..].as_ptr(), b.data[b.offset..].as_ptr());
+    let s = |x: usize| x as isize;
     // SAFETY: `a` and `b` lie in their slices (checked by `Strided::new`) and the block of `out`
-    // lies in `out` (checked above, column-major with leading dimension `ld`); the kernel reads
-    // `a` and `b` and writes only that block, which does not overlap them. Its arguments: m, n, k;
-    // the output, its column and row strides, whether to read it; each operand and its column and
-    // row strides; the output's old value times 0 plus 1 times the product; no conjugation; on this
-    // thread (the executor's threads are the parallelism).
-    unsafe {
-        gemm::gemm(
-            a.rows,
-            b.cols,
-            a.cols,
-            c,
-            ld as isize,
-            1,
-            false,
-            a.data.as_ptr().add(a.offset),
-            a.cs as isize,
-            a.rs as isize,
-            b.data.as_ptr().add(b.offset),
-            b.cs as isize,
-            b.rs as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
+    // lies in `out` (checked above, column-major with leading dimension `ld`); the kernels read
+    // `a` and `b` and write only that block, which does not overlap them, without reading it
+    // (beta 0: matrixmultiply then never reads `c`; gemm's `read_dst` false).
+    match kernel {
+        // m, k, n; alpha; each operand and its row and column strides; beta; the output and its
+        // row and column strides. Single-threaded: the executor's threads are the parallelism.
+        F32Kernel::MatrixMultiply => unsafe {
+            matrixmultiply::sgemm(
+                a.rows,
+                a.cols,
+                b.cols,
+                1.0,
+                pa,
+                s(a.rs),
+                s(a.cs),
+                pb,
+                s(b.rs),
+                s(b.cs),
+                0.0,
+                c,
+                1,
+                s(ld),
+            )
+        },
+        // m, n, k; the output, its column and row strides, whether to read it; each operand and
+        // its column and row strides; the output's old value times 0 plus 1 times the product; no
+        // conjugation; on this thread.
+        F32Kernel::Gemm => unsafe {
+            gemm::gemm(
+                a.rows,
+                b.cols,
+                a.cols,
+                c,
+                s(ld),
+                1,
+                false,
+                pa,
+                s(a.cs),
+                s(a.rs),
+                pb,
+                s(b.cs),
+                s(b.rs),
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        },
     }
 }
 
@@ -1212,5 +1283,49 @@ impl Stack {
             StackMatrix::F32(stack(&f32s, by_rows))
         };
         Stack { matrix, sizes, scales }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{sgemm_with, F32Kernel, Strided};
+
+    /// Both kernels, on every layout the executor hands them (column-major blocks, row-major
+    /// chunks seen transposed, offsets into a larger buffer, a block of a larger output), agree
+    /// with the product summed in f64 from the same f32 entries, to f32's rounding of sums of
+    /// that length; the rest of the output is left as it was.
+    #[test]
+    fn both_f32_kernels_compute_the_product_on_any_strides() {
+        let mut state = 7u64;
+        let mut next = move || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        for (m, k, n) in [(1, 1, 1), (3, 5, 2), (17, 33, 9), (64, 768, 64), (130, 70, 129)] {
+            let data: Vec<f32> = (0..(m * k + k * n + 40)).map(|_| next()).collect();
+            // `a` row-major at offset 3, `b` column-major right after it.
+            let a = Strided::new(&data, 3, (m, k), (k, 1));
+            let b = Strided::new(&data, 3 + m * k, (k, n), (1, k));
+            let at = |s: &Strided<'_>, i: usize, j: usize| f64::from(s.data[s.offset + i * s.rs + j * s.cs]);
+            for kernel in [F32Kernel::MatrixMultiply, F32Kernel::Gemm] {
+                let mut out = nalgebra::DMatrix::<f32>::from_element(m + 2, n + 3, 9.0);
+                sgemm_with(kernel, &mut out, (1, 2), a, b);
+                for i in 0..m + 2 {
+                    for j in 0..n + 3 {
+                        let got = f64::from(out[(i, j)]);
+                        if !(1..=m).contains(&i) || !(2..n + 2).contains(&j) {
+                            assert_eq!(got, 9.0, "{kernel:?} wrote outside its block at ({i}, {j})");
+                            continue;
+                        }
+                        let want: f64 = (0..k).map(|l| at(&a, i - 1, l) * at(&b, l, j - 2)).sum();
+                        let bound: f64 = (0..k).map(|l| (at(&a, i - 1, l) * at(&b, l, j - 2)).abs()).sum::<f64>();
+                        assert!(
+                            (got - want).abs() <= 2.0 * k as f64 * f64::from(f32::EPSILON) * bound + 1e-30,
+                            "{kernel:?} {m}×{k}×{n} at ({i}, {j}): {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }
