@@ -88,11 +88,26 @@ fn scaled_eigenvalues(mut m: Matrix) -> Option<(Vec<Complex<f64>>, f64)> {
     if n == 0 {
         return Some((Vec::new(), 1.0));
     }
-    let scale = power_of_two_above(m.iter().fold(0.0f64, |largest, x| largest.max(x.abs())));
+    let scale = power_of_two_above(largest_magnitude(m.as_slice()));
     m /= scale;
     let h = nalgebra::linalg::Hessenberg::new(m).h();
     let mut rows: Vec<f64> = h.transpose().as_slice().to_vec();
     Some((hqr(&mut rows, n, SCHUR_MAX_ITER)?, scale))
+}
+
+/// The largest magnitude in `values`, NaN skipped (0 for none), as a fold through `max` gives
+/// it, but in eight independent lanes of `if |x| > lane`, which the compiler vectorises (the fold
+/// it does not, for `max`'s NaN rule): it was 2 % of `pathc stats` on GPT-2 small.
+pub fn largest_magnitude<T: num_traits::Float>(values: &[T]) -> T {
+    let larger = |m: T, x: T| if x.abs() > m { x.abs() } else { m };
+    let mut lanes = [T::zero(); 8];
+    let mut chunks = values.chunks_exact(8);
+    for chunk in &mut chunks {
+        for (lane, &x) in lanes.iter_mut().zip(chunk) {
+            *lane = larger(*lane, x);
+        }
+    }
+    lanes.into_iter().fold(chunks.remainder().iter().fold(T::zero(), |m, &x| larger(m, x)), larger)
 }
 
 /// The power of two at or above `largest` (1 for 0 or a non-finite one), clamped to `2^±1000`.
@@ -364,8 +379,30 @@ pub fn max_abs<'a>(values: impl IntoIterator<Item = &'a f64>) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{copying_score, eigenvalues, from_row_major, gram_root, Matrix};
+    use super::{copying_score, eigenvalues, from_row_major, gram_root, largest_magnitude, Matrix};
     use nalgebra::Complex;
+
+    /// The same value as the fold through `max` it replaces, NaN skipped, infinities kept, at
+    /// lengths around its eight lanes.
+    #[test]
+    fn largest_magnitude_is_the_max_fold() {
+        let mut next = entries(3);
+        for len in [0usize, 1, 7, 8, 9, 16, 17, 100] {
+            for special in [None, Some(f64::NAN), Some(f64::INFINITY), Some(f64::NEG_INFINITY), Some(-1e300)] {
+                for at in [0, len / 2, len.saturating_sub(1)] {
+                    let mut values: Vec<f64> = (0..len).map(|_| next()).collect();
+                    if let (Some(x), true) = (special, at < len) {
+                        values[at] = x;
+                    }
+                    let want = values.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+                    assert_eq!(largest_magnitude(&values).to_bits(), want.to_bits(), "{values:?}");
+                    let single: Vec<f32> = values.iter().map(|&x| x as f32).collect();
+                    let want = single.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+                    assert_eq!(largest_magnitude(&single).to_bits(), want.to_bits());
+                }
+            }
+        }
+    }
 
     /// Entry (i, j) of the result is `data[i · cols + j]`, at every size around the tile's
     /// (32), checked entry by entry against the definition.

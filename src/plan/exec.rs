@@ -34,7 +34,9 @@ use std::borrow::Cow;
 use egg::Id;
 
 use super::{Deps, EvalPlan, Plan, Stat, VocabMatrix, VOCAB_CHUNK};
-use crate::linalg::{copying_score, finite, gram_root, power_of_two_above, Matrix, NoConvergence, NonFinite};
+use crate::linalg::{
+    copying_score, finite, gram_root, largest_magnitude, power_of_two_above, Matrix, NoConvergence, NonFinite,
+};
 use crate::parallel::parallel_map;
 use crate::progress::Progress;
 use crate::weights::WeightError;
@@ -65,7 +67,9 @@ impl Precision {
             Precision::F32 => {
                 let scale = power_of_two_scale(m);
                 let inverse = 1.0 / scale;
-                Operand::F32(Cow::Owned(m.map(|x| (x * inverse) as f32)), scale)
+                // Over the storage's slice (vectorised), not nalgebra's `map`.
+                let rounded = m.as_slice().iter().map(|&x| (x * inverse) as f32).collect();
+                Operand::F32(Cow::Owned(nalgebra::DMatrix::from_vec(m.nrows(), m.ncols(), rounded)), scale)
             }
         }
     }
@@ -76,9 +80,9 @@ impl Precision {
 /// multiplying neither overflows nor underflows where f64 would not (f32's range ends at 3.4e38;
 /// an entry below 1e-38 of the largest is flushed, which changes no sum by more than that).
 fn power_of_two_scale(m: &Matrix) -> f64 {
-    // A plain fold over the storage: nalgebra's `amax` is several times slower. A NaN is
-    // skipped (and left for the checks after the products to find).
-    power_of_two_above(m.as_slice().iter().fold(0.0f64, |largest, x| largest.max(x.abs())))
+    // Over the storage: nalgebra's `amax` is several times slower. A NaN is skipped (and left
+    // for the checks after the products to find).
+    power_of_two_above(largest_magnitude(m.as_slice()))
 }
 
 /// A product's operand in the precision it is multiplied in (made once where several products
@@ -102,7 +106,7 @@ impl Operand<'_> {
     fn product(&self, b: &Operand<'_>) -> Matrix {
         match (self, b) {
             (Operand::F64(a), Operand::F64(b)) => &**a * &**b,
-            (Operand::F32(a, sa), Operand::F32(b, sb)) => f32_product(a, b).map(|x| f64::from(x) * sa * sb),
+            (Operand::F32(a, sa), Operand::F32(b, sb)) => widened(&f32_product(a, b), *sa, *sb),
             _ => unreachable!("both operands of a product are made by one precision"),
         }
     }
@@ -127,7 +131,7 @@ impl Operand<'_> {
                     let n = a.nrows() - i;
                     sgemm_into(&mut out, (i, i), Strided::of(a).rows(i, rows), Strided::of(b).columns(i, n));
                 }
-                out.map(|x| f64::from(x) * sa * sb)
+                widened(&out, *sa, *sb)
             }
             _ => unreachable!("both operands of a product are made by one precision"),
         }
@@ -366,6 +370,33 @@ fn sgemm_with(
     }
 }
 
+/// `m` in f64 times its operands' powers of two `sa` and `sb`, over the storage's slice
+/// (vectorised; nalgebra's `map` is not).
+fn widened(m: &nalgebra::DMatrix<f32>, sa: f64, sb: f64) -> Matrix {
+    Matrix::from_vec(m.nrows(), m.ncols(), m.as_slice().iter().map(|&x| f64::from(x) * sa * sb).collect())
+}
+
+/// The block of `acc` at `corner` (`shape`) plus `scale` times that block of `buffer`, column by
+/// column over slices (vectorised; a `zip_apply` over nalgebra views is not): a vocabulary
+/// chunk's product added to its group's f64 sum.
+fn add_scaled(
+    acc: &mut Matrix,
+    buffer: &nalgebra::DMatrix<f32>,
+    corner: (usize, usize),
+    shape: (usize, usize),
+    scale: f64,
+) {
+    let ((i, j), (rows, cols)) = (corner, shape);
+    assert!(i + rows <= acc.nrows().min(buffer.nrows()) && j + cols <= acc.ncols().min(buffer.ncols()));
+    let (la, lb) = (acc.nrows(), buffer.nrows());
+    let (a, b) = (acc.as_mut_slice(), buffer.as_slice());
+    for c in j..j + cols {
+        for (x, &y) in a[c * la + i..c * la + i + rows].iter_mut().zip(&b[c * lb + i..c * lb + i + rows]) {
+            *x += f64::from(y) * scale;
+        }
+    }
+}
+
 /// `a · b` in f32 by [`sgemm_into`].
 fn f32_product(a: &nalgebra::DMatrix<f32>, b: &nalgebra::DMatrix<f32>) -> nalgebra::DMatrix<f32> {
     let mut out = nalgebra::DMatrix::zeros(a.nrows(), b.ncols());
@@ -382,7 +413,7 @@ impl RowsF32 {
     /// `data` laid out with strides `(rs, cs)`, divided by a power of two only if its largest
     /// entry is outside `2^±UNSCALED_RANGE` (exact: [`power_of_two_scale`]).
     fn new(mut data: Vec<f32>, n: usize, d: usize, rs: usize, cs: usize) -> RowsF32 {
-        let largest = data.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        let largest = largest_magnitude(&data);
         let range = 2f32.powi(UNSCALED_RANGE);
         let scale = if largest == 0.0 || (largest <= range && largest >= 1.0 / range) {
             1.0
@@ -763,12 +794,11 @@ fn streamed_pass_f32(
                     for i in (0..d).step_by(GRAM_BLOCK) {
                         let rows = GRAM_BLOCK.min(d - i);
                         sgemm_into(buffer, (i, i), xt.rows(i, rows), y_rows.columns(i, d - i));
-                        acc.view_mut((i, i), (rows, d - i))
-                            .zip_apply(&buffer.view((i, i), (rows, d - i)), |a, b| *a += f64::from(b) * scale);
+                        add_scaled(acc, buffer, (i, i), (rows, d - i), scale);
                     }
                 } else {
                     sgemm_into(buffer, (0, 0), xt, y_rows);
-                    acc.zip_apply(&*buffer, |a, b| *a += f64::from(b) * scale);
+                    add_scaled(acc, buffer, (0, 0), (d, y_rows.cols), scale);
                 }
             }
             progress.advance(1);
