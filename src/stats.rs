@@ -746,18 +746,10 @@ pub fn composition_baseline(d_model: usize, d_left: usize, d_right: usize, sampl
         return 0.0;
     }
     // Each sample draws an even number of normals (whole polar pairs), so it starts where the
-    // last ended with no spare: one cheap pass of the acceptance test alone finds every
-    // sample's starting state, and the samples are drawn and scored on the threads. The sum is
-    // taken in order: the same bits as drawing them one after another.
-    let pairs = d_model * (d_left + d_right);
-    let mut rng = SplitMix64(BASELINE_SEED);
-    let starts: Vec<u64> = (0..samples)
-        .map(|_| {
-            let start = rng.0;
-            Normals::skip_pairs(&mut rng, pairs);
-            start
-        })
-        .collect();
+    // last ended with no spare: a pass of the acceptance test alone finds every sample's
+    // starting state ([`sample_starts`]), and the samples are drawn and scored on the threads.
+    // The sum is taken in order: the same bits as drawing them one after another.
+    let starts = sample_starts(BASELINE_SEED, samples, d_model * (d_left + d_right));
     let scores = crate::parallel::parallel_map(&starts, |&start| {
         let mut normals = Normals::new(start);
         let v = normals.matrix(d_model, d_left);
@@ -771,15 +763,62 @@ pub fn composition_baseline(d_model: usize, d_left: usize, d_right: usize, sampl
     scores.iter().sum::<f64>() / samples as f64
 }
 
+/// The states from which each of `samples` samples of `pairs` accepted polar pairs draws, when
+/// they are drawn one after another from a [`SplitMix64`] seeded with `seed`: sample `i` starts
+/// after the attempt that accepts pair number `i · pairs`. SplitMix64's state after `t` draws is
+/// `seed + t · γ`, so any attempt can be tested without the ones before it
+/// ([`Normals::attempt_accepted`]): the attempts are counted block by block on the threads, and
+/// only the blocks where a sample starts are walked one attempt at a time.
+fn sample_starts(seed: u64, samples: usize, pairs: usize) -> Vec<u64> {
+    const BLOCK: u64 = 1 << 16;
+    let state_at = |attempt: u64| seed.wrapping_add(attempt.wrapping_mul(2).wrapping_mul(SplitMix64::GAMMA));
+    let mut starts = Vec::with_capacity(samples);
+    if samples == 0 {
+        return starts;
+    }
+    starts.push(seed);
+    let (mut block, mut accepted) = (0u64, 0usize);
+    let round = 8 * crate::parallel::threads() as u64;
+    while starts.len() < samples {
+        let blocks: Vec<u64> = (block..block + round).collect();
+        let counts = crate::parallel::parallel_map(&blocks, |&b| {
+            (b * BLOCK..(b + 1) * BLOCK).filter(|&t| Normals::attempt_accepted(state_at(t))).count()
+        });
+        for (&b, &count) in blocks.iter().zip(&counts) {
+            // The starts that fall in this block: walked attempt by attempt.
+            let mut seen = accepted;
+            let mut t = b * BLOCK;
+            while starts.len() < samples && accepted + count >= starts.len() * pairs {
+                let target = starts.len() * pairs;
+                while seen < target {
+                    seen += usize::from(Normals::attempt_accepted(state_at(t)));
+                    t += 1;
+                }
+                starts.push(state_at(t));
+            }
+            accepted += count;
+        }
+        block += round;
+    }
+    starts
+}
+
 /// SplitMix64 (Steele, Lea & Flood 2014): a 64-bit state advanced by the golden-ratio increment
 /// and mixed; fully specified by integer arithmetic, so the same on every platform.
 #[derive(Debug, Clone)]
 pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
+    /// The increment of the state at each draw.
+    pub const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
+        self.0 = self.0.wrapping_add(Self::GAMMA);
+        Self::mix(self.0)
+    }
+
+    /// The output drawn when the state becomes `z`.
+    fn mix(mut z: u64) -> u64 {
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
@@ -832,19 +871,14 @@ impl Normals {
         out
     }
 
-    /// Advances `rng` past `pairs` accepted polar pairs, as [`Normals::draw`] would draw them,
-    /// without computing the normals.
-    fn skip_pairs(rng: &mut SplitMix64, pairs: usize) {
-        for _ in 0..pairs {
-            loop {
-                let u = rng.next_signed_unit();
-                let v = rng.next_signed_unit();
-                let s = u * u + v * v;
-                if s > 0.0 && s < 1.0 {
-                    break;
-                }
-            }
-        }
+    /// Whether the polar attempt drawn from state `state` (its two uniforms the next two draws,
+    /// as in [`Normals::draw`]) is accepted.
+    fn attempt_accepted(state: u64) -> bool {
+        let unit = |x: u64| (x >> 11) as f64 * (1.0 / (1u64 << 52) as f64) - 1.0;
+        let u = unit(SplitMix64::mix(state.wrapping_add(SplitMix64::GAMMA)));
+        let v = unit(SplitMix64::mix(state.wrapping_add(SplitMix64::GAMMA.wrapping_mul(2))));
+        let s = u * u + v * v;
+        s > 0.0 && s < 1.0
     }
 
     /// A `rows × cols` matrix filled row by row.
@@ -903,6 +937,37 @@ mod tests {
         assert_eq!(rng.next_u64(), 0xE220_A839_7B1D_CDAF);
         assert_eq!(rng.next_u64(), 0x6E78_9E6A_A1B9_65F4);
         assert_eq!(rng.next_u64(), 0x06C4_5D18_8009_454F);
+    }
+
+    /// The samples' starting states found block by block on the threads are those reached by
+    /// drawing the samples' pairs one attempt after another, for sample sizes that put the
+    /// starts inside, at the edges of and many to a block of 2¹⁶ attempts.
+    #[test]
+    fn sample_starts_are_the_states_reached_drawing_in_order() {
+        for (samples, pairs) in [(0, 5), (1, 5), (7, 0), (5, 3), (40, 1000), (3, 51_472), (4, 70_000)] {
+            let mut rng = SplitMix64(BASELINE_SEED);
+            let want: Vec<u64> = (0..samples)
+                .map(|_| {
+                    let start = rng.0;
+                    for _ in 0..pairs {
+                        loop {
+                            let (u, v) = (rng.next_signed_unit(), rng.next_signed_unit());
+                            let s = u * u + v * v;
+                            if s > 0.0 && s < 1.0 {
+                                break;
+                            }
+                        }
+                    }
+                    start
+                })
+                .collect();
+            assert_eq!(sample_starts(BASELINE_SEED, samples, pairs), want, "{samples} samples of {pairs} pairs");
+        }
+        // And the draws from a start are the draws that follow the previous sample's.
+        let mut normals = Normals::new(BASELINE_SEED);
+        normals.draw(2 * 1000);
+        let starts = sample_starts(BASELINE_SEED, 2, 1000);
+        assert_eq!(Normals::new(starts[1]).draw(10), normals.draw(10));
     }
 
     #[test]
