@@ -1,20 +1,22 @@
 //! This machine's matrix-product rate, so that `benches/speed.sh` can put pathc's GFLOP/s
-//! against it: the `gemm` crate's kernel (faer's), which the statistics' f32 products run on
-//! (`plan::exec::sgemm_into`), and nalgebra's own `a * b` (the `matrixmultiply` crate), which its
-//! f64 products run on, on a square product, the shape of the vocabulary-wide products, and the
-//! shapes the plan's steps run at GPT-2 small's sizes.
+//! against it: the two kernels pathc's f32 products may run on (`plan::exec::sgemm_into`), the
+//! `gemm` crate's (faer's) and nalgebra's own `a * b` (the `matrixmultiply` crate, also its f64
+//! products), on a square product, the shape of the vocabulary-wide products, and the shapes the
+//! plan's steps run at GPT-2 small's sizes. pathc picks matrixmultiply where its AVX-512 kernel
+//! runs and gemm elsewhere (`F32Kernel::detect`); the first line printed says which it picked
+//! here.
 //!
-//! gemm picks its kernel and blocking by the product's shape and strides, so a small product (64 ×
-//! 64 from 768-long sums, measured) is not the same bits as that block of a larger product (768 ×
+//! A kernel's blocking may depend on the product's shape and strides, so a small product (64 ×
+//! 64 from 768-long sums) need not be the same bits as that block of a larger product (768 ×
 //! 768): pathc's executor gives it the same shapes and strides whether the weights are in memory or
 //! streamed from the file, from a `.pt` or a `.safetensors`, on any number of threads, so that its
 //! statistics are the same bits in every case (tests/plan.rs, tests/torch.rs).
 //!
-//! `cargo bench --bench gemm` prints one JSON line per case: `{"case", "kernel", "dtype",
-//! "threads", "m", "k", "n", "seconds", "gflops"}`, a GFLOP being 10⁹ floating-point operations
-//! (a multiply-add counts 2). Each product runs on one thread; `pathc stats` runs independent
-//! products on every core (`parallel_map`), so each shape is also timed with one product per
-//! core at once, which is the rate pathc can reach.
+//! `cargo bench --bench gemm` prints `{"pathc_f32_kernel"}`, then one JSON line per case:
+//! `{"case", "kernel", "dtype", "threads", "m", "k", "n", "seconds", "gflops"}`, a GFLOP being
+//! 10⁹ floating-point operations (a multiply-add counts 2). Each product runs on one thread;
+//! `pathc stats` runs independent products on every core (`parallel_map`), so each shape is also
+//! timed with one product per core at once, which is the rate pathc can reach.
 
 use std::time::Instant;
 
@@ -114,6 +116,7 @@ where
 fn main() {
     // `cargo bench --no-run` (CI) builds this; running it takes about a minute.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("{{\"pathc_f32_kernel\":\"{}\"}}", pathc::plan::exec::F32Kernel::detect().name());
     // A square product; pathc stats' vocabulary-wide products as one product ([d_vocab, d_model]
     // against [d_model, d_model]) and as the plan runs them (a chunk of 1,024 tokens); a head's
     // `W_Eᵀ W_E · W_Q[h]`; a pair's `d_head × d_model × d_head`.

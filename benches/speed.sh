@@ -11,8 +11,9 @@
 #    `pathc stats` (f32 products, then --precision f64) against a NumPy script doing what
 #    TransformerLens's FactoredMatrix does (benches/factored_baseline.py), with their numbers
 #    cross-checked; the chosen plan's FLOPs (`pathc plan --format json`) per second against this
-#    machine's f32 GEMM rate (benches/gemm.rs: the gemm crate, which pathc's f32 products run on, and nalgebra, a product per core; NumPy's
-#    OpenBLAS); peak RSS against the bytes of weights the statistics read.
+#    machine's f32 GEMM rate (benches/gemm.rs: nalgebra's matrixmultiply and the gemm crate, the
+#    two kernels pathc's f32 products may run on, a product per core; NumPy's OpenBLAS); peak RSS
+#    against the bytes of weights the statistics read.
 # 3. Bigger models: the same statistics on GPT-2-XL (48 x 25 heads, d_model 1600) and Pythia-1.4B
 #    (24 x 16 heads, d_model 2048, d_head 128, d_vocab 50304) shapes, as attention-only models
 #    (what `pathc stats` reads of any model of these sizes: W_E, W_U and the attention weights;
@@ -28,7 +29,7 @@ cargo build --quiet --release
 cargo bench --quiet --no-run
 pathc="$repo/target/release/pathc"
 
-echo "== GEMM rate: the gemm crate (faer's kernel: pathc's f32 products), nalgebra (matrixmultiply: its f64 products) and NumPy (OpenBLAS)"
+echo "== GEMM rate: nalgebra (matrixmultiply) and the gemm crate (faer's kernel), pathc's two f32 kernels, and NumPy (OpenBLAS)"
 cargo bench --quiet --bench gemm | tee "$tmp/gemm.jsonl"
 "$py" - <<'PY' | tee -a "$tmp/gemm.jsonl"
 import json, time
@@ -110,7 +111,10 @@ def timed(name):
 def mark(ok):
     return "met" if ok else "NOT met"
 
-gemm = [json.loads(line) for line in (tmp / "gemm.jsonl").read_text().splitlines()]
+lines = [json.loads(line) for line in (tmp / "gemm.jsonl").read_text().splitlines()]
+kernel = next(g["pathc_f32_kernel"] for g in lines if "pathc_f32_kernel" in g)
+gemm = [g for g in lines if "case" in g]
+print(f"pathc's f32 products run on: {kernel}")
 for g in gemm:
     print(f"GEMM {g['case']:14s} {g['kernel']:8s} {g['dtype']} {('threads ' + str(g['threads'])) if 'threads' in g else 'all cores':10s} "
           f"{g['gflops']:8.2f} GFLOP/s")
