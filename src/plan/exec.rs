@@ -249,7 +249,7 @@ impl<'a> Strided<'a> {
     }
 }
 
-/// The kernel of the statistics' f32 products ([`sgemm_into`]): both read any strides, and each
+/// The kernel of the statistics' f32 products (`sgemm_into`): both read any strides, and each
 /// is the faster on one kind of machine, as `benches/gemm.rs` measures (both are timed in every
 /// run of `benches/speed.sh`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
