@@ -39,6 +39,12 @@ pub fn from_row_major(rows: usize, cols: usize, data: &[f64]) -> Matrix {
     Matrix::from_vec(rows, cols, out)
 }
 
+/// `m`ᵀ by the tiled copy of [`from_row_major`] (`m`'s column-major storage is `m`ᵀ's row-major
+/// one); nalgebra's `transpose` goes entry by entry.
+pub fn transposed(m: &Matrix) -> Matrix {
+    from_row_major(m.ncols(), m.nrows(), m.as_slice())
+}
+
 /// The iteration limit of the QR iteration behind the copying scores ([`eigenvalues`]: double
 /// steps, in all), and of the symmetric eigendecomposition behind a rank-deficient [`gram_root`].
 pub const SCHUR_MAX_ITER: usize = 10_000;
@@ -379,7 +385,7 @@ pub fn max_abs<'a>(values: impl IntoIterator<Item = &'a f64>) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{copying_score, eigenvalues, from_row_major, gram_root, largest_magnitude, Matrix};
+    use super::{copying_score, eigenvalues, from_row_major, gram_root, largest_magnitude, transposed, Matrix};
     use nalgebra::Complex;
 
     /// The same value as the fold through `max` it replaces, NaN skipped, infinities kept, at
@@ -412,6 +418,7 @@ mod tests {
             let data: Vec<f64> = (0..rows * cols).map(|k| k as f64 + 0.5).collect();
             let m = from_row_major(rows, cols, &data);
             assert_eq!(m.shape(), (rows, cols));
+            assert_eq!(transposed(&m), m.transpose());
             for i in 0..rows {
                 for j in 0..cols {
                     assert_eq!(m[(i, j)], data[i * cols + j], "({i}, {j}) of {rows}×{cols}");

@@ -35,7 +35,8 @@ use egg::Id;
 
 use super::{Deps, EvalPlan, Plan, Stat, VocabMatrix, VOCAB_CHUNK};
 use crate::linalg::{
-    copying_score, finite, gram_root, largest_magnitude, power_of_two_above, Matrix, NoConvergence, NonFinite,
+    copying_score, finite, gram_root, largest_magnitude, power_of_two_above, transposed, Matrix, NoConvergence,
+    NonFinite,
 };
 use crate::parallel::parallel_map;
 use crate::progress::Progress;
@@ -640,7 +641,7 @@ impl<'e, 'a> Env<'e, 'a> {
                     Value::Matrix(Cow::Owned(self.operand(local, *a).product(&self.operand(local, *b))))
                 }
             }
-            Plan::Transpose(a) => Value::Matrix(Cow::Owned(get(*a).matrix().transpose())),
+            Plan::Transpose(a) => Value::Matrix(Cow::Owned(transposed(get(*a).matrix()))),
             Plan::Trace(a) => Value::Scalar(get(*a).matrix().trace()),
             Plan::Dot([a, b]) => Value::Scalar(get(*a).matrix().dot(get(*b).matrix())),
             // The square root of a sum of squares computed as a trace: clamped at 0, so that
@@ -1122,7 +1123,7 @@ impl<'e, 'a> Stages<'e, 'a> {
                         Plan::Weight(name) => precision.operand(weight_of(&weights[head], name.as_str())),
                         Plan::Transpose(inner) if plan.is_weight(*inner) => {
                             let Plan::Weight(name) = plan.node(*inner) else { unreachable!("checked above") };
-                            precision.operand(&weight_of(&weights[head], name.as_str()).transpose()).into_owned()
+                            precision.operand(&transposed(weight_of(&weights[head], name.as_str()))).into_owned()
                         }
                         _ => match rounded[head].iter().find(|(k, _)| *k == id) {
                             Some((_, Operand::F32(m, scale))) => Operand::F32(Cow::Borrowed(&**m), *scale),
