@@ -1012,6 +1012,10 @@ struct Stages<'e, 'a> {
     pair_steps: Vec<Id>,
     pair_roots: Vec<(Stat, Id)>,
     batched: Vec<Batched>,
+    /// `(batched step, ⟨it, it⟩ step)` where that inner product is the only step that reads the
+    /// batched step's value: computed from the stacks' product directly ([`Batched::squared_norms`]),
+    /// without each pair's block.
+    fused: Vec<(Id, Id)>,
     /// Per step: read by a pair step, read by a pair step that is not batched, a root.
     read_by_pairs: Vec<bool>,
     read_unbatched: Vec<bool>,
@@ -1031,6 +1035,17 @@ impl<'e, 'a> Stages<'e, 'a> {
         for &(_, root) in &plan.roots {
             is_root[usize::from(root)] = true;
         }
+        let batched: Vec<Batched> = pair_steps.iter().filter_map(|&step| Batched::of(plan, step)).collect();
+        let readers =
+            |id: Id| pair_steps.iter().filter(|&&s| egg::Language::children(plan.node(s)).contains(&id)).count();
+        let fused = batched
+            .iter()
+            .filter(|b| !is_root[usize::from(b.step)] && readers(b.step) == 1)
+            .filter_map(|b| {
+                let dot = pair_steps.iter().find(|&&s| plan.node(s) == &Plan::Dot([b.step, b.step]))?;
+                Some((b.step, *dot))
+            })
+            .collect();
         Stages {
             plan,
             inputs,
@@ -1038,7 +1053,8 @@ impl<'e, 'a> Stages<'e, 'a> {
             shared_operands,
             head_steps: stage_steps(plan, needed, Deps::HEAD),
             right_steps: stage_steps(plan, needed, Deps::RIGHT),
-            batched: pair_steps.iter().filter_map(|&step| Batched::of(plan, step)).collect(),
+            batched,
+            fused,
             pair_steps,
             pair_roots: plan.roots.iter().copied().filter(|&(_, root)| plan.shape(root).deps == Deps::PAIR).collect(),
             read_by_pairs: plan.read_by_pairs(),
@@ -1153,7 +1169,16 @@ impl<'e, 'a> Stages<'e, 'a> {
             (0..left.frames.len()).flat_map(|h| (0..right.frames.len()).map(move |g| (h, g))).collect();
         let mut locals: Vec<Frame<'_>> = vec![vec![None; n]; pairs.len()];
         for &step in &self.pair_steps {
+            if self.fused.iter().any(|&(_, dot)| dot == step) {
+                continue; // made with the product it reads, below
+            }
             if let Some(b) = self.batched.iter().find(|b| b.step == step) {
+                if let Some(&(_, dot)) = self.fused.iter().find(|&&(of, _)| of == step) {
+                    for (local, norm) in locals.iter_mut().zip(b.squared_norms(&left.stacks, &right.stacks)) {
+                        local[usize::from(dot)] = Some(Value::Scalar(norm));
+                    }
+                    continue;
+                }
                 for (local, part) in locals.iter_mut().zip(b.product(&left.stacks, &right.stacks)) {
                     local[usize::from(step)] = Some(Value::Matrix(Cow::Owned(part)));
                 }
@@ -1217,6 +1242,57 @@ impl Batched {
         left: &std::collections::BTreeMap<StackKey, Stack>,
         right: &std::collections::BTreeMap<StackKey, Stack>,
     ) -> Vec<Matrix> {
+        self.blocks(left, right, |block| match block {
+            Block::F64(p, scale) => p.map(|x| x * scale),
+            Block::F32(p, scale) => p.map(|x| f64::from(x) * scale),
+        })
+    }
+
+    /// `⟨B, B⟩` of each pair's block `B` of [`Batched::product`], summed in f64 from the stacks'
+    /// product without making the blocks: the same entries as `B`'s, each squared and added in
+    /// column-major order.
+    fn squared_norms(
+        &self,
+        left: &std::collections::BTreeMap<StackKey, Stack>,
+        right: &std::collections::BTreeMap<StackKey, Stack>,
+    ) -> Vec<f64> {
+        // Eight running sums over each column's slice (vectorised), added in order at the end.
+        fn sum_of_squares<T: Copy + nalgebra::Scalar>(
+            p: &nalgebra::DMatrixView<'_, T>,
+            widen: impl Fn(T) -> f64,
+        ) -> f64 {
+            let (mut lanes, mut rest) = ([0.0f64; 8], 0.0);
+            for j in 0..p.ncols() {
+                let column = p.column(j);
+                let column: &[T] = column.as_slice();
+                let mut chunks = column.chunks_exact(8);
+                for chunk in &mut chunks {
+                    for (lane, &x) in lanes.iter_mut().zip(chunk) {
+                        let x = widen(x);
+                        *lane += x * x;
+                    }
+                }
+                for &x in chunks.remainder() {
+                    let x = widen(x);
+                    rest += x * x;
+                }
+            }
+            lanes.iter().sum::<f64>() + rest
+        }
+        self.blocks(left, right, |block| match block {
+            Block::F64(p, scale) => sum_of_squares(&p, |x| x * scale),
+            Block::F32(p, scale) => sum_of_squares(&p, |x| f64::from(x) * scale),
+        })
+    }
+
+    /// `f` of each pair's block of the product of the two layers' stacks (a view of the product
+    /// and the power of two to scale it back by), left heads major.
+    fn blocks<T>(
+        &self,
+        left: &std::collections::BTreeMap<StackKey, Stack>,
+        right: &std::collections::BTreeMap<StackKey, Stack>,
+        f: impl Fn(Block<'_>) -> T,
+    ) -> Vec<T> {
         let [head_key, right_key] = self.keys();
         let (left, right) = (&left[&head_key], &right[&right_key]);
         let (first, second) = if self.head_first { (left, right) } else { (right, left) };
@@ -1229,14 +1305,14 @@ impl Batched {
             (StackMatrix::F32(x), StackMatrix::F32(y)) => StackMatrix::F32(f32_product(x, y)),
             _ => unreachable!("every stack is made in the one precision"),
         };
-        // Block (i, j) of the product: first's head i times second's head j, scaled back.
-        let block = |i: usize, j: usize| -> Matrix {
+        // Block (i, j) of the product: first's head i times second's head j.
+        let block = |i: usize, j: usize| -> T {
             let (corner, size) = ((rows[i], cols[j]), (first.sizes[i], second.sizes[j]));
             let scale = first.scales[i] * second.scales[j];
-            match &product {
-                StackMatrix::F64(p) => p.view(corner, size).map(|x| x * scale),
-                StackMatrix::F32(p) => p.view(corner, size).map(|x| f64::from(x) * scale),
-            }
+            f(match &product {
+                StackMatrix::F64(p) => Block::F64(p.view(corner, size), scale),
+                StackMatrix::F32(p) => Block::F32(p.view(corner, size), scale),
+            })
         };
         let (n_first, n_second) = (first.sizes.len(), second.sizes.len());
         let mut out = Vec::with_capacity(n_first * n_second);
@@ -1252,6 +1328,12 @@ impl Batched {
         }
         out
     }
+}
+
+/// A pair's block of a batched product, and the power of two it is scaled back by.
+enum Block<'p> {
+    F64(nalgebra::DMatrixView<'p, f64>, f64),
+    F32(nalgebra::DMatrixView<'p, f32>, f64),
 }
 
 /// One operand of the batched pair steps for every head of one layer, side by side (`by_rows`:
