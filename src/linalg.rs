@@ -101,7 +101,7 @@ fn scaled_eigenvalues(mut m: Matrix) -> Option<(Vec<Complex<f64>>, f64)> {
     Some((hqr(&mut rows, n, SCHUR_MAX_ITER)?, scale))
 }
 
-/// The largest magnitude in `values`, NaN skipped (0 for none), as a fold through `max` gives
+/// The largest magnitude in `values`, NaN skipped (0 for none; [`max_abs`] says NaN instead), as a fold through `max` gives
 /// it, but in eight independent lanes of `if |x| > lane`, which the compiler vectorises (the fold
 /// it does not, for `max`'s NaN rule): it was 2 % of `pathc stats` on GPT-2 small.
 pub fn largest_magnitude<T: num_traits::Float>(values: &[T]) -> T {

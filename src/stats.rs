@@ -814,11 +814,7 @@ impl SplitMix64 {
 
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(Self::GAMMA);
-        Self::mix(self.0)
-    }
-
-    /// The output drawn when the state becomes `z`.
-    fn mix(mut z: u64) -> u64 {
+        let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
@@ -853,12 +849,7 @@ impl Normals {
         let pairs = (count - out.len()).div_ceil(2);
         let mut accepted: Vec<(f64, f64, f64)> = Vec::with_capacity(pairs);
         while accepted.len() < pairs {
-            let u = self.rng.next_signed_unit();
-            let v = self.rng.next_signed_unit();
-            let s = u * u + v * v;
-            if s > 0.0 && s < 1.0 {
-                accepted.push((u, v, s));
-            }
+            accepted.extend(Normals::attempt(&mut self.rng));
         }
         for (u, v, s) in accepted {
             let f = (-2.0 * deterministic_ln(s) / s).sqrt();
@@ -871,14 +862,19 @@ impl Normals {
         out
     }
 
-    /// Whether the polar attempt drawn from state `state` (its two uniforms the next two draws,
-    /// as in [`Normals::draw`]) is accepted.
-    fn attempt_accepted(state: u64) -> bool {
-        let unit = |x: u64| (x >> 11) as f64 * (1.0 / (1u64 << 52) as f64) - 1.0;
-        let u = unit(SplitMix64::mix(state.wrapping_add(SplitMix64::GAMMA)));
-        let v = unit(SplitMix64::mix(state.wrapping_add(SplitMix64::GAMMA.wrapping_mul(2))));
+    /// One polar attempt: two uniforms `u`, `v` from `rng`, and `(u, v, s = u² + v²)` if it is
+    /// accepted (`0 < s < 1`).
+    fn attempt(rng: &mut SplitMix64) -> Option<(f64, f64, f64)> {
+        let u = rng.next_signed_unit();
+        let v = rng.next_signed_unit();
         let s = u * u + v * v;
-        s > 0.0 && s < 1.0
+        (s > 0.0 && s < 1.0).then_some((u, v, s))
+    }
+
+    /// Whether the polar attempt drawn from state `state` (as [`Normals::draw`] would draw it
+    /// there) is accepted.
+    fn attempt_accepted(state: u64) -> bool {
+        Normals::attempt(&mut SplitMix64(state)).is_some()
     }
 
     /// A `rows × cols` matrix filled row by row.
