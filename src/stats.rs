@@ -777,18 +777,24 @@ fn sample_starts(seed: u64, samples: usize, pairs: usize) -> Vec<u64> {
         return starts;
     }
     starts.push(seed);
-    let (mut block, mut accepted) = (0u64, 0usize);
+    let (mut block, mut found) = (0u64, 0usize);
     let round = 8 * crate::parallel::threads() as u64;
     while starts.len() < samples {
         let blocks: Vec<u64> = (block..block + round).collect();
         let counts = crate::parallel::parallel_map(&blocks, |&b| {
-            (b * BLOCK..(b + 1) * BLOCK).filter(|&t| Normals::attempt_accepted(state_at(t))).count()
+            let mut batch = PolarBatch::default();
+            (0..BLOCK / BATCH as u64)
+                .map(|j| {
+                    polar_batch(state_at(b * BLOCK + j * BATCH as u64), &mut batch);
+                    batch.s.iter().filter(|&&s| accepted(s)).count()
+                })
+                .sum::<usize>()
         });
         for (&b, &count) in blocks.iter().zip(&counts) {
             // The starts that fall in this block: walked attempt by attempt.
-            let mut seen = accepted;
+            let mut seen = found;
             let mut t = b * BLOCK;
-            while starts.len() < samples && accepted + count >= starts.len() * pairs {
+            while starts.len() < samples && found + count >= starts.len() * pairs {
                 let target = starts.len() * pairs;
                 while seen < target {
                     seen += usize::from(Normals::attempt_accepted(state_at(t)));
@@ -796,7 +802,7 @@ fn sample_starts(seed: u64, samples: usize, pairs: usize) -> Vec<u64> {
                 }
                 starts.push(state_at(t));
             }
-            accepted += count;
+            found += count;
         }
         block += round;
     }
@@ -812,6 +818,7 @@ impl SplitMix64 {
     /// The increment of the state at each draw.
     pub const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
 
+    #[inline]
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(Self::GAMMA);
         let mut z = self.0;
@@ -821,6 +828,7 @@ impl SplitMix64 {
     }
 
     /// A uniform in `[−1, 1)` on the grid `k · 2⁻⁵²` (exact: no rounding).
+    #[inline]
     pub fn next_signed_unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 52) as f64) - 1.0
     }
@@ -837,24 +845,41 @@ impl Normals {
         Normals { rng: SplitMix64(seed), spare: None }
     }
 
-    /// The next `count` normals. The accepted pairs `(u, v, s)` are found first and their
-    /// factors `√(−2 ln s / s)` computed after, in a loop without branches, so that the
-    /// logarithms of many pairs are in flight at once (one at a time, each waits on its own
-    /// 13-term chain): the same operations on the same numbers, so the same bits.
+    /// The next `count` normals. The polar attempts are made [`BATCH`] at a time
+    /// ([`polar_batch`]), the accepted ones kept in order and the generator moved past the last
+    /// one needed only; then their factors `√(−2 ln s / s)` are computed in one loop
+    /// ([`polar_factors`]). Both on the widest vectors the CPU has: the same operations on the
+    /// same numbers as one attempt after another ([`Normals::attempt`]), so the same bits.
     fn draw(&mut self, count: usize) -> Vec<f64> {
         let mut out = Vec::with_capacity(count + 1);
         if count > 0 {
             out.extend(self.spare.take());
         }
         let pairs = (count - out.len()).div_ceil(2);
-        let mut accepted: Vec<(f64, f64, f64)> = Vec::with_capacity(pairs);
-        while accepted.len() < pairs {
-            accepted.extend(Normals::attempt(&mut self.rng));
+        // Every attempt written at the next free place, which moves on only if it is accepted:
+        // in order, and without a branch on the (random) acceptance.
+        let (mut u, mut v, mut s) = (vec![0.0; pairs + BATCH], vec![0.0; pairs + BATCH], vec![0.0; pairs + BATCH]);
+        let mut n = 0;
+        let mut batch = PolarBatch::default();
+        while n < pairs {
+            polar_batch(self.rng.0, &mut batch);
+            let mut made = BATCH;
+            for t in 0..BATCH {
+                (u[n], v[n], s[n]) = (batch.u[t], batch.v[t], batch.s[t]);
+                n += usize::from(accepted(batch.s[t]));
+                if n == pairs {
+                    made = t + 1;
+                    break;
+                }
+            }
+            self.rng.0 = self.rng.0.wrapping_add((2 * made as u64).wrapping_mul(SplitMix64::GAMMA));
         }
-        for (u, v, s) in accepted {
-            let f = (-2.0 * deterministic_ln(s) / s).sqrt();
-            out.push(u * f);
-            out.push(v * f);
+        let mut factors = vec![0.0; pairs];
+        polar_factors(&s[..pairs], &mut factors);
+        let first = out.len();
+        out.resize(first + 2 * pairs, 0.0);
+        for (i, pair) in out[first..].chunks_exact_mut(2).enumerate() {
+            (pair[0], pair[1]) = (u[i] * factors[i], v[i] * factors[i]);
         }
         if out.len() > count {
             self.spare = out.pop();
@@ -868,7 +893,7 @@ impl Normals {
         let u = rng.next_signed_unit();
         let v = rng.next_signed_unit();
         let s = u * u + v * v;
-        (s > 0.0 && s < 1.0).then_some((u, v, s))
+        accepted(s).then_some((u, v, s))
     }
 
     /// Whether the polar attempt drawn from state `state` (as [`Normals::draw`] would draw it
@@ -883,20 +908,101 @@ impl Normals {
     }
 }
 
+/// Whether a polar attempt with `s = u² + v²` is accepted.
+fn accepted(s: f64) -> bool {
+    s > 0.0 && s < 1.0
+}
+
+/// How many polar attempts [`polar_batch`] makes at once.
+const BATCH: usize = 64;
+
+/// [`BATCH`] polar attempts' `u`, `v` and `s = u² + v²`.
+struct PolarBatch {
+    u: [f64; BATCH],
+    v: [f64; BATCH],
+    s: [f64; BATCH],
+}
+
+impl Default for PolarBatch {
+    fn default() -> PolarBatch {
+        PolarBatch { u: [0.0; BATCH], v: [0.0; BATCH], s: [0.0; BATCH] }
+    }
+}
+
+/// `f` compiled for the widest vectors the CPU has (AVX-512, AVX2, else the target's baseline)
+/// and chosen when called. The body is the same for each: IEEE `+ − × / √` and integer
+/// operations, which Rust never fuses or reorders, so every width gives the same bits; only
+/// the speed depends on the CPU.
+macro_rules! on_widest_vectors {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
+        $(#[$doc])*
+        fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn portable($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512dq")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    portable($($arg),*)
+                }
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    portable($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512dq") {
+                    // SAFETY: this CPU has the features `avx512` is compiled for.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: this CPU has the features `avx2` is compiled for.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            portable($($arg),*)
+        }
+    };
+}
+
+on_widest_vectors! {
+    /// The [`BATCH`] polar attempts drawn from generator state `state` on: attempt `t` draws its
+    /// uniforms at the states `state + (2t + 1)γ` and `state + (2t + 2)γ` (SplitMix64's state
+    /// after `n` draws is `state + nγ`), as [`Normals::attempt`] draws them one after another.
+    fn polar_batch(state: u64, batch: &mut PolarBatch) {
+        for t in 0..BATCH {
+            let first = state.wrapping_add((2 * t as u64).wrapping_mul(SplitMix64::GAMMA));
+            let mut rng = SplitMix64(first);
+            let u = rng.next_signed_unit();
+            let v = rng.next_signed_unit();
+            batch.u[t] = u;
+            batch.v[t] = v;
+            batch.s[t] = u * u + v * v;
+        }
+    }
+}
+
+on_widest_vectors! {
+    /// The polar method's factors `√(−2 ln s / s)` of accepted `s` ([`deterministic_ln`]).
+    fn polar_factors(s: &[f64], factors: &mut [f64]) {
+        for (f, &s) in factors.iter_mut().zip(s) {
+            *f = (-2.0 * deterministic_ln(s) / s).sqrt();
+        }
+    }
+}
+
 /// The natural logarithm of a positive normal `x`, from IEEE `+ − × /` and bit operations only
 /// (correctly rounded everywhere, and Rust never fuses them), so it gives the same bits on every
 /// platform; within a few ulps of the true value. `x = m · 2^e` with `m ∈ [√½, √2)`, then
 /// `ln m = 2 atanh z = 2 (z + z³/3 + z⁵/5 + …)` with `z = (m − 1)/(m + 1)`, `|z| < 0.172`
 /// (13 terms: the next is below 10⁻¹⁹ of the sum).
+#[inline]
 pub fn deterministic_ln(x: f64) -> f64 {
     debug_assert!(x.is_normal() && x > 0.0);
     let bits = x.to_bits();
-    let mut e = ((bits >> 52) & 0x7ff) as i64 - 1023;
-    let mut m = f64::from_bits((bits & ((1u64 << 52) - 1)) | (1023u64 << 52));
-    if m >= std::f64::consts::SQRT_2 {
-        m *= 0.5;
-        e += 1;
-    }
+    let m = f64::from_bits((bits & ((1u64 << 52) - 1)) | (1023u64 << 52));
+    // Without a branch (a select), so that loops over many `x` use vectors.
+    let high = m >= std::f64::consts::SQRT_2;
+    let m = if high { m * 0.5 } else { m };
+    let e = ((bits >> 52) & 0x7ff) as i64 - 1023 + i64::from(high);
     let z = (m - 1.0) / (m + 1.0);
     let z2 = z * z;
     let mut series = 0.0;
@@ -982,6 +1088,35 @@ mod tests {
             }
         };
         assert!((whole[0] - first).abs() <= 1e-14 * first.abs().max(1.0), "{} vs {first}", whole[0]);
+    }
+
+    /// The batched draws (on this CPU's widest vectors) are bit for bit the polar method done
+    /// one attempt after another with scalar operations.
+    #[test]
+    fn batched_normals_are_the_scalar_polar_method() {
+        for count in [0, 1, 2, 63, 64, 65, 127, 1001, 5000] {
+            let mut rng = SplitMix64(BASELINE_SEED ^ count as u64);
+            let mut want = Vec::new();
+            while want.len() < count {
+                let (u, v) = (rng.next_signed_unit(), rng.next_signed_unit());
+                let s = u * u + v * v;
+                if s > 0.0 && s < 1.0 {
+                    let f = (-2.0 * deterministic_ln(s) / s).sqrt();
+                    want.extend([u * f, v * f]);
+                }
+            }
+            want.truncate(count);
+            let mut normals = Normals::new(BASELINE_SEED ^ count as u64);
+            let got = normals.draw(count);
+            assert_eq!(
+                got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                "{count}"
+            );
+            // And the generator is left after the last attempt used, an odd count's spare kept.
+            assert_eq!(normals.rng.0, rng.0, "{count}");
+            assert_eq!(normals.spare.is_some(), count % 2 == 1, "{count}");
+        }
     }
 
     #[test]
