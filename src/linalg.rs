@@ -20,7 +20,9 @@ pub type Row = RowDVector<f64>;
 /// that both the reads and the writes of a tile stay in cache. nalgebra's `from_row_slice` does
 /// the same entry by entry through an iterator, several times slower on weight-sized matrices
 /// (it was 4 % of `pathc stats` on GPT-2 small).
-pub fn from_row_major(rows: usize, cols: usize, data: &[f64]) -> Matrix {
+/// `data` may be `f32` (a tensor read as stored, [`crate::weights::Weights::read_f32`]): each
+/// entry is widened as it is copied, exactly.
+pub fn from_row_major<T: Copy + Into<f64>>(rows: usize, cols: usize, data: &[T]) -> Matrix {
     const TILE: usize = 32;
     assert_eq!(data.len(), rows * cols, "a {rows}×{cols} matrix from {} entries", data.len());
     let mut out = vec![0.0; rows * cols];
@@ -31,7 +33,7 @@ pub fn from_row_major(rows: usize, cols: usize, data: &[f64]) -> Matrix {
             for j in j0..j1 {
                 let column = &mut out[j * rows + i0..j * rows + i1];
                 for (x, i) in column.iter_mut().zip(i0..i1) {
-                    *x = data[i * cols + j];
+                    *x = data[i * cols + j].into();
                 }
             }
         }

@@ -1035,3 +1035,47 @@ fn blocks_outside_a_tensor_are_refused_naming_tensor_range_and_shape() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `read_f32` is `read` without the `f64` copy where the file holds the tensor contiguously in a
+/// dtype `f32` holds exactly (F32, F16, BF16): the same values; `None` for F64 and for tensors in
+/// memory; a NaN reported as `read` reports it (name and full index), as `rows_f32` does for its
+/// block (the index counted from the tensor's first row, not the block's).
+#[test]
+fn read_f32_gives_reads_values_where_the_file_holds_them_exactly() {
+    let values: Vec<f64> = (0..12).map(|i| f64::from(i) * 0.25 - 1.0).collect();
+    let mut bad = values.clone();
+    bad[7] = f64::NAN;
+    let shape = vec![2, 3, 2];
+    let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = [Dtype::F32, Dtype::F16, Dtype::BF16, Dtype::F64]
+        .into_iter()
+        .map(|dtype| (format!("{dtype}"), dtype, shape.clone(), encode(dtype, &values)))
+        .collect();
+    tensors.push(("bad".into(), Dtype::F16, shape.clone(), encode(Dtype::F16, &bad)));
+    let named: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> =
+        tensors.iter().map(|(n, d, s, b)| (n.as_str(), *d, s.clone(), b.clone())).collect();
+    let bytes = safetensors_bytes(&named);
+    let dir = std::env::temp_dir().join(format!("pathc-read-f32-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("w.safetensors");
+    std::fs::write(&file, &bytes).unwrap();
+    let w = Weights::load(&file).unwrap();
+    for dtype in ["F32", "F16", "BF16"] {
+        let got = w.read_f32(dtype, &shape).unwrap().unwrap_or_else(|| panic!("{dtype}: None"));
+        let want = w.read(dtype, &shape).unwrap();
+        assert_eq!(got.iter().map(|&x| f64::from(x)).collect::<Vec<_>>(), want.to_vec(), "{dtype}");
+        assert_eq!(want.to_vec(), values, "{dtype}");
+    }
+    assert_eq!(w.read_f32("F64", &shape).unwrap(), None);
+    let in_memory = Weights::from_bytes(&bytes, "w.safetensors").unwrap();
+    assert_eq!(in_memory.read_f32("F32", &shape).unwrap(), None);
+    assert!(matches!(w.read_f32("F32", &[12]), Err(WeightError::Shape { .. })));
+    let (whole, of_read) = (w.read_f32("bad", &shape).unwrap_err(), w.read("bad", &shape).unwrap_err());
+    assert_eq!(whole.to_string(), of_read.to_string());
+    assert_eq!(whole.to_string(), "tensor `bad` holds NaN at [1, 0, 1]");
+    let bad_2d = safetensors_bytes(&[("m", Dtype::F32, vec![6, 2], encode(Dtype::F32, &bad))]);
+    std::fs::write(&file, &bad_2d).unwrap();
+    let w = Weights::load(&file).unwrap();
+    assert_eq!(w.rows_f32("m", [6, 2], 0, 3).unwrap().unwrap().len(), 6);
+    assert_eq!(w.rows_f32("m", [6, 2], 2, 3).unwrap_err().to_string(), "tensor `m` holds NaN at [3, 1]");
+    std::fs::remove_dir_all(dir).unwrap();
+}

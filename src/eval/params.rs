@@ -314,7 +314,7 @@ fn attention_tensor(l: usize, w: &str, grouped: bool) -> String {
 }
 
 /// Row-major `[n_heads, rows, cols]` data as one matrix per head.
-fn per_head_matrices(data: &[f64], rows: usize, cols: usize) -> Vec<Matrix> {
+fn per_head_matrices<T: Copy + Into<f64>>(data: &[T], rows: usize, cols: usize) -> Vec<Matrix> {
     data.chunks_exact(rows * cols).map(|chunk| from_row_major(rows, cols, chunk)).collect()
 }
 
@@ -1037,9 +1037,13 @@ impl<'w> StatsParams<'w> {
     pub fn attention(&self, l: usize) -> Result<AttnWeights, WeightError> {
         let skeleton = &self.layers[l];
         let ((h, kv, d_head), d) = (self.heads[l], self.d_model);
+        // As stored where that is f32 (widened in the transposing copy, not before it).
         let read = |w: &str, n: usize, rows: usize, cols: usize| -> Result<Vec<Matrix>, WeightError> {
-            let data = self.weights.read(&self.names.resolve(&attention_tensor(l, w, kv != h)), &[n, rows, cols])?;
-            Ok(per_head_matrices(&data, rows, cols))
+            let (name, shape) = (self.names.resolve(&attention_tensor(l, w, kv != h)), [n, rows, cols]);
+            Ok(match self.weights.read_f32(&name, &shape)? {
+                Some(data) => per_head_matrices(&data, rows, cols),
+                None => per_head_matrices(&self.weights.read(&name, &shape)?, rows, cols),
+            })
         };
         let attn = AttnWeights {
             w_q: read("W_Q", h, d, d_head)?,

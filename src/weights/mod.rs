@@ -443,17 +443,47 @@ impl Weights {
         start: usize,
         n: usize,
     ) -> Result<Option<Vec<f32>>, WeightError> {
-        let [_, cols] = expected;
-        let entry = self.entry(name, &expected)?;
+        self.entry(name, &expected)?;
         in_range(name, "rows", expected, start, n)?;
-        let data = match entry {
-            Entry::Stored { dtype, at: at @ At { strides: None, .. }, .. } if convert::to_f32_exact(*dtype) => {
-                let skip = (start * cols * dtype.size()) as u64;
-                convert::to_f32(*dtype, &self.read_bytes(at.file, at.offset + skip, n * cols * dtype.size())?)
+        self.leading_f32(name, &expected, start, n)
+    }
+
+    /// The float tensor `name` (shape `expected`, any rank) as [`Weights::read`] gives it,
+    /// row-major, but in `f32` where [`Weights::rows_f32`] would be `Some` (a tensor stored
+    /// contiguously as F32, F16 or BF16, not already read): what `read` would give, each element
+    /// narrowed exactly, without the `f64` copy. `None` for any other.
+    pub fn read_f32(&self, name: &str, expected: &[usize]) -> Result<Option<Vec<f32>>, WeightError> {
+        self.entry(name, expected)?;
+        self.leading_f32(name, expected, 0, expected.first().copied().unwrap_or(1))
+    }
+
+    /// Entries `start .. start + n` of `name`'s first index (checked by the caller), in `f32`,
+    /// NaN/Inf rejected with their index; `None` unless the tensor is stored contiguously in the
+    /// file as a dtype that `f32` holds exactly and has not been read into memory.
+    fn leading_f32(
+        &self,
+        name: &str,
+        expected: &[usize],
+        start: usize,
+        n: usize,
+    ) -> Result<Option<Vec<f32>>, WeightError> {
+        let inner: usize = expected.iter().skip(1).product();
+        let data = match self.entries.get(name) {
+            Some(Entry::Stored { dtype, at: at @ At { strides: None, .. }, loaded, .. })
+                if convert::to_f32_exact(*dtype) && loaded.get().is_none() =>
+            {
+                let skip = (start * inner * dtype.size()) as u64;
+                convert::to_f32(*dtype, &self.read_bytes(at.file, at.offset + skip, n * inner * dtype.size())?)
             }
             _ => return Ok(None),
         };
-        check::check_finite(name, &data, |i| vec![start + i / cols.max(1), i % cols.max(1)])?;
+        check::check_finite(name, &data, |i| {
+            let mut index = check::unravel(i, expected);
+            if let Some(first) = index.first_mut() {
+                *first += start;
+            }
+            index
+        })?;
         Ok(Some(data))
     }
 
