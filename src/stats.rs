@@ -602,17 +602,9 @@ pub fn stats_with_plan(
 
     let d_model = plan.dims.d_model;
     let d_heads: Vec<usize> = heads.layer_shapes().into_iter().map(|(_, d_head)| d_head).collect();
-    let mut baselines: Vec<((usize, usize), f64)> = Vec::new();
-    let mut baseline_of = |d_left: usize, d_right: usize| -> f64 {
-        if let Some(&(_, b)) = baselines.iter().find(|(shape, _)| *shape == (d_left, d_right)) {
-            return b;
-        }
-        let b = composition_baseline(d_model, d_left, d_right, BASELINE_SAMPLES);
-        baselines.push(((d_left, d_right), b));
-        b
-    };
+    let baseline_of = |d_left: usize, d_right: usize| baseline(d_model, d_left, d_right);
     let reference = d_heads.first().map_or(0.0, |&d| baseline_of(d, d));
-    let mut minus = |scores: &Vec<Vec<Vec<Vec<f64>>>>| {
+    let minus = |scores: &Vec<Vec<Vec<Vec<f64>>>>| {
         let mut out = scores.clone();
         for (l, per_head) in out.iter_mut().enumerate() {
             for row in per_head.iter_mut() {
@@ -716,6 +708,39 @@ fn ratio(numerator: f64, denominator: f64) -> f64 {
         0.0
     } else {
         numerator / denominator
+    }
+}
+
+/// [`composition_baseline`] with [`BASELINE_SAMPLES`] samples, memoised per process: it depends
+/// on the sizes alone, so `pathc stats` computes it ([`prepare_baselines`]) while the plan is
+/// made, and the statistics find it made.
+pub fn baseline(d_model: usize, d_left: usize, d_right: usize) -> f64 {
+    /// `((d_model, d_left, d_right), baseline)`.
+    type Made = Vec<((usize, usize, usize), f64)>;
+    static MADE: std::sync::Mutex<Made> = std::sync::Mutex::new(Vec::new());
+    let made = || MADE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let shape = (d_model, d_left, d_right);
+    if let Some(&(_, b)) = made().iter().find(|(s, _)| *s == shape) {
+        return b;
+    }
+    let b = composition_baseline(d_model, d_left, d_right, BASELINE_SAMPLES);
+    made().push((shape, b));
+    b
+}
+
+/// Every [`baseline`] the statistics of a model with these layers' d_heads read: the first
+/// layer's `(d, d)` (the reference) and each `(d_left, d_right)` of a layer and a later one.
+pub fn prepare_baselines(d_model: usize, d_heads: &[usize]) {
+    let mut shapes: Vec<(usize, usize)> = d_heads.first().map(|&d| (d, d)).into_iter().collect();
+    for (r, &d_right) in d_heads.iter().enumerate() {
+        for &d_left in &d_heads[..r] {
+            if !shapes.contains(&(d_left, d_right)) {
+                shapes.push((d_left, d_right));
+            }
+        }
+    }
+    for (d_left, d_right) in shapes {
+        baseline(d_model, d_left, d_right);
     }
 }
 

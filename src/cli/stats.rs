@@ -52,11 +52,15 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let names = pathc::eval::NameMap::parse(&names).map_err(|e| fail(e.into()))?;
     let weights = pathc::load_weights(&weights).map_err(fail)?;
     // The plan depends on the sizes alone and is memoised per process: made on another thread
-    // while the tensors are checked, `stats_streamed` finds it made (a model whose sizes
-    // are symbolic is planned there, from the weights' sizes).
+    // while the tensors are checked and the random baselines (also memoised, also of the sizes
+    // alone) computed, `stats_streamed` finds it made (a model whose sizes are symbolic is
+    // planned there, from the weights' sizes).
     let params = std::thread::scope(|scope| {
         scope.spawn(|| pathc::plan_stats(&compiled.model).ok());
-        pathc::eval::StatsParams::from_weights(&compiled.model, &weights, &names)
+        let params = pathc::eval::StatsParams::from_weights(&compiled.model, &weights, &names)?;
+        let d_heads: Vec<usize> = params.layer_shapes().into_iter().map(|(_, d_head)| d_head).collect();
+        pathc::stats::prepare_baselines(params.d_model(), &d_heads);
+        Ok::<_, pathc::eval::EvalError>(params)
     })
     .map_err(|e| fail(e.into()))?;
     let options = StatsOptions { processing: processing.processing(), rotary_offset, precision: precision.into() };
