@@ -82,8 +82,8 @@ pub fn run(args: Args) -> Result<(), Failure> {
 /// blocks are freed, to 32 MiB at most) with fresh pages from the kernel, and gives them back when
 /// it is freed; the statistics allocate and free many weight-sized blocks (a layer's tensors,
 /// each head's matrices, the products' buffers), so a run on GPT-2 small faulted in ~80,000
-/// pages. Blocks up to 32 MiB taken from the heap, and up to 256 MiB kept free at its top: ~24,000
-/// faults, 3.6 % less wall time (min of 8 alternating runs, 1.39 -> 1.34 s), peak RSS 140 -> 150 MB.
+/// pages. Blocks up to 32 MiB taken from the heap, and up to 256 MiB kept free at its top: ~38,000
+/// faults, 4 % less wall time (min of 8 alternating runs, 1.40 -> 1.34 s), the same peak RSS.
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets two of malloc's parameters (under malloc's own lock).
