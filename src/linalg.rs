@@ -23,9 +23,15 @@ pub type Row = RowDVector<f64>;
 /// `data` may be `f32` (a tensor read as stored, [`crate::weights::Weights::read_f32`]): each
 /// entry is widened as it is copied, exactly.
 pub fn from_row_major<T: Copy + Into<f64>>(rows: usize, cols: usize, data: &[T]) -> Matrix {
+    Matrix::from_vec(rows, cols, column_major(rows, cols, data, T::into))
+}
+
+/// The column-major storage of the `rows × cols` matrix whose row-major entries are `data`,
+/// each converted by `into` ([`from_row_major`]'s tiled copy).
+fn column_major<S: Copy, T: Copy + Default>(rows: usize, cols: usize, data: &[S], into: impl Fn(S) -> T) -> Vec<T> {
     const TILE: usize = 32;
     assert_eq!(data.len(), rows * cols, "a {rows}×{cols} matrix from {} entries", data.len());
-    let mut out = vec![0.0; rows * cols];
+    let mut out = vec![T::default(); rows * cols];
     for j0 in (0..cols).step_by(TILE) {
         let j1 = cols.min(j0 + TILE);
         for i0 in (0..rows).step_by(TILE) {
@@ -33,18 +39,18 @@ pub fn from_row_major<T: Copy + Into<f64>>(rows: usize, cols: usize, data: &[T])
             for j in j0..j1 {
                 let column = &mut out[j * rows + i0..j * rows + i1];
                 for (x, i) in column.iter_mut().zip(i0..i1) {
-                    *x = data[i * cols + j].into();
+                    *x = into(data[i * cols + j]);
                 }
             }
         }
     }
-    Matrix::from_vec(rows, cols, out)
+    out
 }
 
 /// `m`ᵀ by the tiled copy of [`from_row_major`] (`m`'s column-major storage is `m`ᵀ's row-major
 /// one); nalgebra's `transpose` goes entry by entry.
-pub fn transposed(m: &Matrix) -> Matrix {
-    from_row_major(m.ncols(), m.nrows(), m.as_slice())
+pub fn transposed<T: nalgebra::Scalar + Copy + Default>(m: &nalgebra::DMatrix<T>) -> nalgebra::DMatrix<T> {
+    nalgebra::DMatrix::from_vec(m.ncols(), m.nrows(), column_major(m.ncols(), m.nrows(), m.as_slice(), |x| x))
 }
 
 /// The iteration limit of the QR iteration behind the copying scores ([`eigenvalues`]: double
