@@ -202,15 +202,12 @@ pub trait VocabRows: Sync {
 }
 
 /// A chunk of `n` vocabulary rows (`[n, d_model]`: `W_E`'s rows or `W_U`'s columns) in f32,
-/// laid out as it was read (row stride `rs`, column stride `cs`), and the power of two it was
-/// divided by. Both `X_cᵀ` and `Y_c` of a product are views of it, so no transposed copy is made
-/// (the kernel reads any strides).
+/// row-major, and the power of two it was divided by. Both `X_cᵀ` and `Y_c` of a product are
+/// views of it, so no transposed copy is made (the kernel reads any strides).
 struct RowsF32 {
     data: Vec<f32>,
     n: usize,
     d: usize,
-    rs: usize,
-    cs: usize,
     scale: f64,
 }
 
@@ -411,9 +408,9 @@ fn f32_product(a: &nalgebra::DMatrix<f32>, b: &nalgebra::DMatrix<f32>) -> nalgeb
 const UNSCALED_RANGE: i32 = 20;
 
 impl RowsF32 {
-    /// `data` laid out with strides `(rs, cs)`, divided by a power of two only if its largest
-    /// entry is outside `2^±UNSCALED_RANGE` (exact: [`power_of_two_scale`]).
-    fn new(mut data: Vec<f32>, n: usize, d: usize, rs: usize, cs: usize) -> RowsF32 {
+    /// `data` (`n × d`, row-major), divided by a power of two only if its largest entry is
+    /// outside `2^±UNSCALED_RANGE` (exact: [`power_of_two_scale`]).
+    fn new(mut data: Vec<f32>, n: usize, d: usize) -> RowsF32 {
         let largest = largest_magnitude(&data);
         let range = 2f32.powi(UNSCALED_RANGE);
         let scale = if largest == 0.0 || (largest <= range && largest >= 1.0 / range) {
@@ -425,32 +422,37 @@ impl RowsF32 {
             let inverse = (1.0 / scale) as f32;
             data.iter_mut().for_each(|x| *x *= inverse);
         }
-        RowsF32 { data, n, d, rs, cs, scale }
+        RowsF32 { data, n, d, scale }
     }
 
     /// `m`, rounded after dividing by its power of two, laid out as a chunk read from an f32
-    /// file is: `m` row-major (an embedding chunk `n × d`, or `W_U`'s columns `d × n` when
-    /// `transposed`), so that both give the kernel the same strides, and so the same bits.
+    /// file is: `n × d` row-major (an embedding chunk `m`, or `W_U`'s columns `m` (`d × n`) seen
+    /// transposed when `transposed`: `m`'s column-major storage), so that both give the kernel
+    /// the same strides, and so the same bits.
     fn from_matrix(m: &Matrix, transposed: bool) -> RowsF32 {
         let scale = power_of_two_scale(m);
         let inverse = 1.0 / scale;
-        let mut data: Vec<f32> = Vec::with_capacity(m.len());
-        for row in m.row_iter() {
-            data.extend(row.iter().map(|&x| (x * inverse) as f32));
-        }
-        let (n, d, rs, cs) =
-            if transposed { (m.ncols(), m.nrows(), 1, m.ncols()) } else { (m.nrows(), m.ncols(), m.ncols(), 1) };
-        RowsF32 { data, n, d, rs, cs, scale }
+        let round = |x: &f64| (x * inverse) as f32;
+        let (data, n, d) = if transposed {
+            (m.as_slice().iter().map(round).collect(), m.ncols(), m.nrows())
+        } else {
+            let mut data: Vec<f32> = Vec::with_capacity(m.len());
+            for row in m.row_iter() {
+                data.extend(row.iter().map(round));
+            }
+            (data, m.nrows(), m.ncols())
+        };
+        RowsF32 { data, n, d, scale }
     }
 
     /// The chunk as `Y_c`, `n × d`.
     fn rows(&self) -> Strided<'_> {
-        Strided::new(&self.data, 0, (self.n, self.d), (self.rs, self.cs))
+        Strided::new(&self.data, 0, (self.n, self.d), (self.d, 1))
     }
 
     /// The chunk as `X_cᵀ`, `d × n`.
     fn transposed(&self) -> Strided<'_> {
-        Strided::new(&self.data, 0, (self.d, self.n), (self.cs, self.rs))
+        Strided::new(&self.data, 0, (self.d, self.n), (1, self.d))
     }
 }
 
@@ -757,7 +759,7 @@ fn streamed_pass_f32(
                 Some(match vocab.embed_rows_f32(s, n)? {
                     Some(data) => {
                         let d = data.len() / n.max(1);
-                        RowsF32::new(data, n, d, d, 1)
+                        RowsF32::new(data, n, d)
                     }
                     None => RowsF32::from_matrix(&vocab.embed_rows(s, n)?, false),
                 })
@@ -766,10 +768,15 @@ fn streamed_pass_f32(
             };
             let u = if uses(VocabMatrix::UnembedT) {
                 Some(match vocab.unembed_columns_f32(s, n)? {
-                    // `[d_model, n]` row-major: `W_Uᵀ`'s rows (i, j) at `i + j · n`.
+                    // `[d_model, n]` row-major, copied to `[n, d_model]` row-major (`W_Uᵀ`'s rows), as
+                    // `W_E`'s chunks are: the kernels pack a product's left operand by columns and
+                    // its right one by rows, with vector loads where those are contiguous, and
+                    // `W_U`'s chunk is the left operand of `W_U W_E` and both of `W_U W_Uᵀ`
+                    // (packed one entry at a time as read, that was 10 % of the pass).
                     Some(data) => {
                         let d = data.len() / n.max(1);
-                        RowsF32::new(data, n, d, 1, n)
+                        let rows = crate::linalg::transposed(&nalgebra::DMatrix::from_vec(n, d, data));
+                        RowsF32::new(Vec::from(rows.data), n, d)
                     }
                     None => RowsF32::from_matrix(&vocab.unembed_columns(s, n)?, true),
                 })
