@@ -93,6 +93,9 @@ fn power_of_two_scale(m: &Matrix) -> f64 {
 enum Operand<'m> {
     F64(Cow<'m, Matrix>),
     F32(Cow<'m, nalgebra::DMatrix<f32>>, f64),
+    /// The transpose of an f32 operand, as a view of its storage: a weight's transpose, read
+    /// from the weight's own operand without a copy ([`Stages::lazy_transposes`]).
+    F32T(Cow<'m, nalgebra::DMatrix<f32>>, f64),
 }
 
 impl Operand<'_> {
@@ -100,6 +103,27 @@ impl Operand<'_> {
         match self {
             Operand::F64(m) => Operand::F64(Cow::Owned(m.into_owned())),
             Operand::F32(m, scale) => Operand::F32(Cow::Owned(m.into_owned()), scale),
+            Operand::F32T(m, scale) => Operand::F32T(Cow::Owned(m.into_owned()), scale),
+        }
+    }
+
+    /// The same operand, borrowed.
+    fn borrowed(&self) -> Operand<'_> {
+        match self {
+            Operand::F64(m) => Operand::F64(Cow::Borrowed(&**m)),
+            Operand::F32(m, scale) => Operand::F32(Cow::Borrowed(&**m), *scale),
+            Operand::F32T(m, scale) => Operand::F32T(Cow::Borrowed(&**m), *scale),
+        }
+    }
+
+    /// An f32 operand as the kernel reads it, and its power of two.
+    fn strided(&self) -> Option<(Strided<'_>, f64)> {
+        match self {
+            Operand::F64(_) => None,
+            Operand::F32(m, scale) => Some((Strided::of(m), *scale)),
+            Operand::F32T(m, scale) => {
+                Some((Strided::new(m.as_slice(), 0, (m.ncols(), m.nrows()), (m.nrows(), 1)), *scale))
+            }
         }
     }
 
@@ -107,8 +131,14 @@ impl Operand<'_> {
     fn product(&self, b: &Operand<'_>) -> Matrix {
         match (self, b) {
             (Operand::F64(a), Operand::F64(b)) => &**a * &**b,
-            (Operand::F32(a, sa), Operand::F32(b, sb)) => widened(&f32_product(a, b), *sa, *sb),
-            _ => unreachable!("both operands of a product are made by one precision"),
+            _ => {
+                let (Some((a, sa)), Some((b, sb))) = (self.strided(), b.strided()) else {
+                    unreachable!("both operands of a product are made by one precision")
+                };
+                let mut out = nalgebra::DMatrix::zeros(a.rows, b.cols);
+                sgemm_into(&mut out, (0, 0), a, b);
+                widened(&out, sa, sb)
+            }
         }
     }
 
@@ -126,15 +156,17 @@ impl Operand<'_> {
                 }
                 out
             }
-            (Operand::F32(a, sa), Operand::F32(b, sb)) => {
-                let mut out = nalgebra::DMatrix::<f32>::zeros(a.nrows(), a.nrows());
-                for (i, rows) in blocks(a.nrows()) {
-                    let n = a.nrows() - i;
-                    sgemm_into(&mut out, (i, i), Strided::of(a).rows(i, rows), Strided::of(b).columns(i, n));
+            _ => {
+                let (Some((a, sa)), Some((b, sb))) = (self.strided(), b.strided()) else {
+                    unreachable!("both operands of a product are made by one precision")
+                };
+                let mut out = nalgebra::DMatrix::<f32>::zeros(a.rows, a.rows);
+                for (i, rows) in blocks(a.rows) {
+                    let n = a.rows - i;
+                    sgemm_into(&mut out, (i, i), a.rows(i, rows), b.columns(i, n));
                 }
-                widened(&out, *sa, *sb)
+                widened(&out, sa, sb)
             }
-            _ => unreachable!("both operands of a product are made by one precision"),
         }
     }
 }
@@ -395,13 +427,6 @@ fn add_scaled(
     }
 }
 
-/// `a · b` in f32 by [`sgemm_into`].
-fn f32_product(a: &nalgebra::DMatrix<f32>, b: &nalgebra::DMatrix<f32>) -> nalgebra::DMatrix<f32> {
-    let mut out = nalgebra::DMatrix::zeros(a.nrows(), b.ncols());
-    sgemm_into(&mut out, (0, 0), Strided::of(a), Strided::of(b));
-    out
-}
-
 /// Entries whose largest magnitude lies within `2^±RANGE` are multiplied as they are: a
 /// chunk's products of [`VOCAB_CHUNK`] terms then stay far inside f32's range (and its normal
 /// numbers) without a scaling pass.
@@ -576,35 +601,41 @@ impl<'e, 'a> Env<'e, 'a> {
     }
 
     fn get<'f>(&'f self, local: &'f Frame<'a>, id: Id) -> &'f Value<'a> {
+        match self.evaluated(local, id) {
+            Some(value) => value,
+            None => unreachable!("step %{id} is evaluated before the steps that read it"),
+        }
+    }
+
+    /// A step's value, `None` if it was not evaluated ([`Stages::lazy_transposes`]).
+    fn evaluated<'f>(&'f self, local: &'f Frame<'a>, id: Id) -> Option<&'f Value<'a>> {
         let frame = match self.plan.shape(id).deps {
             Deps::NONE => self.shared,
             Deps::HEAD => self.head_frame.unwrap_or(local),
             Deps::RIGHT => self.right_frame.unwrap_or(local),
             _ => local,
         };
-        match frame[usize::from(id)].as_ref() {
-            Some(value) => value,
-            None => unreachable!("step %{id} is evaluated before the steps that read it"),
-        }
+        frame[usize::from(id)].as_ref()
     }
 
     /// A step's value as a product's operand: a head-independent one made once ([`Env::shared_operands`]).
     fn operand<'f>(&'f self, local: &'f Frame<'a>, id: Id) -> Operand<'f> {
-        match self.shared_operands.and_then(|ops| ops[usize::from(id)].as_ref()) {
-            Some(Operand::F32(m, scale)) => Operand::F32(Cow::Borrowed(&**m), *scale),
-            Some(Operand::F64(m)) => Operand::F64(Cow::Borrowed(&**m)),
-            None => match self.weight_operands.filter(|_| self.plan.is_weight_view(id)) {
-                Some(cache) => {
-                    match cache[usize::from(id)]
-                        .get_or_init(|| self.inputs.precision.operand(self.get(local, id).matrix()).into_owned())
-                    {
-                        Operand::F32(m, scale) => Operand::F32(Cow::Borrowed(&**m), *scale),
-                        Operand::F64(m) => Operand::F64(Cow::Borrowed(&**m)),
-                    }
-                }
-                None => self.inputs.precision.operand(self.get(local, id).matrix()),
-            },
+        if let Some(shared) = self.shared_operands.and_then(|ops| ops[usize::from(id)].as_ref()) {
+            return shared.borrowed();
         }
+        let Some(cache) = self.weight_operands.filter(|_| self.plan.is_weight_view(id)) else {
+            return self.inputs.precision.operand(self.get(local, id).matrix());
+        };
+        // A weight's transpose in f32: a view of the weight's own operand (the step is not
+        // evaluated when only such products read it, [`Stages::lazy_transposes`]).
+        if let (Plan::Transpose(weight), Precision::F32) = (self.plan.node(id), self.inputs.precision) {
+            if let Operand::F32(m, scale) = self.operand(local, *weight) {
+                return Operand::F32T(m, scale);
+            }
+        }
+        cache[usize::from(id)]
+            .get_or_init(|| self.inputs.precision.operand(self.get(local, id).matrix()).into_owned())
+            .borrowed()
     }
 
     /// A weight of the head a per-head stage runs.
@@ -636,11 +667,14 @@ impl<'e, 'a> Env<'e, 'a> {
                 Value::Matrix(Cow::Owned(gram))
             }
             Plan::Mul([a, b]) => {
-                let (x, y) = (get(*a).matrix(), get(*b).matrix());
-                if x.nrows() * x.ncols() * y.ncols() <= SMALL_PRODUCT {
-                    Value::Matrix(Cow::Owned(x * y))
-                } else {
-                    Value::Matrix(Cow::Owned(self.operand(local, *a).product(&self.operand(local, *b))))
+                // An operand left unevaluated ([`Stages::lazy_transposes`]) is read as an f32
+                // view whatever the product's size (the plan's sizes are the largest d_head's).
+                let small = |x: &Matrix, y: &Matrix| x.nrows() * x.ncols() * y.ncols() <= SMALL_PRODUCT;
+                match (self.evaluated(local, *a), self.evaluated(local, *b)) {
+                    (Some(x), Some(y)) if small(x.matrix(), y.matrix()) => {
+                        Value::Matrix(Cow::Owned(x.matrix() * y.matrix()))
+                    }
+                    _ => Value::Matrix(Cow::Owned(self.operand(local, *a).product(&self.operand(local, *b)))),
                 }
             }
             Plan::Transpose(a) => Value::Matrix(Cow::Owned(transposed(get(*a).matrix()))),
@@ -999,6 +1033,35 @@ fn stage_steps(plan: &EvalPlan, needed: &[bool], deps: Deps) -> Vec<Id> {
     plan.step_ids().filter(|&s| needed[usize::from(s)] && plan.shape(s).deps == deps).collect()
 }
 
+/// [`Stages::lazy_transposes`]: in f32, each per-head weight's transpose whose every reader (the
+/// plan needs) is a product of the same stage that [`Env::eval`] runs in f32 (a Gram, or one
+/// above [`SMALL_PRODUCT`]) and reads it through [`Env::operand`].
+fn lazy_transposes(plan: &EvalPlan, needed: &[bool], precision: Precision) -> Vec<bool> {
+    let f32_product = |reader: Id| match plan.node(reader) {
+        Plan::Mul([a, b]) => {
+            let (x, y) = (plan.shape(*a), plan.shape(*b));
+            plan.is_gram(reader) || x.rows * x.cols * y.cols > SMALL_PRODUCT
+        }
+        _ => false,
+    };
+    plan.step_ids()
+        .map(|id| {
+            let Plan::Transpose(inner) = plan.node(id) else { return false };
+            let deps = plan.shape(id).deps;
+            precision == Precision::F32
+                && plan.is_weight(*inner)
+                && matches!(deps, Deps::HEAD | Deps::RIGHT)
+                && !plan.roots.iter().any(|&(_, root)| root == id)
+                && plan
+                    .step_ids()
+                    .filter(|&s| needed[usize::from(s)] && egg::Language::children(plan.node(s)).contains(&id))
+                    .all(|reader| {
+                        plan.shape(reader).deps == deps && plan.streamed(reader).is_none() && f32_product(reader)
+                    })
+        })
+        .collect()
+}
+
 /// What a layer's per-head (or per-right-head) stage leaves: each head's frame, holding only
 /// what pair steps and statistics read, owned; and the layer's stacks of the operands of the
 /// batched pair steps on that side.
@@ -1027,6 +1090,10 @@ struct Stages<'e, 'a> {
     read_by_pairs: Vec<bool>,
     read_unbatched: Vec<bool>,
     is_root: Vec<bool>,
+    /// Per step: a weight's transpose that only f32 products of its own stage read, each as an
+    /// operand, which is then a view of the weight's operand ([`Operand::F32T`]): not evaluated
+    /// (its transposed copy in f64 was 3 % of `pathc stats` on GPT-2 small).
+    lazy_transposes: Vec<bool>,
 }
 
 impl<'e, 'a> Stages<'e, 'a> {
@@ -1066,6 +1133,7 @@ impl<'e, 'a> Stages<'e, 'a> {
             pair_roots: plan.roots.iter().copied().filter(|&(_, root)| plan.shape(root).deps == Deps::PAIR).collect(),
             read_by_pairs: plan.read_by_pairs(),
             read_unbatched: plan.read_by_unbatched_pairs(),
+            lazy_transposes: lazy_transposes(plan, needed, inputs.precision),
             is_root,
         }
     }
@@ -1112,7 +1180,7 @@ impl<'e, 'a> Stages<'e, 'a> {
                 weight_operands: Some(&weight_operands),
                 ..Env::new(plan, self.inputs, self.shared)
             };
-            for &step in steps {
+            for &step in steps.iter().filter(|&&s| !self.lazy_transposes[usize::from(s)]) {
                 let value = env.eval(&local, step)?;
                 local[usize::from(step)] = Some(value);
             }
@@ -1149,8 +1217,7 @@ impl<'e, 'a> Stages<'e, 'a> {
                             precision.operand(&transposed(weight_of(&weights[head], name.as_str()))).into_owned()
                         }
                         _ => match rounded[head].iter().find(|(k, _)| *k == id) {
-                            Some((_, Operand::F32(m, scale))) => Operand::F32(Cow::Borrowed(&**m), *scale),
-                            Some((_, Operand::F64(m))) => Operand::F64(Cow::Borrowed(&**m)),
+                            Some((_, operand)) => operand.borrowed(),
                             None => unreachable!("rounded by its head's stage"),
                         },
                     })
@@ -1408,6 +1475,7 @@ impl Stack {
                     scales.push(*scale);
                     f32s.push(&**m);
                 }
+                Operand::F32T(..) => unreachable!("stacks are made of rounded values and weights, not views"),
             }
         }
         let matrix = if f32s.is_empty() {
