@@ -94,7 +94,7 @@ enum Operand<'m> {
     F64(Cow<'m, Matrix>),
     F32(Cow<'m, nalgebra::DMatrix<f32>>, f64),
     /// The transpose of an f32 operand, as a view of its storage: a weight's transpose, read
-    /// from the weight's own operand without a copy ([`Stages::lazy_transposes`]).
+    /// from the weight's own operand without a copy ([`Stages::held`]).
     F32T(Cow<'m, nalgebra::DMatrix<f32>>, f64),
 }
 
@@ -581,6 +581,8 @@ struct Env<'e, 'a> {
     /// A head's weights (and their transposes) as operands of the precision, each made the
     /// first time a product reads it: several products read one weight.
     weight_operands: Option<&'e [std::cell::OnceCell<Operand<'static>>]>,
+    /// The products a per-head stage holds in f32 ([`Held::F32`]), as they are made.
+    held_f32: Option<&'e [std::cell::OnceCell<Operand<'static>>]>,
 }
 
 impl<'e, 'a> Env<'e, 'a> {
@@ -597,6 +599,7 @@ impl<'e, 'a> Env<'e, 'a> {
             layer: None,
             shared_operands: None,
             weight_operands: None,
+            held_f32: None,
         }
     }
 
@@ -607,7 +610,7 @@ impl<'e, 'a> Env<'e, 'a> {
         }
     }
 
-    /// A step's value, `None` if it was not evaluated ([`Stages::lazy_transposes`]).
+    /// A step's value, `None` if it was not evaluated ([`Stages::held`]).
     fn evaluated<'f>(&'f self, local: &'f Frame<'a>, id: Id) -> Option<&'f Value<'a>> {
         let frame = match self.plan.shape(id).deps {
             Deps::NONE => self.shared,
@@ -623,11 +626,14 @@ impl<'e, 'a> Env<'e, 'a> {
         if let Some(shared) = self.shared_operands.and_then(|ops| ops[usize::from(id)].as_ref()) {
             return shared.borrowed();
         }
+        if let Some(held) = self.held_f32.and_then(|held| held[usize::from(id)].get()) {
+            return held.borrowed();
+        }
         let Some(cache) = self.weight_operands.filter(|_| self.plan.is_weight_view(id)) else {
             return self.inputs.precision.operand(self.get(local, id).matrix());
         };
         // A weight's transpose in f32: a view of the weight's own operand (the step is not
-        // evaluated when only such products read it, [`Stages::lazy_transposes`]).
+        // evaluated when only such products read it, [`Stages::held`]).
         if let (Plan::Transpose(weight), Precision::F32) = (self.plan.node(id), self.inputs.precision) {
             if let Operand::F32(m, scale) = self.operand(local, *weight) {
                 return Operand::F32T(m, scale);
@@ -642,6 +648,19 @@ impl<'e, 'a> Env<'e, 'a> {
     fn weight(&self, name: &str) -> Value<'a> {
         let layer = self.layer.expect("a per-head weight is read in its layer's stage");
         Value::Matrix(Cow::Borrowed(weight_of(&layer[self.head.1], name)))
+    }
+
+    /// A product step ([`Held::F32`]) in f32, kept as the kernel made it: the f32 operand its
+    /// readers take, with the power of two of its operands' product.
+    fn eval_f32(&self, local: &Frame<'a>, step: Id) -> Operand<'static> {
+        let Plan::Mul([a, b]) = self.plan.node(step) else { unreachable!("only products are held in f32") };
+        let (x, y) = (self.operand(local, *a), self.operand(local, *b));
+        let (Some((x, sx)), Some((y, sy))) = (x.strided(), y.strided()) else {
+            unreachable!("steps are held in f32 only in f32")
+        };
+        let mut out = nalgebra::DMatrix::zeros(x.rows, y.cols);
+        sgemm_into(&mut out, (0, 0), x, y);
+        Operand::F32(Cow::Owned(out), sx * sy)
     }
 
     /// Evaluates one step (not a streamed product), its operands in `local` or the stage frames.
@@ -667,7 +686,7 @@ impl<'e, 'a> Env<'e, 'a> {
                 Value::Matrix(Cow::Owned(gram))
             }
             Plan::Mul([a, b]) => {
-                // An operand left unevaluated ([`Stages::lazy_transposes`]) is read as an f32
+                // An operand left unevaluated ([`Stages::held`]) is read as an f32
                 // view whatever the product's size (the plan's sizes are the largest d_head's).
                 let small = |x: &Matrix, y: &Matrix| x.nrows() * x.ncols() * y.ncols() <= SMALL_PRODUCT;
                 match (self.evaluated(local, *a), self.evaluated(local, *b)) {
@@ -1033,31 +1052,47 @@ fn stage_steps(plan: &EvalPlan, needed: &[bool], deps: Deps) -> Vec<Id> {
     plan.step_ids().filter(|&s| needed[usize::from(s)] && plan.shape(s).deps == deps).collect()
 }
 
-/// [`Stages::lazy_transposes`]: in f32, each per-head weight's transpose whose every reader (the
-/// plan needs) is a product of the same stage that [`Env::eval`] runs in f32 (a Gram, or one
-/// above [`SMALL_PRODUCT`]) and reads it through [`Env::operand`].
-fn lazy_transposes(plan: &EvalPlan, needed: &[bool], precision: Precision) -> Vec<bool> {
-    let f32_product = |reader: Id| match plan.node(reader) {
+/// How a per-head (or per-right-head) step's value is held ([`Stages::held`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    /// As a value (f64 matrix or scalar) in the head's frame.
+    Value,
+    /// Not at all: a weight's transpose, read as a view of the weight's f32 operand
+    /// ([`Operand::F32T`]).
+    View,
+    /// As the f32 operand its product made ([`Env::eval_f32`]), not widened to f64 and rounded
+    /// again for the products that read it.
+    F32,
+}
+
+/// [`Stages::held`]: in f32, a per-head step whose every reader (that the plan needs) is a
+/// product of the same stage that [`Env::eval`] runs in f32 (a Gram, or one above
+/// [`SMALL_PRODUCT`]), reading it through [`Env::operand`], is a [`Held::View`] if it is a
+/// weight's transpose and [`Held::F32`] if it is itself such a product (not a Gram, not a
+/// statistic); every other step a [`Held::Value`].
+fn held(plan: &EvalPlan, needed: &[bool], precision: Precision) -> Vec<Held> {
+    let f32_product = |step: Id| match plan.node(step) {
         Plan::Mul([a, b]) => {
             let (x, y) = (plan.shape(*a), plan.shape(*b));
-            plan.is_gram(reader) || x.rows * x.cols * y.cols > SMALL_PRODUCT
+            plan.streamed(step).is_none() && (plan.is_gram(step) || x.rows * x.cols * y.cols > SMALL_PRODUCT)
         }
         _ => false,
     };
+    let read_as_f32 = |id: Id| {
+        let deps = plan.shape(id).deps;
+        precision == Precision::F32
+            && matches!(deps, Deps::HEAD | Deps::RIGHT)
+            && !plan.roots.iter().any(|&(_, root)| root == id)
+            && plan
+                .step_ids()
+                .filter(|&s| needed[usize::from(s)] && egg::Language::children(plan.node(s)).contains(&id))
+                .all(|reader| plan.shape(reader).deps == deps && f32_product(reader))
+    };
     plan.step_ids()
-        .map(|id| {
-            let Plan::Transpose(inner) = plan.node(id) else { return false };
-            let deps = plan.shape(id).deps;
-            precision == Precision::F32
-                && plan.is_weight(*inner)
-                && matches!(deps, Deps::HEAD | Deps::RIGHT)
-                && !plan.roots.iter().any(|&(_, root)| root == id)
-                && plan
-                    .step_ids()
-                    .filter(|&s| needed[usize::from(s)] && egg::Language::children(plan.node(s)).contains(&id))
-                    .all(|reader| {
-                        plan.shape(reader).deps == deps && plan.streamed(reader).is_none() && f32_product(reader)
-                    })
+        .map(|id| match plan.node(id) {
+            Plan::Transpose(inner) if plan.is_weight(*inner) && read_as_f32(id) => Held::View,
+            Plan::Mul(_) if f32_product(id) && !plan.is_gram(id) && read_as_f32(id) => Held::F32,
+            _ => Held::Value,
         })
         .collect()
 }
@@ -1090,10 +1125,11 @@ struct Stages<'e, 'a> {
     read_by_pairs: Vec<bool>,
     read_unbatched: Vec<bool>,
     is_root: Vec<bool>,
-    /// Per step: a weight's transpose that only f32 products of its own stage read, each as an
-    /// operand, which is then a view of the weight's operand ([`Operand::F32T`]): not evaluated
-    /// (its transposed copy in f64 was 3 % of `pathc stats` on GPT-2 small).
-    lazy_transposes: Vec<bool>,
+    /// Per step, how a per-head stage holds its value ([`held`]): a weight's transpose that only
+    /// f32 products of its stage read is not evaluated (its transposed copy in f64, rounded again,
+    /// was 5 % of `pathc stats` on GPT-2 small), a product that only such products read is kept
+    /// in f32.
+    held: Vec<Held>,
 }
 
 impl<'e, 'a> Stages<'e, 'a> {
@@ -1133,7 +1169,7 @@ impl<'e, 'a> Stages<'e, 'a> {
             pair_roots: plan.roots.iter().copied().filter(|&(_, root)| plan.shape(root).deps == Deps::PAIR).collect(),
             read_by_pairs: plan.read_by_pairs(),
             read_unbatched: plan.read_by_unbatched_pairs(),
-            lazy_transposes: lazy_transposes(plan, needed, inputs.precision),
+            held: held(plan, needed, inputs.precision),
             is_root,
         }
     }
@@ -1172,17 +1208,25 @@ impl<'e, 'a> Stages<'e, 'a> {
         for head in 0..weights.len() {
             let mut local: Frame<'_> = vec![None; n];
             let weight_operands: Vec<std::cell::OnceCell<Operand<'static>>> = vec![std::cell::OnceCell::new(); n];
+            let held_f32: Vec<std::cell::OnceCell<Operand<'static>>> = vec![std::cell::OnceCell::new(); n];
             let env = Env {
                 head: (layer, head),
                 right: (layer, head),
                 layer: Some(weights),
                 shared_operands: self.shared_operands,
                 weight_operands: Some(&weight_operands),
+                held_f32: Some(&held_f32),
                 ..Env::new(plan, self.inputs, self.shared)
             };
-            for &step in steps.iter().filter(|&&s| !self.lazy_transposes[usize::from(s)]) {
-                let value = env.eval(&local, step)?;
-                local[usize::from(step)] = Some(value);
+            for &step in steps {
+                match self.held[usize::from(step)] {
+                    Held::Value => local[usize::from(step)] = Some(env.eval(&local, step)?),
+                    Held::View => {}
+                    Held::F32 => {
+                        let product = env.eval_f32(&local, step);
+                        assert!(held_f32[usize::from(step)].set(product).is_ok(), "each step is run once");
+                    }
+                }
             }
             self.inputs.progress.advance(1);
             self.inputs.progress.check()?;
