@@ -121,9 +121,7 @@ impl Operand<'_> {
         match self {
             Operand::F64(_) => None,
             Operand::F32(m, scale) => Some((Strided::of(m), *scale)),
-            Operand::F32T(m, scale) => {
-                Some((Strided::new(m.as_slice(), 0, (m.ncols(), m.nrows()), (m.nrows(), 1)), *scale))
-            }
+            Operand::F32T(m, scale) => Some((Strided::transpose_of(m), *scale)),
         }
     }
 
@@ -132,14 +130,19 @@ impl Operand<'_> {
         match (self, b) {
             (Operand::F64(a), Operand::F64(b)) => &**a * &**b,
             _ => {
-                let (Some((a, sa)), Some((b, sb))) = (self.strided(), b.strided()) else {
-                    unreachable!("both operands of a product are made by one precision")
-                };
-                let mut out = nalgebra::DMatrix::zeros(a.rows, b.cols);
-                sgemm_into(&mut out, (0, 0), a, b);
-                widened(&out, sa, sb)
+                let (product, scale) = self.f32_product(b);
+                widened(&product, scale, 1.0)
             }
         }
+    }
+
+    /// `self · b` of two f32 operands as the kernel makes it, and the power of two it is
+    /// scaled by (the product of the operands').
+    fn f32_product(&self, b: &Operand<'_>) -> (nalgebra::DMatrix<f32>, f64) {
+        let (Some((a, sa)), Some((b, sb))) = (self.strided(), b.strided()) else {
+            unreachable!("both operands of a product are made by one precision")
+        };
+        (f32_product(a, b), sa * sb)
     }
 
     /// `self · b` where `self = bᵀ` (a Gram matrix, symmetric), only its blocks on and above
@@ -266,6 +269,11 @@ impl<'a> Strided<'a> {
     /// A column-major matrix: (i, j) at `i + j · rows`.
     fn of(m: &'a nalgebra::DMatrix<f32>) -> Strided<'a> {
         Strided::new(m.as_slice(), 0, m.shape(), (1, m.nrows()))
+    }
+
+    /// `m`ᵀ, a view of `m`'s column-major storage (row-major for `m`ᵀ).
+    fn transpose_of(m: &'a nalgebra::DMatrix<f32>) -> Strided<'a> {
+        Strided::new(m.as_slice(), 0, (m.ncols(), m.nrows()), (m.nrows(), 1))
     }
 
     fn rows(self, start: usize, n: usize) -> Strided<'a> {
@@ -425,6 +433,13 @@ fn add_scaled(
             *x += f64::from(y) * scale;
         }
     }
+}
+
+/// `a · b` in f32 by [`sgemm_into`], a new matrix.
+fn f32_product(a: Strided<'_>, b: Strided<'_>) -> nalgebra::DMatrix<f32> {
+    let mut out = nalgebra::DMatrix::zeros(a.rows, b.cols);
+    sgemm_into(&mut out, (0, 0), a, b);
+    out
 }
 
 /// Entries whose largest magnitude lies within `2^±RANGE` are multiplied as they are: a
@@ -654,13 +669,8 @@ impl<'e, 'a> Env<'e, 'a> {
     /// readers take, with the power of two of its operands' product.
     fn eval_f32(&self, local: &Frame<'a>, step: Id) -> Operand<'static> {
         let Plan::Mul([a, b]) = self.plan.node(step) else { unreachable!("only products are held in f32") };
-        let (x, y) = (self.operand(local, *a), self.operand(local, *b));
-        let (Some((x, sx)), Some((y, sy))) = (x.strided(), y.strided()) else {
-            unreachable!("steps are held in f32 only in f32")
-        };
-        let mut out = nalgebra::DMatrix::zeros(x.rows, y.cols);
-        sgemm_into(&mut out, (0, 0), x, y);
-        Operand::F32(Cow::Owned(out), sx * sy)
+        let (product, scale) = self.operand(local, *a).f32_product(&self.operand(local, *b));
+        Operand::F32(Cow::Owned(product), scale)
     }
 
     /// Evaluates one step (not a streamed product), its operands in `local` or the stage frames.
@@ -686,8 +696,9 @@ impl<'e, 'a> Env<'e, 'a> {
                 Value::Matrix(Cow::Owned(gram))
             }
             Plan::Mul([a, b]) => {
-                // An operand left unevaluated ([`Stages::held`]) is read as an f32
-                // view whatever the product's size (the plan's sizes are the largest d_head's).
+                // An operand held without a value ([`Stages::held`]: a view or an f32 product)
+                // is read in f32 whatever the product's size (the plan's sizes are the largest
+                // d_head's).
                 let small = |x: &Matrix, y: &Matrix| x.nrows() * x.ncols() * y.ncols() <= SMALL_PRODUCT;
                 match (self.evaluated(local, *a), self.evaluated(local, *b)) {
                     (Some(x), Some(y)) if small(x.matrix(), y.matrix()) => {
@@ -1425,10 +1436,7 @@ impl Batched {
         let product = match (&first.matrix, &second.matrix) {
             (StackMatrix::F64(x), StackMatrix::F64(y)) => Product::F64(x * y),
             (StackMatrix::F32(x), StackMatrix::F32Rows(yt)) => {
-                let mut out = nalgebra::DMatrix::zeros(x.nrows(), yt.nrows());
-                let y = Strided::new(yt.as_slice(), 0, (yt.ncols(), yt.nrows()), (yt.nrows(), 1));
-                sgemm_into(&mut out, (0, 0), Strided::of(x), y);
-                Product::F32(out)
+                Product::F32(f32_product(Strided::of(x), Strided::transpose_of(yt)))
             }
             _ => unreachable!("every stack is made in the one precision, the second by columns"),
         };

@@ -443,9 +443,9 @@ impl Weights {
         start: usize,
         n: usize,
     ) -> Result<Option<Vec<f32>>, WeightError> {
-        self.entry(name, &expected)?;
+        let entry = self.entry(name, &expected)?;
         in_range(name, "rows", expected, start, n)?;
-        self.leading_f32(name, &expected, start, n)
+        self.leading_f32(entry, name, &expected, start, n)
     }
 
     /// The float tensor `name` (shape `expected`, any rank) as [`Weights::read`] gives it,
@@ -453,23 +453,25 @@ impl Weights {
     /// contiguously as F32, F16 or BF16, not already read): what `read` would give, each element
     /// narrowed exactly, without the `f64` copy. `None` for any other.
     pub fn read_f32(&self, name: &str, expected: &[usize]) -> Result<Option<Vec<f32>>, WeightError> {
-        self.entry(name, expected)?;
-        self.leading_f32(name, expected, 0, expected.first().copied().unwrap_or(1))
+        let entry = self.entry(name, expected)?;
+        self.leading_f32(entry, name, expected, 0, expected.first().copied().unwrap_or(1))
     }
 
-    /// Entries `start .. start + n` of `name`'s first index (checked by the caller), in `f32`,
+    /// Entries `start .. start + n` of the first index of `name` (its `entry`, checked by the
+    /// caller), in `f32`,
     /// NaN/Inf rejected with their index; `None` unless the tensor is stored contiguously in the
     /// file as a dtype that `f32` holds exactly and has not been read into memory.
     fn leading_f32(
         &self,
+        entry: &Entry,
         name: &str,
         expected: &[usize],
         start: usize,
         n: usize,
     ) -> Result<Option<Vec<f32>>, WeightError> {
         let inner: usize = expected.iter().skip(1).product();
-        let data = match self.entries.get(name) {
-            Some(Entry::Stored { dtype, at: at @ At { strides: None, .. }, loaded, .. })
+        let data = match entry {
+            Entry::Stored { dtype, at: at @ At { strides: None, .. }, loaded, .. }
                 if convert::to_f32_exact(*dtype) && loaded.get().is_none() =>
             {
                 let skip = (start * inner * dtype.size()) as u64;
