@@ -712,20 +712,26 @@ fn ratio(numerator: f64, denominator: f64) -> f64 {
 }
 
 /// [`composition_baseline`] with [`BASELINE_SAMPLES`] samples, memoised per process: it depends
-/// on the sizes alone, so `pathc stats` computes it ([`prepare_baselines`]) while the plan is
-/// made, and the statistics find it made.
+/// on the sizes alone, so `pathc stats` computes it ([`prepare_baselines`]) on a thread of its
+/// own while the plan is made and the statistics run, and the statistics find it made (or wait
+/// for it: a shape is computed once, whichever thread asks first).
 pub fn baseline(d_model: usize, d_left: usize, d_right: usize) -> f64 {
     /// `((d_model, d_left, d_right), baseline)`.
-    type Made = Vec<((usize, usize, usize), f64)>;
+    type Made = Vec<((usize, usize, usize), std::sync::Arc<std::sync::OnceLock<f64>>)>;
     static MADE: std::sync::Mutex<Made> = std::sync::Mutex::new(Vec::new());
-    let made = || MADE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let shape = (d_model, d_left, d_right);
-    if let Some(&(_, b)) = made().iter().find(|(s, _)| *s == shape) {
-        return b;
-    }
-    let b = composition_baseline(d_model, d_left, d_right, BASELINE_SAMPLES);
-    made().push((shape, b));
-    b
+    let cell = {
+        let mut made = MADE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match made.iter().find(|(s, _)| *s == shape) {
+            Some((_, cell)) => cell.clone(),
+            None => {
+                let cell = std::sync::Arc::default();
+                made.push((shape, std::sync::Arc::clone(&cell)));
+                cell
+            }
+        }
+    };
+    *cell.get_or_init(|| composition_baseline(d_model, d_left, d_right, BASELINE_SAMPLES))
 }
 
 /// Every [`baseline`] the statistics of a model with these layers' d_heads read: the first
@@ -803,7 +809,12 @@ fn sample_starts(seed: u64, samples: usize, pairs: usize) -> Vec<u64> {
     }
     starts.push(seed);
     let (mut block, mut found) = (0u64, 0usize);
-    let round = 8 * crate::parallel::threads() as u64;
+    // The first round counts the blocks that the samples take at the polar method's acceptance
+    // rate (π/4), and 1 % more, in one pass on the threads: rounds of a few blocks each were a
+    // barrier each, which the thread sharing a core with the plan's (`pathc stats`) held up
+    // (23 ms against 10 ms on one thread). Later rounds, if the draws fall short, are smaller.
+    let needed = (samples * pairs) as f64 / std::f64::consts::FRAC_PI_4 * 1.01;
+    let mut round = (needed / BLOCK as f64) as u64 + 1;
     while starts.len() < samples {
         let blocks: Vec<u64> = (block..block + round).collect();
         let counts = crate::parallel::parallel_map(&blocks, |&b| {
@@ -830,6 +841,7 @@ fn sample_starts(seed: u64, samples: usize, pairs: usize) -> Vec<u64> {
             found += count;
         }
         block += round;
+        round = 8 * crate::parallel::threads() as u64;
     }
     starts
 }

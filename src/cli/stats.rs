@@ -53,22 +53,26 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let names = pathc::eval::NameMap::parse(&names).map_err(|e| fail(e.into()))?;
     let weights = pathc::load_weights(&weights).map_err(fail)?;
     // The plan depends on the sizes alone and is memoised per process: made on another thread
-    // while the tensors are checked and the random baselines (also memoised, also of the sizes
-    // alone) computed, `stats_streamed` finds it made (a model whose sizes are symbolic is
-    // planned there, from the weights' sizes).
-    let params = std::thread::scope(|scope| {
-        scope.spawn(|| pathc::plan_stats(&compiled.model).ok());
-        let params = pathc::eval::StatsParams::from_weights(&compiled.model, &weights, &names)?;
-        let d_heads: Vec<usize> = params.layer_shapes().into_iter().map(|(_, d_head)| d_head).collect();
-        pathc::stats::prepare_baselines(params.d_model(), &d_heads);
-        Ok::<_, pathc::eval::EvalError>(params)
-    })
-    .map_err(|e| fail(e.into()))?;
+    // while the tensors are checked, `stats_streamed` finds it made (a model whose sizes are
+    // symbolic is planned there, from the weights' sizes). The random baselines (also memoised,
+    // also of the sizes alone, read only at the end) are computed on a thread of their own, on
+    // the core the plan leaves free and then beside the statistics: waiting for both before the
+    // statistics started left a core idle for about 20 ms.
     let options = StatsOptions { processing: processing.processing(), rotary_offset, precision: precision.into() };
-    let stats = pathc::stats::stats_streamed(params, options, &TerminalProgress::new()).map_err(|e| match e {
-        // A refused step, as `check` renders it.
-        StatsError::Processing(e) => fail(e.into()),
-        e => Failure::BadInput(format!("error: {e}")),
+    let stats = std::thread::scope(|scope| {
+        let planned = scope.spawn(|| pathc::plan_stats(&compiled.model).ok());
+        let params =
+            pathc::eval::StatsParams::from_weights(&compiled.model, &weights, &names).map_err(|e| fail(e.into()))?;
+        let d_heads: Vec<usize> = params.layer_shapes().into_iter().map(|(_, d_head)| d_head).collect();
+        let d_model = params.d_model();
+        scope.spawn(move || pathc::parallel::alone(|| pathc::stats::prepare_baselines(d_model, &d_heads)));
+        // (A failed plan is made again, and its error reported, by `stats_streamed`.)
+        let _ = planned.join();
+        pathc::stats::stats_streamed(params, options, &TerminalProgress::new()).map_err(|e| match e {
+            // A refused step, as `check` renders it.
+            StatsError::Processing(e) => fail(e.into()),
+            e => Failure::BadInput(format!("error: {e}")),
+        })
     })?;
     let mut out = BufWriter::new(io::stdout().lock());
     match format {
