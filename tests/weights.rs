@@ -1079,3 +1079,48 @@ fn read_f32_gives_reads_values_where_the_file_holds_them_exactly() {
     assert_eq!(w.rows_f32("m", [6, 2], 2, 3).unwrap_err().to_string(), "tensor `m` holds NaN at [3, 1]");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `columns_f32` and `rows_f32` read a block as `columns` and `rows` do, whether the file's
+/// bytes are this machine's `f32`s (read straight into place) or decoded (F16, BF16); a NaN is
+/// reported with its full index; a file cut short after its header was read is an I/O error
+/// naming it, not a panic or a block of zeros.
+#[test]
+fn f32_blocks_are_the_f64_blocks_whichever_way_they_are_read() {
+    let values: Vec<f64> = (0..40).map(|i| f64::from(i) * 0.125 - 2.0).collect();
+    let mut bad = values.clone();
+    bad[3 * 10 + 3] = f64::NAN; // row 3, column 3 of a 4 × 10 matrix
+    let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = [Dtype::F32, Dtype::F16, Dtype::BF16]
+        .into_iter()
+        .map(|dtype| (format!("{dtype}"), dtype, vec![4, 10], encode(dtype, &values)))
+        .collect();
+    tensors.push(("bad".into(), Dtype::F32, vec![4, 10], encode(Dtype::F32, &bad)));
+    let named: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> =
+        tensors.iter().map(|(n, d, s, b)| (n.as_str(), *d, s.clone(), b.clone())).collect();
+    let bytes = safetensors_bytes(&named);
+    let dir = std::env::temp_dir().join(format!("pathc-f32-blocks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("w.safetensors");
+    std::fs::write(&file, &bytes).unwrap();
+    let w = Weights::load(&file).unwrap();
+    let widen = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<_>>();
+    for dtype in ["F32", "F16", "BF16"] {
+        for (start, n) in [(0, 10), (3, 4), (9, 1), (5, 0)] {
+            let got = widen(w.columns_f32(dtype, [4, 10], start, n).unwrap().expect("stored as f32 exactly"));
+            assert_eq!(got, w.columns(dtype, [4, 10], start, n).unwrap(), "{dtype} columns {start}+{n}");
+        }
+        for (start, n) in [(0, 4), (1, 2), (3, 1)] {
+            let got = widen(w.rows_f32(dtype, [4, 10], start, n).unwrap().expect("stored as f32 exactly"));
+            assert_eq!(got, w.rows(dtype, [4, 10], start, n).unwrap(), "{dtype} rows {start}+{n}");
+        }
+    }
+    assert_eq!(w.columns_f32("bad", [4, 10], 2, 3).unwrap_err().to_string(), "tensor `bad` holds NaN at [3, 3]");
+    assert_eq!(w.columns_f32("bad", [4, 10], 4, 6).unwrap().map(|v| v.len()), Some(24));
+    // Cut the file short after loading it: its header (8 bytes of length, then the JSON) alone.
+    let header = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    std::fs::write(&file, &bytes[..header]).unwrap();
+    for err in [w.columns_f32("bad", [4, 10], 0, 10).unwrap_err(), w.rows_f32("bad", [4, 10], 2, 2).unwrap_err()] {
+        assert!(matches!(err, WeightError::Io { .. }), "{err}");
+        assert!(err.to_string().contains("w.safetensors"), "{err}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -68,6 +68,12 @@ pub(super) fn to_f32_exact(dtype: Float) -> bool {
     dtype.format != FloatFormat::F64
 }
 
+/// Whether `dtype`'s bytes are this machine's `f32`s as they are (little-endian F32 on a
+/// little-endian machine): read straight into them ([`super::Weights::read_f32_into`]).
+pub(super) fn is_native_f32(dtype: Float) -> bool {
+    dtype.format == FloatFormat::F32 && dtype.little_endian == cfg!(target_endian = "little")
+}
+
 /// Elements of `dtype` as `f32`, exact for the dtypes [`to_f32_exact`] accepts (others are not
 /// passed here).
 pub(super) fn to_f32(dtype: Float, data: &[u8]) -> Vec<f32> {

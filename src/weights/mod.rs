@@ -475,7 +475,13 @@ impl Weights {
                 if convert::to_f32_exact(*dtype) && loaded.get().is_none() =>
             {
                 let skip = (start * inner * dtype.size()) as u64;
-                convert::to_f32(*dtype, &self.read_bytes(at.file, at.offset + skip, n * inner * dtype.size())?)
+                if convert::is_native_f32(*dtype) {
+                    let mut data = vec![0.0f32; n * inner];
+                    self.read_f32_into(at.file, at.offset + skip, &mut data)?;
+                    data
+                } else {
+                    convert::to_f32(*dtype, &self.read_bytes(at.file, at.offset + skip, n * inner * dtype.size())?)
+                }
             }
             _ => return Ok(None),
         };
@@ -503,15 +509,23 @@ impl Weights {
         in_range(name, "columns", expected, start, n)?;
         let data = match entry {
             Entry::Stored { dtype, at: at @ At { strides: None, .. }, .. } if convert::to_f32_exact(*dtype) => {
-                let mut data = Vec::with_capacity(rows * n);
-                for r in 0..rows {
-                    let skip = ((r * cols + start) * dtype.size()) as u64;
-                    data.extend(convert::to_f32(
-                        *dtype,
-                        &self.read_bytes(at.file, at.offset + skip, n * dtype.size())?,
-                    ));
+                let skip = |r: usize| at.offset + ((r * cols + start) * dtype.size()) as u64;
+                if convert::is_native_f32(*dtype) {
+                    // Each row's entries read into their place: `W_U`'s column chunks are
+                    // `d_model` reads each, which through a buffer a read cost an allocation
+                    // and a decoding copy each.
+                    let mut data = vec![0.0f32; rows * n];
+                    for (r, row) in data.chunks_exact_mut(n.max(1)).enumerate() {
+                        self.read_f32_into(at.file, skip(r), row)?;
+                    }
+                    data
+                } else {
+                    let mut data = Vec::with_capacity(rows * n);
+                    for r in 0..rows {
+                        data.extend(convert::to_f32(*dtype, &self.read_bytes(at.file, skip(r), n * dtype.size())?));
+                    }
+                    data
                 }
-                data
             }
             _ => return Ok(None),
         };
@@ -603,6 +617,13 @@ impl Weights {
         let mut bytes = vec![0u8; len];
         read_exact_at(file, &mut bytes, offset).map_err(io)?;
         Ok(bytes)
+    }
+
+    /// The `out.len()` F32 entries at `offset` of `file`, stored as this machine's `f32`s
+    /// ([`convert::is_native_f32`]), read straight into `out`.
+    fn read_f32_into(&self, file: usize, offset: u64, out: &mut [f32]) -> Result<(), WeightError> {
+        let file = self.files.get(file).expect("stored tensors come with their file");
+        read_exact_at(file, bytemuck::cast_slice_mut(out), offset).map_err(io_error(&self.origin))
     }
 
     /// The block `starts[k] .. starts[k] + lens[k]` (in every dimension `k`) of a strided stored
