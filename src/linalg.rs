@@ -32,6 +32,26 @@ fn column_major<S: Copy, T: Copy + Default>(rows: usize, cols: usize, data: &[S]
     const TILE: usize = 32;
     assert_eq!(data.len(), rows * cols, "a {rows}×{cols} matrix from {} entries", data.len());
     let mut out = vec![T::default(); rows * cols];
+    if rows % 8 == 0 && cols % 8 == 0 && rows * cols >= 1 << 16 {
+        // Large matrices 8 × 8 blocks at a time, through a block on the stack: 8 rows of 8
+        // contiguous entries read, 8 columns of 8 written. A 32 × 32 tile's 32 rows, when
+        // `cols` is a multiple of 1,024 entries (`W_U`'s chunks), fall in one set of the L1
+        // cache, which holds 8 of them: 2.2× slower on a 768 × 1,024 chunk.
+        for i0 in (0..rows).step_by(8) {
+            for j0 in (0..cols).step_by(8) {
+                let mut block = [[T::default(); 8]; 8];
+                for (a, row) in data[i0 * cols + j0..].chunks(cols).take(8).enumerate() {
+                    for (b, &x) in row[..8].iter().enumerate() {
+                        block[b][a] = into(x);
+                    }
+                }
+                for (b, column) in block.iter().enumerate() {
+                    out[(j0 + b) * rows + i0..][..8].copy_from_slice(column);
+                }
+            }
+        }
+        return out;
+    }
     for j0 in (0..cols).step_by(TILE) {
         let j1 = cols.min(j0 + TILE);
         for i0 in (0..rows).step_by(TILE) {
@@ -419,10 +439,12 @@ mod tests {
     }
 
     /// Entry (i, j) of the result is `data[i · cols + j]`, at every size around the tile's
-    /// (32), checked entry by entry against the definition.
+    /// (32), and on large matrices copied 8 × 8 blocks at a time (`W_U`'s chunk's shape among
+    /// them) or not (a side not a multiple of 8), checked entry by entry against the definition.
     #[test]
     fn from_row_major_is_the_row_major_layout() {
-        for (rows, cols) in [(0, 0), (0, 5), (3, 0), (1, 1), (1, 70), (70, 1), (31, 33), (32, 32), (65, 64), (97, 3)] {
+        let sizes = [(0, 0), (0, 5), (3, 0), (1, 1), (1, 70), (70, 1), (31, 33), (32, 32), (65, 64), (97, 3)];
+        for (rows, cols) in sizes.into_iter().chain([(8, 8192), (768, 1024), (256, 264), (257, 256), (8192, 9)]) {
             let data: Vec<f64> = (0..rows * cols).map(|k| k as f64 + 0.5).collect();
             let m = from_row_major(rows, cols, &data);
             assert_eq!(m.shape(), (rows, cols));
