@@ -1036,6 +1036,22 @@ fn blocks_outside_a_tensor_are_refused_naming_tensor_range_and_shape() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// `tensors` (name, dtype, shape, bytes) as a safetensors file `w.safetensors` in a new
+/// temporary directory named after `what`: the directory, the file, the file's bytes.
+fn safetensors_file(
+    what: &str,
+    tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)],
+) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>) {
+    let named: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> =
+        tensors.iter().map(|(n, d, s, b)| (n.as_str(), *d, s.clone(), b.clone())).collect();
+    let bytes = safetensors_bytes(&named);
+    let dir = std::env::temp_dir().join(format!("pathc-{what}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("w.safetensors");
+    std::fs::write(&file, &bytes).unwrap();
+    (dir, file, bytes)
+}
+
 /// `read_f32` is `read` without the `f64` copy where the file holds the tensor contiguously in a
 /// dtype `f32` holds exactly (F32, F16, BF16): the same values; `None` for F64 and for tensors in
 /// memory; a NaN reported as `read` reports it (name and full index), as `rows_f32` does for its
@@ -1051,13 +1067,7 @@ fn read_f32_gives_reads_values_where_the_file_holds_them_exactly() {
         .map(|dtype| (format!("{dtype}"), dtype, shape.clone(), encode(dtype, &values)))
         .collect();
     tensors.push(("bad".into(), Dtype::F16, shape.clone(), encode(Dtype::F16, &bad)));
-    let named: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> =
-        tensors.iter().map(|(n, d, s, b)| (n.as_str(), *d, s.clone(), b.clone())).collect();
-    let bytes = safetensors_bytes(&named);
-    let dir = std::env::temp_dir().join(format!("pathc-read-f32-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("w.safetensors");
-    std::fs::write(&file, &bytes).unwrap();
+    let (dir, file, bytes) = safetensors_file("read-f32", &tensors);
     let w = Weights::load(&file).unwrap();
     for dtype in ["F32", "F16", "BF16"] {
         let got = w.read_f32(dtype, &shape).unwrap().unwrap_or_else(|| panic!("{dtype}: None"));
@@ -1094,13 +1104,7 @@ fn f32_blocks_are_the_f64_blocks_whichever_way_they_are_read() {
         .map(|dtype| (format!("{dtype}"), dtype, vec![4, 10], encode(dtype, &values)))
         .collect();
     tensors.push(("bad".into(), Dtype::F32, vec![4, 10], encode(Dtype::F32, &bad)));
-    let named: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> =
-        tensors.iter().map(|(n, d, s, b)| (n.as_str(), *d, s.clone(), b.clone())).collect();
-    let bytes = safetensors_bytes(&named);
-    let dir = std::env::temp_dir().join(format!("pathc-f32-blocks-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("w.safetensors");
-    std::fs::write(&file, &bytes).unwrap();
+    let (dir, file, bytes) = safetensors_file("f32-blocks", &tensors);
     let w = Weights::load(&file).unwrap();
     let widen = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<_>>();
     for dtype in ["F32", "F16", "BF16"] {

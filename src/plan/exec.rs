@@ -136,12 +136,18 @@ impl Operand<'_> {
         }
     }
 
+    /// Both f32 operands of a product as the kernel reads them, each with its power of two.
+    fn strided_pair<'b>(&'b self, b: &'b Operand<'_>) -> ((Strided<'b>, f64), (Strided<'b>, f64)) {
+        let (Some(a), Some(b)) = (self.strided(), b.strided()) else {
+            unreachable!("both operands of a product are made by one precision")
+        };
+        (a, b)
+    }
+
     /// `self · b` of two f32 operands as the kernel makes it, and the power of two it is
     /// scaled by (the product of the operands').
     fn f32_product(&self, b: &Operand<'_>) -> (nalgebra::DMatrix<f32>, f64) {
-        let (Some((a, sa)), Some((b, sb))) = (self.strided(), b.strided()) else {
-            unreachable!("both operands of a product are made by one precision")
-        };
+        let ((a, sa), (b, sb)) = self.strided_pair(b);
         (f32_product(a, b), sa * sb)
     }
 
@@ -160,9 +166,7 @@ impl Operand<'_> {
                 out
             }
             _ => {
-                let (Some((a, sa)), Some((b, sb))) = (self.strided(), b.strided()) else {
-                    unreachable!("both operands of a product are made by one precision")
-                };
+                let ((a, sa), (b, sb)) = self.strided_pair(b);
                 let mut out = nalgebra::DMatrix::<f32>::zeros(a.rows, a.rows);
                 for (i, rows) in blocks(a.rows) {
                     let n = a.rows - i;

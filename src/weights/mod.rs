@@ -475,13 +475,9 @@ impl Weights {
                 if convert::to_f32_exact(*dtype) && loaded.get().is_none() =>
             {
                 let skip = (start * inner * dtype.size()) as u64;
-                if convert::is_native_f32(*dtype) {
-                    let mut data = vec![0.0f32; n * inner];
-                    self.read_f32_into(at.file, at.offset + skip, &mut data)?;
-                    data
-                } else {
-                    convert::to_f32(*dtype, &self.read_bytes(at.file, at.offset + skip, n * inner * dtype.size())?)
-                }
+                let mut data = vec![0.0f32; n * inner];
+                self.read_f32_into(*dtype, at.file, at.offset + skip, &mut data)?;
+                data
             }
             _ => return Ok(None),
         };
@@ -509,23 +505,13 @@ impl Weights {
         in_range(name, "columns", expected, start, n)?;
         let data = match entry {
             Entry::Stored { dtype, at: at @ At { strides: None, .. }, .. } if convert::to_f32_exact(*dtype) => {
-                let skip = |r: usize| at.offset + ((r * cols + start) * dtype.size()) as u64;
-                if convert::is_native_f32(*dtype) {
-                    // Each row's entries read into their place: `W_U`'s column chunks are
-                    // `d_model` reads each, which through a buffer a read cost an allocation
-                    // and a decoding copy each.
-                    let mut data = vec![0.0f32; rows * n];
-                    for (r, row) in data.chunks_exact_mut(n.max(1)).enumerate() {
-                        self.read_f32_into(at.file, skip(r), row)?;
-                    }
-                    data
-                } else {
-                    let mut data = Vec::with_capacity(rows * n);
-                    for r in 0..rows {
-                        data.extend(convert::to_f32(*dtype, &self.read_bytes(at.file, skip(r), n * dtype.size())?));
-                    }
-                    data
+                // Each row's entries read into their place (`W_U`'s column chunks are `d_model`
+                // reads each).
+                let mut data = vec![0.0f32; rows * n];
+                for (r, row) in data.chunks_exact_mut(n.max(1)).enumerate() {
+                    self.read_f32_into(*dtype, at.file, at.offset + ((r * cols + start) * dtype.size()) as u64, row)?;
                 }
+                data
             }
             _ => return Ok(None),
         };
@@ -612,18 +598,27 @@ impl Weights {
 
     /// `len` bytes at byte `offset` of file `file`.
     fn read_bytes(&self, file: usize, offset: u64, len: usize) -> Result<Vec<u8>, WeightError> {
-        let io = io_error(&self.origin);
-        let file = self.files.get(file).expect("stored tensors come with their file");
         let mut bytes = vec![0u8; len];
-        read_exact_at(file, &mut bytes, offset).map_err(io)?;
+        self.read_into(file, offset, &mut bytes)?;
         Ok(bytes)
     }
 
-    /// The `out.len()` F32 entries at `offset` of `file`, stored as this machine's `f32`s
-    /// ([`convert::is_native_f32`]), read straight into `out`.
-    fn read_f32_into(&self, file: usize, offset: u64, out: &mut [f32]) -> Result<(), WeightError> {
+    /// `buf.len()` bytes at `offset` of `file`.
+    fn read_into(&self, file: usize, offset: u64, buf: &mut [u8]) -> Result<(), WeightError> {
         let file = self.files.get(file).expect("stored tensors come with their file");
-        read_exact_at(file, bytemuck::cast_slice_mut(out), offset).map_err(io_error(&self.origin))
+        read_exact_at(file, buf, offset).map_err(io_error(&self.origin))
+    }
+
+    /// The `out.len()` entries of `dtype` (one [`convert::to_f32_exact`] accepts) at `offset` of
+    /// `file`, as `f32`: read straight into `out` where they are stored as this machine's `f32`s
+    /// ([`convert::is_native_f32`]; through a buffer, they cost an allocation and a decoding copy
+    /// a read), else read and decoded.
+    fn read_f32_into(&self, dtype: Float, file: usize, offset: u64, out: &mut [f32]) -> Result<(), WeightError> {
+        if convert::is_native_f32(dtype) {
+            return self.read_into(file, offset, bytemuck::cast_slice_mut(out));
+        }
+        out.copy_from_slice(&convert::to_f32(dtype, &self.read_bytes(file, offset, out.len() * dtype.size())?));
+        Ok(())
     }
 
     /// The block `starts[k] .. starts[k] + lens[k]` (in every dimension `k`) of a strided stored
